@@ -1,0 +1,151 @@
+//! The admin listener: `/healthz`, `/metrics` for the operator, and `/v1/apps/<app>/metrics` for
+//! each app's owners with their bearer token.
+
+use anyedge_catalog::Snapshot;
+use anyedge_core::Drain;
+use anyedge_telemetry::Metrics;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    metrics: Arc<Metrics>,
+    drain: Drain,
+    snapshot: Mutex<Arc<Snapshot>>,
+    reload_error: Mutex<Option<String>>,
+}
+
+impl AdminState {
+    pub fn new(metrics: Arc<Metrics>, drain: Drain, snapshot: Arc<Snapshot>) -> Self {
+        AdminState { metrics, drain, snapshot: Mutex::new(snapshot), reload_error: Mutex::new(None) }
+    }
+
+    pub fn set_snapshot(&self, s: Arc<Snapshot>) {
+        *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = s;
+    }
+
+    pub fn set_reload_error(&self, e: Option<String>) {
+        *self.reload_error.lock().unwrap_or_else(PoisonError::into_inner) = e;
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Bind and serve in the background; returns the bound address.
+pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, &req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    let path = req.uri().path();
+    match path {
+        "/healthz" => health(state),
+        "/metrics" => {
+            let open = i64::try_from(state.drain.open_connections()).unwrap_or(i64::MAX);
+            state.metrics.node.open_connections.store(open, std::sync::atomic::Ordering::Relaxed);
+            metrics_text(state.metrics.render())
+        }
+        _ => match path.strip_prefix("/v1/apps/").and_then(|p| p.strip_suffix("/metrics")) {
+            Some(app) => app_metrics(state, app, req),
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
+    }
+}
+
+fn health(state: &AdminState) -> Response<Full<Bytes>> {
+    let snapshot = state.snapshot();
+    let draining = state.drain.is_draining();
+    let reload_error = state.reload_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let body = serde_json::json!({
+        "status": if draining { "draining" } else { "ok" },
+        "node": snapshot.config.node.id,
+        "region": snapshot.config.node.region,
+        "generation": snapshot.generation,
+        "apps": snapshot.apps.len(),
+        "open_connections": state.drain.open_connections(),
+        "last_reload_error": reload_error,
+    });
+    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// An app's series for a bearer token whose SHA-256 is in the app's `tokens_sha256`. An unknown
+/// app and a wrong token get the same 403, so the endpoint does not reveal which apps exist.
+fn app_metrics(state: &AdminState, app: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let token = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let snapshot = state.snapshot();
+    let allowed = match (token, snapshot.app(app)) {
+        (Some(token), Some(entry)) => {
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            entry.config.tokens_sha256.iter().any(|t| constant_time_eq(t, &digest))
+        }
+        _ => false,
+    };
+    if !allowed {
+        return text(StatusCode::FORBIDDEN, "forbidden\n");
+    }
+    metrics_text(state.metrics.render_app(app))
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn metrics_text(body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(PROMETHEUS_TEXT));
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}

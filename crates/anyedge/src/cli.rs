@@ -1,0 +1,92 @@
+//! The command line, and `anyedge check`.
+
+use anyedge_telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A multi-tenant edge proxy.
+#[derive(Parser, Debug)]
+#[command(name = "anyedge", version)]
+pub struct Cli {
+    /// Log format on stderr (filter with ANYEDGE_LOG, e.g. `info,anyedge_edge=debug`).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormatArg,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node.
+    Run(RunArgs),
+    /// Validate a config file: print every problem with its place; exit 1 if any.
+    Check(CheckArgs),
+    /// A self-contained local fleet on loopback, with commands to try.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// anyedge TOML or the work-sample JSON, recognised by content.
+    #[arg(long, default_value = "/etc/anyedge/anyedge.toml")]
+    pub config: PathBuf,
+    /// Listen for admin requests here instead of the config's `[admin] listen`.
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// First port of the demo's apps and admin listener (all on 127.0.0.1).
+    #[arg(long, default_value_t = 14000)]
+    pub base_port: u16,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// `anyedge check`: diagnostics on stderr, a summary on stdout.
+pub fn check(args: &CheckArgs) -> ExitCode {
+    match anyedge_config::load(&args.config) {
+        Ok(config) => {
+            let ports: usize = config
+                .apps
+                .iter()
+                .flat_map(|a| &a.services)
+                .map(|s| s.ports.len())
+                .sum();
+            println!(
+                "{}: ok ({} apps, {} ports)",
+                args.config.display(),
+                config.apps.len(),
+                ports
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diagnostics) => {
+            eprint!("{diagnostics}");
+            eprintln!("{} problem(s) found", diagnostics.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `anyedge demo`: a self-contained fleet in one process, on loopback only. Built-in TCP instances
+//! (echo, upper-casing echo like the work sample's, and a PROXY-protocol "who am I"), an edge
+//! in front of them, and commands to paste.
+
+mod instances;
+
+use crate::cli::DemoArgs;
+use crate::node::{build_runtime, Node};
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+pub fn run(args: &DemoArgs) -> ExitCode {
+    let runtime = match build_runtime(2) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match start(args.base_port).await {
+            Ok(node) => {
+                wait_for_stop().await;
+                node.shutdown(Duration::from_secs(2)).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("demo could not start: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_stop() {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Start the instances and a node in front of them; print what to try.
+pub async fn start(base_port: u16) -> Result<Node, Box<dyn std::error::Error>> {
+    let echo = [instances::spawn(instances::Kind::Echo).await?, instances::spawn(instances::Kind::Echo).await?];
+    let upper = [instances::spawn(instances::Kind::Upper).await?, instances::spawn(instances::Kind::Upper).await?];
+    let whoami = [
+        instances::spawn(instances::Kind::WhoAmI("whoami-1")).await?,
+        instances::spawn(instances::Kind::WhoAmI("whoami-2")).await?,
+    ];
+    let port = |n: u16| base_port.checked_add(n).ok_or("--base-port is too high");
+    let (p_echo, p_upper, p_whoami, p_admin) = (port(1)?, port(2)?, port(3)?, port(90)?);
+    let dead = instances::unused_port()?;
+    let toml = demo_config(&echo, &upper, &whoami, [p_echo, p_upper, p_whoami, p_admin], dead);
+    let config = anyedge_config::parse(&toml, "<demo>").map_err(|d| d.to_string())?;
+    let node = Node::start(config, None).await?;
+    println!("{}", instructions(p_echo, p_upper, p_whoami, node.admin_addr()));
+    Ok(node)
+}
+
+fn demo_config(echo: &[SocketAddr], upper: &[SocketAddr], whoami: &[SocketAddr], ports: [u16; 4], dead: u16) -> String {
+    let [p_echo, p_upper, p_whoami, p_admin] = ports;
+    let mut t = String::new();
+    let _ = write!(
+        t,
+        "[node]\nid = \"demo\"\nregion = \"local\"\n\n[admin]\nlisten = \"127.0.0.1:{p_admin}\"\n\n"
+    );
+    let app = |t: &mut String, name: &str, port: u16, handlers: &str, targets: &[String]| {
+        let _ = write!(
+            t,
+            "[[apps]]\nname = \"{name}\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [{handlers}] }} ]\n"
+        );
+        for (i, target) in targets.iter().enumerate() {
+            let _ = write!(t, "  [[apps.instances]]\n  id = \"{name}-{}\"\n  address = \"{target}\"\n", i + 1);
+        }
+        t.push('\n');
+    };
+    let addrs = |v: &[SocketAddr]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    app(&mut t, "echo", p_echo, "", &addrs(echo));
+    // The work sample's shape: two good targets, one that refuses, one that does not resolve.
+    let mut upper_targets = addrs(upper);
+    upper_targets.push(format!("127.0.0.1:{dead}"));
+    upper_targets.push("bad.target.for.testing:6003".into());
+    app(&mut t, "upper", p_upper, "", &upper_targets);
+    app(&mut t, "whoami", p_whoami, "\"proxy_proto\"", &addrs(whoami));
+    t
+}
+
+fn instructions(p_echo: u16, p_upper: u16, p_whoami: u16, admin: SocketAddr) -> String {
+    let try_it = |port: u16, line: &str| {
+        format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; echo \"{line}\" >&3; head -n1 <&3'")
+    };
+    format!(
+        "anyedge demo is running (Ctrl-C to stop). Try:\n\
+         \n  # echo: two instances, least-loaded first\n  {}\n\
+         \n  # upper: the work sample's shape, 2 good targets + 1 refusing + 1 unresolvable; every connection still succeeds\n  {}\n\
+         \n  # whoami: the instance learns your address from a PROXY protocol v1 header\n  {}\n\
+         \n  # metrics and health\n  curl -s http://{admin}/metrics | grep '^anyedge_edge'\n  curl -s http://{admin}/healthz\n",
+        try_it(p_echo, "hello anyedge"),
+        try_it(p_upper, "hello anyedge"),
+        try_it(p_whoami, "who am i?"),
+    )
+}

@@ -1,0 +1,8 @@
+//! anyedge as a library: the command line, a node's lifecycle (start, reload, drain), the admin
+//! listener, and the embedded demo. `main.rs` only dispatches here.
+
+pub mod admin;
+pub mod cli;
+pub mod demo;
+pub mod node;
+mod watch;

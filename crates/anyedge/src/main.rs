@@ -1,0 +1,15 @@
+//! The `anyedge` command: parse the command line, then hand over to the library.
+
+use anyedge::cli::{Cli, Command};
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    anyedge_telemetry::init_logging(cli.log_format.into());
+    match cli.command {
+        Command::Run(args) => anyedge::node::run(&args),
+        Command::Check(args) => anyedge::cli::check(&args),
+        Command::Demo(args) => anyedge::demo::run(&args),
+    }
+}

@@ -1,0 +1,212 @@
+//! A node's lifecycle: load and validate config without binding anything, build the runtime,
+//! start the edge and the admin listener, reload on SIGHUP or a file change, drain on
+//! SIGTERM/SIGINT.
+
+use crate::admin::{self, AdminState};
+use crate::cli::RunArgs;
+use anyedge_catalog::{LiveRegistry, Snapshot};
+use anyedge_config::{CatalogConfig, Config};
+use anyedge_core::Drain;
+use anyedge_edge::{Edge, ListenError};
+use anyedge_telemetry::Metrics;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for admin requests on {addr}: {source}")]
+    Admin { addr: SocketAddr, source: std::io::Error },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Listeners(Vec<ListenError>),
+    #[error("catalog store \"etcd\" is not available yet: use store = \"file\"")]
+    EtcdUnsupported,
+}
+
+/// One running node.
+pub struct Node {
+    edge: Edge,
+    registry: Arc<LiveRegistry>,
+    metrics: Arc<Metrics>,
+    drain: Drain,
+    snapshot: Mutex<Arc<Snapshot>>,
+    admin: Arc<AdminState>,
+    admin_addr: SocketAddr,
+}
+
+impl Node {
+    /// Bind the admin listener and every app listener of `config`, and start serving.
+    pub async fn start(config: Config, admin_listen: Option<SocketAddr>) -> Result<Node, StartError> {
+        if matches!(config.catalog, CatalogConfig::Etcd(_)) {
+            return Err(StartError::EtcdUnsupported);
+        }
+        let metrics = Metrics::new();
+        let drain = Drain::new();
+        let registry = LiveRegistry::new();
+        let config = Arc::new(config);
+        let snapshot = Arc::new(Snapshot::build(config.clone(), &registry, None));
+        let edge = Edge::new(metrics.clone(), drain.clone());
+        let admin = Arc::new(AdminState::new(metrics.clone(), drain.clone(), snapshot.clone()));
+        let addr = admin_listen.unwrap_or(config.admin.listen);
+        let admin_addr = admin::serve(addr, admin.clone())
+            .await
+            .map_err(|source| StartError::Admin { addr, source })?;
+        let errors = edge.apply(snapshot.clone());
+        if !errors.is_empty() {
+            drain.start();
+            edge.stop_accepting();
+            return Err(StartError::Listeners(errors));
+        }
+        metrics.node.config_generation.store(snapshot.generation, Ordering::Relaxed);
+        tracing::info!(node = %config.node.id, region = %config.node.region, apps = config.apps.len(), admin = %admin_addr, "node started");
+        Ok(Node { edge, registry, metrics, drain, snapshot: Mutex::new(snapshot), admin, admin_addr })
+    }
+
+    /// Put a new config in force as a diff. Open connections are untouched.
+    pub fn reload(&self, config: Config) -> Vec<ListenError> {
+        let mut current = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        warn_restart_only(&current.config, &config);
+        let next = Arc::new(Snapshot::build(Arc::new(config), &self.registry, Some(&current)));
+        let errors = self.edge.apply(next.clone());
+        self.metrics.node.config_generation.store(next.generation, Ordering::Relaxed);
+        self.metrics.node.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        self.admin.set_snapshot(next.clone());
+        self.admin.set_reload_error(None);
+        tracing::info!(generation = next.generation, apps = next.apps.len(), "config reloaded");
+        *current = next;
+        errors
+    }
+
+    /// Count and report a config that could not be loaded; the one in force stays.
+    pub fn reload_failed(&self, problem: String) {
+        self.metrics.node.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(problems = %problem.trim_end(), "config rejected; the previous config stays in force");
+        self.admin.set_reload_error(Some(problem));
+    }
+
+    /// Stop accepting, let open connections finish for up to `grace`, and return how many were
+    /// still open when it ran out.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.drain.start();
+        self.edge.stop_accepting();
+        let open = self.drain.open_connections();
+        tracing::info!(open, grace = ?grace, "draining");
+        self.drain.wait_idle(grace).await
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        self.edge.listening()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).config.node.drain_timeout
+    }
+}
+
+fn warn_restart_only(old: &Config, new: &Config) {
+    if old.node.threads != new.node.threads {
+        tracing::warn!("[node] threads changes only on restart");
+    }
+    if old.admin.listen != new.admin.listen {
+        tracing::warn!("[admin] listen changes only on restart");
+    }
+}
+
+/// `anyedge run`: exit 1 on a bad config or a port that cannot be opened.
+pub fn run(args: &RunArgs) -> ExitCode {
+    let config = match anyedge_config::load(&args.config) {
+        Ok(c) => c,
+        Err(diagnostics) => {
+            eprint!("{diagnostics}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match build_runtime(config.node.threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config, args))
+}
+
+/// Build the runtime after reading config, so `[node] threads` takes effect.
+pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("anyedge-worker")
+        .enable_all()
+        .build()
+}
+
+async fn serve(config: Config, args: &RunArgs) -> ExitCode {
+    let node = match Node::start(config, args.admin_listen).await {
+        Ok(node) => node,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    let mut changes = crate::watch::FileWatch::new(&args.config);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                reload_from(&node, &args.config);
+            }
+            _ = changes.changed() => reload_from(&node, &args.config),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let grace = node.drain_timeout();
+    let drained = tokio::select! {
+        left = node.shutdown(grace) => left,
+        _ = term.recv() => usize::MAX,
+        _ = int.recv() => usize::MAX,
+    };
+    match drained {
+        0 => tracing::info!("drained; exiting"),
+        usize::MAX => tracing::warn!("second signal; exiting now"),
+        left => tracing::warn!(left, "grace period over; closing the connections still open"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn reload_from(node: &Node, path: &Path) {
+    match anyedge_config::load(path) {
+        Ok(config) => {
+            for e in node.reload(config) {
+                tracing::error!(error = %e, "listener not opened; will retry on the next reload");
+            }
+        }
+        Err(diagnostics) => node.reload_failed(diagnostics.to_string()),
+    }
+}
+

@@ -1,0 +1,12 @@
+//! The catalog: what apps and instances exist, as immutable snapshots swapped atomically, plus the
+//! live per-instance state (in-flight counts, connect-failure backoff) that is keyed by stable
+//! instance id and carried across snapshot swaps.
+//!
+//! Stores (today the config file; later etcd) only produce new configs; [`Snapshot::build`]
+//! reuses every app entry whose config did not change, so an update costs what changed.
+
+mod live;
+mod snapshot;
+
+pub use live::{AppLive, InstanceLive, LiveRegistry};
+pub use snapshot::{AppEntry, InstanceEntry, Snapshot};

@@ -1,0 +1,316 @@
+//! The validated internal config: what every other crate reads. File formats live elsewhere.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole validated config, from either file format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: Node,
+    pub admin: Admin,
+    pub catalog: CatalogConfig,
+    pub limits: Limits,
+    pub http: Http,
+    pub regions: BTreeMap<String, Coordinates>,
+    pub apps: Vec<App>,
+    /// `[cluster]`: mutual TLS between nodes.
+    pub cluster: Option<ClusterTls>,
+    pub acme: Acme,
+    /// Top-level `[[instances]]` (etcd store): instances this worker runs, in its own region.
+    pub local_instances: Vec<LocalInstance>,
+    /// Which file format it came from.
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    /// The work-sample JSON (`{"Apps": [...]}`).
+    WorkSample,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub id: String,
+    pub region: String,
+    pub roles: Roles,
+    /// Worker threads; 0 means one per CPU.
+    pub threads: usize,
+    /// How long a stopping node lets open connections finish.
+    pub drain_timeout: Duration,
+    pub backhaul_listen: Option<SocketAddr>,
+    pub advertise: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub edge: bool,
+    pub worker: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogConfig {
+    File,
+    Etcd(EtcdConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub secret_key_file: Option<PathBuf>,
+}
+
+/// Node-wide protection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub tls_handshake_timeout: Duration,
+    pub max_concurrent_handshakes: usize,
+    /// Bound on resolving and connecting to one instance.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 16_000,
+            max_connections_per_ip: 1_000,
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_concurrent_handshakes: 1_024,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub ca_roots: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for Acme {
+    fn default() -> Self {
+        Acme {
+            directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            contact: Vec::new(),
+            ca_roots: None,
+            state_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalInstance {
+    pub app: String,
+    pub instance: Instance,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Http {
+    pub header_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Coordinates {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct App {
+    pub name: String,
+    /// Lower-cased; may start with `*.`.
+    pub hostnames: Vec<String>,
+    pub concurrency: Concurrency,
+    pub limits: AppLimits,
+    pub tokens_sha256: Vec<[u8; 32]>,
+    pub replay_from: Vec<String>,
+    pub services: Vec<Service>,
+    pub certificates: Vec<CertificateFiles>,
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConcurrencyType {
+    Connections,
+    Requests,
+}
+
+/// Per-instance concurrency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    pub kind: ConcurrencyType,
+    pub soft_limit: u32,
+    pub hard_limit: u32,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency {
+            kind: ConcurrencyType::Connections,
+            soft_limit: 20,
+            hard_limit: 25,
+        }
+    }
+}
+
+/// Per-app budget on each node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppLimits {
+    pub max_inflight: u32,
+    pub queue: u32,
+    pub queue_timeout: Duration,
+    pub max_connections: u32,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        AppLimits {
+            max_inflight: 1024,
+            queue: 512,
+            queue_timeout: Duration::from_secs(5),
+            max_connections: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// The port instances listen on. `None` only for the work sample, whose targets carry ports.
+    pub internal_port: Option<u16>,
+    pub force_https: bool,
+    pub http_options: HttpOptions,
+    pub ports: Vec<PortSpec>,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpOptions {
+    pub h2_backend: bool,
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            h2_backend: false,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub port: u16,
+    /// A specific local address; `None` is every address.
+    pub bind: Option<IpAddr>,
+    pub handlers: Vec<Handler>,
+    /// Set when `handlers` contains `proxy_proto`.
+    pub proxy_proto: Option<ProxyProtoVersion>,
+}
+
+impl PortSpec {
+    /// Raw TCP (possibly with a PROXY header): no TLS, no HTTP.
+    pub fn is_raw_tcp(&self) -> bool {
+        self.handlers.iter().all(|h| *h == Handler::ProxyProto)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Handler {
+    Tls,
+    Http,
+    ProxyProto,
+}
+
+impl Handler {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handler::Tls => "tls",
+            Handler::Http => "http",
+            Handler::ProxyProto => "proxy_proto",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyProtoVersion {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub grace_period: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    Tcp,
+    Http { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    pub region: String,
+    pub address: HostPort,
+}
+
+impl Instance {
+    /// Where this instance serves `service`: its own port if the address names one, else the
+    /// service's `internal_port`. Validation guarantees one of the two exists.
+    pub fn target(&self, service: &Service) -> Option<(&str, u16)> {
+        let port = self.address.port.or(service.internal_port)?;
+        Some((self.address.host.as_str(), port))
+    }
+}
+
+/// `host[:port]`; host is an IP literal or a DNS name, resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bracket = self.host.contains(':');
+        match (bracket, self.port) {
+            (true, Some(p)) => write!(f, "[{}]:{p}", self.host),
+            (false, Some(p)) => write!(f, "{}:{p}", self.host),
+            (_, None) => f.write_str(&self.host),
+        }
+    }
+}

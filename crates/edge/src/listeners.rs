@@ -1,0 +1,179 @@
+//! Listening sockets, opened and closed by diffing the wanted set against the open one, and the
+//! accept loop with its admission checks.
+
+use crate::routes::ListenAddr;
+use crate::{tcp, Shared};
+use anyedge_telemetry::Rejection;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// Back-off after accept() fails for lack of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    pub addr: String,
+    #[source]
+    pub source: io::Error,
+}
+
+struct Open {
+    local: SocketAddr,
+    /// Dropping it stops the accept loop, which closes the socket.
+    _stop: oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+pub(crate) struct ListenerSet {
+    open: BTreeMap<ListenAddr, Open>,
+}
+
+impl ListenerSet {
+    pub fn apply(&mut self, wanted: &BTreeSet<ListenAddr>, shared: &Arc<Shared>) -> Vec<ListenError> {
+        let stale: Vec<ListenAddr> = self.open.keys().filter(|a| !wanted.contains(a)).copied().collect();
+        for addr in stale {
+            self.open.remove(&addr);
+            shared.metrics.node.listeners.fetch_sub(1, Ordering::Relaxed);
+            tracing::info!(?addr, "listener closed");
+        }
+        let mut errors = Vec::new();
+        if shared.drain.is_draining() {
+            return errors;
+        }
+        let missing: Vec<ListenAddr> = wanted.iter().filter(|a| !self.open.contains_key(a)).copied().collect();
+        for addr in &missing {
+            match bind(*addr) {
+                Ok(listener) => {
+                    let local = listener.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                    let (stop_tx, stop_rx) = oneshot::channel();
+                    tokio::spawn(accept_loop(listener, stop_rx, shared.clone()));
+                    shared.metrics.node.listeners.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%local, "listening");
+                    self.open.insert(*addr, Open { local, _stop: stop_tx });
+                }
+                Err(source) => {
+                    shared.metrics.node.listener_errors.fetch_add(1, Ordering::Relaxed);
+                    let addr = match addr {
+                        ListenAddr::Any(port) => format!("*:{port}"),
+                        ListenAddr::One(a) => a.to_string(),
+                    };
+                    tracing::error!(%addr, error = %source, "cannot listen");
+                    errors.push(ListenError { addr, source });
+                }
+            }
+        }
+        errors
+    }
+
+    pub fn close_all(&mut self, shared: &Shared) {
+        let n = self.open.len() as i64;
+        self.open.clear();
+        shared.metrics.node.listeners.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.open.values().map(|o| o.local).collect()
+    }
+}
+
+/// Open a listener. The wildcard is dual-stack `[::]` where the host has IPv6, else `0.0.0.0`.
+/// `SO_REUSEPORT` lets a new process take over the ports while this one drains (restarts
+/// without refusing connections).
+fn bind(addr: ListenAddr) -> io::Result<TcpListener> {
+    match addr {
+        ListenAddr::One(a) => bind_one(a, false),
+        ListenAddr::Any(port) => bind_one(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port), true)
+            .or_else(|_| bind_one(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port), false)),
+    }
+}
+
+fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            _ = shared.drain.started() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => admit(stream, peer, &shared),
+            Err(e) if is_resource_exhaustion(&e) => {
+                shared.metrics.node.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+            Err(e) => {
+                // ECONNABORTED and the like concern one connection, not the listener.
+                shared.metrics.node.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "accept failed");
+            }
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Route and admit one accepted connection, then hand it to its own task. A rejected one is
+/// closed at once: dropping the socket is the cheapest answer to a flood.
+fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+    let Ok(local) = stream.local_addr() else { return };
+    let routes = shared.routes.load();
+    let Some(route) = routes.tcp(local).cloned() else {
+        tracing::debug!(%local, "no route for accepted connection");
+        return;
+    };
+    let limits = &routes.limits;
+    let Some(node_slot) = shared.node_connections.try_acquire(clamp(limits.max_connections)) else {
+        shared.metrics.node.rejected_node_limit.fetch_add(1, Ordering::Relaxed);
+        route.metrics.error(Rejection::NodeLimit);
+        return;
+    };
+    let peer_ip = peer.ip().to_canonical();
+    let Some(ip_slot) = shared.per_ip.try_acquire(peer_ip, clamp(limits.max_connections_per_ip)) else {
+        route.metrics.error(Rejection::IpLimit);
+        return;
+    };
+    let Some(app_slot) = route.app.live.connections.try_acquire(route.app.config.limits.max_connections) else {
+        route.metrics.error(Rejection::AppLimit);
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let connect_timeout = limits.connect_timeout;
+    let guards = tcp::Guards {
+        _node: node_slot,
+        _ip: ip_slot,
+        _app: app_slot,
+        _drain: shared.drain.track(),
+    };
+    let conn = tcp::Conn { client: stream, peer: SocketAddr::new(peer_ip, peer.port()), local, route, connect_timeout };
+    tokio::spawn(tcp::serve(conn, guards, shared.clone()));
+}
+
+fn clamp(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,63 @@
+//! The raw TCP path: place the connection on an instance (carrying it to another when a connect
+//! fails), send a PROXY header if the port asks for one, then move bytes both ways.
+
+use crate::connect::{self, Upstream};
+use crate::routes::TcpRoute;
+use crate::{proxy_protocol, splice, Shared};
+use anyedge_admission::{BudgetGuard, KeyGuard};
+use anyedge_core::ConnGuard;
+use anyedge_telemetry::Rejection;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+/// Slots a connection holds until it ends.
+pub(crate) struct Guards {
+    pub _node: BudgetGuard,
+    pub _ip: KeyGuard<IpAddr>,
+    pub _app: BudgetGuard,
+    pub _drain: ConnGuard,
+}
+
+pub(crate) struct Conn {
+    pub client: TcpStream,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub route: Arc<TcpRoute>,
+    pub connect_timeout: Duration,
+}
+
+pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
+    let span = tracing::info_span!("tcp", app = %conn.route.app.name, client = %conn.peer, port = conn.local.port());
+    async move {
+        let _guards = guards;
+        let _active = conn.route.metrics.tcp_connect();
+        let upstream = match connect::connect_any(&conn.route, conn.connect_timeout, &shared.resolver).await {
+            Ok(u) => u,
+            Err(e) => {
+                conn.route.metrics.error(Rejection::NoInstance);
+                tracing::warn!(code = Rejection::NoInstance.as_str(), reason = %e, "closing client connection: no instance reachable");
+                return;
+            }
+        };
+        let Upstream { mut stream, instance, _inflight } = upstream;
+        tracing::debug!(instance = %instance, "connected");
+        if let Some(version) = conn.route.proxy_proto {
+            let header = proxy_protocol::encode(version, conn.peer, conn.local);
+            if let Err(e) = stream.write_all(&header).await {
+                tracing::info!(instance = %instance, error = %e, "instance closed before the PROXY header was sent");
+                return;
+            }
+        }
+        let metrics = conn.route.metrics.clone();
+        match splice::bidirectional(&conn.client, &stream, &shared.pipes, &metrics).await {
+            Ok(()) => tracing::debug!(instance = %instance, "closed"),
+            Err(e) => tracing::debug!(instance = %instance, error = %e, "ended with error"),
+        }
+    }
+    .instrument(span)
+    .await
+}

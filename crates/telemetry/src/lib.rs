@@ -1,0 +1,11 @@
+//! Telemetry: per-app and node metrics rendered as Prometheus text, and log set-up.
+//!
+//! Metrics are plain atomics behind `Arc` handles that the data plane resolves once per
+//! catalog snapshot, so counting on the hot path is one relaxed add, never a map lookup.
+//! Label values come from closed enums or from app names in the catalog, never from requests.
+
+mod logging;
+mod metrics;
+
+pub use logging::{init_logging, LogFormat};
+pub use metrics::{AppMetrics, ConnectFailure, Direction, Metrics, NodeMetrics, Rejection};

@@ -1,0 +1,305 @@
+//! The metric families, and their rendering in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Why one connect attempt to an instance failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Refused,
+    Timeout,
+    Resolve,
+    Unreachable,
+    Other,
+}
+
+impl ConnectFailure {
+    pub const ALL: [ConnectFailure; 5] = [
+        ConnectFailure::Refused,
+        ConnectFailure::Timeout,
+        ConnectFailure::Resolve,
+        ConnectFailure::Unreachable,
+        ConnectFailure::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::Timeout => "timeout",
+            ConnectFailure::Resolve => "resolve",
+            ConnectFailure::Unreachable => "unreachable",
+            ConnectFailure::Other => "other",
+        }
+    }
+}
+
+/// Why a client connection was turned away before reaching an instance. The label doubles as
+/// the stable error code in logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// `[limits] max_connections` reached.
+    NodeLimit,
+    /// `[limits] max_connections_per_ip` reached.
+    IpLimit,
+    /// The app's `limits.max_connections` reached.
+    AppLimit,
+    /// Every instance failed to connect, or the app has none.
+    NoInstance,
+    /// The node is stopping.
+    Draining,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 5] = [
+        Rejection::NodeLimit,
+        Rejection::IpLimit,
+        Rejection::AppLimit,
+        Rejection::NoInstance,
+        Rejection::Draining,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::NodeLimit => "node_connection_limit",
+            Rejection::IpLimit => "client_ip_connection_limit",
+            Rejection::AppLimit => "app_connection_limit",
+            Rejection::NoInstance => "no_instance_available",
+            Rejection::Draining => "draining",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the client to the instance.
+    In,
+    /// From the instance to the client.
+    Out,
+}
+
+/// Counters of one app on this node.
+#[derive(Default)]
+pub struct AppMetrics {
+    tcp_connects: AtomicU64,
+    tcp_active: AtomicI64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
+    errors: [AtomicU64; Rejection::ALL.len()],
+}
+
+impl AppMetrics {
+    /// A client connection was accepted for this app; returns a guard that keeps it active.
+    pub fn tcp_connect(self: &Arc<Self>) -> ActiveGuard {
+        self.tcp_connects.fetch_add(1, Ordering::Relaxed);
+        self.tcp_active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard { app: self.clone() }
+    }
+
+    fn bytes_counter(&self, direction: Direction) -> &AtomicU64 {
+        match direction {
+            Direction::In => &self.bytes_in,
+            Direction::Out => &self.bytes_out,
+        }
+    }
+
+    pub fn add_bytes(&self, direction: Direction, n: u64) {
+        self.bytes_counter(direction).fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn bytes(&self, direction: Direction) -> u64 {
+        self.bytes_counter(direction).load(Ordering::Relaxed)
+    }
+
+    pub fn connect_failure(&self, why: ConnectFailure) {
+        self.connect_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn error(&self, why: Rejection) {
+        self.errors[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tcp_connects(&self) -> u64 {
+        self.tcp_connects.load(Ordering::Relaxed)
+    }
+
+    pub fn tcp_active(&self) -> i64 {
+        self.tcp_active.load(Ordering::Relaxed)
+    }
+
+    pub fn connect_failures(&self, why: ConnectFailure) -> u64 {
+        self.connect_failures[why as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn errors(&self, why: Rejection) -> u64 {
+        self.errors[why as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps one connection counted in `anyedge_edge_tcp_active_connections`.
+pub struct ActiveGuard {
+    app: Arc<AppMetrics>,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.app.tcp_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Node-wide counters.
+#[derive(Default)]
+pub struct NodeMetrics {
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub config_generation: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub listener_errors: AtomicU64,
+    pub rejected_node_limit: AtomicU64,
+    pub open_connections: AtomicI64,
+    pub listeners: AtomicI64,
+}
+
+/// Every metric of one node.
+#[derive(Default)]
+pub struct Metrics {
+    pub node: NodeMetrics,
+    apps: Mutex<BTreeMap<String, Arc<AppMetrics>>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The handle for `app`, created on first use. Series persist after an app is removed,
+    /// so counters never go backwards within a process.
+    pub fn app(&self, app: &str) -> Arc<AppMetrics> {
+        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        apps.entry(app.to_string()).or_default().clone()
+    }
+
+    /// Everything, for the operator.
+    pub fn render(&self) -> String {
+        let apps = self.snapshot_apps(None);
+        let mut out = String::with_capacity(4096);
+        self.render_node(&mut out);
+        render_apps(&mut out, &apps);
+        out
+    }
+
+    /// One app's series only, for that app's owners.
+    pub fn render_app(&self, app: &str) -> String {
+        let apps = self.snapshot_apps(Some(app));
+        let mut out = String::with_capacity(1024);
+        render_apps(&mut out, &apps);
+        out
+    }
+
+    fn snapshot_apps(&self, only: Option<&str>) -> Vec<(String, Arc<AppMetrics>)> {
+        let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        apps.iter()
+            .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
+            .map(|(n, m)| (n.clone(), m.clone()))
+            .collect()
+    }
+
+    fn render_node(&self, out: &mut String) {
+        let n = &self.node;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        family(out, "anyedge_config_reloads_total", "counter", "Config reloads by result.");
+        let _ = writeln!(out, "anyedge_config_reloads_total{{result=\"ok\"}} {}", get(&n.reloads_ok));
+        let _ = writeln!(out, "anyedge_config_reloads_total{{result=\"error\"}} {}", get(&n.reloads_failed));
+        family(out, "anyedge_config_generation", "gauge", "Generation of the catalog snapshot in force.");
+        let _ = writeln!(out, "anyedge_config_generation {}", get(&n.config_generation));
+        family(out, "anyedge_accept_errors_total", "counter", "accept() failures (EMFILE and the like).");
+        let _ = writeln!(out, "anyedge_accept_errors_total {}", get(&n.accept_errors));
+        family(out, "anyedge_listener_errors_total", "counter", "Listeners that could not be opened.");
+        let _ = writeln!(out, "anyedge_listener_errors_total {}", get(&n.listener_errors));
+        family(out, "anyedge_node_rejected_connections_total", "counter", "Connections refused by the node-wide connection cap.");
+        let _ = writeln!(out, "anyedge_node_rejected_connections_total {}", get(&n.rejected_node_limit));
+        family(out, "anyedge_open_connections", "gauge", "Client connections open on this node.");
+        let _ = writeln!(out, "anyedge_open_connections {}", n.open_connections.load(Ordering::Relaxed));
+        family(out, "anyedge_listeners", "gauge", "Listening sockets open.");
+        let _ = writeln!(out, "anyedge_listeners {}", n.listeners.load(Ordering::Relaxed));
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    family(out, "anyedge_edge_tcp_connects_total", "counter", "Client TCP connections accepted for the app.");
+    for (app, m) in apps {
+        let _ = writeln!(out, "anyedge_edge_tcp_connects_total{{app=\"{app}\"}} {}", get(&m.tcp_connects));
+    }
+    family(out, "anyedge_edge_tcp_active_connections", "gauge", "Client TCP connections open for the app.");
+    for (app, m) in apps {
+        let _ = writeln!(out, "anyedge_edge_tcp_active_connections{{app=\"{app}\"}} {}", m.tcp_active());
+    }
+    family(out, "anyedge_edge_data_bytes_total", "counter", "Bytes proxied; in = client to instance.");
+    for (app, m) in apps {
+        let _ = writeln!(out, "anyedge_edge_data_bytes_total{{app=\"{app}\",direction=\"in\"}} {}", get(&m.bytes_in));
+        let _ = writeln!(out, "anyedge_edge_data_bytes_total{{app=\"{app}\",direction=\"out\"}} {}", get(&m.bytes_out));
+    }
+    family(out, "anyedge_edge_tcp_connect_failures_total", "counter", "Failed connect attempts to instances, by reason.");
+    for (app, m) in apps {
+        for why in ConnectFailure::ALL {
+            let _ = writeln!(
+                out,
+                "anyedge_edge_tcp_connect_failures_total{{app=\"{app}\",reason=\"{}\"}} {}",
+                why.as_str(),
+                m.connect_failures(why)
+            );
+        }
+    }
+    family(out, "anyedge_errors_total", "counter", "Client connections or requests that failed, by error code.");
+    for (app, m) in apps {
+        for why in Rejection::ALL {
+            let _ = writeln!(
+                out,
+                "anyedge_errors_total{{app=\"{app}\",code=\"{}\"}} {}",
+                why.as_str(),
+                m.errors(why)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_families_and_app_series() {
+        let metrics = Metrics::new();
+        let a = metrics.app("alpha");
+        let guard = a.tcp_connect();
+        a.add_bytes(Direction::In, 10);
+        a.connect_failure(ConnectFailure::Refused);
+        metrics.app("beta").error(Rejection::NoInstance);
+        let text = metrics.render();
+        assert!(text.contains("anyedge_edge_tcp_connects_total{app=\"alpha\"} 1"));
+        assert!(text.contains("anyedge_edge_tcp_active_connections{app=\"alpha\"} 1"));
+        assert!(text.contains("anyedge_edge_data_bytes_total{app=\"alpha\",direction=\"in\"} 10"));
+        assert!(text.contains("anyedge_edge_tcp_connect_failures_total{app=\"alpha\",reason=\"refused\"} 1"));
+        assert!(text.contains("anyedge_errors_total{app=\"beta\",code=\"no_instance_available\"} 1"));
+        drop(guard);
+        assert!(metrics.render().contains("anyedge_edge_tcp_active_connections{app=\"alpha\"} 0"));
+    }
+
+    #[test]
+    fn app_view_shows_only_that_app() {
+        let metrics = Metrics::new();
+        metrics.app("alpha");
+        metrics.app("beta");
+        let text = metrics.render_app("alpha");
+        assert!(text.contains("app=\"alpha\""));
+        assert!(!text.contains("app=\"beta\""));
+        assert!(!text.contains("anyedge_config_reloads_total"));
+    }
+}

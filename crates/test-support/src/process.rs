@@ -1,0 +1,47 @@
+//! A child `anyedge` process, stopped by its pid when dropped.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    /// Start `bin` with `args`; stderr goes to `log` so a failing test can show it.
+    pub fn spawn(bin: &Path, args: &[&str], log: &Path) -> Proc {
+        let log_file = std::fs::File::create(log).expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .env("ANYEDGE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn anyedge");
+        Proc { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Exited already? Returns the exit code if so.
+    pub fn try_exit_code(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
