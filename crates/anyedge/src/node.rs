@@ -107,6 +107,16 @@ impl Node {
         self.edge.listening()
     }
 
+    /// Client connections open now.
+    pub fn open_connections(&self) -> u32 {
+        self.edge.open_connections()
+    }
+
+    /// Pipes held in the splice pool (two descriptors each).
+    pub fn idle_pipes(&self) -> usize {
+        self.edge.idle_pipes()
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

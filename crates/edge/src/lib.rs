@@ -80,6 +80,11 @@ impl Edge {
         set.addrs()
     }
 
+    /// Pipes held in the splice pool (two descriptors each), for descriptor accounting.
+    pub fn idle_pipes(&self) -> usize {
+        self.shared.pipes.idle()
+    }
+
     /// Client connections open now.
     pub fn open_connections(&self) -> u32 {
         self.shared.node_connections.in_use()

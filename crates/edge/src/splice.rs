@@ -57,6 +57,11 @@ impl PipePool {
         }
     }
 
+    /// Pipes pooled now (each holds two descriptors).
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// Return a pipe; only empty pipes may come back.
     fn put(&self, pipe: Pipe) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);

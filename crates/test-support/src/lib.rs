@@ -1,6 +1,7 @@
 //! Dev-only helpers for system tests: fake TCP instances, child processes stopped by pid,
 //! free ports, descriptor counts, and polling with a deadline instead of sleeping.
 
+pub mod client;
 pub mod instances;
 pub mod process;
 
@@ -22,13 +23,27 @@ where
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1 (bound to port 0, then released).
-/// Config files need numbers; the tiny race is accepted in tests.
+/// A port free on every address right now, for config files that need numbers.
+///
+/// Chosen outside the kernel's ephemeral range (32768-60999 here), so no outgoing connection
+/// takes it between this check and the test's bind, and never the same one twice in a process.
+/// The wildcard check matters: a listener on `[::]:P` conflicts with any socket on port P.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let seed = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (seed + k.wrapping_mul(7_919)) % SPAN) as u16;
+        let wildcard = std::net::TcpListener::bind(("::", port)).is_ok()
+            || std::net::TcpListener::bind(("0.0.0.0", port)).is_ok();
+        if wildcard && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
 /// Open descriptors of a process (`/proc/<pid>/fd`).

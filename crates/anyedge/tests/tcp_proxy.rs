@@ -1,0 +1,172 @@
+//! System tests of the raw TCP path, with an in-process node, real sockets on loopback and fake
+//! instances: the work sample's 12 ports, failover, balance, PROXY headers.
+
+use anyedge::node::Node;
+use anyedge_test_support::client::{connect, echo, read_line};
+use anyedge_test_support::free_port;
+use anyedge_test_support::instances::{Behaviour, FakeInstance};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+fn admin() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The work-sample JSON as shipped, with every port remapped to a free one and every
+/// `tcp-echo.fly.dev` target replaced by a local echo instance tagged `app target`.
+/// `bad.target.for.testing` stays as it is.
+async fn remapped_work_sample() -> (String, HashMap<u16, String>, Vec<FakeInstance>) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/work-sample.json");
+    let text = std::fs::read_to_string(path).expect("work sample");
+    let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let mut ports = HashMap::new();
+    let mut instances = Vec::new();
+    for app in json["Apps"].as_array_mut().expect("Apps") {
+        let name = app["Name"].as_str().expect("Name").to_string();
+        for port in app["Ports"].as_array_mut().expect("Ports") {
+            let p = free_port();
+            ports.insert(p, name.clone());
+            *port = p.into();
+        }
+        for target in app["Targets"].as_array_mut().expect("Targets") {
+            let t = target.as_str().expect("target").to_string();
+            if t.starts_with("tcp-echo.fly.dev:") {
+                let inst = FakeInstance::echo(&format!("{name} {t}")).await;
+                *target = inst.addr.to_string().into();
+                instances.push(inst);
+            }
+        }
+    }
+    (json.to_string(), ports, instances)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_twelve_work_sample_ports_echo_through_their_app() {
+    let (json, ports, _instances) = remapped_work_sample().await;
+    let config = anyedge_config::parse(&json, "work-sample.json").expect("valid work sample");
+    let node = Node::start(config, admin()).await.expect("node starts");
+    assert_eq!(ports.len(), 12);
+    for (port, app) in &ports {
+        // Several connections per port, so the unresolvable target of six-thousand is chosen
+        // at least once and never shows.
+        for i in 0..6 {
+            let mut s = connect(local(*port)).await.expect("connect");
+            let tag = read_line(&mut s).await.expect("instance greets");
+            assert!(tag.starts_with(&format!("{app} ")), "port {port}: {tag} is not from {app}");
+            let payload = format!("hello {port} #{i}\n");
+            assert_eq!(echo(&mut s, payload.as_bytes()).await.expect("echo"), payload.as_bytes());
+        }
+    }
+    let metrics = node.metrics().render();
+    assert!(metrics.contains("anyedge_edge_tcp_connects_total{app=\"six-thousand\"} 24"), "{metrics}");
+    assert!(metrics.contains("anyedge_errors_total{app=\"six-thousand\",code=\"no_instance_available\"} 0"));
+}
+
+async fn node_with(toml: &str) -> Node {
+    let config = anyedge_config::parse(toml, "test.toml").unwrap_or_else(|d| panic!("{d}"));
+    Node::start(config, admin()).await.expect("node starts")
+}
+
+fn app_toml(name: &str, port: u16, handlers: &str, targets: &[String]) -> String {
+    let mut t = format!(
+        "[[apps]]\nname = \"{name}\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [{handlers}] }} ]\n"
+    );
+    for (i, target) in targets.iter().enumerate() {
+        t += &format!("  [[apps.instances]]\n  id = \"i{i}\"\n  address = \"{target}\"\n");
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_and_unresolvable_targets_never_fail_a_client() {
+    let good = FakeInstance::echo("good").await;
+    let refused = free_port();
+    let port = free_port();
+    let targets = vec![
+        format!("127.0.0.1:{refused}"),
+        "bad.target.for.testing:6003".to_string(),
+        good.addr.to_string(),
+    ];
+    let node = node_with(&app_toml("failover", port, "", &targets)).await;
+    for i in 0..60 {
+        let mut s = connect(local(port)).await.expect("connect");
+        assert_eq!(read_line(&mut s).await.expect("reached the good target"), "good", "connection {i}");
+        assert_eq!(echo(&mut s, b"x").await.expect("echo"), b"x");
+    }
+    assert_eq!(good.accepted(), 60);
+    let m = node.metrics().render();
+    assert!(m.contains("anyedge_errors_total{app=\"failover\",code=\"no_instance_available\"} 0"), "{m}");
+    assert!(!m.contains("reason=\"refused\"} 0"), "a refused attempt was counted: {m}");
+    assert!(!m.contains("reason=\"resolve\"} 0"), "a failed lookup was counted: {m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reachable_target_closes_the_client_promptly() {
+    let port = free_port();
+    let targets = vec![format!("127.0.0.1:{}", free_port()), "bad.target.for.testing:1".to_string()];
+    let node = node_with(&app_toml("down", port, "", &targets)).await;
+    let started = std::time::Instant::now();
+    let mut s = connect(local(port)).await.expect("connect");
+    assert!(anyedge_test_support::client::closed_by_peer(&mut s).await);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+    let m = node.metrics().render();
+    assert!(m.contains("anyedge_errors_total{app=\"down\",code=\"no_instance_available\"} 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_targets_share_200_connections_evenly() {
+    let a = FakeInstance::echo("a").await;
+    let b = FakeInstance::echo("b").await;
+    let port = free_port();
+    let _node = node_with(&app_toml("balanced", port, "", &[a.addr.to_string(), b.addr.to_string()])).await;
+    // Held open together: least-in-flight keeps the two within a few of each other.
+    let mut held = Vec::new();
+    let mut count = HashMap::new();
+    for _ in 0..200 {
+        let mut s = connect(local(port)).await.expect("connect");
+        let tag = read_line(&mut s).await.expect("tag");
+        *count.entry(tag).or_insert(0) += 1;
+        held.push(s);
+    }
+    let (na, nb) = (count.get("a").copied().unwrap_or(0), count.get("b").copied().unwrap_or(0));
+    assert_eq!(na + nb, 200);
+    assert!((90..=110).contains(&na), "held connections: a={na} b={nb}");
+    drop(held);
+    // One at a time (nothing in flight): random ties still spread within reason.
+    let mut count = HashMap::new();
+    for _ in 0..200 {
+        let mut s = connect(local(port)).await.expect("connect");
+        *count.entry(read_line(&mut s).await.expect("tag")).or_insert(0) += 1;
+    }
+    let na = count.get("a").copied().unwrap_or(0);
+    assert!((60..=140).contains(&na), "sequential connections: a={na} of 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_and_v2_tell_the_instance_the_client_address() {
+    let inst = FakeInstance::start(Behaviour::ProxyHeaderEcho).await;
+    let (p1, p2, pdefault) = (free_port(), free_port(), free_port());
+    let target = vec![inst.addr.to_string()];
+    let mut toml = app_toml("pp1", p1, "\"proxy_proto\"", &target);
+    toml = toml.replace("handlers = [\"proxy_proto\"] }", "handlers = [\"proxy_proto\"], proxy_proto = \"v1\" }");
+    toml += &app_toml("pp2", p2, "\"proxy_proto\"", &target)
+        .replace("handlers = [\"proxy_proto\"] }", "handlers = [\"proxy_proto\"], proxy_proto = \"v2\" }");
+    toml += &app_toml("ppdefault", pdefault, "\"proxy_proto\"", &target);
+    let _node = node_with(&toml).await;
+
+    for (port, want) in [(p1, "v1"), (p2, "v2"), (pdefault, "v1")] {
+        let mut s = connect(local(port)).await.expect("connect");
+        let me = s.local_addr().expect("client addr");
+        let line = read_line(&mut s).await.expect("header report");
+        let expected = match want {
+            "v1" => format!("v1 PROXY TCP4 127.0.0.1 127.0.0.1 {} {port}", me.port()),
+            _ => format!("v2 127.0.0.1:{} 127.0.0.1:{port}", me.port()),
+        };
+        assert_eq!(line, expected);
+        assert_eq!(echo(&mut s, b"after the header\n").await.expect("echo"), b"after the header\n");
+    }
+}
