@@ -29,7 +29,12 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn new(metrics: Arc<Metrics>, drain: Drain, snapshot: Arc<Snapshot>) -> Self {
-        AdminState { metrics, drain, snapshot: Mutex::new(snapshot), reload_error: Mutex::new(None) }
+        AdminState {
+            metrics,
+            drain,
+            snapshot: Mutex::new(snapshot),
+            reload_error: Mutex::new(None),
+        }
     }
 
     pub fn set_snapshot(&self, s: Arc<Snapshot>) {
@@ -37,11 +42,17 @@ impl AdminState {
     }
 
     pub fn set_reload_error(&self, e: Option<String>) {
-        *self.reload_error.lock().unwrap_or_else(PoisonError::into_inner) = e;
+        *self
+            .reload_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = e;
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -81,10 +92,17 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/healthz" => health(state),
         "/metrics" => {
             let open = i64::try_from(state.drain.open_connections()).unwrap_or(i64::MAX);
-            state.metrics.node.open_connections.store(open, std::sync::atomic::Ordering::Relaxed);
+            state
+                .metrics
+                .node
+                .open_connections
+                .store(open, std::sync::atomic::Ordering::Relaxed);
             metrics_text(state.metrics.render())
         }
-        _ => match path.strip_prefix("/v1/apps/").and_then(|p| p.strip_suffix("/metrics")) {
+        _ => match path
+            .strip_prefix("/v1/apps/")
+            .and_then(|p| p.strip_suffix("/metrics"))
+        {
             Some(app) => app_metrics(state, app, req),
             None => text(StatusCode::NOT_FOUND, "not found\n"),
         },
@@ -94,7 +112,11 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
 fn health(state: &AdminState) -> Response<Full<Bytes>> {
     let snapshot = state.snapshot();
     let draining = state.drain.is_draining();
-    let reload_error = state.reload_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let reload_error = state
+        .reload_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let body = serde_json::json!({
         "status": if draining { "draining" } else { "ok" },
         "node": snapshot.config.node.id,
@@ -104,10 +126,17 @@ fn health(state: &AdminState) -> Response<Full<Bytes>> {
         "open_connections": state.drain.open_connections(),
         "last_reload_error": reload_error,
     });
-    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     let mut resp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -124,7 +153,11 @@ fn app_metrics(state: &AdminState, app: &str, req: &Request<Incoming>) -> Respon
     let allowed = match (token, snapshot.app(app)) {
         (Some(token), Some(entry)) => {
             let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            entry.config.tokens_sha256.iter().any(|t| constant_time_eq(t, &digest))
+            entry
+                .config
+                .tokens_sha256
+                .iter()
+                .any(|t| constant_time_eq(t, &digest))
         }
         _ => false,
     };
@@ -140,7 +173,10 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 fn metrics_text(body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    resp.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(PROMETHEUS_TEXT));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(PROMETHEUS_TEXT),
+    );
     resp
 }
 

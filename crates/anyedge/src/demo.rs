@@ -36,7 +36,10 @@ pub fn run(args: &DemoArgs) -> ExitCode {
 }
 
 async fn wait_for_stop() {
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         }
@@ -46,8 +49,14 @@ async fn wait_for_stop() {
 
 /// Start the instances and a node in front of them; print what to try.
 pub async fn start(base_port: u16) -> Result<Node, Box<dyn std::error::Error>> {
-    let echo = [instances::spawn(instances::Kind::Echo).await?, instances::spawn(instances::Kind::Echo).await?];
-    let upper = [instances::spawn(instances::Kind::Upper).await?, instances::spawn(instances::Kind::Upper).await?];
+    let echo = [
+        instances::spawn(instances::Kind::Echo).await?,
+        instances::spawn(instances::Kind::Echo).await?,
+    ];
+    let upper = [
+        instances::spawn(instances::Kind::Upper).await?,
+        instances::spawn(instances::Kind::Upper).await?,
+    ];
     let whoami = [
         instances::spawn(instances::Kind::WhoAmI("whoami-1")).await?,
         instances::spawn(instances::Kind::WhoAmI("whoami-2")).await?,
@@ -55,14 +64,29 @@ pub async fn start(base_port: u16) -> Result<Node, Box<dyn std::error::Error>> {
     let port = |n: u16| base_port.checked_add(n).ok_or("--base-port is too high");
     let (p_echo, p_upper, p_whoami, p_admin) = (port(1)?, port(2)?, port(3)?, port(90)?);
     let dead = instances::unused_port()?;
-    let toml = demo_config(&echo, &upper, &whoami, [p_echo, p_upper, p_whoami, p_admin], dead);
+    let toml = demo_config(
+        &echo,
+        &upper,
+        &whoami,
+        [p_echo, p_upper, p_whoami, p_admin],
+        dead,
+    );
     let config = anyedge_config::parse(&toml, "<demo>").map_err(|d| d.to_string())?;
     let node = Node::start(config, None).await?;
-    println!("{}", instructions(p_echo, p_upper, p_whoami, node.admin_addr()));
+    println!(
+        "{}",
+        instructions(p_echo, p_upper, p_whoami, node.admin_addr())
+    );
     Ok(node)
 }
 
-fn demo_config(echo: &[SocketAddr], upper: &[SocketAddr], whoami: &[SocketAddr], ports: [u16; 4], dead: u16) -> String {
+fn demo_config(
+    echo: &[SocketAddr],
+    upper: &[SocketAddr],
+    whoami: &[SocketAddr],
+    ports: [u16; 4],
+    dead: u16,
+) -> String {
     let [p_echo, p_upper, p_whoami, p_admin] = ports;
     let mut t = String::new();
     let _ = write!(
@@ -75,7 +99,11 @@ fn demo_config(echo: &[SocketAddr], upper: &[SocketAddr], whoami: &[SocketAddr],
             "[[apps]]\nname = \"{name}\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [{handlers}] }} ]\n"
         );
         for (i, target) in targets.iter().enumerate() {
-            let _ = write!(t, "  [[apps.instances]]\n  id = \"{name}-{}\"\n  address = \"{target}\"\n", i + 1);
+            let _ = write!(
+                t,
+                "  [[apps.instances]]\n  id = \"{name}-{}\"\n  address = \"{target}\"\n",
+                i + 1
+            );
         }
         t.push('\n');
     };
@@ -86,7 +114,13 @@ fn demo_config(echo: &[SocketAddr], upper: &[SocketAddr], whoami: &[SocketAddr],
     upper_targets.push(format!("127.0.0.1:{dead}"));
     upper_targets.push("bad.target.for.testing:6003".into());
     app(&mut t, "upper", p_upper, "", &upper_targets);
-    app(&mut t, "whoami", p_whoami, "\"proxy_proto\"", &addrs(whoami));
+    app(
+        &mut t,
+        "whoami",
+        p_whoami,
+        "\"proxy_proto\"",
+        &addrs(whoami),
+    );
     t
 }
 

@@ -21,7 +21,10 @@ use tokio::signal::unix::{signal, SignalKind};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen for admin requests on {addr}: {source}")]
-    Admin { addr: SocketAddr, source: std::io::Error },
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Listeners(Vec<ListenError>),
     #[error("catalog store \"etcd\" is not available yet: use store = \"file\"")]
@@ -41,7 +44,10 @@ pub struct Node {
 
 impl Node {
     /// Bind the admin listener and every app listener of `config`, and start serving.
-    pub async fn start(config: Config, admin_listen: Option<SocketAddr>) -> Result<Node, StartError> {
+    pub async fn start(
+        config: Config,
+        admin_listen: Option<SocketAddr>,
+    ) -> Result<Node, StartError> {
         if matches!(config.catalog, CatalogConfig::Etcd(_)) {
             return Err(StartError::EtcdUnsupported);
         }
@@ -51,7 +57,11 @@ impl Node {
         let config = Arc::new(config);
         let snapshot = Arc::new(Snapshot::build(config.clone(), &registry, None));
         let edge = Edge::new(metrics.clone(), drain.clone());
-        let admin = Arc::new(AdminState::new(metrics.clone(), drain.clone(), snapshot.clone()));
+        let admin = Arc::new(AdminState::new(
+            metrics.clone(),
+            drain.clone(),
+            snapshot.clone(),
+        ));
         let addr = admin_listen.unwrap_or(config.admin.listen);
         let admin_addr = admin::serve(addr, admin.clone())
             .await
@@ -62,29 +72,54 @@ impl Node {
             edge.stop_accepting();
             return Err(StartError::Listeners(errors));
         }
-        metrics.node.config_generation.store(snapshot.generation, Ordering::Relaxed);
+        metrics
+            .node
+            .config_generation
+            .store(snapshot.generation, Ordering::Relaxed);
         tracing::info!(node = %config.node.id, region = %config.node.region, apps = config.apps.len(), admin = %admin_addr, "node started");
-        Ok(Node { edge, registry, metrics, drain, snapshot: Mutex::new(snapshot), admin, admin_addr })
+        Ok(Node {
+            edge,
+            registry,
+            metrics,
+            drain,
+            snapshot: Mutex::new(snapshot),
+            admin,
+            admin_addr,
+        })
     }
 
     /// Put a new config in force as a diff. Open connections are untouched.
     pub fn reload(&self, config: Config) -> Vec<ListenError> {
         let mut current = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
         warn_restart_only(&current.config, &config);
-        let next = Arc::new(Snapshot::build(Arc::new(config), &self.registry, Some(&current)));
+        let next = Arc::new(Snapshot::build(
+            Arc::new(config),
+            &self.registry,
+            Some(&current),
+        ));
         let errors = self.edge.apply(next.clone());
-        self.metrics.node.config_generation.store(next.generation, Ordering::Relaxed);
+        self.metrics
+            .node
+            .config_generation
+            .store(next.generation, Ordering::Relaxed);
         self.metrics.node.reloads_ok.fetch_add(1, Ordering::Relaxed);
         self.admin.set_snapshot(next.clone());
         self.admin.set_reload_error(None);
-        tracing::info!(generation = next.generation, apps = next.apps.len(), "config reloaded");
+        tracing::info!(
+            generation = next.generation,
+            apps = next.apps.len(),
+            "config reloaded"
+        );
         *current = next;
         errors
     }
 
     /// Count and report a config that could not be loaded; the one in force stays.
     pub fn reload_failed(&self, problem: String) {
-        self.metrics.node.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .node
+            .reloads_failed
+            .fetch_add(1, Ordering::Relaxed);
         tracing::error!(problems = %problem.trim_end(), "config rejected; the previous config stays in force");
         self.admin.set_reload_error(Some(problem));
     }
@@ -122,7 +157,12 @@ impl Node {
     }
 
     pub fn drain_timeout(&self) -> Duration {
-        self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).config.node.drain_timeout
+        self.snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config
+            .node
+            .drain_timeout
     }
 }
 
@@ -204,7 +244,10 @@ async fn serve(config: Config, args: &RunArgs) -> ExitCode {
     match drained {
         0 => tracing::info!("drained; exiting"),
         usize::MAX => tracing::warn!("second signal; exiting now"),
-        left => tracing::warn!(left, "grace period over; closing the connections still open"),
+        left => tracing::warn!(
+            left,
+            "grace period over; closing the connections still open"
+        ),
     }
     ExitCode::SUCCESS
 }
@@ -219,4 +262,3 @@ fn reload_from(node: &Node, path: &Path) {
         Err(diagnostics) => node.reload_failed(diagnostics.to_string()),
     }
 }
-

@@ -26,7 +26,11 @@ impl FileWatch {
         };
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res {
-                if event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name) {
+                if event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                {
                     let _ = tx.send(());
                 }
             }
@@ -39,7 +43,12 @@ impl FileWatch {
                 (None, None)
             }
         };
-        FileWatch { path: path.to_path_buf(), events, last: std::fs::read(path).ok(), _watcher: watcher }
+        FileWatch {
+            path: path.to_path_buf(),
+            events,
+            last: std::fs::read(path).ok(),
+            _watcher: watcher,
+        }
     }
 
     /// Resolves when the file's content has changed.

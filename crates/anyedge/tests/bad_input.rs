@@ -34,22 +34,33 @@ async fn bad_input_leaks_nothing_and_panics_nothing() {
         echo_inst.addr, dying.addr
     );
     let config = anyedge_config::parse(&toml, "bad-input.toml").unwrap_or_else(|d| panic!("{d}"));
-    let node = Node::start(config, Some(local(0))).await.expect("node starts");
+    let node = Node::start(config, Some(local(0)))
+        .await
+        .expect("node starts");
 
     // Warm up once so lazily created runtime resources exist before the baseline.
     let mut warm = connect(local(p_echo)).await.expect("connect");
     assert_eq!(echo(&mut warm, b"warm").await.expect("echo"), b"warm");
     drop(warm);
-    eventually("warm-up connection closed", Duration::from_secs(5), || async {
-        (node.open_connections() == 0).then_some(())
-    })
+    eventually(
+        "warm-up connection closed",
+        Duration::from_secs(5),
+        || async { (node.open_connections() == 0).then_some(()) },
+    )
     .await;
     let baseline = fds(&node);
 
     // Garbage: random bytes, including a fake PROXY header and NULs, pass through untouched.
-    let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let mut s = connect(local(p_echo)).await.expect("connect");
-    assert_eq!(echo(&mut s, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n\0\0\xff").await.expect("echo"), b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n\0\0\xff");
+    assert_eq!(
+        echo(&mut s, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n\0\0\xff")
+            .await
+            .expect("echo"),
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n\0\0\xff"
+    );
     assert_eq!(echo(&mut s, &garbage).await.expect("echo garbage"), garbage);
     drop(s);
 
@@ -102,25 +113,57 @@ async fn bad_input_leaks_nothing_and_panics_nothing() {
         assert_eq!(echo(&mut s, b"ok").await.expect("echo under cap"), b"ok");
         held.push(s);
     }
-    let mut over = connect_from(capped, local(p_echo)).await.expect("TCP connect succeeds");
-    assert!(closed_by_peer(&mut over).await, "the connection past the cap is closed");
-    let mut other = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 2, 2)), local(p_echo)).await.expect("connect");
-    assert_eq!(echo(&mut other, b"fine").await.expect("another client is unaffected"), b"fine");
-    assert_eq!(echo(&mut held[0], b"still").await.expect("held connection works"), b"still");
+    let mut over = connect_from(capped, local(p_echo))
+        .await
+        .expect("TCP connect succeeds");
+    assert!(
+        closed_by_peer(&mut over).await,
+        "the connection past the cap is closed"
+    );
+    let mut other = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 2, 2)), local(p_echo))
+        .await
+        .expect("connect");
+    assert_eq!(
+        echo(&mut other, b"fine")
+            .await
+            .expect("another client is unaffected"),
+        b"fine"
+    );
+    assert_eq!(
+        echo(&mut held[0], b"still")
+            .await
+            .expect("held connection works"),
+        b"still"
+    );
     drop((held, over, other));
 
     // Everything returns to zero: connection slots, active gauges, descriptors.
-    eventually("all connections closed", Duration::from_secs(10), || async {
-        (node.open_connections() == 0).then_some(())
-    })
+    eventually(
+        "all connections closed",
+        Duration::from_secs(10),
+        || async { (node.open_connections() == 0).then_some(()) },
+    )
     .await;
     let m = node.metrics().render();
-    assert!(m.contains("anyedge_edge_tcp_active_connections{app=\"echo\"} 0"), "{m}");
-    assert!(m.contains("anyedge_edge_tcp_active_connections{app=\"dying\"} 0"), "{m}");
-    assert!(m.contains("anyedge_errors_total{app=\"echo\",code=\"client_ip_connection_limit\"} 1"), "{m}");
-    eventually("descriptors back to the baseline", Duration::from_secs(10), || async {
-        let now = fds(&node);
-        (now <= baseline).then_some(())
-    })
+    assert!(
+        m.contains("anyedge_edge_tcp_active_connections{app=\"echo\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("anyedge_edge_tcp_active_connections{app=\"dying\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("anyedge_errors_total{app=\"echo\",code=\"client_ip_connection_limit\"} 1"),
+        "{m}"
+    );
+    eventually(
+        "descriptors back to the baseline",
+        Duration::from_secs(10),
+        || async {
+            let now = fds(&node);
+            (now <= baseline).then_some(())
+        },
+    )
     .await;
 }

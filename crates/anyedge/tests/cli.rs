@@ -12,7 +12,12 @@ fn examples() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("examples/")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("toml" | "json")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("toml" | "json")
+            )
+        })
         .collect();
     files.sort();
     files
@@ -21,9 +26,17 @@ fn examples() -> Vec<PathBuf> {
 #[test]
 fn check_accepts_every_example() {
     let files = examples();
-    assert!(files.iter().any(|f| f.ends_with("work-sample.json")), "{files:?}");
+    assert!(
+        files.iter().any(|f| f.ends_with("work-sample.json")),
+        "{files:?}"
+    );
     for file in files {
-        let out = Command::new(bin()).arg("check").arg("--config").arg(&file).output().expect("run check");
+        let out = Command::new(bin())
+            .arg("check")
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("run check");
         assert!(
             out.status.success(),
             "{} fails check:\n{}",
@@ -44,17 +57,28 @@ fn check_reports_every_problem_with_its_line_and_exits_1() {
          [[apps]]\nname = \"b\"\nunknown_key = true\n",
     )
     .expect("write");
-    let out = Command::new(bin()).arg("check").arg("--config").arg(&file).output().expect("run check");
+    let out = Command::new(bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("run check");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:4:"), "port problem on line 4:\n{err}");
+    assert!(
+        err.contains("bad.toml:4:"),
+        "port problem on line 4:\n{err}"
+    );
     assert!(err.contains("bad.toml:7:"), "unknown key on line 7:\n{err}");
     assert!(err.contains("unknown_key"), "{err}");
 }
 
 #[test]
 fn check_reports_a_missing_file() {
-    let out = Command::new(bin()).args(["check", "--config", "/nonexistent/anyedge.toml"]).output().expect("run");
+    let out = Command::new(bin())
+        .args(["check", "--config", "/nonexistent/anyedge.toml"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }

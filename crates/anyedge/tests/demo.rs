@@ -8,9 +8,10 @@ use tokio::io::AsyncWriteExt;
 fn free_base() -> u16 {
     for _ in 0..100 {
         let base = anyedge_test_support::free_port().saturating_sub(1);
-        let free = [1u16, 2, 3, 90]
-            .iter()
-            .all(|d| base.checked_add(*d).is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()));
+        let free = [1u16, 2, 3, 90].iter().all(|d| {
+            base.checked_add(*d)
+                .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
         if free {
             return base;
         }
@@ -19,8 +20,12 @@ fn free_base() -> u16 {
 }
 
 async fn ask(port: u16, line: &str) -> String {
-    let mut s = connect(SocketAddr::from(([127, 0, 0, 1], port))).await.expect("connect");
-    s.write_all(format!("{line}\n").as_bytes()).await.expect("write");
+    let mut s = connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("connect");
+    s.write_all(format!("{line}\n").as_bytes())
+        .await
+        .expect("write");
     read_line(&mut s).await.expect("answer")
 }
 
@@ -30,10 +35,17 @@ async fn demo_apps_answer_through_the_edge() {
     let node = anyedge::demo::start(base).await.expect("demo starts");
     assert_eq!(ask(base + 1, "hello").await, "hello");
     for _ in 0..10 {
-        assert_eq!(ask(base + 2, "hello").await, "HELLO", "upper never fails despite its dead targets");
+        assert_eq!(
+            ask(base + 2, "hello").await,
+            "HELLO",
+            "upper never fails despite its dead targets"
+        );
     }
     let who = ask(base + 3, "hi").await;
     assert!(who.starts_with("hello 127.0.0.1:"), "{who}");
     assert!(who.contains("you said: hi"), "{who}");
-    assert!(node.metrics().render().contains("anyedge_edge_tcp_connects_total{app=\"upper\"} 10"));
+    assert!(node
+        .metrics()
+        .render()
+        .contains("anyedge_edge_tcp_connects_total{app=\"upper\"} 10"));
 }

@@ -49,7 +49,11 @@ async fn admin_get(admin: SocketAddr, path: &str) -> String {
 async fn reload_applies_a_diff_and_keeps_open_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("anyedge.toml");
-    let (a1, a2, b1) = (FakeInstance::echo("a1").await, FakeInstance::echo("a2").await, FakeInstance::echo("b1").await);
+    let (a1, a2, b1) = (
+        FakeInstance::echo("a1").await,
+        FakeInstance::echo("a2").await,
+        FakeInstance::echo("b1").await,
+    );
     let (pa, pb, padmin) = (free_port(), free_port(), free_port());
     let head = "[node]\ndrain_timeout = \"20s\"\n\n";
     write_config(&path, &format!("{head}{}", app("a", pa, a1.addr)));
@@ -58,48 +62,106 @@ async fn reload_applies_a_diff_and_keeps_open_connections() {
     let admin_arg = admin.to_string();
     let mut node = Proc::spawn(
         bin,
-        &["run", "--config", path.to_str().expect("utf-8 path"), "--admin-listen", &admin_arg],
+        &[
+            "run",
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--admin-listen",
+            &admin_arg,
+        ],
         &dir.path().join("node.log"),
     );
-    eventually("app a serves", WAIT, || async { tag_of(pa).await.filter(|t| t == "a1") }).await;
+    eventually("app a serves", WAIT, || async {
+        tag_of(pa).await.filter(|t| t == "a1")
+    })
+    .await;
 
     // A connection opened before every reload below; it must keep echoing throughout.
     let mut old = connect(local(pa)).await.expect("connect");
     assert_eq!(read_line(&mut old).await.expect("tag"), "a1");
-    assert_eq!(echo(&mut old, b"before\n").await.expect("echo"), b"before\n");
+    assert_eq!(
+        echo(&mut old, b"before\n").await.expect("echo"),
+        b"before\n"
+    );
 
     // File change: add app b on a new port, and swap a's target.
-    write_config(&path, &format!("{head}{}{}", app("a", pa, a2.addr), app("b", pb, b1.addr)));
-    eventually("new port serves", WAIT, || async { tag_of(pb).await.filter(|t| t == "b1") }).await;
-    eventually("a's new target takes new connections", WAIT, || async { tag_of(pa).await.filter(|t| t == "a2") }).await;
-    assert_eq!(echo(&mut old, b"after add\n").await.expect("old connection survives"), b"after add\n");
+    write_config(
+        &path,
+        &format!("{head}{}{}", app("a", pa, a2.addr), app("b", pb, b1.addr)),
+    );
+    eventually("new port serves", WAIT, || async {
+        tag_of(pb).await.filter(|t| t == "b1")
+    })
+    .await;
+    eventually("a's new target takes new connections", WAIT, || async {
+        tag_of(pa).await.filter(|t| t == "a2")
+    })
+    .await;
+    assert_eq!(
+        echo(&mut old, b"after add\n")
+            .await
+            .expect("old connection survives"),
+        b"after add\n"
+    );
 
     // An invalid file: reported, and the config in force stays.
-    write_config(&path, &format!("{head}{}[[apps]]\nname = \"broken\"\nbogus_key = 1\n", app("a", pa, a2.addr)));
+    write_config(
+        &path,
+        &format!(
+            "{head}{}[[apps]]\nname = \"broken\"\nbogus_key = 1\n",
+            app("a", pa, a2.addr)
+        ),
+    );
     eventually("reload error reported", WAIT, || async {
         let health = admin_get(admin, "/healthz").await;
         health.contains("bogus_key").then_some(())
     })
     .await;
-    assert!(admin_get(admin, "/metrics").await.contains("anyedge_config_reloads_total{result=\"error\"} 1"));
-    assert_eq!(tag_of(pb).await.as_deref(), Some("b1"), "old config still serves b");
-    assert_eq!(echo(&mut old, b"after invalid\n").await.expect("echo"), b"after invalid\n");
+    assert!(admin_get(admin, "/metrics")
+        .await
+        .contains("anyedge_config_reloads_total{result=\"error\"} 1"));
+    assert_eq!(
+        tag_of(pb).await.as_deref(),
+        Some("b1"),
+        "old config still serves b"
+    );
+    assert_eq!(
+        echo(&mut old, b"after invalid\n").await.expect("echo"),
+        b"after invalid\n"
+    );
 
     // SIGHUP with the file fixed and b removed: b's port closes.
     let text = format!("{head}{}", app("a", pa, a2.addr));
     std::fs::write(&path, &text).expect("write in place");
     node.signal(libc::SIGHUP);
-    eventually("removed port stops listening", WAIT, || async { connect(local(pb)).await.is_err().then_some(()) }).await;
+    eventually("removed port stops listening", WAIT, || async {
+        connect(local(pb)).await.is_err().then_some(())
+    })
+    .await;
     assert_eq!(tag_of(pa).await.as_deref(), Some("a2"));
-    assert_eq!(echo(&mut old, b"after remove\n").await.expect("echo"), b"after remove\n");
+    assert_eq!(
+        echo(&mut old, b"after remove\n").await.expect("echo"),
+        b"after remove\n"
+    );
 
     // SIGTERM: stop accepting, keep the open connection until it ends, then exit 0.
     node.signal(libc::SIGTERM);
-    eventually("listener closed on SIGTERM", WAIT, || async { connect(local(pa)).await.is_err().then_some(()) }).await;
-    assert_eq!(echo(&mut old, b"while draining\n").await.expect("drain keeps it"), b"while draining\n");
+    eventually("listener closed on SIGTERM", WAIT, || async {
+        connect(local(pa)).await.is_err().then_some(())
+    })
+    .await;
+    assert_eq!(
+        echo(&mut old, b"while draining\n")
+            .await
+            .expect("drain keeps it"),
+        b"while draining\n"
+    );
     assert!(node.try_exit_code().is_none(), "exits only when drained");
     drop(old);
-    let code = eventually("node exits after the last connection", WAIT, || std::future::ready(node.try_exit_code())).await;
+    let code = eventually("node exits after the last connection", WAIT, || {
+        std::future::ready(node.try_exit_code())
+    })
+    .await;
     assert_eq!(code, Some(0));
 }
 
@@ -107,7 +169,10 @@ async fn reload_applies_a_diff_and_keeps_open_connections() {
 async fn work_sample_json_runs_and_reloads_through_the_binary() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.json");
-    let (t1, t2) = (FakeInstance::echo("t1").await, FakeInstance::echo("t2").await);
+    let (t1, t2) = (
+        FakeInstance::echo("t1").await,
+        FakeInstance::echo("t2").await,
+    );
     let (p1, p2) = (free_port(), free_port());
     let json = |ports: &str| {
         format!(
@@ -122,20 +187,38 @@ async fn work_sample_json_runs_and_reloads_through_the_binary() {
     let admin_arg = admin.to_string();
     let mut node = Proc::spawn(
         Path::new(env!("CARGO_BIN_EXE_anyedge")),
-        &["run", "--config", path.to_str().expect("utf-8 path"), "--admin-listen", &admin_arg],
+        &[
+            "run",
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--admin-listen",
+            &admin_arg,
+        ],
         &dir.path().join("node.log"),
     );
-    eventually("work sample serves", WAIT, || async { tag_of(p1).await.filter(|t| t == "t1") }).await;
+    eventually("work sample serves", WAIT, || async {
+        tag_of(p1).await.filter(|t| t == "t1")
+    })
+    .await;
     write_config(&path, &json(&format!("{p1}, {p2}")));
-    eventually("added port serves", WAIT, || async { tag_of(p2).await.filter(|t| t == "t1") }).await;
+    eventually("added port serves", WAIT, || async {
+        tag_of(p2).await.filter(|t| t == "t1")
+    })
+    .await;
     // A repeated port is invalid; the running config stays.
     write_config(&path, &json(&format!("{p1}, {p1}")));
     eventually("the repeated port is rejected", WAIT, || async {
-        admin_get(admin, "/metrics").await.contains("anyedge_config_reloads_total{result=\"error\"} 1").then_some(())
+        admin_get(admin, "/metrics")
+            .await
+            .contains("anyedge_config_reloads_total{result=\"error\"} 1")
+            .then_some(())
     })
     .await;
     assert_eq!(tag_of(p2).await.as_deref(), Some("t1"));
     node.signal(libc::SIGINT);
-    let code = eventually("node exits on SIGINT", WAIT, || std::future::ready(node.try_exit_code())).await;
+    let code = eventually("node exits on SIGINT", WAIT, || {
+        std::future::ready(node.try_exit_code())
+    })
+    .await;
     assert_eq!(code, Some(0));
 }

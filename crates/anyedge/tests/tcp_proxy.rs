@@ -20,7 +20,10 @@ fn local(port: u16) -> SocketAddr {
 /// `tcp-echo.fly.dev` target replaced by a local echo instance tagged `app target`.
 /// `bad.target.for.testing` stays as it is.
 async fn remapped_work_sample() -> (String, HashMap<u16, String>, Vec<FakeInstance>) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/work-sample.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/work-sample.json"
+    );
     let text = std::fs::read_to_string(path).expect("work sample");
     let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
     let mut ports = HashMap::new();
@@ -56,14 +59,24 @@ async fn all_twelve_work_sample_ports_echo_through_their_app() {
         for i in 0..6 {
             let mut s = connect(local(*port)).await.expect("connect");
             let tag = read_line(&mut s).await.expect("instance greets");
-            assert!(tag.starts_with(&format!("{app} ")), "port {port}: {tag} is not from {app}");
+            assert!(
+                tag.starts_with(&format!("{app} ")),
+                "port {port}: {tag} is not from {app}"
+            );
             let payload = format!("hello {port} #{i}\n");
-            assert_eq!(echo(&mut s, payload.as_bytes()).await.expect("echo"), payload.as_bytes());
+            assert_eq!(
+                echo(&mut s, payload.as_bytes()).await.expect("echo"),
+                payload.as_bytes()
+            );
         }
     }
     let metrics = node.metrics().render();
-    assert!(metrics.contains("anyedge_edge_tcp_connects_total{app=\"six-thousand\"} 24"), "{metrics}");
-    assert!(metrics.contains("anyedge_errors_total{app=\"six-thousand\",code=\"no_instance_available\"} 0"));
+    assert!(
+        metrics.contains("anyedge_edge_tcp_connects_total{app=\"six-thousand\"} 24"),
+        "{metrics}"
+    );
+    assert!(metrics
+        .contains("anyedge_errors_total{app=\"six-thousand\",code=\"no_instance_available\"} 0"));
 }
 
 async fn node_with(toml: &str) -> Node {
@@ -94,27 +107,50 @@ async fn dead_and_unresolvable_targets_never_fail_a_client() {
     let node = node_with(&app_toml("failover", port, "", &targets)).await;
     for i in 0..60 {
         let mut s = connect(local(port)).await.expect("connect");
-        assert_eq!(read_line(&mut s).await.expect("reached the good target"), "good", "connection {i}");
+        assert_eq!(
+            read_line(&mut s).await.expect("reached the good target"),
+            "good",
+            "connection {i}"
+        );
         assert_eq!(echo(&mut s, b"x").await.expect("echo"), b"x");
     }
     assert_eq!(good.accepted(), 60);
     let m = node.metrics().render();
-    assert!(m.contains("anyedge_errors_total{app=\"failover\",code=\"no_instance_available\"} 0"), "{m}");
-    assert!(!m.contains("reason=\"refused\"} 0"), "a refused attempt was counted: {m}");
-    assert!(!m.contains("reason=\"resolve\"} 0"), "a failed lookup was counted: {m}");
+    assert!(
+        m.contains("anyedge_errors_total{app=\"failover\",code=\"no_instance_available\"} 0"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("reason=\"refused\"} 0"),
+        "a refused attempt was counted: {m}"
+    );
+    assert!(
+        !m.contains("reason=\"resolve\"} 0"),
+        "a failed lookup was counted: {m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_reachable_target_closes_the_client_promptly() {
     let port = free_port();
-    let targets = vec![format!("127.0.0.1:{}", free_port()), "bad.target.for.testing:1".to_string()];
+    let targets = vec![
+        format!("127.0.0.1:{}", free_port()),
+        "bad.target.for.testing:1".to_string(),
+    ];
     let node = node_with(&app_toml("down", port, "", &targets)).await;
     let started = std::time::Instant::now();
     let mut s = connect(local(port)).await.expect("connect");
     assert!(anyedge_test_support::client::closed_by_peer(&mut s).await);
-    assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     let m = node.metrics().render();
-    assert!(m.contains("anyedge_errors_total{app=\"down\",code=\"no_instance_available\"} 1"), "{m}");
+    assert!(
+        m.contains("anyedge_errors_total{app=\"down\",code=\"no_instance_available\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +158,13 @@ async fn two_targets_share_200_connections_evenly() {
     let a = FakeInstance::echo("a").await;
     let b = FakeInstance::echo("b").await;
     let port = free_port();
-    let _node = node_with(&app_toml("balanced", port, "", &[a.addr.to_string(), b.addr.to_string()])).await;
+    let _node = node_with(&app_toml(
+        "balanced",
+        port,
+        "",
+        &[a.addr.to_string(), b.addr.to_string()],
+    ))
+    .await;
     // Held open together: least-in-flight keeps the two within a few of each other.
     let mut held = Vec::new();
     let mut count = HashMap::new();
@@ -132,7 +174,10 @@ async fn two_targets_share_200_connections_evenly() {
         *count.entry(tag).or_insert(0) += 1;
         held.push(s);
     }
-    let (na, nb) = (count.get("a").copied().unwrap_or(0), count.get("b").copied().unwrap_or(0));
+    let (na, nb) = (
+        count.get("a").copied().unwrap_or(0),
+        count.get("b").copied().unwrap_or(0),
+    );
     assert_eq!(na + nb, 200);
     assert!((90..=110).contains(&na), "held connections: a={na} b={nb}");
     drop(held);
@@ -140,10 +185,15 @@ async fn two_targets_share_200_connections_evenly() {
     let mut count = HashMap::new();
     for _ in 0..200 {
         let mut s = connect(local(port)).await.expect("connect");
-        *count.entry(read_line(&mut s).await.expect("tag")).or_insert(0) += 1;
+        *count
+            .entry(read_line(&mut s).await.expect("tag"))
+            .or_insert(0) += 1;
     }
     let na = count.get("a").copied().unwrap_or(0);
-    assert!((60..=140).contains(&na), "sequential connections: a={na} of 200");
+    assert!(
+        (60..=140).contains(&na),
+        "sequential connections: a={na} of 200"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,9 +202,14 @@ async fn proxy_protocol_v1_and_v2_tell_the_instance_the_client_address() {
     let (p1, p2, pdefault) = (free_port(), free_port(), free_port());
     let target = vec![inst.addr.to_string()];
     let mut toml = app_toml("pp1", p1, "\"proxy_proto\"", &target);
-    toml = toml.replace("handlers = [\"proxy_proto\"] }", "handlers = [\"proxy_proto\"], proxy_proto = \"v1\" }");
-    toml += &app_toml("pp2", p2, "\"proxy_proto\"", &target)
-        .replace("handlers = [\"proxy_proto\"] }", "handlers = [\"proxy_proto\"], proxy_proto = \"v2\" }");
+    toml = toml.replace(
+        "handlers = [\"proxy_proto\"] }",
+        "handlers = [\"proxy_proto\"], proxy_proto = \"v1\" }",
+    );
+    toml += &app_toml("pp2", p2, "\"proxy_proto\"", &target).replace(
+        "handlers = [\"proxy_proto\"] }",
+        "handlers = [\"proxy_proto\"], proxy_proto = \"v2\" }",
+    );
     toml += &app_toml("ppdefault", pdefault, "\"proxy_proto\"", &target);
     let _node = node_with(&toml).await;
 
@@ -167,6 +222,9 @@ async fn proxy_protocol_v1_and_v2_tell_the_instance_the_client_address() {
             _ => format!("v2 127.0.0.1:{} 127.0.0.1:{port}", me.port()),
         };
         assert_eq!(line, expected);
-        assert_eq!(echo(&mut s, b"after the header\n").await.expect("echo"), b"after the header\n");
+        assert_eq!(
+            echo(&mut s, b"after the header\n").await.expect("echo"),
+            b"after the header\n"
+        );
     }
 }

@@ -80,16 +80,26 @@ impl LiveRegistry {
     }
 
     pub fn instance(&self, id: &InstanceId) -> Arc<InstanceLive> {
-        let mut map = self.instances.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         map.entry(id.clone()).or_default().clone()
     }
 
     /// Forget state nobody uses: not in the catalog any more and nothing in flight.
-    pub fn retain(&self, keep_app: impl Fn(&str) -> bool, keep_instance: impl Fn(&InstanceId) -> bool) {
+    pub fn retain(
+        &self,
+        keep_app: impl Fn(&str) -> bool,
+        keep_instance: impl Fn(&InstanceId) -> bool,
+    ) {
         let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
         apps.retain(|name, live| keep_app(name) || live.connections.in_use() > 0);
         drop(apps);
-        let mut map = self.instances.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         map.retain(|id, live| keep_instance(id) || live.inflight.in_use() > 0);
     }
 

@@ -31,7 +31,11 @@ pub struct InstanceEntry {
 
 impl Snapshot {
     /// Build the next snapshot. Apps whose config is unchanged since `prev` are reused as they are.
-    pub fn build(config: Arc<Config>, registry: &LiveRegistry, prev: Option<&Snapshot>) -> Snapshot {
+    pub fn build(
+        config: Arc<Config>,
+        registry: &LiveRegistry,
+        prev: Option<&Snapshot>,
+    ) -> Snapshot {
         let generation = prev.map_or(1, |p| p.generation + 1);
         let apps = config
             .apps

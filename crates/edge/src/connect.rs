@@ -53,7 +53,9 @@ impl AttemptError {
             AttemptError::Io { source, .. } => match source.kind() {
                 io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
                 io::ErrorKind::TimedOut => ConnectFailure::Timeout,
-                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ConnectFailure::Unreachable,
+                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                    ConnectFailure::Unreachable
+                }
                 _ => ConnectFailure::Other,
             },
         }
@@ -61,7 +63,11 @@ impl AttemptError {
 }
 
 /// Try instances in placement order, each at most once, until one connects.
-pub(crate) async fn connect_any(route: &TcpRoute, timeout: Duration, resolver: &Resolver) -> Result<Upstream, ConnectError> {
+pub(crate) async fn connect_any(
+    route: &TcpRoute,
+    timeout: Duration,
+    resolver: &Resolver,
+) -> Result<Upstream, ConnectError> {
     let instances = &route.app.instances;
     let service = &route.app.config.services[route.service];
     let mut tried = vec![false; instances.len()];
@@ -77,11 +83,17 @@ pub(crate) async fn connect_any(route: &TcpRoute, timeout: Duration, resolver: &
                 excluded,
             })
             .collect();
-        let Some(index) = anyedge_placement::choose(&candidates, &mut rand::thread_rng()) else { break };
+        let Some(index) = anyedge_placement::choose(&candidates, &mut rand::thread_rng()) else {
+            break;
+        };
         tried[index] = true;
         let inst = &instances[index];
         let inflight = inst.live.inflight.acquire();
-        let target = inst.address.port.or(service.internal_port).map(|port| (inst.address.host.as_str(), port));
+        let target = inst
+            .address
+            .port
+            .or(service.internal_port)
+            .map(|port| (inst.address.host.as_str(), port));
         let result = match target {
             Some((host, port)) => connect_one(host, port, timeout, resolver).await,
             None => Err(AttemptError::NoPort),
@@ -89,7 +101,11 @@ pub(crate) async fn connect_any(route: &TcpRoute, timeout: Duration, resolver: &
         match result {
             Ok(stream) => {
                 inst.live.connect_succeeded();
-                return Ok(Upstream { stream, instance: inst.id.clone(), _inflight: inflight });
+                return Ok(Upstream {
+                    stream,
+                    instance: inst.id.clone(),
+                    _inflight: inflight,
+                });
             }
             Err(e) => {
                 inst.live.connect_failed(Instant::now());
@@ -100,17 +116,29 @@ pub(crate) async fn connect_any(route: &TcpRoute, timeout: Duration, resolver: &
         }
     }
     match last {
-        Some(last) => Err(ConnectError::AllFailed { tried: tried.iter().filter(|t| **t).count(), last }),
+        Some(last) => Err(ConnectError::AllFailed {
+            tried: tried.iter().filter(|t| **t).count(),
+            last,
+        }),
         None => Err(ConnectError::NoInstances),
     }
 }
 
-async fn connect_one(host: &str, port: u16, timeout: Duration, resolver: &Resolver) -> Result<TcpStream, AttemptError> {
+async fn connect_one(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    resolver: &Resolver,
+) -> Result<TcpStream, AttemptError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let addrs = tokio::time::timeout_at(deadline, resolver.resolve(host, port))
         .await
-        .map_err(|_| AttemptError::Timeout { addr: format!("{host}:{port}") })?
-        .ok_or_else(|| AttemptError::Resolve { host: host.to_string() })?;
+        .map_err(|_| AttemptError::Timeout {
+            addr: format!("{host}:{port}"),
+        })?
+        .ok_or_else(|| AttemptError::Resolve {
+            host: host.to_string(),
+        })?;
     let mut last = None;
     for addr in addrs {
         match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
@@ -119,18 +147,27 @@ async fn connect_one(host: &str, port: u16, timeout: Duration, resolver: &Resolv
                 return Ok(stream);
             }
             Ok(Err(source)) => last = Some(AttemptError::Io { addr, source }),
-            Err(_) => return Err(AttemptError::Timeout { addr: addr.to_string() }),
+            Err(_) => {
+                return Err(AttemptError::Timeout {
+                    addr: addr.to_string(),
+                })
+            }
         }
     }
-    Err(last.unwrap_or(AttemptError::Resolve { host: host.to_string() }))
+    Err(last.unwrap_or(AttemptError::Resolve {
+        host: host.to_string(),
+    }))
 }
 
 /// Host name resolution with a small cache: 30 s for answers, 5 s for failures, so a dead name
 /// costs one lookup per few seconds rather than one per connection.
 #[derive(Default)]
 pub(crate) struct Resolver {
-    cache: Mutex<HashMap<String, (Instant, Option<Vec<IpAddr>>)>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
+
+/// Until when an answer holds, and the answer (`None`: the name did not resolve).
+type Cached = (Instant, Option<Vec<IpAddr>>);
 
 impl Resolver {
     pub async fn resolve(&self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {
@@ -140,7 +177,10 @@ impl Resolver {
         let now = Instant::now();
         let cached = {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            cache.get(host).filter(|(until, _)| *until > now).map(|(_, ips)| ips.clone())
+            cache
+                .get(host)
+                .filter(|(until, _)| *until > now)
+                .map(|(_, ips)| ips.clone())
         };
         let ips = match cached {
             Some(ips) => ips,
@@ -150,7 +190,11 @@ impl Resolver {
                     .ok()
                     .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<_>>())
                     .filter(|ips| !ips.is_empty());
-                let ttl = if ips.is_some() { RESOLVED_TTL } else { FAILED_TTL };
+                let ttl = if ips.is_some() {
+                    RESOLVED_TTL
+                } else {
+                    FAILED_TTL
+                };
                 let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
                 if cache.len() >= CACHE_MAX {
                     cache.retain(|_, (until, _)| *until > now);
@@ -159,7 +203,11 @@ impl Resolver {
                 ips
             }
         };
-        ips.map(|ips| ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+        ips.map(|ips| {
+            ips.into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect()
+        })
     }
 }
 
@@ -170,7 +218,10 @@ mod tests {
     #[tokio::test]
     async fn ip_literals_skip_lookup_and_bad_names_fail() {
         let r = Resolver::default();
-        assert_eq!(r.resolve("127.0.0.1", 80).await, Some(vec![SocketAddr::from(([127, 0, 0, 1], 80))]));
+        assert_eq!(
+            r.resolve("127.0.0.1", 80).await,
+            Some(vec![SocketAddr::from(([127, 0, 0, 1], 80))])
+        );
         assert_eq!(r.resolve("::1", 80).await.map(|v| v.len()), Some(1));
         assert_eq!(r.resolve("bad.target.for.testing", 80).await, None);
         // cached failure answers the same

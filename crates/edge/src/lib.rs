@@ -64,19 +64,28 @@ impl Edge {
         let routes = Arc::new(Routes::build(&snapshot, &self.shared.metrics));
         let wanted = routes.listen_addrs();
         self.shared.routes.store(routes);
-        let mut set = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut set = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         set.apply(&wanted, &self.shared)
     }
 
     /// Close every listener (the node is stopping). Open connections go on.
     pub fn stop_accepting(&self) {
-        let mut set = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut set = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         set.close_all(&self.shared);
     }
 
     /// Addresses listened on now.
     pub fn listening(&self) -> Vec<SocketAddr> {
-        let set = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        let set = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         set.addrs()
     }
 

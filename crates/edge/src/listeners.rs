@@ -37,30 +37,63 @@ pub(crate) struct ListenerSet {
 }
 
 impl ListenerSet {
-    pub fn apply(&mut self, wanted: &BTreeSet<ListenAddr>, shared: &Arc<Shared>) -> Vec<ListenError> {
-        let stale: Vec<ListenAddr> = self.open.keys().filter(|a| !wanted.contains(a)).copied().collect();
+    pub fn apply(
+        &mut self,
+        wanted: &BTreeSet<ListenAddr>,
+        shared: &Arc<Shared>,
+    ) -> Vec<ListenError> {
+        let stale: Vec<ListenAddr> = self
+            .open
+            .keys()
+            .filter(|a| !wanted.contains(a))
+            .copied()
+            .collect();
         for addr in stale {
             self.open.remove(&addr);
-            shared.metrics.node.listeners.fetch_sub(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .node
+                .listeners
+                .fetch_sub(1, Ordering::Relaxed);
             tracing::info!(?addr, "listener closed");
         }
         let mut errors = Vec::new();
         if shared.drain.is_draining() {
             return errors;
         }
-        let missing: Vec<ListenAddr> = wanted.iter().filter(|a| !self.open.contains_key(a)).copied().collect();
+        let missing: Vec<ListenAddr> = wanted
+            .iter()
+            .filter(|a| !self.open.contains_key(a))
+            .copied()
+            .collect();
         for addr in &missing {
             match bind(*addr) {
                 Ok(listener) => {
-                    let local = listener.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                    let local = listener
+                        .local_addr()
+                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
                     let (stop_tx, stop_rx) = oneshot::channel();
                     tokio::spawn(accept_loop(listener, stop_rx, shared.clone()));
-                    shared.metrics.node.listeners.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .node
+                        .listeners
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%local, "listening");
-                    self.open.insert(*addr, Open { local, _stop: stop_tx });
+                    self.open.insert(
+                        *addr,
+                        Open {
+                            local,
+                            _stop: stop_tx,
+                        },
+                    );
                 }
                 Err(source) => {
-                    shared.metrics.node.listener_errors.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .node
+                        .listener_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     let addr = match addr {
                         ListenAddr::Any(port) => format!("*:{port}"),
                         ListenAddr::One(a) => a.to_string(),
@@ -76,7 +109,11 @@ impl ListenerSet {
     pub fn close_all(&mut self, shared: &Shared) {
         let n = self.open.len() as i64;
         self.open.clear();
-        shared.metrics.node.listeners.fetch_sub(n, Ordering::Relaxed);
+        shared
+            .metrics
+            .node
+            .listeners
+            .fetch_sub(n, Ordering::Relaxed);
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
@@ -90,8 +127,10 @@ impl ListenerSet {
 fn bind(addr: ListenAddr) -> io::Result<TcpListener> {
     match addr {
         ListenAddr::One(a) => bind_one(a, false),
-        ListenAddr::Any(port) => bind_one(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port), true)
-            .or_else(|_| bind_one(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port), false)),
+        ListenAddr::Any(port) => {
+            bind_one(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port), true)
+                .or_else(|_| bind_one(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port), false))
+        }
     }
 }
 
@@ -118,13 +157,21 @@ async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, sha
         match accepted {
             Ok((stream, peer)) => admit(stream, peer, &shared),
             Err(e) if is_resource_exhaustion(&e) => {
-                shared.metrics.node.accept_errors.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .node
+                    .accept_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "accept failed; backing off");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
             Err(e) => {
                 // ECONNABORTED and the like concern one connection, not the listener.
-                shared.metrics.node.accept_errors.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .node
+                    .accept_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "accept failed");
             }
         }
@@ -141,24 +188,41 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 /// Route and admit one accepted connection, then hand it to its own task. A rejected one is
 /// closed at once: dropping the socket is the cheapest answer to a flood.
 fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
-    let Ok(local) = stream.local_addr() else { return };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     let routes = shared.routes.load();
     let Some(route) = routes.tcp(local).cloned() else {
         tracing::debug!(%local, "no route for accepted connection");
         return;
     };
     let limits = &routes.limits;
-    let Some(node_slot) = shared.node_connections.try_acquire(clamp(limits.max_connections)) else {
-        shared.metrics.node.rejected_node_limit.fetch_add(1, Ordering::Relaxed);
+    let Some(node_slot) = shared
+        .node_connections
+        .try_acquire(clamp(limits.max_connections))
+    else {
+        shared
+            .metrics
+            .node
+            .rejected_node_limit
+            .fetch_add(1, Ordering::Relaxed);
         route.metrics.error(Rejection::NodeLimit);
         return;
     };
     let peer_ip = peer.ip().to_canonical();
-    let Some(ip_slot) = shared.per_ip.try_acquire(peer_ip, clamp(limits.max_connections_per_ip)) else {
+    let Some(ip_slot) = shared
+        .per_ip
+        .try_acquire(peer_ip, clamp(limits.max_connections_per_ip))
+    else {
         route.metrics.error(Rejection::IpLimit);
         return;
     };
-    let Some(app_slot) = route.app.live.connections.try_acquire(route.app.config.limits.max_connections) else {
+    let Some(app_slot) = route
+        .app
+        .live
+        .connections
+        .try_acquire(route.app.config.limits.max_connections)
+    else {
         route.metrics.error(Rejection::AppLimit);
         return;
     };
@@ -170,7 +234,13 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
         _app: app_slot,
         _drain: shared.drain.track(),
     };
-    let conn = tcp::Conn { client: stream, peer: SocketAddr::new(peer_ip, peer.port()), local, route, connect_timeout };
+    let conn = tcp::Conn {
+        client: stream,
+        peer: SocketAddr::new(peer_ip, peer.port()),
+        local,
+        route,
+        connect_timeout,
+    };
     tokio::spawn(tcp::serve(conn, guards, shared.clone()));
 }
 

@@ -82,7 +82,11 @@ mod tests {
 
     #[test]
     fn v1_as_a_parser_reads_it() {
-        let bytes = encode(ProxyProtoVersion::V1, sa("192.0.2.7:40000"), sa("127.0.0.1:5432"));
+        let bytes = encode(
+            ProxyProtoVersion::V1,
+            sa("192.0.2.7:40000"),
+            sa("127.0.0.1:5432"),
+        );
         assert_eq!(bytes, b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 5432\r\n");
         let text = std::str::from_utf8(&bytes).expect("ascii");
         let header = v1::Header::try_from(text).expect("valid v1");
@@ -94,25 +98,42 @@ mod tests {
 
     #[test]
     fn v2_as_a_parser_reads_it() {
-        let bytes = encode(ProxyProtoVersion::V2, sa("[2001:db8::1]:1234"), sa("[::1]:443"));
+        let bytes = encode(
+            ProxyProtoVersion::V2,
+            sa("[2001:db8::1]:1234"),
+            sa("[::1]:443"),
+        );
         let header = v2::Header::try_from(&bytes[..]).expect("valid v2");
         assert_eq!(header.command, v2::Command::Proxy);
         match header.addresses {
             v2::Addresses::IPv6(a) => {
-                assert_eq!(a.source_address, "2001:db8::1".parse::<std::net::Ipv6Addr>().expect("ip"));
+                assert_eq!(
+                    a.source_address,
+                    "2001:db8::1".parse::<std::net::Ipv6Addr>().expect("ip")
+                );
                 assert_eq!(a.source_port, 1234);
                 assert_eq!(a.destination_port, 443);
             }
             other => panic!("expected IPv6, got {other:?}"),
         }
-        assert!(matches!(HeaderResult::parse(&bytes), HeaderResult::V2(Ok(_))));
+        assert!(matches!(
+            HeaderResult::parse(&bytes),
+            HeaderResult::V2(Ok(_))
+        ));
     }
 
     #[test]
     fn mixed_families_become_v6() {
         let bytes = encode(ProxyProtoVersion::V1, sa("127.0.0.1:1"), sa("[::1]:2"));
         assert_eq!(bytes, b"PROXY TCP6 ::ffff:127.0.0.1 ::1 1 2\r\n");
-        let v4 = encode(ProxyProtoVersion::V2, sa("[::ffff:10.0.0.1]:1"), sa("10.0.0.2:2"));
-        assert_eq!(v4[13], 0x11, "v4-mapped client on a v4 socket is sent as IPv4");
+        let v4 = encode(
+            ProxyProtoVersion::V2,
+            sa("[::ffff:10.0.0.1]:1"),
+            sa("10.0.0.2:2"),
+        );
+        assert_eq!(
+            v4[13], 0x11,
+            "v4-mapped client on a v4 socket is sent as IPv4"
+        );
     }
 }

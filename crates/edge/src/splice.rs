@@ -37,7 +37,13 @@ impl Pipe {
         };
         // A larger pipe moves more per call; the kernel may refuse, which only costs speed.
         // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        unsafe {
+            libc::fcntl(
+                pipe.write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
         Ok(pipe)
     }
 }
@@ -50,7 +56,11 @@ pub(crate) struct PipePool {
 
 impl PipePool {
     fn take(&self) -> io::Result<Pipe> {
-        let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         match pooled {
             Some(p) => Ok(p),
             None => Pipe::new(),
@@ -59,7 +69,10 @@ impl PipePool {
 
     /// Pipes pooled now (each holds two descriptors).
     pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Return a pipe; only empty pipes may come back.
@@ -100,12 +113,18 @@ pub(crate) async fn bidirectional(
     metrics: &AppMetrics,
 ) -> io::Result<()> {
     let inbound = async {
-        pump(client, upstream, pool, |n| metrics.add_bytes(Direction::In, n)).await?;
+        pump(client, upstream, pool, |n| {
+            metrics.add_bytes(Direction::In, n)
+        })
+        .await?;
         let _ = socket2::SockRef::from(upstream).shutdown(Shutdown::Write);
         Ok::<_, io::Error>(())
     };
     let outbound = async {
-        pump(upstream, client, pool, |n| metrics.add_bytes(Direction::Out, n)).await?;
+        pump(upstream, client, pool, |n| {
+            metrics.add_bytes(Direction::Out, n)
+        })
+        .await?;
         let _ = socket2::SockRef::from(client).shutdown(Shutdown::Write);
         Ok::<_, io::Error>(())
     };
@@ -113,11 +132,18 @@ pub(crate) async fn bidirectional(
 }
 
 /// One direction, until end of stream.
-async fn pump(from: &TcpStream, to: &TcpStream, pool: &PipePool, count: impl Fn(u64)) -> io::Result<()> {
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    pool: &PipePool,
+    count: impl Fn(u64),
+) -> io::Result<()> {
     loop {
         from.readable().await?;
         let pipe = pool.take()?;
-        let filled = from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE));
+        let filled = from.try_io(Interest::READABLE, || {
+            splice(from.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE)
+        });
         let n = match filled {
             Ok(0) => {
                 pool.put(pipe);
@@ -133,7 +159,9 @@ async fn pump(from: &TcpStream, to: &TcpStream, pool: &PipePool, count: impl Fn(
         let mut left = n;
         while left > 0 {
             to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)) {
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
+            }) {
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The pipe still holds data: it is closed with `pipe`, not pooled.
@@ -174,7 +202,10 @@ mod tests {
             let mut got = Vec::new();
             server.read_to_end(&mut got).await.expect("server read");
             assert_eq!(got.len(), big.len());
-            server.write_all(b"reply after half-close").await.expect("server write");
+            server
+                .write_all(b"reply after half-close")
+                .await
+                .expect("server write");
             server.shutdown().await.expect("server shutdown");
             let mut back = Vec::new();
             client.read_to_end(&mut back).await.expect("client read");

@@ -87,7 +87,10 @@ mod tests {
     fn two_candidates_least_loaded_wins() {
         let mut rng = SmallRng::seed_from_u64(2);
         for _ in 0..100 {
-            assert_eq!(choose(&[c(5, false, false), c(1, false, false)], &mut rng), Some(1));
+            assert_eq!(
+                choose(&[c(5, false, false), c(1, false, false)], &mut rng),
+                Some(1)
+            );
         }
     }
 

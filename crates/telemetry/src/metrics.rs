@@ -106,7 +106,8 @@ impl AppMetrics {
     }
 
     pub fn add_bytes(&self, direction: Direction, n: u64) {
-        self.bytes_counter(direction).fetch_add(n, Ordering::Relaxed);
+        self.bytes_counter(direction)
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn bytes(&self, direction: Direction) -> u64 {
@@ -209,21 +210,79 @@ impl Metrics {
     fn render_node(&self, out: &mut String) {
         let n = &self.node;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        family(out, "anyedge_config_reloads_total", "counter", "Config reloads by result.");
-        let _ = writeln!(out, "anyedge_config_reloads_total{{result=\"ok\"}} {}", get(&n.reloads_ok));
-        let _ = writeln!(out, "anyedge_config_reloads_total{{result=\"error\"}} {}", get(&n.reloads_failed));
-        family(out, "anyedge_config_generation", "gauge", "Generation of the catalog snapshot in force.");
-        let _ = writeln!(out, "anyedge_config_generation {}", get(&n.config_generation));
-        family(out, "anyedge_accept_errors_total", "counter", "accept() failures (EMFILE and the like).");
+        family(
+            out,
+            "anyedge_config_reloads_total",
+            "counter",
+            "Config reloads by result.",
+        );
+        let _ = writeln!(
+            out,
+            "anyedge_config_reloads_total{{result=\"ok\"}} {}",
+            get(&n.reloads_ok)
+        );
+        let _ = writeln!(
+            out,
+            "anyedge_config_reloads_total{{result=\"error\"}} {}",
+            get(&n.reloads_failed)
+        );
+        family(
+            out,
+            "anyedge_config_generation",
+            "gauge",
+            "Generation of the catalog snapshot in force.",
+        );
+        let _ = writeln!(
+            out,
+            "anyedge_config_generation {}",
+            get(&n.config_generation)
+        );
+        family(
+            out,
+            "anyedge_accept_errors_total",
+            "counter",
+            "accept() failures (EMFILE and the like).",
+        );
         let _ = writeln!(out, "anyedge_accept_errors_total {}", get(&n.accept_errors));
-        family(out, "anyedge_listener_errors_total", "counter", "Listeners that could not be opened.");
-        let _ = writeln!(out, "anyedge_listener_errors_total {}", get(&n.listener_errors));
-        family(out, "anyedge_node_rejected_connections_total", "counter", "Connections refused by the node-wide connection cap.");
-        let _ = writeln!(out, "anyedge_node_rejected_connections_total {}", get(&n.rejected_node_limit));
-        family(out, "anyedge_open_connections", "gauge", "Client connections open on this node.");
-        let _ = writeln!(out, "anyedge_open_connections {}", n.open_connections.load(Ordering::Relaxed));
+        family(
+            out,
+            "anyedge_listener_errors_total",
+            "counter",
+            "Listeners that could not be opened.",
+        );
+        let _ = writeln!(
+            out,
+            "anyedge_listener_errors_total {}",
+            get(&n.listener_errors)
+        );
+        family(
+            out,
+            "anyedge_node_rejected_connections_total",
+            "counter",
+            "Connections refused by the node-wide connection cap.",
+        );
+        let _ = writeln!(
+            out,
+            "anyedge_node_rejected_connections_total {}",
+            get(&n.rejected_node_limit)
+        );
+        family(
+            out,
+            "anyedge_open_connections",
+            "gauge",
+            "Client connections open on this node.",
+        );
+        let _ = writeln!(
+            out,
+            "anyedge_open_connections {}",
+            n.open_connections.load(Ordering::Relaxed)
+        );
         family(out, "anyedge_listeners", "gauge", "Listening sockets open.");
-        let _ = writeln!(out, "anyedge_listeners {}", n.listeners.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "anyedge_listeners {}",
+            n.listeners.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -233,20 +292,56 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    family(out, "anyedge_edge_tcp_connects_total", "counter", "Client TCP connections accepted for the app.");
+    family(
+        out,
+        "anyedge_edge_tcp_connects_total",
+        "counter",
+        "Client TCP connections accepted for the app.",
+    );
     for (app, m) in apps {
-        let _ = writeln!(out, "anyedge_edge_tcp_connects_total{{app=\"{app}\"}} {}", get(&m.tcp_connects));
+        let _ = writeln!(
+            out,
+            "anyedge_edge_tcp_connects_total{{app=\"{app}\"}} {}",
+            get(&m.tcp_connects)
+        );
     }
-    family(out, "anyedge_edge_tcp_active_connections", "gauge", "Client TCP connections open for the app.");
+    family(
+        out,
+        "anyedge_edge_tcp_active_connections",
+        "gauge",
+        "Client TCP connections open for the app.",
+    );
     for (app, m) in apps {
-        let _ = writeln!(out, "anyedge_edge_tcp_active_connections{{app=\"{app}\"}} {}", m.tcp_active());
+        let _ = writeln!(
+            out,
+            "anyedge_edge_tcp_active_connections{{app=\"{app}\"}} {}",
+            m.tcp_active()
+        );
     }
-    family(out, "anyedge_edge_data_bytes_total", "counter", "Bytes proxied; in = client to instance.");
+    family(
+        out,
+        "anyedge_edge_data_bytes_total",
+        "counter",
+        "Bytes proxied; in = client to instance.",
+    );
     for (app, m) in apps {
-        let _ = writeln!(out, "anyedge_edge_data_bytes_total{{app=\"{app}\",direction=\"in\"}} {}", get(&m.bytes_in));
-        let _ = writeln!(out, "anyedge_edge_data_bytes_total{{app=\"{app}\",direction=\"out\"}} {}", get(&m.bytes_out));
+        let _ = writeln!(
+            out,
+            "anyedge_edge_data_bytes_total{{app=\"{app}\",direction=\"in\"}} {}",
+            get(&m.bytes_in)
+        );
+        let _ = writeln!(
+            out,
+            "anyedge_edge_data_bytes_total{{app=\"{app}\",direction=\"out\"}} {}",
+            get(&m.bytes_out)
+        );
     }
-    family(out, "anyedge_edge_tcp_connect_failures_total", "counter", "Failed connect attempts to instances, by reason.");
+    family(
+        out,
+        "anyedge_edge_tcp_connect_failures_total",
+        "counter",
+        "Failed connect attempts to instances, by reason.",
+    );
     for (app, m) in apps {
         for why in ConnectFailure::ALL {
             let _ = writeln!(
@@ -257,7 +352,12 @@ fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
             );
         }
     }
-    family(out, "anyedge_errors_total", "counter", "Client connections or requests that failed, by error code.");
+    family(
+        out,
+        "anyedge_errors_total",
+        "counter",
+        "Client connections or requests that failed, by error code.",
+    );
     for (app, m) in apps {
         for why in Rejection::ALL {
             let _ = writeln!(
@@ -286,10 +386,16 @@ mod tests {
         assert!(text.contains("anyedge_edge_tcp_connects_total{app=\"alpha\"} 1"));
         assert!(text.contains("anyedge_edge_tcp_active_connections{app=\"alpha\"} 1"));
         assert!(text.contains("anyedge_edge_data_bytes_total{app=\"alpha\",direction=\"in\"} 10"));
-        assert!(text.contains("anyedge_edge_tcp_connect_failures_total{app=\"alpha\",reason=\"refused\"} 1"));
-        assert!(text.contains("anyedge_errors_total{app=\"beta\",code=\"no_instance_available\"} 1"));
+        assert!(text.contains(
+            "anyedge_edge_tcp_connect_failures_total{app=\"alpha\",reason=\"refused\"} 1"
+        ));
+        assert!(
+            text.contains("anyedge_errors_total{app=\"beta\",code=\"no_instance_available\"} 1")
+        );
         drop(guard);
-        assert!(metrics.render().contains("anyedge_edge_tcp_active_connections{app=\"alpha\"} 0"));
+        assert!(metrics
+            .render()
+            .contains("anyedge_edge_tcp_active_connections{app=\"alpha\"} 0"));
     }
 
     #[test]

@@ -8,7 +8,10 @@ use tokio::net::{TcpSocket, TcpStream};
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+async fn within<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
     tokio::time::timeout(IO_TIMEOUT, fut)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out")))?
@@ -20,7 +23,11 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 
 /// Connect from a chosen loopback source address (per-client-IP tests).
 pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.bind(SocketAddr::new(source, 0))?;
     within("connect", socket.connect(addr)).await
 }
@@ -32,7 +39,10 @@ pub async fn read_line(stream: &mut TcpStream) -> io::Result<String> {
         let mut byte = [0u8; 1];
         loop {
             if stream.read(&mut byte).await? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("EOF after {:?}", String::from_utf8_lossy(&line))));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("EOF after {:?}", String::from_utf8_lossy(&line)),
+                ));
             }
             if byte[0] == b'\n' {
                 return Ok(String::from_utf8_lossy(&line).into_owned());

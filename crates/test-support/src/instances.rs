@@ -27,7 +27,9 @@ pub struct FakeInstance {
 
 impl FakeInstance {
     pub async fn start(behaviour: Behaviour) -> FakeInstance {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake instance");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake instance");
         let addr = listener.local_addr().expect("local addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let (stop, mut stopped) = oneshot::channel();
@@ -44,11 +46,18 @@ impl FakeInstance {
                 }
             }
         });
-        FakeInstance { addr, accepted, _stop: stop }
+        FakeInstance {
+            addr,
+            accepted,
+            _stop: stop,
+        }
     }
 
     pub async fn echo(tag: &str) -> FakeInstance {
-        Self::start(Behaviour::Echo { tag: tag.to_string() }).await
+        Self::start(Behaviour::Echo {
+            tag: tag.to_string(),
+        })
+        .await
     }
 
     pub fn accepted(&self) -> usize {
@@ -122,7 +131,13 @@ fn describe_header(h: &[u8]) -> String {
         0x11 if body.len() >= 12 => {
             let ip = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
             let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
-            format!("v2 {}:{} {}:{}", ip(&body[0..4]), port(&body[8..10]), ip(&body[4..8]), port(&body[10..12]))
+            format!(
+                "v2 {}:{} {}:{}",
+                ip(&body[0..4]),
+                port(&body[8..10]),
+                ip(&body[4..8]),
+                port(&body[10..12])
+            )
         }
         0x21 if body.len() >= 36 => {
             let ip = |b: &[u8]| {
@@ -131,7 +146,13 @@ fn describe_header(h: &[u8]) -> String {
                 std::net::Ipv6Addr::from(a)
             };
             let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
-            format!("v2 [{}]:{} [{}]:{}", ip(&body[0..16]), port(&body[32..34]), ip(&body[16..32]), port(&body[34..36]))
+            format!(
+                "v2 [{}]:{} [{}]:{}",
+                ip(&body[0..16]),
+                port(&body[32..34]),
+                ip(&body[16..32]),
+                port(&body[34..36])
+            )
         }
         other => format!("v2 unknown family {other:#x}"),
     }

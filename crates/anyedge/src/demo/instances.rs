@@ -33,7 +33,9 @@ pub async fn spawn(kind: Kind) -> std::io::Result<SocketAddr> {
 
 /// A port nothing listens on (bound, then released), for a target that refuses.
 pub fn unused_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn echo(mut stream: TcpStream) -> std::io::Result<()> {
@@ -46,7 +48,8 @@ async fn upper(stream: TcpStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
-        w.write_all(format!("{}\n", line.to_uppercase()).as_bytes()).await?;
+        w.write_all(format!("{}\n", line.to_uppercase()).as_bytes())
+            .await?;
     }
     w.shutdown().await
 }
@@ -65,7 +68,8 @@ async fn whoami(stream: TcpStream, name: &str) -> std::io::Result<()> {
         None => return Ok(()),
     };
     while let Some(line) = lines.next_line().await? {
-        w.write_all(format!("hello {client}, this is {name}; you said: {line}\n").as_bytes()).await?;
+        w.write_all(format!("hello {client}, this is {name}; you said: {line}\n").as_bytes())
+            .await?;
     }
     w.shutdown().await
 }
