@@ -228,3 +228,65 @@ async fn proxy_protocol_v1_and_v2_tell_the_instance_the_client_address() {
         );
     }
 }
+
+/// A listener with a full accept queue: the kernel drops further SYNs, so connecting to it
+/// times out. Returns the listener and the connections that fill its queue.
+fn blackhole() -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.bind(&local(0).into()).expect("bind");
+    socket.listen(0).expect("listen");
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().expect("addr");
+    let fill = (0..3)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (listener, fill)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_times_out_is_bounded_and_skipped() {
+    let (hole, _fill) = blackhole();
+    let good = FakeInstance::echo("good").await;
+    let port = free_port();
+    let toml = format!(
+        "[limits]\nconnect_timeout = \"300ms\"\n\n{}",
+        app_toml(
+            "slowpoke",
+            port,
+            "",
+            &[
+                hole.local_addr().expect("addr").to_string(),
+                good.addr.to_string()
+            ]
+        )
+    );
+    let node = node_with(&toml).await;
+    for i in 0..20 {
+        let started = std::time::Instant::now();
+        let mut s = connect(local(port)).await.expect("connect");
+        assert_eq!(
+            read_line(&mut s).await.expect("reached the good target"),
+            "good",
+            "connection {i}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "connect timeout bounded: {:?}",
+            started.elapsed()
+        );
+    }
+    let m = node.metrics().render();
+    assert!(
+        !m.contains(
+            "anyedge_edge_tcp_connect_failures_total{app=\"slowpoke\",reason=\"timeout\"} 0"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("anyedge_errors_total{app=\"slowpoke\",code=\"no_instance_available\"} 0"),
+        "{m}"
+    );
+}

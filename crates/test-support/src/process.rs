@@ -10,8 +10,32 @@ pub struct Proc {
 impl Proc {
     /// Start `bin` with `args`; stderr goes to `log` so a failing test can show it.
     pub fn spawn(bin: &Path, args: &[&str], log: &Path) -> Proc {
+        Self::spawn_with_nofile(bin, args, log, None)
+    }
+
+    /// Like `spawn`, with `RLIMIT_NOFILE` lowered to `nofile` in the child (descriptor
+    /// exhaustion tests).
+    pub fn spawn_with_nofile(bin: &Path, args: &[&str], log: &Path, nofile: Option<u64>) -> Proc {
+        use std::os::unix::process::CommandExt;
         let log_file = std::fs::File::create(log).expect("log file");
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some(n) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command
             .args(args)
             .env("ANYEDGE_LOG", "info")
             .stdin(Stdio::null())
