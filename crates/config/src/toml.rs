@@ -1,0 +1,163 @@
+//! anyedge TOML: syntax (toml_edit, which keeps spans), then one block at a time into the file
+//! structs of `toml/file.rs`, then validation into the internal [`Config`].
+
+mod apps;
+mod file;
+mod instances;
+pub(crate) mod locate;
+mod sections;
+mod services;
+
+use std::path::Path;
+
+use toml_edit::{Document, Item, Table, Value};
+
+use crate::diagnostics::{Diagnostic, Diagnostics};
+use crate::model::{App, CatalogConfig, Config, Format};
+use crate::path;
+use crate::report::{line_col, Report};
+use locate::TomlLocator;
+
+/// Top-level keys of a node file.
+const SECTIONS: [&str; 10] = [
+    "node",
+    "admin",
+    "catalog",
+    "limits",
+    "cluster",
+    "acme",
+    "http",
+    "regions",
+    "apps",
+    "instances",
+];
+
+/// Parse and validate a node's config file.
+pub(crate) fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, Diagnostics> {
+    with_document(text, origin, |root, r| {
+        for (k, _) in root.iter() {
+            if !SECTIONS.contains(&k) {
+                r.key_error(&path::key("", k), format!("unknown section `{k}`"));
+            }
+        }
+        let node = sections::node(root, r);
+        let catalog = sections::catalog(root, base, r);
+        let etcd = matches!(catalog, CatalogConfig::Etcd(_));
+        let scope = apps::Scope {
+            node_region: &node.region,
+            base,
+            instances_allowed: true,
+        };
+        let apps = match root.get("apps") {
+            Some(_) if etcd => {
+                r.key_error(
+                    "apps",
+                    "[[apps]] do not belong in a node file with store = \"etcd\": apps live in etcd (`anyedge apps put FILE`)",
+                );
+                Vec::new()
+            }
+            item => apps::apps(item, &scope, r),
+        };
+        Config {
+            admin: sections::admin(root, r),
+            limits: sections::limits(root, r),
+            http: sections::http(root, r),
+            regions: sections::regions(root, r),
+            cluster: sections::cluster(root, base, r),
+            acme: sections::acme(root, base, r),
+            local_instances: instances::local(root.get("instances"), &node.region, etcd, r),
+            node,
+            catalog,
+            apps,
+            format: Format::Toml,
+        }
+    })
+}
+
+/// Parse and validate a file of `[[apps]]` blocks alone (`anyedge apps put`): no other section,
+/// no instances (workers register their own).
+pub(crate) fn parse_apps(
+    text: &str,
+    origin: &str,
+    base: Option<&Path>,
+) -> Result<Vec<App>, Diagnostics> {
+    with_document(text, origin, |root, r| {
+        for (k, _) in root.iter() {
+            if k != "apps" {
+                r.key_error(
+                    &path::key("", k),
+                    format!("unknown section `{k}`: an apps file holds only [[apps]] blocks"),
+                );
+            }
+        }
+        let scope = apps::Scope {
+            node_region: crate::defaults::REGION,
+            base,
+            instances_allowed: false,
+        };
+        apps::apps(root.get("apps"), &scope, r)
+    })
+}
+
+/// Parse the syntax, run `build` with a report that can place every key path, and return its
+/// result only if nothing was reported.
+fn with_document<T>(
+    text: &str,
+    origin: &str,
+    build: impl FnOnce(&Table, &mut Report<'_>) -> T,
+) -> Result<T, Diagnostics> {
+    let doc = match Document::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let mut d = Diagnostic::new(origin, "", format!("TOML syntax: {}", e.message().trim()));
+            if let Some(span) = e.span() {
+                let (line, column) = line_col(text, span.start);
+                d.line = Some(line);
+                d.column = Some(column);
+            }
+            return Err(Diagnostics::single(d));
+        }
+    };
+    let locator = TomlLocator {
+        root: doc.as_table(),
+    };
+    let mut report = Report::new(origin, text, &locator);
+    let value = build(doc.as_table(), &mut report);
+    if report.is_empty() {
+        Ok(value)
+    } else {
+        Err(report.finish())
+    }
+}
+
+/// A table-like item as an owned table (`[x]`, `[[x]]` elements and `{ inline }` tables).
+fn as_table(item: Item, at: &str, r: &mut Report<'_>) -> Option<Table> {
+    match item {
+        Item::Table(t) => Some(t),
+        Item::Value(Value::InlineTable(t)) => Some(t.into_table()),
+        _ => {
+            r.error(at, "expected a table");
+            None
+        }
+    }
+}
+
+/// The elements of a list of tables (`[[key]]` blocks or `key = [{ .. }, { .. }]`), each as
+/// its own item. `at` is the list's path.
+fn list(item: Option<Item>, at: &str, r: &mut Report<'_>) -> Vec<Item> {
+    match item {
+        None => Vec::new(),
+        Some(Item::ArrayOfTables(a)) => a.into_iter().map(Item::Table).collect(),
+        Some(Item::Value(Value::Array(a))) => a.into_iter().map(Item::Value).collect(),
+        Some(_) => {
+            let name = at.rsplit('.').next().unwrap_or(at);
+            r.error(
+                at,
+                format!(
+                    "`{name}` must be a list of tables ([[...]] blocks, or {name} = [{{ .. }}])"
+                ),
+            );
+            Vec::new()
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The anyedge TOML file as written: one struct per block, loosely typed where validation wants
+//! to give its own message (ports as integers, durations and addresses as strings).
+//!
+//! Unknown keys are not refused here (`deny_unknown_fields` would stop at the first one): the
+//! deserializer in `de.rs` collects every ignored key through `serde_ignored` and reports each.
+//! Lists of blocks (`services`, `ports`, `checks`, `certificates`, `instances`) are cut out of
+//! their parent and deserialized one element at a time, so a type error hides nothing else.
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct NodeFile {
+    pub id: Option<String>,
+    pub region: Option<String>,
+    pub roles: Option<Vec<String>>,
+    pub threads: Option<u64>,
+    pub drain_timeout: Option<String>,
+    pub backhaul_listen: Option<String>,
+    pub advertise: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AdminFile {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct CatalogFile {
+    pub store: Option<String>,
+    pub etcd_endpoints: Option<Vec<String>>,
+    pub etcd_ca: Option<String>,
+    pub etcd_cert: Option<String>,
+    pub etcd_key: Option<String>,
+    pub secret_key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct LimitsFile {
+    pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
+    pub tls_handshake_timeout: Option<String>,
+    pub max_concurrent_handshakes: Option<u64>,
+    pub connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ClusterFile {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AcmeFile {
+    pub directory: Option<String>,
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub contact: Vec<String>,
+    pub ca_roots: Option<String>,
+    pub state_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct HttpFile {
+    pub header_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RegionFile {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// `[[apps]]` without its `services`, `certificates` and `instances`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AppFile {
+    pub name: String,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    pub concurrency: Option<ConcurrencyFile>,
+    pub limits: Option<AppLimitsFile>,
+    #[serde(default)]
+    pub tokens_sha256: Vec<String>,
+    #[serde(default)]
+    pub replay_from: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConcurrencyFile {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub soft_limit: Option<u64>,
+    pub hard_limit: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct AppLimitsFile {
+    pub max_inflight: Option<u64>,
+    pub queue: Option<u64>,
+    pub queue_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+}
+
+/// `[[apps.services]]` without its `ports` and `checks`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ServiceFile {
+    pub internal_port: Option<i64>,
+    #[serde(default)]
+    pub force_https: bool,
+    pub http_options: Option<HttpOptionsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct HttpOptionsFile {
+    pub h2_backend: Option<bool>,
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct PortFile {
+    pub port: i64,
+    #[serde(default)]
+    pub handlers: Vec<String>,
+    pub proxy_proto: Option<String>,
+    pub bind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CheckFile {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub grace_period: Option<String>,
+    pub unhealthy_threshold: Option<u64>,
+    pub healthy_threshold: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CertificateFile {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `[[apps.instances]]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct InstanceFile {
+    pub id: String,
+    pub region: Option<String>,
+    pub address: String,
+}
+
+/// Top-level `[[instances]]`: an instance this worker runs, of an app kept in etcd.
+#[derive(Debug, Deserialize)]
+pub(crate) struct LocalInstanceFile {
+    pub app: String,
+    pub id: String,
+    pub address: String,
+}
+
+/// `contact = "mailto:a@b"` or `contact = ["mailto:a@b", "mailto:c@d"]`.
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(vec![s.to_string()])
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(s) = seq.next_element::<String>()? {
+                out.push(s);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
