@@ -290,3 +290,33 @@ async fn a_target_that_times_out_is_bounded_and_skipped() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_port_on_every_address_and_on_a_bound_address_routes_by_local_address() {
+    let (wide, narrow) = (
+        FakeInstance::echo("wide").await,
+        FakeInstance::echo("narrow").await,
+    );
+    let port = free_port();
+    let toml = format!(
+        "[[apps]]\nname = \"wide\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, handlers = [] }} ]\n  [[apps.instances]]\n  id = \"w\"\n  address = \"{}\"\n\
+         [[apps]]\nname = \"narrow\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.2\", handlers = [] }} ]\n  [[apps.instances]]\n  id = \"n\"\n  address = \"{}\"\n",
+        wide.addr, narrow.addr
+    );
+    let node = node_with(&toml).await;
+    assert_eq!(
+        node.listening().len(),
+        1,
+        "one wildcard listener serves both"
+    );
+    for (ip, want) in [
+        ([127, 0, 0, 1], "wide"),
+        ([127, 0, 0, 2], "narrow"),
+        ([127, 0, 0, 3], "wide"),
+    ] {
+        let mut s = connect(SocketAddr::from((ip, port)))
+            .await
+            .expect("connect");
+        assert_eq!(read_line(&mut s).await.expect("tag"), want);
+    }
+}
