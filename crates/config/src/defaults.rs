@@ -45,5 +45,6 @@ pub(crate) fn admin() -> Admin {
 pub(crate) fn http() -> Http {
     Http {
         header_prefix: HEADER_PREFIX.to_string(),
+        ..Http::default()
     }
 }

@@ -125,9 +125,47 @@ pub struct LocalInstance {
     pub instance: Instance,
 }
 
+/// `[http]`: the HTTP edge, node-wide.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Http {
     pub header_prefix: String,
+    /// Bound on receiving a request's headers (slowloris), also on a kept-alive connection's
+    /// wait for its next request.
+    pub header_read_timeout: Duration,
+    /// A client connection with nothing in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Bound on waiting for an instance's response headers.
+    pub response_timeout: Duration,
+    /// Pooled instance connections unused this long are closed: keep it below the instances'
+    /// own keep-alive (Node.js closes after 5 s).
+    pub upstream_idle_timeout: Duration,
+    /// Request bodies larger than this get 413; 0 is no limit.
+    pub max_request_body: u64,
+    /// Request header block larger than this gets 431.
+    pub max_header_size: usize,
+    /// Request bodies up to this size are kept for a retry or replay.
+    pub replay_body_limit: usize,
+    /// HTTP/2 streams a client may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// One log line per request.
+    pub access_log: bool,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            header_prefix: "anyedge".into(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            response_timeout: Duration::from_secs(60),
+            upstream_idle_timeout: Duration::from_secs(4),
+            max_request_body: 0,
+            max_header_size: 64 * 1024,
+            replay_body_limit: 1024 * 1024,
+            h2_max_concurrent_streams: 250,
+            access_log: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

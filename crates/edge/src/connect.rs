@@ -45,7 +45,7 @@ pub(crate) enum AttemptError {
 }
 
 impl AttemptError {
-    fn reason(&self) -> ConnectFailure {
+    pub(crate) fn reason(&self) -> ConnectFailure {
         match self {
             AttemptError::Resolve { .. } => ConnectFailure::Resolve,
             AttemptError::Timeout { .. } => ConnectFailure::Timeout,
@@ -124,7 +124,7 @@ pub(crate) async fn connect_any(
     }
 }
 
-async fn connect_one(
+pub(crate) async fn connect_one(
     host: &str,
     port: u16,
     timeout: Duration,

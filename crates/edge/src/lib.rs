@@ -4,6 +4,7 @@
 //! placed on an instance, and proxied.
 
 mod connect;
+mod http;
 mod listeners;
 pub mod proxy_protocol;
 mod routes;
@@ -32,6 +33,8 @@ struct Shared {
     per_ip: PerKeyBudget<IpAddr>,
     resolver: connect::Resolver,
     pipes: splice::PipePool,
+    /// Connections to instances, by stable instance id.
+    pools: http::upstream::Pools,
 }
 
 /// One node's edge role.
@@ -50,6 +53,7 @@ impl Edge {
             per_ip: PerKeyBudget::new(),
             resolver: connect::Resolver::default(),
             pipes: splice::PipePool::default(),
+            pools: http::upstream::Pools::default(),
         });
         Edge {
             shared,
@@ -61,7 +65,11 @@ impl Edge {
     /// names close, new ones open. Connections already open are untouched. Returns the
     /// listeners that could not be opened (they are tried again on the next apply).
     pub fn apply(&self, snapshot: Arc<Snapshot>) -> Vec<ListenError> {
-        let routes = Arc::new(Routes::build(&snapshot, &self.shared.metrics));
+        let routes = Arc::new(Routes::build(
+            &snapshot,
+            &self.shared.metrics,
+            &self.shared.pools,
+        ));
         let wanted = routes.listen_addrs();
         self.shared.routes.store(routes);
         let mut set = self

@@ -1,9 +1,9 @@
 //! Listening sockets, opened and closed by diffing the wanted set against the open one, and the
 //! accept loop with its admission checks.
 
-use crate::routes::ListenAddr;
+use crate::routes::{ListenAddr, PortRoute};
 use crate::{tcp, Shared};
-use anyedge_telemetry::Rejection;
+use anyedge_telemetry::ErrorCode;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -192,9 +192,13 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
         return;
     };
     let routes = shared.routes.load();
-    let Some(route) = routes.tcp(local).cloned() else {
+    let Some(route) = routes.port(local) else {
         tracing::debug!(%local, "no route for accepted connection");
         return;
+    };
+    let app_metrics = match route {
+        PortRoute::Tcp(r) => Some(&r.metrics),
+        PortRoute::Http(_) => None,
     };
     let limits = &routes.limits;
     let Some(node_slot) = shared
@@ -206,7 +210,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
             .node
             .rejected_node_limit
             .fetch_add(1, Ordering::Relaxed);
-        route.metrics.error(Rejection::NodeLimit);
+        reject(app_metrics, shared, ErrorCode::NodeLimit);
         return;
     };
     let peer_ip = peer.ip().to_canonical();
@@ -214,34 +218,64 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
         .per_ip
         .try_acquire(peer_ip, clamp(limits.max_connections_per_ip))
     else {
-        route.metrics.error(Rejection::IpLimit);
-        return;
-    };
-    let Some(app_slot) = route
-        .app
-        .live
-        .connections
-        .try_acquire(route.app.config.limits.max_connections)
-    else {
-        route.metrics.error(Rejection::AppLimit);
+        reject(app_metrics, shared, ErrorCode::IpLimit);
         return;
     };
     let _ = stream.set_nodelay(true);
-    let connect_timeout = limits.connect_timeout;
-    let guards = tcp::Guards {
-        _node: node_slot,
-        _ip: ip_slot,
-        _app: app_slot,
-        _drain: shared.drain.track(),
-    };
-    let conn = tcp::Conn {
-        client: stream,
-        peer: SocketAddr::new(peer_ip, peer.port()),
-        local,
-        route,
-        connect_timeout,
-    };
-    tokio::spawn(tcp::serve(conn, guards, shared.clone()));
+    let peer = SocketAddr::new(peer_ip, peer.port());
+    let drain = shared.drain.track();
+    match route {
+        PortRoute::Tcp(route) => {
+            let Some(app_slot) = route
+                .app
+                .live
+                .connections
+                .try_acquire(route.app.config.limits.max_connections)
+            else {
+                route.metrics.error(ErrorCode::AppLimit);
+                return;
+            };
+            let guards = tcp::Guards {
+                _node: node_slot,
+                _ip: ip_slot,
+                _app: Some(app_slot),
+                _drain: drain,
+            };
+            let conn = tcp::Conn {
+                client: stream,
+                peer,
+                local,
+                route: route.clone(),
+                connect_timeout: limits.connect_timeout,
+            };
+            tokio::spawn(tcp::serve(conn, guards, shared.clone()));
+        }
+        PortRoute::Http(port) => {
+            let port = port.clone();
+            let shared = shared.clone();
+            let client = crate::http::headers::ClientInfo {
+                peer,
+                local,
+                tls: port.tls,
+            };
+            tokio::spawn(async move {
+                let _guards = tcp::Guards {
+                    _node: node_slot,
+                    _ip: ip_slot,
+                    _app: None,
+                    _drain: drain,
+                };
+                crate::http::serve(stream, port, client, shared).await;
+            });
+        }
+    }
+}
+
+fn reject(app: Option<&Arc<anyedge_telemetry::AppMetrics>>, shared: &Shared, code: ErrorCode) {
+    match app {
+        Some(m) => m.error(code),
+        None => shared.metrics.node.rejection(code),
+    }
 }
 
 fn clamp(n: usize) -> u32 {

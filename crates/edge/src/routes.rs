@@ -1,9 +1,13 @@
-//! The edge's routing table for one snapshot: which app and service each (address, port) serves,
-//! with the per-app metric handles resolved once.
+//! The edge's routing table for one snapshot: what each (address, port) serves — one raw TCP
+//! app, or HTTP for the apps whose hostnames it carries — with per-app metric handles and
+//! instance connection pools resolved once, so the hot path does no map lookups beyond the host.
 
+use crate::http::headers::Prefixed;
+use crate::http::upstream::{Pools, UpstreamPool};
 use anyedge_catalog::{AppEntry, Snapshot};
-use anyedge_config::{Limits, ProxyProtoVersion};
+use anyedge_config::{Http, Limits, ProxyProtoVersion};
 use anyedge_telemetry::{AppMetrics, Metrics};
+use http::HeaderValue;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,58 +27,162 @@ pub(crate) struct TcpRoute {
     pub metrics: Arc<AppMetrics>,
 }
 
-#[derive(Default)]
+/// One app as an HTTP port sees it.
+pub(crate) struct HttpApp {
+    pub app: Arc<AppEntry>,
+    pub service: usize,
+    pub metrics: Arc<AppMetrics>,
+    /// Parallel to `app.instances`.
+    pub pools: Vec<Arc<UpstreamPool>>,
+}
+
+impl HttpApp {
+    pub fn service(&self) -> &anyedge_config::Service {
+        &self.app.config.services[self.service]
+    }
+}
+
+/// An HTTP port (plain or TLS) shared by many apps, routed by host.
+pub(crate) struct HttpPort {
+    pub tls: bool,
+    exact: HashMap<String, Arc<HttpApp>>,
+    /// `*.example.com` stored as `example.com`.
+    wildcard: HashMap<String, Arc<HttpApp>>,
+}
+
+impl HttpPort {
+    /// The app for a lower-cased host without port: exact name first, then the wildcard of its
+    /// parent domain (one label only).
+    pub fn app(&self, host: &str) -> Option<&Arc<HttpApp>> {
+        self.exact.get(host).or_else(|| {
+            host.split_once('.')
+                .and_then(|(_, parent)| self.wildcard.get(parent))
+        })
+    }
+}
+
+pub(crate) enum PortRoute {
+    Tcp(Arc<TcpRoute>),
+    Http(Arc<HttpPort>),
+}
+
+/// Node-wide HTTP settings of one snapshot.
+pub(crate) struct HttpSettings {
+    pub config: Http,
+    pub names: Prefixed,
+    pub region: HeaderValue,
+    pub region_name: Arc<str>,
+}
+
 pub(crate) struct Routes {
     /// Keyed by (port, bind address); `None` is the wildcard.
-    tcp: HashMap<(u16, Option<IpAddr>), Arc<TcpRoute>>,
+    ports: HashMap<(u16, Option<IpAddr>), PortRoute>,
     pub limits: Limits,
+    pub http: Arc<HttpSettings>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            ports: HashMap::new(),
+            limits: Limits::default(),
+            http: Arc::new(settings(&Http::default(), "local")),
+        }
+    }
+}
+
+fn settings(http: &Http, region: &str) -> HttpSettings {
+    HttpSettings {
+        config: http.clone(),
+        names: Prefixed::new(&http.header_prefix),
+        region: HeaderValue::try_from(region).unwrap_or_else(|_| HeaderValue::from_static("local")),
+        region_name: region.into(),
+    }
 }
 
 impl Routes {
-    pub fn build(snapshot: &Snapshot, metrics: &Metrics) -> Routes {
-        let mut tcp = HashMap::new();
+    pub fn build(snapshot: &Snapshot, metrics: &Metrics, pools: &Pools) -> Routes {
+        let mut ports = HashMap::new();
+        let mut http_ports: HashMap<(u16, Option<IpAddr>), HttpPort> = HashMap::new();
         for app in snapshot.apps.values() {
             let app_metrics = metrics.app(&app.name);
             for (service_index, service) in app.config.services.iter().enumerate() {
-                for port in service.ports.iter().filter(|p| p.is_raw_tcp()) {
-                    let route = TcpRoute {
-                        app: app.clone(),
-                        service: service_index,
-                        proxy_proto: port.proxy_proto,
-                        metrics: app_metrics.clone(),
-                    };
-                    tcp.insert((port.port, port.bind), Arc::new(route));
-                }
-                for port in service.ports.iter().filter(|p| !p.is_raw_tcp()) {
-                    tracing::warn!(app = %app.name, port = port.port, "HTTP and TLS handlers are not served yet; port skipped");
+                let mut http_app = None;
+                for port in &service.ports {
+                    let key = (port.port, port.bind);
+                    if port.is_raw_tcp() {
+                        let route = TcpRoute {
+                            app: app.clone(),
+                            service: service_index,
+                            proxy_proto: port.proxy_proto,
+                            metrics: app_metrics.clone(),
+                        };
+                        ports.insert(key, PortRoute::Tcp(Arc::new(route)));
+                        continue;
+                    }
+                    let entry = http_app
+                        .get_or_insert_with(|| {
+                            Arc::new(HttpApp {
+                                app: app.clone(),
+                                service: service_index,
+                                metrics: app_metrics.clone(),
+                                pools: app.instances.iter().map(|i| pools.get(&i.id)).collect(),
+                            })
+                        })
+                        .clone();
+                    let tls = port.handlers.contains(&anyedge_config::Handler::Tls);
+                    let hp = http_ports.entry(key).or_insert_with(|| HttpPort {
+                        tls,
+                        exact: HashMap::new(),
+                        wildcard: HashMap::new(),
+                    });
+                    for host in &app.config.hostnames {
+                        match host.strip_prefix("*.") {
+                            Some(parent) => hp.wildcard.insert(parent.to_string(), entry.clone()),
+                            None => hp.exact.insert(host.clone(), entry.clone()),
+                        };
+                    }
                 }
             }
         }
+        for (key, hp) in http_ports {
+            ports.insert(key, PortRoute::Http(Arc::new(hp)));
+        }
+        pools.retain(|id| {
+            snapshot
+                .apps
+                .values()
+                .any(|a| a.instances.iter().any(|i| i.id == *id))
+        });
         Routes {
+            ports,
             limits: snapshot.config.limits.clone(),
-            tcp,
+            http: Arc::new(settings(
+                &snapshot.config.http,
+                &snapshot.config.node.region,
+            )),
         }
     }
 
-    /// The route for a connection accepted on `local`: the app bound to that exact address
-    /// first, then the port's wildcard app.
-    pub fn tcp(&self, local: SocketAddr) -> Option<&Arc<TcpRoute>> {
+    /// The route for a connection accepted on `local`: the exact bind address first, then the
+    /// port's wildcard.
+    pub fn port(&self, local: SocketAddr) -> Option<&PortRoute> {
         let ip = local.ip().to_canonical();
-        self.tcp
+        self.ports
             .get(&(local.port(), Some(ip)))
-            .or_else(|| self.tcp.get(&(local.port(), None)))
+            .or_else(|| self.ports.get(&(local.port(), None)))
     }
 
     /// The sockets to listen on. Linux refuses `127.0.0.2:P` while `0.0.0.0:P` is held, so a port
     /// with any wildcard user gets one wildcard listener and routes by local address.
     pub fn listen_addrs(&self) -> BTreeSet<ListenAddr> {
         let wildcard: BTreeSet<u16> = self
-            .tcp
+            .ports
             .keys()
             .filter(|(_, bind)| bind.is_none())
             .map(|(port, _)| *port)
             .collect();
-        self.tcp
+        self.ports
             .keys()
             .map(|&(port, bind)| match bind {
                 Some(ip) if !wildcard.contains(&port) => ListenAddr::One(SocketAddr::new(ip, port)),

@@ -6,7 +6,7 @@ use crate::routes::TcpRoute;
 use crate::{proxy_protocol, splice, Shared};
 use anyedge_admission::{BudgetGuard, KeyGuard};
 use anyedge_core::ConnGuard;
-use anyedge_telemetry::Rejection;
+use anyedge_telemetry::ErrorCode;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tracing::Instrument;
 pub(crate) struct Guards {
     pub _node: BudgetGuard,
     pub _ip: KeyGuard<IpAddr>,
-    pub _app: BudgetGuard,
+    pub _app: Option<BudgetGuard>,
     pub _drain: ConnGuard,
 }
 
@@ -38,8 +38,8 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
         let upstream = match connect::connect_any(&conn.route, conn.connect_timeout, &shared.resolver).await {
             Ok(u) => u,
             Err(e) => {
-                conn.route.metrics.error(Rejection::NoInstance);
-                tracing::warn!(code = Rejection::NoInstance.as_str(), reason = %e, "closing client connection: no instance reachable");
+                conn.route.metrics.error(ErrorCode::NoInstance);
+                tracing::warn!(code = ErrorCode::NoInstance.as_str(), reason = %e, "closing client connection: no instance reachable");
                 return;
             }
         };

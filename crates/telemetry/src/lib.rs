@@ -8,4 +8,4 @@ mod logging;
 mod metrics;
 
 pub use logging::{init_logging, LogFormat};
-pub use metrics::{AppMetrics, ConnectFailure, Direction, Metrics, NodeMetrics, Rejection};
+pub use metrics::{AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics};

@@ -35,10 +35,10 @@ impl ConnectFailure {
     }
 }
 
-/// Why a client connection was turned away before reaching an instance. The label doubles as
-/// the stable error code in logs.
+/// The stable error codes: the `P-Error` header, the `code` label of `anyedge_errors_total`,
+/// and the `code` field of log lines. A closed set: adding one is a contract change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub enum ErrorCode {
     /// `[limits] max_connections` reached.
     NodeLimit,
     /// `[limits] max_connections_per_ip` reached.
@@ -49,24 +49,60 @@ pub enum Rejection {
     NoInstance,
     /// The node is stopping.
     Draining,
+    /// No app serves this host on this port.
+    UnknownHost,
+    /// The TLS SNI names another app than the Host header.
+    Misdirected,
+    /// The request is malformed (no host, bad upgrade, unparsable).
+    BadRequest,
+    /// The request's header block is over `[http] max_header_size`.
+    HeadersTooLarge,
+    /// The request body is over `[http] max_request_body`.
+    BodyTooLarge,
+    /// The client took too long to send its request headers.
+    ClientTimeout,
+    /// The instance refused or reset the connection, or answered something unparsable.
+    UpstreamError,
+    /// The instance did not start its response within `[http] response_timeout`.
+    UpstreamTimeout,
+    /// TLS handshake failed (no certificate for the name, timeout, bad ClientHello).
+    TlsHandshake,
 }
 
-impl Rejection {
-    pub const ALL: [Rejection; 5] = [
-        Rejection::NodeLimit,
-        Rejection::IpLimit,
-        Rejection::AppLimit,
-        Rejection::NoInstance,
-        Rejection::Draining,
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::NodeLimit,
+        ErrorCode::IpLimit,
+        ErrorCode::AppLimit,
+        ErrorCode::NoInstance,
+        ErrorCode::Draining,
+        ErrorCode::UnknownHost,
+        ErrorCode::Misdirected,
+        ErrorCode::BadRequest,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::ClientTimeout,
+        ErrorCode::UpstreamError,
+        ErrorCode::UpstreamTimeout,
+        ErrorCode::TlsHandshake,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Rejection::NodeLimit => "node_connection_limit",
-            Rejection::IpLimit => "client_ip_connection_limit",
-            Rejection::AppLimit => "app_connection_limit",
-            Rejection::NoInstance => "no_instance_available",
-            Rejection::Draining => "draining",
+            ErrorCode::NodeLimit => "node_connection_limit",
+            ErrorCode::IpLimit => "client_ip_connection_limit",
+            ErrorCode::AppLimit => "app_connection_limit",
+            ErrorCode::NoInstance => "no_instance_available",
+            ErrorCode::Draining => "draining",
+            ErrorCode::UnknownHost => "unknown_host",
+            ErrorCode::Misdirected => "misdirected_request",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::ClientTimeout => "client_timeout",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::TlsHandshake => "tls_handshake_failed",
         }
     }
 }
@@ -87,7 +123,8 @@ pub struct AppMetrics {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
-    errors: [AtomicU64; Rejection::ALL.len()],
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+    http: HttpMetrics,
 }
 
 impl AppMetrics {
@@ -118,8 +155,17 @@ impl AppMetrics {
         self.connect_failures[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn error(&self, why: Rejection) {
+    pub fn error(&self, why: ErrorCode) {
         self.errors[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A response went to the client: its status and how long the request took.
+    pub fn http_response(&self, status: u16, seconds: f64) {
+        self.http.observe(status, seconds);
+    }
+
+    pub fn http_responses(&self, status: u16) -> u64 {
+        self.http.responses(status)
     }
 
     pub fn tcp_connects(&self) -> u64 {
@@ -134,7 +180,7 @@ impl AppMetrics {
         self.connect_failures[why as usize].load(Ordering::Relaxed)
     }
 
-    pub fn errors(&self, why: Rejection) -> u64 {
+    pub fn errors(&self, why: ErrorCode) -> u64 {
         self.errors[why as usize].load(Ordering::Relaxed)
     }
 }
@@ -161,6 +207,18 @@ pub struct NodeMetrics {
     pub rejected_node_limit: AtomicU64,
     pub open_connections: AtomicI64,
     pub listeners: AtomicI64,
+    /// Requests refused before any app was known (hyper's own 400/431/408).
+    rejections: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl NodeMetrics {
+    pub fn rejection(&self, code: ErrorCode) {
+        self.rejections[code as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejections(&self, code: ErrorCode) -> u64 {
+        self.rejections[code as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// Every metric of one node.
@@ -277,11 +335,107 @@ impl Metrics {
             "anyedge_open_connections {}",
             n.open_connections.load(Ordering::Relaxed)
         );
+        family(
+            out,
+            "anyedge_node_errors_total",
+            "counter",
+            "Requests refused before an app was known, by error code.",
+        );
+        for code in ErrorCode::ALL {
+            let _ = writeln!(
+                out,
+                "anyedge_node_errors_total{{code=\"{}\"}} {}",
+                code.as_str(),
+                n.rejections(code)
+            );
+        }
         family(out, "anyedge_listeners", "gauge", "Listening sockets open.");
         let _ = writeln!(
             out,
             "anyedge_listeners {}",
             n.listeners.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// Upper bounds of the response-time histogram, seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Per-app HTTP responses by status, and the response-time histogram.
+struct HttpMetrics {
+    /// Index: status - 100, for 100..=599.
+    by_status: Box<[AtomicU64]>,
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum of seconds, in microseconds.
+    sum_micros: AtomicU64,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics {
+            by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl HttpMetrics {
+    fn observe(&self, status: u16, seconds: f64) {
+        if let Some(c) = status
+            .checked_sub(100)
+            .and_then(|i| self.by_status.get(usize::from(i)))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn responses(&self, status: u16) -> u64 {
+        status
+            .checked_sub(100)
+            .and_then(|i| self.by_status.get(usize::from(i)))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn render(&self, app: &str, responses: &mut String, histogram: &mut String) {
+        for (i, c) in self.by_status.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    responses,
+                    "anyedge_edge_http_responses_total{{app=\"{app}\",status=\"{}\"}} {n}",
+                    i + 100
+                );
+            }
+        }
+        let mut cumulative = 0;
+        for (le, c) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(histogram, "anyedge_edge_http_response_time_seconds_bucket{{app=\"{app}\",le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            histogram,
+            "anyedge_edge_http_response_time_seconds_bucket{{app=\"{app}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            histogram,
+            "anyedge_edge_http_response_time_seconds_sum{{app=\"{app}\"}} {sum}"
+        );
+        let _ = writeln!(
+            histogram,
+            "anyedge_edge_http_response_time_seconds_count{{app=\"{app}\"}} {count}"
         );
     }
 }
@@ -292,6 +446,24 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let (mut responses, mut histogram) = (String::new(), String::new());
+    for (app, m) in apps {
+        m.http.render(app, &mut responses, &mut histogram);
+    }
+    family(
+        out,
+        "anyedge_edge_http_responses_total",
+        "counter",
+        "HTTP responses sent to clients, by status.",
+    );
+    out.push_str(&responses);
+    family(
+        out,
+        "anyedge_edge_http_response_time_seconds",
+        "histogram",
+        "Time from request headers to response headers.",
+    );
+    out.push_str(&histogram);
     family(
         out,
         "anyedge_edge_tcp_connects_total",
@@ -359,7 +531,7 @@ fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
         "Client connections or requests that failed, by error code.",
     );
     for (app, m) in apps {
-        for why in Rejection::ALL {
+        for why in ErrorCode::ALL {
             let _ = writeln!(
                 out,
                 "anyedge_errors_total{{app=\"{app}\",code=\"{}\"}} {}",
@@ -381,7 +553,7 @@ mod tests {
         let guard = a.tcp_connect();
         a.add_bytes(Direction::In, 10);
         a.connect_failure(ConnectFailure::Refused);
-        metrics.app("beta").error(Rejection::NoInstance);
+        metrics.app("beta").error(ErrorCode::NoInstance);
         let text = metrics.render();
         assert!(text.contains("anyedge_edge_tcp_connects_total{app=\"alpha\"} 1"));
         assert!(text.contains("anyedge_edge_tcp_active_connections{app=\"alpha\"} 1"));

@@ -16,6 +16,8 @@ pub enum Behaviour {
     ProxyHeaderEcho,
     /// Sends `bytes` then closes abruptly (RST).
     CloseMidStream { bytes: usize },
+    /// Reads what the client sends first, then closes abruptly (RST) without answering.
+    ResetAfterRead,
 }
 
 /// A running fake instance. Stops when dropped.
@@ -98,6 +100,12 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour) -> std::io::Result<(
             let (mut r, mut w) = stream.split();
             tokio::io::copy(&mut r, &mut w).await?;
             w.shutdown().await
+        }
+        Behaviour::ResetAfterRead => {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await?;
+            socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO))?;
+            Ok(())
         }
         Behaviour::CloseMidStream { bytes } => {
             stream.write_all(&vec![b'x'; bytes]).await?;

@@ -63,6 +63,15 @@ pub(crate) struct AcmeFile {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct HttpFile {
     pub header_prefix: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub upstream_idle_timeout: Option<String>,
+    pub max_request_body: Option<i64>,
+    pub max_header_size: Option<i64>,
+    pub replay_body_limit: Option<i64>,
+    pub h2_max_concurrent_streams: Option<i64>,
+    pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -284,7 +284,7 @@ pub(super) fn acme(root: &Table, base: Option<&Path>, r: &mut Report<'_>) -> Acm
 pub(super) fn http(root: &Table, r: &mut Report<'_>) -> Http {
     let f: HttpFile = section(root, "http", r).unwrap_or_default();
     let mut http = defaults::http();
-    if let Some(p) = f.header_prefix {
+    if let Some(p) = f.header_prefix.clone() {
         let ok = !p.is_empty()
             && p.len() <= 64
             && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -298,7 +298,68 @@ pub(super) fn http(root: &Table, r: &mut Report<'_>) -> Http {
         }
         http.header_prefix = p;
     }
+    http_timeouts(&f, &mut http, r);
+    let size = |v: Option<i64>, key: &str, min: i64, r: &mut Report<'_>| {
+        v.and_then(|n| {
+            if n < min {
+                r.error(&format!("http.{key}"), format!("must be at least {min}"));
+                None
+            } else {
+                Some(n)
+            }
+        })
+    };
+    if let Some(n) = size(f.max_request_body, "max_request_body", 0, r) {
+        http.max_request_body = n as u64;
+    }
+    if let Some(n) = size(f.max_header_size, "max_header_size", 1024, r) {
+        http.max_header_size = n as usize;
+    }
+    if let Some(n) = size(f.replay_body_limit, "replay_body_limit", 0, r) {
+        http.replay_body_limit = n as usize;
+    }
+    if let Some(n) = size(
+        f.h2_max_concurrent_streams,
+        "h2_max_concurrent_streams",
+        1,
+        r,
+    ) {
+        http.h2_max_concurrent_streams = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    http.access_log = f.access_log.unwrap_or(http.access_log);
     http
+}
+
+fn http_timeouts(f: &HttpFile, http: &mut Http, r: &mut Report<'_>) {
+    let d = Http::default();
+    http.header_read_timeout = duration(
+        f.header_read_timeout.as_deref(),
+        "http.header_read_timeout",
+        d.header_read_timeout,
+        true,
+        r,
+    );
+    http.idle_timeout = duration(
+        f.idle_timeout.as_deref(),
+        "http.idle_timeout",
+        d.idle_timeout,
+        true,
+        r,
+    );
+    http.response_timeout = duration(
+        f.response_timeout.as_deref(),
+        "http.response_timeout",
+        d.response_timeout,
+        true,
+        r,
+    );
+    http.upstream_idle_timeout = duration(
+        f.upstream_idle_timeout.as_deref(),
+        "http.upstream_idle_timeout",
+        d.upstream_idle_timeout,
+        true,
+        r,
+    );
 }
 
 pub(super) fn regions(root: &Table, r: &mut Report<'_>) -> BTreeMap<String, Coordinates> {

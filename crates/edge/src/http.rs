@@ -1,0 +1,119 @@
+//! The HTTP edge: HTTP/1.1 and HTTP/2 (h2c with prior knowledge on plain ports, ALPN on TLS
+//! ports) from clients, many apps on one port routed by host, forwarded to instances.
+
+mod body;
+mod error;
+pub(crate) mod headers;
+mod service;
+mod upgrade;
+pub(crate) mod upstream;
+
+use crate::routes::HttpPort;
+use crate::Shared;
+use headers::ClientInfo;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use service::ProxyService;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serve one accepted client connection on an HTTP port until it closes.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    port: Arc<HttpPort>,
+    client: ClientInfo,
+    shared: Arc<Shared>,
+) {
+    let settings = shared.routes.load().http.clone();
+    if port.tls {
+        // TLS termination arrives with the TLS crate; until then a TLS port answers nothing.
+        tracing::warn!(local = %client.local, "TLS ports are not served yet");
+        return;
+    }
+    let h2 = match sniff_h2c(&stream, settings.config.header_read_timeout).await {
+        Some(h2) => h2,
+        None => return,
+    };
+    let service = ProxyService::new(shared.clone(), port, Arc::new(client), settings, None);
+    serve_io(stream, h2, service, &shared).await;
+}
+
+/// Does the client open with the HTTP/2 preface? Peeks, so nothing is consumed. `None` when the
+/// client closed or sent nothing in time.
+async fn sniff_h2c(stream: &TcpStream, timeout: Duration) -> Option<bool> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4];
+    loop {
+        let n = tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if n >= 4 || buf[..n] != H2_PREFACE[..n] {
+            return Some(buf[..n] == H2_PREFACE[..n]);
+        }
+        // A partial "PRI": wait a moment for the rest of the preface.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
+/// Run hyper's server on `io`; on drain, finish in-flight requests and close gracefully.
+pub(crate) async fn serve_io<IO>(io: IO, h2: bool, service: ProxyService, shared: &Shared)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &service.settings().config;
+    let io = TokioIo::new(io);
+    let result = if h2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .enable_connect_protocol()
+            .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(cfg.max_header_size).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(Some(50))
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shared.drain.started() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout)
+            .max_buf_size(cfg.max_header_size.max(8192));
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shared.drain.started() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = result {
+        match error::hyper_rejection(&e) {
+            Some(code) => {
+                shared.metrics.node.rejection(code);
+                tracing::info!(code = code.as_str(), error = %e, "request rejected before routing");
+            }
+            None => tracing::debug!(error = %e, "client connection ended with an error"),
+        }
+    }
+}

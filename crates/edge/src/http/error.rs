@@ -1,0 +1,117 @@
+//! Every response the proxy makes itself goes through here: one exhaustive mapping from a typed
+//! error to a status and a stable code (`<P>-Error` header, short body, log field, metric).
+
+use super::body::RespBody;
+use super::headers::Prefixed;
+use anyedge_telemetry::ErrorCode;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+
+/// What went wrong with one request, from the proxy's point of view.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    #[error("no app serves this host on this port")]
+    UnknownHost,
+    #[error("the request has no host")]
+    MissingHost,
+    #[error("TLS was negotiated for another app than this Host names")]
+    Misdirected,
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("request body is over the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("no instance of the app could be reached: {0}")]
+    NoInstance(String),
+    #[error("the instance failed: {0}")]
+    Upstream(String),
+    #[error("the instance did not answer in time")]
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownHost => StatusCode::NOT_FOUND,
+            ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProxyError::UnknownHost => ErrorCode::UnknownHost,
+            ProxyError::MissingHost | ProxyError::BadRequest(_) => ErrorCode::BadRequest,
+            ProxyError::Misdirected => ErrorCode::Misdirected,
+            ProxyError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            ProxyError::NoInstance(_) => ErrorCode::NoInstance,
+            ProxyError::Upstream(_) => ErrorCode::UpstreamError,
+            ProxyError::UpstreamTimeout => ErrorCode::UpstreamTimeout,
+        }
+    }
+
+    /// The response the client gets: status, `<P>-Error: <code>`, and a one-line body.
+    pub fn response(&self, names: &Prefixed) -> Response<RespBody> {
+        let code = self.code().as_str();
+        let body = format!("{code}: {self}\n");
+        let mut resp = Response::new(RespBody::full(Bytes::from(body)));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(names.error.clone(), HeaderValue::from_static(code));
+        if matches!(self, ProxyError::NoInstance(_)) {
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// What hyper's own rejection (before our service ran) counts as.
+pub(crate) fn hyper_rejection(e: &hyper::Error) -> Option<ErrorCode> {
+    if e.is_parse_too_large() {
+        Some(ErrorCode::HeadersTooLarge)
+    } else if e.is_parse() || e.is_parse_status() {
+        Some(ErrorCode::BadRequest)
+    } else if e.is_timeout() {
+        Some(ErrorCode::ClientTimeout)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract: statuses and codes do not change without a decision.
+    #[test]
+    fn every_error_has_its_status_and_code() {
+        let cases: Vec<(ProxyError, u16, &str)> = vec![
+            (ProxyError::UnknownHost, 404, "unknown_host"),
+            (ProxyError::MissingHost, 400, "bad_request"),
+            (ProxyError::Misdirected, 421, "misdirected_request"),
+            (ProxyError::BadRequest("x"), 400, "bad_request"),
+            (ProxyError::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
+            (
+                ProxyError::NoInstance("x".into()),
+                503,
+                "no_instance_available",
+            ),
+            (ProxyError::Upstream("x".into()), 502, "upstream_error"),
+            (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+        ];
+        let names = Prefixed::new("anyedge");
+        for (e, status, code) in cases {
+            let resp = e.response(&names);
+            assert_eq!(resp.status().as_u16(), status, "{e:?}");
+            assert_eq!(resp.headers()["anyedge-error"], code, "{e:?}");
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Request and response header rewriting: hop-by-hop removal, the forwarding headers DESIGN.md
+//! promises (`X-Forwarded-*`, `Via`, `<P>-Client-IP`, ...), and request ids.
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Header names that carry the configured prefix (`anyedge` or `fly`), built once per snapshot.
+pub(crate) struct Prefixed {
+    pub client_ip: HeaderName,
+    pub forwarded_port: HeaderName,
+    pub region: HeaderName,
+    pub request_id: HeaderName,
+    pub error: HeaderName,
+    /// Only the proxy may set these on a request; a client's copies are removed.
+    pub proxy_only: Vec<HeaderName>,
+}
+
+impl Prefixed {
+    pub fn new(prefix: &str) -> Prefixed {
+        let name = |suffix: &str| {
+            HeaderName::try_from(format!("{prefix}-{suffix}").to_ascii_lowercase())
+                .unwrap_or_else(|_| HeaderName::from_static("anyedge-invalid-prefix"))
+        };
+        let proxy_only = [
+            "client-ip",
+            "forwarded-port",
+            "region",
+            "request-id",
+            "replay-src",
+            "replay-failed",
+        ]
+        .iter()
+        .map(|s| name(s))
+        .collect();
+        Prefixed {
+            client_ip: name("client-ip"),
+            forwarded_port: name("forwarded-port"),
+            region: name("region"),
+            request_id: name("request-id"),
+            error: name("error"),
+            proxy_only,
+        }
+    }
+}
+
+/// Remove hop-by-hop headers (RFC 9110 7.6.1) and those the `Connection` header names.
+/// `keep_upgrade` leaves `Upgrade` and `Connection: upgrade` for a protocol switch.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .filter(|n| !(keep_upgrade && n == UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        TRANSFER_ENCODING,
+        TRAILER,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(n);
+    }
+    // `TE: trailers` is the one TE value that must travel (gRPC needs it).
+    let te_trailers = headers
+        .get(TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(TE);
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
+    }
+}
+
+/// What the edge knows about the client connection a request came on.
+pub(crate) struct ClientInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// Add the forwarding headers, each exactly once. Client-sent copies of the proxy-only prefixed
+/// headers and of `X-Forwarded-Proto/Port/SSL` are replaced; `X-Forwarded-For` is appended to.
+pub(crate) fn add_forwarding(
+    headers: &mut HeaderMap,
+    names: &Prefixed,
+    client: &ClientInfo,
+    region: &HeaderValue,
+    request_id: &HeaderValue,
+    via: &'static str,
+) {
+    for n in &names.proxy_only {
+        headers.remove(n);
+    }
+    let ip = client.peer.ip().to_canonical();
+    let mut ip_text = String::with_capacity(40);
+    let _ = write!(ip_text, "{ip}");
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let forwarded_for = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip_text}"),
+        _ => ip_text.clone(),
+    };
+    set(headers, xff, forwarded_for);
+    let (proto, ssl) = if client.tls {
+        ("https", "on")
+    } else {
+        ("http", "off")
+    };
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
+    headers.insert(
+        HeaderName::from_static("x-forwarded-ssl"),
+        HeaderValue::from_static(ssl),
+    );
+    let port = HeaderValue::from(client.local.port());
+    headers.insert(HeaderName::from_static("x-forwarded-port"), port.clone());
+    headers.insert(names.forwarded_port.clone(), port);
+    set(headers, names.client_ip.clone(), ip_text);
+    headers.insert(names.region.clone(), region.clone());
+    headers.insert(names.request_id.clone(), request_id.clone());
+    headers.append(http::header::VIA, HeaderValue::from_static(via));
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: String) {
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// `<ULID>-<region>`: sortable by time, unique without coordination.
+pub(crate) fn request_id(region: &str) -> HeaderValue {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
+    let value: u128 = (u128::from(millis & 0xFFFF_FFFF_FFFF) << 80) | random;
+    let mut out = [0u8; 26];
+    for (i, byte) in out.iter_mut().enumerate() {
+        let shift = 125 - 5 * i as u32;
+        *byte = ALPHABET[((value >> shift) & 0x1F) as usize];
+    }
+    let mut text = String::with_capacity(27 + region.len());
+    text.push_str(std::str::from_utf8(&out).unwrap_or("00000000000000000000000000"));
+    text.push('-');
+    text.push_str(region);
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::try_from(*k).expect("name"),
+                HeaderValue::try_from(*v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers, deflate"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrade_is_kept_for_a_protocol_switch() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarding_headers_are_added_once_and_spoofs_replaced() {
+        let names = Prefixed::new("fly");
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("fly-client-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("fly-request-id", "forged"),
+        ]);
+        let client = ClientInfo {
+            peer: "127.0.0.7:5555".parse().expect("addr"),
+            local: "127.0.0.1:8080".parse().expect("addr"),
+            tls: false,
+        };
+        let id = request_id("ord");
+        add_forwarding(
+            &mut h,
+            &names,
+            &client,
+            &HeaderValue::from_static("ord"),
+            &id,
+            "1.1 anyedge",
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.7");
+        assert_eq!(h["fly-client-ip"], "127.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-ssl"], "off");
+        assert_eq!(h["x-forwarded-port"], "8080");
+        assert_eq!(h["fly-forwarded-port"], "8080");
+        assert_eq!(h["fly-region"], "ord");
+        assert_eq!(h["fly-request-id"], id);
+        assert_eq!(h.get_all("fly-client-ip").iter().count(), 1);
+        assert_eq!(h["via"], "1.1 anyedge");
+    }
+
+    #[test]
+    fn request_ids_are_ulids_with_region_and_sort_by_time() {
+        let a = request_id("syd");
+        let text = a.to_str().expect("ascii");
+        assert_eq!(text.len(), 26 + 4);
+        assert!(text.ends_with("-syd"));
+        assert!(text[..26]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()));
+        assert_ne!(request_id("syd"), a);
+    }
+}

@@ -1,0 +1,183 @@
+//! Protocol switches (WebSocket and other upgrades). An HTTP/1.1 `Upgrade` request goes to the
+//! instance as it is; an HTTP/2 extended CONNECT (RFC 8441) becomes the HTTP/1.1 upgrade the
+//! instance expects, and the instance's 101 becomes the client's 200. Once both sides have
+//! switched, bytes are copied both ways for as long as the connection lives: no request
+//! timeout applies.
+
+use super::body::{ReqBody, RespBody};
+use super::error::ProxyError;
+use super::headers;
+use super::service::Outcome;
+use super::upstream::Sender;
+use crate::routes::HttpApp;
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+
+pub(crate) enum Upgrade {
+    None,
+    /// HTTP/1.1 `Connection: upgrade` + `Upgrade: <protocol>`.
+    Http1 {
+        client: OnUpgrade,
+    },
+    /// HTTP/2 `CONNECT` with `:protocol`.
+    Connect {
+        client: OnUpgrade,
+        protocol: String,
+    },
+}
+
+/// Tell a protocol switch from a plain request, and take the client side's upgrade handle.
+pub(crate) fn classify(req: &mut Request<Incoming>) -> Result<Upgrade, ProxyError> {
+    if req.method() == Method::CONNECT {
+        let protocol = req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .map(|p| p.as_str().to_string());
+        return match protocol {
+            Some(protocol) => Ok(Upgrade::Connect {
+                client: hyper::upgrade::on(req),
+                protocol,
+            }),
+            None => Err(ProxyError::BadRequest(
+                "CONNECT is only supported with :protocol (RFC 8441)",
+            )),
+        };
+    }
+    let wants_upgrade = req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            });
+    Ok(if wants_upgrade {
+        Upgrade::Http1 {
+            client: hyper::upgrade::on(req),
+        }
+    } else {
+        Upgrade::None
+    })
+}
+
+/// Send the switch to the instance on its own connection, and tunnel once both sides agree.
+pub(crate) async fn forward(
+    upgrade: Upgrade,
+    sender: Sender,
+    mut req: Request<ReqBody>,
+    app: &Arc<HttpApp>,
+    outcome: Outcome,
+) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
+    let (client, h2_client) = match upgrade {
+        Upgrade::None => return Err((ProxyError::BadRequest("not an upgrade"), outcome)),
+        Upgrade::Http1 { client } => (client, false),
+        Upgrade::Connect { client, protocol } => {
+            connect_to_http1(&mut req, &protocol);
+            (client, true)
+        }
+    };
+    let mut resp = match sender.send_once(req).await {
+        Ok(r) => r,
+        Err(e) => return Err((ProxyError::Upstream(e.to_string()), outcome)),
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        return Ok((
+            Response::from_parts(parts, RespBody::upstream(body, None, app.metrics.clone())),
+            outcome,
+        ));
+    }
+    let instance = hyper::upgrade::on(&mut resp);
+    let app_name = app.app.name.clone();
+    tokio::spawn(async move {
+        match tokio::try_join!(client, instance) {
+            Ok((c, i)) => {
+                let (mut c, mut i) = (TokioIo::new(c), TokioIo::new(i));
+                match tokio::io::copy_bidirectional(&mut c, &mut i).await {
+                    Ok((up, down)) => {
+                        tracing::debug!(app = %app_name, up, down, "upgraded connection closed")
+                    }
+                    Err(e) => {
+                        tracing::debug!(app = %app_name, error = %e, "upgraded connection ended")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::info!(app = %app_name, error = %e, "protocol switch did not complete")
+            }
+        }
+    });
+    let (mut parts, _) = resp.into_parts();
+    if h2_client {
+        // RFC 8441: the tunnel opens with 200; HTTP/2 has no Upgrade or Connection headers.
+        parts.status = StatusCode::OK;
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        parts.headers.remove("sec-websocket-accept");
+    } else {
+        headers::strip_hop_by_hop(&mut parts.headers, true);
+    }
+    Ok((Response::from_parts(parts, RespBody::empty()), outcome))
+}
+
+/// Rewrite an extended CONNECT into the HTTP/1.1 upgrade request an instance understands.
+fn connect_to_http1(req: &mut Request<ReqBody>, protocol: &str) {
+    *req.method_mut() = Method::GET;
+    *req.version_mut() = Version::HTTP_11;
+    let h = req.headers_mut();
+    if let Ok(p) = HeaderValue::try_from(protocol) {
+        h.insert(UPGRADE, p);
+    }
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if protocol.eq_ignore_ascii_case("websocket") {
+        // RFC 8441 has no key; the instance needs one (RFC 6455), and nobody checks its answer.
+        let key: [u8; 16] = rand::random();
+        if let Ok(v) = HeaderValue::try_from(base64(&key)) {
+            h.insert("sec-websocket-key", v);
+        }
+        if !h.contains_key("sec-websocket-version") {
+            h.insert("sec-websocket-version", HeaderValue::from_static("13"));
+        }
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(super::base64(&[0u8; 16]).len(), 24);
+    }
+}

@@ -1,0 +1,238 @@
+//! Connections to instances: a small pool per instance on hyper's low-level client connections.
+//! It knows whether a failed request was ever written (`try_send_request` hands back one that
+//! was not), keeps HTTP/1.1 connections for reuse only after their response was read to the end,
+//! and shares one HTTP/2 connection per instance when the service asks for an h2 backend.
+
+use super::body::ReqBody;
+use crate::connect::{self, AttemptError, Resolver};
+use anyedge_core::InstanceId;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Idle HTTP/1.1 connections kept per instance.
+const MAX_IDLE: usize = 256;
+
+/// Why a request could not be carried to an instance.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// Nothing was sent: safe to try another instance.
+    #[error("connect failed: {0}")]
+    Connect(#[from] AttemptError),
+    /// Nothing was sent either.
+    #[error("HTTP handshake with the instance failed: {0}")]
+    Handshake(hyper::Error),
+}
+
+/// Where an instance listens and how to talk to it.
+pub(crate) struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub h2: bool,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// The connections of one instance.
+#[derive(Default)]
+pub(crate) struct UpstreamPool {
+    idle: Mutex<Vec<(http1::SendRequest<ReqBody>, Instant)>>,
+    h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
+}
+
+/// A pooled HTTP/1.1 connection lent to one response; it goes back when the body ends.
+pub(crate) struct PoolReturn {
+    sender: http1::SendRequest<ReqBody>,
+    pool: Arc<UpstreamPool>,
+}
+
+impl PoolReturn {
+    pub fn give_back(self) {
+        let mut idle = self
+            .pool
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE && !self.sender.is_closed() {
+            idle.push((self.sender, Instant::now()));
+        }
+    }
+}
+
+impl UpstreamPool {
+    fn take_idle(&self, max_idle: Duration) -> Option<http1::SendRequest<ReqBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        // Newest first: the most recently used connection is the least likely to be closed.
+        while let Some((sender, since)) = idle.pop() {
+            if now.duration_since(since) < max_idle && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// A connection to send one request on: an idle pooled one when there is one, else new.
+    pub async fn sender(
+        self: &Arc<Self>,
+        target: &Target<'_>,
+        resolver: &Resolver,
+    ) -> Result<Sender, UpstreamError> {
+        if target.h2 {
+            return self.h2_sender(target, resolver).await.map(Sender::H2);
+        }
+        while let Some(mut sender) = self.take_idle(target.idle_timeout) {
+            if sender.ready().await.is_ok() {
+                return Ok(Sender::H1 {
+                    sender,
+                    pool: self.clone(),
+                    reused: true,
+                });
+            }
+        }
+        self.fresh(target, resolver).await
+    }
+
+    /// A new HTTP/1.1 connection (also for a protocol switch, which never returns it).
+    pub async fn fresh(
+        self: &Arc<Self>,
+        target: &Target<'_>,
+        resolver: &Resolver,
+    ) -> Result<Sender, UpstreamError> {
+        let stream =
+            connect::connect_one(target.host, target.port, target.connect_timeout, resolver)
+                .await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "instance connection ended");
+            }
+        });
+        Ok(Sender::H1 {
+            sender,
+            pool: self.clone(),
+            reused: false,
+        })
+    }
+
+    async fn h2_sender(
+        &self,
+        target: &Target<'_>,
+        resolver: &Resolver,
+    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+        let existing = self
+            .h2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(mut s) = existing.filter(|s| !s.is_closed()) {
+            if s.ready().await.is_ok() {
+                return Ok(s);
+            }
+        }
+        let stream =
+            connect::connect_one(target.host, target.port, target.connect_timeout, resolver)
+                .await?;
+        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "instance h2 connection ended");
+            }
+        });
+        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+        sender.ready().await.map_err(UpstreamError::Handshake)?;
+        Ok(sender)
+    }
+}
+
+/// A connection ready to carry one request.
+pub(crate) enum Sender {
+    H1 {
+        sender: http1::SendRequest<ReqBody>,
+        pool: Arc<UpstreamPool>,
+        reused: bool,
+    },
+    H2(http2::SendRequest<ReqBody>),
+}
+
+/// A send that failed.
+pub(crate) enum SendError {
+    /// The connection was found closed before any of the request was written: here it is back.
+    Unsent(Box<Request<ReqBody>>),
+    /// The request was (at least partly) written.
+    Failed(hyper::Error),
+}
+
+impl Sender {
+    pub fn is_reused(&self) -> bool {
+        matches!(self, Sender::H1 { reused: true, .. })
+    }
+
+    /// Send; on success the connection (HTTP/1.1) rides along with the response body and goes
+    /// back to the pool when the body ends.
+    pub async fn send(
+        self,
+        req: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
+        let result = match self {
+            Sender::H1 {
+                mut sender, pool, ..
+            } => match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Some(PoolReturn { sender, pool }))),
+                Err(e) => e,
+            },
+            Sender::H2(mut sender) => match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, None)),
+                Err(e) => e,
+            },
+        };
+        let mut e = result;
+        match e.take_message() {
+            Some(req) => Err(SendError::Unsent(Box::new(req))),
+            None => Err(SendError::Failed(e.into_error())),
+        }
+    }
+
+    /// For a protocol switch: send on this connection and never pool it.
+    pub async fn send_once(
+        self,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Sender::H1 { mut sender, .. } => sender.send_request(req).await,
+            Sender::H2(mut sender) => sender.send_request(req).await,
+        }
+    }
+}
+
+/// Pools by stable instance id, carried across snapshots like the rest of the live state.
+#[derive(Default)]
+pub(crate) struct Pools {
+    map: Mutex<HashMap<InstanceId, Arc<UpstreamPool>>>,
+}
+
+impl Pools {
+    pub fn get(&self, id: &InstanceId) -> Arc<UpstreamPool> {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(id.clone()).or_default().clone()
+    }
+
+    /// Drop the pools of instances no snapshot names; their idle connections close.
+    pub fn retain(&self, keep: impl Fn(&InstanceId) -> bool) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|id, _| keep(id));
+    }
+}
