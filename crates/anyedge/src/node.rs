@@ -29,6 +29,8 @@ pub enum StartError {
     Listeners(Vec<ListenError>),
     #[error("catalog store \"etcd\" is not available yet: use store = \"file\"")]
     EtcdUnsupported,
+    #[error("TLS set-up failed: {0}")]
+    Tls(anyedge_edge::TlsSetupError),
 }
 
 /// One running node.
@@ -56,7 +58,8 @@ impl Node {
         let registry = LiveRegistry::new();
         let config = Arc::new(config);
         let snapshot = Arc::new(Snapshot::build(config.clone(), &registry, None));
-        let edge = Edge::new(metrics.clone(), drain.clone());
+        let edge =
+            Edge::new(metrics.clone(), drain.clone(), &config.limits).map_err(StartError::Tls)?;
         let admin = Arc::new(AdminState::new(
             metrics.clone(),
             drain.clone(),

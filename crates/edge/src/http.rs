@@ -28,10 +28,27 @@ pub(crate) async fn serve(
     client: ClientInfo,
     shared: Arc<Shared>,
 ) {
-    let settings = shared.routes.load().http.clone();
+    let (settings, tls) = {
+        let routes = shared.routes.load();
+        (routes.http.clone(), routes.tls.clone())
+    };
     if port.tls {
-        // TLS termination arrives with the TLS crate; until then a TLS port answers nothing.
-        tracing::warn!(local = %client.local, "TLS ports are not served yet");
+        let Some(tls) = tls else { return };
+        let accepted = match tls.accept(stream, &shared.handshakes).await {
+            Ok(a) => a,
+            Err(e) => {
+                shared
+                    .metrics
+                    .node
+                    .rejection(anyedge_telemetry::ErrorCode::TlsHandshake);
+                tracing::info!(code = e.code(), client = %client.peer, error = %e, "TLS handshake failed");
+                return;
+            }
+        };
+        let h2 = accepted.alpn.as_deref() == Some(anyedge_tls::ALPN_H2);
+        let sni = accepted.sni.map(Arc::<str>::from);
+        let service = ProxyService::new(shared.clone(), port, Arc::new(client), settings, sni);
+        serve_io(accepted.stream, h2, service, &shared).await;
         return;
     }
     let h2 = match sniff_h2c(&stream, settings.config.header_read_timeout).await {

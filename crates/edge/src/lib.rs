@@ -12,6 +12,8 @@ mod splice;
 mod tcp;
 
 pub use listeners::ListenError;
+/// Why the edge's TLS state could not be made.
+pub type TlsSetupError = anyedge_tls::rustls::Error;
 
 use anyedge_admission::{Budget, PerKeyBudget};
 use anyedge_catalog::Snapshot;
@@ -35,6 +37,11 @@ struct Shared {
     pipes: splice::PipePool,
     /// Connections to instances, by stable instance id.
     pools: http::upstream::Pools,
+    /// TLS session cache and ticket keys: one per process, so resumption survives reloads.
+    tls: anyedge_tls::TlsShared,
+    /// Certificates added at run time (ACME), shared by every snapshot's resolver.
+    dynamic_certs: Arc<anyedge_tls::DynamicCerts>,
+    handshakes: anyedge_tls::HandshakeLimits,
 }
 
 /// One node's edge role.
@@ -44,7 +51,13 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(metrics: Arc<Metrics>, drain: Drain) -> Self {
+    /// Fails only when the TLS ticket keys cannot be made (no system randomness).
+    pub fn new(
+        metrics: Arc<Metrics>,
+        drain: Drain,
+        limits: &anyedge_config::Limits,
+    ) -> Result<Self, anyedge_tls::rustls::Error> {
+        anyedge_tls::install_crypto_provider();
         let shared = Arc::new(Shared {
             routes: ArcSwap::from_pointee(Routes::default()),
             metrics,
@@ -54,21 +67,26 @@ impl Edge {
             resolver: connect::Resolver::default(),
             pipes: splice::PipePool::default(),
             pools: http::upstream::Pools::default(),
+            tls: anyedge_tls::TlsShared::new()?,
+            dynamic_certs: Arc::new(anyedge_tls::DynamicCerts::new()),
+            handshakes: anyedge_tls::HandshakeLimits::from_config(limits),
         });
-        Edge {
+        Ok(Edge {
             shared,
             listeners: Mutex::new(ListenerSet::default()),
-        }
+        })
     }
 
     /// Put a snapshot in force: new connections route by it at once; listeners it no longer
     /// names close, new ones open. Connections already open are untouched. Returns the
     /// listeners that could not be opened (they are tried again on the next apply).
     pub fn apply(&self, snapshot: Arc<Snapshot>) -> Vec<ListenError> {
+        let tls = self.tls_server(&snapshot);
         let routes = Arc::new(Routes::build(
             &snapshot,
             &self.shared.metrics,
             &self.shared.pools,
+            tls,
         ));
         let wanted = routes.listen_addrs();
         self.shared.routes.store(routes);
@@ -77,6 +95,22 @@ impl Edge {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         set.apply(&wanted, &self.shared)
+    }
+
+    /// The certificates of a snapshot, loaded once for it. A pair that fails to load is logged
+    /// and skipped; the others serve.
+    fn tls_server(&self, snapshot: &Snapshot) -> Arc<anyedge_tls::TlsServer> {
+        let (store, errors) = anyedge_tls::CertStore::load(&snapshot.config);
+        for e in &errors {
+            tracing::error!(error = %e, "certificate not loaded");
+        }
+        self.shared.metrics.set_cert_expiries(store.expiries());
+        let resolver =
+            anyedge_tls::SniResolver::new(Arc::new(store), self.shared.dynamic_certs.clone());
+        Arc::new(anyedge_tls::TlsServer::new(
+            Arc::new(resolver),
+            &self.shared.tls,
+        ))
     }
 
     /// Close every listener (the node is stopping). Open connections go on.

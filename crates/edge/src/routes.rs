@@ -79,6 +79,8 @@ pub(crate) struct Routes {
     ports: HashMap<(u16, Option<IpAddr>), PortRoute>,
     pub limits: Limits,
     pub http: Arc<HttpSettings>,
+    /// Certificates and TLS configs of this snapshot.
+    pub tls: Option<Arc<anyedge_tls::TlsServer>>,
 }
 
 impl Default for Routes {
@@ -87,6 +89,7 @@ impl Default for Routes {
             ports: HashMap::new(),
             limits: Limits::default(),
             http: Arc::new(settings(&Http::default(), "local")),
+            tls: None,
         }
     }
 }
@@ -101,7 +104,12 @@ fn settings(http: &Http, region: &str) -> HttpSettings {
 }
 
 impl Routes {
-    pub fn build(snapshot: &Snapshot, metrics: &Metrics, pools: &Pools) -> Routes {
+    pub fn build(
+        snapshot: &Snapshot,
+        metrics: &Metrics,
+        pools: &Pools,
+        tls: Arc<anyedge_tls::TlsServer>,
+    ) -> Routes {
         let mut ports = HashMap::new();
         let mut http_ports: HashMap<(u16, Option<IpAddr>), HttpPort> = HashMap::new();
         for app in snapshot.apps.values() {
@@ -161,6 +169,7 @@ impl Routes {
                 &snapshot.config.http,
                 &snapshot.config.node.region,
             )),
+            tls: Some(tls),
         }
     }
 

@@ -226,6 +226,8 @@ impl NodeMetrics {
 pub struct Metrics {
     pub node: NodeMetrics,
     apps: Mutex<BTreeMap<String, Arc<AppMetrics>>>,
+    /// notAfter (unix seconds) of the certificate served for each hostname.
+    cert_expiries: Mutex<Vec<(String, i64)>>,
 }
 
 impl Metrics {
@@ -240,11 +242,36 @@ impl Metrics {
         apps.entry(app.to_string()).or_default().clone()
     }
 
+    /// Replace the certificate expiry gauges (on every snapshot, and when a certificate is issued).
+    pub fn set_cert_expiries(&self, expiries: Vec<(String, i64)>) {
+        *self
+            .cert_expiries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = expiries;
+    }
+
     /// Everything, for the operator.
     pub fn render(&self) -> String {
         let apps = self.snapshot_apps(None);
         let mut out = String::with_capacity(4096);
         self.render_node(&mut out);
+        family(
+            &mut out,
+            "anyedge_cert_expiry_timestamp_seconds",
+            "gauge",
+            "When the certificate served for a hostname expires.",
+        );
+        for (host, at) in self
+            .cert_expiries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "anyedge_cert_expiry_timestamp_seconds{{hostname=\"{host}\"}} {at}"
+            );
+        }
         render_apps(&mut out, &apps);
         out
     }

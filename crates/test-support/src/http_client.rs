@@ -33,6 +33,25 @@ impl Client {
         Client::H1(send)
     }
 
+    /// HTTP/1.1 or HTTP/2 over any connected stream (TLS), by `h2`.
+    pub async fn over<IO>(io: IO, h2: bool) -> Client
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        if h2 {
+            let (send, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("h2 handshake");
+            tokio::spawn(conn);
+            Client::H2(send)
+        } else {
+            let (send, conn) = http1::handshake(io).await.expect("h1 handshake");
+            tokio::spawn(conn.with_upgrades());
+            Client::H1(send)
+        }
+    }
+
     pub async fn h2c(addr: SocketAddr) -> Client {
         let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
         let (send, conn) = http2::handshake(TokioExecutor::new(), io)
