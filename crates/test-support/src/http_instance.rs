@@ -91,7 +91,14 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
             }
             Response::new(full(text))
         }
-        "/echo" => Response::new(req.into_body().map_err(|e| Box::new(e) as _).boxed()),
+        "/echo" => {
+            let announced = req.headers().get("trailer").cloned();
+            let mut resp = Response::new(req.into_body().map_err(|e| Box::new(e) as _).boxed());
+            if let Some(t) = announced {
+                resp.headers_mut().insert("trailer", t);
+            }
+            resp
+        }
         "/reset" => {
             // Answer nothing and drop the connection.
             return std::future::pending::<Result<Response<Body>, Infallible>>().await;

@@ -2,7 +2,7 @@
 //! promises (`X-Forwarded-*`, `Via`, `<P>-Client-IP`, ...), and request ids.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -61,9 +61,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         headers.remove(n);
     }
+    // `Trailer` stays: it is end-to-end (RFC 9110 6.6.2), and HTTP/1.1 peers send only the
+    // trailers it announces.
     for n in [
         TRANSFER_ENCODING,
-        TRAILER,
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
     ] {
