@@ -61,22 +61,30 @@ pub async fn start(base_port: u16) -> Result<Node, Box<dyn std::error::Error>> {
         instances::spawn(instances::Kind::WhoAmI("whoami-1")).await?,
         instances::spawn(instances::Kind::WhoAmI("whoami-2")).await?,
     ];
+    let mut hello = Vec::new();
+    for i in 1..=3 {
+        hello.push(instances::spawn_http("hello", format!("hello-{i}")).await?);
+    }
+    let ws = [instances::spawn_http("ws", "ws-1".into()).await?];
     let port = |n: u16| base_port.checked_add(n).ok_or("--base-port is too high");
     let (p_echo, p_upper, p_whoami, p_admin) = (port(1)?, port(2)?, port(3)?, port(90)?);
+    let p_http = port(80)?;
     let dead = instances::unused_port()?;
-    let toml = demo_config(
+    let mut toml = demo_config(
         &echo,
         &upper,
         &whoami,
         [p_echo, p_upper, p_whoami, p_admin],
         dead,
     );
+    toml += &http_config(&hello, &ws, p_http);
     let config = anyedge_config::parse(&toml, "<demo>").map_err(|d| d.to_string())?;
     let node = Node::start(config, None).await?;
     println!(
         "{}",
         instructions(p_echo, p_upper, p_whoami, node.admin_addr())
     );
+    println!("{}", http_instructions(p_http));
     Ok(node)
 }
 
@@ -122,6 +130,40 @@ fn demo_config(
         &addrs(whoami),
     );
     t
+}
+
+/// Two HTTP apps sharing one port, told apart by Host.
+fn http_config(hello: &[SocketAddr], ws: &[SocketAddr], port: u16) -> String {
+    let mut t = String::new();
+    for (name, hosts, instances) in [
+        (
+            "hello",
+            "\"hello.localhost\", \"localhost\", \"127.0.0.1\"",
+            hello,
+        ),
+        ("ws", "\"ws.localhost\"", ws),
+    ] {
+        let _ = write!(
+            t,
+            "[[apps]]\nname = \"{name}\"\nhostnames = [{hosts}]\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+        );
+        for (i, a) in instances.iter().enumerate() {
+            let _ = write!(
+                t,
+                "  [[apps.instances]]\n  id = \"{name}-{}\"\n  address = \"{a}\"\n",
+                i + 1
+            );
+        }
+        t.push('\n');
+    }
+    t
+}
+
+fn http_instructions(port: u16) -> String {
+    format!(
+        "  # HTTP: three instances of \"hello\" behind one port, HTTP/1.1 and HTTP/2 (h2c)\n  curl -s http://127.0.0.1:{port}/\n  curl -s --http2-prior-knowledge http://127.0.0.1:{port}/\n  curl -si -H 'Host: nobody.localhost' http://127.0.0.1:{port}/   # 404, anyedge-error: unknown_host\n\
+         \n  # WebSocket echo, Host ws.localhost: ws://ws.localhost:{port}/ws (e.g. websocat ws://127.0.0.1:{port}/ws -H 'Host: ws.localhost')\n"
+    )
 }
 
 fn instructions(p_echo: u16, p_upper: u16, p_whoami: u16, admin: SocketAddr) -> String {

@@ -4,11 +4,11 @@ use anyedge_test_support::client::{connect, read_line};
 use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 
-/// A base port whose +1, +2, +3 and +90 are free right now.
+/// A base port whose +1, +2, +3, +80 and +90 are free right now.
 fn free_base() -> u16 {
     for _ in 0..100 {
         let base = anyedge_test_support::free_port().saturating_sub(1);
-        let free = [1u16, 2, 3, 90].iter().all(|d| {
+        let free = [1u16, 2, 3, 80, 90].iter().all(|d| {
             base.checked_add(*d)
                 .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
         });

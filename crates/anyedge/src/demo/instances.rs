@@ -31,6 +31,90 @@ pub async fn spawn(kind: Kind) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// An HTTP instance that says who it is; `/ws` is a WebSocket echo.
+pub async fn spawn_http(app: &'static str, name: String) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let name: std::sync::Arc<str> = name.into();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req| http_answer(app, name.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+type HttpBody = http_body_util::Full<bytes::Bytes>;
+
+async fn http_answer(
+    app: &'static str,
+    name: std::sync::Arc<str>,
+    mut req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<HttpBody>, std::convert::Infallible> {
+    if req.uri().path() == "/ws" {
+        if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(ws_echo(upgrade));
+            let mut resp = hyper::Response::new(HttpBody::default());
+            *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(
+                "upgrade",
+                hyper::header::HeaderValue::from_static("websocket"),
+            );
+            h.insert(
+                "connection",
+                hyper::header::HeaderValue::from_static("upgrade"),
+            );
+            if let Ok(v) = hyper::header::HeaderValue::try_from(accept) {
+                h.insert("sec-websocket-accept", v);
+            }
+            return Ok(resp);
+        }
+    }
+    let client = req
+        .headers()
+        .get("anyedge-client-ip")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_string();
+    let body = format!(
+        "hello from {name} (app {app}); you are {client}, request {} {}\n",
+        req.method(),
+        req.uri().path()
+    );
+    Ok(hyper::Response::new(HttpBody::new(bytes::Bytes::from(
+        body,
+    ))))
+}
+
+async fn ws_echo(upgrade: hyper::upgrade::OnUpgrade) {
+    use futures_util::{SinkExt, StreamExt};
+    let Ok(upgraded) = upgrade.await else { return };
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        None,
+    )
+    .await;
+    let (mut tx, mut rx) = ws.split();
+    while let Some(Ok(msg)) = rx.next().await {
+        if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// A port nothing listens on (bound, then released), for a target that refuses.
 pub fn unused_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
