@@ -45,10 +45,20 @@ pub struct Node {
 }
 
 impl Node {
-    /// Bind the admin listener and every app listener of `config`, and start serving.
+    /// Bind the admin listener and every app listener of `config`, and start serving on the
+    /// current runtime.
     pub async fn start(
         config: Config,
         admin_listen: Option<SocketAddr>,
+    ) -> Result<Node, StartError> {
+        Self::start_on(config, admin_listen, Vec::new()).await
+    }
+
+    /// Like [`Node::start`], with connections served on `shards` (one runtime per core).
+    pub async fn start_on(
+        config: Config,
+        admin_listen: Option<SocketAddr>,
+        shards: Vec<tokio::runtime::Handle>,
     ) -> Result<Node, StartError> {
         if matches!(config.catalog, CatalogConfig::Etcd(_)) {
             return Err(StartError::EtcdUnsupported);
@@ -58,8 +68,8 @@ impl Node {
         let registry = LiveRegistry::new();
         let config = Arc::new(config);
         let snapshot = Arc::new(Snapshot::build(config.clone(), &registry, None));
-        let edge =
-            Edge::new(metrics.clone(), drain.clone(), &config.limits).map_err(StartError::Tls)?;
+        let edge = Edge::new(metrics.clone(), drain.clone(), &config.limits, shards)
+            .map_err(StartError::Tls)?;
         let admin = Arc::new(AdminState::new(
             metrics.clone(),
             drain.clone(),
@@ -187,17 +197,58 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match build_runtime(config.node.threads) {
-        Ok(rt) => rt,
+    let runtimes = build_control_runtime()
+        .and_then(|control| Ok((control, Shards::start(config.node.threads)?)));
+    let (control, shards) = match runtimes {
+        Ok(rts) => rts,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config, args))
+    control.block_on(serve(config, args, shards.handles()))
 }
 
-/// Build the runtime after reading config, so `[node] threads` takes effect.
+/// The runtime for signals, reloads and the admin listener: light work, one thread.
+fn build_control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// One single-threaded runtime per core, each on its own thread: a connection lives on one
+/// thread from accept to close, with no work stealing or cross-thread wake-ups (PITFALLS.md:
+/// this costs less CPU per request than a multi-thread runtime). Built after the config is
+/// read, so `[node] threads` takes effect (0: one per CPU).
+pub struct Shards {
+    handles: Vec<tokio::runtime::Handle>,
+}
+
+impl Shards {
+    pub fn start(threads: usize) -> std::io::Result<Shards> {
+        let n = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("anyedge-shard-{i}"))
+                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        }
+        Ok(Shards { handles })
+    }
+
+    pub fn handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.handles.clone()
+    }
+}
+
+/// A multi-thread runtime (the demo's: it runs instances and the edge together).
 pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = match threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -210,8 +261,8 @@ pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
         .build()
 }
 
-async fn serve(config: Config, args: &RunArgs) -> ExitCode {
-    let node = match Node::start(config, args.admin_listen).await {
+async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handle>) -> ExitCode {
+    let node = match Node::start_on(config, args.admin_listen, shards).await {
         Ok(node) => node,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

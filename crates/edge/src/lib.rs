@@ -42,6 +42,8 @@ struct Shared {
     /// Certificates added at run time (ACME), shared by every snapshot's resolver.
     dynamic_certs: Arc<anyedge_tls::DynamicCerts>,
     handshakes: anyedge_tls::HandshakeLimits,
+    /// The runtimes connections run on: one listener socket per shard and address.
+    shards: Vec<tokio::runtime::Handle>,
 }
 
 /// One node's edge role.
@@ -51,13 +53,18 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// `shards` are the runtimes that accept and serve connections (empty: the current one).
     /// Fails only when the TLS ticket keys cannot be made (no system randomness).
     pub fn new(
         metrics: Arc<Metrics>,
         drain: Drain,
         limits: &anyedge_config::Limits,
+        mut shards: Vec<tokio::runtime::Handle>,
     ) -> Result<Self, anyedge_tls::rustls::Error> {
         anyedge_tls::install_crypto_provider();
+        if shards.is_empty() {
+            shards.push(tokio::runtime::Handle::current());
+        }
         let shared = Arc::new(Shared {
             routes: ArcSwap::from_pointee(Routes::default()),
             metrics,
@@ -70,6 +77,7 @@ impl Edge {
             tls: anyedge_tls::TlsShared::new()?,
             dynamic_certs: Arc::new(anyedge_tls::DynamicCerts::new()),
             handshakes: anyedge_tls::HandshakeLimits::from_config(limits),
+            shards,
         });
         Ok(Edge {
             shared,

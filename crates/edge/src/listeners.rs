@@ -27,8 +27,8 @@ pub struct ListenError {
 
 struct Open {
     local: SocketAddr,
-    /// Dropping it stops the accept loop, which closes the socket.
-    _stop: oneshot::Sender<()>,
+    /// Dropping them stops the accept loops (one per shard), which close their sockets.
+    _stop: Vec<oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -67,13 +67,28 @@ impl ListenerSet {
             .copied()
             .collect();
         for addr in &missing {
-            match bind(*addr) {
-                Ok(listener) => {
-                    let local = listener
-                        .local_addr()
+            // One socket per shard, all on the same address with SO_REUSEPORT: the kernel
+            // spreads connections across the shards' runtimes.
+            let bound: io::Result<Vec<std::net::TcpListener>> =
+                shared.shards.iter().map(|_| bind(*addr)).collect();
+            match bound {
+                Ok(listeners) => {
+                    let local = listeners
+                        .first()
+                        .and_then(|l| l.local_addr().ok())
                         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                    let (stop_tx, stop_rx) = oneshot::channel();
-                    tokio::spawn(accept_loop(listener, stop_rx, shared.clone()));
+                    let mut stops = Vec::with_capacity(listeners.len());
+                    for (listener, shard) in listeners.into_iter().zip(&shared.shards) {
+                        let (stop_tx, stop_rx) = oneshot::channel();
+                        let shared = shared.clone();
+                        shard.spawn(async move {
+                            match TcpListener::from_std(listener) {
+                                Ok(l) => accept_loop(l, stop_rx, shared).await,
+                                Err(e) => tracing::error!(error = %e, "cannot register listener"),
+                            }
+                        });
+                        stops.push(stop_tx);
+                    }
                     shared
                         .metrics
                         .node
@@ -84,7 +99,7 @@ impl ListenerSet {
                         *addr,
                         Open {
                             local,
-                            _stop: stop_tx,
+                            _stop: stops,
                         },
                     );
                 }
@@ -124,7 +139,7 @@ impl ListenerSet {
 /// Open a listener. The wildcard is dual-stack `[::]` where the host has IPv6, else `0.0.0.0`.
 /// `SO_REUSEPORT` lets a new process take over the ports while this one drains (restarts
 /// without refusing connections).
-fn bind(addr: ListenAddr) -> io::Result<TcpListener> {
+fn bind(addr: ListenAddr) -> io::Result<std::net::TcpListener> {
     match addr {
         ListenAddr::One(a) => bind_one(a, false),
         ListenAddr::Any(port) => {
@@ -134,7 +149,7 @@ fn bind(addr: ListenAddr) -> io::Result<TcpListener> {
     }
 }
 
-fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
+fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if dual_stack {
         socket.set_only_v6(false)?;
@@ -144,7 +159,7 @@ fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
