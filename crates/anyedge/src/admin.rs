@@ -97,7 +97,9 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 .node
                 .open_connections
                 .store(open, std::sync::atomic::Ordering::Relaxed);
-            metrics_text(state.metrics.render())
+            let mut text = state.metrics.render();
+            concurrency(&state.snapshot(), None, &mut text);
+            metrics_text(text)
         }
         _ => match path
             .strip_prefix("/v1/apps/")
@@ -164,7 +166,33 @@ fn app_metrics(state: &AdminState, app: &str, req: &Request<Incoming>) -> Respon
     if !allowed {
         return text(StatusCode::FORBIDDEN, "forbidden\n");
     }
-    metrics_text(state.metrics.render_app(app))
+    let mut text = state.metrics.render_app(app);
+    concurrency(&snapshot, Some(app), &mut text);
+    metrics_text(text)
+}
+
+/// `anyedge_app_concurrency{app,instance}`: requests or connections in flight to each instance
+/// from this node, read from the live state of the snapshot in force.
+fn concurrency(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
+    use std::fmt::Write;
+    out.push_str("# HELP anyedge_app_concurrency In-flight requests (HTTP) or connections (TCP) to each instance from this node.\n# TYPE anyedge_app_concurrency gauge\n");
+    let mut apps: Vec<_> = snapshot
+        .apps
+        .values()
+        .filter(|a| only.is_none_or(|o| o == &*a.name))
+        .collect();
+    apps.sort_by(|a, b| a.name.cmp(&b.name));
+    for app in apps {
+        for inst in &app.instances {
+            let _ = writeln!(
+                out,
+                "anyedge_app_concurrency{{app=\"{}\",instance=\"{}\"}} {}",
+                app.name,
+                inst.id.instance(),
+                inst.live.inflight.in_use()
+            );
+        }
+    }
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

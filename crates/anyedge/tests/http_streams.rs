@@ -245,3 +245,27 @@ async fn malformed_requests_get_4xx_and_are_counted() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_but_slow_requests_finish() {
+    let (_node, port, _inst) = one_app("idle_timeout = \"300ms\"").await;
+    // A request slower than the idle timeout still gets its answer.
+    let mut c = Client::h1(local(port)).await;
+    let (status, _, body) = c.get("alpha.test", "/slow/800").await;
+    assert_eq!((status, body.trim()), (200, "alpha"));
+    // Then, with nothing moving, the proxy closes the connection.
+    let mut s = tokio::net::TcpStream::connect(local(port))
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut all = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut all))
+        .await
+        .expect("closed by the proxy in time")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+}

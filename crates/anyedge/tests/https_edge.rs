@@ -30,15 +30,18 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     let pki = Pki::new();
     let (_, _, alpha_der) = pki.issue("alpha", &["alpha.test"]);
     let (_, _, beta_der) = pki.issue("beta", &["beta.test"]);
-    let (a, b) = (
+    let (_, _, gamma_der) = pki.issue("gamma", &["gamma.test"]);
+    let (a, b, g) = (
         HttpInstance::start("alpha", false).await,
         HttpInstance::start("beta", false).await,
+        HttpInstance::start("gamma", false).await,
     );
     let (tls_port, plain_port) = (free_port(), free_port());
     let toml = format!(
-        "{}{}",
+        "{}{}{}",
         app("alpha", "alpha.test", tls_port, plain_port, a.addr, true),
-        app("beta", "beta.test", tls_port, plain_port, b.addr, false)
+        app("beta", "beta.test", tls_port, plain_port, b.addr, false),
+        app("gamma", "gamma.test", tls_port, plain_port, g.addr, false)
     );
     let config = anyedge_config::parse_with_base(&toml, "https.toml", Some(pki.path()))
         .unwrap_or_else(|d| panic!("{d}"));
@@ -49,6 +52,7 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     for (sni, der, want) in [
         ("alpha.test", &alpha_der, "alpha"),
         ("beta.test", &beta_der, "beta"),
+        ("gamma.test", &gamma_der, "gamma"),
     ] {
         for (alpn, h2) in [(b"http/1.1".as_slice(), false), (b"h2".as_slice(), true)] {
             let tls = pki

@@ -4,6 +4,7 @@
 mod body;
 mod error;
 pub(crate) mod headers;
+mod idle;
 mod service;
 mod upgrade;
 pub(crate) mod upstream;
@@ -89,7 +90,9 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &service.settings().config;
-    let io = TokioIo::new(io);
+    let activity = idle::Activity::default();
+    let idle_timeout = cfg.idle_timeout;
+    let io = TokioIo::new(idle::IdleIo::new(io, activity.clone()));
     let result = if h2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -107,6 +110,10 @@ where
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            _ = activity.idle(idle_timeout) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     } else {
         let mut builder = http1::Builder::new();
@@ -119,6 +126,10 @@ where
         tokio::select! {
             r = conn.as_mut() => r,
             _ = shared.drain.started() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            _ = activity.idle(idle_timeout) => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
