@@ -61,7 +61,7 @@ ${conc}
 ${app_limits}
   [[apps.services]]
   internal_port = ${PROXY_UPSTREAM_TCP##*:}
-  ports = [ { port = ${PROXY_LISTEN_TCP_PORT}, handlers = [] } ]
+  ports = [ { port = ${PROXY_LISTEN_TCP_PORT}, bind = "127.0.0.1", handlers = [] } ]
   [[apps.instances]]
   id = "iperf3"
   region = "local"
@@ -73,7 +73,7 @@ ${conc}
 ${app_limits}
   [[apps.services]]
   internal_port = ${PROXY_UPSTREAM_TCP_IDLE##*:}
-  ports = [ { port = ${PROXY_LISTEN_TCP_IDLE_PORT}, handlers = [] } ]
+  ports = [ { port = ${PROXY_LISTEN_TCP_IDLE_PORT}, bind = "127.0.0.1", handlers = [] } ]
   [[apps.instances]]
   id = "echo"
   region = "local"
@@ -89,7 +89,7 @@ concurrency = { type = "requests", soft_limit = ${limit}, hard_limit = ${limit} 
 limits = { max_connections = ${limit}, max_inflight = ${limit} }
   [[apps.services]]
   internal_port = ${PROXY_UPSTREAM_HTTP##*:}
-  ports = [ { port = ${PROXY_LISTEN_HTTP_PORT}, handlers = ["http"] }, { port = ${PROXY_LISTEN_H2C_PORT}, handlers = ["http"] } ]
+  ports = [ { port = ${PROXY_LISTEN_HTTP_PORT}, bind = "127.0.0.1", handlers = ["http"] }, { port = ${PROXY_LISTEN_H2C_PORT}, bind = "127.0.0.1", handlers = ["http"] } ]
   [[apps.instances]]
   id = "origin"
   region = "local"
@@ -97,6 +97,9 @@ limits = { max_connections = ${limit}, max_inflight = ${limit} }
 CFG
 fi
 } > "$cfg"
+if [ "${ANYEDGE_CHECK_ONLY:-0}" = "1" ]; then  # validate the generated config and stop
+  exec "$ANYEDGE" check --config "$cfg"
+fi
 echo "anyedge.sh: $ANYEDGE run --config $cfg (threads=$threads, admin 127.0.0.1:$admin_port)" >&2
 export TOKIO_WORKER_THREADS="$threads"
 exec "$ANYEDGE" run --config "$cfg"

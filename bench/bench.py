@@ -152,6 +152,42 @@ def busy_pct(before, after, cpus):
     return busy, steal
 
 
+def cores_busy_s(before, after):
+    """Busy CPU seconds summed over all cores between two proc_stat() samples."""
+    d = [a - b for a, b in zip(after["cpu"], before["cpu"])]
+    # user + nice + system + irq + softirq (not idle, iowait, or steal: the hypervisor's)
+    return (d[0] + d[1] + d[2] + d[5] + d[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def ours_cpu_s():
+    """CPU seconds of this harness process plus every server process tree it started (alive now)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    total = r.ru_utime + r.ru_stime
+    for p in Proc.registry:
+        if p.alive():
+            total += tree_cpu_ns(p.pid) / 1e9
+    return total
+
+
+def wait_quiet(max_wait, max_busy_pct, window=5.0):
+    """Wait until the machine is quiet (all-core busy below max_busy_pct over `window` s, measured
+    before anything of ours runs). Returns (waited_s, last_busy_pct, quiet?)."""
+    t0 = time.monotonic()
+    ncpu = os.cpu_count() or 1
+    while True:
+        st0 = proc_stat()
+        time.sleep(window)
+        st1 = proc_stat()
+        busy = 100.0 * cores_busy_s(st0, st1) / (window * ncpu)
+        waited = time.monotonic() - t0
+        if busy <= max_busy_pct:
+            return waited, busy, True
+        if waited >= max_wait:
+            return waited, busy, False
+        log(f"machine busy ({busy:.0f}% of all cores, not ours): waiting for quiet "
+            f"({waited:.0f}/{max_wait:.0f} s)")
+
+
 def children_cpu_s():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -386,14 +422,22 @@ class Runner:
         """Wrap a load run with CPU accounting of the target process tree and the cores."""
         root = (proc or target.proc).pid
         cpu0 = tree_cpu_ns(root)
+        ours0 = ours_cpu_s()
         st0 = proc_stat()
         res = fn()
         st1 = proc_stat()
+        ours1 = ours_cpu_s()
         cpu1 = tree_cpu_ns(root)
         busy, steal = busy_pct(st0, st1, self.cfg.server_cpu_list)
         res["target_cpu_s"] = (cpu1 - cpu0) / 1e9
         res["server_cores_busy_pct"] = busy
         res["steal_pct"] = steal
+        if res.get("wall_s"):
+            # CPU used by processes the harness did not start (another build, say), in % of one core;
+            # rough: interrupt time charged to no task shows up here too (a few % when idle)
+            busy_all_s = cores_busy_s(st0, st1)
+            res["foreign_cpu_pct"] = max(0.0, 100.0 * (busy_all_s - (ours1 - ours0) - res.get("loadgen_cpu_s", 0))
+                                         / res["wall_s"])
         if res.get("wall_s"):
             res["loadgen_cpu_pct"] = 100.0 * res.get("loadgen_cpu_s", 0) / res["wall_s"]
             res["target_cpu_pct"] = 100.0 * res["target_cpu_s"] / res["wall_s"]
@@ -645,6 +689,10 @@ def build_report(cfg, targets, results, runner, facts, started, elapsed,
     L.append("- " + "; ".join(parts))
     L.append("- nginx and haproxy: 1 worker process / 1 thread; origin nginx: 1 worker; a PROXY_CMD proxy "
              "gets PROXY_WORKERS=1 and the same CPU pinning")
+    q = getattr(cfg, "quiet", None)
+    L.append(f"- load average at start: {getattr(cfg, 'loadavg_start', '?')}"
+             + (f"; quiet check: {q[1]:.0f}% of all cores busy after waiting {q[0]:.0f} s"
+                + ("" if q[2] else " (**not quiet**: numbers may be disturbed)") if q else ""))
     if proxy_cmd_text:
         L.append(f"- PROXY_CMD (`{proxy_name_text}`): `{proxy_cmd_text}`")
         if os.environ.get("PROXY_VERSION"):
@@ -749,7 +797,10 @@ def build_report(cfg, targets, results, runner, facts, started, elapsed,
         L.extend(checks)
         L.append("")
     # diagnostics
-    L.append("## Diagnostics (medians): load-generator CPU % / server-core busy % / steal %")
+    L.append("## Diagnostics (medians): load-generator CPU % / server-core busy % / steal % / foreign CPU % (worst run)")
+    L.append("")
+    L.append("Foreign CPU = busy time of all cores not spent by the harness, its servers or its load "
+             "generator, in % of one core (a few % is interrupt noise; more means another job ran).")
     L.append("")
     L.append("| scenario | " + " | ".join(names) + " |")
     L.append("|---|" + "---|" * len(names))
@@ -765,7 +816,8 @@ def build_report(cfg, targets, results, runner, facts, started, elapsed,
             lg = statistics.median(r.get("loadgen_cpu_pct", float("nan")) for r in runs)
             sb = statistics.median(r.get("server_cores_busy_pct", float("nan")) for r in runs)
             st = statistics.median(r.get("steal_pct", float("nan")) for r in runs)
-            cells.append(f"{lg:.0f} / {sb:.0f} / {st:.1f}")
+            fo = max(r.get("foreign_cpu_pct", float("nan")) for r in runs)
+            cells.append(f"{lg:.0f} / {sb:.0f} / {st:.1f} / {fo:.0f}")
         L.append(f"| {sc} | " + " | ".join(cells) + " |")
     L.append("")
     # errors
@@ -786,6 +838,16 @@ def build_report(cfg, targets, results, runner, facts, started, elapsed,
         for k, v in t.has.items():
             if not v and not (t.tcp_only and k in ("http", "h2c")):
                 errs.append(f"- target {t.name}: no {k} listener -> n/a")
+    nd = sum(len(r.get("discarded_foreign_pct", [])) for per in results.values() for runs in per.values()
+             if isinstance(runs, list) for r in runs)
+    still = [(sc, n, round(r["foreign_cpu_pct"])) for sc, per in results.items() for n, runs in per.items()
+             if isinstance(runs, list) for r in runs
+             if cfg.max_foreign > 0 and r.get("foreign_cpu_pct", 0) > cfg.max_foreign]
+    if nd:
+        errs.append(f"- {nd} load run(s) discarded and re-run because other processes used > "
+                    f"{cfg.max_foreign:.0f}% of a core meanwhile (MAX_FOREIGN)")
+    for sc, n, fo in still:
+        errs.append(f"- {sc} / {n}: a kept run still had {fo}% foreign CPU (retries exhausted)")
     L.append("## Errors / warnings")
     L.append("")
     L.extend(errs or ["- none (no socket errors, non-2xx responses or failed requests reported)"])
@@ -826,6 +888,14 @@ def main():
                     help="peers to include; the PROXY_CMD target is added automatically")
     ap.add_argument("--port-offset", type=int, default=int(env("PORT_OFFSET", "0")))
     ap.add_argument("--out", default=os.environ.get("OUT", ""), help="also write the report here")
+    ap.add_argument("--wait-quiet", type=float, default=float(env("WAIT_QUIET", "0")),
+                    help="wait up to this many seconds for the machine to be idle before starting")
+    ap.add_argument("--max-foreign", type=float, default=float(env("MAX_FOREIGN", "20")),
+                    help="re-run a load run during which processes not ours used more than this %% of one "
+                         "core (0 = never)")
+    ap.add_argument("--foreign-retries", type=int, default=int(env("FOREIGN_RETRIES", "3")))
+    ap.add_argument("--quiet-max-busy", type=float, default=float(env("QUIET_MAX_BUSY", "10")),
+                    help="'idle' = at most this %% of all cores busy over 5 s")
     ap.add_argument("--workdir", default=os.environ.get("WORKDIR", ""))
     cfg = ap.parse_args()
 
@@ -834,6 +904,8 @@ def main():
     lg_cpus = parse_cpulist(cfg.loadgen_cpus) if cfg.loadgen_cpus else list(range(os.cpu_count()))
     cfg.wrk_threads = int(env("WRK_THREADS", str(len(lg_cpus))))
     scenarios = [s for s in cfg.scenarios.split(",") if s]
+    if "all" in scenarios:
+        scenarios = list(SCENARIOS)
     for s in scenarios:
         if s not in SCENARIOS:
             raise SystemExit(f"unknown scenario {s}; known: {', '.join(SCENARIOS)}")
@@ -993,6 +1065,14 @@ def main():
 
     results = {s: {} for s in scenarios}
     raw_path = os.path.join(cfg.workdir, "raw.json")
+    cfg.quiet = None
+    if cfg.wait_quiet > 0:
+        waited, qbusy, quiet = wait_quiet(cfg.wait_quiet, cfg.quiet_max_busy)
+        cfg.quiet = (waited, qbusy, quiet)
+        log(f"quiet check: {qbusy:.0f}% of all cores busy before start after {waited:.0f} s"
+            + ("" if quiet else " -- NOT quiet, numbers may be disturbed"))
+    with open("/proc/loadavg") as f:
+        cfg.loadavg_start = " ".join(f.read().split()[:3])
     try:
         backend.start()
         iperf_srv.start()
@@ -1076,16 +1156,28 @@ def main():
                         t.broken = f"process died (see {t.proc.logfile})"
                         results[sc].setdefault(t.name, []).append({"error": t.broken})
                         continue
-                    if sc == "h1_small":
-                        r = runner.wrk(sc, t, "/ok", False)
-                    elif sc == "h1_16k":
-                        r = runner.wrk(sc, t, "/16k", False)
-                    elif sc == "h1_close":
-                        r = runner.wrk(sc, t, "/ok", True)
-                    elif sc == "h2c_small":
-                        r = runner.h2load(sc, t, "/ok")
-                    else:
-                        r = runner.iperf3(sc, t)
+                    disturbed = []
+                    while True:
+                        if sc == "h1_small":
+                            r = runner.wrk(sc, t, "/ok", False)
+                        elif sc == "h1_16k":
+                            r = runner.wrk(sc, t, "/16k", False)
+                        elif sc == "h1_close":
+                            r = runner.wrk(sc, t, "/ok", True)
+                        elif sc == "h2c_small":
+                            r = runner.h2load(sc, t, "/ok")
+                        else:
+                            r = runner.iperf3(sc, t)
+                        fo = r.get("foreign_cpu_pct", 0.0)
+                        if cfg.max_foreign <= 0 or fo <= cfg.max_foreign or len(disturbed) >= cfg.foreign_retries:
+                            break
+                        # another job used the machine during this run: discard it and run it again
+                        disturbed.append(round(fo))
+                        log(f"rep {rep + 1}/{cfg.reps} {sc} {t.name}: {fo:.0f}% foreign CPU "
+                            f"(> {cfg.max_foreign:.0f}%), discarded; waiting for quiet and running again")
+                        wait_quiet(120, cfg.quiet_max_busy)
+                    if disturbed:
+                        r["discarded_foreign_pct"] = disturbed
                     results[sc].setdefault(t.name, []).append(r)
                     main_val = r.get("rps", r.get("gbps"))
                     log(f"rep {rep + 1}/{cfg.reps} {sc:9s} {t.name:8s} "

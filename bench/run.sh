@@ -36,6 +36,8 @@ done
 export SCENARIOS="${SCENARIOS:-tcp_bulk,tcp_idle_mem}"
 export REPS="${REPS:-5}"
 export TCP_IDLE_N="${TCP_IDLE_N:-9000}"
+# the machine is shared with builds: wait up to 10 min for it to be idle before measuring
+export WAIT_QUIET="${WAIT_QUIET:-600}"
 
 # --- anyedge -------------------------------------------------------------------------------------
 if [ "${WITH_ANYEDGE:-1}" != "0" ]; then
@@ -48,7 +50,19 @@ if [ "${WITH_ANYEDGE:-1}" != "0" ]; then
   [ -x "$ANYEDGE" ] || { echo "[run.sh] no anyedge binary at $ANYEDGE" >&2; exit 1; }
   rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo 'no commit')"
   dirty="$(git -C "$repo" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null | head -c1)"
-  export PROXY_VERSION="${PROXY_VERSION:-binary built $(date -r "$ANYEDGE" '+%Y-%m-%d %H:%M'), source ${rev}${dirty:+ (uncommitted changes)}, release profile}"
+  built="$(date -r "$ANYEDGE" '+%Y-%m-%d %H:%M')"
+  newer="$(cd "$repo" && find crates Cargo.toml Cargo.lock -newer "$ANYEDGE" -type f 2>/dev/null | wc -l)"
+  if [ "$newer" != "0" ]; then
+    echo "[run.sh] warning: $newer source file(s) changed after $ANYEDGE was built" >&2
+    built="$built; $newer source file(s) changed after that"
+  fi
+  # run a private copy: a rebuild during the run must not mix two versions across restarts
+  mkdir -p "$here/.run/bin"
+  rm -f "$here/.run/bin/anyedge."*
+  snap="$here/.run/bin/anyedge.$$"
+  cp "$ANYEDGE" "$snap"
+  export ANYEDGE="$snap"
+  export PROXY_VERSION="${PROXY_VERSION:-binary built $built, source ${rev}${dirty:+ (uncommitted changes)}, release profile}"
   export PROXY_NAME="${PROXY_NAME:-anyedge}"
   export PROXY_CMD="${PROXY_CMD:-$here/anyedge.sh}"
   # anyedge serves raw TCP only for now: no HTTP readiness check, HTTP scenarios n/a for it
