@@ -1,5 +1,5 @@
-//! Moving bytes between two TCP sockets with `splice(2)`: socket -> pipe -> socket, never through
-//! user space. Pipes come from a shared pool and are held only while data moves, so an idle
+//! Moving bytes between two TCP sockets: `read`/`write` through a pooled buffer (the default), or
+//! `splice(2)`: socket -> pipe -> socket, never through user space. Pipes come from a shared pool and are held only while data moves, so an idle
 //! connection holds no buffer and no extra descriptor.
 
 use anyedge_telemetry::{AppMetrics, Direction};
@@ -104,31 +104,109 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// Buffers for the copy path, shared by every connection of a node; a connection holds one
+/// only between a read and the write that empties it.
+#[derive(Default)]
+pub(crate) struct BufPool {
+    idle: Mutex<Vec<Box<[u8]>>>,
+}
+
+/// Idle buffers kept (4 MiB at most).
+const BUF_POOL_MAX: usize = 16;
+
+/// Bytes moved per read on the copy path.
+const BUF_SIZE: usize = 256 * 1024;
+
+impl BufPool {
+    fn take(&self) -> Box<[u8]> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        pooled.unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+    }
+
+    fn put(&self, buf: Box<[u8]>) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < BUF_POOL_MAX {
+            idle.push(buf);
+        }
+    }
+}
+
+/// How bytes move between two plain TCP sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mover {
+    /// `splice(2)` through a pooled pipe: no copy through user space.
+    Splice,
+    /// `read`/`write` through a pooled buffer.
+    Copy,
+}
+
 /// Copy both ways until both sides have closed. An end of stream one way is passed on as a
 /// half-close (`shutdown(SHUT_WR)`) and the other way goes on; an error either way ends both.
 pub(crate) async fn bidirectional(
     client: &TcpStream,
     upstream: &TcpStream,
-    pool: &PipePool,
+    pools: (&PipePool, &BufPool),
+    mover: Mover,
     metrics: &AppMetrics,
 ) -> io::Result<()> {
+    let one_way = |from, to, direction| async move {
+        let count = |n| metrics.add_bytes(direction, n);
+        match mover {
+            Mover::Splice => pump(from, to, pools.0, count).await,
+            Mover::Copy => pump_copy(from, to, pools.1, count).await,
+        }
+    };
     let inbound = async {
-        pump(client, upstream, pool, |n| {
-            metrics.add_bytes(Direction::In, n)
-        })
-        .await?;
+        one_way(client, upstream, Direction::In).await?;
         let _ = socket2::SockRef::from(upstream).shutdown(Shutdown::Write);
         Ok::<_, io::Error>(())
     };
     let outbound = async {
-        pump(upstream, client, pool, |n| {
-            metrics.add_bytes(Direction::Out, n)
-        })
-        .await?;
+        one_way(upstream, client, Direction::Out).await?;
         let _ = socket2::SockRef::from(client).shutdown(Shutdown::Write);
         Ok::<_, io::Error>(())
     };
     tokio::try_join!(inbound, outbound).map(|_| ())
+}
+
+/// One direction through a pooled buffer, until end of stream.
+async fn pump_copy(
+    from: &TcpStream,
+    to: &TcpStream,
+    pool: &BufPool,
+    count: impl Fn(u64),
+) -> io::Result<()> {
+    loop {
+        from.readable().await?;
+        let mut buf = pool.take();
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => {
+                pool.put(buf);
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                pool.put(buf);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut written = 0;
+        while written < n {
+            to.writable().await?;
+            match to.try_write(&buf[written..n]) {
+                Ok(m) => written += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        count(n as u64);
+        pool.put(buf);
+    }
 }
 
 /// One direction, until end of stream.
@@ -188,32 +266,41 @@ mod tests {
 
     #[tokio::test]
     async fn moves_bytes_both_ways_and_passes_half_close() {
-        let (mut client, proxy_client_side) = pair().await;
-        let (proxy_upstream_side, mut server) = pair().await;
-        let pool = PipePool::default();
-        let metrics = AppMetrics::default();
-        let relay = async {
-            bidirectional(&proxy_client_side, &proxy_upstream_side, &pool, &metrics).await
-        };
-        let peers = async {
-            let big = vec![7u8; 3 * 1024 * 1024];
-            client.write_all(&big).await.expect("write");
-            client.shutdown().await.expect("shutdown");
-            let mut got = Vec::new();
-            server.read_to_end(&mut got).await.expect("server read");
-            assert_eq!(got.len(), big.len());
-            server
-                .write_all(b"reply after half-close")
+        for mover in [Mover::Splice, Mover::Copy] {
+            let (mut client, proxy_client_side) = pair().await;
+            let (proxy_upstream_side, mut server) = pair().await;
+            let (pipes, bufs) = (PipePool::default(), BufPool::default());
+            let metrics = AppMetrics::default();
+            let relay = async {
+                bidirectional(
+                    &proxy_client_side,
+                    &proxy_upstream_side,
+                    (&pipes, &bufs),
+                    mover,
+                    &metrics,
+                )
                 .await
-                .expect("server write");
-            server.shutdown().await.expect("server shutdown");
-            let mut back = Vec::new();
-            client.read_to_end(&mut back).await.expect("client read");
-            assert_eq!(back, b"reply after half-close");
-        };
-        let (res, ()) = tokio::join!(relay, peers);
-        res.expect("relay");
-        assert_eq!(metrics_bytes(&metrics), (3 * 1024 * 1024, 22));
+            };
+            let peers = async {
+                let big = vec![7u8; 3 * 1024 * 1024];
+                client.write_all(&big).await.expect("write");
+                client.shutdown().await.expect("shutdown");
+                let mut got = Vec::new();
+                server.read_to_end(&mut got).await.expect("server read");
+                assert_eq!(got.len(), big.len());
+                server
+                    .write_all(b"reply after half-close")
+                    .await
+                    .expect("server write");
+                server.shutdown().await.expect("server shutdown");
+                let mut back = Vec::new();
+                client.read_to_end(&mut back).await.expect("client read");
+                assert_eq!(back, b"reply after half-close");
+            };
+            let (res, ()) = tokio::join!(relay, peers);
+            res.expect("relay");
+            assert_eq!(metrics_bytes(&metrics), (3 * 1024 * 1024, 22), "{mover:?}");
+        }
     }
 
     fn metrics_bytes(m: &AppMetrics) -> (u64, u64) {

@@ -53,7 +53,7 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
             }
         }
         let metrics = conn.route.metrics.clone();
-        match splice::bidirectional(&conn.client, &stream, &shared.pipes, &metrics).await {
+        match splice::bidirectional(&conn.client, &stream, (&shared.pipes, &shared.bufs), shared.mover, &metrics).await {
             Ok(()) => tracing::debug!(instance = %instance, "closed"),
             Err(e) => tracing::debug!(instance = %instance, error = %e, "ended with error"),
         }
