@@ -55,6 +55,10 @@ listen = "127.0.0.1:${admin_port}"
 max_connections = ${limit}
 max_connections_per_ip = ${limit}
 
+[http]
+# the peers run with access_log off (conf/*.tmpl)
+access_log = false
+
 [[apps]]
 name = "bench-tcp"
 ${conc}

@@ -1,6 +1,7 @@
 //! Moving bytes between two TCP sockets: `read`/`write` through a pooled buffer (the default), or
-//! `splice(2)`: socket -> pipe -> socket, never through user space. Pipes come from a shared pool and are held only while data moves, so an idle
-//! connection holds no buffer and no extra descriptor.
+//! `splice(2)`: socket -> pipe -> socket, never through user space. Buffers and pipes come from
+//! shared pools and are held only while data moves, so an idle connection holds no buffer and no
+//! extra descriptor.
 
 use anyedge_telemetry::{AppMetrics, Direction};
 use std::io;
@@ -195,6 +196,14 @@ async fn pump_copy(
             }
             Err(e) => return Err(e),
         };
+        // Take what else has arrived meanwhile, so writes are as large as the buffer allows.
+        let mut n = n;
+        while n < buf.len() {
+            match from.try_read(&mut buf[n..]) {
+                Ok(m) if m > 0 => n += m,
+                _ => break,
+            }
+        }
         let mut written = 0;
         while written < n {
             to.writable().await?;
