@@ -35,7 +35,7 @@ pub(crate) async fn serve(
     };
     if port.tls {
         let Some(tls) = tls else { return };
-        let accepted = match tls.accept(stream, &shared.handshakes).await {
+        let accepted = match Box::pin(tls.accept(stream, &shared.handshakes)).await {
             Ok(a) => a,
             Err(e) => {
                 shared
@@ -49,7 +49,9 @@ pub(crate) async fn serve(
         let h2 = accepted.alpn.as_deref() == Some(anyedge_tls::ALPN_H2);
         let sni = accepted.sni.map(Arc::<str>::from);
         let service = ProxyService::new(shared.clone(), port, Arc::new(client), settings, sni);
-        serve_io(accepted.stream, h2, service, &shared).await;
+        // Boxed: the task of an idle connection holds only the branch it took, not the size
+        // of the largest (memory per idle connection).
+        Box::pin(serve_io(accepted.stream, h2, service, &shared)).await;
         return;
     }
     let h2 = match sniff_h2c(&stream, settings.config.header_read_timeout).await {
@@ -57,7 +59,7 @@ pub(crate) async fn serve(
         None => return,
     };
     let service = ProxyService::new(shared.clone(), port, Arc::new(client), settings, None);
-    serve_io(stream, h2, service, &shared).await;
+    Box::pin(serve_io(stream, h2, service, &shared)).await;
 }
 
 /// Does the client open with the HTTP/2 preface? Peeks, so nothing is consumed. `None` when the
@@ -89,51 +91,13 @@ pub(crate) async fn serve_io<IO>(io: IO, h2: bool, service: ProxyService, shared
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let cfg = &service.settings().config;
     let activity = idle::Activity::default();
-    let idle_timeout = cfg.idle_timeout;
     let io = TokioIo::new(idle::IdleIo::new(io, activity.clone()));
+    // Each protocol in its own boxed future, so a connection holds only its own.
     let result = if h2 {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .enable_connect_protocol()
-            .max_concurrent_streams(cfg.h2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(cfg.max_header_size).unwrap_or(u32::MAX))
-            .max_pending_accept_reset_streams(Some(50))
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-        let conn = builder.serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = shared.drain.started() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-            _ = activity.idle(idle_timeout) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        Box::pin(serve_h2(io, service, shared, activity)).await
     } else {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(cfg.header_read_timeout)
-            .max_buf_size(cfg.max_header_size.max(8192));
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = shared.drain.started() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-            _ = activity.idle(idle_timeout) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        Box::pin(serve_h1(io, service, shared, activity)).await
     };
     if let Err(e) = result {
         match error::hyper_rejection(&e) {
@@ -142,6 +106,73 @@ where
                 tracing::info!(code = code.as_str(), error = %e, "request rejected before routing");
             }
             None => tracing::debug!(error = %e, "client connection ended with an error"),
+        }
+    }
+}
+
+type Io<IO> = TokioIo<idle::IdleIo<IO>>;
+
+async fn serve_h2<IO>(
+    io: Io<IO>,
+    service: ProxyService,
+    shared: &Shared,
+    activity: idle::Activity,
+) -> hyper::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &service.settings().config;
+    let idle_timeout = cfg.idle_timeout;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(cfg.max_header_size).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(50))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shared.drain.started() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = activity.idle(idle_timeout) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+async fn serve_h1<IO>(
+    io: Io<IO>,
+    service: ProxyService,
+    shared: &Shared,
+    activity: idle::Activity,
+) -> hyper::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &service.settings().config;
+    let idle_timeout = cfg.idle_timeout;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_size.max(8192));
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shared.drain.started() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = activity.idle(idle_timeout) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
     }
 }
