@@ -132,18 +132,14 @@ where
         .max_pending_accept_reset_streams(Some(50))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shared.drain.started() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-        _ = activity.idle(idle_timeout) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    }
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        shared,
+        activity,
+        idle_timeout,
+    )
+    .await
 }
 
 async fn serve_h1<IO>(
@@ -163,16 +159,34 @@ where
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_size.max(8192));
     let conn = builder.serve_connection(io, service).with_upgrades();
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        shared,
+        activity,
+        idle_timeout,
+    )
+    .await
+}
+
+/// Run a connection to its end; when the node drains or nothing has moved for `idle_timeout`,
+/// ask it to finish gracefully (in-flight requests complete) and wait for that.
+async fn drive<C>(
+    conn: C,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    shared: &Shared,
+    activity: idle::Activity,
+    idle_timeout: Duration,
+) -> hyper::Result<()>
+where
+    C: std::future::Future<Output = hyper::Result<()>>,
+{
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shared.drain.started() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-        _ = activity.idle(idle_timeout) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+        r = conn.as_mut() => return r,
+        _ = shared.drain.started() => {}
+        _ = activity.idle(idle_timeout) => {}
     }
+    graceful(conn.as_mut());
+    conn.await
 }
