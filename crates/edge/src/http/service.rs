@@ -326,22 +326,38 @@ fn choose(instances: &[anyedge_catalog::InstanceEntry], tried: &[bool]) -> Optio
 }
 
 /// The request's host, lower-cased, without port: `:authority` (HTTP/2, absolute-form) or `Host`.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+/// Borrowed unless it had to be lower-cased (no allocation on the common path).
+fn request_host(req: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
     let raw = match req.uri().authority() {
-        Some(a) => a.host().to_string(),
-        None => {
-            let h = req.headers().get(HOST)?.to_str().ok()?;
-            let auth: http::uri::Authority = h.parse().ok()?;
-            auth.host().to_string()
-        }
+        Some(a) => a.host(),
+        None => strip_port(req.headers().get(HOST)?.to_str().ok()?),
     };
-    let host = raw.trim_end_matches('.').to_ascii_lowercase();
+    let host = raw.trim_end_matches('.');
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
-        .map(str::to_string)
         .unwrap_or(host);
-    (!host.is_empty()).then_some(host)
+    if host.is_empty() {
+        None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(std::borrow::Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(std::borrow::Cow::Borrowed(host))
+    }
+}
+
+/// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`; no port -> as is.
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[..i].contains(':') || host[..i].ends_with(']') => {
+            if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) {
+                &host[..i]
+            } else {
+                host
+            }
+        }
+        _ => host,
+    }
 }
 
 /// HTTP/1.1 instances get origin-form (`/path?q`); an HTTP/2 instance gets the full URI with
@@ -418,4 +434,19 @@ fn redirect_https(req: &Request<Incoming>) -> Response<RespBody> {
         resp.headers_mut().insert(LOCATION, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_come_off_host_headers() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("::1"), "::1");
+        assert_eq!(strip_port("host:notaport"), "host:notaport");
+    }
 }
