@@ -11,8 +11,11 @@ pub enum LogFormat {
 /// Install the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("ANYEDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
