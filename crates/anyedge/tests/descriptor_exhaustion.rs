@@ -28,19 +28,8 @@ async fn emfile_backs_off_and_recovers() {
         ),
     )
     .expect("config");
-    let admin_arg = admin.to_string();
-    let mut node = Proc::spawn_with_nofile(
-        Path::new(env!("CARGO_BIN_EXE_anyedge")),
-        &[
-            "run",
-            "--config",
-            path.to_str().expect("utf-8"),
-            "--admin-listen",
-            &admin_arg,
-        ],
-        &dir.path().join("node.log"),
-        Some(96),
-    );
+    let bin = Path::new(env!("CARGO_BIN_EXE_anyedge"));
+    let mut node = Proc::anyedge_run(bin, &path, admin, &dir.path().join("node.log"), Some(96));
     eventually("node serves", Duration::from_secs(10), || async {
         let mut s = connect(local(port)).await.ok()?;
         (echo(&mut s, b"up").await.ok()? == b"up").then_some(())

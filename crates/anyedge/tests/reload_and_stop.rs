@@ -59,18 +59,7 @@ async fn reload_applies_a_diff_and_keeps_open_connections() {
     write_config(&path, &format!("{head}{}", app("a", pa, a1.addr)));
     let bin = Path::new(env!("CARGO_BIN_EXE_anyedge"));
     let admin = local(padmin);
-    let admin_arg = admin.to_string();
-    let mut node = Proc::spawn(
-        bin,
-        &[
-            "run",
-            "--config",
-            path.to_str().expect("utf-8 path"),
-            "--admin-listen",
-            &admin_arg,
-        ],
-        &dir.path().join("node.log"),
-    );
+    let mut node = Proc::anyedge_run(bin, &path, admin, &dir.path().join("node.log"), None);
     eventually("app a serves", WAIT, || async {
         tag_of(pa).await.filter(|t| t == "a1")
     })
@@ -184,18 +173,8 @@ async fn work_sample_json_runs_and_reloads_through_the_binary() {
     };
     write_config(&path, &json(&p1.to_string()));
     let admin = local(free_port());
-    let admin_arg = admin.to_string();
-    let mut node = Proc::spawn(
-        Path::new(env!("CARGO_BIN_EXE_anyedge")),
-        &[
-            "run",
-            "--config",
-            path.to_str().expect("utf-8 path"),
-            "--admin-listen",
-            &admin_arg,
-        ],
-        &dir.path().join("node.log"),
-    );
+    let bin = Path::new(env!("CARGO_BIN_EXE_anyedge"));
+    let mut node = Proc::anyedge_run(bin, &path, admin, &dir.path().join("node.log"), None);
     eventually("work sample serves", WAIT, || async {
         tag_of(p1).await.filter(|t| t == "t1")
     })

@@ -46,6 +46,24 @@ impl Proc {
         Proc { child }
     }
 
+    /// `anyedge run --config CONFIG --admin-listen ADMIN`, logging to `log`.
+    pub fn anyedge_run(
+        bin: &Path,
+        config: &Path,
+        admin: std::net::SocketAddr,
+        log: &Path,
+        nofile: Option<u64>,
+    ) -> Proc {
+        let config = config.to_str().expect("utf-8 config path");
+        let admin = admin.to_string();
+        Self::spawn_with_nofile(
+            bin,
+            &["run", "--config", config, "--admin-listen", &admin],
+            log,
+            nofile,
+        )
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
