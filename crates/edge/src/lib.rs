@@ -7,8 +7,8 @@ mod connect;
 mod http;
 mod listeners;
 pub mod proxy_protocol;
+mod relay;
 mod routes;
-mod splice;
 mod tcp;
 
 pub use listeners::ListenError;
@@ -34,9 +34,9 @@ struct Shared {
     node_connections: Budget,
     per_ip: PerKeyBudget<IpAddr>,
     resolver: connect::Resolver,
-    pipes: splice::PipePool,
-    bufs: splice::BufPool,
-    mover: splice::Mover,
+    pipes: relay::PipePool,
+    bufs: relay::BufPool,
+    mover: relay::Mover,
     /// Connections to instances, by stable instance id.
     pools: http::upstream::Pools,
     /// TLS session cache and ticket keys: one per process, so resumption survives reloads.
@@ -74,14 +74,14 @@ impl Edge {
             node_connections: Budget::new(),
             per_ip: PerKeyBudget::new(),
             resolver: connect::Resolver::default(),
-            pipes: splice::PipePool::default(),
-            bufs: splice::BufPool::default(),
+            pipes: relay::PipePool::default(),
+            bufs: relay::BufPool::default(),
             // Measured on loopback (bench/results): read/write through a 256 KiB pooled buffer
             // moved more than splice(2), whose cost lands on the receiving side. Splice stays
             // for comparison: ANYEDGE_TCP_MOVER=splice.
             mover: match std::env::var("ANYEDGE_TCP_MOVER").as_deref() {
-                Ok("splice") => splice::Mover::Splice,
-                _ => splice::Mover::Copy,
+                Ok("splice") => relay::Mover::Splice,
+                _ => relay::Mover::Copy,
             },
             pools: http::upstream::Pools::default(),
             tls: anyedge_tls::TlsShared::new()?,

@@ -3,7 +3,7 @@
 
 use crate::connect::{self, Upstream};
 use crate::routes::TcpRoute;
-use crate::{proxy_protocol, splice, Shared};
+use crate::{proxy_protocol, relay, Shared};
 use anyedge_admission::{BudgetGuard, KeyGuard};
 use anyedge_core::ConnGuard;
 use anyedge_telemetry::ErrorCode;
@@ -53,7 +53,7 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
             }
         }
         let metrics = conn.route.metrics.clone();
-        match splice::bidirectional(&conn.client, &stream, (&shared.pipes, &shared.bufs), shared.mover, &metrics).await {
+        match relay::bidirectional(&conn.client, &stream, (&shared.pipes, &shared.bufs), shared.mover, &metrics).await {
             Ok(()) => tracing::debug!(instance = %instance, "closed"),
             Err(e) => tracing::debug!(instance = %instance, error = %e, "ended with error"),
         }
