@@ -178,7 +178,8 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: String) {
     }
 }
 
-/// `<ULID>-<region>`: sortable by time, unique without coordination.
+/// `<ULID>-<region>`: sortable by time, unique without coordination. Written into a stack
+/// buffer, so the header value is the only allocation.
 pub(crate) fn request_id(region: &str) -> HeaderValue {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let millis = SystemTime::now()
@@ -186,16 +187,17 @@ pub(crate) fn request_id(region: &str) -> HeaderValue {
         .map_or(0, |d| d.as_millis() as u64);
     let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
     let value: u128 = (u128::from(millis & 0xFFFF_FFFF_FFFF) << 80) | random;
-    let mut out = [0u8; 26];
-    for (i, byte) in out.iter_mut().enumerate() {
+    let mut out = [0u8; 26 + 1 + 64];
+    for (i, byte) in out[..26].iter_mut().enumerate() {
         let shift = 125 - 5 * i as u32;
         *byte = ALPHABET[((value >> shift) & 0x1F) as usize];
     }
-    let mut text = String::with_capacity(27 + region.len());
-    text.push_str(std::str::from_utf8(&out).unwrap_or("00000000000000000000000000"));
-    text.push('-');
-    text.push_str(region);
-    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+    out[26] = b'-';
+    // Region names are at most 63 characters (config validation); longer ones are cut.
+    let region = &region.as_bytes()[..region.len().min(64)];
+    out[27..27 + region.len()].copy_from_slice(region);
+    HeaderValue::from_bytes(&out[..27 + region.len()])
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
 }
 
 #[cfg(test)]

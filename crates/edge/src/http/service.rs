@@ -42,7 +42,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
 /// What one request did, for its log line and metrics.
 pub(super) struct Outcome {
-    pub instance: Option<Arc<str>>,
+    pub instance: Option<anyedge_core::InstanceId>,
     pub attempts: u32,
     pub code: Option<&'static str>,
 }
@@ -117,7 +117,7 @@ impl ProxyService {
                     target: "anyedge::access",
                     request_id = request_id.to_str().unwrap_or(""),
                     app = app_name.as_deref().unwrap_or(""),
-                    instance = outcome.instance.as_deref().unwrap_or(""),
+                    instance = outcome.instance.as_ref().map_or("", |i| i.instance()),
                     status,
                     code = outcome.code.unwrap_or(""),
                     attempts = outcome.attempts,
@@ -242,7 +242,7 @@ impl ProxyService {
                 }
             };
             inst.live.connect_succeeded();
-            outcome.instance = Some(inst.id.instance().into());
+            outcome.instance = Some(inst.id.clone());
             let Some(request) = req.take() else { break };
             return match upgrade {
                 Upgrade::None => {
@@ -311,17 +311,28 @@ impl ProxyService {
 }
 
 /// Least in-flight by power of two choices among instances not yet tried.
+/// Apps with up to this many instances are placed without allocating.
+const INLINE_CANDIDATES: usize = 16;
+
 fn choose(instances: &[anyedge_catalog::InstanceEntry], tried: &[bool]) -> Option<usize> {
     let now = Instant::now();
-    let candidates: Vec<Candidate> = instances
-        .iter()
-        .zip(tried)
-        .map(|(i, &excluded)| Candidate {
-            inflight: i.live.inflight.in_use(),
-            backing_off: i.live.backing_off(now),
-            excluded,
-        })
-        .collect();
+    let view = |(i, &excluded): (&anyedge_catalog::InstanceEntry, &bool)| Candidate {
+        inflight: i.live.inflight.in_use(),
+        backing_off: i.live.backing_off(now),
+        excluded,
+    };
+    if instances.len() <= INLINE_CANDIDATES {
+        let mut inline = [Candidate {
+            inflight: 0,
+            backing_off: false,
+            excluded: true,
+        }; INLINE_CANDIDATES];
+        for (slot, c) in inline.iter_mut().zip(instances.iter().zip(tried).map(view)) {
+            *slot = c;
+        }
+        return anyedge_placement::choose(&inline[..instances.len()], &mut rand::thread_rng());
+    }
+    let candidates: Vec<Candidate> = instances.iter().zip(tried).map(view).collect();
     anyedge_placement::choose(&candidates, &mut rand::thread_rng())
 }
 
