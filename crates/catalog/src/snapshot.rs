@@ -65,7 +65,8 @@ impl Snapshot {
         self.apps.get(name)
     }
 
-    fn has_instance(&self, id: &InstanceId) -> bool {
+    /// Whether this snapshot names the instance (its app, then the app's instances).
+    pub fn has_instance(&self, id: &InstanceId) -> bool {
         let app = id.as_str().split_once('/').map_or("", |(a, _)| a);
         self.apps
             .get(app)

@@ -73,17 +73,7 @@ pub(crate) async fn connect_any(
     let mut tried = vec![false; instances.len()];
     let mut last = None;
     for attempt in 0..instances.len() {
-        let now = Instant::now();
-        let candidates: Vec<Candidate> = instances
-            .iter()
-            .zip(&tried)
-            .map(|(inst, &excluded)| Candidate {
-                inflight: inst.live.inflight.in_use(),
-                backing_off: inst.live.backing_off(now),
-                excluded,
-            })
-            .collect();
-        let Some(index) = anyedge_placement::choose(&candidates, &mut rand::thread_rng()) else {
+        let Some(index) = choose(instances, &tried) else {
             break;
         };
         tried[index] = true;
@@ -122,6 +112,35 @@ pub(crate) async fn connect_any(
         }),
         None => Err(ConnectError::NoInstances),
     }
+}
+
+/// Apps with up to this many instances are placed without allocating.
+const INLINE_CANDIDATES: usize = 16;
+
+/// Least in-flight by power of two choices among instances not yet tried (TCP and HTTP alike).
+pub(crate) fn choose(
+    instances: &[anyedge_catalog::InstanceEntry],
+    tried: &[bool],
+) -> Option<usize> {
+    let now = Instant::now();
+    let view = |(i, &excluded): (&anyedge_catalog::InstanceEntry, &bool)| Candidate {
+        inflight: i.live.inflight.in_use(),
+        backing_off: i.live.backing_off(now),
+        excluded,
+    };
+    if instances.len() <= INLINE_CANDIDATES {
+        let mut inline = [Candidate {
+            inflight: 0,
+            backing_off: false,
+            excluded: true,
+        }; INLINE_CANDIDATES];
+        for (slot, c) in inline.iter_mut().zip(instances.iter().zip(tried).map(view)) {
+            *slot = c;
+        }
+        return anyedge_placement::choose(&inline[..instances.len()], &mut rand::thread_rng());
+    }
+    let candidates: Vec<Candidate> = instances.iter().zip(tried).map(view).collect();
+    anyedge_placement::choose(&candidates, &mut rand::thread_rng())
 }
 
 pub(crate) async fn connect_one(

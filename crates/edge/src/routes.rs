@@ -156,12 +156,7 @@ impl Routes {
         for (key, hp) in http_ports {
             ports.insert(key, PortRoute::Http(Arc::new(hp)));
         }
-        pools.retain(|id| {
-            snapshot
-                .apps
-                .values()
-                .any(|a| a.instances.iter().any(|i| i.id == *id))
-        });
+        pools.retain(|id| snapshot.has_instance(id));
         Routes {
             ports,
             limits: snapshot.config.limits.clone(),

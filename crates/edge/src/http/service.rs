@@ -9,7 +9,6 @@ use super::upgrade::{self, Upgrade};
 use super::upstream::{SendError, Sender, Target, UpstreamError};
 use crate::routes::{HttpApp, HttpPort, HttpSettings};
 use crate::Shared;
-use anyedge_placement::Candidate;
 use http::header::{CONTENT_LENGTH, HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -207,7 +206,7 @@ impl ProxyService {
         let mut last_error = None;
         let service = app.service();
         for _ in 0..instances.len() {
-            let Some(index) = choose(instances, &tried) else {
+            let Some(index) = crate::connect::choose(instances, &tried) else {
                 break;
             };
             tried[index] = true;
@@ -308,32 +307,6 @@ impl ProxyService {
             }
         }
     }
-}
-
-/// Least in-flight by power of two choices among instances not yet tried.
-/// Apps with up to this many instances are placed without allocating.
-const INLINE_CANDIDATES: usize = 16;
-
-fn choose(instances: &[anyedge_catalog::InstanceEntry], tried: &[bool]) -> Option<usize> {
-    let now = Instant::now();
-    let view = |(i, &excluded): (&anyedge_catalog::InstanceEntry, &bool)| Candidate {
-        inflight: i.live.inflight.in_use(),
-        backing_off: i.live.backing_off(now),
-        excluded,
-    };
-    if instances.len() <= INLINE_CANDIDATES {
-        let mut inline = [Candidate {
-            inflight: 0,
-            backing_off: false,
-            excluded: true,
-        }; INLINE_CANDIDATES];
-        for (slot, c) in inline.iter_mut().zip(instances.iter().zip(tried).map(view)) {
-            *slot = c;
-        }
-        return anyedge_placement::choose(&inline[..instances.len()], &mut rand::thread_rng());
-    }
-    let candidates: Vec<Candidate> = instances.iter().zip(tried).map(view).collect();
-    anyedge_placement::choose(&candidates, &mut rand::thread_rng())
 }
 
 /// The request's host, lower-cased, without port: `:authority` (HTTP/2, absolute-form) or `Host`.
