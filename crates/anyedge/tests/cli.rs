@@ -7,6 +7,16 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_anyedge")
 }
 
+/// `anyedge check --config FILE`.
+fn check(file: &Path) -> std::process::Output {
+    Command::new(bin())
+        .arg("check")
+        .arg("--config")
+        .arg(file)
+        .output()
+        .expect("run check")
+}
+
 fn examples() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -31,12 +41,7 @@ fn check_accepts_every_example() {
         "{files:?}"
     );
     for file in files {
-        let out = Command::new(bin())
-            .arg("check")
-            .arg("--config")
-            .arg(&file)
-            .output()
-            .expect("run check");
+        let out = check(&file);
         assert!(
             out.status.success(),
             "{} fails check:\n{}",
@@ -57,12 +62,7 @@ fn check_reports_every_problem_with_its_line_and_exits_1() {
          [[apps]]\nname = \"b\"\nunknown_key = true\n",
     )
     .expect("write");
-    let out = Command::new(bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .expect("run check");
+    let out = check(&file);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

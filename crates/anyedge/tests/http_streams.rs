@@ -127,6 +127,19 @@ fn generated(total: u64, trailers: bool) -> ClientBody {
     BodyExt::boxed(StreamBody::new(stream))
 }
 
+/// Read a body to its end, noting the peak RSS on the way; returns its length.
+async fn drain_counting(mut body: hyper::body::Incoming, peak: &mut u64) -> u64 {
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        got += frame
+            .expect("frame")
+            .data_ref()
+            .map_or(0, |d| d.len() as u64);
+        *peak = (*peak).max(rss_kib());
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_megabytes_each_way_with_flat_memory() {
     let (_node, port, _inst) = one_app("").await;
@@ -147,31 +160,19 @@ async fn hundred_megabytes_each_way_with_flat_memory() {
             )
             .await
             .expect("resp");
-        let mut body = resp.into_body();
-        let mut got = 0u64;
-        while let Some(frame) = body.frame().await {
-            got += frame
-                .expect("frame")
-                .data_ref()
-                .map_or(0, |d| d.len() as u64);
-            peak = peak.max(rss_kib());
-        }
-        assert_eq!(got, HUNDRED_MB);
+        assert_eq!(
+            drain_counting(resp.into_body(), &mut peak).await,
+            HUNDRED_MB
+        );
         // Upload, echoed back while it is sent.
         let req = request("POST", "alpha.test", "/echo", h2)
             .body(generated(HUNDRED_MB, false))
             .expect("req");
         let resp = c.send(req).await.expect("resp");
-        let mut body = resp.into_body();
-        let mut got = 0u64;
-        while let Some(frame) = body.frame().await {
-            got += frame
-                .expect("frame")
-                .data_ref()
-                .map_or(0, |d| d.len() as u64);
-            peak = peak.max(rss_kib());
-        }
-        assert_eq!(got, HUNDRED_MB);
+        assert_eq!(
+            drain_counting(resp.into_body(), &mut peak).await,
+            HUNDRED_MB
+        );
     }
     let growth_mib = (peak.saturating_sub(before)) / 1024;
     assert!(
