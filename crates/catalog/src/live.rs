@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 /// Backoff after consecutive connect failures: 250 ms doubling up to 30 s.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Consecutive connect failures after which an instance leaves placement (passive ejection)
+/// until its backoff ends; the next attempt after that is its probe.
+pub const EJECT_AFTER: u32 = 3;
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -35,6 +38,20 @@ pub struct InstanceLive {
     pub inflight: Budget,
     consecutive_failures: AtomicU32,
     backoff_until: AtomicU64,
+    /// Active checks currently failing for it (held by [`FailingCheck`] guards).
+    failing_checks: Arc<AtomicU32>,
+}
+
+/// One active check of an instance in its failing state; the instance is unhealthy while any
+/// exists. Dropping it (the check passed again, or the check was removed) restores the count.
+pub struct FailingCheck {
+    count: Arc<AtomicU32>,
+}
+
+impl Drop for FailingCheck {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl InstanceLive {
@@ -55,6 +72,24 @@ impl InstanceLive {
     /// Failed recently enough that other instances should be tried first.
     pub fn backing_off(&self, now: Instant) -> bool {
         self.backoff_until.load(Ordering::Acquire) > nanos_since_epoch(now)
+    }
+
+    /// Left placement after [`EJECT_AFTER`] consecutive connect failures, until the backoff ends.
+    pub fn ejected(&self, now: Instant) -> bool {
+        self.consecutive_failures() >= EJECT_AFTER && self.backing_off(now)
+    }
+
+    /// Active checks pass and not passively ejected.
+    pub fn healthy(&self, now: Instant) -> bool {
+        self.failing_checks.load(Ordering::Acquire) == 0 && !self.ejected(now)
+    }
+
+    /// Mark one active check as failing until the guard is dropped.
+    pub fn check_failing(&self) -> FailingCheck {
+        self.failing_checks.fetch_add(1, Ordering::AcqRel);
+        FailingCheck {
+            count: self.failing_checks.clone(),
+        }
     }
 
     pub fn consecutive_failures(&self) -> u32 {
@@ -129,6 +164,24 @@ mod tests {
         live.connect_succeeded();
         assert!(!live.backing_off(t0));
         assert_eq!(live.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn ejection_and_failing_checks_make_it_unhealthy() {
+        let live = InstanceLive::default();
+        let t0 = Instant::now();
+        for _ in 0..EJECT_AFTER - 1 {
+            live.connect_failed(t0);
+        }
+        assert!(live.healthy(t0), "a couple of failures only back off");
+        live.connect_failed(t0);
+        assert!(!live.healthy(t0));
+        assert!(live.healthy(t0 + Duration::from_secs(31)), "probe after backoff");
+        live.connect_succeeded();
+        let failing = live.check_failing();
+        assert!(!live.healthy(t0));
+        drop(failing);
+        assert!(live.healthy(t0));
     }
 
     #[test]
