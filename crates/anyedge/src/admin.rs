@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -153,14 +152,7 @@ fn app_metrics(state: &AdminState, app: &str, req: &Request<Incoming>) -> Respon
         .map(str::trim);
     let snapshot = state.snapshot();
     let allowed = match (token, snapshot.app(app)) {
-        (Some(token), Some(entry)) => {
-            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            entry
-                .config
-                .tokens_sha256
-                .iter()
-                .any(|t| constant_time_eq(t, &digest))
-        }
+        (Some(token), Some(entry)) => entry.config.accepts_token(token.as_bytes()),
         _ => false,
     };
     if !allowed {
@@ -193,10 +185,6 @@ fn concurrency(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
             );
         }
     }
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn metrics_text(body: String) -> Response<Full<Bytes>> {

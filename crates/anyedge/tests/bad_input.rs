@@ -29,7 +29,7 @@ async fn bad_input_leaks_nothing_and_panics_nothing() {
     let (p_echo, p_dying) = (free_port(), free_port());
     let toml = format!(
         "[limits]\nmax_connections = 5000\nmax_connections_per_ip = {PER_IP}\n\n\
-         [[apps]]\nname = \"echo\"\nlimits = {{ max_connections = 4000 }}\n  [[apps.services]]\n  ports = [ {{ port = {p_echo}, handlers = [] }} ]\n  [[apps.instances]]\n  id = \"e\"\n  address = \"{}\"\n\
+         [[apps]]\nname = \"echo\"\nlimits = {{ max_connections = 4000 }}\nconcurrency = {{ soft_limit = 2000, hard_limit = 2000 }}\n  [[apps.services]]\n  ports = [ {{ port = {p_echo}, handlers = [] }} ]\n  [[apps.instances]]\n  id = \"e\"\n  address = \"{}\"\n\
          [[apps]]\nname = \"dying\"\n  [[apps.services]]\n  ports = [ {{ port = {p_dying}, handlers = [] }} ]\n  [[apps.instances]]\n  id = \"d\"\n  address = \"{}\"\n",
         echo_inst.addr, dying.addr
     );

@@ -86,7 +86,7 @@ async fn node_with(toml: &str) -> Node {
 
 fn app_toml(name: &str, port: u16, handlers: &str, targets: &[String]) -> String {
     let mut t = format!(
-        "[[apps]]\nname = \"{name}\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [{handlers}] }} ]\n"
+        "[[apps]]\nname = \"{name}\"\nconcurrency = {{ soft_limit = 1000, hard_limit = 1000 }}\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [{handlers}] }} ]\n"
     );
     for (i, target) in targets.iter().enumerate() {
         t += &format!("  [[apps.instances]]\n  id = \"i{i}\"\n  address = \"{target}\"\n");

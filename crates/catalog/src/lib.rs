@@ -8,5 +8,5 @@
 mod live;
 mod snapshot;
 
-pub use live::{AppLive, FailingCheck, InstanceLive, LiveRegistry, EJECT_AFTER};
+pub use live::{AppLive, FailingCheck, InstanceLive, LiveRegistry, QueueTicket, Slot, EJECT_AFTER};
 pub use snapshot::{AppEntry, InstanceEntry, Snapshot};

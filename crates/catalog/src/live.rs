@@ -1,10 +1,10 @@
 //! Live state that outlives snapshots: per-app connection budgets and per-instance in-flight
 //! counts and connect-failure backoff. Guards hold these, never a snapshot.
 
-use anyedge_admission::Budget;
+use anyedge_admission::{Budget, BudgetGuard};
 use anyedge_core::InstanceId;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,94 @@ fn nanos_since_epoch(t: Instant) -> u64 {
 pub struct AppLive {
     /// Client connections open for the app (`limits.max_connections`).
     pub connections: Budget,
+    /// Requests (HTTP) and connections (TCP) in flight for the app (`limits.max_inflight`).
+    pub inflight: Budget,
+    /// Requests waiting in the app's queue.
+    waiting: AtomicU32,
+    /// Woken whenever one of the app's slots (app or instance) is released while some wait.
+    released: tokio::sync::Notify,
+}
+
+impl AppLive {
+    /// Take a place in the app's queue, if fewer than `max` wait.
+    pub fn enqueue(self: &Arc<Self>, max: u32) -> Option<QueueTicket> {
+        let mut current = self.waiting.load(Ordering::SeqCst);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match self.waiting.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Some(QueueTicket { app: self.clone() }),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Take an app slot if fewer than `limit` are in flight; it wakes the queue when released.
+    pub fn try_admit(self: &Arc<Self>, limit: u32) -> Option<Slot> {
+        self.inflight.try_acquire(limit).map(|guard| Slot {
+            guard: Some(guard),
+            app: self.clone(),
+        })
+    }
+
+    /// Called after a slot was released: wake the queue if anyone waits. The fence pairs with
+    /// the one in [`QueueTicket::recheck`] so a waiter either sees the freed slot or is woken.
+    fn slot_released(&self) {
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.released.notify_waiters();
+        }
+    }
+}
+
+/// A place in an app's queue; leaving the queue is dropping it.
+pub struct QueueTicket {
+    app: Arc<AppLive>,
+}
+
+impl QueueTicket {
+    /// A future that completes at the next slot release. Create it, then [`Self::recheck`]
+    /// (which orders the registration before the re-check), then look for a slot again, then
+    /// await it: a release between the look and the await is not lost.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.app.released.notified()
+    }
+
+    /// Register `notified` and order that before the caller's next look at the counts.
+    pub fn recheck(notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) {
+        notified.enable();
+        fence(Ordering::SeqCst);
+    }
+}
+
+impl Drop for QueueTicket {
+    fn drop(&mut self) {
+        self.app.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One in-flight slot (of the app, or of an instance on behalf of the app); releasing it wakes
+/// the app's queue.
+pub struct Slot {
+    guard: Option<BudgetGuard>,
+    app: Arc<AppLive>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.app.slot_released();
+    }
 }
 
 /// Live state of one instance as seen from this node.
@@ -72,6 +160,14 @@ impl InstanceLive {
     /// Failed recently enough that other instances should be tried first.
     pub fn backing_off(&self, now: Instant) -> bool {
         self.backoff_until.load(Ordering::Acquire) > nanos_since_epoch(now)
+    }
+
+    /// Take a slot on this instance for `app` if fewer than `hard_limit` are in flight.
+    pub fn try_take(&self, hard_limit: u32, app: &Arc<AppLive>) -> Option<Slot> {
+        self.inflight.try_acquire(hard_limit).map(|guard| Slot {
+            guard: Some(guard),
+            app: app.clone(),
+        })
     }
 
     /// Left placement after [`EJECT_AFTER`] consecutive connect failures, until the backoff ends.
@@ -176,12 +272,47 @@ mod tests {
         assert!(live.healthy(t0), "a couple of failures only back off");
         live.connect_failed(t0);
         assert!(!live.healthy(t0));
-        assert!(live.healthy(t0 + Duration::from_secs(31)), "probe after backoff");
+        assert!(
+            live.healthy(t0 + Duration::from_secs(31)),
+            "probe after backoff"
+        );
         live.connect_succeeded();
         let failing = live.check_failing();
         assert!(!live.healthy(t0));
         drop(failing);
         assert!(live.healthy(t0));
+    }
+
+    #[test]
+    fn releasing_a_slot_wakes_the_queue() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let app = Arc::new(AppLive::default());
+            let inst = InstanceLive::default();
+            let held = inst.try_take(1, &app).expect("first slot");
+            assert!(inst.try_take(1, &app).is_none());
+            let ticket = app.enqueue(1).expect("queue has room");
+            assert!(app.enqueue(1).is_none(), "queue of one is full");
+            let notified = ticket.notified();
+            tokio::pin!(notified);
+            QueueTicket::recheck(notified.as_mut());
+            assert!(inst.try_take(1, &app).is_none());
+            drop(held);
+            tokio::time::timeout(Duration::from_secs(1), notified)
+                .await
+                .expect("woken by the release");
+            assert!(inst.try_take(1, &app).is_some());
+        });
+        rt.block_on(async {
+            let app = Arc::new(AppLive::default());
+            let ticket = app.enqueue(1).expect("queue has room");
+            assert_eq!(app.waiting(), 1);
+            drop(ticket);
+            assert_eq!(app.waiting(), 0);
+        });
     }
 
     #[test]

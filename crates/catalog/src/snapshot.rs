@@ -19,11 +19,18 @@ pub struct AppEntry {
     pub config: App,
     pub live: Arc<AppLive>,
     pub instances: Vec<InstanceEntry>,
+    /// The regions its instances are in; `InstanceEntry::region_index` points here.
+    pub regions: Vec<Arc<str>>,
 }
 
 pub struct InstanceEntry {
     pub id: InstanceId,
     pub region: Arc<str>,
+    /// Index into the app's `regions`.
+    pub region_index: u32,
+    /// Estimated round-trip time from this node, in microseconds, from the region coordinates
+    /// (placement's distance until a measured RTT is known).
+    pub distance_us: u32,
     pub address: HostPort,
     /// Shared with every snapshot that has this instance id.
     pub live: Arc<InstanceLive>,
@@ -37,15 +44,21 @@ impl Snapshot {
         prev: Option<&Snapshot>,
     ) -> Snapshot {
         let generation = prev.map_or(1, |p| p.generation + 1);
+        // Distances depend on where this node is and on the region table, not only on the app.
+        let same_place = prev.is_some_and(|p| {
+            p.config.node.region == config.node.region && p.config.regions == config.regions
+        });
         let apps = config
             .apps
             .iter()
             .map(|app| {
                 let reused = prev
+                    .filter(|_| same_place)
                     .and_then(|p| p.apps.get(app.name.as_str()))
                     .filter(|old| old.config == *app)
                     .cloned();
-                let entry = reused.unwrap_or_else(|| Arc::new(AppEntry::build(app, registry)));
+                let entry =
+                    reused.unwrap_or_else(|| Arc::new(AppEntry::build(app, &config, registry)));
                 (entry.name.clone(), entry)
             })
             .collect::<HashMap<_, _>>();
@@ -75,17 +88,35 @@ impl Snapshot {
 }
 
 impl AppEntry {
-    fn build(app: &App, registry: &LiveRegistry) -> AppEntry {
+    fn build(app: &App, config: &Config, registry: &LiveRegistry) -> AppEntry {
         let name: Arc<str> = app.name.as_str().into();
+        let here = config.node.region.as_str();
+        let coords = |region: &str| config.regions.get(region).map(|c| (c.lat, c.lon));
+        let mut regions: Vec<Arc<str>> = Vec::new();
         let instances = app
             .instances
             .iter()
             .map(|inst| {
                 let id = InstanceId::new(&app.name, &inst.id);
+                let region_index = match regions.iter().position(|r| **r == *inst.region) {
+                    Some(i) => i,
+                    None => {
+                        regions.push(inst.region.as_str().into());
+                        regions.len() - 1
+                    }
+                };
+                let distance_us = anyedge_placement::distance::estimate(
+                    None,
+                    inst.region == here,
+                    coords(here),
+                    coords(&inst.region),
+                );
                 InstanceEntry {
                     live: registry.instance(&id),
                     id,
-                    region: inst.region.as_str().into(),
+                    region: regions[region_index].clone(),
+                    region_index: region_index as u32,
+                    distance_us,
                     address: inst.address.clone(),
                 }
             })
@@ -95,6 +126,20 @@ impl AppEntry {
             name,
             config: app.clone(),
             instances,
+            regions,
         }
+    }
+
+    /// The index of a region name among the app's regions.
+    pub fn region_index(&self, name: &str) -> Option<u32> {
+        self.regions
+            .iter()
+            .position(|r| r.eq_ignore_ascii_case(name))
+            .map(|i| i as u32)
+    }
+
+    /// The index of an instance by its id within the app.
+    pub fn instance_index(&self, id: &str) -> Option<usize> {
+        self.instances.iter().position(|i| i.id.instance() == id)
     }
 }

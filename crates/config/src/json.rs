@@ -112,8 +112,9 @@ fn app(
     }
     App {
         hostnames: Vec::new(),
-        concurrency: Concurrency::default(),
-        limits: AppLimits::default(),
+        // The work sample predates per-instance and per-app limits: only node-wide caps apply.
+        concurrency: Concurrency::UNLIMITED,
+        limits: AppLimits::UNLIMITED,
         tokens_sha256: Vec::new(),
         replay_from: Vec::new(),
         services: vec![Service {

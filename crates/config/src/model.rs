@@ -149,6 +149,10 @@ pub struct Http {
     pub h2_max_concurrent_streams: u32,
     /// One log line per request.
     pub access_log: bool,
+    /// Instances one request may be sent to (the first try included).
+    pub max_attempts: u32,
+    /// No new attempt (retry or replay) starts this long after the request arrived.
+    pub retry_deadline: Duration,
 }
 
 impl Default for Http {
@@ -164,6 +168,8 @@ impl Default for Http {
             replay_body_limit: 1024 * 1024,
             h2_max_concurrent_streams: 250,
             access_log: true,
+            max_attempts: 5,
+            retry_deadline: Duration::from_secs(15),
         }
     }
 }
@@ -188,6 +194,18 @@ pub struct App {
     pub instances: Vec<Instance>,
 }
 
+impl App {
+    /// Whether `token` is one of the app owners' bearer tokens (its SHA-256 is listed);
+    /// compared in constant time.
+    pub fn accepts_token(&self, token: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        let digest: [u8; 32] = Sha256::digest(token).into();
+        self.tokens_sha256
+            .iter()
+            .any(|t| t.iter().zip(&digest).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConcurrencyType {
     Connections,
@@ -200,6 +218,15 @@ pub struct Concurrency {
     pub kind: ConcurrencyType,
     pub soft_limit: u32,
     pub hard_limit: u32,
+}
+
+impl Concurrency {
+    /// No per-instance cap: the work sample's targets, which predate concurrency limits.
+    pub const UNLIMITED: Concurrency = Concurrency {
+        kind: ConcurrencyType::Connections,
+        soft_limit: u32::MAX,
+        hard_limit: u32::MAX,
+    };
 }
 
 impl Default for Concurrency {
@@ -219,6 +246,16 @@ pub struct AppLimits {
     pub queue: u32,
     pub queue_timeout: Duration,
     pub max_connections: u32,
+}
+
+impl AppLimits {
+    /// The work sample's apps: only the node-wide caps apply.
+    pub const UNLIMITED: AppLimits = AppLimits {
+        max_inflight: u32::MAX,
+        queue: 0,
+        queue_timeout: Duration::ZERO,
+        max_connections: u32::MAX,
+    };
 }
 
 impl Default for AppLimits {

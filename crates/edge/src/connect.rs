@@ -1,11 +1,12 @@
 //! Connecting to an instance: resolve (with a small cache), connect with a deadline, and carry
 //! the attempt to another instance when one fails.
 
+use crate::admit::{self, AdmitError};
 use crate::routes::TcpRoute;
-use anyedge_admission::BudgetGuard;
+use anyedge_catalog::Slot;
 use anyedge_core::InstanceId;
-use anyedge_placement::Candidate;
-use anyedge_telemetry::ConnectFailure;
+use anyedge_placement::Constraints;
+use anyedge_telemetry::{ConnectFailure, ErrorCode, RetryReason};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -21,15 +22,24 @@ const CACHE_MAX: usize = 4096;
 pub(crate) struct Upstream {
     pub stream: TcpStream,
     pub instance: InstanceId,
-    pub _inflight: BudgetGuard,
+    pub _inflight: Slot,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
-    #[error("app has no instances")]
-    NoInstances,
-    #[error("all {tried} instances failed; last: {last}")]
+    #[error("{0}")]
+    Admit(AdmitError),
+    #[error("all {tried} instances tried failed; last: {last}")]
     AllFailed { tried: usize, last: AttemptError },
+}
+
+impl ConnectError {
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            ConnectError::Admit(e) => e.code(),
+            ConnectError::AllFailed { .. } => ErrorCode::NoInstance,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,30 +72,51 @@ impl AttemptError {
     }
 }
 
-/// Try instances in placement order, each at most once, until one connects.
+/// Place the connection on an instance (the app's queue may make it wait) and connect; an
+/// instance that fails is left out and the next is placed, so the client never notices while
+/// one is up.
 pub(crate) async fn connect_any(
     route: &TcpRoute,
     timeout: Duration,
     resolver: &Resolver,
 ) -> Result<Upstream, ConnectError> {
-    let instances = &route.app.instances;
-    let service = &route.app.config.services[route.service];
-    let mut tried = vec![false; instances.len()];
+    let app = &route.app;
+    let service = &app.config.services[route.service];
+    let deadline = tokio::time::Instant::now() + app.config.limits.queue_timeout;
+    let mut tried = vec![false; app.instances.len()];
     let mut last = None;
-    for attempt in 0..instances.len() {
-        let Some(index) = choose(instances, &tried) else {
-            break;
+    let mut attempts = 0;
+    loop {
+        let placed = match admit::place(
+            app,
+            &Constraints::default(),
+            &tried,
+            deadline,
+            &route.metrics,
+            None,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(match last {
+                    Some(last) if e == AdmitError::Unavailable => ConnectError::AllFailed {
+                        tried: attempts,
+                        last,
+                    },
+                    _ => ConnectError::Admit(e),
+                })
+            }
         };
+        let index = placed.index;
         tried[index] = true;
-        let inst = &instances[index];
-        let inflight = inst.live.inflight.acquire();
-        let target = inst
-            .address
-            .port
-            .or(service.internal_port)
-            .map(|port| (inst.address.host.as_str(), port));
-        let result = match target {
-            Some((host, port)) => connect_one(host, port, timeout, resolver).await,
+        attempts += 1;
+        let inst = &app.instances[index];
+        if attempts > 1 {
+            route.metrics.retry(RetryReason::Connect);
+        }
+        let result = match inst.address.port.or(service.internal_port) {
+            Some(port) => connect_one(&inst.address.host, port, timeout, resolver).await,
             None => Err(AttemptError::NoPort),
         };
         match result {
@@ -94,53 +125,17 @@ pub(crate) async fn connect_any(
                 return Ok(Upstream {
                     stream,
                     instance: inst.id.clone(),
-                    _inflight: inflight,
+                    _inflight: placed.slot,
                 });
             }
             Err(e) => {
                 inst.live.connect_failed(Instant::now());
                 route.metrics.connect_failure(e.reason());
-                tracing::info!(instance = %inst.id, attempt, error = %e, "connect failed; trying another instance");
+                tracing::info!(instance = %inst.id, attempt = attempts, error = %e, "connect failed; trying another instance");
                 last = Some(e);
             }
         }
     }
-    match last {
-        Some(last) => Err(ConnectError::AllFailed {
-            tried: tried.iter().filter(|t| **t).count(),
-            last,
-        }),
-        None => Err(ConnectError::NoInstances),
-    }
-}
-
-/// Apps with up to this many instances are placed without allocating.
-const INLINE_CANDIDATES: usize = 16;
-
-/// Least in-flight by power of two choices among instances not yet tried (TCP and HTTP alike).
-pub(crate) fn choose(
-    instances: &[anyedge_catalog::InstanceEntry],
-    tried: &[bool],
-) -> Option<usize> {
-    let now = Instant::now();
-    let view = |(i, &excluded): (&anyedge_catalog::InstanceEntry, &bool)| Candidate {
-        inflight: i.live.inflight.in_use(),
-        backing_off: i.live.backing_off(now),
-        excluded,
-    };
-    if instances.len() <= INLINE_CANDIDATES {
-        let mut inline = [Candidate {
-            inflight: 0,
-            backing_off: false,
-            excluded: true,
-        }; INLINE_CANDIDATES];
-        for (slot, c) in inline.iter_mut().zip(instances.iter().zip(tried).map(view)) {
-            *slot = c;
-        }
-        return anyedge_placement::choose(&inline[..instances.len()], &mut rand::thread_rng());
-    }
-    let candidates: Vec<Candidate> = instances.iter().zip(tried).map(view).collect();
-    anyedge_placement::choose(&candidates, &mut rand::thread_rng())
 }
 
 pub(crate) async fn connect_one(

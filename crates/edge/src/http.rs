@@ -5,6 +5,7 @@ mod body;
 mod error;
 pub(crate) mod headers;
 mod idle;
+mod routing;
 mod service;
 mod upgrade;
 pub(crate) mod upstream;

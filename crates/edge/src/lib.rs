@@ -3,6 +3,7 @@
 //! routed by its local address and port, admitted against the node, client-IP and app budgets,
 //! placed on an instance, and proxied.
 
+mod admit;
 mod connect;
 mod http;
 mod listeners;

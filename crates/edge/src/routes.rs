@@ -77,6 +77,8 @@ pub(crate) struct HttpSettings {
 pub(crate) struct Routes {
     /// Keyed by (port, bind address); `None` is the wildcard.
     ports: HashMap<(u16, Option<IpAddr>), PortRoute>,
+    /// Each app with an HTTP service, by name (the target of a replay into another app).
+    http_apps: HashMap<Arc<str>, Arc<HttpApp>>,
     pub limits: Limits,
     pub http: Arc<HttpSettings>,
     /// Certificates and TLS configs of this snapshot.
@@ -87,6 +89,7 @@ impl Default for Routes {
     fn default() -> Self {
         Routes {
             ports: HashMap::new(),
+            http_apps: HashMap::new(),
             limits: Limits::default(),
             http: Arc::new(settings(&Http::default(), "local")),
             tls: None,
@@ -112,6 +115,7 @@ impl Routes {
     ) -> Routes {
         let mut ports = HashMap::new();
         let mut http_ports: HashMap<(u16, Option<IpAddr>), HttpPort> = HashMap::new();
+        let mut http_apps: HashMap<Arc<str>, Arc<HttpApp>> = HashMap::new();
         for app in snapshot.apps.values() {
             let app_metrics = metrics.app(&app.name);
             for (service_index, service) in app.config.services.iter().enumerate() {
@@ -138,6 +142,9 @@ impl Routes {
                             })
                         })
                         .clone();
+                    http_apps
+                        .entry(app.name.clone())
+                        .or_insert_with(|| entry.clone());
                     let tls = port.handlers.contains(&anyedge_config::Handler::Tls);
                     let hp = http_ports.entry(key).or_insert_with(|| HttpPort {
                         tls,
@@ -159,6 +166,7 @@ impl Routes {
         pools.retain(|id| snapshot.has_instance(id));
         Routes {
             ports,
+            http_apps,
             limits: snapshot.config.limits.clone(),
             http: Arc::new(settings(
                 &snapshot.config.http,
@@ -166,6 +174,11 @@ impl Routes {
             )),
             tls: Some(tls),
         }
+    }
+
+    /// An app with an HTTP service, by name.
+    pub fn http_app(&self, name: &str) -> Option<&Arc<HttpApp>> {
+        self.http_apps.get(name)
     }
 
     /// The route for a connection accepted on `local`: the exact bind address first, then the

@@ -6,7 +6,6 @@ use crate::routes::TcpRoute;
 use crate::{proxy_protocol, relay, Shared};
 use anyedge_admission::{BudgetGuard, KeyGuard};
 use anyedge_core::ConnGuard;
-use anyedge_telemetry::ErrorCode;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +37,9 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
         let upstream = match connect::connect_any(&conn.route, conn.connect_timeout, &shared.resolver).await {
             Ok(u) => u,
             Err(e) => {
-                conn.route.metrics.error(ErrorCode::NoInstance);
-                tracing::warn!(code = ErrorCode::NoInstance.as_str(), reason = %e, "closing client connection: no instance reachable");
+                let code = e.code();
+                conn.route.metrics.error(code);
+                tracing::warn!(code = code.as_str(), reason = %e, "closing client connection: no instance can take it");
                 return;
             }
         };

@@ -1,138 +1,348 @@
 //! Placement: the choice of instance for one connection or request. Pure code: callers pass a
-//! view of each candidate's load and state and an RNG; nothing here touches a socket or a clock.
+//! view of each candidate's region, distance, load and state, the request's constraints and an
+//! RNG; nothing here touches a socket, a clock or the allocator.
 //!
-//! Today's rule (the TCP path): skip candidates already tried for this connection; prefer
-//! candidates not in connect-failure backoff; among those, least in-flight by power-of-two
-//! random choices. Candidates in backoff are still tried when nothing else is left, so one
-//! reachable instance is never ignored because of stale failures.
+//! The rules (after fly-proxy's documented behaviour; `docs/placement.md` is the contract):
+//! a forced instance is the only choice; a preferred instance wins when usable; otherwise the
+//! first preferred region with a usable instance, else the nearest region with one; within the
+//! region, the best tier (below soft limit, over soft limit, backing off); within the tier,
+//! power of two random choices on in-flight counts.
+
+pub mod distance;
+
+use std::fmt;
 
 use rand::Rng;
 
-/// What placement knows about one candidate.
+/// What placement knows about one instance of the app, as seen from this edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
-    /// Connections or requests in flight to it (from this node).
+    /// Interned region of the instance (equal values = same region).
+    pub region: u32,
+    /// Estimated round-trip time from this edge to the instance, in microseconds (see
+    /// [`distance`]). Smaller is nearer.
+    pub distance_us: u32,
+    /// Requests (HTTP) or connections (TCP) in flight to it.
     pub inflight: u32,
-    /// Recently failed to connect; try only when nothing better is left.
+    pub soft_limit: u32,
+    pub hard_limit: u32,
+    /// Active checks pass and not passively ejected.
+    pub healthy: bool,
+    /// A recent connect failure (not yet ejected): a lower tier within its region.
     pub backing_off: bool,
-    /// Already tried for this connection: never choose again.
+    /// Already tried for this request, or excluded by a replay `elsewhere`: never chosen.
     pub excluded: bool,
 }
 
-/// Pick an index into `candidates`, or `None` when every candidate is excluded.
-pub fn choose<R: Rng + ?Sized>(candidates: &[Candidate], rng: &mut R) -> Option<usize> {
-    let fresh = |c: &Candidate| !c.excluded && !c.backing_off;
-    let any = |c: &Candidate| !c.excluded;
-    p2c(candidates, fresh, rng).or_else(|| p2c(candidates, any, rng))
+impl Candidate {
+    /// At (or, after a limit was lowered, over) its hard limit: takes nothing more now.
+    pub fn at_hard_limit(&self) -> bool {
+        self.inflight >= self.hard_limit
+    }
+
+    /// The tier this candidate is in when it is usable (rule 6).
+    pub fn tier(&self) -> Tier {
+        match self.tier_rank() {
+            0 => Tier::BelowSoft,
+            1 => Tier::OverSoft,
+            _ => Tier::BackingOff,
+        }
+    }
+
+    /// 0, 1 or 2 for `tier()`, without branches: loads and states are random from one
+    /// candidate to the next, so branches here would be mispredicted half the time.
+    fn tier_rank(&self) -> usize {
+        let over_soft = self.inflight >= self.soft_limit;
+        (usize::from(self.backing_off) << 1) | usize::from(!self.backing_off & over_soft)
+    }
+
+    /// Healthy, not excluded, and able to take work once a slot frees. A hard limit of zero
+    /// never frees a slot, so such a candidate is never worth waiting for.
+    fn can_ever_take(&self) -> bool {
+        self.healthy & !self.excluded & (self.hard_limit > 0)
+    }
 }
 
-/// Power of two choices among the candidates `eligible` admits: two distinct random picks,
-/// the less loaded wins (the first on a tie).
-fn p2c<R: Rng + ?Sized>(
+/// The request's constraints (from P-Force-Region / P-Prefer-Region / P-Force-Instance-Id /
+/// P-Prefer-Instance-Id headers and replays). Indices/regions already resolved by the caller;
+/// a name that matches nothing is given as a region value no candidate has (`u32::MAX`) or,
+/// for instances, as `Some(usize::MAX)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Constraints<'a> {
+    /// Only these regions (empty: no constraint).
+    pub force_regions: &'a [u32],
+    /// These regions first, in this order (empty: none).
+    pub prefer_regions: &'a [u32],
+    /// Only this candidate index.
+    pub force_instance: Option<usize>,
+    /// This candidate index if it is usable.
+    pub prefer_instance: Option<usize>,
+}
+
+impl Constraints<'_> {
+    fn has_preference(&self) -> bool {
+        self.prefer_instance.is_some() || !self.prefer_regions.is_empty()
+    }
+
+    fn in_forced_regions(&self, c: &Candidate) -> bool {
+        self.force_regions.is_empty() || self.force_regions.contains(&c.region)
+    }
+
+    /// Rule 1 without the forced instance (handled before anything else). Non-short-circuit
+    /// `&`: see `Candidate::tier_rank`.
+    fn usable(&self, c: &Candidate) -> bool {
+        c.healthy & !c.excluded & !c.at_hard_limit() & self.in_forced_regions(c)
+    }
+
+    /// Would take it once a slot frees (rule 8), forced instance aside.
+    fn waitable(&self, c: &Candidate) -> bool {
+        c.can_ever_take() & c.at_hard_limit() & self.in_forced_regions(c)
+    }
+
+    /// A preference was given and choosing `candidates[index]` does not satisfy it: another
+    /// instance was preferred, or the instance is outside every preferred region.
+    fn unmet_by(&self, index: usize, c: &Candidate) -> bool {
+        self.prefer_instance.is_some_and(|p| p != index)
+            || (!self.prefer_regions.is_empty() && !self.prefer_regions.contains(&c.region))
+    }
+
+    fn chosen(&self, index: usize, c: &Candidate, rule: Rule) -> Decision {
+        Decision::Chosen {
+            index,
+            why: Why {
+                rule,
+                tier: c.tier(),
+            },
+            preference_unmet: self.unmet_by(index, c),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it to `candidates[index]`.
+    Chosen {
+        index: usize,
+        why: Why,
+        preference_unmet: bool,
+    },
+    /// Candidates that satisfy the constraints and are healthy and not excluded exist, but all
+    /// are at their hard limit: the caller queues and asks again when a slot frees.
+    Full { preference_unmet: bool },
+    /// Nothing can take it: no healthy, non-excluded candidate satisfies the constraints.
+    Unavailable,
+}
+
+/// Why a candidate was chosen (for the `P-Route` debug header and logs). Displays as two
+/// words, the rule then the tier: `nearest_region below_soft_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Why {
+    pub rule: Rule,
+    pub tier: Tier,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    ForcedInstance,
+    PreferredInstance,
+    PreferredRegion,
+    NearestRegion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    BelowSoft,
+    OverSoft,
+    BackingOff,
+}
+
+impl Rule {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Rule::ForcedInstance => "forced_instance",
+            Rule::PreferredInstance => "preferred_instance",
+            Rule::PreferredRegion => "preferred_region",
+            Rule::NearestRegion => "nearest_region",
+        }
+    }
+}
+
+impl Tier {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Tier::BelowSoft => "below_soft_limit",
+            Tier::OverSoft => "over_soft_limit",
+            Tier::BackingOff => "backing_off",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.rule, self.tier)
+    }
+}
+
+/// Choose the instance for one request or connection. No allocation: a few passes over the
+/// slice (survey, count the tier, find two random ranks).
+pub fn place<R: Rng + ?Sized>(
     candidates: &[Candidate],
-    eligible: impl Fn(&Candidate) -> bool,
+    constraints: &Constraints<'_>,
     rng: &mut R,
-) -> Option<usize> {
-    let n = candidates.iter().filter(|c| eligible(c)).count();
-    let nth = |k: usize| {
-        candidates
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| eligible(c))
-            .nth(k)
-            .map(|(i, _)| i)
-    };
-    match n {
-        0 => None,
-        1 => nth(0),
-        _ => {
-            let a = rng.gen_range(0..n);
-            let mut b = rng.gen_range(0..n - 1);
-            if b >= a {
-                b += 1;
-            }
-            let (ia, ib) = (nth(a)?, nth(b)?);
-            if candidates[ib].inflight < candidates[ia].inflight {
-                Some(ib)
-            } else {
-                Some(ia)
+) -> Decision {
+    if let Some(forced) = constraints.force_instance {
+        return place_forced(candidates, constraints, forced);
+    }
+    if let Some(preferred) = constraints.prefer_instance {
+        if let Some(c) = candidates.get(preferred) {
+            if constraints.usable(c) {
+                return constraints.chosen(preferred, c, Rule::PreferredInstance);
             }
         }
+    }
+    let survey = Survey::of(candidates, constraints);
+    let (rule, region) = match (survey.preferred_region, survey.nearest) {
+        (Some((_, region)), _) => (Rule::PreferredRegion, region),
+        (None, Some((_, region))) => (Rule::NearestRegion, region),
+        (None, None) if survey.any_waitable => {
+            return Decision::Full {
+                preference_unmet: constraints.has_preference(),
+            }
+        }
+        (None, None) => return Decision::Unavailable,
+    };
+    let member = |c: &Candidate| (c.region == region) & constraints.usable(c);
+    match p2c(candidates, member, rng) {
+        Some(index) => match candidates.get(index) {
+            Some(c) => constraints.chosen(index, c, rule),
+            None => Decision::Unavailable,
+        },
+        // Unreachable: the survey saw a usable candidate in `region`.
+        None => Decision::Unavailable,
+    }
+}
+
+/// Rule 2: the forced instance or nothing.
+fn place_forced(
+    candidates: &[Candidate],
+    constraints: &Constraints<'_>,
+    forced: usize,
+) -> Decision {
+    match candidates.get(forced) {
+        Some(c) if constraints.usable(c) => constraints.chosen(forced, c, Rule::ForcedInstance),
+        Some(c) if constraints.waitable(c) => Decision::Full {
+            preference_unmet: constraints.has_preference(),
+        },
+        _ => Decision::Unavailable,
+    }
+}
+
+/// One pass over the candidates: where the usable ones are, and whether any is worth waiting
+/// for.
+struct Survey {
+    /// (position in `prefer_regions`, region) of the earliest preferred region with a usable
+    /// candidate.
+    preferred_region: Option<(usize, u32)>,
+    /// (distance_us, region) of the nearest usable candidate; ties go to the smaller region.
+    nearest: Option<(u32, u32)>,
+    /// Some candidate is only at its hard limit (rule 8).
+    any_waitable: bool,
+}
+
+impl Survey {
+    fn of(candidates: &[Candidate], constraints: &Constraints<'_>) -> Survey {
+        let mut survey = Survey {
+            preferred_region: None,
+            nearest: None,
+            any_waitable: false,
+        };
+        for c in candidates {
+            survey.any_waitable |= constraints.waitable(c);
+            if !constraints.usable(c) {
+                continue;
+            }
+            let key = (c.distance_us, c.region);
+            if survey.nearest.is_none_or(|n| key < n) {
+                survey.nearest = Some(key);
+            }
+            if let Some(pos) = constraints
+                .prefer_regions
+                .iter()
+                .position(|&r| r == c.region)
+            {
+                if survey.preferred_region.is_none_or(|(p, _)| pos < p) {
+                    survey.preferred_region = Some((pos, c.region));
+                }
+            }
+        }
+        survey
+    }
+}
+
+/// Rules 6 and 7 among the candidates `member` admits: the best non-empty tier, then two
+/// distinct uniformly random members of it, the one with fewer in flight winning (the first
+/// drawn on a tie). `None` when `member` admits nothing.
+fn p2c<R: Rng + ?Sized>(
+    candidates: &[Candidate],
+    member: impl Fn(&Candidate) -> bool,
+    rng: &mut R,
+) -> Option<usize> {
+    // Branch-free counting (see `Candidate::tier_rank`): non-members add to a fourth slot.
+    let mut counts = [0usize; 4];
+    for c in candidates {
+        let slot = if member(c) { c.tier_rank() } else { 3 };
+        counts[slot] += 1;
+    }
+    let tier = counts[..3].iter().position(|&n| n > 0)?;
+    let n = counts[tier];
+    let in_tier = |c: &Candidate| member(c) & (c.tier_rank() == tier);
+    if n == 1 {
+        return candidates.iter().position(in_tier);
+    }
+    let a = rng.gen_range(0..n);
+    let mut b = rng.gen_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    let (mut first, mut second) = (usize::MAX, usize::MAX);
+    let last = a.max(b);
+    let mut rank = 0;
+    for (i, c) in candidates.iter().enumerate() {
+        let m = in_tier(c);
+        // Rarely true, so well predicted; `rank` advances without a branch.
+        if m & (rank == a) {
+            first = i;
+        }
+        if m & (rank == b) {
+            second = i;
+        }
+        if m & (rank == last) {
+            break;
+        }
+        rank += usize::from(m);
+    }
+    match (candidates.get(first), candidates.get(second)) {
+        (Some(ca), Some(cb)) => Some(if cb.inflight < ca.inflight {
+            second
+        } else {
+            first
+        }),
+        // Unreachable: both ranks are below the tier's count.
+        _ => None,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use rand::rngs::SmallRng;
-    use rand::SeedableRng;
-
-    fn c(inflight: u32, backing_off: bool, excluded: bool) -> Candidate {
-        Candidate {
-            inflight,
-            backing_off,
-            excluded,
-        }
-    }
-
-    #[test]
-    fn empty_and_all_excluded() {
-        let mut rng = SmallRng::seed_from_u64(1);
-        assert_eq!(choose(&[], &mut rng), None);
-        assert_eq!(choose(&[c(0, false, true)], &mut rng), None);
-    }
-
-    #[test]
-    fn two_candidates_least_loaded_wins() {
-        let mut rng = SmallRng::seed_from_u64(2);
-        for _ in 0..100 {
-            assert_eq!(
-                choose(&[c(5, false, false), c(1, false, false)], &mut rng),
-                Some(1)
-            );
-        }
-    }
-
-    #[test]
-    fn backoff_only_when_nothing_else() {
-        let mut rng = SmallRng::seed_from_u64(3);
-        let cands = [c(0, true, false), c(100, false, false)];
-        assert_eq!(choose(&cands, &mut rng), Some(1));
-        let cands = [c(0, true, false), c(100, false, true)];
-        assert_eq!(choose(&cands, &mut rng), Some(0));
-    }
-
-    #[test]
-    fn equal_loads_spread() {
-        let mut rng = SmallRng::seed_from_u64(4);
-        let cands = [c(0, false, false), c(0, false, false), c(0, false, false)];
-        let mut hits = [0u32; 3];
-        for _ in 0..3000 {
-            if let Some(i) = choose(&cands, &mut rng) {
-                hits[i] += 1;
-            }
-        }
-        assert!(hits.iter().all(|&h| h > 700), "{hits:?}");
-    }
-
-    proptest! {
-        #[test]
-        fn never_excluded_and_fresh_first(
-            seed in any::<u64>(),
-            cands in proptest::collection::vec((0u32..10, any::<bool>(), any::<bool>()), 0..20),
-        ) {
-            let cands: Vec<_> = cands.into_iter().map(|(i, b, e)| c(i, b, e)).collect();
-            let mut rng = SmallRng::seed_from_u64(seed);
-            match choose(&cands, &mut rng) {
-                None => prop_assert!(cands.iter().all(|c| c.excluded)),
-                Some(i) => {
-                    prop_assert!(!cands[i].excluded);
-                    if cands.iter().any(|c| !c.excluded && !c.backing_off) {
-                        prop_assert!(!cands[i].backing_off);
-                    }
-                }
-            }
-        }
-    }
-}
+mod tests;

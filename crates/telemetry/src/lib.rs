@@ -8,4 +8,6 @@ mod logging;
 mod metrics;
 
 pub use logging::{init_logging, LogFormat};
-pub use metrics::{AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics};
+pub use metrics::{
+    AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics, RetryReason,
+};

@@ -67,10 +67,20 @@ pub enum ErrorCode {
     UpstreamTimeout,
     /// TLS handshake failed (no certificate for the name, timeout, bad ClientHello).
     TlsHandshake,
+    /// The app's queue on this node is full (its budget and queue are used up).
+    AppOverloaded,
+    /// Waited `limits.queue_timeout` in the app's queue without getting a slot.
+    QueueTimeout,
+    /// The forced region or instance (`P-Force-*`, replay) has nothing that can take it.
+    ForcedUnavailable,
+    /// A replay chain went over its bound.
+    ReplayLimit,
+    /// A replay could not be carried out (no target, app not allowed, body not kept).
+    ReplayFailed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::NodeLimit,
         ErrorCode::IpLimit,
         ErrorCode::AppLimit,
@@ -85,6 +95,11 @@ impl ErrorCode {
         ErrorCode::UpstreamError,
         ErrorCode::UpstreamTimeout,
         ErrorCode::TlsHandshake,
+        ErrorCode::AppOverloaded,
+        ErrorCode::QueueTimeout,
+        ErrorCode::ForcedUnavailable,
+        ErrorCode::ReplayLimit,
+        ErrorCode::ReplayFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +118,42 @@ impl ErrorCode {
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::TlsHandshake => "tls_handshake_failed",
+            ErrorCode::AppOverloaded => "app_overloaded",
+            ErrorCode::QueueTimeout => "queue_timeout",
+            ErrorCode::ForcedUnavailable => "forced_target_unavailable",
+            ErrorCode::ReplayLimit => "replay_limit_exceeded",
+            ErrorCode::ReplayFailed => "replay_failed",
+        }
+    }
+}
+
+/// Why a request or connection was sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// The chosen instance could not be connected to; another was tried.
+    Connect,
+    /// A pooled HTTP/1.1 connection failed before any response byte (idempotent request).
+    StaleConnection,
+    /// The instance refused the HTTP/2 stream (REFUSED_STREAM) before processing it.
+    RefusedStream,
+    /// The instance's HTTP/2 GOAWAY came before it processed the stream.
+    GoAway,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 4] = [
+        RetryReason::Connect,
+        RetryReason::StaleConnection,
+        RetryReason::RefusedStream,
+        RetryReason::GoAway,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::StaleConnection => "stale_connection",
+            RetryReason::RefusedStream => "refused_stream",
+            RetryReason::GoAway => "goaway",
         }
     }
 }
@@ -124,6 +175,9 @@ pub struct AppMetrics {
     bytes_out: AtomicU64,
     connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
+    retries: [AtomicU64; RetryReason::ALL.len()],
+    replays: AtomicU64,
+    queued: AtomicU64,
     http: HttpMetrics,
 }
 
@@ -153,6 +207,27 @@ impl AppMetrics {
 
     pub fn connect_failure(&self, why: ConnectFailure) {
         self.connect_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retry(&self, why: RetryReason) {
+        self.retries[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retries(&self, why: RetryReason) -> u64 {
+        self.retries[why as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn replay(&self) {
+        self.replays.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn replays(&self) -> u64 {
+        self.replays.load(Ordering::Relaxed)
+    }
+
+    /// A request or connection had to wait in the app's queue.
+    pub fn queued(&self) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn error(&self, why: ErrorCode) {
@@ -550,6 +625,48 @@ fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
                 m.connect_failures(why)
             );
         }
+    }
+    family(
+        out,
+        "anyedge_retries_total",
+        "counter",
+        "Requests or connections sent to an instance again, by reason.",
+    );
+    for (app, m) in apps {
+        for why in RetryReason::ALL {
+            let _ = writeln!(
+                out,
+                "anyedge_retries_total{{app=\"{app}\",reason=\"{}\"}} {}",
+                why.as_str(),
+                m.retries(why)
+            );
+        }
+    }
+    family(
+        out,
+        "anyedge_replays_total",
+        "counter",
+        "Requests replayed at an instance's request (replay response header).",
+    );
+    for (app, m) in apps {
+        let _ = writeln!(
+            out,
+            "anyedge_replays_total{{app=\"{app}\"}} {}",
+            m.replays()
+        );
+    }
+    family(
+        out,
+        "anyedge_queued_total",
+        "counter",
+        "Requests or connections that waited in the app's queue for a slot.",
+    );
+    for (app, m) in apps {
+        let _ = writeln!(
+            out,
+            "anyedge_queued_total{{app=\"{app}\"}} {}",
+            get(&m.queued)
+        );
     }
     family(
         out,

@@ -72,6 +72,8 @@ pub(crate) struct HttpFile {
     pub replay_body_limit: Option<i64>,
     pub h2_max_concurrent_streams: Option<i64>,
     pub access_log: Option<bool>,
+    pub max_attempts: Option<i64>,
+    pub retry_deadline: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

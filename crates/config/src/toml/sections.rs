@@ -326,6 +326,9 @@ pub(super) fn http(root: &Table, r: &mut Report<'_>) -> Http {
     ) {
         http.h2_max_concurrent_streams = u32::try_from(n).unwrap_or(u32::MAX);
     }
+    if let Some(n) = size(f.max_attempts, "max_attempts", 1, r) {
+        http.max_attempts = u32::try_from(n).unwrap_or(u32::MAX);
+    }
     http.access_log = f.access_log.unwrap_or(http.access_log);
     http
 }
@@ -357,6 +360,13 @@ fn http_timeouts(f: &HttpFile, http: &mut Http, r: &mut Report<'_>) {
         f.upstream_idle_timeout.as_deref(),
         "http.upstream_idle_timeout",
         d.upstream_idle_timeout,
+        true,
+        r,
+    );
+    http.retry_deadline = duration(
+        f.retry_deadline.as_deref(),
+        "http.retry_deadline",
+        d.retry_deadline,
         true,
         r,
     );

@@ -218,6 +218,23 @@ pub(crate) struct RespBody {
     /// Runs when the body is dropped: the access-log line.
     on_done: Option<Box<dyn FnOnce(u64) + Send>>,
     sent: u64,
+    /// In-flight slots the request holds until its response has been sent.
+    held: Option<Slots>,
+}
+
+/// The in-flight slots of one request, the app's and the instance's: released on drop.
+pub(crate) struct Slots {
+    _app: anyedge_catalog::Slot,
+    _instance: anyedge_catalog::Slot,
+}
+
+impl Slots {
+    pub fn new(app: anyedge_catalog::Slot, instance: anyedge_catalog::Slot) -> Slots {
+        Slots {
+            _app: app,
+            _instance: instance,
+        }
+    }
 }
 
 enum RespKind {
@@ -235,6 +252,7 @@ impl RespBody {
             metrics: None,
             on_done: None,
             sent: 0,
+            held: None,
         }
     }
 
@@ -252,6 +270,7 @@ impl RespBody {
             metrics: Some(metrics),
             on_done: None,
             sent: 0,
+            held: None,
         };
         b.return_if_done();
         b
@@ -262,13 +281,20 @@ impl RespBody {
         self.on_done = Some(f);
     }
 
-    /// Give the instance connection back once the response has been read to its end.
+    /// Hold the request's in-flight slots until the body has been sent.
+    pub fn hold(&mut self, slots: Slots) {
+        self.held = Some(slots);
+    }
+
+    /// Give the instance connection back, and the slots, once the response has been read to
+    /// its end.
     fn return_if_done(&mut self) {
         if let RespKind::Upstream { body, pool } = &mut self.kind {
             if body.is_end_stream() {
                 if let Some(p) = pool.take() {
                     p.give_back();
                 }
+                self.held = None;
             }
         }
     }

@@ -27,6 +27,12 @@ pub(crate) enum ProxyError {
     Upstream(String),
     #[error("the instance did not answer in time")]
     UpstreamTimeout,
+    #[error("{0}")]
+    Admit(crate::admit::AdmitError),
+    #[error("the replay chain is longer than the proxy allows")]
+    ReplayLimit,
+    #[error("the replay could not be carried out: {0}")]
+    ReplayFailed(String),
 }
 
 impl ProxyError {
@@ -39,6 +45,8 @@ impl ProxyError {
             ProxyError::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Admit(_) | ProxyError::ReplayFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ReplayLimit => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -51,6 +59,9 @@ impl ProxyError {
             ProxyError::NoInstance(_) => ErrorCode::NoInstance,
             ProxyError::Upstream(_) => ErrorCode::UpstreamError,
             ProxyError::UpstreamTimeout => ErrorCode::UpstreamTimeout,
+            ProxyError::Admit(e) => e.code(),
+            ProxyError::ReplayLimit => ErrorCode::ReplayLimit,
+            ProxyError::ReplayFailed(_) => ErrorCode::ReplayFailed,
         }
     }
 
@@ -66,7 +77,7 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(names.error.clone(), HeaderValue::from_static(code));
-        if matches!(self, ProxyError::NoInstance(_)) {
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp

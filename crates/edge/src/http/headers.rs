@@ -17,6 +17,19 @@ pub(crate) struct Prefixed {
     pub error: HeaderName,
     /// Only the proxy may set these on a request; a client's copies are removed.
     pub proxy_only: Vec<HeaderName>,
+    pub prefer_region: HeaderName,
+    pub force_region: HeaderName,
+    pub prefer_instance_id: HeaderName,
+    pub force_instance_id: HeaderName,
+    pub debug: HeaderName,
+    pub debug_token: HeaderName,
+    /// The request headers above: for the proxy, taken out before forwarding.
+    pub routing: [HeaderName; 6],
+    pub preferred_instance_unavailable: HeaderName,
+    pub route: HeaderName,
+    pub replay: HeaderName,
+    pub replay_src: HeaderName,
+    pub replay_failed: HeaderName,
 }
 
 impl Prefixed {
@@ -36,6 +49,14 @@ impl Prefixed {
         .iter()
         .map(|s| name(s))
         .collect();
+        let routing = [
+            name("prefer-region"),
+            name("force-region"),
+            name("prefer-instance-id"),
+            name("force-instance-id"),
+            name("debug"),
+            name("debug-token"),
+        ];
         Prefixed {
             client_ip: name("client-ip"),
             forwarded_port: name("forwarded-port"),
@@ -43,6 +64,18 @@ impl Prefixed {
             request_id: name("request-id"),
             error: name("error"),
             proxy_only,
+            prefer_region: routing[0].clone(),
+            force_region: routing[1].clone(),
+            prefer_instance_id: routing[2].clone(),
+            force_instance_id: routing[3].clone(),
+            debug: routing[4].clone(),
+            debug_token: routing[5].clone(),
+            routing,
+            preferred_instance_unavailable: name("preferred-instance-unavailable"),
+            route: name("route"),
+            replay: name("replay"),
+            replay_src: name("replay-src"),
+            replay_failed: name("replay-failed"),
         }
     }
 }

@@ -2,13 +2,16 @@
 //! `error.rs`. Route by host, check the request, place it on an instance (carrying it to another
 //! when a connection cannot be made), forward, and stream the response back.
 
-use super::body::{ReqBody, RespBody};
+use super::body::{ReqBody, RespBody, Slots};
 use super::error::ProxyError;
 use super::headers::{self, ClientInfo};
+use super::routing::{self, Fallback, Replay, Wishes};
 use super::upgrade::{self, Upgrade};
-use super::upstream::{SendError, Sender, Target, UpstreamError};
+use super::upstream::{SendError, Target, UpstreamError};
+use crate::admit::{self, AdmitError};
 use crate::routes::{HttpApp, HttpPort, HttpSettings};
 use crate::Shared;
+use anyedge_telemetry::RetryReason;
 use http::header::{CONTENT_LENGTH, HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -40,9 +43,11 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 }
 
 /// What one request did, for its log line and metrics.
+#[derive(Default)]
 pub(super) struct Outcome {
     pub instance: Option<anyedge_core::InstanceId>,
     pub attempts: u32,
+    pub replays: u32,
     pub code: Option<&'static str>,
 }
 
@@ -73,20 +78,10 @@ impl ProxyService {
         let (app, result) = match self.route(&req) {
             Ok(app) => {
                 let app = app.clone();
-                let result = self.proxy(&app, req, &request_id).await;
+                let result = self.proxy(&app, req, &request_id, started).await;
                 (Some(app), result)
             }
-            Err(e) => (
-                None,
-                Err((
-                    e,
-                    Outcome {
-                        instance: None,
-                        attempts: 0,
-                        code: None,
-                    },
-                )),
-            ),
+            Err(e) => (None, Err((e, Outcome::default()))),
         };
         let (mut resp, outcome) = match result {
             Ok(ok) => ok,
@@ -120,6 +115,7 @@ impl ProxyService {
                     status,
                     code = outcome.code.unwrap_or(""),
                     attempts = outcome.attempts,
+                    replays = outcome.replays,
                     bytes_out,
                     first_byte_ms = elapsed.as_secs_f64() * 1e3,
                     total_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -151,12 +147,9 @@ impl ProxyService {
         app: &Arc<HttpApp>,
         mut req: Request<Incoming>,
         request_id: &HeaderValue,
+        started: Instant,
     ) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
-        let mut outcome = Outcome {
-            instance: None,
-            attempts: 0,
-            code: None,
-        };
+        let outcome = Outcome::default();
         if app.service().force_https && !self.client.tls {
             return Ok((redirect_https(&req), outcome));
         }
@@ -169,6 +162,9 @@ impl ProxyService {
             Err(e) => return Err((e, outcome)),
         };
         let (mut parts, body) = req.into_parts();
+        let names = &self.settings.names;
+        let (wishes, debug_token) = Wishes::take_from(&mut parts.headers, names);
+        let traced = debug_token.is_some_and(|t| app.app.config.accepts_token(t.as_bytes()));
         headers::strip_hop_by_hop(&mut parts.headers, matches!(upgrade, Upgrade::Http1 { .. }));
         let via = if parts.version == http::Version::HTTP_2 {
             "2 anyedge"
@@ -177,7 +173,7 @@ impl ProxyService {
         };
         headers::add_forwarding(
             &mut parts.headers,
-            &self.settings.names,
+            names,
             &self.client,
             &self.settings.region,
             request_id,
@@ -192,42 +188,112 @@ impl ProxyService {
                 parts.headers.insert(HOST, v);
             }
         }
-        let h2_backend = app.service().http_options.h2_backend && matches!(upgrade, Upgrade::None);
-        upstream_uri(&mut parts, h2_backend);
         let body = ReqBody::new(
             body,
             self.settings.config.replay_body_limit,
             max_body,
             app.metrics.clone(),
         );
-        let mut req = Some(Request::from_parts(parts, body));
-        let instances = &app.app.instances;
-        let mut tried = vec![false; instances.len()];
-        let mut last_error = None;
-        let service = app.service();
-        for _ in 0..instances.len() {
-            let Some(index) = crate::connect::choose(instances, &tried) else {
-                break;
+        let queue_deadline = tokio::time::Instant::now() + app.app.config.limits.queue_timeout;
+        let app_slot = match admit::admit_app(&app.app, queue_deadline, &app.metrics).await {
+            Ok(s) => s,
+            Err(e) => return Err((ProxyError::Admit(e), outcome)),
+        };
+        let job = Job {
+            head: Head::from(parts),
+            body,
+            upgrade,
+            started,
+            trace: traced.then(String::new),
+            outcome,
+            app_slot,
+        };
+        self.run(job, app.clone(), wishes, queue_deadline).await
+    }
+
+    /// Place, connect, send; retry where it is safe, replay where the instance asks.
+    async fn run(
+        &self,
+        mut job: Job,
+        mut app: Arc<HttpApp>,
+        mut wishes: Wishes,
+        mut deadline: tokio::time::Instant,
+    ) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
+        let config = &self.settings.config;
+        let names = &self.settings.names;
+        let retry_until = job.started + config.retry_deadline;
+        let mut tried = vec![false; app.app.instances.len()];
+        let mut resolved = wishes.resolve(&app.app);
+        let mut fresh_only = false;
+        let mut last_error: Option<String> = None;
+        // The replay in progress: who asked, and whether its fallback was used.
+        let mut replaying: Option<ReplayFrom> = None;
+        loop {
+            let over_budget = job.outcome.attempts >= config.max_attempts + job.outcome.replays
+                || Instant::now() >= retry_until;
+            let placed = if over_budget {
+                Err(AdmitError::Unavailable)
+            } else {
+                admit::place(
+                    &app.app,
+                    &resolved.constraints(),
+                    &tried,
+                    deadline,
+                    &app.metrics,
+                    job.trace.as_mut(),
+                )
+                .await
             };
-            tried[index] = true;
-            outcome.attempts += 1;
-            let inst = &instances[index];
-            let _inflight = inst.live.inflight.acquire();
+            let placed = match placed {
+                Ok(p) => p,
+                Err(e) => {
+                    // A replay that cannot be carried out goes back to its instance when it
+                    // asked for that.
+                    if let Some(from) = replaying.as_mut().filter(|f| f.fallback.is_some()) {
+                        let Some(mode) = from.fallback.take() else {
+                            unreachable!("filtered on is_some")
+                        };
+                        let (a, w) = self.fallback(&mut job, from, mode, &e.to_string());
+                        app = a;
+                        wishes = w;
+                        resolved = wishes.resolve(&app.app);
+                        tried = vec![false; app.app.instances.len()];
+                        deadline =
+                            tokio::time::Instant::now() + app.app.config.limits.queue_timeout;
+                        continue;
+                    }
+                    let err = match (e, last_error.take()) {
+                        (_, Some(last)) if over_budget || e == AdmitError::Unavailable => {
+                            ProxyError::NoInstance(last)
+                        }
+                        _ if replaying.is_some() => ProxyError::ReplayFailed(e.to_string()),
+                        _ => ProxyError::Admit(e),
+                    };
+                    return Err((err, job.outcome));
+                }
+            };
+            tried[placed.index] = true;
+            job.outcome.attempts += 1;
+            let inst = &app.app.instances[placed.index];
+            let service = app.service();
             let Some(port) = inst.address.port.or(service.internal_port) else {
                 continue;
             };
+            let h2 = service.http_options.h2_backend && matches!(job.upgrade, Upgrade::None);
             let target = Target {
                 host: &inst.address.host,
                 port,
-                h2: h2_backend,
+                h2,
                 connect_timeout: self.shared.routes.load().limits.connect_timeout,
-                idle_timeout: self.settings.config.upstream_idle_timeout,
+                idle_timeout: config.upstream_idle_timeout,
             };
-            let pool = &app.pools[index];
-            let sender = match upgrade {
-                Upgrade::None => pool.sender(&target, &self.shared.resolver).await,
-                _ => pool.fresh(&target, &self.shared.resolver).await,
+            let pool = &app.pools[placed.index];
+            let sender = if fresh_only || !matches!(job.upgrade, Upgrade::None) {
+                pool.fresh(&target, &self.shared.resolver).await
+            } else {
+                pool.sender(&target, &self.shared.resolver).await
             };
+            fresh_only = false;
             let sender = match sender {
                 Ok(s) => s,
                 Err(e) => {
@@ -236,77 +302,305 @@ impl ProxyService {
                         app.metrics.connect_failure(a.reason());
                     }
                     tracing::info!(instance = %inst.id, error = %e, "instance unreachable; trying another");
+                    app.metrics.retry(RetryReason::Connect);
                     last_error = Some(e.to_string());
                     continue;
                 }
             };
             inst.live.connect_succeeded();
-            outcome.instance = Some(inst.id.clone());
-            let Some(request) = req.take() else { break };
-            return match upgrade {
-                Upgrade::None => {
-                    self.forward(sender, request, pool, &target, app, outcome)
-                        .await
-                }
-                u => upgrade::forward(u, sender, request, app, outcome).await,
+            job.outcome.instance = Some(inst.id.clone());
+            // Every attempt sends a copy; the first copy reads the client's body as it goes.
+            let Some(body) = job.body.replay() else {
+                return Err((
+                    ProxyError::Upstream(
+                        "the request body was too large to keep for a retry".into(),
+                    ),
+                    job.outcome,
+                ));
             };
+            let request = job.head.request(body, h2);
+            if !matches!(job.upgrade, Upgrade::None) {
+                let upgrade = std::mem::replace(&mut job.upgrade, Upgrade::None);
+                let slots = Slots::new(job.app_slot, placed.slot);
+                return upgrade::forward(upgrade, sender, request, &app, job.outcome, slots).await;
+            }
+            let reused = sender.is_reused();
+            let sent = tokio::time::timeout(config.response_timeout, sender.send(request)).await;
+            let (resp, pool_return) = match sent {
+                Err(_) => return Err((ProxyError::UpstreamTimeout, job.outcome)),
+                Ok(Ok(r)) => r,
+                Ok(Err(SendError::Unsent)) => {
+                    // The pooled connection was closed under us before anything was written:
+                    // the same instance may take it on a fresh connection.
+                    tried[placed.index] = false;
+                    fresh_only = true;
+                    app.metrics.retry(RetryReason::StaleConnection);
+                    continue;
+                }
+                Ok(Err(SendError::Failed(e))) => {
+                    if body_too_large(&e) {
+                        let limit = config.max_request_body;
+                        return Err((ProxyError::BodyTooLarge { limit }, job.outcome));
+                    }
+                    let reason = retry_reason(&e, reused, &job.head.method);
+                    let replayable = job.body.replay().is_some();
+                    match reason {
+                        Some(reason) if replayable => {
+                            tracing::info!(instance = %inst.id, reason = reason.as_str(), error = %e, "request failed before the instance processed it; retrying");
+                            app.metrics.retry(reason);
+                            if reason == RetryReason::StaleConnection {
+                                tried[placed.index] = false;
+                                fresh_only = true;
+                            }
+                            last_error = Some(e.to_string());
+                            continue;
+                        }
+                        Some(reason) => {
+                            tracing::info!(instance = %inst.id, reason = reason.as_str(), "not retried: the request body was too large to keep");
+                        }
+                        None => {}
+                    }
+                    return Err((ProxyError::Upstream(e.to_string()), job.outcome));
+                }
+            };
+            if let Some(value) = resp.headers().get(&names.replay) {
+                let asked = value.to_str().map_err(|_| "not text".to_string());
+                let replay = asked.and_then(Replay::parse);
+                match replay {
+                    Err(problem) => {
+                        tracing::warn!(instance = %inst.id, problem, "ignoring an invalid replay header");
+                    }
+                    Ok(replay) => {
+                        // The instance's answer is swallowed; its connection is kept when the
+                        // answer is complete.
+                        if http_body::Body::is_end_stream(resp.body()) {
+                            if let Some(p) = pool_return {
+                                p.give_back();
+                            }
+                        }
+                        drop(resp);
+                        job.outcome.replays += 1;
+                        app.metrics.replay();
+                        if job.outcome.replays > MAX_REPLAYS {
+                            return Err((ProxyError::ReplayLimit, job.outcome));
+                        }
+                        let from = ReplayFrom {
+                            app: app.clone(),
+                            instance: inst.id.instance().to_string(),
+                            region: inst.region.clone(),
+                            fallback: replay.fallback,
+                            at: Instant::now(),
+                        };
+                        let target = match &replay.app {
+                            None => app.clone(),
+                            Some(name) => match self.replay_app(&app, name) {
+                                Ok(a) => a,
+                                Err(e) => return Err((e, job.outcome)),
+                            },
+                        };
+                        job.head.replay_src(names, &from, replay.state.as_deref());
+                        wishes = replay.wishes();
+                        resolved = wishes.resolve(&target.app);
+                        tried = vec![false; target.app.instances.len()];
+                        if replay.elsewhere && Arc::ptr_eq(&target.app, &app.app) {
+                            tried[placed.index] = true;
+                        }
+                        deadline = tokio::time::Instant::now()
+                            + replay
+                                .timeout
+                                .unwrap_or(target.app.config.limits.queue_timeout);
+                        app = target;
+                        replaying = Some(from);
+                        last_error = None;
+                        continue;
+                    }
+                }
+            }
+            let (mut parts, body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+            let mut body = RespBody::upstream(body, pool_return, app.metrics.clone());
+            body.hold(Slots::new(job.app_slot, placed.slot));
+            let h = &mut parts.headers;
+            if placed.preference_unmet && !wishes.is_empty() {
+                h.insert(
+                    names.preferred_instance_unavailable.clone(),
+                    routing::header_text(&wishes.unmet_text()),
+                );
+            }
+            if let Some(trace) = &job.trace {
+                let text = format!(
+                    "{trace}; attempts={}; replays={}",
+                    job.outcome.attempts, job.outcome.replays
+                );
+                h.insert(names.route.clone(), routing::header_text(&text));
+            }
+            return Ok((Response::from_parts(parts, body), job.outcome));
         }
-        Err((
-            ProxyError::NoInstance(last_error.unwrap_or_else(|| "the app has no instances".into())),
-            outcome,
-        ))
     }
 
-    async fn forward(
+    /// The app a replay names, if that app accepts replays from this one.
+    fn replay_app(&self, from: &Arc<HttpApp>, name: &str) -> Result<Arc<HttpApp>, ProxyError> {
+        if name == &*from.app.name {
+            return Ok(from.clone());
+        }
+        let routes = self.shared.routes.load();
+        let target = routes
+            .http_app(name)
+            .ok_or_else(|| ProxyError::ReplayFailed(format!("no app `{name}` serves HTTP here")))?;
+        if !target
+            .app
+            .config
+            .replay_from
+            .iter()
+            .any(|a| *a == *from.app.name)
+        {
+            return Err(ProxyError::ReplayFailed(format!(
+                "app `{name}` does not accept replays from `{}`",
+                from.app.name
+            )));
+        }
+        Ok(target.clone())
+    }
+
+    /// Send a replay that failed back to the instance that asked for it.
+    fn fallback(
         &self,
-        sender: Sender,
-        req: Request<ReqBody>,
-        pool: &Arc<super::upstream::UpstreamPool>,
-        target: &Target<'_>,
-        app: &Arc<HttpApp>,
-        outcome: Outcome,
-    ) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
-        let timeout = self.settings.config.response_timeout;
-        let reused = sender.is_reused();
-        let first = tokio::time::timeout(timeout, sender.send(req)).await;
-        let sent = match first {
-            Err(_) => return Err((ProxyError::UpstreamTimeout, outcome)),
-            Ok(Err(SendError::Unsent(req))) if reused => {
-                // The pooled connection was closed under us before anything was written.
-                let fresh = match pool.fresh(target, &self.shared.resolver).await {
-                    Ok(s) => s,
-                    Err(e) => return Err((ProxyError::Upstream(e.to_string()), outcome)),
-                };
-                match tokio::time::timeout(timeout, fresh.send(*req)).await {
-                    Err(_) => return Err((ProxyError::UpstreamTimeout, outcome)),
-                    Ok(r) => r,
-                }
-            }
-            Ok(r) => r,
-        };
-        match sent {
-            Ok((resp, pool_return)) => {
-                let (mut parts, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers, false);
-                let body = RespBody::upstream(body, pool_return, app.metrics.clone());
-                Ok((Response::from_parts(parts, body), outcome))
-            }
-            Err(SendError::Unsent(_)) => Err((
-                ProxyError::Upstream("connection closed before the request was sent".into()),
-                outcome,
-            )),
-            Err(SendError::Failed(e)) => {
-                let too_large = std::error::Error::source(&e)
-                    .and_then(|s| s.downcast_ref::<super::body::BodyError>())
-                    .is_some_and(|b| matches!(b, super::body::BodyError::TooLarge { .. }));
-                if too_large {
-                    let limit = self.settings.config.max_request_body;
-                    return Err((ProxyError::BodyTooLarge { limit }, outcome));
-                }
-                Err((ProxyError::Upstream(e.to_string()), outcome))
-            }
+        job: &mut Job,
+        from: &ReplayFrom,
+        mode: Fallback,
+        reason: &str,
+    ) -> (Arc<HttpApp>, Wishes) {
+        let names = &self.settings.names;
+        let text = format!(
+            "instance={};region={};reason={};elapsed_ms={}",
+            from.instance,
+            from.region,
+            reason.replace(';', ","),
+            from.at.elapsed().as_millis()
+        );
+        job.head
+            .headers
+            .insert(names.replay_failed.clone(), routing::header_text(&text));
+        let mut wishes = Wishes::default();
+        match mode {
+            Fallback::ForceSelf => wishes.force_instance = Some(from.instance.clone()),
+            Fallback::PreferSelf => wishes.prefer_instance = Some(from.instance.clone()),
+        }
+        tracing::info!(instance = %from.instance, reason, "replay failed; falling back to the replaying instance");
+        (from.app.clone(), wishes)
+    }
+}
+
+/// Replays one request may go through.
+const MAX_REPLAYS: u32 = 10;
+
+/// One request on its way: what is needed to send it again.
+struct Job {
+    head: Head,
+    body: ReqBody,
+    upgrade: Upgrade,
+    started: Instant,
+    /// `P-Route` text, when a valid debug token asked for it.
+    trace: Option<String>,
+    outcome: Outcome,
+    app_slot: anyedge_catalog::Slot,
+}
+
+/// The instance that asked for a replay.
+struct ReplayFrom {
+    app: Arc<HttpApp>,
+    instance: String,
+    region: Arc<str>,
+    fallback: Option<Fallback>,
+    at: Instant,
+}
+
+/// A request head that can be sent more than once.
+struct Head {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+impl From<http::request::Parts> for Head {
+    fn from(parts: http::request::Parts) -> Head {
+        Head {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
         }
     }
+}
+
+impl Head {
+    /// A request for one attempt: origin-form HTTP/1.1, or HTTP/2 with the host as authority.
+    fn request(&self, body: ReqBody, h2: bool) -> Request<ReqBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        let (mut parts, body) = req.into_parts();
+        upstream_uri(&mut parts, h2);
+        Request::from_parts(parts, body)
+    }
+
+    /// `P-Replay-Src: instance=..;region=..;t=..;state=..`
+    fn replay_src(&mut self, names: &headers::Prefixed, from: &ReplayFrom, state: Option<&str>) {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let mut text = format!("instance={};region={};t={t}", from.instance, from.region);
+        if let Some(state) = state {
+            text.push_str(";state=");
+            text.push_str(state);
+        }
+        self.headers
+            .insert(names.replay_src.clone(), routing::header_text(&text));
+        self.headers.remove(&names.replay_failed);
+    }
+}
+
+/// Whether a failed send may go to an instance again: only when the instance provably did not
+/// process it (HTTP/2 REFUSED_STREAM or a GOAWAY above the stream), or an idempotent request on
+/// a reused HTTP/1.1 connection that failed before any response byte (the keep-alive race).
+fn retry_reason(e: &hyper::Error, reused: bool, method: &http::Method) -> Option<RetryReason> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Some(RetryReason::RefusedStream);
+            }
+            if h2.is_go_away() && h2.is_remote() {
+                return Some(RetryReason::GoAway);
+            }
+            return None;
+        }
+        source = s.source();
+    }
+    let idempotent = method.is_idempotent();
+    // hyper reports a connection closed before any response byte as an incomplete message.
+    (reused && idempotent && (e.is_incomplete_message() || e.is_closed() || is_reset(e)))
+        .then_some(RetryReason::StaleConnection)
+}
+
+fn is_reset(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn body_too_large(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<super::body::BodyError>())
+        .is_some_and(|b| matches!(b, super::body::BodyError::TooLarge { .. }))
 }
 
 /// The request's host, lower-cased, without port: `:authority` (HTTP/2, absolute-form) or `Host`.

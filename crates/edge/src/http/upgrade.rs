@@ -4,7 +4,7 @@
 //! switched, bytes are copied both ways for as long as the connection lives: no request
 //! timeout applies.
 
-use super::body::{ReqBody, RespBody};
+use super::body::{ReqBody, RespBody, Slots};
 use super::error::ProxyError;
 use super::headers;
 use super::service::Outcome;
@@ -74,6 +74,7 @@ pub(crate) async fn forward(
     mut req: Request<ReqBody>,
     app: &Arc<HttpApp>,
     outcome: Outcome,
+    slots: Slots,
 ) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
     let (client, h2_client) = match upgrade {
         Upgrade::None => return Err((ProxyError::BadRequest("not an upgrade"), outcome)),
@@ -90,14 +91,15 @@ pub(crate) async fn forward(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        return Ok((
-            Response::from_parts(parts, RespBody::upstream(body, None, app.metrics.clone())),
-            outcome,
-        ));
+        let mut body = RespBody::upstream(body, None, app.metrics.clone());
+        body.hold(slots);
+        return Ok((Response::from_parts(parts, body), outcome));
     }
     let instance = hyper::upgrade::on(&mut resp);
     let app_name = app.app.name.clone();
     tokio::spawn(async move {
+        // The tunnel holds its in-flight slots until it closes.
+        let _slots = slots;
         match tokio::try_join!(client, instance) {
             Ok((c, i)) => {
                 let (mut c, mut i) = (TokioIo::new(c), TokioIo::new(i));

@@ -170,8 +170,8 @@ pub(crate) enum Sender {
 
 /// A send that failed.
 pub(crate) enum SendError {
-    /// The connection was found closed before any of the request was written: here it is back.
-    Unsent(Box<Request<ReqBody>>),
+    /// The connection was found closed before any of the request was written.
+    Unsent,
     /// The request was (at least partly) written.
     Failed(hyper::Error),
 }
@@ -201,7 +201,7 @@ impl Sender {
         };
         let mut e = result;
         match e.take_message() {
-            Some(req) => Err(SendError::Unsent(Box::new(req))),
+            Some(_) => Err(SendError::Unsent),
             None => Err(SendError::Failed(e.into_error())),
         }
     }

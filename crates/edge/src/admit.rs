@@ -1,0 +1,259 @@
+//! Admission and placement for one request or connection: take a slot in the app's budget on
+//! this node, then choose an instance with the pure rules of `anyedge_placement` and take a
+//! slot on it. When the app's budget or every usable instance is full, wait in the app's queue
+//! (bounded by `limits.queue` and `limits.queue_timeout`). Slots are drop guards that wake the
+//! queue, so no path leaks one and no waiter misses a release.
+
+use anyedge_catalog::{AppEntry, QueueTicket, Slot};
+use anyedge_placement::{Candidate, Constraints, Decision};
+use anyedge_telemetry::{AppMetrics, ErrorCode};
+use std::fmt::Write;
+use std::time::Instant;
+
+/// Apps with up to this many instances are placed without allocating.
+const INLINE_CANDIDATES: usize = 16;
+
+/// Why a request or connection got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AdmitError {
+    #[error("the app's queue on this node is full")]
+    Overloaded,
+    #[error("no slot came free within the app's queue timeout")]
+    QueueTimeout,
+    #[error("no healthy instance of the app can take it")]
+    Unavailable,
+    #[error("the forced region or instance has nothing that can take it")]
+    ForcedUnavailable,
+}
+
+impl AdmitError {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            AdmitError::Overloaded => ErrorCode::AppOverloaded,
+            AdmitError::QueueTimeout => ErrorCode::QueueTimeout,
+            AdmitError::Unavailable => ErrorCode::NoInstance,
+            AdmitError::ForcedUnavailable => ErrorCode::ForcedUnavailable,
+        }
+    }
+}
+
+/// A chosen instance with its slot.
+pub(crate) struct Placed {
+    pub index: usize,
+    pub slot: Slot,
+    pub preference_unmet: bool,
+}
+
+/// What one attempt at getting a slot gave.
+enum Attempt<T> {
+    Ready(T),
+    Full,
+    Fail(AdmitError),
+}
+
+/// Try `attempt`; while it reports full, wait in the app's queue for a release, up to
+/// `deadline`.
+async fn with_queue<T>(
+    app: &AppEntry,
+    deadline: tokio::time::Instant,
+    metrics: &AppMetrics,
+    mut attempt: impl FnMut() -> Attempt<T>,
+) -> Result<T, AdmitError> {
+    match attempt() {
+        Attempt::Ready(t) => return Ok(t),
+        Attempt::Fail(e) => return Err(e),
+        Attempt::Full => {}
+    }
+    let limits = &app.config.limits;
+    let ticket: QueueTicket = app
+        .live
+        .enqueue(limits.queue)
+        .ok_or(AdmitError::Overloaded)?;
+    metrics.queued();
+    loop {
+        let notified = ticket.notified();
+        tokio::pin!(notified);
+        QueueTicket::recheck(notified.as_mut());
+        match attempt() {
+            Attempt::Ready(t) => return Ok(t),
+            Attempt::Fail(e) => return Err(e),
+            Attempt::Full => {}
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => return Err(AdmitError::QueueTimeout),
+        }
+    }
+}
+
+/// A slot in the app's own budget (`limits.max_inflight`), waiting in its queue when full.
+pub(crate) async fn admit_app(
+    app: &AppEntry,
+    deadline: tokio::time::Instant,
+    metrics: &AppMetrics,
+) -> Result<Slot, AdmitError> {
+    let limit = app.config.limits.max_inflight;
+    with_queue(app, deadline, metrics, || match app.live.try_admit(limit) {
+        Some(slot) => Attempt::Ready(slot),
+        None => Attempt::Full,
+    })
+    .await
+}
+
+/// Choose an instance not in `tried` and take a slot on it, waiting in the queue while every
+/// usable instance is at its hard limit. `trace` gets the decision for `P-Route` when asked.
+pub(crate) async fn place(
+    app: &AppEntry,
+    constraints: &Constraints<'_>,
+    tried: &[bool],
+    deadline: tokio::time::Instant,
+    metrics: &AppMetrics,
+    mut trace: Option<&mut String>,
+) -> Result<Placed, AdmitError> {
+    let forced = !constraints.force_regions.is_empty() || constraints.force_instance.is_some();
+    with_queue(app, deadline, metrics, || {
+        // Another shard may take the last slot between the look and the take: look again.
+        for _ in 0..4 {
+            let decision = decide(app, constraints, tried, trace.as_deref_mut());
+            match decision {
+                Decision::Chosen {
+                    index,
+                    preference_unmet,
+                    ..
+                } => {
+                    let hard = app.config.concurrency.hard_limit;
+                    if let Some(slot) = app.instances[index].live.try_take(hard, &app.live) {
+                        return Attempt::Ready(Placed {
+                            index,
+                            slot,
+                            preference_unmet,
+                        });
+                    }
+                }
+                Decision::Full { .. } => return Attempt::Full,
+                Decision::Unavailable if forced => {
+                    return Attempt::Fail(AdmitError::ForcedUnavailable)
+                }
+                Decision::Unavailable => return Attempt::Fail(AdmitError::Unavailable),
+            }
+        }
+        Attempt::Full
+    })
+    .await
+}
+
+/// One pure placement decision over the instances' live state.
+fn decide(
+    app: &AppEntry,
+    constraints: &Constraints<'_>,
+    tried: &[bool],
+    trace: Option<&mut String>,
+) -> Decision {
+    let now = Instant::now();
+    let limits = app.config.concurrency;
+    let view = |(i, &excluded): (&anyedge_catalog::InstanceEntry, &bool)| {
+        let healthy = i.live.healthy(now);
+        Candidate {
+            region: i.region_index,
+            distance_us: i.distance_us,
+            inflight: i.live.inflight.in_use(),
+            soft_limit: limits.soft_limit,
+            hard_limit: limits.hard_limit,
+            healthy,
+            backing_off: healthy && i.live.backing_off(now),
+            excluded,
+        }
+    };
+    let n = app.instances.len();
+    let mut inline = [Candidate {
+        region: 0,
+        distance_us: 0,
+        inflight: 0,
+        soft_limit: 0,
+        hard_limit: 0,
+        healthy: false,
+        backing_off: false,
+        excluded: true,
+    }; INLINE_CANDIDATES];
+    let heap: Vec<Candidate>;
+    let candidates: &[Candidate] = if n <= INLINE_CANDIDATES {
+        for (slot, c) in inline
+            .iter_mut()
+            .zip(app.instances.iter().zip(tried).map(view))
+        {
+            *slot = c;
+        }
+        &inline[..n]
+    } else {
+        heap = app.instances.iter().zip(tried).map(view).collect();
+        &heap
+    };
+    let decision = anyedge_placement::place(candidates, constraints, &mut rand::thread_rng());
+    if let Some(out) = trace {
+        describe(app, candidates, &decision, out);
+    }
+    decision
+}
+
+/// Instances listed in a `P-Route` header at most.
+const TRACE_MAX: usize = 32;
+
+/// The `P-Route` text: the decision, then each candidate as
+/// `id@region ~RTTms inflight/soft/hard state`.
+fn describe(app: &AppEntry, candidates: &[Candidate], decision: &Decision, out: &mut String) {
+    out.clear();
+    match decision {
+        Decision::Chosen {
+            index,
+            why,
+            preference_unmet,
+        } => {
+            let _ = write!(
+                out,
+                "chosen={}; why={why}; preference_unmet={preference_unmet}",
+                app.instances[*index].id.instance()
+            );
+        }
+        Decision::Full { .. } => out.push_str("chosen=none; why=all_at_hard_limit"),
+        Decision::Unavailable => out.push_str("chosen=none; why=no_usable_instance"),
+    }
+    out.push_str("; candidates=");
+    for (k, (c, inst)) in candidates.iter().zip(&app.instances).enumerate() {
+        if k == TRACE_MAX {
+            let _ = write!(out, " (+{} more)", candidates.len() - TRACE_MAX);
+            break;
+        }
+        if k > 0 {
+            out.push_str(", ");
+        }
+        let state = if c.excluded {
+            "tried"
+        } else if !c.healthy {
+            "unhealthy"
+        } else if c.inflight >= c.hard_limit {
+            "at_hard_limit"
+        } else if c.backing_off {
+            "backing_off"
+        } else {
+            "ok"
+        };
+        let _ = write!(
+            out,
+            "{}@{} ~{:.1}ms {}/{}/{} {state}",
+            inst.id.instance(),
+            inst.region,
+            f64::from(c.distance_us) / 1000.0,
+            c.inflight,
+            limit_text(c.soft_limit),
+            limit_text(c.hard_limit),
+        );
+    }
+}
+
+fn limit_text(n: u32) -> String {
+    if n == u32::MAX {
+        "-".into()
+    } else {
+        n.to_string()
+    }
+}
