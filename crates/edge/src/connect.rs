@@ -126,7 +126,7 @@ pub(crate) fn choose(
     let view = |(i, &excluded): (&anyedge_catalog::InstanceEntry, &bool)| Candidate {
         inflight: i.live.inflight.in_use(),
         backing_off: i.live.backing_off(now),
-        excluded,
+        excluded: excluded || !i.live.healthy(now),
     };
     if instances.len() <= INLINE_CANDIDATES {
         let mut inline = [Candidate {
