@@ -176,7 +176,10 @@ mod tests {
         assert!(live.healthy(t0), "a couple of failures only back off");
         live.connect_failed(t0);
         assert!(!live.healthy(t0));
-        assert!(live.healthy(t0 + Duration::from_secs(31)), "probe after backoff");
+        assert!(
+            live.healthy(t0 + Duration::from_secs(31)),
+            "probe after backoff"
+        );
         live.connect_succeeded();
         let failing = live.check_failing();
         assert!(!live.healthy(t0));
