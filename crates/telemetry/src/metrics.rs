@@ -124,6 +124,8 @@ pub struct AppMetrics {
     bytes_out: AtomicU64,
     connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// Active health check runs: failed, passed.
+    health_checks: [AtomicU64; 2],
     http: HttpMetrics,
 }
 
@@ -157,6 +159,15 @@ impl AppMetrics {
 
     pub fn error(&self, why: ErrorCode) {
         self.errors[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One active health check ran against one of the app's instances.
+    pub fn health_check(&self, passed: bool) {
+        self.health_checks[usize::from(passed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn health_checks(&self, passed: bool) -> u64 {
+        self.health_checks[usize::from(passed)].load(Ordering::Relaxed)
     }
 
     /// A response went to the client: its status and how long the request took.
@@ -553,6 +564,21 @@ fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
     }
     family(
         out,
+        "anyedge_health_checks_total",
+        "counter",
+        "Active health checks run against the app's instances, by result.",
+    );
+    for (app, m) in apps {
+        for (result, passed) in [("pass", true), ("fail", false)] {
+            let _ = writeln!(
+                out,
+                "anyedge_health_checks_total{{app=\"{app}\",result=\"{result}\"}} {}",
+                m.health_checks(passed)
+            );
+        }
+    }
+    family(
+        out,
         "anyedge_errors_total",
         "counter",
         "Client connections or requests that failed, by error code.",
@@ -581,7 +607,13 @@ mod tests {
         a.add_bytes(Direction::In, 10);
         a.connect_failure(ConnectFailure::Refused);
         metrics.app("beta").error(ErrorCode::NoInstance);
+        a.health_check(true);
+        a.health_check(false);
+        a.health_check(false);
         let text = metrics.render();
+        assert!(text.contains("anyedge_health_checks_total{app=\"alpha\",result=\"pass\"} 1"));
+        assert!(text.contains("anyedge_health_checks_total{app=\"alpha\",result=\"fail\"} 2"));
+        assert!(text.contains("anyedge_health_checks_total{app=\"beta\",result=\"fail\"} 0"));
         assert!(text.contains("anyedge_edge_tcp_connects_total{app=\"alpha\"} 1"));
         assert!(text.contains("anyedge_edge_tcp_active_connections{app=\"alpha\"} 1"));
         assert!(text.contains("anyedge_edge_data_bytes_total{app=\"alpha\",direction=\"in\"} 10"));
