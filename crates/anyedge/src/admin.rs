@@ -1,7 +1,7 @@
 //! The admin listener: `/healthz`, `/metrics` for the operator, and `/v1/apps/<app>/metrics` for
 //! each app's owners with their bearer token.
 
-use anyedge_catalog::Snapshot;
+use anyedge_catalog::{AppEntry, Snapshot};
 use anyedge_core::Drain;
 use anyedge_telemetry::Metrics;
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -97,7 +97,9 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 .open_connections
                 .store(open, std::sync::atomic::Ordering::Relaxed);
             let mut text = state.metrics.render();
-            concurrency(&state.snapshot(), None, &mut text);
+            let snapshot = state.snapshot();
+            concurrency(&snapshot, None, &mut text);
+            instance_health(&snapshot, None, &mut text);
             metrics_text(text)
         }
         _ => match path
@@ -160,7 +162,19 @@ fn app_metrics(state: &AdminState, app: &str, req: &Request<Incoming>) -> Respon
     }
     let mut text = state.metrics.render_app(app);
     concurrency(&snapshot, Some(app), &mut text);
+    instance_health(&snapshot, Some(app), &mut text);
     metrics_text(text)
+}
+
+/// The snapshot's apps (or only one), by name.
+fn sorted_apps<'a>(snapshot: &'a Snapshot, only: Option<&str>) -> Vec<&'a Arc<AppEntry>> {
+    let mut apps: Vec<_> = snapshot
+        .apps
+        .values()
+        .filter(|a| only.is_none_or(|o| o == &*a.name))
+        .collect();
+    apps.sort_by(|a, b| a.name.cmp(&b.name));
+    apps
 }
 
 /// `anyedge_app_concurrency{app,instance}`: requests or connections in flight to each instance
@@ -168,13 +182,7 @@ fn app_metrics(state: &AdminState, app: &str, req: &Request<Incoming>) -> Respon
 fn concurrency(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
     use std::fmt::Write;
     out.push_str("# HELP anyedge_app_concurrency In-flight requests (HTTP) or connections (TCP) to each instance from this node.\n# TYPE anyedge_app_concurrency gauge\n");
-    let mut apps: Vec<_> = snapshot
-        .apps
-        .values()
-        .filter(|a| only.is_none_or(|o| o == &*a.name))
-        .collect();
-    apps.sort_by(|a, b| a.name.cmp(&b.name));
-    for app in apps {
+    for app in sorted_apps(snapshot, only) {
         for inst in &app.instances {
             let _ = writeln!(
                 out,
@@ -182,6 +190,25 @@ fn concurrency(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
                 app.name,
                 inst.id.instance(),
                 inst.live.inflight.in_use()
+            );
+        }
+    }
+}
+
+/// `anyedge_instance_healthy{app,instance}`: 1 while the instance may be placed (no failing
+/// active check, not passively ejected), 0 otherwise.
+fn instance_health(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
+    use std::fmt::Write;
+    out.push_str("# HELP anyedge_instance_healthy 1 if the instance can be chosen (active checks pass, not ejected after connect failures), else 0.\n# TYPE anyedge_instance_healthy gauge\n");
+    let now = Instant::now();
+    for app in sorted_apps(snapshot, only) {
+        for inst in &app.instances {
+            let _ = writeln!(
+                out,
+                "anyedge_instance_healthy{{app=\"{}\",instance=\"{}\"}} {}",
+                app.name,
+                inst.id.instance(),
+                u8::from(inst.live.healthy(now))
             );
         }
     }

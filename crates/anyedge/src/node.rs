@@ -1,13 +1,13 @@
 //! A node's lifecycle: load and validate config without binding anything, build the runtime,
-//! start the edge and the admin listener, reload on SIGHUP or a file change, drain on
-//! SIGTERM/SIGINT.
+//! start the edge, the health checks and the admin listener, reload on SIGHUP or a file change,
+//! drain on SIGTERM/SIGINT.
 
 use crate::admin::{self, AdminState};
 use crate::cli::RunArgs;
 use anyedge_catalog::{LiveRegistry, Snapshot};
 use anyedge_config::{CatalogConfig, Config};
 use anyedge_core::Drain;
-use anyedge_edge::{Edge, ListenError};
+use anyedge_edge::{Edge, HealthChecker, ListenError};
 use anyedge_telemetry::Metrics;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -36,6 +36,8 @@ pub enum StartError {
 /// One running node.
 pub struct Node {
     edge: Edge,
+    /// Active checks, on the runtime the node was started on (the control runtime).
+    health: HealthChecker,
     registry: Arc<LiveRegistry>,
     metrics: Arc<Metrics>,
     drain: Drain,
@@ -85,6 +87,8 @@ impl Node {
             edge.stop_accepting();
             return Err(StartError::Listeners(errors));
         }
+        let health = HealthChecker::new(tokio::runtime::Handle::current(), metrics.clone());
+        health.update(&snapshot);
         metrics
             .node
             .config_generation
@@ -92,6 +96,7 @@ impl Node {
         tracing::info!(node = %config.node.id, region = %config.node.region, apps = config.apps.len(), admin = %admin_addr, "node started");
         Ok(Node {
             edge,
+            health,
             registry,
             metrics,
             drain,
@@ -111,6 +116,7 @@ impl Node {
             Some(&current),
         ));
         let errors = self.edge.apply(next.clone());
+        self.health.update(&next);
         self.metrics
             .node
             .config_generation
@@ -138,13 +144,21 @@ impl Node {
     }
 
     /// Stop accepting, let open connections finish for up to `grace`, and return how many were
-    /// still open when it ran out.
+    /// still open when it ran out. Health checks go on while draining (requests on connections
+    /// still open are placed too) and stop at the end.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.drain.start();
         self.edge.stop_accepting();
         let open = self.drain.open_connections();
         tracing::info!(open, grace = ?grace, "draining");
-        self.drain.wait_idle(grace).await
+        let left = self.drain.wait_idle(grace).await;
+        self.health.stop();
+        left
+    }
+
+    /// Active checks running now (one per instance, service and check).
+    pub fn health_checks(&self) -> usize {
+        self.health.running()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

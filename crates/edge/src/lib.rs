@@ -1,10 +1,12 @@
 //! The edge: where clients connect. Listeners are opened and closed by diffing catalog snapshots
 //! (a file reload and, later, an etcd event take the same path); each accepted connection is
 //! routed by its local address and port, admitted against the node, client-IP and app budgets,
-//! placed on an instance, and proxied.
+//! placed on an instance, and proxied. Active health checks run beside it ([`HealthChecker`]),
+//! diffed by snapshot the same way.
 
 mod admit;
 mod connect;
+mod health;
 mod http;
 mod listeners;
 pub mod proxy_protocol;
@@ -12,6 +14,7 @@ mod relay;
 mod routes;
 mod tcp;
 
+pub use health::{CheckState, HealthChecker, HealthUpdate, Transition};
 pub use listeners::ListenError;
 /// Why the edge's TLS state could not be made.
 pub type TlsSetupError = anyedge_tls::rustls::Error;

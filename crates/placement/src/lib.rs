@@ -42,24 +42,19 @@ impl Candidate {
 
     /// The tier this candidate is in when it is usable (rule 6).
     pub fn tier(&self) -> Tier {
-        match self.tier_rank() {
-            0 => Tier::BelowSoft,
-            1 => Tier::OverSoft,
-            _ => Tier::BackingOff,
+        if self.backing_off {
+            Tier::BackingOff
+        } else if self.inflight < self.soft_limit {
+            Tier::BelowSoft
+        } else {
+            Tier::OverSoft
         }
-    }
-
-    /// 0, 1 or 2 for `tier()`, without branches: loads and states are random from one
-    /// candidate to the next, so branches here would be mispredicted half the time.
-    fn tier_rank(&self) -> usize {
-        let over_soft = self.inflight >= self.soft_limit;
-        (usize::from(self.backing_off) << 1) | usize::from(!self.backing_off & over_soft)
     }
 
     /// Healthy, not excluded, and able to take work once a slot frees. A hard limit of zero
     /// never frees a slot, so such a candidate is never worth waiting for.
     fn can_ever_take(&self) -> bool {
-        self.healthy & !self.excluded & (self.hard_limit > 0)
+        self.healthy && !self.excluded && self.hard_limit > 0
     }
 }
 
@@ -88,15 +83,14 @@ impl Constraints<'_> {
         self.force_regions.is_empty() || self.force_regions.contains(&c.region)
     }
 
-    /// Rule 1 without the forced instance (handled before anything else). Non-short-circuit
-    /// `&`: see `Candidate::tier_rank`.
+    /// Rule 1 without the forced instance (handled before anything else).
     fn usable(&self, c: &Candidate) -> bool {
-        c.healthy & !c.excluded & !c.at_hard_limit() & self.in_forced_regions(c)
+        c.healthy && !c.excluded && !c.at_hard_limit() && self.in_forced_regions(c)
     }
 
     /// Would take it once a slot frees (rule 8), forced instance aside.
     fn waitable(&self, c: &Candidate) -> bool {
-        c.can_ever_take() & c.at_hard_limit() & self.in_forced_regions(c)
+        c.can_ever_take() && c.at_hard_limit() && self.in_forced_regions(c)
     }
 
     /// A preference was given and choosing `candidates[index]` does not satisfy it: another
@@ -223,7 +217,7 @@ pub fn place<R: Rng + ?Sized>(
         }
         (None, None) => return Decision::Unavailable,
     };
-    let member = |c: &Candidate| (c.region == region) & constraints.usable(c);
+    let member = |c: &Candidate| c.region == region && constraints.usable(c);
     match p2c(candidates, member, rng) {
         Some(index) => match candidates.get(index) {
             Some(c) => constraints.chosen(index, c, rule),
@@ -269,8 +263,8 @@ impl Survey {
             any_waitable: false,
         };
         for c in candidates {
-            survey.any_waitable |= constraints.waitable(c);
             if !constraints.usable(c) {
+                survey.any_waitable |= constraints.waitable(c);
                 continue;
             }
             let key = (c.distance_us, c.region);
@@ -299,15 +293,15 @@ fn p2c<R: Rng + ?Sized>(
     member: impl Fn(&Candidate) -> bool,
     rng: &mut R,
 ) -> Option<usize> {
-    // Branch-free counting (see `Candidate::tier_rank`): non-members add to a fourth slot.
-    let mut counts = [0usize; 4];
-    for c in candidates {
-        let slot = if member(c) { c.tier_rank() } else { 3 };
-        counts[slot] += 1;
+    let mut counts = [0usize; 3];
+    for c in candidates.iter().filter(|c| member(c)) {
+        counts[c.tier() as usize] += 1;
     }
-    let tier = counts[..3].iter().position(|&n| n > 0)?;
-    let n = counts[tier];
-    let in_tier = |c: &Candidate| member(c) & (c.tier_rank() == tier);
+    let (tier, n) = [Tier::BelowSoft, Tier::OverSoft, Tier::BackingOff]
+        .into_iter()
+        .zip(counts)
+        .find(|&(_, n)| n > 0)?;
+    let in_tier = |c: &Candidate| member(c) && c.tier() == tier;
     if n == 1 {
         return candidates.iter().position(in_tier);
     }
@@ -316,31 +310,22 @@ fn p2c<R: Rng + ?Sized>(
     if b >= a {
         b += 1;
     }
-    let (mut first, mut second) = (usize::MAX, usize::MAX);
-    let last = a.max(b);
-    let mut rank = 0;
-    for (i, c) in candidates.iter().enumerate() {
-        let m = in_tier(c);
-        // Rarely true, so well predicted; `rank` advances without a branch.
-        if m & (rank == a) {
-            first = i;
+    let (mut first, mut second) = (None, None);
+    let members = candidates.iter().enumerate().filter(|(_, c)| in_tier(c));
+    for (rank, (i, c)) in members.enumerate() {
+        if rank == a {
+            first = Some((i, c.inflight));
+        } else if rank == b {
+            second = Some((i, c.inflight));
         }
-        if m & (rank == b) {
-            second = i;
-        }
-        if m & (rank == last) {
+        if first.is_some() && second.is_some() {
             break;
         }
-        rank += usize::from(m);
     }
-    match (candidates.get(first), candidates.get(second)) {
-        (Some(ca), Some(cb)) => Some(if cb.inflight < ca.inflight {
-            second
-        } else {
-            first
-        }),
+    match (first, second) {
+        (Some((ia, la)), Some((ib, lb))) => Some(if lb < la { ib } else { ia }),
         // Unreachable: both ranks are below the tier's count.
-        _ => None,
+        (one, other) => one.or(other).map(|(i, _)| i),
     }
 }
 

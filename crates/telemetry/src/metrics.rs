@@ -178,6 +178,8 @@ pub struct AppMetrics {
     retries: [AtomicU64; RetryReason::ALL.len()],
     replays: AtomicU64,
     queued: AtomicU64,
+    /// Active health check runs: failed, passed.
+    health_checks: [AtomicU64; 2],
     http: HttpMetrics,
 }
 
@@ -232,6 +234,15 @@ impl AppMetrics {
 
     pub fn error(&self, why: ErrorCode) {
         self.errors[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One active health check ran against one of the app's instances.
+    pub fn health_check(&self, passed: bool) {
+        self.health_checks[usize::from(passed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn health_checks(&self, passed: bool) -> u64 {
+        self.health_checks[usize::from(passed)].load(Ordering::Relaxed)
     }
 
     /// A response went to the client: its status and how long the request took.
@@ -644,6 +655,21 @@ fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
     }
     family(
         out,
+        "anyedge_health_checks_total",
+        "counter",
+        "Active health checks run against the app's instances, by result.",
+    );
+    for (app, m) in apps {
+        for (result, passed) in [("pass", true), ("fail", false)] {
+            let _ = writeln!(
+                out,
+                "anyedge_health_checks_total{{app=\"{app}\",result=\"{result}\"}} {}",
+                m.health_checks(passed)
+            );
+        }
+    }
+    family(
+        out,
         "anyedge_replays_total",
         "counter",
         "Requests replayed at an instance's request (replay response header).",
@@ -698,7 +724,13 @@ mod tests {
         a.add_bytes(Direction::In, 10);
         a.connect_failure(ConnectFailure::Refused);
         metrics.app("beta").error(ErrorCode::NoInstance);
+        a.health_check(true);
+        a.health_check(false);
+        a.health_check(false);
         let text = metrics.render();
+        assert!(text.contains("anyedge_health_checks_total{app=\"alpha\",result=\"pass\"} 1"));
+        assert!(text.contains("anyedge_health_checks_total{app=\"alpha\",result=\"fail\"} 2"));
+        assert!(text.contains("anyedge_health_checks_total{app=\"beta\",result=\"fail\"} 0"));
         assert!(text.contains("anyedge_edge_tcp_connects_total{app=\"alpha\"} 1"));
         assert!(text.contains("anyedge_edge_tcp_active_connections{app=\"alpha\"} 1"));
         assert!(text.contains("anyedge_edge_data_bytes_total{app=\"alpha\",direction=\"in\"} 10"));

@@ -3,7 +3,8 @@
 //! Routes: `/headers` answers the request headers as `name: value` lines; `/echo` streams the
 //! request body back (with the request's trailers as response trailers); `/bytes/N` streams N
 //! bytes; `/slow/MS` answers after MS milliseconds; `/reset` drops the connection; `/ws` is a
-//! WebSocket echo; anything else answers the instance's name.
+//! WebSocket echo; `/healthz` answers the status the test set with [`HttpInstance::set_health`]
+//! (200 at first); anything else answers the instance's name.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -13,7 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -21,9 +22,16 @@ use tokio::sync::oneshot;
 
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
+/// What `/healthz` answers, and how often it was asked.
+struct Health {
+    status: AtomicU16,
+    checks: AtomicUsize,
+}
+
 pub struct HttpInstance {
     pub addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    health: Arc<Health>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -36,18 +44,26 @@ impl HttpInstance {
         let addr = listener.local_addr().expect("addr");
         let (stop, mut stopped) = oneshot::channel();
         let requests = Arc::new(AtomicUsize::new(0));
-        let (name, count) = (Arc::<str>::from(name), requests.clone());
+        let health = Arc::new(Health {
+            status: AtomicU16::new(200),
+            checks: AtomicUsize::new(0),
+        });
+        let (name, count, healthz) = (Arc::<str>::from(name), requests.clone(), health.clone());
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     _ = &mut stopped => return,
                     r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
                 };
-                let (name, count) = (name.clone(), count.clone());
+                let (name, count, healthz) = (name.clone(), count.clone(), healthz.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        count.fetch_add(1, Ordering::SeqCst);
-                        handle(name.clone(), req)
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        if req.uri().path() == "/healthz" {
+                            healthz.checks.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        handle(name.clone(), healthz.status.load(Ordering::SeqCst), req)
                     });
                     let io = TokioIo::new(stream);
                     if h2 {
@@ -66,12 +82,24 @@ impl HttpInstance {
         HttpInstance {
             addr,
             requests,
+            health,
             _stop: stop,
         }
     }
 
+    /// Requests served, `/healthz` not counted.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Make `/healthz` answer `status` from now on.
+    pub fn set_health(&self, status: u16) {
+        self.health.status.store(status, Ordering::SeqCst);
+    }
+
+    /// `/healthz` requests served.
+    pub fn health_checks(&self) -> usize {
+        self.health.checks.load(Ordering::SeqCst)
     }
 }
 
@@ -81,9 +109,18 @@ fn full(text: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    name: Arc<str>,
+    health: u16,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let resp = match path.as_str() {
+        "/healthz" => {
+            let mut r = Response::new(full(format!("{name} {health}\n")));
+            *r.status_mut() = StatusCode::from_u16(health).unwrap_or(StatusCode::OK);
+            r
+        }
         "/headers" => {
             let mut text = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
             for (k, v) in req.headers() {

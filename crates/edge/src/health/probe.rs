@@ -1,0 +1,247 @@
+//! One run of a check against one instance: a TCP connect, or an HTTP/1.1 `GET` judged by its
+//! status. The whole run, connect included, is bounded by the check's timeout.
+
+use crate::connect::{connect_one, AttemptError, Resolver};
+use anyedge_config::CheckKind;
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, USER_AGENT};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// The `User-Agent` of HTTP checks, so instances can leave them out of their logs.
+pub(crate) const USER_AGENT_VALUE: &str = "anyedge-health";
+/// Body bytes of a check's response read before the connection is dropped.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// Why a check failed. Every one of them is the instance's fault as far as placement is concerned.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProbeFailure {
+    #[error("no answer within {timeout:?}")]
+    Timeout { timeout: Duration },
+    #[error("connect failed: {0}")]
+    Connect(#[source] AttemptError),
+    #[error("the check's request cannot be built (path {path:?}): {source}")]
+    Request { path: String, source: http::Error },
+    #[error("HTTP exchange failed: {0}")]
+    Http(#[source] hyper::Error),
+    #[error("answered status {status}")]
+    Status { status: StatusCode },
+}
+
+/// Where and how to check one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Probe {
+    pub(crate) kind: CheckKind,
+    /// Where to connect.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// The `Host` header of HTTP checks.
+    pub(crate) authority: String,
+    pub(crate) timeout: Duration,
+}
+
+impl Probe {
+    /// Run once: `Ok` is a pass.
+    pub(crate) async fn run(&self, resolver: &Resolver) -> Result<(), ProbeFailure> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.run_unbounded(resolver))
+            .await
+            .map_err(|_| ProbeFailure::Timeout { timeout })?
+    }
+
+    async fn run_unbounded(&self, resolver: &Resolver) -> Result<(), ProbeFailure> {
+        let request = match &self.kind {
+            CheckKind::Tcp => None,
+            CheckKind::Http { path } => Some(request(path, &self.authority)?),
+        };
+        let stream = connect_one(&self.host, self.port, self.timeout, resolver)
+            .await
+            .map_err(|e| match e {
+                AttemptError::Timeout { .. } => ProbeFailure::Timeout {
+                    timeout: self.timeout,
+                },
+                e => ProbeFailure::Connect(e),
+            })?;
+        match request {
+            None => Ok(()),
+            Some(request) => http_get(stream, request).await,
+        }
+    }
+}
+
+fn request(path: &str, authority: &str) -> Result<Request<Empty<Bytes>>, ProbeFailure> {
+    Request::get(path)
+        .header(HOST, authority)
+        .header(USER_AGENT, USER_AGENT_VALUE)
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|source| ProbeFailure::Request {
+            path: path.to_string(),
+            source,
+        })
+}
+
+/// `GET path` with `Connection: close`; a 2xx status passes. The body is read (up to
+/// [`BODY_LIMIT`]) so the instance sees an orderly exchange, then dropped with the connection.
+async fn http_get(stream: TcpStream, req: Request<Empty<Bytes>>) -> Result<(), ProbeFailure> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ProbeFailure::Http)?;
+    let exchange = async move {
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        if status.is_success() {
+            discard(resp.into_body()).await?;
+        }
+        Ok::<_, hyper::Error>(status)
+    };
+    // The connection is driven here, not spawned, so nothing outlives the check's timeout.
+    let mut conn = std::pin::pin!(conn);
+    let mut exchange = std::pin::pin!(exchange);
+    let status = tokio::select! {
+        r = &mut exchange => r,
+        r = &mut conn => match r {
+            // Closed cleanly: whatever it delivered is still readable.
+            Ok(()) => exchange.await,
+            Err(e) => Err(e),
+        },
+    }
+    .map_err(ProbeFailure::Http)?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(ProbeFailure::Status { status })
+    }
+}
+
+/// Read and drop up to [`BODY_LIMIT`] bytes of body; a body cut short is an error.
+async fn discard(mut body: Incoming) -> Result<(), hyper::Error> {
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            read += data.len();
+            if read > BODY_LIMIT {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A one-shot server that answers `response` to the first request and returns what it read.
+    async fn server(response: &'static [u8]) -> (u16, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf[len..]).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                len += n;
+            }
+            s.write_all(response).await.expect("write");
+            let _ = s.shutdown().await;
+            String::from_utf8_lossy(&buf[..len]).into_owned()
+        });
+        (port, task)
+    }
+
+    fn probe(kind: CheckKind, port: u16) -> Probe {
+        Probe {
+            kind,
+            host: "127.0.0.1".into(),
+            port,
+            authority: "app.test".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn http(path: &str) -> CheckKind {
+        CheckKind::Http { path: path.into() }
+    }
+
+    #[tokio::test]
+    async fn health_http_check_sends_host_agent_close_and_reads_chunked_bodies() {
+        let (port, seen) =
+            server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                .await;
+        let r = probe(http("/healthz?deep=1"), port)
+            .run(&Resolver::default())
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+        let request = seen.await.expect("server").to_ascii_lowercase();
+        assert!(
+            request.starts_with("get /healthz?deep=1 http/1.1\r\n"),
+            "{request}"
+        );
+        for header in [
+            "host: app.test\r\n",
+            "user-agent: anyedge-health\r\n",
+            "connection: close\r\n",
+        ] {
+            assert!(request.contains(header), "{header} in {request}");
+        }
+    }
+
+    #[tokio::test]
+    async fn health_http_check_fails_on_other_statuses_and_garbage() {
+        let (port, _seen) =
+            server(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n").await;
+        let r = probe(http("/"), port).run(&Resolver::default()).await;
+        assert!(
+            matches!(r, Err(ProbeFailure::Status { status }) if status == 503),
+            "{r:?}"
+        );
+        let (port, _seen) = server(b"HTTP/1.1 301 Moved\r\nContent-Length: 0\r\n\r\n").await;
+        let r = probe(http("/"), port).run(&Resolver::default()).await;
+        assert!(matches!(r, Err(ProbeFailure::Status { .. })), "{r:?}");
+        let (port, _seen) = server(b"SSH-2.0-OpenSSH\r\n\r\n").await;
+        let r = probe(http("/"), port).run(&Resolver::default()).await;
+        assert!(matches!(r, Err(ProbeFailure::Http(_))), "{r:?}");
+        let (port, _seen) = server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").await;
+        let r = probe(http("/"), port).run(&Resolver::default()).await;
+        assert!(
+            matches!(r, Err(ProbeFailure::Http(_))),
+            "body cut short: {r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn health_check_times_out_on_a_silent_instance() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut p = probe(http("/"), port);
+        p.timeout = Duration::from_millis(100);
+        let r = p.run(&Resolver::default()).await;
+        assert!(matches!(r, Err(ProbeFailure::Timeout { .. })), "{r:?}");
+        // a TCP check only needs the connect (the backlog accepts it)
+        assert!(probe(CheckKind::Tcp, port)
+            .run(&Resolver::default())
+            .await
+            .is_ok());
+        drop(listener);
+        let r = probe(CheckKind::Tcp, port).run(&Resolver::default()).await;
+        assert!(matches!(r, Err(ProbeFailure::Connect(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn health_check_with_an_unusable_path_fails_without_connecting() {
+        // port 1 on loopback refuses: a connect attempt would fail differently
+        let r = probe(http("/a b"), 1).run(&Resolver::default()).await;
+        assert!(matches!(r, Err(ProbeFailure::Request { .. })), "{r:?}");
+    }
+}
