@@ -62,8 +62,8 @@ pub async fn start(base_port: u16) -> Result<Node, Box<dyn std::error::Error>> {
         instances::spawn(instances::Kind::WhoAmI("whoami-2")).await?,
     ];
     let mut hello = Vec::new();
-    for i in 1..=3 {
-        hello.push(instances::spawn_http("hello", format!("hello-{i}")).await?);
+    for (region, name) in HELLO {
+        hello.push((region, instances::spawn_http("hello", name.into()).await?));
     }
     let ws = [instances::spawn_http("ws", "ws-1".into()).await?];
     let port = |n: u16| base_port.checked_add(n).ok_or("--base-port is too high");
@@ -99,7 +99,9 @@ fn demo_config(
     let mut t = String::new();
     let _ = write!(
         t,
-        "[node]\nid = \"demo\"\nregion = \"local\"\n\n[admin]\nlisten = \"127.0.0.1:{p_admin}\"\n\n"
+        "[node]\nid = \"demo\"\nregion = \"ord\"\n\n[admin]\nlisten = \"127.0.0.1:{p_admin}\"\n\n\
+         [regions.ord]\nlat = 41.98\nlon = -87.90\n[regions.iad]\nlat = 38.94\nlon = -77.46\n\
+         [regions.syd]\nlat = -33.94\nlon = 151.18\n\n"
     );
     let app = |t: &mut String, name: &str, port: u16, handlers: &str, targets: &[String]| {
         let _ = write!(
@@ -132,26 +134,50 @@ fn demo_config(
     t
 }
 
-/// Two HTTP apps sharing one port, told apart by Host.
-fn http_config(hello: &[SocketAddr], ws: &[SocketAddr], port: u16) -> String {
+/// The demo HTTP app's instances: region and name. The node is in ord.
+const HELLO: [(&str, &str); 4] = [
+    ("ord", "hello-ord-1"),
+    ("ord", "hello-ord-2"),
+    ("iad", "hello-iad-1"),
+    ("syd", "hello-syd-1"),
+];
+
+/// The token that shows `anyedge-route` on the demo's HTTP apps.
+pub const DEMO_TOKEN: &str = "demo-token";
+
+/// Two HTTP apps sharing one port, told apart by Host. `hello` has instances in three regions
+/// and a small per-instance limit, so routing and spill-over are easy to see.
+fn http_config(hello: &[(&str, SocketAddr)], ws: &[SocketAddr], port: u16) -> String {
+    use sha2::{Digest, Sha256};
+    let token: String = Sha256::digest(DEMO_TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let ws: Vec<(&str, SocketAddr)> = ws.iter().map(|a| ("ord", *a)).collect();
     let mut t = String::new();
-    for (name, hosts, instances) in [
+    for (name, hosts, extra, instances) in [
         (
             "hello",
             "\"hello.localhost\", \"localhost\", \"127.0.0.1\"",
+            "concurrency = { type = \"requests\", soft_limit = 1, hard_limit = 2 }\n\
+             limits = { max_inflight = 64, queue = 32, queue_timeout = \"5s\" }\n",
             hello,
         ),
-        ("ws", "\"ws.localhost\"", ws),
+        ("ws", "\"ws.localhost\"", "", &ws[..]),
     ] {
         let _ = write!(
             t,
-            "[[apps]]\nname = \"{name}\"\nhostnames = [{hosts}]\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+            "[[apps]]\nname = \"{name}\"\nhostnames = [{hosts}]\ntokens_sha256 = [\"{token}\"]\n{extra}  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
         );
-        for (i, a) in instances.iter().enumerate() {
+        for (i, (region, a)) in instances.iter().enumerate() {
+            let id = if name == "hello" {
+                HELLO[i].1.to_string()
+            } else {
+                format!("{name}-{}", i + 1)
+            };
             let _ = write!(
                 t,
-                "  [[apps.instances]]\n  id = \"{name}-{}\"\n  address = \"{a}\"\n",
-                i + 1
+                "  [[apps.instances]]\n  id = \"{id}\"\n  region = \"{region}\"\n  address = \"{a}\"\n"
             );
         }
         t.push('\n');
@@ -160,8 +186,14 @@ fn http_config(hello: &[SocketAddr], ws: &[SocketAddr], port: u16) -> String {
 }
 
 fn http_instructions(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}");
+    let route = format!("-H 'anyedge-debug: route' -H 'anyedge-debug-token: {DEMO_TOKEN}'");
     format!(
-        "  # HTTP: three instances of \"hello\" behind one port, HTTP/1.1 and HTTP/2 (h2c)\n  curl -s http://127.0.0.1:{port}/\n  curl -s --http2-prior-knowledge http://127.0.0.1:{port}/\n  curl -si -H 'Host: nobody.localhost' http://127.0.0.1:{port}/   # 404, anyedge-error: unknown_host\n\
+        "  # HTTP: \"hello\" has instances in ord (this edge's region, 2), iad and syd; HTTP/1.1 and h2c\n  curl -s {url}/\n  curl -s --http2-prior-knowledge {url}/\n  curl -si -H 'Host: nobody.localhost' {url}/   # 404, anyedge-error: unknown_host\n\
+         \n  # why that instance? the route trace (nearest region first, least loaded inside it)\n  curl -si {route} {url}/ | grep -i '^anyedge-route'\n\
+         \n  # spill-over: each instance takes 2 requests at most; hold ord's 4 slots, then ask again (goes to iad)\n  for i in 1 2 3 4; do curl -s {url}/slow/5000 >/dev/null & done; sleep 0.5; curl -si {route} {url}/ | grep -i -e '^anyedge-route' -e '^hello'\n\
+         \n  # ask for a region or an instance\n  curl -s -H 'anyedge-force-region: syd' {url}/\n  curl -si -H 'anyedge-prefer-instance-id: hello-iad-1' {url}/\n\
+         \n  # replay: writes go to the primary in syd (the instance answers anyedge-replay: region=syd)\n  curl -s -X POST -d 'x=1' {url}/write\n\
          \n  # WebSocket echo, Host ws.localhost: ws://ws.localhost:{port}/ws (e.g. websocat ws://127.0.0.1:{port}/ws -H 'Host: ws.localhost')\n"
     )
 }

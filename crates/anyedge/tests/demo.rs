@@ -49,3 +49,41 @@ async fn demo_apps_answer_through_the_edge() {
         .render()
         .contains("anyedge_edge_tcp_connects_total{app=\"upper\"} 10"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_http_routes_nearest_first_and_replays_writes_to_syd() {
+    use anyedge_test_support::http_client::{full, request, Client};
+    use http_body_util::BodyExt;
+    let base = free_base();
+    let _node = anyedge::demo::start(base).await.expect("demo starts");
+    let addr = SocketAddr::from(([127, 0, 0, 1], base + 80));
+    let mut client = Client::h1(addr).await;
+    let req = request("GET", "hello.localhost", "/", false)
+        .header("anyedge-debug", "route")
+        .header("anyedge-debug-token", anyedge::demo::DEMO_TOKEN)
+        .body(anyedge_test_support::http_client::empty())
+        .expect("request");
+    let resp = client.send(req).await.expect("response");
+    let route = resp
+        .headers()
+        .get("anyedge-route")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .expect("route trace with the demo token");
+    assert!(route.starts_with("chosen=hello-ord-"), "{route}");
+    assert!(route.contains("hello-syd-1@syd"), "{route}");
+    let _ = resp.into_body().collect().await;
+
+    let req = request("POST", "hello.localhost", "/write", false)
+        .body(full("x=1"))
+        .expect("request");
+    let resp = client.send(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with("hello from hello-syd-1"), "{body}");
+    assert!(
+        body.contains("replayed here by the proxy: instance=hello-ord-"),
+        "{body}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The demo's built-in TCP instances, on 127.0.0.1 ephemeral ports.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -82,17 +83,39 @@ async fn http_answer(
             return Ok(resp);
         }
     }
-    let client = req
-        .headers()
-        .get("anyedge-client-ip")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("?")
-        .to_string();
-    let body = format!(
-        "hello from {name} (app {app}); you are {client}, request {} {}\n",
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let path = req.uri().path();
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        // Holds a request slot, to show spill-over to the next region.
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    let replayed = header("anyedge-replay-src");
+    if path == "/write" && !name.contains("-syd-") && replayed.is_none() {
+        // The app's primary is in syd: writes elsewhere ask the proxy to replay them there.
+        let mut resp = hyper::Response::new(HttpBody::default());
+        *resp.status_mut() = hyper::StatusCode::CONFLICT;
+        resp.headers_mut().insert(
+            "anyedge-replay",
+            hyper::header::HeaderValue::from_static("region=syd;state=write"),
+        );
+        return Ok(resp);
+    }
+    let client = header("anyedge-client-ip").unwrap_or_else(|| "?".into());
+    let mut body = format!(
+        "hello from {name} (app {app}); you are {client}, request {} {path}\n",
         req.method(),
-        req.uri().path()
     );
+    if let Some(src) = replayed {
+        body.push_str(&format!("replayed here by the proxy: {src}\n"));
+    }
     Ok(hyper::Response::new(HttpBody::new(bytes::Bytes::from(
         body,
     ))))
