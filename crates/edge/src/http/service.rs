@@ -311,12 +311,13 @@ impl ProxyService {
             job.outcome.instance = Some(inst.id.clone());
             // Every attempt sends a copy; the first copy reads the client's body as it goes.
             let Some(body) = job.body.replay() else {
-                return Err((
-                    ProxyError::Upstream(
-                        "the request body was too large to keep for a retry".into(),
-                    ),
-                    job.outcome,
-                ));
+                let why = "the request body is larger than replay_body_limit".to_string();
+                let err = if replaying.is_some() {
+                    ProxyError::ReplayFailed(why)
+                } else {
+                    ProxyError::Upstream(why)
+                };
+                return Err((err, job.outcome));
             };
             let request = job.head.request(body, h2);
             if !matches!(job.upgrade, Upgrade::None) {
