@@ -1,6 +1,7 @@
 //! Time per placement decision: apps of 10, 100 and 1,000 instances (3 regions, mixed loads),
 //! and the same decision behind a lookup among 10, 1,000 and 100,000 apps (the cost should
-//! stay flat as a node carries more apps). Medians: `target/criterion/*/new/estimates.json`;
+//! stay flat as a node carries more apps; `lookup_only` is the same lookup without placement,
+//! to tell the two apart). Medians: `target/criterion/*/new/estimates.json`;
 //! how to run: `docs/placement.md`.
 
 use std::collections::HashMap;
@@ -44,21 +45,44 @@ fn by_fleet_size(c: &mut Criterion) {
     group.finish();
 }
 
+/// `apps` apps of 10 instances each, by name, and the names.
+type Table = (Vec<String>, HashMap<String, Vec<Candidate>>);
+
+fn table(rng: &mut SmallRng, apps: usize) -> Table {
+    let names: Vec<String> = (0..apps).map(|i| format!("app-{i:06}.example")).collect();
+    let table = names
+        .iter()
+        .map(|name| (name.clone(), fleet(rng, 10)))
+        .collect();
+    (names, table)
+}
+
 fn by_app_count(c: &mut Criterion) {
     let mut rng = SmallRng::seed_from_u64(2);
+    let tables: Vec<(usize, Table)> = [10, 1_000, 100_000]
+        .into_iter()
+        .map(|apps| (apps, table(&mut rng, apps)))
+        .collect();
+    let cons = Constraints::default();
     let mut group = c.benchmark_group("lookup_and_place");
-    for apps in [10, 1_000, 100_000] {
-        let names: Vec<String> = (0..apps).map(|i| format!("app-{i:06}.example")).collect();
-        let table: HashMap<String, Vec<Candidate>> = names
-            .iter()
-            .map(|name| (name.clone(), fleet(&mut rng, 10)))
-            .collect();
-        let cons = Constraints::default();
-        group.bench_with_input(BenchmarkId::new("apps", apps), &table, |b, table| {
+    for (apps, (names, table)) in &tables {
+        group.bench_function(BenchmarkId::new("apps", apps), |b| {
             b.iter(|| {
                 let name = names[rng.gen_range(0..names.len())].as_str();
                 let cands = table.get(black_box(name)).map_or(&[][..], Vec::as_slice);
                 place(cands, black_box(&cons), &mut rng)
+            })
+        });
+    }
+    group.finish();
+    // Control: the same lookup without `place`, to tell the table's cost (cache misses once it
+    // outgrows the caches) from placement's.
+    let mut group = c.benchmark_group("lookup_only");
+    for (apps, (names, table)) in &tables {
+        group.bench_function(BenchmarkId::new("apps", apps), |b| {
+            b.iter(|| {
+                let name = names[rng.gen_range(0..names.len())].as_str();
+                table.get(black_box(name)).map_or(0, Vec::len)
             })
         });
     }

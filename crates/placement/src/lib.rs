@@ -143,11 +143,12 @@ pub enum Rule {
     NearestRegion,
 }
 
+/// Ordered best first; the values index per-tier counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Tier {
-    BelowSoft,
-    OverSoft,
-    BackingOff,
+    BelowSoft = 0,
+    OverSoft = 1,
+    BackingOff = 2,
 }
 
 impl Rule {
@@ -189,8 +190,8 @@ impl fmt::Display for Why {
     }
 }
 
-/// Choose the instance for one request or connection. No allocation: a few passes over the
-/// slice (survey, count the tier, find two random ranks).
+/// Choose the instance for one request or connection. No allocation: one pass to find the
+/// region and count its tiers, one (partial) pass to find the two random members.
 pub fn place<R: Rng + ?Sized>(
     candidates: &[Candidate],
     constraints: &Constraints<'_>,
@@ -206,25 +207,12 @@ pub fn place<R: Rng + ?Sized>(
             }
         }
     }
-    let survey = Survey::of(candidates, constraints);
-    let (rule, region) = match (survey.preferred_region, survey.nearest) {
-        (Some((_, region)), _) => (Rule::PreferredRegion, region),
-        (None, Some((_, region))) => (Rule::NearestRegion, region),
-        (None, None) if survey.any_waitable => {
-            return Decision::Full {
-                preference_unmet: constraints.has_preference(),
-            }
-        }
-        (None, None) => return Decision::Unavailable,
-    };
-    let member = |c: &Candidate| c.region == region && constraints.usable(c);
-    match p2c(candidates, member, rng) {
-        Some(index) => match candidates.get(index) {
-            Some(c) => constraints.chosen(index, c, rule),
-            None => Decision::Unavailable,
-        },
-        // Unreachable: the survey saw a usable candidate in `region`.
-        None => Decision::Unavailable,
+    // Rule 1 hoisted out of the loops: the common case, no forced region, gets its own copy.
+    if constraints.force_regions.is_empty() {
+        let usable = |c: &Candidate| c.healthy && !c.excluded && !c.at_hard_limit();
+        place_by_region(candidates, constraints, usable, rng)
+    } else {
+        place_by_region(candidates, constraints, |c| constraints.usable(c), rng)
     }
 }
 
@@ -243,33 +231,74 @@ fn place_forced(
     }
 }
 
-/// One pass over the candidates: where the usable ones are, and whether any is worth waiting
-/// for.
+/// Rules 4 to 8, `usable` being rule 1 for these constraints.
+fn place_by_region<R: Rng + ?Sized>(
+    candidates: &[Candidate],
+    constraints: &Constraints<'_>,
+    usable: impl Fn(&Candidate) -> bool + Copy,
+    rng: &mut R,
+) -> Decision {
+    let survey = Survey::of(candidates, constraints, usable);
+    let (rule, region) = match (survey.preferred_region, survey.usable) {
+        (Some((_, region)), _) => (Rule::PreferredRegion, region),
+        (None, true) => (Rule::NearestRegion, region_of_key(survey.nearest)),
+        (None, false) if survey.any_waitable => {
+            return Decision::Full {
+                preference_unmet: constraints.has_preference(),
+            }
+        }
+        (None, false) => return Decision::Unavailable,
+    };
+    let member = |c: &Candidate| c.region == region && usable(c);
+    let counts = match survey.tiers.get(region) {
+        Some(counts) => counts,
+        None => count_tiers(candidates, member),
+    };
+    match p2c(candidates, member, counts, rng) {
+        Some((index, c)) => constraints.chosen(index, c, rule),
+        // Unreachable: the survey saw a usable candidate in `region`.
+        None => Decision::Unavailable,
+    }
+}
+
+/// One pass over the candidates: where the usable ones are, how many of each tier each region
+/// has, and whether any candidate is worth waiting for.
 struct Survey {
     /// (position in `prefer_regions`, region) of the earliest preferred region with a usable
     /// candidate.
     preferred_region: Option<(usize, u32)>,
-    /// (distance_us, region) of the nearest usable candidate; ties go to the smaller region.
-    nearest: Option<(u32, u32)>,
+    /// `nearest_key` of the nearest usable candidate; meaningful only when `usable`.
+    nearest: u64,
+    /// Some candidate is usable.
+    usable: bool,
     /// Some candidate is only at its hard limit (rule 8).
     any_waitable: bool,
+    tiers: RegionTiers,
 }
 
 impl Survey {
-    fn of(candidates: &[Candidate], constraints: &Constraints<'_>) -> Survey {
+    fn of(
+        candidates: &[Candidate],
+        constraints: &Constraints<'_>,
+        usable: impl Fn(&Candidate) -> bool,
+    ) -> Survey {
         let mut survey = Survey {
             preferred_region: None,
-            nearest: None,
+            nearest: u64::MAX,
+            usable: false,
             any_waitable: false,
+            tiers: RegionTiers::default(),
         };
         for c in candidates {
-            if !constraints.usable(c) {
+            if !usable(c) {
                 survey.any_waitable |= constraints.waitable(c);
                 continue;
             }
-            let key = (c.distance_us, c.region);
-            if survey.nearest.is_none_or(|n| key < n) {
-                survey.nearest = Some(key);
+            survey.usable = true;
+            survey.tiers.add(c.region, c.tier());
+            survey.nearest = survey.nearest.min(nearest_key(c));
+            if constraints.prefer_regions.is_empty() {
+                continue;
             }
             if let Some(pos) = constraints
                 .prefer_regions
@@ -285,48 +314,101 @@ impl Survey {
     }
 }
 
-/// Rules 6 and 7 among the candidates `member` admits: the best non-empty tier, then two
-/// distinct uniformly random members of it, the one with fewer in flight winning (the first
-/// drawn on a tie). `None` when `member` admits nothing.
-fn p2c<R: Rng + ?Sized>(
-    candidates: &[Candidate],
-    member: impl Fn(&Candidate) -> bool,
-    rng: &mut R,
-) -> Option<usize> {
-    let mut counts = [0usize; 3];
+/// Orders candidates by distance, then region value (rule 5's tie break), in one compare.
+fn nearest_key(c: &Candidate) -> u64 {
+    u64::from(c.distance_us) << 32 | u64::from(c.region)
+}
+
+fn region_of_key(key: u64) -> u32 {
+    // The low half: truncation is the point.
+    key as u32
+}
+
+/// Regions whose tiers the survey counts; apps have a handful. A region past these (in the
+/// order met) is counted by one more pass if it is the one chosen.
+const COUNTED_REGIONS: usize = 8;
+
+/// Usable candidates per tier (`Tier as usize`), for the first `COUNTED_REGIONS` regions met.
+#[derive(Default)]
+struct RegionTiers {
+    len: usize,
+    regions: [u32; COUNTED_REGIONS],
+    counts: [[usize; 3]; COUNTED_REGIONS],
+}
+
+impl RegionTiers {
+    /// The slot of `region`. Searches the whole fixed-size array (measured faster than the
+    /// `len` prefix); a match in an unused slot (a region equal to the zero filler) is none.
+    fn find(&self, region: u32) -> Option<usize> {
+        let k = self.regions.iter().position(|&r| r == region)?;
+        (k < self.len).then_some(k)
+    }
+
+    fn add(&mut self, region: u32, tier: Tier) {
+        // Indices below `len` ≤ COUNTED_REGIONS, and `Tier as usize` < 3.
+        match self.find(region) {
+            Some(k) => self.counts[k][tier as usize] += 1,
+            None if self.len < COUNTED_REGIONS => {
+                self.regions[self.len] = region;
+                self.counts[self.len][tier as usize] = 1;
+                self.len += 1;
+            }
+            None => {}
+        }
+    }
+
+    fn get(&self, region: u32) -> Option<[usize; 3]> {
+        self.find(region).map(|k| self.counts[k])
+    }
+}
+
+fn count_tiers(candidates: &[Candidate], member: impl Fn(&Candidate) -> bool) -> [usize; 3] {
+    let mut counts = [0; 3];
     for c in candidates.iter().filter(|c| member(c)) {
         counts[c.tier() as usize] += 1;
     }
+    counts
+}
+
+/// Rules 6 and 7 among the candidates `member` admits, `counts` being their number per tier:
+/// the best non-empty tier, then two distinct uniformly random members of it, the one with
+/// fewer in flight winning (the first drawn on a tie). `None` when `counts` are all zero.
+fn p2c<'c, R: Rng + ?Sized>(
+    candidates: &'c [Candidate],
+    member: impl Fn(&Candidate) -> bool,
+    counts: [usize; 3],
+    rng: &mut R,
+) -> Option<(usize, &'c Candidate)> {
     let (tier, n) = [Tier::BelowSoft, Tier::OverSoft, Tier::BackingOff]
         .into_iter()
         .zip(counts)
         .find(|&(_, n)| n > 0)?;
-    let in_tier = |c: &Candidate| member(c) && c.tier() == tier;
+    let mut members = candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| member(c) && c.tier() == tier);
     if n == 1 {
-        return candidates.iter().position(in_tier);
+        return members.next();
     }
     let a = rng.gen_range(0..n);
     let mut b = rng.gen_range(0..n - 1);
     if b >= a {
         b += 1;
     }
-    let (mut first, mut second) = (None, None);
-    let members = candidates.iter().enumerate().filter(|(_, c)| in_tier(c));
-    for (rank, (i, c)) in members.enumerate() {
-        if rank == a {
-            first = Some((i, c.inflight));
-        } else if rank == b {
-            second = Some((i, c.inflight));
-        }
-        if first.is_some() && second.is_some() {
-            break;
-        }
-    }
-    match (first, second) {
-        (Some((ia, la)), Some((ib, lb))) => Some(if lb < la { ib } else { ia }),
-        // Unreachable: both ranks are below the tier's count.
-        (one, other) => one.or(other).map(|(i, _)| i),
-    }
+    // One partial pass: the lower rank, then the higher one after it.
+    let (low, high) = (a.min(b), a.max(b));
+    let at_low = members.nth(low)?;
+    let at_high = members.nth(high - low - 1)?;
+    let (first, second) = if a < b {
+        (at_low, at_high)
+    } else {
+        (at_high, at_low)
+    };
+    Some(if second.1.inflight < first.1.inflight {
+        second
+    } else {
+        first
+    })
 }
 
 #[cfg(test)]

@@ -281,6 +281,28 @@ fn nearest_region_is_never_left_while_usable() {
 }
 
 #[test]
+fn many_regions_past_the_counted_ones() {
+    // Twelve regions, each met in turn; the nearest (region 11) is met last, past the regions
+    // whose tiers the first pass counts, and has one idle and one busy instance.
+    let mut cands: Vec<_> = (0..12)
+        .map(|r| load(c(r, 1_000 + 100 * (12 - r)), 3))
+        .collect();
+    cands.push(load(c(11, 1_150), 9));
+    cands.push(backing_off(c(11, 1_150)));
+    let mut rng = rng();
+    for _ in 0..100 {
+        let want = chosen(11, Rule::NearestRegion, Tier::BelowSoft, false);
+        assert_eq!(place(&cands, &none(), &mut rng), want);
+    }
+    let cons = Constraints {
+        prefer_regions: &[10],
+        ..none()
+    };
+    let want = chosen(10, Rule::PreferredRegion, Tier::BelowSoft, false);
+    assert_eq!(place(&cands, &cons, &mut rng), want);
+}
+
+#[test]
 fn forced_regions_only() {
     let cands = [c(1, 10), c(2, 50), c(3, 90)];
     let cons = Constraints {

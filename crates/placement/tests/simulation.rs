@@ -1,6 +1,6 @@
 //! Seeded simulations of placement: thousands of random fleets with random constraints, every
-//! decision checked against an independent statement of the rules; then admission in virtual
-//! time (requests take slots, finish, wait on Full and retry when a slot frees).
+//! decision checked against an independent statement of the rules (`Oracle`); then admission
+//! in virtual time (requests take slots, finish, wait on Full and retry when a slot frees).
 //!
 //! Each test uses `PLACEMENT_SEED` when set, else a fresh random seed; every failure message
 //! says `replay with PLACEMENT_SEED=<seed>`.
@@ -8,7 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use anyedge_placement::{place, Candidate, Constraints, Decision, Rule, Tier};
+use anyedge_placement::{place, Candidate, Constraints, Decision, Rule, Tier, Why};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -47,7 +47,7 @@ fn regions(rng: &mut SmallRng, max: usize) -> Vec<u32> {
     let count = rng.gen_range(1..=max);
     let mut out: Vec<u32> = Vec::with_capacity(count);
     while out.len() < count {
-        let r = rng.gen_range(0..12);
+        let r = rng.gen_range(0..16);
         if !out.contains(&r) {
             out.push(r);
         }
@@ -55,17 +55,13 @@ fn regions(rng: &mut SmallRng, max: usize) -> Vec<u32> {
     out
 }
 
-/// Distances: often shared by several regions (ties), sometimes jittered per instance.
-fn distance(rng: &mut SmallRng, region_base: u32) -> u32 {
-    if rng.gen_bool(0.3) {
-        region_base + rng.gen_range(0..2_000)
-    } else {
-        region_base
-    }
-}
-
+/// 1..=60 candidates. Up to 6 regions; one fleet in 10 up to 12, past the regions `place`
+/// counts in its first pass. Distances often shared by several regions (ties), sometimes
+/// jittered per instance; loads at, over and past the hard limit too; soft sometimes above
+/// hard; hard sometimes zero.
 fn fleet(rng: &mut SmallRng) -> Vec<Candidate> {
-    let regions = regions(rng, 6);
+    let max_regions = if rng.gen_bool(0.1) { 12 } else { 6 };
+    let regions = regions(rng, max_regions);
     let bases: Vec<u32> = regions
         .iter()
         .map(|_| [1_000, 1_000, 30_000, 80_000, 100_000][rng.gen_range(0..5)])
@@ -74,10 +70,14 @@ fn fleet(rng: &mut SmallRng) -> Vec<Candidate> {
         .map(|_| {
             let r = rng.gen_range(0..regions.len());
             let hard_limit = rng.gen_range(0..=8);
+            let jitter = if rng.gen_bool(0.3) {
+                rng.gen_range(0..2_000)
+            } else {
+                0
+            };
             Candidate {
                 region: regions[r],
-                distance_us: distance(rng, bases[r]),
-                // At, over and past the hard limit too; soft sometimes above hard.
+                distance_us: bases[r] + jitter,
                 inflight: rng.gen_range(0..=hard_limit + 2),
                 soft_limit: rng.gen_range(0..=8),
                 hard_limit,
@@ -89,7 +89,8 @@ fn fleet(rng: &mut SmallRng) -> Vec<Candidate> {
         .collect()
 }
 
-/// Random constraints, including names that match nothing.
+/// Random constraints, including names that match nothing (`u32::MAX`, `usize::MAX`, and an
+/// index one past the end).
 fn constraints(rng: &mut SmallRng, cands: &[Candidate]) -> Owned {
     let region = |rng: &mut SmallRng| {
         if rng.gen_bool(0.15) {
@@ -119,131 +120,167 @@ fn constraints(rng: &mut SmallRng, cands: &[Candidate]) -> Owned {
     out
 }
 
-/// The rules restated independently of the crate; `Err` says which one a decision broke.
-fn check(cands: &[Candidate], cons: &Owned, decision: Decision) -> Result<(), String> {
-    let forced_ok = |i: usize| {
-        let c = &cands[i];
-        (cons.force_regions.is_empty() || cons.force_regions.contains(&c.region))
-            && cons.force_instance.is_none_or(|f| f == i)
-    };
-    let usable = |i: usize| {
-        let c = &cands[i];
-        c.healthy && !c.excluded && c.inflight < c.hard_limit && forced_ok(i)
-    };
-    let waitable = |i: usize| {
-        let c = &cands[i];
-        c.healthy && !c.excluded && c.hard_limit > 0 && c.inflight >= c.hard_limit && forced_ok(i)
-    };
-    let tier = |c: &Candidate| match (c.backing_off, c.inflight < c.soft_limit) {
-        (true, _) => Tier::BackingOff,
-        (false, true) => Tier::BelowSoft,
-        (false, false) => Tier::OverSoft,
-    };
-    let all = 0..cands.len();
-    let has_preference = cons.prefer_instance.is_some() || !cons.prefer_regions.is_empty();
-    let (index, why, preference_unmet) = match decision {
-        Decision::Unavailable if all.clone().any(usable) => {
-            return Err("Unavailable, yet a candidate is usable".into())
-        }
-        Decision::Unavailable if all.clone().any(waitable) => {
-            return Err("Unavailable, yet a candidate is only full".into())
-        }
-        Decision::Unavailable => return Ok(()),
-        Decision::Full { .. } if all.clone().any(usable) => {
-            return Err("Full, yet a candidate is usable".into())
-        }
-        Decision::Full { .. } if !all.clone().any(waitable) => {
-            return Err("Full, yet no candidate would take it once a slot frees".into())
-        }
-        Decision::Full { preference_unmet } if preference_unmet != has_preference => {
-            return Err("Full: preference_unmet is not `a preference was given`".into())
-        }
-        Decision::Full { .. } => return Ok(()),
-        Decision::Chosen {
-            index,
-            why,
-            preference_unmet,
-        } => (index, why, preference_unmet),
-    };
-    if index >= cands.len() || !usable(index) {
-        return Err(format!("chose {index}, which is not usable (unhealthy, excluded, at its hard limit or outside the forced constraints)"));
+/// The rules restated independently of the crate, the plain way (no cleverness, allocation
+/// allowed); `check` says which rule a decision broke.
+struct Oracle<'a> {
+    cands: &'a [Candidate],
+    cons: &'a Owned,
+}
+
+impl Oracle<'_> {
+    fn forced_ok(&self, i: usize) -> bool {
+        let c = &self.cands[i];
+        (self.cons.force_regions.is_empty() || self.cons.force_regions.contains(&c.region))
+            && self.cons.force_instance.is_none_or(|f| f == i)
     }
-    let chosen = &cands[index];
-    if why.tier != tier(chosen) {
-        return Err(format!(
-            "reported tier {:?}, the candidate is {:?}",
-            why.tier,
-            tier(chosen)
-        ));
+
+    fn usable(&self, i: usize) -> bool {
+        let c = &self.cands[i];
+        c.healthy && !c.excluded && c.inflight < c.hard_limit && self.forced_ok(i)
     }
-    let unmet = cons.prefer_instance.is_some_and(|p| p != index)
-        || (!cons.prefer_regions.is_empty() && !cons.prefer_regions.contains(&chosen.region));
-    if preference_unmet != unmet {
-        return Err(format!(
-            "preference_unmet {preference_unmet}, expected {unmet}"
-        ));
+
+    /// Would take it once a slot frees.
+    fn waitable(&self, i: usize) -> bool {
+        let c = &self.cands[i];
+        c.healthy
+            && !c.excluded
+            && c.hard_limit > 0
+            && c.inflight >= c.hard_limit
+            && self.forced_ok(i)
     }
-    let preferred_usable = cons
-        .prefer_instance
-        .filter(|&p| p < cands.len() && usable(p));
-    let first_preferred_region = cons
-        .prefer_regions
-        .iter()
-        .copied()
-        .find(|&r| all.clone().any(|i| usable(i) && cands[i].region == r));
-    let nearest_region = all
-        .clone()
-        .filter(|&i| usable(i))
-        .map(|i| (cands[i].distance_us, cands[i].region))
-        .min()
-        .map(|(_, r)| r);
-    let (rule, region) = if cons.force_instance.is_some() {
-        (Rule::ForcedInstance, None)
-    } else if let Some(p) = preferred_usable {
-        if index != p {
+
+    fn tier(c: &Candidate) -> Tier {
+        match (c.backing_off, c.inflight < c.soft_limit) {
+            (true, _) => Tier::BackingOff,
+            (false, true) => Tier::BelowSoft,
+            (false, false) => Tier::OverSoft,
+        }
+    }
+
+    fn any(&self, f: impl Fn(usize) -> bool) -> bool {
+        (0..self.cands.len()).any(f)
+    }
+
+    fn check(&self, decision: Decision) -> Result<(), String> {
+        let has_preference =
+            self.cons.prefer_instance.is_some() || !self.cons.prefer_regions.is_empty();
+        let any_usable = self.any(|i| self.usable(i));
+        let any_waitable = self.any(|i| self.waitable(i));
+        match decision {
+            Decision::Chosen {
+                index,
+                why,
+                preference_unmet,
+            } => self.check_chosen(index, why, preference_unmet),
+            _ if any_usable => Err("not Chosen, yet a candidate is usable".into()),
+            Decision::Full { .. } if !any_waitable => {
+                Err("Full, yet no candidate would take it once a slot frees".into())
+            }
+            Decision::Full { preference_unmet } if preference_unmet != has_preference => {
+                Err("Full: preference_unmet is not `a preference was given`".into())
+            }
+            Decision::Unavailable if any_waitable => {
+                Err("Unavailable, yet a candidate is only full".into())
+            }
+            Decision::Full { .. } | Decision::Unavailable => Ok(()),
+        }
+    }
+
+    fn check_chosen(&self, index: usize, why: Why, preference_unmet: bool) -> Result<(), String> {
+        if index >= self.cands.len() || !self.usable(index) {
             return Err(format!(
-                "preferred instance {p} is usable but {index} was chosen"
+                "chose {index}: unhealthy, excluded, at its hard limit or outside the forced \
+                 constraints"
             ));
         }
-        (Rule::PreferredInstance, None)
-    } else if let Some(r) = first_preferred_region {
-        (Rule::PreferredRegion, Some(r))
-    } else {
-        (Rule::NearestRegion, nearest_region)
-    };
-    if why.rule != rule {
-        return Err(format!("rule {:?}, expected {rule:?}", why.rule));
+        let chosen = &self.cands[index];
+        if why.tier != Self::tier(chosen) {
+            return Err(format!(
+                "tier {:?}, the candidate's is {:?}",
+                why.tier,
+                Self::tier(chosen)
+            ));
+        }
+        let unmet = self.cons.prefer_instance.is_some_and(|p| p != index)
+            || (!self.cons.prefer_regions.is_empty()
+                && !self.cons.prefer_regions.contains(&chosen.region));
+        if preference_unmet != unmet {
+            return Err(format!(
+                "preference_unmet {preference_unmet}, expected {unmet}"
+            ));
+        }
+        let (rule, region) = self.expected(index)?;
+        if why.rule != rule {
+            return Err(format!("rule {:?}, expected {rule:?}", why.rule));
+        }
+        match region {
+            Some(region) => self.check_within_region(index, why.tier, region, rule),
+            None => Ok(()),
+        }
     }
-    let Some(region) = region else { return Ok(()) };
-    if chosen.region != region {
-        return Err(format!(
-            "chose region {}, expected region {region} ({rule:?})",
-            chosen.region
-        ));
+
+    /// The rule that applies, and the region to choose in when it is a region rule.
+    fn expected(&self, index: usize) -> Result<(Rule, Option<u32>), String> {
+        let usable_in = |r: u32| self.any(|i| self.usable(i) && self.cands[i].region == r);
+        let preferred = self.cons.prefer_instance;
+        if self.cons.force_instance.is_some() {
+            Ok((Rule::ForcedInstance, None))
+        } else if let Some(p) = preferred.filter(|&p| p < self.cands.len() && self.usable(p)) {
+            if index == p {
+                Ok((Rule::PreferredInstance, None))
+            } else {
+                Err(format!(
+                    "preferred instance {p} is usable, {index} was chosen"
+                ))
+            }
+        } else if let Some(&r) = self.cons.prefer_regions.iter().find(|&&r| usable_in(r)) {
+            Ok((Rule::PreferredRegion, Some(r)))
+        } else {
+            let nearest = (0..self.cands.len())
+                .filter(|&i| self.usable(i))
+                .map(|i| (self.cands[i].distance_us, self.cands[i].region))
+                .min();
+            Ok((Rule::NearestRegion, nearest.map(|(_, r)| r)))
+        }
     }
-    let members: Vec<usize> = all
-        .filter(|&i| usable(i) && cands[i].region == region)
-        .collect();
-    let best = members.iter().map(|&i| tier(&cands[i])).min();
-    if best != Some(why.tier) {
-        return Err(format!(
-            "tier {:?}, but {best:?} is non-empty in the region",
-            why.tier
-        ));
-    }
-    let tier_members: Vec<usize> = members
-        .into_iter()
-        .filter(|&i| tier(&cands[i]) == why.tier)
-        .collect();
-    // Power of two choices: the winner is never the strictly most loaded of its tier.
-    if tier_members.len() > 1
-        && !tier_members
+
+    /// In `region`, in its best non-empty tier, and never the strictly most loaded member of
+    /// that tier (power of two choices).
+    fn check_within_region(
+        &self,
+        index: usize,
+        tier: Tier,
+        region: u32,
+        rule: Rule,
+    ) -> Result<(), String> {
+        let chosen = &self.cands[index];
+        if chosen.region != region {
+            return Err(format!(
+                "chose region {}, expected {region} ({rule:?})",
+                chosen.region
+            ));
+        }
+        let members: Vec<usize> = (0..self.cands.len())
+            .filter(|&i| self.usable(i) && self.cands[i].region == region)
+            .collect();
+        let best = members.iter().map(|&i| Self::tier(&self.cands[i])).min();
+        if best != Some(tier) {
+            return Err(format!(
+                "tier {tier:?}, but {best:?} is non-empty in the region"
+            ));
+        }
+        let in_tier: Vec<usize> = members
+            .into_iter()
+            .filter(|&i| Self::tier(&self.cands[i]) == tier)
+            .collect();
+        let another_as_loaded = in_tier
             .iter()
-            .any(|&i| i != index && cands[i].inflight >= chosen.inflight)
-    {
-        return Err("power of two choices picked the tier's most loaded candidate".into());
+            .any(|&i| i != index && self.cands[i].inflight >= chosen.inflight);
+        if in_tier.len() > 1 && !another_as_loaded {
+            return Err("power of two choices picked the tier's most loaded candidate".into());
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[test]
@@ -261,7 +298,11 @@ fn random_fleets_keep_every_rule() {
                 Decision::Full { .. } => 1,
                 Decision::Unavailable => 2,
             }] += 1;
-            if let Err(broken) = check(&cands, &cons, decision) {
+            let oracle = Oracle {
+                cands: &cands,
+                cons: &cons,
+            };
+            if let Err(broken) = oracle.check(decision) {
                 panic!(
                     "fleet {fleet_no}: {broken}\n{decision:?}\n{cons:?}\n{cands:#?}\n\
                      replay with PLACEMENT_SEED={seed}"
@@ -303,157 +344,195 @@ struct Tally {
     full: usize,
 }
 
-/// One admission run in virtual time.
-fn admission_run(rng: &mut SmallRng, run: usize, seed: u64, tally: &mut Tally) {
-    let replay = |what: String| format!("run {run}: {what}: replay with PLACEMENT_SEED={seed}");
-    let regions = regions(rng, 4);
-    let mut fleet: Vec<Candidate> = (0..rng.gen_range(1..=20))
-        .map(|_| {
-            let r = rng.gen_range(0..regions.len());
-            let soft_limit = rng.gen_range(1..=4);
-            Candidate {
-                region: regions[r],
-                distance_us: 1_000 * (r as u32 + 1),
-                inflight: 0,
-                soft_limit,
-                hard_limit: soft_limit + rng.gen_range(0..=4),
-                healthy: rng.gen_bool(0.9),
-                backing_off: rng.gen_bool(0.1),
-                excluded: false,
-            }
-        })
-        .collect();
-    let mut events = BinaryHeap::new();
-    // Work already in flight when the run starts, up to the hard limit.
-    for (i, c) in fleet.iter_mut().enumerate() {
-        c.inflight = rng.gen_range(0..=c.hard_limit);
-        for _ in 0..c.inflight {
-            events.push(Reverse((rng.gen_range(1..60u64), Event::Finish(i))));
-        }
-    }
-    let requests: Vec<Request> = (0..200)
-        .map(|_| Request {
-            cons: constraints(rng, &fleet),
-            excluded: rng.gen_bool(0.1).then(|| rng.gen_range(0..fleet.len())),
-            duration: rng.gen_range(1..80),
-        })
-        .collect();
-    let mut t = 0;
-    for n in 0..requests.len() {
-        t += rng.gen_range(0..3u64);
-        events.push(Reverse((t, Event::Arrive(n))));
-        if rng.gen_bool(0.05) {
-            events.push(Reverse((t, Event::Flip(rng.gen_range(0..fleet.len())))));
-        }
-    }
-    let mut waiting: VecDeque<usize> = VecDeque::new();
-    let (mut started, mut rejected) = (0, 0);
-    let mut view = fleet.clone();
+/// One admission run: a fleet, requests arriving over virtual time, health flips.
+struct Admission {
+    /// Names the run in failure messages.
+    replay: String,
+    fleet: Vec<Candidate>,
+    requests: Vec<Request>,
+    events: BinaryHeap<Reverse<(u64, Event)>>,
+    waiting: VecDeque<usize>,
+    tally: Tally,
+}
 
-    while let Some(Reverse((now, event))) = events.pop() {
-        // Whom to (re)place now, and whether to stop at the first that gets a slot.
-        let (mut queue, one_slot) = match event {
-            Event::Arrive(n) => (VecDeque::from([n]), false),
-            Event::Finish(i) => {
-                let c = &mut fleet[i];
-                assert!(
-                    c.inflight > 0,
-                    "{}",
-                    replay(format!("candidate {i} finished below zero"))
-                );
-                c.inflight -= 1;
-                (std::mem::take(&mut waiting), true)
-            }
-            Event::Flip(i) => {
-                let c = &mut fleet[i];
-                if rng.gen_bool(0.5) {
-                    c.healthy = !c.healthy;
-                } else {
-                    c.backing_off = !c.backing_off;
+impl Admission {
+    fn new(rng: &mut SmallRng, replay: String) -> Admission {
+        let regions = regions(rng, 4);
+        let mut fleet: Vec<Candidate> = (0..rng.gen_range(1..=20))
+            .map(|_| {
+                let r = rng.gen_range(0..regions.len());
+                let soft_limit = rng.gen_range(1..=4);
+                Candidate {
+                    region: regions[r],
+                    distance_us: 1_000 * (r as u32 + 1),
+                    inflight: 0,
+                    soft_limit,
+                    hard_limit: soft_limit + rng.gen_range(0..=4),
+                    healthy: rng.gen_bool(0.9),
+                    backing_off: rng.gen_bool(0.1),
+                    excluded: false,
                 }
-                (std::mem::take(&mut waiting), false)
+            })
+            .collect();
+        let mut events = BinaryHeap::new();
+        // Work already in flight when the run starts, up to the hard limit.
+        for (i, c) in fleet.iter_mut().enumerate() {
+            c.inflight = rng.gen_range(0..=c.hard_limit);
+            for _ in 0..c.inflight {
+                events.push(Reverse((rng.gen_range(1..60u64), Event::Finish(i))));
             }
-        };
-        let mut slot_taken = false;
-        while let Some(n) = queue.pop_front() {
-            if one_slot && slot_taken {
-                waiting.push_back(n);
-                continue;
+        }
+        let requests: Vec<Request> = (0..200)
+            .map(|_| Request {
+                cons: constraints(rng, &fleet),
+                excluded: rng.gen_bool(0.1).then(|| rng.gen_range(0..fleet.len())),
+                duration: rng.gen_range(1..80),
+            })
+            .collect();
+        let mut t = 0;
+        for n in 0..requests.len() {
+            t += rng.gen_range(0..3u64);
+            events.push(Reverse((t, Event::Arrive(n))));
+            if rng.gen_bool(0.05) {
+                events.push(Reverse((t, Event::Flip(rng.gen_range(0..fleet.len())))));
             }
-            let req = &requests[n];
-            view.copy_from_slice(&fleet);
-            for (i, c) in view.iter_mut().enumerate() {
-                c.excluded = req.excluded == Some(i);
-            }
-            let decision = place(&view, &req.cons.view(), rng);
-            if let Err(broken) = check(&view, &req.cons, decision) {
-                panic!(
-                    "{}",
-                    replay(format!(
-                        "request {n} at {now}: {broken}\n{decision:?}\n{:?}\n{view:#?}",
-                        req.cons
-                    ))
-                );
-            }
-            match decision {
-                Decision::Chosen { index, .. } => {
-                    let c = &mut fleet[index];
-                    c.inflight += 1;
+        }
+        let waiting = VecDeque::new();
+        let tally = Tally::default();
+        Admission {
+            replay,
+            fleet,
+            requests,
+            events,
+            waiting,
+            tally,
+        }
+    }
+
+    fn run(mut self, rng: &mut SmallRng) -> Tally {
+        while let Some(Reverse((now, event))) = self.events.pop() {
+            match event {
+                Event::Arrive(n) => {
+                    self.try_start(n, now, rng);
+                }
+                Event::Finish(i) => {
+                    let c = &mut self.fleet[i];
                     assert!(
-                        c.inflight <= c.hard_limit,
-                        "{}",
-                        replay(format!("candidate {index} over its hard limit"))
+                        c.inflight > 0,
+                        "candidate {i} finished below zero: {}",
+                        self.replay
                     );
-                    events.push(Reverse((now + req.duration, Event::Finish(index))));
-                    started += 1;
-                    slot_taken = true;
+                    c.inflight -= 1;
+                    self.retry_waiting(now, rng, true);
                 }
-                Decision::Full { .. } => {
-                    tally.full += 1;
-                    waiting.push_back(n);
+                Event::Flip(i) => {
+                    let c = &mut self.fleet[i];
+                    if rng.gen_bool(0.5) {
+                        c.healthy = !c.healthy;
+                    } else {
+                        c.backing_off = !c.backing_off;
+                    }
+                    self.retry_waiting(now, rng, false);
                 }
-                Decision::Unavailable => rejected += 1,
+            }
+        }
+        self.assert_drained();
+        self.tally
+    }
+
+    /// Ask again for the waiting requests, in arrival order; after a finish only one slot
+    /// freed, so stop at the first that gets it.
+    fn retry_waiting(&mut self, now: u64, rng: &mut SmallRng, one_slot: bool) {
+        let mut queue = std::mem::take(&mut self.waiting);
+        while let Some(n) = queue.pop_front() {
+            if self.try_start(n, now, rng) && one_slot {
+                self.waiting.extend(queue.drain(..));
             }
         }
     }
-    assert!(
-        waiting.is_empty(),
-        "{}",
-        replay(format!(
-            "{} requests still waiting at the end",
-            waiting.len()
-        ))
-    );
-    for (i, c) in fleet.iter().enumerate() {
+
+    /// Place request `n`, check the decision and act on it; true when it started.
+    fn try_start(&mut self, n: usize, now: u64, rng: &mut SmallRng) -> bool {
+        let req = &self.requests[n];
+        let mut view = self.fleet.clone();
+        for (i, c) in view.iter_mut().enumerate() {
+            c.excluded = req.excluded == Some(i);
+        }
+        let decision = place(&view, &req.cons.view(), rng);
+        let oracle = Oracle {
+            cands: &view,
+            cons: &req.cons,
+        };
+        if let Err(broken) = oracle.check(decision) {
+            panic!(
+                "request {n} at {now}: {broken}\n{decision:?}\n{:?}\n{view:#?}\n{}",
+                req.cons, self.replay
+            );
+        }
+        match decision {
+            Decision::Chosen { index, .. } => {
+                let c = &mut self.fleet[index];
+                c.inflight += 1;
+                assert!(
+                    c.inflight <= c.hard_limit,
+                    "candidate {index} over its hard limit: {}",
+                    self.replay
+                );
+                self.events
+                    .push(Reverse((now + req.duration, Event::Finish(index))));
+                self.tally.started += 1;
+                return true;
+            }
+            Decision::Full { .. } => {
+                self.tally.full += 1;
+                self.waiting.push_back(n);
+            }
+            Decision::Unavailable => self.tally.rejected += 1,
+        }
+        false
+    }
+
+    /// Every request started or was turned away, and every slot came back.
+    fn assert_drained(&self) {
+        assert!(
+            self.waiting.is_empty(),
+            "{} requests still waiting: {}",
+            self.waiting.len(),
+            self.replay
+        );
+        for (i, c) in self.fleet.iter().enumerate() {
+            assert_eq!(
+                c.inflight, 0,
+                "candidate {i} still has work in flight: {}",
+                self.replay
+            );
+        }
+        let settled = self.tally.started + self.tally.rejected;
         assert_eq!(
-            c.inflight,
-            0,
-            "{}",
-            replay(format!("candidate {i} still has work in flight"))
+            settled,
+            self.requests.len(),
+            "requests lost: {}",
+            self.replay
         );
     }
-    assert_eq!(
-        started + rejected,
-        requests.len(),
-        "{}",
-        replay("requests lost".into())
-    );
-    tally.started += started;
-    tally.rejected += rejected;
 }
 
 #[test]
 fn admission_in_virtual_time_returns_every_slot() {
     let seed = seed("admission_in_virtual_time_returns_every_slot");
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut tally = Tally::default();
+    let mut total = Tally::default();
     for run in 0..300 {
-        admission_run(&mut rng, run, seed, &mut tally);
+        let replay = format!("run {run}: replay with PLACEMENT_SEED={seed}");
+        let tally = Admission::new(&mut rng, replay).run(&mut rng);
+        total.started += tally.started;
+        total.rejected += tally.rejected;
+        total.full += tally.full;
     }
-    eprintln!("{tally:?}");
+    eprintln!("{total:?}");
     // The runs exercise waiting as well as starting and rejecting.
     assert!(
-        tally.started > 4 * tally.rejected && tally.full > 1_000,
-        "{tally:?}: replay with PLACEMENT_SEED={seed}"
+        total.started > 4 * total.rejected && total.full > 1_000,
+        "{total:?}: replay with PLACEMENT_SEED={seed}"
     );
 }
