@@ -196,21 +196,17 @@ fn parse_timeout(v: &str) -> Result<Duration, String> {
     Ok(d.min(Duration::from_secs(3600)))
 }
 
-/// A header value from text that may hold anything an instance sent: invalid bytes become `_`.
+/// A header value from text that may hold anything an instance or client sent: anything but
+/// visible ASCII and spaces becomes `_`, so the value is always valid, readable text.
 pub(crate) fn header_text(s: &str) -> HeaderValue {
-    HeaderValue::try_from(s).unwrap_or_else(|_| {
-        let clean: String = s
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        HeaderValue::try_from(clean).unwrap_or_else(|_| HeaderValue::from_static("_"))
-    })
+    let clean = |c: char| c.is_ascii_graphic() || c == ' ';
+    if s.chars().all(clean) {
+        if let Ok(v) = HeaderValue::try_from(s) {
+            return v;
+        }
+    }
+    let text: String = s.chars().map(|c| if clean(c) { c } else { '_' }).collect();
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("_"))
 }
 
 #[cfg(test)]
@@ -270,6 +266,22 @@ mod tests {
         assert_eq!(h.len(), 1, "only x-other is left");
         let (w, token) = Wishes::take_from(&mut h, &names);
         assert!(w.is_empty() && token.is_none());
+    }
+
+    proptest::proptest! {
+        /// Instances send anything: parsing never panics, and what parses has no empty names.
+        #[test]
+        fn replay_parsing_never_panics(value in ".{0,200}") {
+            if let Ok(r) = Replay::parse(&value) {
+                proptest::prop_assert!(r.regions.iter().all(|s| !s.is_empty()));
+            }
+        }
+
+        #[test]
+        fn header_text_always_makes_a_value(value in ".{0,100}") {
+            let v = header_text(&value);
+            proptest::prop_assert!(v.to_str().is_ok());
+        }
     }
 
     #[test]
