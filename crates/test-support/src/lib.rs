@@ -7,6 +7,8 @@ pub mod http_instance;
 pub mod instances;
 pub mod pki;
 pub mod process;
+pub mod runtimes;
+pub mod scripted_instance;
 
 use std::time::{Duration, Instant};
 

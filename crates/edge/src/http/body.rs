@@ -20,6 +20,8 @@ pub(crate) enum BodyError {
     TooLarge { limit: u64 },
     #[error("reading the body failed: {0}")]
     Read(Box<dyn std::error::Error + Send + Sync>),
+    #[error("the request went to another instance; this copy stops")]
+    Superseded,
 }
 
 /// The recording shared by a body and its replays.
@@ -34,6 +36,9 @@ struct Recording<B> {
     received: u64,
     max_body: u64,
     too_large: bool,
+    /// Which copy may read on: older copies (an attempt whose answer was a replay, or that
+    /// failed) stop, so they neither steal the client's chunks nor its wake-ups.
+    generation: u64,
 }
 
 /// A request body on its way to an instance. `B` is the client's body (hyper's `Incoming`).
@@ -48,6 +53,8 @@ pub(crate) struct ReplayBody<B> {
     pos: usize,
     trailers_sent: bool,
     metrics: Arc<AppMetrics>,
+    /// The recording's generation when this copy was made.
+    generation: u64,
 }
 
 impl<B> ReqBody<B>
@@ -72,16 +79,39 @@ where
                 received: 0,
                 max_body,
                 too_large: false,
+                generation: 0,
             })),
             pos: 0,
             trailers_sent: false,
             metrics,
+            generation: 0,
         })
+    }
+
+    /// The copy for the next attempt at sending the request: like [`Self::replay`], and every
+    /// older copy stops reading (its next poll is an error, which ends that send).
+    pub fn next_attempt(&self) -> Option<ReqBody<B>> {
+        match self {
+            Self::Empty => Some(Self::Empty),
+            Self::Replay(b) => {
+                let mut rec = b.shared.lock().unwrap_or_else(PoisonError::into_inner);
+                if rec.overflowed {
+                    return None;
+                }
+                rec.generation += 1;
+                Some(Self::Replay(ReplayBody {
+                    shared: b.shared.clone(),
+                    pos: 0,
+                    trailers_sent: false,
+                    metrics: b.metrics.clone(),
+                    generation: rec.generation,
+                }))
+            }
+        }
     }
 
     /// A copy that sends the body again from the start, or `None` when more than the replay
     /// limit was already read (those bytes are gone).
-    #[cfg_attr(not(test), allow(dead_code))] // retries and replay (placement work) call it
     pub fn replay(&self) -> Option<ReqBody<B>> {
         match self {
             Self::Empty => Some(Self::Empty),
@@ -93,6 +123,7 @@ where
                         pos: 0,
                         trailers_sent: false,
                         metrics: b.metrics.clone(),
+                        generation: rec.generation,
                     })
                 })
             }
@@ -150,6 +181,9 @@ where
 {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut rec = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.generation < rec.generation {
+            return Poll::Ready(Some(Err(BodyError::Superseded)));
+        }
         if let Some(chunk) = rec.chunks.get(self.pos).cloned() {
             self.pos += 1;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -431,6 +465,18 @@ mod tests {
         let replay = body.replay().expect("within the limit");
         drop(body);
         assert_eq!(read_all(replay).await.0, b"abc");
+    }
+
+    #[tokio::test]
+    async fn a_new_attempt_stops_the_older_copy() {
+        let body = ReqBody::new(client_body(&["a", "b", "c"], false), 1024, 0, metrics());
+        let mut first = body.next_attempt().expect("first attempt");
+        let a = first.frame().await.expect("frame").expect("ok");
+        assert_eq!(a.into_data().expect("data"), "a");
+        let second = body.next_attempt().expect("second attempt");
+        let stopped = first.frame().await.expect("a frame or an error");
+        assert!(matches!(stopped, Err(BodyError::Superseded)));
+        assert_eq!(read_all(second).await.0, b"abc", "the new copy gets it all");
     }
 
     #[tokio::test]

@@ -309,8 +309,9 @@ impl ProxyService {
             };
             inst.live.connect_succeeded();
             job.outcome.instance = Some(inst.id.clone());
-            // Every attempt sends a copy; the first copy reads the client's body as it goes.
-            let Some(body) = job.body.replay() else {
+            // Every attempt sends a copy (the first reads the client's body as it goes); older
+            // copies stop, so a replayed instance still reading cannot steal the body.
+            let Some(body) = job.body.next_attempt() else {
                 let why = "the request body is larger than replay_body_limit".to_string();
                 let err = if replaying.is_some() {
                     ProxyError::ReplayFailed(why)
