@@ -69,12 +69,17 @@ impl AppLive {
         })
     }
 
-    /// Called after a slot was released: wake the queue if anyone waits. The fence pairs with
-    /// the one in [`QueueTicket::recheck`] so a waiter either sees the freed slot or is woken.
+    /// Called after a slot was released: wake the longest waiter, if anyone waits. One slot,
+    /// one waiter: waking them all would have every queued request re-run placement on every
+    /// release (a thundering herd that costs the flooded app's node real CPU). A woken waiter
+    /// that cannot use the slot (its constraints exclude it) waits again; waiters also look
+    /// again on their own now and then (see the edge's queue), so such a slot is not lost for
+    /// long. The fence pairs with the one in [`QueueTicket::recheck`] so a waiter either sees
+    /// the freed slot or is woken.
     fn slot_released(&self) {
         fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.released.notify_waiters();
+            self.released.notify_one();
         }
     }
 }

@@ -13,6 +13,10 @@ use std::time::Instant;
 /// Apps with up to this many instances are placed without allocating.
 const INLINE_CANDIDATES: usize = 16;
 
+/// A queued request looks again this often even when not woken: a release wakes one waiter,
+/// and one whose constraints exclude the freed instance lets the slot pass to newcomers.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Why a request or connection got no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum AdmitError {
@@ -79,9 +83,13 @@ async fn with_queue<T>(
             Attempt::Fail(e) => return Err(e),
             Attempt::Full => {}
         }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(AdmitError::QueueTimeout);
+        }
         tokio::select! {
             _ = &mut notified => {}
-            _ = tokio::time::sleep_until(deadline) => return Err(AdmitError::QueueTimeout),
+            _ = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
         }
     }
 }
