@@ -13,6 +13,7 @@ work="$(mktemp -d /tmp/anyedge-callgrind.XXXXXX)"
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap 'cp "$work"/cg.* "$KEEP"/ 2>/dev/null; cleanup' EXIT
 origin=18380; proxy=18381; admin=18382
 mkdir -p "$work/origin"
 cat > "$work/origin/nginx.conf" <<CONF

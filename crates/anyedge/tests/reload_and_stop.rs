@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(10);
+// Generous: the binary starts and reloads in well under a second, but CI machines may be busy.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

@@ -23,16 +23,24 @@ pub(crate) struct Prefixed {
     pub force_instance_id: HeaderName,
     pub debug: HeaderName,
     pub debug_token: HeaderName,
-    /// The request headers above: for the proxy, taken out before forwarding.
-    pub routing: [HeaderName; 6],
     pub preferred_instance_unavailable: HeaderName,
     pub route: HeaderName,
     pub replay: HeaderName,
     pub replay_src: HeaderName,
     pub replay_failed: HeaderName,
+    /// `<prefix>-`, lower-cased: every name above starts with it.
+    dash_prefix: String,
 }
 
 impl Prefixed {
+    /// Whether any header name starts with `<prefix>-`: one pass over the names, far cheaper than
+    /// looking up each prefixed name (custom names are hashed byte by byte), and most requests
+    /// carry none.
+    pub fn any_in(&self, headers: &HeaderMap) -> bool {
+        let p = self.dash_prefix.as_bytes();
+        headers.keys().any(|k| k.as_str().as_bytes().starts_with(p))
+    }
+
     pub fn new(prefix: &str) -> Prefixed {
         let name = |suffix: &str| {
             HeaderName::try_from(format!("{prefix}-{suffix}").to_ascii_lowercase())
@@ -49,14 +57,6 @@ impl Prefixed {
         .iter()
         .map(|s| name(s))
         .collect();
-        let routing = [
-            name("prefer-region"),
-            name("force-region"),
-            name("prefer-instance-id"),
-            name("force-instance-id"),
-            name("debug"),
-            name("debug-token"),
-        ];
         Prefixed {
             client_ip: name("client-ip"),
             forwarded_port: name("forwarded-port"),
@@ -64,18 +64,18 @@ impl Prefixed {
             request_id: name("request-id"),
             error: name("error"),
             proxy_only,
-            prefer_region: routing[0].clone(),
-            force_region: routing[1].clone(),
-            prefer_instance_id: routing[2].clone(),
-            force_instance_id: routing[3].clone(),
-            debug: routing[4].clone(),
-            debug_token: routing[5].clone(),
-            routing,
+            prefer_region: name("prefer-region"),
+            force_region: name("force-region"),
+            prefer_instance_id: name("prefer-instance-id"),
+            force_instance_id: name("force-instance-id"),
+            debug: name("debug"),
+            debug_token: name("debug-token"),
             preferred_instance_unavailable: name("preferred-instance-unavailable"),
             route: name("route"),
             replay: name("replay"),
             replay_src: name("replay-src"),
             replay_failed: name("replay-failed"),
+            dash_prefix: format!("{prefix}-").to_ascii_lowercase(),
         }
     }
 }
@@ -83,59 +83,112 @@ impl Prefixed {
 /// Remove hop-by-hop headers (RFC 9110 7.6.1) and those the `Connection` header names.
 /// `keep_upgrade` leaves `Upgrade` and `Connection: upgrade` for a protocol switch.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names first: most messages carry none of these, and a scan costs no
+    // One pass over the names first: most messages carry few of these, and a scan costs no
     // hashing, where a `remove` per candidate would (the hot path's profile showed it).
-    let present = headers.keys().any(|n| {
-        n == CONNECTION
-            || n == TRANSFER_ENCODING
-            || n == TE
-            || n == UPGRADE
-            || n.as_str() == "keep-alive"
-            || n.as_str() == "proxy-connection"
-    });
-    if !present {
-        if keep_upgrade {
-            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        return;
+    const CONN: u8 = 1;
+    const TRANSFER: u8 = 2;
+    const TE_: u8 = 4;
+    const UPGRADE_: u8 = 8;
+    const KEEP_ALIVE: u8 = 16;
+    const PROXY_CONN: u8 = 32;
+    let mut present = 0u8;
+    for n in headers.keys() {
+        present |= if n == CONNECTION {
+            CONN
+        } else if n == TRANSFER_ENCODING {
+            TRANSFER
+        } else if n == TE {
+            TE_
+        } else if n == UPGRADE {
+            UPGRADE_
+        } else if n.as_str() == "keep-alive" {
+            KEEP_ALIVE
+        } else if n.as_str() == "proxy-connection" {
+            PROXY_CONN
+        } else {
+            0
+        };
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .filter(|n| !(keep_upgrade && n == UPGRADE))
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if present & CONN != 0 {
+        // Names listed in `Connection` go too; `close` and `keep-alive` are options, not names
+        // of headers this message could carry beyond `Keep-Alive` (removed below).
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                let option = t.is_empty()
+                    || t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("keep-alive")
+                    || (keep_upgrade && t.eq_ignore_ascii_case("upgrade"));
+                !option
+            })
+            .filter_map(|t| HeaderName::try_from(t).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
     // `Trailer` stays: it is end-to-end (RFC 9110 6.6.2), and HTTP/1.1 peers send only the
     // trailers it announces.
-    for n in [
-        TRANSFER_ENCODING,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(n);
+    if present & TRANSFER != 0 {
+        headers.remove(TRANSFER_ENCODING);
     }
-    // `TE: trailers` is the one TE value that must travel (gRPC needs it).
-    let te_trailers = headers
-        .get(TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    headers.remove(TE);
-    if te_trailers {
-        headers.insert(TE, HeaderValue::from_static("trailers"));
+    if present & KEEP_ALIVE != 0 {
+        headers.remove(HeaderName::from_static("keep-alive"));
+    }
+    if present & PROXY_CONN != 0 {
+        headers.remove(HeaderName::from_static("proxy-connection"));
+    }
+    if present & TE_ != 0 {
+        // `TE: trailers` is the one TE value that must travel (gRPC needs it).
+        let te_trailers = headers
+            .get(TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        headers.remove(TE);
+        if te_trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
-        headers.remove(CONNECTION);
-        headers.remove(UPGRADE);
+        if present & CONN != 0 {
+            headers.remove(CONNECTION);
+        }
+        if present & UPGRADE_ != 0 {
+            headers.remove(UPGRADE);
+        }
+    }
+}
+
+/// The address as text; IPv4 (nearly every client) without the formatting machinery, which
+/// cost a thousand instructions a request in the profile.
+fn write_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -156,18 +209,22 @@ pub(crate) fn add_forwarding(
     request_id: &HeaderValue,
     via: &'static str,
 ) {
+    // Room for the ten headers added below at once, instead of growing the map on the way.
+    headers.reserve(10);
     // Scan once; remove only what a client actually sent.
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| names.proxy_only.contains(k))
-        .cloned()
-        .collect();
-    for n in spoofed {
-        headers.remove(n);
+    if names.any_in(headers) {
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| names.proxy_only.contains(k))
+            .cloned()
+            .collect();
+        for n in spoofed {
+            headers.remove(n);
+        }
     }
     let ip = client.peer.ip().to_canonical();
     let mut ip_text = String::with_capacity(40);
-    let _ = write!(ip_text, "{ip}");
+    write_ip(&mut ip_text, ip);
     let client_ip = HeaderValue::try_from(ip_text.as_str()).ok();
     let xff = HeaderName::from_static("x-forwarded-for");
     match headers.get(&xff).and_then(|v| v.to_str().ok()) {
@@ -236,6 +293,23 @@ pub(crate) fn request_id(region: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.255.9",
+            "199.100.10.1",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("ip");
+            let mut out = String::new();
+            write_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -27,7 +27,7 @@ impl Wishes {
     pub fn take_from(headers: &mut HeaderMap, names: &Prefixed) -> (Wishes, Option<HeaderValue>) {
         let mut w = Wishes::default();
         // Most requests carry none: look before removing anything.
-        if !names.routing.iter().any(|n| headers.contains_key(n)) {
+        if !names.any_in(headers) {
             return (w, None);
         }
         let list = |v: Option<HeaderValue>| -> Vec<String> {

@@ -365,7 +365,12 @@ impl ProxyService {
                     return Err((ProxyError::Upstream(e.to_string()), job.outcome));
                 }
             };
-            if let Some(value) = resp.headers().get(&names.replay) {
+            let replay_header = if names.any_in(resp.headers()) {
+                resp.headers().get(&names.replay)
+            } else {
+                None
+            };
+            if let Some(value) = replay_header {
                 let asked = value.to_str().map_err(|_| "not text".to_string());
                 let replay = asked.and_then(Replay::parse);
                 match replay {
