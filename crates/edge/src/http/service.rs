@@ -49,6 +49,10 @@ pub(super) struct Outcome {
     pub attempts: u32,
     pub replays: u32,
     pub code: Option<&'static str>,
+    /// From arrival until the first instance was chosen (the app's queue included).
+    pub queue: std::time::Duration,
+    /// Getting instance connections (pooled or new), over all attempts.
+    pub connect: std::time::Duration,
 }
 
 impl ProxyService {
@@ -117,6 +121,8 @@ impl ProxyService {
                     attempts = outcome.attempts,
                     replays = outcome.replays,
                     bytes_out,
+                    queue_ms = outcome.queue.as_secs_f64() * 1e3,
+                    connect_ms = outcome.connect.as_secs_f64() * 1e3,
                     first_byte_ms = elapsed.as_secs_f64() * 1e3,
                     total_ms = started.elapsed().as_secs_f64() * 1e3,
                 );
@@ -244,6 +250,9 @@ impl ProxyService {
                 )
                 .await
             };
+            if job.outcome.attempts == 0 {
+                job.outcome.queue = job.started.elapsed();
+            }
             let placed = match placed {
                 Ok(p) => p,
                 Err(e) => {
@@ -288,11 +297,13 @@ impl ProxyService {
                 idle_timeout: config.upstream_idle_timeout,
             };
             let pool = &app.pools[placed.index];
+            let connecting = Instant::now();
             let sender = if fresh_only || !matches!(job.upgrade, Upgrade::None) {
                 pool.fresh(&target, &self.shared.resolver).await
             } else {
                 pool.sender(&target, &self.shared.resolver).await
             };
+            job.outcome.connect += connecting.elapsed();
             fresh_only = false;
             let sender = match sender {
                 Ok(s) => s,
