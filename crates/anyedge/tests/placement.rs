@@ -3,22 +3,20 @@
 //! region first and spill-over at the hard limit, the `anyedge-route` trace behind a token,
 //! the force/prefer request headers each way, and an instance killed under a client loop.
 
+mod fleet;
+
 use anyedge::node::Node;
 use anyedge_test_support::http_client::{empty, request, Client};
-use anyedge_test_support::scripted_instance::{metric, ScriptedInstance};
+use anyedge_test_support::scripted_instance::ScriptedInstance;
 use anyedge_test_support::{eventually, free_port};
+use fleet::{counter, local, Answer, NODE};
 use http_body_util::BodyExt;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const TOKEN: &str = "route-secret";
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
@@ -28,22 +26,11 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-/// Node in `ord`; regions `ord`, `syd` and `ams` (no instance there) with coordinates.
-const NODE: &str = "[node]\nregion = \"ord\"\n\n[regions.ord]\nlat = 41.98\nlon = -87.90\n\n[regions.syd]\nlat = -33.94\nlon = 151.18\n\n[regions.ams]\nlat = 52.31\nlon = 4.76\n\n";
-
 /// An HTTP app (host `NAME.test`) whose owners' token is [`TOKEN`], with instances and regions.
+/// An app of the fleet whose owners' token is `TOKEN`.
 fn app(name: &str, port: u16, extra: &str, instances: &[(&ScriptedInstance, &str)]) -> String {
-    let mut t = format!(
-        "[[apps]]\nname = \"{name}\"\nhostnames = [\"{name}.test\"]\ntokens_sha256 = [\"{}\"]\n{extra}\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n",
-        sha256_hex(TOKEN)
-    );
-    for (i, region) in instances {
-        t += &format!(
-            "  [[apps.instances]]\n  id = \"{}\"\n  region = \"{region}\"\n  address = \"{}\"\n",
-            i.name, i.addr
-        );
-    }
-    t
+    let extra = format!("tokens_sha256 = [\"{}\"]\n{extra}", sha256_hex(TOKEN));
+    fleet::app(name, port, &extra, instances)
 }
 
 async fn node(toml: &str) -> Node {
@@ -51,24 +38,6 @@ async fn node(toml: &str) -> Node {
     Node::start(config, Some(local(0)))
         .await
         .expect("node starts")
-}
-
-/// One answer as the client saw it.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn instance(&self) -> &str {
-        self.header("x-instance").unwrap_or("<none>")
-    }
 }
 
 /// GET `path` on `host` with extra request headers.
@@ -94,10 +63,6 @@ async fn get(c: &mut Client, host: &str, path: &str, headers: &[(&str, &str)]) -
 async fn admin_metrics(node: &Node) -> String {
     let mut c = Client::h1(node.admin_addr()).await;
     c.get("admin", "/metrics").await.2
-}
-
-fn counter(text: &str, series: &str) -> f64 {
-    metric(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 async fn counts_return_to_zero(node: &Node, app: &str, instances: &[&ScriptedInstance]) {

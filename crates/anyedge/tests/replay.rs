@@ -5,38 +5,20 @@
 //! a replay that cannot be placed fails or falls back; other apps take replays only with
 //! their consent (`replay_from`).
 
+mod fleet;
+
 use anyedge::node::Node;
 use anyedge_test_support::http_client::{empty, full, request, Client, ClientBody};
-use anyedge_test_support::scripted_instance::{metric, percent_encode, ScriptedInstance, Seen};
+use anyedge_test_support::scripted_instance::{percent_encode, ScriptedInstance, Seen};
 use anyedge_test_support::{eventually, free_port};
 use bytes::Bytes;
+use fleet::{app, counter, local, Answer, NODE};
 use http_body_util::BodyExt;
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 /// `[http] replay_body_limit` of the fleet: 256 KiB.
 const LIMIT: usize = 256 * 1024;
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Node in `ord`; regions `ord`, `syd` and `ams` (no instance there) with coordinates.
-const NODE: &str = "[node]\nregion = \"ord\"\n\n[regions.ord]\nlat = 41.98\nlon = -87.90\n\n[regions.syd]\nlat = -33.94\nlon = 151.18\n\n[regions.ams]\nlat = 52.31\nlon = 4.76\n\n";
-
-fn app(name: &str, port: u16, extra: &str, instances: &[(&ScriptedInstance, &str)]) -> String {
-    let mut t = format!(
-        "[[apps]]\nname = \"{name}\"\nhostnames = [\"{name}.test\"]\n{extra}\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
-    );
-    for (i, region) in instances {
-        t += &format!(
-            "  [[apps.instances]]\n  id = \"{}\"\n  region = \"{region}\"\n  address = \"{}\"\n",
-            i.name, i.addr
-        );
-    }
-    t
-}
 
 /// The fleet: app `web` in ord and syd, `api` (takes replays from web), `locked` (takes none),
 /// `loop` (one instance in ord).
@@ -123,30 +105,9 @@ impl Fleet {
     }
 }
 
-fn counter(text: &str, series: &str) -> f64 {
-    metric(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 /// `/replay?to=<value>`.
 fn replay_path(to: &str) -> String {
     format!("/replay?to={}", percent_encode(to))
-}
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn instance(&self) -> &str {
-        self.header("x-instance").unwrap_or("<none>")
-    }
 }
 
 async fn send(
