@@ -98,8 +98,7 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 .store(open, std::sync::atomic::Ordering::Relaxed);
             let mut text = state.metrics.render();
             let snapshot = state.snapshot();
-            concurrency(&snapshot, None, &mut text);
-            instance_health(&snapshot, None, &mut text);
+            instance_gauges(&snapshot, None, &mut text);
             metrics_text(text)
         }
         _ => match path
@@ -161,8 +160,7 @@ fn app_metrics(state: &AdminState, app: &str, req: &Request<Incoming>) -> Respon
         return text(StatusCode::FORBIDDEN, "forbidden\n");
     }
     let mut text = state.metrics.render_app(app);
-    concurrency(&snapshot, Some(app), &mut text);
-    instance_health(&snapshot, Some(app), &mut text);
+    instance_gauges(&snapshot, Some(app), &mut text);
     metrics_text(text)
 }
 
@@ -177,39 +175,39 @@ fn sorted_apps<'a>(snapshot: &'a Snapshot, only: Option<&str>) -> Vec<&'a Arc<Ap
     apps
 }
 
-/// `anyedge_app_concurrency{app,instance}`: requests or connections in flight to each instance
-/// from this node, read from the live state of the snapshot in force.
-fn concurrency(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
+/// The per-instance gauges, read from the live state of the snapshot in force:
+/// `anyedge_app_concurrency{app,instance}` (requests or connections in flight to each instance
+/// from this node) and `anyedge_instance_healthy{app,instance}` (1 while the instance may be
+/// placed: no failing active check, not passively ejected).
+fn instance_gauges(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
     use std::fmt::Write;
-    out.push_str("# HELP anyedge_app_concurrency In-flight requests (HTTP) or connections (TCP) to each instance from this node.\n# TYPE anyedge_app_concurrency gauge\n");
-    for app in sorted_apps(snapshot, only) {
-        for inst in &app.instances {
-            let _ = writeln!(
-                out,
-                "anyedge_app_concurrency{{app=\"{}\",instance=\"{}\"}} {}",
-                app.name,
-                inst.id.instance(),
-                inst.live.inflight.in_use()
-            );
-        }
-    }
-}
-
-/// `anyedge_instance_healthy{app,instance}`: 1 while the instance may be placed (no failing
-/// active check, not passively ejected), 0 otherwise.
-fn instance_health(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
-    use std::fmt::Write;
-    out.push_str("# HELP anyedge_instance_healthy 1 if the instance can be chosen (active checks pass, not ejected after connect failures), else 0.\n# TYPE anyedge_instance_healthy gauge\n");
     let now = Instant::now();
-    for app in sorted_apps(snapshot, only) {
-        for inst in &app.instances {
-            let _ = writeln!(
-                out,
-                "anyedge_instance_healthy{{app=\"{}\",instance=\"{}\"}} {}",
-                app.name,
-                inst.id.instance(),
-                u8::from(inst.live.healthy(now))
-            );
+    let apps = sorted_apps(snapshot, only);
+    type Read<'a> = &'a dyn Fn(&anyedge_catalog::InstanceEntry) -> u32;
+    let gauges: [(&str, &str, Read<'_>); 2] = [
+        (
+            "anyedge_app_concurrency",
+            "In-flight requests (HTTP) or connections (TCP) to each instance from this node.",
+            &|i| i.live.inflight.in_use(),
+        ),
+        (
+            "anyedge_instance_healthy",
+            "1 if the instance can be chosen (active checks pass, not ejected after connect failures), else 0.",
+            &|i| u32::from(i.live.healthy(now)),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for app in &apps {
+            for inst in &app.instances {
+                let _ = writeln!(
+                    out,
+                    "{name}{{app=\"{}\",instance=\"{}\"}} {}",
+                    app.name,
+                    inst.id.instance(),
+                    value(inst)
+                );
+            }
         }
     }
 }
