@@ -299,9 +299,10 @@ impl Driver {
         host.failures = host.failures.saturating_add(1);
         let delay = self.settings.backoff.delay(host.failures);
         host.due = SystemTime::now() + delay;
+        let error = error_chain(error);
         tracing::error!(hostname = %name, error = %error, failures = host.failures, retry_in = ?delay, "certificate order failed");
         let status = Status::Failing {
-            error: error.to_string(),
+            error,
             failures: host.failures,
             next_attempt: unix_secs(host.due),
             not_after: host.not_after,
@@ -323,6 +324,22 @@ impl Driver {
             .collect();
         self.metrics.set_issued_cert_expiries(expiries);
     }
+}
+
+/// An error with its sources, `outer: inner: innermost` (hyper's own message alone says
+/// "client error (Connect)"; the reason is further down). Repeats are skipped.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// What `anyedge certs list` and the logs say about a certificate.

@@ -1,0 +1,259 @@
+//! ACME with a real Pebble: an app with no static certificate gets one over TLS-ALPN-01
+//! answered by the edge itself, keeps it across a restart, renews it without a failed
+//! handshake, and an unreachable CA fails clearly without touching other apps.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use anyedge::node::Node;
+use anyedge_test_support::free_port;
+use anyedge_test_support::http_client::Client;
+use anyedge_test_support::http_instance::HttpInstance;
+use anyedge_test_support::pebble::{Pebble, PebbleOptions};
+use anyedge_test_support::pki::Pki;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn acme_section(directory: &str, ca_roots: &Path, state: &Path, extra: &str) -> String {
+    format!(
+        "[acme]\ndirectory = \"{directory}\"\ncontact = \"mailto:ops@example.com\"\nca_roots = \"{}\"\nstate_dir = \"{}\"\n{extra}\n",
+        ca_roots.display(),
+        state.display()
+    )
+}
+
+fn tls_app(name: &str, host: &str, tls_port: u16, instance: SocketAddr, cert: bool) -> String {
+    let certs = match cert {
+        true => format!(
+            "  [[apps.certificates]]\n  cert = \"{name}.pem\"\n  key = \"{name}-key.pem\"\n"
+        ),
+        false => String::new(),
+    };
+    format!(
+        "[[apps]]\nname = \"{name}\"\nhostnames = [\"{host}\"]\n  [[apps.services]]\n  ports = [ {{ port = {tls_port}, bind = \"127.0.0.1\", handlers = [\"tls\", \"http\"] }} ]\n{certs}  [[apps.instances]]\n  id = \"{name}-1\"\n  address = \"{instance}\"\n"
+    )
+}
+
+async fn start(toml: &str, base: &Path) -> Node {
+    let config = anyedge_config::parse_with_base(toml, "acme.toml", Some(base))
+        .unwrap_or_else(|d| panic!("{d}"));
+    Node::start(config, Some(local(0)))
+        .await
+        .expect("node starts")
+}
+
+/// The serial of the certificate `app.test` is served with, once a client trusting only
+/// Pebble's root completes a handshake.
+async fn served_serial(pebble: &Pebble, port: u16) -> Option<Vec<u8>> {
+    let tls = pebble
+        .connect(local(port), "app.test", &[b"http/1.1"])
+        .await
+        .ok()?;
+    let der = tls.get_ref().1.peer_certificates()?.first()?.clone();
+    Some(serial_of(der.as_ref()))
+}
+
+fn serial_of(der: &[u8]) -> Vec<u8> {
+    let info = anyedge_tls::acme::CertInfo::of(der).expect("parse");
+    info.serial.into_bytes()
+}
+
+fn metric(node: &Node, series: &str) -> u64 {
+    let text = node.metrics().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_without_a_certificate_gets_one_from_pebble() {
+    let instance = HttpInstance::start("app", false).await;
+    let tls_port = free_port();
+    let pebble = Pebble::start(PebbleOptions {
+        tls_port,
+        validity_secs: None,
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        acme_section(&pebble.directory, &pebble.ca_roots, state.path(), ""),
+        tls_app("app", "app.test", tls_port, instance.addr, false)
+    );
+    let node = start(&toml, state.path()).await;
+
+    let serial = anyedge_test_support::eventually(
+        "a certificate from Pebble for app.test",
+        Duration::from_secs(60),
+        || served_serial(&pebble, tls_port),
+    )
+    .await;
+    let tls = pebble
+        .connect(local(tls_port), "app.test", &[b"h2"])
+        .await
+        .expect("handshake trusting only Pebble's root");
+    let mut client = Client::over(tls, true).await;
+    let (status, _, body) = client.get("app.test", "/").await;
+    assert_eq!((status, body.trim()), (200, "app"));
+
+    assert_eq!(metric(&node, "anyedge_acme_orders_total{result=\"ok\"}"), 1);
+    assert_eq!(
+        metric(&node, "anyedge_acme_orders_total{result=\"error\"}"),
+        0
+    );
+    let expiry = metric(
+        &node,
+        "anyedge_cert_expiry_timestamp_seconds{hostname=\"app.test\"}",
+    );
+    assert!(expiry > 1_700_000_000, "{}", node.metrics().render());
+
+    let dir = state.path().join("certs/app.test");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("key.pem")), 0o600);
+    assert_eq!(mode(&state.path().join("account.json")), 0o600);
+    let status = std::fs::read_to_string(dir.join("status.json")).unwrap();
+    assert!(status.contains("\"state\": \"valid\""), "{status}");
+
+    // A restart serves the stored certificate at once, with no new order.
+    assert_eq!(node.shutdown(Duration::from_secs(1)).await, 0);
+    drop(node);
+    let node = start(&toml, state.path()).await;
+    assert_eq!(served_serial(&pebble, tls_port).await, Some(serial));
+    assert_eq!(metric(&node, "anyedge_acme_orders_total{result=\"ok\"}"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_replaces_the_old_one_without_a_failed_handshake() {
+    let instance = HttpInstance::start("app", false).await;
+    let tls_port = free_port();
+    // 30 s certificates: renewed when 10 s are left.
+    let pebble = Pebble::start(PebbleOptions {
+        tls_port,
+        validity_secs: Some(30),
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        acme_section(&pebble.directory, &pebble.ca_roots, state.path(), ""),
+        tls_app("app", "app.test", tls_port, instance.addr, false)
+    );
+    let node = start(&toml, state.path()).await;
+    let first =
+        anyedge_test_support::eventually("the first certificate", Duration::from_secs(60), || {
+            served_serial(&pebble, tls_port)
+        })
+        .await;
+
+    // Handshake continuously until the certificate changes; none may fail.
+    let pebble = Arc::new(pebble);
+    let (stop, failures, handshakes) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let looping = {
+        let (pebble, stop, failures, handshakes) = (
+            pebble.clone(),
+            stop.clone(),
+            failures.clone(),
+            handshakes.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match served_serial(&pebble, tls_port).await {
+                    Some(_) => handshakes.fetch_add(1, Ordering::Relaxed),
+                    None => failures.fetch_add(1, Ordering::Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let second = anyedge_test_support::eventually(
+        "a renewed certificate",
+        Duration::from_secs(60),
+        || async {
+            let serial = served_serial(&pebble, tls_port).await?;
+            (serial != first).then_some(serial)
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    looping.await.unwrap();
+    assert_ne!(first, second);
+    assert!(handshakes.load(Ordering::Relaxed) > 100);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "handshakes failed during renewal"
+    );
+    assert!(metric(&node, "anyedge_acme_orders_total{result=\"ok\"}") >= 2);
+    assert_eq!(
+        metric(&node, "anyedge_acme_orders_total{result=\"error\"}"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_ca_fails_clearly_and_other_apps_are_served() {
+    let pki = Pki::new();
+    let (_, _, other_der) = pki.issue("other", &["other.test"]);
+    let (app, other) = (
+        HttpInstance::start("app", false).await,
+        HttpInstance::start("other", false).await,
+    );
+    let tls_port = free_port();
+    // Nothing listens on this port.
+    let directory = format!("https://127.0.0.1:{}/dir", free_port());
+    let ca = pki.path().join("other.pem");
+    let toml = format!(
+        "{}{}{}",
+        acme_section(
+            &directory,
+            &ca,
+            &pki.path().join("state"),
+            "retry_min = \"100ms\"\nretry_max = \"400ms\""
+        ),
+        tls_app("app", "app.test", tls_port, app.addr, false),
+        tls_app("other", "other.test", tls_port, other.addr, true),
+    );
+    let node = start(&toml, pki.path()).await;
+
+    anyedge_test_support::eventually(
+        "three failed orders, retried with backoff",
+        Duration::from_secs(20),
+        || async {
+            (metric(&node, "anyedge_acme_orders_total{result=\"error\"}") >= 3).then_some(())
+        },
+    )
+    .await;
+    let status =
+        std::fs::read_to_string(pki.path().join("state/certs/app.test/status.json")).unwrap();
+    assert!(status.contains("\"state\": \"failing\""), "{status}");
+    assert!(status.contains("Connection refused"), "{status}");
+
+    // The ACME hostname is refused clearly; the other app is served as before.
+    let err = pki
+        .connect(local(tls_port), "app.test", &[b"h2"])
+        .await
+        .expect_err("no certificate yet");
+    assert!(err.to_string().contains("UnrecognisedName"), "{err}");
+    let tls = pki
+        .connect(local(tls_port), "other.test", &[b"h2"])
+        .await
+        .expect("other.test handshake");
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().and_then(|c| c.first()),
+        Some(&other_der)
+    );
+    let mut client = Client::over(tls, true).await;
+    let (status, _, body) = client.get("other.test", "/").await;
+    assert_eq!((status, body.trim()), (200, "other"));
+}
