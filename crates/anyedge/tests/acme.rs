@@ -257,3 +257,71 @@ async fn an_unreachable_ca_fails_clearly_and_other_apps_are_served() {
     let (status, _, body) = client.get("other.test", "/").await;
     assert_eq!((status, body.trim()), (200, "other"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostnames_added_on_reload_are_issued_and_removed_ones_stop_being_served() {
+    let (one, two) = (
+        HttpInstance::start("one", false).await,
+        HttpInstance::start("two", false).await,
+    );
+    let tls_port = free_port();
+    let pebble = Pebble::start(PebbleOptions {
+        tls_port,
+        validity_secs: None,
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let acme = acme_section(&pebble.directory, &pebble.ca_roots, state.path(), "");
+    let first = format!(
+        "{acme}{}",
+        tls_app("one", "app.test", tls_port, one.addr, false)
+    );
+    let node = start(&first, state.path()).await;
+    anyedge_test_support::eventually("app.test issued", Duration::from_secs(60), || {
+        served_serial(&pebble, tls_port)
+    })
+    .await;
+
+    // A new app with a new hostname: issued without a restart.
+    let second = format!(
+        "{first}{}",
+        tls_app("two", "two.test", tls_port, two.addr, false)
+    );
+    let config = anyedge_config::parse_with_base(&second, "acme.toml", Some(state.path())).unwrap();
+    assert!(node.reload(config).is_empty());
+    let tls =
+        anyedge_test_support::eventually("two.test issued", Duration::from_secs(60), || async {
+            pebble
+                .connect(local(tls_port), "two.test", &[b"h2"])
+                .await
+                .ok()
+        })
+        .await;
+    let mut client = Client::over(tls, true).await;
+    let (status, _, body) = client.get("two.test", "/").await;
+    assert_eq!((status, body.trim()), (200, "two"));
+
+    // app.test removed: no longer served (nor renewed).
+    let third = format!(
+        "{acme}{}",
+        tls_app("two", "two.test", tls_port, two.addr, false)
+    );
+    let config = anyedge_config::parse_with_base(&third, "acme.toml", Some(state.path())).unwrap();
+    assert!(node.reload(config).is_empty());
+    let err =
+        anyedge_test_support::eventually("app.test refused", Duration::from_secs(10), || async {
+            pebble
+                .connect(local(tls_port), "app.test", &[b"h2"])
+                .await
+                .err()
+        })
+        .await;
+    assert!(err.to_string().contains("UnrecognisedName"), "{err}");
+    assert!(pebble
+        .connect(local(tls_port), "two.test", &[b"h2"])
+        .await
+        .is_ok());
+    let metrics = node.metrics().render();
+    assert!(!metrics.contains("hostname=\"app.test\""), "{metrics}");
+    assert!(metrics.contains("anyedge_cert_expiry_timestamp_seconds{hostname=\"two.test\"}"));
+}

@@ -104,3 +104,42 @@ mod tests {
         assert_eq!(b.delay(0), Duration::from_secs(60));
     }
 }
+
+#[cfg(test)]
+mod wanted_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::certs::parse_key_pair;
+
+    fn app(name: &str, hosts: &str, port: u16, handlers: &str) -> String {
+        format!(
+            "[[apps]]\nname = \"{name}\"\nhostnames = [{hosts}]\n  [[apps.services]]\n  ports = [ {{ port = {port}, handlers = [{handlers}] }} ]\n"
+        )
+    }
+
+    #[test]
+    fn exact_tls_hostnames_without_a_static_certificate() {
+        let toml = [
+            app(
+                "a",
+                "\"A.test\", \"*.wild.test\", \"static.test\"",
+                443,
+                "\"tls\", \"http\"",
+            ),
+            app("b", "\"plain.test\"", 80, "\"http\""),
+            app("c", "\"c.test\"", 8443, "\"tls\""),
+        ]
+        .concat();
+        let config = anyedge_config::parse(&toml, "t.toml").unwrap_or_else(|d| panic!("{d}"));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["static.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let pair = parse_key_pair(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
+        let mut store = CertStore::default();
+        store.add(&pair, &[]);
+        let wanted: Vec<String> = wanted_hostnames(&config, &store).into_iter().collect();
+        assert_eq!(wanted, ["a.test", "c.test"]);
+    }
+}
