@@ -121,6 +121,20 @@ async fn an_app_without_a_certificate_gets_one_from_pebble() {
     let status = std::fs::read_to_string(dir.join("status.json")).unwrap();
     assert!(status.contains("\"state\": \"valid\""), "{status}");
 
+    // `anyedge certs list` reads the state directory.
+    let path = state.path().join("acme.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anyedge"))
+        .args(["certs", "list", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listing}");
+    let line = listing.lines().find(|l| l.starts_with("app.test")).unwrap();
+    assert!(line.contains("valid until 20"), "{listing}");
+    assert!(line.contains("Pebble"), "{listing}");
+
     // A restart serves the stored certificate at once, with no new order.
     assert_eq!(node.shutdown(Duration::from_secs(1)).await, 0);
     drop(node);
