@@ -339,3 +339,39 @@ async fn hostnames_added_on_reload_are_issued_and_removed_ones_stop_being_served
     assert!(!metrics.contains("hostname=\"app.test\""), "{metrics}");
     assert!(metrics.contains("anyedge_cert_expiry_timestamp_seconds{hostname=\"two.test\"}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_validation_reports_the_cas_reason_and_backs_off() {
+    let instance = HttpInstance::start("app", false).await;
+    let tls_port = free_port();
+    // Pebble validates on a port where nothing listens.
+    let pebble = Pebble::start(PebbleOptions {
+        tls_port: free_port(),
+        validity_secs: None,
+    })
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        acme_section(
+            &pebble.directory,
+            &pebble.ca_roots,
+            state.path(),
+            "retry_min = \"200ms\"\nretry_max = \"1s\""
+        ),
+        tls_app("app", "app.test", tls_port, instance.addr, false)
+    );
+    let node = start(&toml, state.path()).await;
+    anyedge_test_support::eventually("two rejected orders", Duration::from_secs(60), || async {
+        (metric(&node, "anyedge_acme_orders_total{result=\"error\"}") >= 2).then_some(())
+    })
+    .await;
+    let status = std::fs::read_to_string(state.path().join("certs/app.test/status.json")).unwrap();
+    assert!(status.contains("\"state\": \"failing\""), "{status}");
+    assert!(
+        status.contains("urn:ietf:params:acme:error:"),
+        "the CA's problem type is reported: {status}\n{}",
+        pebble.log()
+    );
+    assert_eq!(metric(&node, "anyedge_acme_orders_total{result=\"ok\"}"), 0);
+}
