@@ -9,6 +9,7 @@ use super::state::{StateDir, Status, StoredCert};
 use crate::certs::parse_key_pair;
 use crate::resolver::DynamicCerts;
 use anyedge_telemetry::Metrics;
+use rustls::sign::CertifiedKey;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -181,14 +182,14 @@ impl Driver {
             not_after: None,
         };
         match self.state.read_cert(name) {
-            Ok(Some(stored)) => match self.serve(name, &stored) {
-                Ok(info) if unix(info.not_after) > now => {
+            Ok(Some(stored)) => match Self::parse(&stored) {
+                Ok((key, info)) if unix(info.not_after) > now => {
+                    self.dynamic.insert(name, key);
                     tracing::info!(hostname = %name, not_after = info.not_after, "stored certificate loaded");
                     host.due = renew_at(info.not_before, info.not_after);
                     host.not_after = Some(info.not_after);
                 }
                 Ok(_) => {
-                    self.dynamic.remove(name);
                     tracing::info!(hostname = %name, "stored certificate has expired; ordering a new one");
                 }
                 Err(e) => {
@@ -213,20 +214,26 @@ impl Driver {
         host
     }
 
-    /// Parse `stored` and serve it for `name` now.
-    fn serve(&self, name: &str, stored: &StoredCert) -> Result<CertInfo, OrderError> {
-        let pair = parse_key_pair(stored.chain_pem.as_bytes(), stored.key_pem.as_bytes()).map_err(
-            |e| OrderError::State(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        )?;
-        let info = CertInfo::of(&pair.key.cert[0]).map_err(OrderError::State)?;
-        self.dynamic.insert(name, pair.key);
-        Ok(info)
+    /// The served key and the facts of a stored chain and key.
+    fn parse(stored: &StoredCert) -> Result<(Arc<CertifiedKey>, CertInfo), OrderError> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let pair = parse_key_pair(stored.chain_pem.as_bytes(), stored.key_pem.as_bytes())
+            .map_err(|e| OrderError::State(invalid(e.to_string())))?;
+        let leaf = pair
+            .key
+            .cert
+            .first()
+            .ok_or_else(|| OrderError::State(invalid("empty chain".into())))?;
+        let info = CertInfo::of(leaf).map_err(OrderError::State)?;
+        Ok((pair.key, info))
     }
 
     /// One order for `name`, then its outcome recorded, served and scheduled.
     async fn attempt(&mut self, name: &str, wanted: &watch::Receiver<BTreeSet<String>>) {
         let renewing = self.hosts.get(name).is_some_and(|h| h.not_after.is_some());
-        if !renewing {
+        let retrying = self.hosts.get(name).is_some_and(|h| h.failures > 0);
+        // A retry leaves the failing status (and its error) in place until it ends.
+        if !renewing && !retrying {
             let since = unix_secs(SystemTime::now());
             self.write_status(name, &Status::Pending { since });
         }
@@ -239,16 +246,19 @@ impl Driver {
         if !wanted.borrow().contains(name) {
             return;
         }
-        let result = result.and_then(|stored| {
-            let info = self.serve(name, &stored)?;
-            self.state.write_cert(name, &stored)?;
-            Ok(info)
-        });
-        match result {
-            Ok(info) => self.succeeded(name, &info),
+        match result.and_then(|stored| Ok((Self::parse(&stored)?, stored))) {
+            Ok(((key, info), stored)) => {
+                if let Err(e) = self.state.write_cert(name, &stored) {
+                    tracing::error!(hostname = %name, error = %e, dir = %self.state.root().display(), "certificate issued but not stored: served until a restart");
+                }
+                self.succeeded(name, &info);
+                self.publish_expiries();
+                // Last, so that whoever sees the new certificate also sees it recorded. The
+                // swap is atomic: a handshake gets the old certificate or the new one.
+                self.dynamic.insert(name, key);
+            }
             Err(e) => self.failed(name, &e),
         }
-        self.publish_expiries();
     }
 
     async fn order(&mut self, name: &str) -> Result<StoredCert, OrderError> {
@@ -264,10 +274,6 @@ impl Driver {
     }
 
     fn succeeded(&mut self, name: &str, info: &CertInfo) {
-        self.metrics
-            .node
-            .acme_orders_ok
-            .fetch_add(1, Ordering::Relaxed);
         let due = renew_at(info.not_before, info.not_after);
         tracing::info!(hostname = %name, not_after = info.not_after, serial = %info.serial, issuer = %info.issuer, renew_at = unix_secs(due), "certificate issued");
         if let Some(host) = self.hosts.get_mut(name) {
@@ -285,14 +291,14 @@ impl Driver {
                 serial: info.serial.clone(),
             },
         );
+        self.metrics
+            .node
+            .acme_orders_ok
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn failed(&mut self, name: &str, error: &OrderError) {
         self.account = None;
-        self.metrics
-            .node
-            .acme_orders_error
-            .fetch_add(1, Ordering::Relaxed);
         let Some(host) = self.hosts.get_mut(name) else {
             return;
         };
@@ -308,6 +314,10 @@ impl Driver {
             not_after: host.not_after,
         };
         self.write_status(name, &status);
+        self.metrics
+            .node
+            .acme_orders_error
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn write_status(&self, name: &str, status: &Status) {
