@@ -69,8 +69,17 @@ impl StateDir {
         self.root.join("account.json")
     }
 
-    fn host_dir(&self, hostname: &str) -> PathBuf {
-        self.root.join("certs").join(hostname)
+    /// `certs/HOST`. Config validation admits only DNS names; a name that could leave the
+    /// directory (`/`, a leading `.`) is refused all the same.
+    fn host_dir(&self, hostname: &str) -> io::Result<PathBuf> {
+        if hostname.is_empty() || hostname.starts_with('.') || hostname.contains(['/', '\\', '\0'])
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a hostname: {hostname:?}"),
+            ));
+        }
+        Ok(self.root.join("certs").join(hostname))
     }
 
     /// The stored account credentials (JSON), if any.
@@ -84,7 +93,7 @@ impl StateDir {
 
     /// The stored certificate of `hostname`, if both files are there.
     pub fn read_cert(&self, hostname: &str) -> io::Result<Option<StoredCert>> {
-        let dir = self.host_dir(hostname);
+        let dir = self.host_dir(hostname)?;
         let chain = read_optional(&dir.join("cert.pem"))?;
         let key = read_optional(&dir.join("key.pem"))?;
         Ok(match (chain, key) {
@@ -95,7 +104,7 @@ impl StateDir {
 
     /// Store a chain and its key: the key first, so that a chain on disk always has its key.
     pub fn write_cert(&self, hostname: &str, cert: &StoredCert) -> io::Result<()> {
-        let dir = self.host_dir(hostname);
+        let dir = self.host_dir(hostname)?;
         write_atomic(&dir.join("key.pem"), cert.key_pem.as_bytes(), PRIVATE_MODE)?;
         write_atomic(
             &dir.join("cert.pem"),
@@ -105,7 +114,7 @@ impl StateDir {
     }
 
     pub fn read_status(&self, hostname: &str) -> io::Result<Option<Status>> {
-        let Some(text) = read_optional(&self.host_dir(hostname).join("status.json"))? else {
+        let Some(text) = read_optional(&self.host_dir(hostname)?.join("status.json"))? else {
             return Ok(None);
         };
         serde_json::from_str(&text)
@@ -116,7 +125,7 @@ impl StateDir {
     pub fn write_status(&self, hostname: &str, status: &Status) -> io::Result<()> {
         let json = serde_json::to_string_pretty(status)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let path = self.host_dir(hostname).join("status.json");
+        let path = self.host_dir(hostname)?.join("status.json");
         write_atomic(&path, json.as_bytes(), PUBLIC_MODE)
     }
 
@@ -224,6 +233,18 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left.len(), 3, "{left:?}");
+    }
+
+    #[test]
+    fn names_that_would_leave_the_directory_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        for bad in ["../x", "a/b", ".hidden", ""] {
+            assert!(dir.read_cert(bad).is_err(), "{bad}");
+            assert!(dir
+                .write_status(bad, &Status::Pending { since: 0 })
+                .is_err());
+        }
     }
 
     #[test]
