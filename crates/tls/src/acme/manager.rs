@@ -72,6 +72,7 @@ impl AcmeManager {
             challenges,
             metrics,
             account: None,
+            fresh_account: false,
             hosts: BTreeMap::new(),
         };
         let task = runtime.spawn(driver.run(rx));
@@ -118,6 +119,8 @@ struct Driver {
     metrics: Arc<Metrics>,
     /// Made (or restored) on first use; dropped after a failure so the next try starts afresh.
     account: Option<instant_acme::Account>,
+    /// The CA said it does not know the stored account: make a new one next time.
+    fresh_account: bool,
     hosts: BTreeMap<String, Host>,
 }
 
@@ -265,7 +268,8 @@ impl Driver {
         let account = match &self.account {
             Some(account) => account.clone(),
             None => {
-                let account = order::account(&self.settings.account, &self.state).await?;
+                let fresh = std::mem::take(&mut self.fresh_account);
+                let account = order::account(&self.settings.account, &self.state, fresh).await?;
                 self.account = Some(account.clone());
                 account
             }
@@ -299,6 +303,10 @@ impl Driver {
 
     fn failed(&mut self, name: &str, error: &OrderError) {
         self.account = None;
+        if error.account_is_gone() {
+            tracing::warn!("the CA does not know the stored ACME account: a new one will be made");
+            self.fresh_account = true;
+        }
         let Some(host) = self.hosts.get_mut(name) else {
             return;
         };

@@ -43,6 +43,22 @@ pub enum OrderError {
     Timeout(Duration),
 }
 
+impl OrderError {
+    /// The CA no longer knows the stored account (a test CA restarted, an account deleted):
+    /// the next attempt should make a new one.
+    pub fn account_is_gone(&self) -> bool {
+        match self {
+            OrderError::Acme {
+                source: instant_acme::Error::Api(problem),
+                ..
+            } => {
+                problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist")
+            }
+            _ => false,
+        }
+    }
+}
+
 fn acme(stage: &'static str) -> impl FnOnce(instant_acme::Error) -> OrderError {
     move |source| OrderError::Acme { stage, source }
 }
@@ -56,13 +72,18 @@ pub struct AccountSettings {
     pub ca_roots: Option<PathBuf>,
 }
 
-/// The account stored in `state` for this directory, or a new one (then stored, mode 0600).
-pub async fn account(settings: &AccountSettings, state: &StateDir) -> Result<Account, OrderError> {
+/// The account stored in `state` for this directory (unless `fresh`), or a new one (then
+/// stored, mode 0600).
+pub async fn account(
+    settings: &AccountSettings,
+    state: &StateDir,
+    fresh: bool,
+) -> Result<Account, OrderError> {
     let builder = || match &settings.ca_roots {
         Some(pem) => Account::builder_with_root(pem).map_err(acme("trust roots")),
         None => Account::builder().map_err(acme("HTTP client")),
     };
-    if let Some(json) = state.read_account()? {
+    if let Some(json) = state.read_account()?.filter(|_| !fresh) {
         let stored: serde_json::Value =
             serde_json::from_str(&json).map_err(OrderError::StoredAccount)?;
         if stored.get("directory").and_then(|d| d.as_str()) == Some(settings.directory.as_str()) {
@@ -172,4 +193,28 @@ async fn order_problem(order: &mut instant_acme::Order) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn api(problem_type: &str) -> OrderError {
+        let json = format!("{{\"type\": \"{problem_type}\", \"detail\": \"x\", \"status\": 400}}");
+        let problem: instant_acme::Problem = serde_json::from_str(&json).unwrap();
+        OrderError::Acme {
+            stage: "new order",
+            source: instant_acme::Error::Api(problem),
+        }
+    }
+
+    #[test]
+    fn an_unknown_account_is_told_apart_from_other_problems() {
+        assert!(api("urn:ietf:params:acme:error:accountDoesNotExist").account_is_gone());
+        assert!(!api("urn:ietf:params:acme:error:rateLimited").account_is_gone());
+        assert!(!OrderError::Timeout(POLL_TIMEOUT).account_is_gone());
+        let text = api("urn:ietf:params:acme:error:rateLimited").to_string();
+        assert!(text.starts_with("new order: API error: x"), "{text}");
+    }
 }
