@@ -147,7 +147,8 @@ async fn an_app_without_a_certificate_gets_one_from_pebble() {
 async fn a_renewed_certificate_replaces_the_old_one_without_a_failed_handshake() {
     let instance = HttpInstance::start("app", false).await;
     let tls_port = free_port();
-    // 30 s certificates: renewed when 10 s are left.
+    // 30 s certificates: renewed when 10 s are left (retry_min, also the shortest time between
+    // two orders for a name, is brought below that).
     let pebble = Pebble::start(PebbleOptions {
         tls_port,
         validity_secs: Some(30),
@@ -156,7 +157,12 @@ async fn a_renewed_certificate_replaces_the_old_one_without_a_failed_handshake()
     let state = tempfile::tempdir().unwrap();
     let toml = format!(
         "{}{}",
-        acme_section(&pebble.directory, &pebble.ca_roots, state.path(), ""),
+        acme_section(
+            &pebble.directory,
+            &pebble.ca_roots,
+            state.path(),
+            "retry_min = \"1s\""
+        ),
         tls_app("app", "app.test", tls_port, instance.addr, false)
     );
     let node = start(&toml, state.path()).await;

@@ -278,7 +278,10 @@ impl Driver {
     }
 
     fn succeeded(&mut self, name: &str, info: &CertInfo) {
-        let due = renew_at(info.not_before, info.not_after);
+        // Never order again sooner than `retry_min` after a success, whatever the certificate
+        // says (a CA issuing nearly expired certificates must not make this loop).
+        let due = renew_at(info.not_before, info.not_after)
+            .max(SystemTime::now() + self.settings.backoff.min);
         tracing::info!(hostname = %name, not_after = info.not_after, serial = %info.serial, issuer = %info.issuer, renew_at = unix_secs(due), "certificate issued");
         if let Some(host) = self.hosts.get_mut(name) {
             *host = Host {
