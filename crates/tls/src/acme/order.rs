@@ -218,3 +218,13 @@ mod tests {
         assert!(text.starts_with("new order: API error: x"), "{text}");
     }
 }
+
+#[cfg(test)]
+mod client_tests {
+    /// The production HTTP client (system roots through the platform verifier) builds with
+    /// ring as the only provider, without a process default installed first.
+    #[test]
+    fn the_default_http_client_builds_on_ring() {
+        assert!(instant_acme::Account::builder().is_ok());
+    }
+}
