@@ -381,3 +381,55 @@ async fn a_failed_validation_reports_the_cas_reason_and_backs_off() {
     );
     assert_eq!(metric(&node, "anyedge_acme_orders_total{result=\"ok\"}"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_a_failing_order_and_certs_list_shows_it() {
+    use anyedge_test_support::process::Proc;
+    let pki = Pki::new();
+    let instance = HttpInstance::start("app", false).await;
+    let directory = format!("https://127.0.0.1:{}/dir", free_port());
+    let ca = pki.issue("ca-stand-in", &["ca.test"]).0;
+    let toml = format!(
+        "{}{}",
+        acme_section(
+            &directory,
+            &ca,
+            &pki.path().join("state"),
+            "retry_min = \"200ms\"\nretry_max = \"1s\""
+        ),
+        tls_app("app", "app.test", free_port(), instance.addr, false)
+    );
+    let path = pki.path().join("anyedge.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let log = pki.path().join("node.log");
+    let bin = Path::new(env!("CARGO_BIN_EXE_anyedge"));
+    let mut node = Proc::anyedge_run(bin, &path, local(free_port()), &log, None);
+    let line = anyedge_test_support::eventually(
+        "a failed order in the log",
+        Duration::from_secs(20),
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let line = text
+                .lines()
+                .filter(|l| l.contains("certificate order failed"))
+                .nth(1)?;
+            Some(line.to_string())
+        },
+    )
+    .await;
+    assert!(line.contains("app.test"), "{line}");
+    assert!(line.contains("Connection refused"), "{line}");
+    assert!(line.contains("retry_in"), "{line}");
+    assert_eq!(node.try_exit_code(), None, "the node keeps running");
+
+    let out = std::process::Command::new(bin)
+        .args(["certs", "list", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let row = listing.lines().find(|l| l.starts_with("app.test")).unwrap();
+    assert!(row.contains("failing: creating the account"), "{listing}");
+    assert!(row.contains("Connection refused"), "{listing}");
+    node.signal(libc::SIGTERM);
+}
