@@ -53,6 +53,8 @@ impl AcmeSettings {
 pub struct AcmeManager {
     wanted: watch::Sender<BTreeSet<String>>,
     task: tokio::task::JoinHandle<()>,
+    dynamic: Arc<DynamicCerts>,
+    challenges: Arc<Challenges>,
 }
 
 impl AcmeManager {
@@ -68,21 +70,32 @@ impl AcmeManager {
         let driver = Driver {
             state: StateDir::new(&settings.state_dir),
             settings,
-            dynamic,
-            challenges,
+            dynamic: dynamic.clone(),
+            challenges: challenges.clone(),
             metrics,
             account: None,
             fresh_account: false,
             hosts: BTreeMap::new(),
         };
         let task = runtime.spawn(driver.run(rx));
-        AcmeManager { wanted, task }
+        AcmeManager {
+            wanted,
+            task,
+            dynamic,
+            challenges,
+        }
     }
 
     /// The hostnames to hold certificates for from now on (see `wanted_hostnames`): new ones
     /// are ordered, removed ones stop being served and renewed.
     pub fn set_hostnames(&self, hostnames: BTreeSet<String>) {
         self.wanted.send_if_modified(|current| {
+            // Removed names stop being served now, not when the task is next free (it may be
+            // in the middle of another name's order); the task forgets them after that.
+            for gone in current.difference(&hostnames) {
+                self.dynamic.remove(gone);
+                self.challenges.remove(gone);
+            }
             let changed = *current != hostnames;
             *current = hostnames;
             changed
