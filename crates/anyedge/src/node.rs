@@ -227,9 +227,9 @@ fn start_acme(config: &Config, edge: &Edge, metrics: &Arc<Metrics>) -> Option<Ac
         edge.dynamic_certs().clone(),
         edge.challenges().clone(),
         metrics.clone(),
+        wanted,
         &tokio::runtime::Handle::current(),
     );
-    acme.set_hostnames(wanted);
     Some(acme)
 }
 

@@ -58,16 +58,18 @@ pub struct AcmeManager {
 }
 
 impl AcmeManager {
-    /// Start the task on `runtime` (the node's control runtime), with no hostnames yet.
+    /// Serve the stored certificates of `hostnames` (before returning: a node serves them from
+    /// its first connection), then start the task that orders and renews on `runtime` (the
+    /// node's control runtime). Reads the state directory: call it where blocking is fine.
     pub fn start(
         settings: AcmeSettings,
         dynamic: Arc<DynamicCerts>,
         challenges: Arc<Challenges>,
         metrics: Arc<Metrics>,
+        hostnames: BTreeSet<String>,
         runtime: &tokio::runtime::Handle,
     ) -> AcmeManager {
-        let (wanted, rx) = watch::channel(BTreeSet::new());
-        let driver = Driver {
+        let mut driver = Driver {
             state: StateDir::new(&settings.state_dir),
             settings,
             dynamic: dynamic.clone(),
@@ -77,6 +79,8 @@ impl AcmeManager {
             fresh_account: false,
             hosts: BTreeMap::new(),
         };
+        driver.sync(&hostnames);
+        let (wanted, rx) = watch::channel(hostnames);
         let task = runtime.spawn(driver.run(rx));
         AcmeManager {
             wanted,
