@@ -341,8 +341,15 @@ async fn hostnames_added_on_reload_are_issued_and_removed_ones_stop_being_served
         .connect(local(tls_port), "two.test", &[b"h2"])
         .await
         .is_ok());
-    let metrics = node.metrics().render();
-    assert!(!metrics.contains("hostname=\"app.test\""), "{metrics}");
+    let metrics = anyedge_test_support::eventually(
+        "app.test gone from the expiry metric",
+        Duration::from_secs(10),
+        || async {
+            let text = node.metrics().render();
+            (!text.contains("hostname=\"app.test\"")).then_some(text)
+        },
+    )
+    .await;
     assert!(metrics.contains("anyedge_cert_expiry_timestamp_seconds{hostname=\"two.test\"}"));
 }
 
