@@ -222,6 +222,15 @@ fn start_acme(config: &Config, edge: &Edge, metrics: &Arc<Metrics>) -> Option<Ac
         return None;
     };
     tracing::info!(directory = %config.acme.directory, state_dir = %settings.state_dir.display(), hostnames = wanted.len(), "ACME enabled");
+    let tls_443 = config
+        .apps
+        .iter()
+        .flat_map(|a| &a.services)
+        .flat_map(|s| &s.ports)
+        .any(|p| p.port == 443 && p.handlers.contains(&anyedge_config::Handler::Tls));
+    if !wanted.is_empty() && !tls_443 {
+        tracing::warn!("no tls port 443 on this node: a public CA validates TLS-ALPN-01 there (a test CA may use another port)");
+    }
     let acme = AcmeManager::start(
         settings,
         edge.dynamic_certs().clone(),
