@@ -25,6 +25,22 @@ pub enum Command {
     Check(CheckArgs),
     /// A self-contained local fleet on loopback, with commands to try.
     Demo(DemoArgs),
+    /// Certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Hostnames with ACME certificates on this node: state (valid until, pending, failing
+    /// with the last error) and issuer, read from `[acme] state_dir`.
+    List(CertsListArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CertsListArgs {
+    #[arg(long, default_value = "/etc/anyedge/anyedge.toml")]
+    pub config: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -9,6 +9,8 @@ use anyedge_config::{CatalogConfig, Config};
 use anyedge_core::Drain;
 use anyedge_edge::{Edge, HealthChecker, ListenError};
 use anyedge_telemetry::Metrics;
+use anyedge_tls::acme::{wanted_hostnames, AcmeManager, AcmeSettings};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -44,6 +46,9 @@ pub struct Node {
     snapshot: Mutex<Arc<Snapshot>>,
     admin: Arc<AdminState>,
     admin_addr: SocketAddr,
+    /// Certificates for hostnames without a static one (`[acme] state_dir` set), on the
+    /// control runtime.
+    acme: Option<AcmeManager>,
 }
 
 impl Node {
@@ -89,6 +94,7 @@ impl Node {
         }
         let health = HealthChecker::new(tokio::runtime::Handle::current(), metrics.clone());
         health.update(&snapshot);
+        let acme = start_acme(&config, &edge, &metrics);
         metrics
             .node
             .config_generation
@@ -103,6 +109,7 @@ impl Node {
             snapshot: Mutex::new(snapshot),
             admin,
             admin_addr,
+            acme,
         })
     }
 
@@ -117,6 +124,7 @@ impl Node {
         ));
         let errors = self.edge.apply(next.clone());
         self.health.update(&next);
+        self.update_acme(&next.config);
         self.metrics
             .node
             .config_generation
@@ -131,6 +139,15 @@ impl Node {
         );
         *current = next;
         errors
+    }
+
+    /// Hand the ACME task the hostnames of `config` that need a certificate.
+    fn update_acme(&self, config: &Config) {
+        let wanted = wanted_hostnames(config, &self.edge.static_certs());
+        match &self.acme {
+            Some(acme) => acme.set_hostnames(wanted),
+            None => warn_no_acme(&wanted),
+        }
     }
 
     /// Count and report a config that could not be loaded; the one in force stays.
@@ -153,6 +170,9 @@ impl Node {
         tracing::info!(open, grace = ?grace, "draining");
         let left = self.drain.wait_idle(grace).await;
         self.health.stop();
+        if let Some(acme) = &self.acme {
+            acme.stop();
+        }
         left
     }
 
@@ -193,7 +213,46 @@ impl Node {
     }
 }
 
+/// The ACME task, when `[acme] state_dir` is set, with the hostnames of `config` that need a
+/// certificate.
+fn start_acme(config: &Config, edge: &Edge, metrics: &Arc<Metrics>) -> Option<AcmeManager> {
+    let wanted = wanted_hostnames(config, &edge.static_certs());
+    let Some(settings) = AcmeSettings::from_config(&config.acme) else {
+        warn_no_acme(&wanted);
+        return None;
+    };
+    tracing::info!(directory = %config.acme.directory, state_dir = %settings.state_dir.display(), hostnames = wanted.len(), "ACME enabled");
+    let tls_443 = config
+        .apps
+        .iter()
+        .flat_map(|a| &a.services)
+        .flat_map(|s| &s.ports)
+        .any(|p| p.port == 443 && p.handlers.contains(&anyedge_config::Handler::Tls));
+    if !wanted.is_empty() && !tls_443 {
+        tracing::warn!("no tls port 443 on this node: a public CA validates TLS-ALPN-01 there (a test CA may use another port)");
+    }
+    let acme = AcmeManager::start(
+        settings,
+        edge.dynamic_certs().clone(),
+        edge.challenges().clone(),
+        metrics.clone(),
+        wanted,
+        &tokio::runtime::Handle::current(),
+    );
+    Some(acme)
+}
+
+fn warn_no_acme(wanted: &BTreeSet<String>) {
+    if !wanted.is_empty() {
+        let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        tracing::warn!(hostnames = %names.join(", "), "no certificate for these TLS hostnames and ACME is off (set [acme] state_dir): their handshakes fail");
+    }
+}
+
 fn warn_restart_only(old: &Config, new: &Config) {
+    if old.acme != new.acme {
+        tracing::warn!("[acme] changes only on restart");
+    }
     if old.node.threads != new.node.threads {
         tracing::warn!("[node] threads changes only on restart");
     }

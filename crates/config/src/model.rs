@@ -106,6 +106,9 @@ pub struct Acme {
     pub contact: Vec<String>,
     pub ca_roots: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// First wait after a failed order; doubles on each further failure, up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
 }
 
 impl Default for Acme {
@@ -115,6 +118,8 @@ impl Default for Acme {
             contact: Vec::new(),
             ca_roots: None,
             state_dir: None,
+            retry_min: Duration::from_secs(60),
+            retry_max: Duration::from_secs(6 * 3600),
         }
     }
 }

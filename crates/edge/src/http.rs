@@ -47,6 +47,18 @@ pub(crate) async fn serve(
                 return;
             }
         };
+        if accepted.alpn.as_deref() == Some(anyedge_tls::ALPN_ACME_TLS) {
+            // A TLS-ALPN-01 validation connection: the handshake was the answer (RFC 8737);
+            // nothing is served on it.
+            tracing::info!(sni = accepted.sni.as_deref(), client = %client.peer, "ACME validation handshake answered");
+            let mut stream = accepted.stream;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::io::AsyncWriteExt::shutdown(&mut stream),
+            )
+            .await;
+            return;
+        }
         let h2 = accepted.alpn.as_deref() == Some(anyedge_tls::ALPN_H2);
         let sni = accepted.sni.map(Arc::<str>::from);
         let service = ProxyService::new(shared.clone(), port, Arc::new(client), settings, sni);

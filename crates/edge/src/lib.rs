@@ -47,6 +47,8 @@ struct Shared {
     tls: anyedge_tls::TlsShared,
     /// Certificates added at run time (ACME), shared by every snapshot's resolver.
     dynamic_certs: Arc<anyedge_tls::DynamicCerts>,
+    /// Pending TLS-ALPN-01 challenges, answered on every TLS port.
+    challenges: Arc<anyedge_tls::acme::Challenges>,
     handshakes: anyedge_tls::HandshakeLimits,
     /// The runtimes connections run on: one listener socket per shard and address.
     shards: Vec<tokio::runtime::Handle>,
@@ -90,6 +92,7 @@ impl Edge {
             pools: http::upstream::Pools::default(),
             tls: anyedge_tls::TlsShared::new()?,
             dynamic_certs: Arc::new(anyedge_tls::DynamicCerts::new()),
+            challenges: Arc::new(anyedge_tls::acme::Challenges::new()),
             handshakes: anyedge_tls::HandshakeLimits::from_config(limits),
             shards,
         });
@@ -129,10 +132,27 @@ impl Edge {
         self.shared.metrics.set_cert_expiries(store.expiries());
         let resolver =
             anyedge_tls::SniResolver::new(Arc::new(store), self.shared.dynamic_certs.clone());
-        Arc::new(anyedge_tls::TlsServer::new(
-            Arc::new(resolver),
-            &self.shared.tls,
-        ))
+        let server = anyedge_tls::TlsServer::new(Arc::new(resolver), &self.shared.tls)
+            .with_acme(self.shared.challenges.clone(), &self.shared.tls);
+        Arc::new(server)
+    }
+
+    /// Certificates issued at run time (ACME): served at once on every TLS port.
+    pub fn dynamic_certs(&self) -> &Arc<anyedge_tls::DynamicCerts> {
+        &self.shared.dynamic_certs
+    }
+
+    /// Pending TLS-ALPN-01 challenges: answered at once on every TLS port.
+    pub fn challenges(&self) -> &Arc<anyedge_tls::acme::Challenges> {
+        &self.shared.challenges
+    }
+
+    /// The static certificates of the snapshot in force (empty before the first apply).
+    pub fn static_certs(&self) -> Arc<anyedge_tls::CertStore> {
+        match &self.shared.routes.load().tls {
+            Some(tls) => tls.resolver().store().clone(),
+            None => Arc::default(),
+        }
     }
 
     /// Close every listener (the node is stopping). Open connections go on.

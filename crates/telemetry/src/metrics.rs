@@ -293,6 +293,9 @@ pub struct NodeMetrics {
     pub rejected_node_limit: AtomicU64,
     pub open_connections: AtomicI64,
     pub listeners: AtomicI64,
+    /// ACME orders finished, by result (`anyedge_acme_orders_total`).
+    pub acme_orders_ok: AtomicU64,
+    pub acme_orders_error: AtomicU64,
     /// Requests refused before any app was known (hyper's own 400/431/408).
     rejections: [AtomicU64; ErrorCode::ALL.len()],
 }
@@ -314,6 +317,8 @@ pub struct Metrics {
     apps: Mutex<BTreeMap<String, Arc<AppMetrics>>>,
     /// notAfter (unix seconds) of the certificate served for each hostname.
     cert_expiries: Mutex<Vec<(String, i64)>>,
+    /// The same for certificates issued by ACME (a static certificate's entry wins).
+    issued_cert_expiries: Mutex<BTreeMap<String, i64>>,
 }
 
 impl Metrics {
@@ -336,6 +341,31 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner) = expiries;
     }
 
+    /// Replace the expiries of ACME-issued certificates (after each issuance or removal).
+    pub fn set_issued_cert_expiries(&self, expiries: BTreeMap<String, i64>) {
+        *self
+            .issued_cert_expiries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = expiries;
+    }
+
+    /// Static and issued certificate expiries by hostname; a static one wins.
+    fn all_cert_expiries(&self) -> BTreeMap<String, i64> {
+        let mut all = self
+            .issued_cert_expiries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let statics = self
+            .cert_expiries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (host, at) in statics.iter() {
+            all.insert(host.clone(), *at);
+        }
+        all
+    }
+
     /// Everything, for the operator.
     pub fn render(&self) -> String {
         let apps = self.snapshot_apps(None);
@@ -347,12 +377,7 @@ impl Metrics {
             "gauge",
             "When the certificate served for a hostname expires.",
         );
-        for (host, at) in self
-            .cert_expiries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
+        for (host, at) in &self.all_cert_expiries() {
             let _ = writeln!(
                 out,
                 "anyedge_cert_expiry_timestamp_seconds{{hostname=\"{host}\"}} {at}"
@@ -396,6 +421,22 @@ impl Metrics {
             out,
             "anyedge_config_reloads_total{{result=\"error\"}} {}",
             get(&n.reloads_failed)
+        );
+        family(
+            out,
+            "anyedge_acme_orders_total",
+            "counter",
+            "ACME certificate orders finished, by result.",
+        );
+        let _ = writeln!(
+            out,
+            "anyedge_acme_orders_total{{result=\"ok\"}} {}",
+            get(&n.acme_orders_ok)
+        );
+        let _ = writeln!(
+            out,
+            "anyedge_acme_orders_total{{result=\"error\"}} {}",
+            get(&n.acme_orders_error)
         );
         family(
             out,

@@ -5,6 +5,7 @@ pub mod client;
 pub mod http_client;
 pub mod http_instance;
 pub mod instances;
+pub mod pebble;
 pub mod pki;
 pub mod process;
 pub mod runtimes;

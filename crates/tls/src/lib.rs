@@ -17,6 +17,7 @@
 //! `ServerConfig::builder_with_provider`, so nothing here depends on the process default; the
 //! binary still calls [`install_crypto_provider`] for code that does.
 
+pub mod acme;
 mod certs;
 mod error;
 mod resolver;

@@ -1,6 +1,7 @@
 //! Server configs built once per snapshot over session state shared for the whole process, and
 //! the handshake: ClientHello first, then the config that fits it, all under one deadline.
 
+use crate::acme::Challenges;
 use crate::certs::normalize_name;
 use crate::error::TlsError;
 use crate::resolver::SniResolver;
@@ -110,8 +111,9 @@ pub struct TlsServer {
     resolver: Arc<SniResolver>,
     /// ALPN `h2`, `http/1.1`; TLS 1.2 and 1.3; no client certificates.
     config: Arc<ServerConfig>,
-    /// ALPN exactly `acme-tls/1`, for TLS-ALPN-01 validation connections; `None` until ACME.
-    acme: Option<Arc<ServerConfig>>,
+    /// ALPN exactly `acme-tls/1`, for TLS-ALPN-01 validation connections, with the pending
+    /// challenges it answers; `None` without ACME.
+    acme: Option<(Arc<ServerConfig>, Arc<Challenges>)>,
 }
 
 impl TlsServer {
@@ -127,15 +129,11 @@ impl TlsServer {
     /// Answer TLS-ALPN-01 validation connections (those offering `acme-tls/1`) with the
     /// challenge certificates of `challenges`. The edge closes such a connection after the
     /// handshake.
-    pub fn with_acme(
-        mut self,
-        challenges: Arc<dyn ResolvesServerCert>,
-        shared: &TlsShared,
-    ) -> Self {
-        let mut config = shared.config(challenges, &[ALPN_ACME_TLS]);
+    pub fn with_acme(mut self, challenges: Arc<Challenges>, shared: &TlsShared) -> Self {
+        let mut config = shared.config(challenges.clone(), &[ALPN_ACME_TLS]);
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
-        self.acme = Some(Arc::new(config));
+        self.acme = Some((Arc::new(config), challenges));
         self
     }
 
@@ -190,9 +188,13 @@ impl TlsServer {
     }
 
     /// The config for a ClientHello, or `None` when no certificate would answer it.
+    /// A ClientHello offering `acme-tls/1` for a name with a pending challenge gets the
+    /// challenge config (its only protocol is `acme-tls/1`); any other gets the usual one.
     fn config_for(&self, sni: Option<&str>, offers_acme: bool) -> Option<Arc<ServerConfig>> {
-        if let (true, Some(acme)) = (offers_acme, &self.acme) {
-            return Some(acme.clone());
+        if let (true, Some(name), Some((acme, challenges))) = (offers_acme, sni, &self.acme) {
+            if challenges.is_pending(name) {
+                return Some(acme.clone());
+            }
         }
         self.resolver.lookup(sni).map(|_| self.config.clone())
     }

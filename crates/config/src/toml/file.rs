@@ -58,6 +58,8 @@ pub(crate) struct AcmeFile {
     pub contact: Vec<String>,
     pub ca_roots: Option<String>,
     pub state_dir: Option<String>,
+    pub retry_min: Option<String>,
+    pub retry_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

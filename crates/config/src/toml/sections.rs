@@ -278,6 +278,23 @@ pub(super) fn acme(root: &Table, base: Option<&Path>, r: &mut Report<'_>) -> Acm
     acme.contact = f.contact;
     acme.ca_roots = file_path(f.ca_roots.as_deref(), "acme.ca_roots", base, r);
     acme.state_dir = file_path(f.state_dir.as_deref(), "acme.state_dir", base, r);
+    acme.retry_min = duration(
+        f.retry_min.as_deref(),
+        "acme.retry_min",
+        acme.retry_min,
+        true,
+        r,
+    );
+    acme.retry_max = duration(
+        f.retry_max.as_deref(),
+        "acme.retry_max",
+        acme.retry_max,
+        true,
+        r,
+    );
+    if acme.retry_max < acme.retry_min {
+        r.error("acme.retry_max", "must not be shorter than acme.retry_min");
+    }
     acme
 }
 

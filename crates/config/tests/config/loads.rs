@@ -213,6 +213,8 @@ fn full_design_shaped_toml_maps_every_field() {
             ],
             ca_roots: Some(base.join("extra-roots.pem")),
             state_dir: Some(PathBuf::from("/var/lib/anyedge")),
+            retry_min: Duration::from_secs(60),
+            retry_max: Duration::from_secs(6 * 3600),
         }
     );
     assert_eq!(c.http.header_prefix, "fly");

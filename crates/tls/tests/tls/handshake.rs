@@ -2,9 +2,10 @@
 //! number.
 
 use super::support::*;
+use anyedge_tls::acme::{challenge_cert, Challenges};
 use anyedge_tls::rustls::pki_types::ServerName;
 use anyedge_tls::rustls::{ClientConnection, ProtocolVersion};
-use anyedge_tls::{DynamicCerts, HandshakeLimits, SniResolver, TlsError, TlsServer, TlsShared};
+use anyedge_tls::{HandshakeLimits, TlsError, TlsServer, TlsShared};
 use anyedge_tls::{ALPN_ACME_TLS, ALPN_H2, ALPN_HTTP11};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,26 +79,37 @@ async fn alpn_is_negotiated_as_offered() {
 async fn acme_tls_alpn_clients_get_the_challenge_config() {
     let pki = Pki::new();
     let alpha = pki.issue("alpha", &["alpha.test"]);
-    let challenge = pki.issue("challenge", &["alpha.test"]);
-    let challenges = Arc::new(DynamicCerts::new());
-    let key =
-        anyedge_tls::parse_key_pair(challenge.cert_pem.as_bytes(), challenge.key_pem.as_bytes());
-    challenges.insert("alpha.test", key.unwrap().key);
-    let acme = Arc::new(SniResolver::new(Arc::default(), challenges));
+    let challenges = Arc::new(Challenges::new());
+    let challenge = challenge_cert("alpha.test", &[9u8; 32]).unwrap();
+    challenges.insert("alpha.test", challenge.clone());
     let shared = TlsShared::new().unwrap();
-    let config = config(pki.dir.path(), &app("alpha", &["alpha.test"], &["alpha"]));
+    let config = config(
+        pki.dir.path(),
+        &app("alpha", &["alpha.test", "beta.test"], &["alpha"]),
+    );
     let server = TlsServer::new(Arc::new(resolver(&config, Arc::default())), &shared)
-        .with_acme(acme, &shared);
+        .with_acme(challenges.clone(), &shared);
 
-    let client = pki.client(&[&TLS13], &[ALPN_ACME_TLS]);
+    let client = validator_client(&[ALPN_ACME_TLS]);
     let (accepted, connected) = handshake(&server, &limits(), client, "alpha.test").await;
     assert_eq!(accepted.unwrap().alpn.as_deref(), Some(ALPN_ACME_TLS));
-    assert_eq!(peer_cert(&connected.unwrap()), challenge.der);
+    assert_eq!(peer_cert(&connected.unwrap()), challenge.cert[0].clone());
 
+    // Other protocols on the same name get the usual certificate.
     let client = pki.client(&[&TLS13], &[ALPN_H2]);
     let (accepted, connected) = handshake(&server, &limits(), client, "alpha.test").await;
     assert_eq!(accepted.unwrap().alpn.as_deref(), Some(ALPN_H2));
     assert_eq!(peer_cert(&connected.unwrap()), alpha.der);
+
+    // No challenge pending (any more): `acme-tls/1` is not spoken.
+    challenges.remove("alpha.test");
+    let client = validator_client(&[ALPN_ACME_TLS]);
+    let (accepted, connected) = handshake(&server, &limits(), client, "alpha.test").await;
+    assert_eq!(accepted.unwrap_err().code(), "tls_handshake_failed");
+    assert_eq!(
+        client_error(connected),
+        "AlertReceived(NoApplicationProtocol)"
+    );
 }
 
 #[tokio::test(start_paused = true)]

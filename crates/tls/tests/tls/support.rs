@@ -189,3 +189,62 @@ pub fn client_error(result: ClientSide) -> String {
         None => format!("{error:?}"),
     }
 }
+
+/// A client that accepts any server certificate, as an ACME validator does with a TLS-ALPN-01
+/// challenge certificate (self-signed, with a critical extension webpki does not know).
+pub fn validator_client(alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let provider = Arc::new(anyedge_tls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AnyCert(Arc<anyedge_tls::rustls::crypto::CryptoProvider>);
+
+mod any_cert {
+    use anyedge_tls::rustls::client::danger::{
+        HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+    };
+    use anyedge_tls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use anyedge_tls::rustls::{DigitallySignedStruct, Error, SignatureScheme};
+
+    impl ServerCertVerifier for super::AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        // webpki refuses to parse a certificate with an unknown critical extension (the
+        // challenge's acmeIdentifier), so the signature is taken on trust too.
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+}
