@@ -25,6 +25,60 @@ pub enum Command {
     Check(CheckArgs),
     /// A self-contained local fleet on loopback, with commands to try.
     Demo(DemoArgs),
+    /// Apps kept in etcd (cluster).
+    Apps(AppsArgs),
+    /// Instances registered in etcd by workers (cluster).
+    Instances(InstancesArgs),
+}
+
+/// Where etcd is.
+#[derive(Args, Debug, Clone)]
+pub struct EtcdArgs {
+    /// etcd endpoint(s), comma-separated.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub etcd: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AppsArgs {
+    #[command(subcommand)]
+    pub command: AppsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppsCommand {
+    /// Validate a file of [[apps]] blocks (without instances) and put each app in etcd.
+    Put {
+        file: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Remove an app from etcd.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// List the apps in etcd.
+    List {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InstancesArgs {
+    #[command(subcommand)]
+    pub command: InstancesCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstancesCommand {
+    /// List the instances workers registered in etcd.
+    List {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod demo;
+pub mod manage;
 pub mod node;
 mod watch;

@@ -11,5 +11,7 @@ fn main() -> ExitCode {
         Command::Run(args) => anyedge::node::run(&args),
         Command::Check(args) => anyedge::cli::check(&args),
         Command::Demo(args) => anyedge::demo::run(&args),
+        Command::Apps(args) => anyedge::manage::apps(&args),
+        Command::Instances(args) => anyedge::manage::instances(&args),
     }
 }
