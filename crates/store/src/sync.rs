@@ -290,3 +290,6 @@ pub(crate) fn jitter(d: Duration) -> Duration {
         .map_or(0, |t| t.subsec_nanos());
     d + d / 4 * (nanos % 1000) / 1000
 }
+
+#[cfg(test)]
+mod tests;
