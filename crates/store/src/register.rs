@@ -244,3 +244,6 @@ async fn sync_keys(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
