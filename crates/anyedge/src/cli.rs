@@ -29,6 +29,34 @@ pub enum Command {
     Apps(AppsArgs),
     /// Instances registered in etcd by workers (cluster).
     Instances(InstancesArgs),
+    /// The cluster CA and node certificates (mutual TLS between nodes).
+    Certs(CertsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub command: CertsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Make a cluster CA: DIR/cluster-ca.pem and DIR/cluster-ca-key.pem.
+    ClusterCa {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a node certificate signed by the CA in --ca: DIR/NODE.pem and DIR/NODE-key.pem.
+    Node {
+        /// The directory holding cluster-ca.pem and cluster-ca-key.pem.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node id (its [node] id).
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Where etcd is.

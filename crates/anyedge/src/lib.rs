@@ -2,6 +2,7 @@
 //! listener, and the embedded demo. `main.rs` only dispatches here.
 
 pub mod admin;
+pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod demo;

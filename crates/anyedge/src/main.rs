@@ -13,5 +13,6 @@ fn main() -> ExitCode {
         Command::Demo(args) => anyedge::demo::run(&args),
         Command::Apps(args) => anyedge::manage::apps(&args),
         Command::Instances(args) => anyedge::manage::instances(&args),
+        Command::Certs(args) => anyedge::certs::run(&args),
     }
 }

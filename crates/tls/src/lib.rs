@@ -18,6 +18,7 @@
 //! binary still calls [`install_crypto_provider`] for code that does.
 
 mod certs;
+pub mod cluster_ca;
 mod error;
 mod resolver;
 mod server;
