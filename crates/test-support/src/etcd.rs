@@ -12,6 +12,10 @@ pub struct Etcd {
     peer_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Clients over TLS: (CA that signs client certificates, server cert, server key).
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// Where this run's part of the log starts.
+    log_from: usize,
 }
 
 /// The etcd binary: `ANYEDGE_ETCD` if set, else `/usr/bin/etcd`.
@@ -22,24 +26,38 @@ pub fn binary() -> PathBuf {
 impl Etcd {
     /// Start etcd on free loopback ports and wait until it is healthy.
     pub fn start() -> Etcd {
+        Self::start_with(None)
+    }
+
+    /// Like [`Etcd::start`], serving clients over TLS with `cert`/`key` and requiring client
+    /// certificates signed by `ca`.
+    pub fn start_tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Etcd {
+        Self::start_with(Some((ca, cert, key)))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Etcd {
         let mut etcd = Etcd {
             client_port: crate::free_port(),
             peer_port: crate::free_port(),
             dir: tempfile::tempdir().expect("etcd data dir"),
             child: None,
+            tls,
+            log_from: 0,
         };
         etcd.start_again();
         etcd
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Start the stopped server again, on the same ports and data.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "etcd is running");
+        self.log_from = self.log().len();
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
@@ -62,6 +80,13 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some((ca, cert, key)) = &self.tls {
+            command
+                .arg(format!("--trusted-ca-file={}", ca.display()))
+                .arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg("--client-cert-auth");
+        }
         if std::env::consts::ARCH != "x86_64" {
             // etcd 3.4 refuses to start on other architectures unless told.
             command.env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
@@ -90,8 +115,14 @@ impl Etcd {
         }
     }
 
-    /// `GET /health` answers `"health":"true"`.
+    /// `GET /health` answers `"health":"true"` (with TLS: the log says it serves clients).
     pub fn healthy(&self) -> bool {
+        if self.tls.is_some() {
+            let log = self.log();
+            return log
+                .get(self.log_from..)
+                .is_some_and(|run| run.contains("ready to serve client requests"));
+        }
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) else {
             return false;
         };
