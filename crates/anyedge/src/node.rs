@@ -287,6 +287,10 @@ async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handl
         Ok(node) => node,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
+            // Take back the registration at once rather than after the lease's TTL.
+            if let Some(f) = feed {
+                f.stop().await;
+            }
             return ExitCode::FAILURE;
         }
     };
