@@ -407,3 +407,83 @@ async fn an_etcd_outage_keeps_the_node_serving_and_it_resyncs_after() {
         .await
         .is_some_and(|(s, _)| s == 200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacting_etcd_under_a_running_node_leaves_it_converging() {
+    let mut etcd = Etcd::start();
+    let inst = HttpInstance::start("c-1", false).await;
+    let node = EtcdNode::start(
+        &etcd,
+        "n1",
+        "ord",
+        &[
+            ("one", "i1", inst.addr.to_string()),
+            ("two", "i2", inst.addr.to_string()),
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p1, p2) = (free_port(), free_port());
+    let file = app_file(dir.path(), "one", p1);
+    for _ in 0..5 {
+        assert!(cli(&etcd, &["apps", "put", file.to_str().expect("utf-8")])
+            .status
+            .success());
+    }
+    eventually("one served", Duration::from_secs(10), || async {
+        http_get(local(p1), "one.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    // Compact away every revision so far, while the node watches, and again while it is cut
+    // off from etcd: it relists at a revision that exists and goes on.
+    let mut c = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("connect");
+    let now = c
+        .get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    c.compact(now, None).await.expect("compact");
+    etcd.stop();
+    etcd.start_again();
+    let mut c = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("connect");
+    assert!(cli(&etcd, &["apps", "rm", "one"]).status.success());
+    assert!(cli(
+        &etcd,
+        &[
+            "apps",
+            "put",
+            app_file(dir.path(), "two", p2).to_str().expect("utf-8")
+        ]
+    )
+    .status
+    .success());
+    let now = c
+        .get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    c.compact(now, None).await.expect("compact");
+    eventually(
+        "two served and one gone",
+        Duration::from_secs(15),
+        || async {
+            let two = http_get(local(p2), "two.test", "/")
+                .await
+                .is_some_and(|(s, _)| s == 200);
+            let one_gone = tokio::net::TcpStream::connect(local(p1)).await.is_err();
+            (two && one_gone).then_some(())
+        },
+    )
+    .await;
+    let (_, metrics) = node.admin_get("/metrics").await.expect("metrics");
+    assert!(metrics.contains("anyedge_catalog_connected 1"), "{metrics}");
+}
