@@ -29,7 +29,7 @@ pub fn instances(args: &InstancesArgs) -> ExitCode {
 fn run<F, Fut>(etcd: &EtcdArgs, command: F) -> ExitCode
 where
     F: FnOnce(Client) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), CmdError>>,
 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -43,25 +43,43 @@ where
     };
     let cfg = client::plain(&etcd.etcd);
     let result = runtime.block_on(async {
-        let client = client::connect(&cfg).await.map_err(|e| e.to_string())?;
+        let client = client::connect(&cfg)
+            .await
+            .map_err(|e| CmdError::Other(e.to_string()))?;
         command(client).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(CmdError::Etcd(e)) => {
+            eprintln!("etcd at {}: {e}", etcd.etcd);
+            ExitCode::FAILURE
+        }
+        Err(CmdError::Other(e)) => {
             eprintln!("{}", e.trim_end());
             ExitCode::FAILURE
         }
     }
 }
 
-fn etcd_err(e: etcd_client::Error) -> String {
-    format!("etcd: {e}")
+/// A command's failure: etcd's (printed with the endpoints), or a message of its own.
+enum CmdError {
+    Etcd(etcd_client::Error),
+    Other(String),
+}
+
+impl From<String> for CmdError {
+    fn from(s: String) -> Self {
+        CmdError::Other(s)
+    }
+}
+
+fn etcd_err(e: etcd_client::Error) -> CmdError {
+    CmdError::Etcd(e)
 }
 
 /// Validate the file with the config rules (no instances), check it against the apps already
 /// in etcd (hostnames, ports), then put every app in one transaction.
-async fn put(mut client: Client, file: &std::path::Path) -> Result<(), String> {
+async fn put(mut client: Client, file: &std::path::Path) -> Result<(), CmdError> {
     // Certificate paths are kept absolute: etcd has no "file's directory".
     let path = std::fs::canonicalize(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let text = std::fs::read_to_string(&path)
@@ -69,7 +87,7 @@ async fn put(mut client: Client, file: &std::path::Path) -> Result<(), String> {
     let apps = anyedge_config::parse_apps(&text, &file.display().to_string(), path.parent())
         .map_err(|d| format!("{d}{} problem(s) found", d.0.len()))?;
     if apps.is_empty() {
-        return Err(format!("{}: no [[apps]] in the file", file.display()));
+        return Err(format!("{}: no [[apps]] in the file", file.display()).into());
     }
     let keys = Keys::default();
     let existing = read_apps(&mut client, &keys).await?;
@@ -84,7 +102,7 @@ async fn put(mut client: Client, file: &std::path::Path) -> Result<(), String> {
     for (app, new) in all.values() {
         if let Err(why) = claims.claim(app) {
             let whose = if *new { "" } else { " (already in etcd)" };
-            return Err(format!("app `{}`{whose}: {why}", app.name));
+            return Err(format!("app `{}`{whose}: {why}", app.name).into());
         }
     }
     let ops: Vec<TxnOp> = apps
@@ -101,7 +119,7 @@ async fn put(mut client: Client, file: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-async fn read_apps(client: &mut Client, keys: &Keys) -> Result<Vec<App>, String> {
+async fn read_apps(client: &mut Client, keys: &Keys) -> Result<Vec<App>, CmdError> {
     let resp = client
         .get(keys.apps(), Some(GetOptions::new().with_prefix()))
         .await
@@ -119,18 +137,18 @@ async fn read_apps(client: &mut Client, keys: &Keys) -> Result<Vec<App>, String>
     Ok(apps)
 }
 
-async fn rm(mut client: Client, name: &str) -> Result<(), String> {
+async fn rm(mut client: Client, name: &str) -> Result<(), CmdError> {
     let key = Keys::default().key(&Key::App(name.to_string()));
     let resp = client.delete(key, None).await.map_err(etcd_err)?;
     if resp.deleted() == 0 {
-        return Err(format!("no app `{name}` in etcd"));
+        return Err(format!("no app `{name}` in etcd").into());
     }
     println!("removed app {name}");
     Ok(())
 }
 
 /// Everything under the prefix, as the nodes see it.
-async fn catalog(client: &mut Client) -> Result<CatalogState, String> {
+async fn catalog(client: &mut Client) -> Result<CatalogState, CmdError> {
     let keys = Keys::default();
     let resp = client
         .get(keys.all(), Some(GetOptions::new().with_prefix()))
@@ -146,7 +164,7 @@ async fn catalog(client: &mut Client) -> Result<CatalogState, String> {
     Ok(state)
 }
 
-async fn list_apps(mut client: Client) -> Result<(), String> {
+async fn list_apps(mut client: Client) -> Result<(), CmdError> {
     let state = catalog(&mut client).await?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for (app, _) in state.instances() {
@@ -174,7 +192,7 @@ async fn list_apps(mut client: Client) -> Result<(), String> {
     Ok(())
 }
 
-async fn list_instances(mut client: Client) -> Result<(), String> {
+async fn list_instances(mut client: Client) -> Result<(), CmdError> {
     let state = catalog(&mut client).await?;
     println!("APP\tID\tREGION\tADDRESS\tNODE");
     for (app, r) in state.instances() {
