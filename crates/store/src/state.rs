@@ -162,14 +162,16 @@ impl CatalogState {
                 tracing::warn!(app = %name, "app left out: {why}");
                 continue;
             }
+            let mine: &[&Instance] = local.get(name.as_str()).map_or(&[], Vec::as_slice);
+            // An id this node runs itself is its own, whoever else registered it.
             let remote = self
                 .instances
                 .get(name)
                 .into_iter()
                 .flat_map(|m| m.values())
-                .filter(|r| r.node != me)
+                .filter(|r| r.node != me && !mine.iter().any(|i| i.id == r.instance.id))
                 .map(|r| &r.instance);
-            let mine = local.get(name.as_str()).into_iter().flatten().copied();
+            let mine = mine.iter().copied();
             let mut app = app.clone();
             app.instances = remote
                 .chain(mine)

@@ -115,6 +115,11 @@ fn config_joins_apps_remote_instances_and_the_nodes_own() {
         "/anyedge/instances/a/old",
         instance("old", "me", "10.0.0.9"),
     ));
+    // Another node claiming this node's instance id loses to the file.
+    s.apply(put(
+        "/anyedge/instances/a/mine",
+        instance("mine", "w2", "10.0.0.7"),
+    ));
     // An instance of an app etcd does not have is kept but not used.
     s.apply(put(
         "/anyedge/instances/ghost/g",
