@@ -97,6 +97,15 @@ impl EtcdNode {
     }
 }
 
+impl Drop for EtcdNode {
+    /// A failing test shows what the node logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of node at {} ---\n{}", self.admin, self.log());
+        }
+    }
+}
+
 /// A file of one HTTP app on `port`, its instances reached on `internal_port`.
 fn app_file(dir: &Path, name: &str, port: u16) -> PathBuf {
     let file = dir.join(format!("{name}.toml"));

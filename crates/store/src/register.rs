@@ -118,18 +118,24 @@ impl Registrar {
             let mut lease = None;
             let end = tokio::select! {
                 end = self.session(&mut lease, &mut old_lease, &mut backoff) => end,
-                done = &mut stop => {
-                    self.revoke(lease).await;
-                    if let Ok(done) = done {
-                        let _ = done.send(());
-                    }
-                    return;
-                }
+                done = &mut stop => return self.finish(lease.or(old_lease), done.ok()).await,
             };
             tracing::warn!(error = %end, retry_in = ?backoff, "etcd registration lost; registering again");
             old_lease = lease.or(old_lease);
-            tokio::time::sleep(jitter(backoff)).await;
+            // A stop during the backoff still revokes what may be left.
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(backoff)) => {}
+                done = &mut stop => return self.finish(old_lease, done.ok()).await,
+            }
             backoff = (backoff * 2).min(BACKOFF.1);
+        }
+    }
+
+    /// Stopping: revoke the lease, then tell [`Registration::stop`].
+    async fn finish(&self, lease: Option<i64>, done: Option<oneshot::Sender<()>>) {
+        self.revoke(lease).await;
+        if let Some(done) = done {
+            let _ = done.send(());
         }
     }
 
