@@ -6,7 +6,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/anyedge-target}"
 
 # Packages the build itself needs (protobuf-compiler: etcd-client's build, for the cluster work).
-BUILD_PACKAGES=(build-essential pkg-config protobuf-compiler)
+# libprotobuf-dev: the well-known .proto files (google/protobuf/descriptor.proto) etcd-client's build needs.
+BUILD_PACKAGES=(build-essential pkg-config protobuf-compiler libprotobuf-dev)
 
 # apt_install PKG...: install the Debian packages that are not installed yet.
 apt_install() {

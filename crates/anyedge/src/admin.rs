@@ -3,6 +3,7 @@
 
 use anyedge_catalog::{AppEntry, Snapshot};
 use anyedge_core::Drain;
+use anyedge_store::CatalogStatus;
 use anyedge_telemetry::Metrics;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -24,6 +25,8 @@ pub struct AdminState {
     drain: Drain,
     snapshot: Mutex<Arc<Snapshot>>,
     reload_error: Mutex<Option<String>>,
+    /// With the etcd store: whether the catalog is current.
+    catalog: Mutex<Option<Arc<CatalogStatus>>>,
 }
 
 impl AdminState {
@@ -33,7 +36,19 @@ impl AdminState {
             drain,
             snapshot: Mutex::new(snapshot),
             reload_error: Mutex::new(None),
+            catalog: Mutex::new(None),
         }
+    }
+
+    pub fn set_catalog_status(&self, status: Arc<CatalogStatus>) {
+        *self.catalog.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+    }
+
+    fn catalog(&self) -> Option<Arc<CatalogStatus>> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn set_snapshot(&self, s: Arc<Snapshot>) {
@@ -99,6 +114,9 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             let mut text = state.metrics.render();
             let snapshot = state.snapshot();
             instance_gauges(&snapshot, None, &mut text);
+            if let Some(status) = state.catalog() {
+                catalog_metrics(&status, &mut text);
+            }
             metrics_text(text)
         }
         _ => match path
@@ -119,6 +137,17 @@ fn health(state: &AdminState) -> Response<Full<Bytes>> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
+    // With the etcd store the node serves its last snapshot while etcd is away: still 200,
+    // with how stale the catalog may be.
+    let catalog = match state.catalog() {
+        None => serde_json::json!({ "store": "file" }),
+        Some(c) => serde_json::json!({
+            "store": "etcd",
+            "connected": c.connected(),
+            "stale_seconds": c.stale_for().as_secs_f64(),
+            "revision": c.revision(),
+        }),
+    };
     let body = serde_json::json!({
         "status": if draining { "draining" } else { "ok" },
         "node": snapshot.config.node.id,
@@ -127,6 +156,7 @@ fn health(state: &AdminState) -> Response<Full<Bytes>> {
         "apps": snapshot.apps.len(),
         "open_connections": state.drain.open_connections(),
         "last_reload_error": reload_error,
+        "catalog": catalog,
     });
     let status = if draining {
         StatusCode::SERVICE_UNAVAILABLE
@@ -210,6 +240,22 @@ fn instance_gauges(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
             }
         }
     }
+}
+
+/// `anyedge_catalog_connected` and `anyedge_catalog_stale_seconds` (etcd store only).
+fn catalog_metrics(status: &CatalogStatus, out: &mut String) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "# HELP anyedge_catalog_connected 1 while the node follows etcd's catalog, else 0 (serving its last snapshot).\n\
+         # TYPE anyedge_catalog_connected gauge\n\
+         anyedge_catalog_connected {}\n\
+         # HELP anyedge_catalog_stale_seconds Seconds since the catalog was last known current (0 while connected).\n\
+         # TYPE anyedge_catalog_stale_seconds gauge\n\
+         anyedge_catalog_stale_seconds {:.3}\n",
+        u8::from(status.connected()),
+        status.stale_for().as_secs_f64()
+    );
 }
 
 fn metrics_text(body: String) -> Response<Full<Bytes>> {

@@ -25,9 +25,18 @@ pub enum Command {
     Check(CheckArgs),
     /// A self-contained local fleet on loopback, with commands to try.
     Demo(DemoArgs),
-    /// Certificates.
+    /// Apps kept in etcd (cluster).
+    Apps(AppsArgs),
+    /// Instances registered in etcd by workers (cluster).
+    Instances(InstancesArgs),
+    /// Certificates: ACME ones of this node (list), the cluster CA and node certificates.
+    Certs(CertsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CertsArgs {
     #[command(subcommand)]
-    Certs(CertsCommand),
+    pub command: CertsCommand,
 }
 
 #[derive(Subcommand, Debug)]
@@ -35,6 +44,72 @@ pub enum CertsCommand {
     /// Hostnames with ACME certificates on this node: state (valid until, pending, failing
     /// with the last error) and issuer, read from `[acme] state_dir`.
     List(CertsListArgs),
+    /// Make a cluster CA: DIR/cluster-ca.pem and DIR/cluster-ca-key.pem.
+    ClusterCa {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a node certificate signed by the CA in --ca: DIR/NODE.pem and DIR/NODE-key.pem.
+    Node {
+        /// The directory holding cluster-ca.pem and cluster-ca-key.pem.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node id (its [node] id).
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Where etcd is.
+#[derive(Args, Debug, Clone)]
+pub struct EtcdArgs {
+    /// etcd endpoint(s), comma-separated.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub etcd: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AppsArgs {
+    #[command(subcommand)]
+    pub command: AppsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppsCommand {
+    /// Validate a file of [[apps]] blocks (without instances) and put each app in etcd.
+    Put {
+        file: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Remove an app from etcd.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// List the apps in etcd.
+    List {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InstancesArgs {
+    #[command(subcommand)]
+    pub command: InstancesCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstancesCommand {
+    /// List the instances workers registered in etcd.
+    List {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod certs;
 pub mod cli;
+pub mod cluster;
 pub mod demo;
+pub mod manage;
 pub mod node;
 mod watch;

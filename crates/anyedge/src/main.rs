@@ -1,6 +1,6 @@
 //! The `anyedge` command: parse the command line, then hand over to the library.
 
-use anyedge::cli::{CertsCommand, Cli, Command};
+use anyedge::cli::{Cli, Command};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -11,6 +11,8 @@ fn main() -> ExitCode {
         Command::Run(args) => anyedge::node::run(&args),
         Command::Check(args) => anyedge::cli::check(&args),
         Command::Demo(args) => anyedge::demo::run(&args),
-        Command::Certs(CertsCommand::List(args)) => anyedge::certs::list(&args),
+        Command::Apps(args) => anyedge::manage::apps(&args),
+        Command::Instances(args) => anyedge::manage::instances(&args),
+        Command::Certs(args) => anyedge::certs::run(&args),
     }
 }

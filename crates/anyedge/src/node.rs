@@ -4,8 +4,9 @@
 
 use crate::admin::{self, AdminState};
 use crate::cli::RunArgs;
+use crate::cluster::{self, EtcdFeed};
 use anyedge_catalog::{LiveRegistry, Snapshot};
-use anyedge_config::{CatalogConfig, Config};
+use anyedge_config::Config;
 use anyedge_core::Drain;
 use anyedge_edge::{Edge, HealthChecker, ListenError};
 use anyedge_telemetry::Metrics;
@@ -29,8 +30,6 @@ pub enum StartError {
     },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Listeners(Vec<ListenError>),
-    #[error("catalog store \"etcd\" is not available yet: use store = \"file\"")]
-    EtcdUnsupported,
     #[error("TLS set-up failed: {0}")]
     Tls(anyedge_edge::TlsSetupError),
 }
@@ -67,9 +66,6 @@ impl Node {
         admin_listen: Option<SocketAddr>,
         shards: Vec<tokio::runtime::Handle>,
     ) -> Result<Node, StartError> {
-        if matches!(config.catalog, CatalogConfig::Etcd(_)) {
-            return Err(StartError::EtcdUnsupported);
-        }
         let metrics = Metrics::new();
         let drain = Drain::new();
         let registry = LiveRegistry::new();
@@ -148,6 +144,11 @@ impl Node {
             Some(acme) => acme.set_hostnames(wanted),
             None => warn_no_acme(&wanted),
         }
+    }
+
+    /// With the etcd store: report the catalog's connection and staleness on the admin port.
+    pub fn set_catalog_status(&self, status: Arc<anyedge_store::CatalogStatus>) {
+        self.admin.set_catalog_status(status);
     }
 
     /// Count and report a config that could not be loaded; the one in force stays.
@@ -335,13 +336,26 @@ pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
 }
 
 async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handle>) -> ExitCode {
-    let node = match Node::start_on(config, args.admin_listen, shards).await {
+    let mut base = Arc::new(config);
+    let mut feed = EtcdFeed::start(&base).await;
+    let first = match feed.as_mut() {
+        Some(f) => f.config(&base),
+        None => (*base).clone(),
+    };
+    let node = match Node::start_on(first, args.admin_listen, shards).await {
         Ok(node) => node,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
+            // Take back the registration at once rather than after the lease's TTL.
+            if let Some(f) = feed {
+                f.stop().await;
+            }
             return ExitCode::FAILURE;
         }
     };
+    if let Some(f) = &feed {
+        node.set_catalog_status(f.status());
+    }
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
@@ -355,12 +369,21 @@ async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handl
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                reload_from(&node, &args.config);
+                reload_from(&node, &args.config, &mut base, feed.as_mut());
             }
-            _ = changes.changed() => reload_from(&node, &args.config),
+            _ = changes.changed() => reload_from(&node, &args.config, &mut base, feed.as_mut()),
+            _ = cluster::changed(&mut feed) => {
+                if let Some(f) = feed.as_mut() {
+                    apply(&node, f.config(&base));
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+    }
+    // Leave the catalog first, so other nodes stop sending here while this one drains.
+    if let Some(f) = feed {
+        f.stop().await;
     }
     let grace = node.drain_timeout();
     let drained = tokio::select! {
@@ -379,13 +402,30 @@ async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handl
     ExitCode::SUCCESS
 }
 
-fn reload_from(node: &Node, path: &Path) {
-    match anyedge_config::load(path) {
-        Ok(config) => {
-            for e in node.reload(config) {
-                tracing::error!(error = %e, "listener not opened; will retry on the next reload");
-            }
+/// Read the node's file again. With the etcd store the file holds the node's own sections and
+/// instances: they are registered anew and joined with the catalog's apps.
+fn reload_from(node: &Node, path: &Path, base: &mut Arc<Config>, feed: Option<&mut EtcdFeed>) {
+    let config = match anyedge_config::load(path) {
+        Ok(config) => config,
+        Err(diagnostics) => return node.reload_failed(diagnostics.to_string()),
+    };
+    if config.catalog != base.catalog {
+        return node.reload_failed(
+            "[catalog] changes only on restart; the file was not reloaded\n".to_string(),
+        );
+    }
+    *base = Arc::new(config);
+    match feed {
+        Some(f) => {
+            f.update(base.clone());
+            apply(node, f.config(base));
         }
-        Err(diagnostics) => node.reload_failed(diagnostics.to_string()),
+        None => apply(node, (**base).clone()),
+    }
+}
+
+fn apply(node: &Node, config: Config) {
+    for e in node.reload(config) {
+        tracing::error!(error = %e, "listener not opened; will retry on the next reload");
     }
 }

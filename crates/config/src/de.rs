@@ -75,7 +75,7 @@ where
             Some(Seg::Key(k)) => k.clone(),
             _ => p.clone(),
         };
-        report.key_error(&p, format!("unknown key `{name}`"));
+        report.unknown_key(&p, format!("unknown key `{name}`"));
     }
     match result {
         Ok(v) => Some(v),

@@ -13,6 +13,7 @@ mod json;
 pub mod model;
 mod path;
 mod report;
+pub mod rules;
 mod toml;
 mod validate;
 
@@ -59,6 +60,16 @@ pub fn parse_apps(
     base_dir: Option<&Path>,
 ) -> Result<Vec<App>, Diagnostics> {
     toml::parse_apps(strip_bom(text), origin, base_dir)
+}
+
+/// Like [`parse_apps`] for values written by other (possibly newer) nodes: unknown keys are
+/// not problems but are returned as key paths beside the apps, so a caller can log them.
+/// Relative paths stay as written. The etcd store decodes app values with this.
+pub fn parse_apps_lenient(
+    text: &str,
+    origin: &str,
+) -> Result<(Vec<App>, Vec<String>), Diagnostics> {
+    toml::parse_apps_lenient(strip_bom(text), origin)
 }
 
 /// Read and validate a config file; relative paths in it are taken from its directory.

@@ -16,6 +16,9 @@ pub(crate) struct Report<'a> {
     text: &'a str,
     locator: &'a dyn Locate,
     diags: Vec<Diagnostic>,
+    /// Lenient mode (values written by a newer node): unknown keys are collected here instead
+    /// of being problems.
+    ignored: Option<Vec<String>>,
 }
 
 impl<'a> Report<'a> {
@@ -25,7 +28,27 @@ impl<'a> Report<'a> {
             text,
             locator,
             diags: Vec::new(),
+            ignored: None,
         }
+    }
+
+    /// Collect unknown keys instead of reporting them (see [`Report::unknown_key`]).
+    pub(crate) fn lenient(mut self) -> Self {
+        self.ignored = Some(Vec::new());
+        self
+    }
+
+    /// An unknown key: a problem, or in lenient mode a note of its path.
+    pub(crate) fn unknown_key(&mut self, path: &str, message: impl Into<String>) {
+        match self.ignored.as_mut() {
+            Some(ignored) => ignored.push(path.to_string()),
+            None => self.key_error(path, message),
+        }
+    }
+
+    /// The unknown keys passed over in lenient mode.
+    pub(crate) fn ignored(&self) -> Vec<String> {
+        self.ignored.clone().unwrap_or_default()
     }
 
     /// A problem with the value at `path`.

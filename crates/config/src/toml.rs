@@ -99,6 +99,22 @@ pub(crate) fn parse_apps(
     })
 }
 
+/// Like [`parse_apps`], but unknown keys (written by a newer version) are passed over and
+/// returned as key paths instead of being problems: the decoding of app values kept in etcd.
+pub(crate) fn parse_apps_lenient(
+    text: &str,
+    origin: &str,
+) -> Result<(Vec<App>, Vec<String>), Diagnostics> {
+    with_report(text, origin, true, |root, r| {
+        let scope = apps::Scope {
+            node_region: crate::defaults::REGION,
+            base: None,
+            instances_allowed: false,
+        };
+        apps::apps(root.get("apps"), &scope, r)
+    })
+}
+
 /// Parse the syntax, run `build` with a report that can place every key path, and return its
 /// result only if nothing was reported.
 fn with_document<T>(
@@ -106,6 +122,16 @@ fn with_document<T>(
     origin: &str,
     build: impl FnOnce(&Table, &mut Report<'_>) -> T,
 ) -> Result<T, Diagnostics> {
+    with_report(text, origin, false, build).map(|(v, _)| v)
+}
+
+/// [`with_document`], optionally lenient about unknown keys (returned beside the result).
+fn with_report<T>(
+    text: &str,
+    origin: &str,
+    lenient: bool,
+    build: impl FnOnce(&Table, &mut Report<'_>) -> T,
+) -> Result<(T, Vec<String>), Diagnostics> {
     let doc = match Document::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
@@ -122,9 +148,12 @@ fn with_document<T>(
         root: doc.as_table(),
     };
     let mut report = Report::new(origin, text, &locator);
+    if lenient {
+        report = report.lenient();
+    }
     let value = build(doc.as_table(), &mut report);
     if report.is_empty() {
-        Ok(value)
+        Ok((value, report.ignored()))
     } else {
         Err(report.finish())
     }

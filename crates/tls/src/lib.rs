@@ -19,6 +19,7 @@
 
 pub mod acme;
 mod certs;
+pub mod cluster_ca;
 mod error;
 mod resolver;
 mod server;

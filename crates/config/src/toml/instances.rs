@@ -104,27 +104,8 @@ fn instance(
 
 /// See the module comment.
 fn port_rule(at: &str, app: &str, instance: &Instance, services: &[Service], r: &mut Report<'_>) {
-    let at = path::key(at, "address");
-    match instance.address.port {
-        Some(port) if services.len() > 1 => r.error(
-            &at,
-            format!(
-                "instance `{}` names port {port}, but app `{app}` has {} services: with more than one service an instance's address must not name a port (each service reaches it on its internal_port)",
-                instance.id,
-                services.len()
-            ),
-        ),
-        Some(_) => {}
-        None => {
-            if let Some(k) = services.iter().position(|s| s.internal_port.is_none()) {
-                r.error(
-                    &at,
-                    format!(
-                        "instance `{}` has no port, and service {k} of app `{app}` has no internal_port: add :PORT to the address or set internal_port",
-                        instance.id
-                    ),
-                );
-            }
-        }
-    }
+    r.check(
+        &path::key(at, "address"),
+        crate::rules::instance_port(app, instance, services),
+    );
 }

@@ -1,0 +1,78 @@
+//! A node on the etcd store (`[catalog] store = "etcd"`): its apps and the other nodes'
+//! instances follow etcd, its own instances and node key are registered under its lease, and
+//! both feed the same reload path as the file store. `docs/cluster.md` tells the whole story.
+
+use anyedge_config::{CatalogConfig, Config};
+use anyedge_store::{CatalogStatus, EtcdCatalog, Keys, Registration};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a starting node waits for its first listing before it starts without (it then
+/// serves its own sections only, and takes the apps in when etcd answers).
+const FIRST_SYNC: Duration = Duration::from_secs(5);
+/// A burst of catalog events within this long is applied as one reload.
+const COALESCE: Duration = Duration::from_millis(50);
+/// How long a stopping node tries to revoke its lease.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct EtcdFeed {
+    catalog: EtcdCatalog,
+    registration: Registration,
+}
+
+impl EtcdFeed {
+    /// Start following etcd and registering, if `base` says `store = "etcd"`.
+    pub async fn start(base: &Arc<Config>) -> Option<EtcdFeed> {
+        let CatalogConfig::Etcd(cfg) = &base.catalog else {
+            return None;
+        };
+        let keys = Keys::default();
+        let catalog = EtcdCatalog::start(cfg.clone(), keys.clone());
+        let registration = Registration::start(
+            cfg.clone(),
+            keys,
+            base.clone(),
+            anyedge_store::register::LEASE_TTL,
+        );
+        if !catalog.first_sync(FIRST_SYNC).await {
+            tracing::warn!(endpoints = ?cfg.endpoints, "etcd did not answer in {FIRST_SYNC:?}: starting without its apps; they follow when it answers");
+        }
+        Some(EtcdFeed {
+            catalog,
+            registration,
+        })
+    }
+
+    /// Resolves when the catalog changed, a little later so a burst is applied once.
+    pub async fn changed(&mut self) {
+        self.catalog.changed().await;
+        tokio::time::sleep(COALESCE).await;
+    }
+
+    /// The node's config: its file `base` with the catalog's apps.
+    pub fn config(&mut self, base: &Config) -> Config {
+        self.catalog.config(base)
+    }
+
+    /// The node's file changed: register its instances anew.
+    pub fn update(&self, base: Arc<Config>) {
+        self.registration.update(base);
+    }
+
+    pub fn status(&self) -> Arc<CatalogStatus> {
+        self.catalog.status().clone()
+    }
+
+    /// Revoke the lease: this node's instances leave the catalog at once.
+    pub async fn stop(self) {
+        self.registration.stop(REVOKE_TIMEOUT).await;
+    }
+}
+
+/// Resolves when `feed` changed; never without a feed.
+pub async fn changed(feed: &mut Option<EtcdFeed>) {
+    match feed {
+        Some(f) => f.changed().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,499 @@
+//! The etcd store end to end, with a real etcd server and the real binary: apps put through
+//! the CLI serve on a running node and go with `apps rm`; a worker killed with SIGKILL leaves
+//! another node's catalog within its lease TTL; an etcd outage leaves the node serving and
+//! reporting staleness, and it resyncs when etcd returns.
+
+use anyedge_test_support::etcd::Etcd;
+use anyedge_test_support::http_instance::HttpInstance;
+use anyedge_test_support::process::Proc;
+use anyedge_test_support::{eventually, free_port};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_anyedge"))
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `anyedge ARGS... --etcd URL`.
+fn cli(etcd: &Etcd, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .args(["--etcd", &etcd.url()])
+        .output()
+        .expect("run anyedge")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A plain HTTP/1.0 GET; `None` when the connection fails or closes without an answer.
+async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// A node on the etcd store, run as its own process.
+struct EtcdNode {
+    proc: Proc,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl EtcdNode {
+    /// `instances` are `(app, id, address)` for the node's top-level `[[instances]]`.
+    fn start(etcd: &Etcd, id: &str, region: &str, instances: &[(&str, &str, String)]) -> EtcdNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin = local(free_port());
+        let mut toml = format!(
+            "[node]\nid = \"{id}\"\nregion = \"{region}\"\ndrain_timeout = \"1s\"\n[catalog]\nstore = \"etcd\"\netcd_endpoints = [\"{}\"]\n",
+            etcd.url()
+        );
+        for (app, iid, address) in instances {
+            toml += &format!(
+                "[[instances]]\napp = \"{app}\"\nid = \"{iid}\"\naddress = \"{address}\"\n"
+            );
+        }
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, toml).expect("write node file");
+        let log = dir.path().join("node.log");
+        let proc = Proc::anyedge_run(bin(), &config, admin, &log, None);
+        EtcdNode {
+            proc,
+            admin,
+            _dir: dir,
+            log,
+        }
+    }
+
+    async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin, "admin", path).await
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdNode {
+    /// A failing test shows what the node logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of node at {} ---\n{}", self.admin, self.log());
+        }
+    }
+}
+
+/// A file of one HTTP app on `port`, its instances reached on `internal_port`.
+fn app_file(dir: &Path, name: &str, port: u16) -> PathBuf {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[[apps]]\nname = \"{name}\"\nhostnames = [\"{name}.test\"]\n  [[apps.services]]\n  internal_port = 1\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+        ),
+    )
+    .expect("write apps file");
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_put_through_the_cli_serve_on_a_running_node_and_go_with_rm() {
+    let etcd = Etcd::start();
+    let inst = HttpInstance::start("hello-1", false).await;
+    let node = EtcdNode::start(
+        &etcd,
+        "n1",
+        "ord",
+        &[("hello", "i1", inst.addr.to_string())],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    eventually("node admin up", Duration::from_secs(10), || async {
+        node.admin_get("/healthz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+
+    let put = cli(
+        &etcd,
+        &[
+            "apps",
+            "put",
+            app_file(dir.path(), "hello", port).to_str().expect("utf-8"),
+        ],
+    );
+    assert!(put.status.success(), "apps put: {}", stderr(&put));
+    assert_eq!(stdout(&put), "put app hello\n");
+    let body = eventually(
+        "hello served through the node",
+        Duration::from_secs(5),
+        || async {
+            http_get(local(port), "hello.test", "/")
+                .await
+                .filter(|(s, _)| *s == 200)
+        },
+    )
+    .await
+    .1;
+    assert!(body.contains("hello-1"), "{body}");
+
+    let apps = cli(&etcd, &["apps", "list"]);
+    assert!(apps.status.success(), "{}", stderr(&apps));
+    assert!(
+        stdout(&apps).contains(&format!("hello\thello.test\t127.0.0.1:{port}\t1")),
+        "{}",
+        stdout(&apps)
+    );
+    let instances = cli(&etcd, &["instances", "list"]);
+    assert!(
+        stdout(&instances).contains(&format!("hello\ti1\tord\t{}\tn1", inst.addr)),
+        "{}",
+        stdout(&instances)
+    );
+
+    // Problems are clear and exit 1.
+    let missing = cli(&etcd, &["apps", "rm", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("no app `nope`"),
+        "{}",
+        stderr(&missing)
+    );
+    let with_instances = dir.path().join("bad.toml");
+    std::fs::write(
+        &with_instances,
+        "[[apps]]\nname = \"bad\"\n[[apps.instances]]\nid = \"x\"\naddress = \"127.0.0.1:1\"\n",
+    )
+    .expect("write");
+    let bad = cli(
+        &etcd,
+        &["apps", "put", with_instances.to_str().expect("utf-8")],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("bad.toml:3:") && stderr(&bad).contains("workers register their own"),
+        "{}",
+        stderr(&bad)
+    );
+    let clash_file = dir.path().join("clash.toml");
+    std::fs::write(
+        &clash_file,
+        "[[apps]]\nname = \"other\"\nhostnames = [\"HELLO.test\"]\n",
+    )
+    .expect("write");
+    let clash = cli(&etcd, &["apps", "put", clash_file.to_str().expect("utf-8")]);
+    assert_eq!(clash.status.code(), Some(1));
+    assert!(
+        stderr(&clash).contains("hello.test belongs to app `hello`"),
+        "{}",
+        stderr(&clash)
+    );
+    let unreachable = Command::new(bin())
+        .args([
+            "apps",
+            "list",
+            "--etcd",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(
+        stderr(&unreachable).contains("etcd"),
+        "{}",
+        stderr(&unreachable)
+    );
+
+    let rm = cli(&etcd, &["apps", "rm", "hello"]);
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    eventually(
+        "the port closes after apps rm",
+        Duration::from_secs(5),
+        || async {
+            tokio::net::TcpStream::connect(local(port))
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(node.log().contains("etcd catalog listed"), "{}", node.log());
+}
+
+/// Whether the node's snapshot has the instance (its concurrency series is listed).
+async fn knows_instance(node: &EtcdNode, app: &str, instance: &str) -> bool {
+    let needle = format!("anyedge_app_concurrency{{app=\"{app}\",instance=\"{instance}\"}}");
+    node.admin_get("/metrics")
+        .await
+        .is_some_and(|(_, body)| body.contains(&needle))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_with_sigkill_leaves_the_catalog_within_its_lease_ttl() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An app without services: nothing to listen on, so two nodes on one host do not clash.
+    let file = dir.path().join("svc.toml");
+    std::fs::write(&file, "[[apps]]\nname = \"svc\"\n").expect("write");
+    assert!(cli(&etcd, &["apps", "put", file.to_str().expect("utf-8")])
+        .status
+        .success());
+    let edge = EtcdNode::start(&etcd, "edge", "ord", &[]);
+    let mut worker = EtcdNode::start(&etcd, "w1", "syd", &[("svc", "w1-a", "127.0.0.1:9".into())]);
+    eventually(
+        "the edge sees the worker's instance",
+        Duration::from_secs(10),
+        || async { knows_instance(&edge, "svc", "w1-a").await.then_some(()) },
+    )
+    .await;
+    worker.proc.signal(libc::SIGKILL);
+    let _ = worker.proc.child.wait();
+    let killed = std::time::Instant::now();
+    // TTL 10 s; etcd checks expiry about every 500 ms.
+    eventually(
+        "the instance leaves the edge's catalog",
+        Duration::from_secs(13),
+        || async { (!knows_instance(&edge, "svc", "w1-a").await).then_some(()) },
+    )
+    .await;
+    let gone_after = killed.elapsed();
+    assert!(
+        gone_after > Duration::from_secs(3),
+        "went after {gone_after:?}: too early for a lease"
+    );
+    let listed = cli(&etcd, &["instances", "list"]);
+    assert!(!stdout(&listed).contains("w1-a"), "{}", stdout(&listed));
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_worker_leaves_at_once_and_reloads_change_its_instances() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("svc.toml");
+    std::fs::write(&file, "[[apps]]\nname = \"svc\"\n").expect("write");
+    assert!(cli(&etcd, &["apps", "put", file.to_str().expect("utf-8")])
+        .status
+        .success());
+    let edge = EtcdNode::start(&etcd, "edge", "ord", &[]);
+    let worker = EtcdNode::start(&etcd, "w1", "syd", &[("svc", "a", "127.0.0.1:9".into())]);
+    eventually("instance a registered", Duration::from_secs(10), || async {
+        knows_instance(&edge, "svc", "a").await.then_some(())
+    })
+    .await;
+    // The worker's file now runs b instead of a: a is deleted, b put.
+    let config = worker._dir.path().join("node.toml");
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(&config, text.replace("id = \"a\"", "id = \"b\"")).expect("write");
+    worker.proc.signal(libc::SIGHUP);
+    eventually("a replaced by b", Duration::from_secs(5), || async {
+        (knows_instance(&edge, "svc", "b").await && !knows_instance(&edge, "svc", "a").await)
+            .then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    worker.proc.signal(libc::SIGTERM);
+    eventually(
+        "b leaves on a graceful stop (lease revoked)",
+        Duration::from_secs(5),
+        || async { (!knows_instance(&edge, "svc", "b").await).then_some(()) },
+    )
+    .await;
+    // Well inside the 10 s TTL: the lease was revoked, not left to expire.
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_keeps_the_node_serving_and_it_resyncs_after() {
+    let mut etcd = Etcd::start();
+    let inst = HttpInstance::start("web-1", false).await;
+    let node = EtcdNode::start(
+        &etcd,
+        "n1",
+        "ord",
+        &[
+            ("web", "i1", inst.addr.to_string()),
+            ("later", "i2", inst.addr.to_string()),
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let later_port = free_port();
+    let put = cli(
+        &etcd,
+        &[
+            "apps",
+            "put",
+            app_file(dir.path(), "web", port).to_str().expect("utf-8"),
+        ],
+    );
+    assert!(put.status.success(), "{}", stderr(&put));
+    eventually("web served", Duration::from_secs(10), || async {
+        http_get(local(port), "web.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let (_, metrics) = node.admin_get("/metrics").await.expect("metrics");
+    assert!(metrics.contains("anyedge_catalog_connected 1"), "{metrics}");
+
+    etcd.stop();
+    eventually(
+        "the node notices etcd is gone",
+        Duration::from_secs(10),
+        || async {
+            let (_, m) = node.admin_get("/metrics").await?;
+            m.contains("anyedge_catalog_connected 0").then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..20 {
+        let (status, body) = http_get(local(port), "web.test", "/")
+            .await
+            .expect("served during the outage");
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, health) = node.admin_get("/healthz").await.expect("healthz");
+    assert_eq!(status, 200, "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).expect("json");
+    assert_eq!(health["catalog"]["store"], "etcd");
+    assert_eq!(health["catalog"]["connected"], false);
+    assert!(
+        health["catalog"]["stale_seconds"].as_f64().expect("stale") >= 1.0,
+        "{health}"
+    );
+
+    etcd.start_again();
+    eventually("the node reconnects", Duration::from_secs(15), || async {
+        let (_, m) = node.admin_get("/metrics").await?;
+        m.contains("anyedge_catalog_connected 1").then_some(())
+    })
+    .await;
+    let put = cli(
+        &etcd,
+        &[
+            "apps",
+            "put",
+            app_file(dir.path(), "later", later_port)
+                .to_str()
+                .expect("utf-8"),
+        ],
+    );
+    assert!(put.status.success(), "{}", stderr(&put));
+    eventually(
+        "a change after the outage is applied",
+        Duration::from_secs(5),
+        || async {
+            http_get(local(later_port), "later.test", "/")
+                .await
+                .filter(|(s, _)| *s == 200)
+        },
+    )
+    .await;
+    assert!(http_get(local(port), "web.test", "/")
+        .await
+        .is_some_and(|(s, _)| s == 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacting_etcd_under_a_running_node_leaves_it_converging() {
+    let mut etcd = Etcd::start();
+    let inst = HttpInstance::start("c-1", false).await;
+    let node = EtcdNode::start(
+        &etcd,
+        "n1",
+        "ord",
+        &[
+            ("one", "i1", inst.addr.to_string()),
+            ("two", "i2", inst.addr.to_string()),
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p1, p2) = (free_port(), free_port());
+    let file = app_file(dir.path(), "one", p1);
+    for _ in 0..5 {
+        assert!(cli(&etcd, &["apps", "put", file.to_str().expect("utf-8")])
+            .status
+            .success());
+    }
+    eventually("one served", Duration::from_secs(10), || async {
+        http_get(local(p1), "one.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    // Compact away every revision so far, while the node watches, and again while it is cut
+    // off from etcd: it relists at a revision that exists and goes on.
+    let mut c = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("connect");
+    let now = c
+        .get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    c.compact(now, None).await.expect("compact");
+    etcd.stop();
+    etcd.start_again();
+    let mut c = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("connect");
+    assert!(cli(&etcd, &["apps", "rm", "one"]).status.success());
+    assert!(cli(
+        &etcd,
+        &[
+            "apps",
+            "put",
+            app_file(dir.path(), "two", p2).to_str().expect("utf-8")
+        ]
+    )
+    .status
+    .success());
+    let now = c
+        .get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    c.compact(now, None).await.expect("compact");
+    eventually(
+        "two served and one gone",
+        Duration::from_secs(15),
+        || async {
+            let two = http_get(local(p2), "two.test", "/")
+                .await
+                .is_some_and(|(s, _)| s == 200);
+            let one_gone = tokio::net::TcpStream::connect(local(p1)).await.is_err();
+            (two && one_gone).then_some(())
+        },
+    )
+    .await;
+    let (_, metrics) = node.admin_get("/metrics").await.expect("metrics");
+    assert!(metrics.contains("anyedge_catalog_connected 1"), "{metrics}");
+}

@@ -1,0 +1,84 @@
+//! Connecting to etcd: timeouts and HTTP/2 keep-alives so a half-dead connection is noticed
+//! (PITFALLS.md, etcd), and optional TLS with a client certificate.
+
+use anyedge_config::EtcdConfig;
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use std::time::Duration;
+
+/// Bound on opening a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on one request (not on a watch or keep-alive stream).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on an idle connection, and how long an answer may take.
+const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(3));
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("etcd ({endpoints}): {source}")]
+    Etcd {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+}
+
+/// Connect to `cfg`'s endpoints (any one that answers).
+pub async fn connect(cfg: &EtcdConfig) -> Result<Client, StoreError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(KEEP_ALIVE.0, KEEP_ALIVE.1)
+        .with_keep_alive_while_idle(true)
+        .with_tcp_keepalive(Duration::from_secs(10));
+    if cfg.ca.is_some() || cfg.cert.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &cfg.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read("etcd_ca", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
+            tls = tls.identity(Identity::from_pem(
+                read("etcd_cert", cert)?,
+                read("etcd_key", key)?,
+            ));
+        }
+        options = options.with_tls(tls);
+    }
+    Client::connect(&cfg.endpoints, Some(options))
+        .await
+        .map_err(|source| StoreError::Etcd {
+            endpoints: cfg.endpoints.join(","),
+            source,
+        })
+}
+
+fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|source| StoreError::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// A plain config for a list of endpoints (the CLI's `--etcd`).
+pub fn plain(endpoints: &str) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: endpoints.split(',').map(|e| e.trim().to_string()).collect(),
+        ca: None,
+        cert: None,
+        key: None,
+        secret_key_file: None,
+    }
+}
+
+/// An etcd error with the endpoints it came from.
+pub fn etcd_error(cfg: &EtcdConfig) -> impl Fn(etcd_client::Error) -> StoreError + '_ {
+    move |source| StoreError::Etcd {
+        endpoints: cfg.endpoints.join(","),
+        source,
+    }
+}

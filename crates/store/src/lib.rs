@@ -1,0 +1,22 @@
+//! Catalog stores: where a node's apps and instances come from besides its own file.
+//!
+//! The etcd store. Pure parts, testable without etcd: key layout ([`keys`]), lenient value
+//! decoding and encoding ([`values`]), and the catalog's key/value state with the diff of two
+//! listings and the assembly of a [`Config`](anyedge_config::Config) ([`state`]). The I/O parts
+//! talk to etcd: the connection ([`client`]), the listing and watch loop that feeds a node
+//! ([`sync`]) and the worker's registration under its lease ([`register`]).
+//!
+//! Kept out of `anyedge-catalog`, which stays free of I/O (and of etcd-client's dependencies).
+
+pub mod client;
+pub mod keys;
+pub mod register;
+pub mod state;
+pub mod sync;
+pub mod values;
+
+pub use client::{connect, StoreError};
+pub use keys::{Key, Keys};
+pub use register::Registration;
+pub use state::{CatalogState, Change};
+pub use sync::{CatalogStatus, EtcdCatalog};

@@ -1,0 +1,150 @@
+//! A real etcd server (Debian's `etcd-server`, `/usr/bin/etcd`) for cluster tests: free ports,
+//! a temporary data directory, started and awaited until healthy, stopped by its pid. It can be
+//! stopped and started again on the same ports and data (an outage).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Etcd {
+    client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Clients over TLS: (CA that signs client certificates, server cert, server key).
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// Where this run's part of the log starts.
+    log_from: usize,
+}
+
+/// The etcd binary: `ANYEDGE_ETCD` if set, else `/usr/bin/etcd`.
+pub fn binary() -> PathBuf {
+    std::env::var_os("ANYEDGE_ETCD").map_or_else(|| PathBuf::from("/usr/bin/etcd"), PathBuf::from)
+}
+
+impl Etcd {
+    /// Start etcd on free loopback ports and wait until it is healthy.
+    pub fn start() -> Etcd {
+        Self::start_with(None)
+    }
+
+    /// Like [`Etcd::start`], serving clients over TLS with `cert`/`key` and requiring client
+    /// certificates signed by `ca`.
+    pub fn start_tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Etcd {
+        Self::start_with(Some((ca, cert, key)))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Etcd {
+        let mut etcd = Etcd {
+            client_port: crate::free_port(),
+            peer_port: crate::free_port(),
+            dir: tempfile::tempdir().expect("etcd data dir"),
+            child: None,
+            tls,
+            log_from: 0,
+        };
+        etcd.start_again();
+        etcd
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Start the stopped server again, on the same ports and data.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "etcd is running");
+        self.log_from = self.log().len();
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log");
+        let mut command = Command::new(binary());
+        command
+            .arg("--name=test")
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some((ca, cert, key)) = &self.tls {
+            command
+                .arg(format!("--trusted-ca-file={}", ca.display()))
+                .arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg("--client-cert-auth");
+        }
+        if std::env::consts::ARCH != "x86_64" {
+            // etcd 3.4 refuses to start on other architectures unless told.
+            command.env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
+        }
+        self.child = Some(
+            command
+                .spawn()
+                .expect("spawn etcd (apt-get install etcd-server)"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.healthy() {
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy within 20 s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop the server (SIGKILL to its pid) and wait for it; its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `GET /health` answers `"health":"true"` (with TLS: the log says it serves clients).
+    pub fn healthy(&self) -> bool {
+        if self.tls.is_some() {
+            let log = self.log();
+            return log
+                .get(self.log_from..)
+                .is_some_and(|run| run.contains("ready to serve client requests"));
+        }
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.contains("\"health\":\"true\"")
+    }
+
+    /// What etcd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
