@@ -7,12 +7,10 @@
 //! `[acme] ca_roots`). [`Pebble::issuer_root`] is the root Pebble signs certificates with,
 //! fetched from its management port (it changes at every start).
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use rcgen::{ExtendedKeyUsagePurpose, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -29,6 +27,8 @@ pub struct Pebble {
     pub issuer_root: String,
     pebble: Child,
     challtestsrv: Child,
+    /// The CA of Pebble's own HTTPS certificate (kept for its directory).
+    _https: crate::pki::Pki,
 }
 
 /// Options of one Pebble.
@@ -44,7 +44,10 @@ pub struct PebbleOptions {
 impl Pebble {
     pub async fn start(options: PebbleOptions) -> Pebble {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (ca_roots, cert, key) = https_certificate(dir.path());
+        // Pebble ships no certificate for its own HTTPS listener: one from a CA made here.
+        let https = crate::pki::Pki::new();
+        let (cert, key, _) = https.issue("pebble-https", &["localhost", "127.0.0.1"]);
+        let ca_roots = https.write_ca("pebble-https-ca");
         let (listen, management, dns, dns_management, http) = (
             crate::free_port(),
             crate::free_port(),
@@ -93,6 +96,7 @@ impl Pebble {
             dir,
             pebble,
             challtestsrv,
+            _https: https,
         };
         let management = SocketAddr::from((Ipv4Addr::LOCALHOST, management));
         let roots = read_pem_cert(&ca_roots);
@@ -178,34 +182,6 @@ fn spawn(command: &mut Command, log: &Path) -> Child {
         .stderr(err)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command:?} (apt-get install pebble): {e}"))
-}
-
-/// A CA and a certificate for 127.0.0.1 and localhost signed by it: (CA PEM, cert, key).
-fn https_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "pebble HTTPS test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate().expect("ca key");
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
-    let paths = (
-        dir.join("pebble-https-ca.pem"),
-        dir.join("pebble-https.pem"),
-        dir.join("pebble-https-key.pem"),
-    );
-    std::fs::write(&paths.0, ca.pem()).expect("write");
-    std::fs::write(&paths.1, cert.pem()).expect("write");
-    std::fs::write(&paths.2, key.serialize_pem()).expect("write");
-    paths
 }
 
 fn read_pem_cert(path: &Path) -> RootCertStore {

@@ -66,6 +66,13 @@ impl Pki {
         self.dir.path()
     }
 
+    /// Write the CA's certificate as `STEM.pem` in this PKI's directory; returns its path.
+    pub fn write_ca(&self, stem: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{stem}.pem"));
+        std::fs::write(&path, self.ca.pem()).expect("write CA");
+        path
+    }
+
     /// A client config trusting only this CA, offering `alpn`.
     pub fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
