@@ -427,6 +427,17 @@ impl ProxyService {
                             + replay
                                 .timeout
                                 .unwrap_or(target.app.config.limits.queue_timeout);
+                        if !Arc::ptr_eq(&target.app, &app.app) {
+                            // Into another app: the request now counts against that app's
+                            // budget on this node, and waits in its queue, not the source's.
+                            match admit::admit_app(&target.app, deadline, &target.metrics).await {
+                                Ok(slot) => job.app_slot = slot,
+                                Err(e) => {
+                                    let why = format!("app `{}`: {e}", target.app.name);
+                                    return Err((ProxyError::ReplayFailed(why), job.outcome));
+                                }
+                            }
+                        }
                         app = target;
                         replaying = Some(from);
                         last_error = None;
