@@ -5,7 +5,7 @@
 use super::body::{ReqBody, RespBody, Slots};
 use super::error::ProxyError;
 use super::headers::{self, ClientInfo};
-use super::routing::{self, Fallback, Replay, Wishes};
+use super::routing::{self, Fallback, Replay, Resolved, Wishes};
 use super::upgrade::{self, Upgrade};
 use super::upstream::{SendError, Target, UpstreamError};
 use crate::admit::{self, AdmitError};
@@ -214,24 +214,23 @@ impl ProxyService {
             outcome,
             app_slot,
         };
-        self.run(job, app.clone(), wishes, queue_deadline).await
+        self.run(job, Hop::new(app.clone(), wishes, queue_deadline))
+            .await
     }
 
     /// Place, connect, send; retry where it is safe, replay where the instance asks.
     async fn run(
         &self,
         mut job: Job,
-        mut app: Arc<HttpApp>,
-        mut wishes: Wishes,
-        mut deadline: tokio::time::Instant,
+        mut hop: Hop,
     ) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
         let config = &self.settings.config;
         let names = &self.settings.names;
         let retry_until = job.started + config.retry_deadline;
-        let mut tried = vec![false; app.app.instances.len()];
-        let mut resolved = wishes.resolve(&app.app);
         let mut fresh_only = false;
         let mut last_error: Option<String> = None;
+        // Why the next attempt is a retry; counted when that attempt is made.
+        let mut retrying: Option<RetryReason> = None;
         // The replay in progress: who asked, and whether its fallback was used.
         let mut replaying: Option<ReplayFrom> = None;
         loop {
@@ -241,11 +240,11 @@ impl ProxyService {
                 Err(AdmitError::Unavailable)
             } else {
                 admit::place(
-                    &app.app,
-                    &resolved.constraints(),
-                    &tried,
-                    deadline,
-                    &app.metrics,
+                    &hop.app.app,
+                    &hop.resolved.constraints(),
+                    &hop.tried,
+                    hop.deadline,
+                    &hop.app.metrics,
                     job.trace.as_mut(),
                 )
                 .await
@@ -262,13 +261,8 @@ impl ProxyService {
                         let Some(mode) = from.fallback.take() else {
                             unreachable!("filtered on is_some")
                         };
-                        let (a, w) = self.fallback(&mut job, from, mode, &e.to_string());
-                        app = a;
-                        wishes = w;
-                        resolved = wishes.resolve(&app.app);
-                        tried = vec![false; app.app.instances.len()];
-                        deadline =
-                            tokio::time::Instant::now() + app.app.config.limits.queue_timeout;
+                        hop = self.fallback(&mut job, from, mode, &e.to_string());
+                        retrying = None;
                         continue;
                     }
                     let err = match (e, last_error.take()) {
@@ -281,7 +275,11 @@ impl ProxyService {
                     return Err((err, job.outcome));
                 }
             };
-            tried[placed.index] = true;
+            if let Some(reason) = retrying.take() {
+                hop.app.metrics.retry(reason);
+            }
+            let app = hop.app.clone();
+            hop.tried[placed.index] = true;
             job.outcome.attempts += 1;
             let inst = &app.app.instances[placed.index];
             let service = app.service();
@@ -313,7 +311,7 @@ impl ProxyService {
                         app.metrics.connect_failure(a.reason());
                     }
                     tracing::info!(instance = %inst.id, error = %e, "instance unreachable; trying another");
-                    app.metrics.retry(RetryReason::Connect);
+                    retrying = Some(RetryReason::Connect);
                     last_error = Some(e.to_string());
                     continue;
                 }
@@ -345,9 +343,9 @@ impl ProxyService {
                 Ok(Err(SendError::Unsent)) => {
                     // The pooled connection was closed under us before anything was written:
                     // the same instance may take it on a fresh connection.
-                    tried[placed.index] = false;
+                    hop.tried[placed.index] = false;
                     fresh_only = true;
-                    app.metrics.retry(RetryReason::StaleConnection);
+                    retrying = Some(RetryReason::StaleConnection);
                     continue;
                 }
                 Ok(Err(SendError::Failed(e))) => {
@@ -360,9 +358,9 @@ impl ProxyService {
                     match reason {
                         Some(reason) if replayable => {
                             tracing::info!(instance = %inst.id, reason = reason.as_str(), error = %e, "request failed before the instance processed it; retrying");
-                            app.metrics.retry(reason);
+                            retrying = Some(reason);
                             if reason == RetryReason::StaleConnection {
-                                tried[placed.index] = false;
+                                hop.tried[placed.index] = false;
                                 fresh_only = true;
                             }
                             last_error = Some(e.to_string());
@@ -417,29 +415,29 @@ impl ProxyService {
                             },
                         };
                         job.head.replay_src(names, &from, replay.state.as_deref());
-                        wishes = replay.wishes();
-                        resolved = wishes.resolve(&target.app);
-                        tried = vec![false; target.app.instances.len()];
-                        if replay.elsewhere && Arc::ptr_eq(&target.app, &app.app) {
-                            tried[placed.index] = true;
-                        }
-                        deadline = tokio::time::Instant::now()
+                        let same_app = Arc::ptr_eq(&target.app, &app.app);
+                        let deadline = tokio::time::Instant::now()
                             + replay
                                 .timeout
                                 .unwrap_or(target.app.config.limits.queue_timeout);
-                        if !Arc::ptr_eq(&target.app, &app.app) {
+                        hop = Hop::new(target, replay.wishes(), deadline);
+                        if replay.elsewhere && same_app {
+                            hop.tried[placed.index] = true;
+                        }
+                        if !same_app {
                             // Into another app: the request now counts against that app's
                             // budget on this node, and waits in its queue, not the source's.
-                            match admit::admit_app(&target.app, deadline, &target.metrics).await {
+                            let (a, m) = (&hop.app.app, &hop.app.metrics);
+                            match admit::admit_app(a, deadline, m).await {
                                 Ok(slot) => job.app_slot = slot,
                                 Err(e) => {
-                                    let why = format!("app `{}`: {e}", target.app.name);
+                                    let why = format!("app `{}`: {e}", a.name);
                                     return Err((ProxyError::ReplayFailed(why), job.outcome));
                                 }
                             }
                         }
-                        app = target;
                         replaying = Some(from);
+                        retrying = None;
                         last_error = None;
                         continue;
                     }
@@ -450,10 +448,10 @@ impl ProxyService {
             let mut body = RespBody::upstream(body, pool_return, app.metrics.clone());
             body.hold(Slots::new(job.app_slot, placed.slot));
             let h = &mut parts.headers;
-            if placed.preference_unmet && !wishes.is_empty() {
+            if placed.preference_unmet && !hop.wishes.is_empty() {
                 h.insert(
                     names.preferred_instance_unavailable.clone(),
-                    routing::header_text(&wishes.unmet_text()),
+                    routing::header_text(&hop.wishes.unmet_text()),
                 );
             }
             if let Some(trace) = &job.trace {
@@ -492,13 +490,7 @@ impl ProxyService {
     }
 
     /// Send a replay that failed back to the instance that asked for it.
-    fn fallback(
-        &self,
-        job: &mut Job,
-        from: &ReplayFrom,
-        mode: Fallback,
-        reason: &str,
-    ) -> (Arc<HttpApp>, Wishes) {
+    fn fallback(&self, job: &mut Job, from: &ReplayFrom, mode: Fallback, reason: &str) -> Hop {
         let names = &self.settings.names;
         let text = format!(
             "instance={};region={};reason={};elapsed_ms={}",
@@ -516,7 +508,32 @@ impl ProxyService {
             Fallback::PreferSelf => wishes.prefer_instance = Some(from.instance.clone()),
         }
         tracing::info!(instance = %from.instance, reason, "replay failed; falling back to the replaying instance");
-        (from.app.clone(), wishes)
+        let app = from.app.clone();
+        let deadline = tokio::time::Instant::now() + app.app.config.limits.queue_timeout;
+        Hop::new(app, wishes, deadline)
+    }
+}
+
+/// Where a request is being placed: the app, its placement wishes resolved against that app,
+/// the instances already tried there, and how long it may wait for a slot. A replay or its
+/// fallback starts a new hop.
+struct Hop {
+    app: Arc<HttpApp>,
+    wishes: Wishes,
+    resolved: Resolved,
+    tried: Vec<bool>,
+    deadline: tokio::time::Instant,
+}
+
+impl Hop {
+    fn new(app: Arc<HttpApp>, wishes: Wishes, deadline: tokio::time::Instant) -> Hop {
+        Hop {
+            resolved: wishes.resolve(&app.app),
+            tried: vec![false; app.app.instances.len()],
+            app,
+            wishes,
+            deadline,
+        }
     }
 }
 
