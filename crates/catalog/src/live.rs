@@ -32,7 +32,7 @@ pub struct AppLive {
     /// Requests (HTTP) and connections (TCP) in flight for the app (`limits.max_inflight`).
     pub inflight: Budget,
     /// Requests waiting in the app's queue.
-    waiting: AtomicU32,
+    waiting: Budget,
     /// Woken whenever one of the app's slots (app or instance) is released while some wait.
     released: tokio::sync::Notify,
 }
@@ -40,25 +40,14 @@ pub struct AppLive {
 impl AppLive {
     /// Take a place in the app's queue, if fewer than `max` wait.
     pub fn enqueue(self: &Arc<Self>, max: u32) -> Option<QueueTicket> {
-        let mut current = self.waiting.load(Ordering::SeqCst);
-        loop {
-            if current >= max {
-                return None;
-            }
-            match self.waiting.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return Some(QueueTicket { app: self.clone() }),
-                Err(seen) => current = seen,
-            }
-        }
+        self.waiting.try_acquire(max).map(|place| QueueTicket {
+            _place: place,
+            app: self.clone(),
+        })
     }
 
     pub fn waiting(&self) -> u32 {
-        self.waiting.load(Ordering::SeqCst)
+        self.waiting.in_use()
     }
 
     /// Take an app slot if fewer than `limit` are in flight; it wakes the queue when released.
@@ -78,7 +67,7 @@ impl AppLive {
     /// the freed slot or is woken.
     fn slot_released(&self) {
         fence(Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
+        if self.waiting.in_use() > 0 {
             self.released.notify_one();
         }
     }
@@ -86,6 +75,7 @@ impl AppLive {
 
 /// A place in an app's queue; leaving the queue is dropping it.
 pub struct QueueTicket {
+    _place: BudgetGuard,
     app: Arc<AppLive>,
 }
 
@@ -101,12 +91,6 @@ impl QueueTicket {
     pub fn recheck(notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) {
         notified.enable();
         fence(Ordering::SeqCst);
-    }
-}
-
-impl Drop for QueueTicket {
-    fn drop(&mut self) {
-        self.app.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
