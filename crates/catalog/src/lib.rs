@@ -8,5 +8,8 @@
 mod live;
 mod snapshot;
 
-pub use live::{AppLive, FailingCheck, InstanceLive, LiveRegistry, QueueTicket, Slot, EJECT_AFTER};
-pub use snapshot::{AppEntry, InstanceEntry, Snapshot};
+pub use live::{
+    AppLive, FailingCheck, InstanceLive, LiveRegistry, PeerLive, QueueTicket, Reported, Slot,
+    EJECT_AFTER, REPORT_FRESH,
+};
+pub use snapshot::{AppEntry, InstanceEntry, PeerEntry, Snapshot};

@@ -117,6 +117,24 @@ pub struct InstanceLive {
     backoff_until: AtomicU64,
     /// Active checks currently failing for it (held by [`FailingCheck`] guards).
     failing_checks: Arc<AtomicU32>,
+    /// What the worker running it last reported over the load feed (see [`Reported`]).
+    reported: AtomicU64,
+    reported_at: AtomicU64,
+}
+
+/// A report from the load feed older than this is ignored: the worker (or the link to it) is
+/// gone, and placement falls back to this node's own view.
+pub const REPORT_FRESH: Duration = Duration::from_secs(3);
+
+const REPORT_PRESENT: u64 = 1 << 32;
+const REPORT_UNHEALTHY: u64 = 1 << 33;
+
+/// One instance's load as the worker that runs it sees it: the worker is the truth for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reported {
+    /// In flight on the worker, from every edge.
+    pub inflight: u32,
+    pub healthy: bool,
 }
 
 /// One active check of an instance in its failing state; the instance is unhealthy while any
@@ -164,9 +182,45 @@ impl InstanceLive {
         self.consecutive_failures() >= EJECT_AFTER && self.backing_off(now)
     }
 
-    /// Active checks pass and not passively ejected.
+    /// Active checks pass, not passively ejected, and its worker does not report it unhealthy.
     pub fn healthy(&self, now: Instant) -> bool {
-        self.failing_checks.load(Ordering::Acquire) == 0 && !self.ejected(now)
+        self.failing_checks.load(Ordering::Acquire) == 0
+            && !self.ejected(now)
+            && self.reported(now).is_none_or(|r| r.healthy)
+    }
+
+    /// Record what the worker running it reported.
+    pub fn report(&self, r: Reported, now: Instant) {
+        let unhealthy = if r.healthy { 0 } else { REPORT_UNHEALTHY };
+        self.reported.store(
+            REPORT_PRESENT | unhealthy | u64::from(r.inflight),
+            Ordering::Release,
+        );
+        self.reported_at
+            .store(nanos_since_epoch(now), Ordering::Release);
+    }
+
+    /// The worker's last report, if recent enough to trust ([`REPORT_FRESH`]).
+    pub fn reported(&self, now: Instant) -> Option<Reported> {
+        let bits = self.reported.load(Ordering::Acquire);
+        if bits & REPORT_PRESENT == 0 {
+            return None;
+        }
+        let at = self.reported_at.load(Ordering::Acquire);
+        if nanos_since_epoch(now).saturating_sub(at) > REPORT_FRESH.as_nanos() as u64 {
+            return None;
+        }
+        Some(Reported {
+            inflight: bits as u32,
+            healthy: bits & REPORT_UNHEALTHY == 0,
+        })
+    }
+
+    /// In flight as placement should count it: the larger of this node's own count and the
+    /// worker's recent report (which counts every edge, this one included, as of its sending).
+    pub fn load(&self, now: Instant) -> u32 {
+        let own = self.inflight.in_use();
+        self.reported(now).map_or(own, |r| r.inflight.max(own))
     }
 
     /// Mark one active check as failing until the guard is dropped.
@@ -182,11 +236,26 @@ impl InstanceLive {
     }
 }
 
-/// The registry of live state, keyed by app name and stable instance id.
+/// Live state of another node, as this node reaches it over backhaul.
+#[derive(Default)]
+pub struct PeerLive {
+    /// Smoothed RTT of this node's backhaul connections to it (`TCP_INFO`), in microseconds;
+    /// 0 until measured.
+    pub rtt_us: Arc<AtomicU32>,
+}
+
+impl PeerLive {
+    pub fn rtt_us(&self) -> Option<u32> {
+        Some(self.rtt_us.load(Ordering::Relaxed)).filter(|&r| r > 0)
+    }
+}
+
+/// The registry of live state, keyed by app name, stable instance id and node id.
 #[derive(Default)]
 pub struct LiveRegistry {
     apps: Mutex<HashMap<Arc<str>, Arc<AppLive>>>,
     instances: Mutex<HashMap<InstanceId, Arc<InstanceLive>>>,
+    peers: Mutex<HashMap<Arc<str>, Arc<PeerLive>>>,
 }
 
 impl LiveRegistry {
@@ -204,6 +273,12 @@ impl LiveRegistry {
             .instances
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        map.entry(id.clone()).or_default().clone()
+    }
+
+    /// The live state of another node (kept for the process's life: a handful per cluster).
+    pub fn peer(&self, id: &Arc<str>) -> Arc<PeerLive> {
+        let mut map = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(id.clone()).or_default().clone()
     }
 

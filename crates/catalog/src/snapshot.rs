@@ -1,6 +1,6 @@
 //! An immutable picture of every app and instance, shared by `Arc` and swapped whole.
 
-use crate::live::{AppLive, InstanceLive, LiveRegistry};
+use crate::live::{AppLive, InstanceLive, LiveRegistry, PeerLive};
 use anyedge_config::{App, Config, HostPort};
 use anyedge_core::InstanceId;
 use std::collections::HashMap;
@@ -34,6 +34,27 @@ pub struct InstanceEntry {
     pub address: HostPort,
     /// Shared with every snapshot that has this instance id.
     pub live: Arc<InstanceLive>,
+    /// The node that runs it when that is another node: requests go over backhaul to it.
+    pub peer: Option<Arc<PeerEntry>>,
+}
+
+/// Another node, reached over backhaul.
+pub struct PeerEntry {
+    pub id: Arc<str>,
+    /// `host:port` of its backhaul listener.
+    pub advertise: String,
+    pub live: Arc<PeerLive>,
+}
+
+impl InstanceEntry {
+    /// Placement's distance: the measured RTT to its node's backhaul when known, else the
+    /// estimate from region coordinates.
+    pub fn distance_us(&self) -> u32 {
+        self.peer
+            .as_ref()
+            .and_then(|p| p.live.rtt_us())
+            .unwrap_or(self.distance_us)
+    }
 }
 
 impl Snapshot {
@@ -46,7 +67,10 @@ impl Snapshot {
         let generation = prev.map_or(1, |p| p.generation + 1);
         // Distances depend on where this node is and on the region table, not only on the app.
         let same_place = prev.is_some_and(|p| {
-            p.config.node.region == config.node.region && p.config.regions == config.regions
+            p.config.node.region == config.node.region
+                && p.config.node.id == config.node.id
+                && p.config.regions == config.regions
+                && p.config.peers == config.peers
         });
         let apps = config
             .apps
@@ -111,7 +135,17 @@ impl AppEntry {
                     coords(here),
                     coords(&inst.region),
                 );
+                let peer = inst.node.as_deref().and_then(|node| {
+                    let p = config.peers.get(node)?;
+                    let id: Arc<str> = node.into();
+                    Some(Arc::new(PeerEntry {
+                        live: registry.peer(&id),
+                        id,
+                        advertise: p.advertise.clone(),
+                    }))
+                });
                 InstanceEntry {
+                    peer,
                     live: registry.instance(&id),
                     id,
                     region: regions[region_index].clone(),

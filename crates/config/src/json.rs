@@ -79,6 +79,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, Diagnostics> {
         cluster: None,
         acme: Acme::default(),
         local_instances: Vec::new(),
+        peers: Default::default(),
         format: Format::WorkSample,
     })
 }
@@ -196,6 +197,7 @@ fn targets(
             id: t,
             region: region.to_string(),
             address,
+            node: None,
         });
     }
     instances

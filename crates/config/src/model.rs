@@ -20,6 +20,9 @@ pub struct Config {
     pub acme: Acme,
     /// Top-level `[[instances]]` (etcd store): instances this worker runs, in its own region.
     pub local_instances: Vec<LocalInstance>,
+    /// Other nodes of the cluster that instances name (`[[nodes]]` in the file, `nodes/` in
+    /// etcd), by id: where their backhaul is reached.
+    pub peers: BTreeMap<String, Peer>,
     /// Which file format it came from.
     pub format: Format,
 }
@@ -122,6 +125,14 @@ impl Default for Acme {
             retry_max: Duration::from_secs(6 * 3600),
         }
     }
+}
+
+/// Another node, as the instances it runs are reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub region: String,
+    /// `host:port` of its backhaul listener.
+    pub advertise: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -366,6 +377,9 @@ pub struct Instance {
     pub id: String,
     pub region: String,
     pub address: HostPort,
+    /// The node that runs it when that is another node (reached over backhaul; the address is
+    /// then where that node connects). `None`: this node connects to the address itself.
+    pub node: Option<String>,
 }
 
 impl Instance {

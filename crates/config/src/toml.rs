@@ -19,7 +19,7 @@ use crate::report::{line_col, Report};
 use locate::TomlLocator;
 
 /// Top-level keys of a node file.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "node",
     "admin",
     "catalog",
@@ -30,6 +30,7 @@ const SECTIONS: [&str; 10] = [
     "regions",
     "apps",
     "instances",
+    "nodes",
 ];
 
 /// Parse and validate a node's config file.
@@ -43,10 +44,38 @@ pub(crate) fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Con
         let node = sections::node(root, r);
         let catalog = sections::catalog(root, base, r);
         let etcd = matches!(catalog, CatalogConfig::Etcd(_));
+        let cluster = sections::cluster(root, base, r);
+        let peers = match root.get("nodes") {
+            Some(_) if etcd => {
+                r.key_error(
+                    "nodes",
+                    "[[nodes]] do not belong in a node file with store = \"etcd\": nodes register themselves",
+                );
+                Default::default()
+            }
+            item => instances::peers(item, &node.id, r),
+        };
+        if root.contains_key("cluster") && cluster.is_none() {
+            // Already reported.
+        } else if cluster.is_none() {
+            if !peers.is_empty() {
+                r.key_error(
+                    "nodes",
+                    "[[nodes]] need [cluster] (mutual TLS between nodes)",
+                );
+            }
+            if node.backhaul_listen.is_some() {
+                r.error(
+                    "node.backhaul_listen",
+                    "backhaul_listen needs [cluster] (mutual TLS between nodes)",
+                );
+            }
+        }
         let scope = apps::Scope {
             node_region: &node.region,
             base,
             instances_allowed: true,
+            nodes: Some((&node.id, &peers)),
         };
         let apps = match root.get("apps") {
             Some(_) if etcd => {
@@ -63,7 +92,8 @@ pub(crate) fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Con
             limits: sections::limits(root, r),
             http: sections::http(root, r),
             regions: sections::regions(root, r),
-            cluster: sections::cluster(root, base, r),
+            cluster,
+            peers,
             acme: sections::acme(root, base, r),
             local_instances: instances::local(root.get("instances"), &node.region, etcd, r),
             node,
@@ -94,6 +124,7 @@ pub(crate) fn parse_apps(
             node_region: crate::defaults::REGION,
             base,
             instances_allowed: false,
+            nodes: None,
         };
         apps::apps(root.get("apps"), &scope, r)
     })
@@ -110,6 +141,7 @@ pub(crate) fn parse_apps_lenient(
             node_region: crate::defaults::REGION,
             base: None,
             instances_allowed: false,
+            nodes: None,
         };
         apps::apps(root.get("apps"), &scope, r)
     })

@@ -163,8 +163,8 @@ fn decide(
         let healthy = i.live.healthy(now);
         Candidate {
             region: i.region_index,
-            distance_us: i.distance_us,
-            inflight: i.live.inflight.in_use(),
+            distance_us: i.distance_us(),
+            inflight: i.live.load(now),
             soft_limit: limits.soft_limit,
             hard_limit: limits.hard_limit,
             healthy,

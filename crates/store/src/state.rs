@@ -155,6 +155,22 @@ impl CatalogState {
         for li in &base.local_instances {
             local.entry(li.app.as_str()).or_default().push(&li.instance);
         }
+        let backhaul = base.cluster.is_some();
+        let peers: BTreeMap<String, anyedge_config::Peer> = self
+            .nodes
+            .iter()
+            .filter(|(id, _)| id.as_str() != me)
+            .filter_map(|(id, n)| {
+                let advertise = n.advertise.clone()?;
+                Some((
+                    id.clone(),
+                    anyedge_config::Peer {
+                        region: n.region.clone(),
+                        advertise,
+                    },
+                ))
+            })
+            .collect();
         let mut claims = claims::Claims::default();
         let mut apps = Vec::with_capacity(self.apps.len());
         for (name, app) in &self.apps {
@@ -170,8 +186,16 @@ impl CatalogState {
                 .into_iter()
                 .flat_map(|m| m.values())
                 .filter(|r| r.node != me && !mine.iter().any(|i| i.id == r.instance.id))
-                .map(|r| &r.instance);
-            let mine = mine.iter().copied();
+                .map(|r| {
+                    // Reached over backhaul when its node advertises one and this node speaks
+                    // it; otherwise (a flat network) this node connects to the address itself.
+                    let mut i = r.instance.clone();
+                    if backhaul && peers.contains_key(&r.node) {
+                        i.node = Some(r.node.clone());
+                    }
+                    i
+                });
+            let mine = mine.iter().map(|i| (*i).clone());
             let mut app = app.clone();
             app.instances = remote
                 .chain(mine)
@@ -182,12 +206,12 @@ impl CatalogState {
                         false
                     }
                 })
-                .cloned()
                 .collect();
             apps.push(app);
         }
         Config {
             apps,
+            peers,
             ..base.clone()
         }
     }

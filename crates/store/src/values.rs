@@ -87,6 +87,7 @@ impl InstanceValue {
             id: value.id.clone(),
             region: value.region.clone(),
             address,
+            node: None,
         };
         Ok((value, instance))
     }

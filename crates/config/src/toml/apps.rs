@@ -23,6 +23,11 @@ pub(super) struct Scope<'a> {
     pub base: Option<&'a Path>,
     /// `false` for `anyedge apps put` files: workers register instances.
     pub instances_allowed: bool,
+    /// This node's id and the other nodes (`[[nodes]]`) an instance's `node` may name.
+    pub nodes: Option<(
+        &'a str,
+        &'a std::collections::BTreeMap<String, crate::model::Peer>,
+    )>,
 }
 
 /// What every app claims, checked across apps once all are read.
@@ -91,7 +96,7 @@ fn app(
             "an apps file carries no instances: workers register their own",
         );
     }
-    let instances = instances::of_app(at, &name, instance_items, &services, scope.node_region, r);
+    let instances = instances::of_app(at, &name, instance_items, &services, scope, r);
 
     let file = file?;
     Some(App {

@@ -162,6 +162,15 @@ pub(crate) struct InstanceFile {
     pub id: String,
     pub region: Option<String>,
     pub address: String,
+    pub node: Option<String>,
+}
+
+/// `[[nodes]]`: another node of a file-configured cluster.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PeerFile {
+    pub id: String,
+    pub region: Option<String>,
+    pub advertise: String,
 }
 
 /// Top-level `[[instances]]`: an instance this worker runs, of an app kept in etcd.

@@ -23,9 +23,10 @@ pub(super) fn of_app(
     name: &str,
     items: Vec<Item>,
     services: &[Service],
-    node_region: &str,
+    scope: &super::apps::Scope<'_>,
     r: &mut Report<'_>,
 ) -> Vec<Instance> {
+    let node_region = scope.node_region;
     let mut ids = Vec::new();
     let mut out = Vec::new();
     for (j, item) in items.into_iter().enumerate() {
@@ -34,9 +35,23 @@ pub(super) fn of_app(
             continue;
         };
         ids.push((f.id.clone(), path::key(&at, "id")));
-        let Some(instance) = instance(&at, f.id, f.region, &f.address, node_region, r) else {
+        let Some(mut instance) = instance(&at, f.id, f.region, &f.address, node_region, r) else {
             continue;
         };
+        if let Some(node) = f.node {
+            let at = path::key(&at, "node");
+            match scope.nodes {
+                // Naming this node is the same as naming none.
+                Some((me, _)) if node == me => {}
+                Some((_, peers)) if peers.contains_key(&node) => instance.node = Some(node),
+                _ => r.error(
+                    &at,
+                    format!(
+                        "unknown node `{node}`: list it under [[nodes]] (id, region, advertise)"
+                    ),
+                ),
+            }
+        }
         port_rule(&at, name, &instance, services, r);
         out.push(instance);
     }
@@ -99,6 +114,7 @@ fn instance(
         id,
         region: region.unwrap_or_else(|| node_region.to_string()),
         address,
+        node: None,
     })
 }
 
@@ -108,4 +124,55 @@ fn port_rule(at: &str, app: &str, instance: &Instance, services: &[Service], r: 
         &path::key(at, "address"),
         crate::rules::instance_port(app, instance, services),
     );
+}
+
+/// `[[nodes]]`: the other nodes a file-configured cluster's instances may name.
+pub(super) fn peers(
+    item: Option<&Item>,
+    me: &str,
+    r: &mut Report<'_>,
+) -> std::collections::BTreeMap<String, crate::model::Peer> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut ids = Vec::new();
+    for (j, item) in list(item.cloned(), "nodes", r).into_iter().enumerate() {
+        let at = path::index("nodes", j);
+        let Some(f) = de::toml_item::<super::file::PeerFile>(&item, &at, r) else {
+            continue;
+        };
+        r.check(&path::key(&at, "id"), values::name("node id", &f.id));
+        if let Some(region) = &f.region {
+            r.check(
+                &path::key(&at, "region"),
+                values::name("region name", region),
+            );
+        }
+        let ok = r
+            .check(
+                &path::key(&at, "advertise"),
+                values::host_port(&f.advertise, true),
+            )
+            .is_some();
+        if f.id == me {
+            r.error(
+                &path::key(&at, "id"),
+                format!("`{me}` is this node ([node] id): [[nodes]] lists the others"),
+            );
+            continue;
+        }
+        ids.push((f.id.clone(), path::key(&at, "id")));
+        if ok {
+            let region = f
+                .region
+                .unwrap_or_else(|| crate::defaults::REGION.to_string());
+            out.insert(
+                f.id,
+                crate::model::Peer {
+                    region,
+                    advertise: f.advertise,
+                },
+            );
+        }
+    }
+    claims::unique("node id", &ids, r);
+    out
 }

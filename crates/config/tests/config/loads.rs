@@ -50,6 +50,7 @@ fn check_work_sample(c: &Config) {
             id: "bad.target.for.testing:6003".into(),
             region: "local".into(),
             address: hp("bad.target.for.testing", Some(6003)),
+            node: None,
         }
     );
     assert_eq!(c.node.region, "local");
@@ -329,16 +330,19 @@ fn full_design_shaped_toml_maps_every_field() {
                 id: "hello-ord-1".into(),
                 region: "ord".into(),
                 address: hp("127.0.0.1", Some(8081)),
+                node: None,
             },
             Instance {
                 id: "hello-syd-1".into(),
                 region: "syd".into(),
-                address: hp("::1", None)
+                address: hp("::1", None),
+                node: None,
             },
             Instance {
                 id: "hello-local-1".into(),
                 region: "ord".into(),
                 address: hp("hello.internal", None),
+                node: None,
             },
         ]
     );
@@ -399,6 +403,7 @@ fn etcd_node_file_maps_local_instances() {
                     id: "hello-syd-2".into(),
                     region: "syd".into(),
                     address: hp("127.0.0.1", Some(8081)),
+                    node: None,
                 },
             },
             LocalInstance {
@@ -407,6 +412,7 @@ fn etcd_node_file_maps_local_instances() {
                     id: "db-syd-2".into(),
                     region: "syd".into(),
                     address: hp("127.0.0.1", None),
+                    node: None,
                 },
             },
         ]
@@ -508,4 +514,48 @@ fn unreadable_file_is_one_problem() {
     let errs = load(Path::new("/nonexistent/anyedge.toml")).unwrap_err().0;
     assert_eq!(errs.len(), 1);
     assert!(errs[0].message.starts_with("cannot read"));
+}
+
+#[test]
+fn file_cluster_maps_nodes_and_remote_instances() {
+    let c = ok(r#"
+[node]
+id = "edge-1"
+region = "ord"
+[cluster]
+ca = "ca.pem"
+cert = "n.pem"
+key = "k.pem"
+[[nodes]]
+id = "syd-1"
+region = "syd"
+advertise = "127.0.0.4:4280"
+[[apps]]
+name = "hello"
+[[apps.services]]
+internal_port = 8080
+[[apps.services.ports]]
+port = 80
+handlers = ["http"]
+[[apps.instances]]
+id = "far"
+region = "syd"
+address = "127.0.0.1"
+node = "syd-1"
+[[apps.instances]]
+id = "here"
+address = "127.0.0.1"
+node = "edge-1"
+"#);
+    assert_eq!(
+        c.peers.get("syd-1"),
+        Some(&anyedge_config::Peer {
+            region: "syd".into(),
+            advertise: "127.0.0.4:4280".into(),
+        })
+    );
+    let hello = &c.apps[0];
+    assert_eq!(hello.instances[0].node.as_deref(), Some("syd-1"));
+    // Naming this node is the same as naming none.
+    assert_eq!(hello.instances[1].node, None);
 }

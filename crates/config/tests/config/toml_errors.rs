@@ -28,10 +28,10 @@ fn type_error_has_its_place() {
 #[test]
 fn unknown_section() {
     one(
-        "[nodes]\nid = \"a\"\n",
-        "nodes",
-        "[nodes]",
-        "unknown section `nodes`",
+        "[nodez]\nid = \"a\"\n",
+        "nodez",
+        "[nodez]",
+        "unknown section `nodez`",
     );
 }
 
@@ -642,4 +642,57 @@ fn services_must_be_a_list() {
 #[test]
 fn line_of_helper_finds_lines() {
     assert_eq!(line_of("a\nb\nc", "c"), 3);
+}
+
+const CLUSTER: &str = "[cluster]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"k.pem\"\n";
+
+const NODES_APP: &str = r#"
+[[apps]]
+name = "hello"
+[[apps.services]]
+internal_port = 8080
+[[apps.services.ports]]
+port = 80
+handlers = ["http"]
+"#;
+
+#[test]
+fn instance_names_an_unknown_node() {
+    let text = format!(
+        "[node]\nid = \"edge-1\"\n{CLUSTER}{NODES_APP}[[apps.instances]]\nid = \"a\"\naddress = \"127.0.0.1\"\nnode = \"syd-1\"\n"
+    );
+    one(
+        &text,
+        "apps[0].instances[0].node",
+        "node = \"syd-1\"",
+        "unknown node `syd-1`",
+    );
+}
+
+#[test]
+fn nodes_need_cluster_tls() {
+    let text = "[[nodes]]\nid = \"syd-1\"\nadvertise = \"127.0.0.4:4280\"\n";
+    one(text, "nodes", "[[nodes]]", "need [cluster]");
+}
+
+#[test]
+fn nodes_do_not_list_this_node_and_need_a_port() {
+    let text = format!(
+        "[node]\nid = \"edge-1\"\n{CLUSTER}[[nodes]]\nid = \"edge-1\"\nadvertise = \"127.0.0.4:4280\"\n[[nodes]]\nid = \"b\"\nadvertise = \"127.0.0.5\"\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{}", crate::show(&errs));
+    assert_eq!(errs[0].path, "nodes[0].id");
+    assert!(errs[0].message.contains("this node"), "{}", errs[0]);
+    assert_eq!(errs[1].path, "nodes[1].advertise");
+}
+
+#[test]
+fn backhaul_listen_needs_cluster_tls() {
+    one(
+        "[node]\nbackhaul_listen = \"127.0.0.1:4280\"\n",
+        "node.backhaul_listen",
+        "backhaul_listen",
+        "needs [cluster]",
+    );
 }
