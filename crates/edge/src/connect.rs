@@ -20,9 +20,30 @@ const CACHE_MAX: usize = 4096;
 
 /// A connected instance, with its in-flight slot.
 pub(crate) struct Upstream {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub instance: InstanceId,
     pub _inflight: Slot,
+}
+
+/// How the connection reaches its instance.
+pub(crate) enum Stream {
+    /// Directly (an instance of this node, or one this node reaches itself).
+    Local(TcpStream),
+    /// Through the worker that runs it.
+    Backhaul(Box<crate::backhaul::tcp::TcpBackhaul>),
+}
+
+impl AttemptError {
+    /// Whether the instance itself failed (and should back off), rather than having no room.
+    fn counts_against_instance(&self) -> bool {
+        !matches!(
+            self,
+            AttemptError::Refused {
+                reason: "full" | "app_overloaded" | "draining",
+                ..
+            }
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +73,10 @@ pub(crate) enum AttemptError {
     Io { addr: SocketAddr, source: io::Error },
     #[error("service has no port for this instance")]
     NoPort,
+    #[error("backhaul to {peer}: {why}")]
+    Backhaul { peer: String, why: String },
+    #[error("worker {peer} refused: {reason}")]
+    Refused { peer: String, reason: &'static str },
 }
 
 impl AttemptError {
@@ -59,7 +84,9 @@ impl AttemptError {
         match self {
             AttemptError::Resolve { .. } => ConnectFailure::Resolve,
             AttemptError::Timeout { .. } => ConnectFailure::Timeout,
-            AttemptError::NoPort => ConnectFailure::Other,
+            AttemptError::NoPort | AttemptError::Backhaul { .. } | AttemptError::Refused { .. } => {
+                ConnectFailure::Other
+            }
             AttemptError::Io { source, .. } => match source.kind() {
                 io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
                 io::ErrorKind::TimedOut => ConnectFailure::Timeout,
@@ -78,7 +105,9 @@ impl AttemptError {
 pub(crate) async fn connect_any(
     route: &TcpRoute,
     timeout: Duration,
-    resolver: &Resolver,
+    shared: &crate::Shared,
+    client: SocketAddr,
+    edge_port: u16,
 ) -> Result<Upstream, ConnectError> {
     let app = &route.app;
     let service = &app.config.services[route.service];
@@ -115,9 +144,18 @@ pub(crate) async fn connect_any(
         if attempts > 1 {
             route.metrics.retry(RetryReason::Connect);
         }
-        let result = match inst.address.port.or(service.internal_port) {
-            Some(port) => connect_one(&inst.address.host, port, timeout, resolver).await,
-            None => Err(AttemptError::NoPort),
+        let result = match (&inst.peer, inst.address.port.or(service.internal_port)) {
+            (Some(peer), _) => {
+                let header =
+                    crate::backhaul::tcp::header(&app.name, inst.id.instance(), client, edge_port);
+                crate::backhaul::tcp::open(shared, peer, &header, timeout)
+                    .await
+                    .map(|s| Stream::Backhaul(Box::new(s)))
+            }
+            (None, Some(port)) => connect_one(&inst.address.host, port, timeout, &shared.resolver)
+                .await
+                .map(Stream::Local),
+            (None, None) => Err(AttemptError::NoPort),
         };
         match result {
             Ok(stream) => {
@@ -129,7 +167,9 @@ pub(crate) async fn connect_any(
                 });
             }
             Err(e) => {
-                inst.live.connect_failed(Instant::now());
+                if e.counts_against_instance() {
+                    inst.live.connect_failed(Instant::now());
+                }
                 route.metrics.connect_failure(e.reason());
                 tracing::info!(instance = %inst.id, attempt = attempts, error = %e, "connect failed; trying another instance");
                 last = Some(e);

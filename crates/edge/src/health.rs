@@ -159,7 +159,9 @@ fn wanted_checks(snapshot: &Snapshot) -> HashMap<CheckId, (CheckSpec, Arc<str>)>
         for (s, service) in app.config.services.iter().enumerate() {
             for (c, check) in service.checks.iter().enumerate() {
                 let label: Arc<str> = describe(s, c, check).into();
-                for inst in &app.instances {
+                // Instances on other nodes are checked by their workers, which report over
+                // the load feed.
+                for inst in app.instances.iter().filter(|i| i.peer.is_none()) {
                     let Some(probe) = probe_for(app, inst, service.internal_port, check) else {
                         tracing::warn!(app = %app.name, instance = %inst.id.instance(), check = %label, "no port to check: the instance's address has none and the service no internal_port");
                         continue;

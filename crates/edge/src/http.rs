@@ -9,6 +9,9 @@ mod routing;
 mod service;
 mod upgrade;
 pub(crate) mod upstream;
+pub(crate) mod worker;
+
+pub(crate) use body::ReqBody;
 
 use crate::routes::HttpPort;
 use crate::Shared;

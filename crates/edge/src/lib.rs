@@ -5,6 +5,7 @@
 //! diffed by snapshot the same way.
 
 mod admit;
+mod backhaul;
 mod connect;
 mod health;
 mod http;
@@ -13,6 +14,7 @@ pub mod proxy_protocol;
 mod relay;
 mod routes;
 mod tcp;
+mod worker;
 
 pub use health::{CheckState, HealthChecker, HealthUpdate, Transition};
 pub use listeners::ListenError;
@@ -52,12 +54,16 @@ struct Shared {
     handshakes: anyedge_tls::HandshakeLimits,
     /// The runtimes connections run on: one listener socket per shard and address.
     shards: Vec<tokio::runtime::Handle>,
+    /// Links to the workers that run remote instances, and this node's cluster identity.
+    backhaul: backhaul::Backhaul,
 }
 
 /// One node's edge role.
 pub struct Edge {
     shared: Arc<Shared>,
     listeners: Mutex<ListenerSet>,
+    /// The worker role's backhaul listener, when this node has one.
+    backhaul_listener: Mutex<Option<worker::BackhaulListener>>,
 }
 
 impl Edge {
@@ -95,10 +101,12 @@ impl Edge {
             challenges: Arc::new(anyedge_tls::acme::Challenges::new()),
             handshakes: anyedge_tls::HandshakeLimits::from_config(limits),
             shards,
+            backhaul: backhaul::Backhaul::default(),
         });
         Ok(Edge {
             shared,
             listeners: Mutex::new(ListenerSet::default()),
+            backhaul_listener: Mutex::new(None),
         })
     }
 
@@ -107,19 +115,64 @@ impl Edge {
     /// listeners that could not be opened (they are tried again on the next apply).
     pub fn apply(&self, snapshot: Arc<Snapshot>) -> Vec<ListenError> {
         let tls = self.tls_server(&snapshot);
+        self.shared
+            .backhaul
+            .configure(snapshot.config.cluster.as_ref());
         let routes = Arc::new(Routes::build(
             &snapshot,
             &self.shared.metrics,
             &self.shared.pools,
+            &self.shared.backhaul,
             tls,
         ));
         let wanted = routes.listen_addrs();
         self.shared.routes.store(routes);
+        let mut errors = self.apply_backhaul_listener(&snapshot.config);
         let mut set = self
             .listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        set.apply(&wanted, &self.shared)
+        errors.extend(set.apply(&wanted, &self.shared));
+        errors
+    }
+
+    /// Open, move or close the backhaul listener: open while the node is a worker with a
+    /// `backhaul_listen` address and cluster certificates.
+    fn apply_backhaul_listener(&self, config: &anyedge_config::Config) -> Vec<ListenError> {
+        let want = config
+            .node
+            .backhaul_listen
+            .filter(|_| config.node.roles.worker && self.shared.backhaul.tls.load().is_some());
+        let mut current = self
+            .backhaul_listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().map(|l| l.addr) == want {
+            return Vec::new();
+        }
+        *current = None;
+        let Some(addr) = want else {
+            return Vec::new();
+        };
+        match worker::start(addr, &self.shared) {
+            Ok(l) => {
+                *current = Some(l);
+                Vec::new()
+            }
+            Err(source) => vec![ListenError {
+                addr: addr.to_string(),
+                source,
+            }],
+        }
+    }
+
+    /// Where the backhaul listener listens (its bound address), if it is open.
+    pub fn backhaul_addr(&self) -> Option<SocketAddr> {
+        self.backhaul_listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|l| l.bound)
     }
 
     /// The certificates of a snapshot, loaded once for it. A pair that fails to load is logged

@@ -149,7 +149,7 @@ fn bind(addr: ListenAddr) -> io::Result<std::net::TcpListener> {
     }
 }
 
-fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if dual_stack {
         socket.set_only_v6(false)?;

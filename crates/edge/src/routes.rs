@@ -2,6 +2,7 @@
 //! app, or HTTP for the apps whose hostnames it carries — with per-app metric handles and
 //! instance connection pools resolved once, so the hot path does no map lookups beyond the host.
 
+use crate::backhaul::{link::Link, Backhaul};
 use crate::http::headers::Prefixed;
 use crate::http::upstream::{Pools, UpstreamPool};
 use anyedge_catalog::{AppEntry, Snapshot};
@@ -34,6 +35,8 @@ pub(crate) struct HttpApp {
     pub metrics: Arc<AppMetrics>,
     /// Parallel to `app.instances`.
     pub pools: Vec<Arc<UpstreamPool>>,
+    /// Parallel to `app.instances`: the backhaul link to the node running each remote one.
+    pub links: Vec<Option<Arc<Link>>>,
 }
 
 impl HttpApp {
@@ -83,6 +86,11 @@ pub(crate) struct Routes {
     pub http: Arc<HttpSettings>,
     /// Certificates and TLS configs of this snapshot.
     pub tls: Option<Arc<anyedge_tls::TlsServer>>,
+    /// The snapshot these routes were built from (the worker and the load feed look up
+    /// instances in it).
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// Whether this node has the edge role: only then does it listen on apps' ports.
+    edge: bool,
 }
 
 impl Default for Routes {
@@ -93,6 +101,8 @@ impl Default for Routes {
             limits: Limits::default(),
             http: Arc::new(settings(&Http::default(), "local")),
             tls: None,
+            snapshot: None,
+            edge: true,
         }
     }
 }
@@ -108,9 +118,10 @@ fn settings(http: &Http, region: &str) -> HttpSettings {
 
 impl Routes {
     pub fn build(
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         metrics: &Metrics,
         pools: &Pools,
+        backhaul: &Backhaul,
         tls: Arc<anyedge_tls::TlsServer>,
     ) -> Routes {
         let mut ports = HashMap::new();
@@ -139,6 +150,11 @@ impl Routes {
                                 service: service_index,
                                 metrics: app_metrics.clone(),
                                 pools: app.instances.iter().map(|i| pools.get(&i.id)).collect(),
+                                links: app
+                                    .instances
+                                    .iter()
+                                    .map(|i| i.peer.as_ref().map(|p| backhaul.link(p)))
+                                    .collect(),
                             })
                         })
                         .clone();
@@ -164,6 +180,7 @@ impl Routes {
             ports.insert(key, PortRoute::Http(Arc::new(hp)));
         }
         pools.retain(|id| snapshot.has_instance(id));
+        backhaul.retain(|peer| snapshot.config.peers.contains_key(peer));
         Routes {
             ports,
             http_apps,
@@ -173,6 +190,8 @@ impl Routes {
                 &snapshot.config.node.region,
             )),
             tls: Some(tls),
+            snapshot: Some(snapshot.clone()),
+            edge: snapshot.config.node.roles.edge,
         }
     }
 
@@ -193,6 +212,9 @@ impl Routes {
     /// The sockets to listen on. Linux refuses `127.0.0.2:P` while `0.0.0.0:P` is held, so a port
     /// with any wildcard user gets one wildcard listener and routes by local address.
     pub fn listen_addrs(&self) -> BTreeSet<ListenAddr> {
+        if !self.edge {
+            return BTreeSet::new();
+        }
         let wildcard: BTreeSet<u16> = self
             .ports
             .keys()

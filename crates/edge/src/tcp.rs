@@ -1,7 +1,7 @@
 //! The raw TCP path: place the connection on an instance (carrying it to another when a connect
 //! fails), send a PROXY header if the port asks for one, then move bytes both ways.
 
-use crate::connect::{self, Upstream};
+use crate::connect::{self, Stream, Upstream};
 use crate::routes::TcpRoute;
 use crate::{proxy_protocol, relay, Shared};
 use anyedge_admission::{BudgetGuard, KeyGuard};
@@ -34,7 +34,7 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
     async move {
         let _guards = guards;
         let _active = conn.route.metrics.tcp_connect();
-        let upstream = match connect::connect_any(&conn.route, conn.connect_timeout, &shared.resolver).await {
+        let upstream = match connect::connect_any(&conn.route, conn.connect_timeout, &shared, conn.peer, conn.local.port()).await {
             Ok(u) => u,
             Err(e) => {
                 let code = e.code();
@@ -43,8 +43,25 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
                 return;
             }
         };
-        let Upstream { mut stream, instance, _inflight } = upstream;
+        let Upstream { stream, instance, _inflight } = upstream;
         tracing::debug!(instance = %instance, "connected");
+        let mut stream = match stream {
+            Stream::Local(s) => s,
+            Stream::Backhaul(mut tunnel) => {
+                // The worker sends the PROXY header, if the port asks for one.
+                let mut client = conn.client;
+                let metrics = &conn.route.metrics;
+                match tokio::io::copy_bidirectional(&mut client, &mut *tunnel).await {
+                    Ok((up, down)) => {
+                        metrics.add_bytes(anyedge_telemetry::Direction::In, up);
+                        metrics.add_bytes(anyedge_telemetry::Direction::Out, down);
+                        tracing::debug!(instance = %instance, up, down, "closed");
+                    }
+                    Err(e) => tracing::debug!(instance = %instance, error = %e, "ended with error"),
+                }
+                return;
+            }
+        };
         if let Some(version) = conn.route.proxy_proto {
             let header = proxy_protocol::encode(version, conn.peer, conn.local);
             if let Err(e) = stream.write_all(&header).await {

@@ -4,9 +4,11 @@
 //! catalog snapshot, so counting on the hot path is one relaxed add, never a map lookup.
 //! Label values come from closed enums or from app names in the catalog, never from requests.
 
+mod backhaul;
 mod logging;
 mod metrics;
 
+pub use backhaul::BackhaulMetrics;
 pub use logging::{init_logging, LogFormat};
 pub use metrics::{
     AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics, RetryReason,

@@ -138,14 +138,18 @@ pub enum RetryReason {
     RefusedStream,
     /// The instance's HTTP/2 GOAWAY came before it processed the stream.
     GoAway,
+    /// The worker running the instance answered "retry elsewhere" (over backhaul) before the
+    /// instance saw the request.
+    WorkerRefused,
 }
 
 impl RetryReason {
-    pub const ALL: [RetryReason; 4] = [
+    pub const ALL: [RetryReason; 5] = [
         RetryReason::Connect,
         RetryReason::StaleConnection,
         RetryReason::RefusedStream,
         RetryReason::GoAway,
+        RetryReason::WorkerRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -154,6 +158,7 @@ impl RetryReason {
             RetryReason::StaleConnection => "stale_connection",
             RetryReason::RefusedStream => "refused_stream",
             RetryReason::GoAway => "goaway",
+            RetryReason::WorkerRefused => "worker_refused",
         }
     }
 }
@@ -314,6 +319,7 @@ impl NodeMetrics {
 #[derive(Default)]
 pub struct Metrics {
     pub node: NodeMetrics,
+    pub backhaul: crate::backhaul::BackhaulMetrics,
     apps: Mutex<BTreeMap<String, Arc<AppMetrics>>>,
     /// notAfter (unix seconds) of the certificate served for each hostname.
     cert_expiries: Mutex<Vec<(String, i64)>>,
@@ -371,6 +377,7 @@ impl Metrics {
         let apps = self.snapshot_apps(None);
         let mut out = String::with_capacity(4096);
         self.render_node(&mut out);
+        self.backhaul.render(&mut out);
         family(
             &mut out,
             "anyedge_cert_expiry_timestamp_seconds",
@@ -594,7 +601,7 @@ impl HttpMetrics {
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 

@@ -6,9 +6,10 @@ use super::body::{ReqBody, RespBody, Slots};
 use super::error::ProxyError;
 use super::headers::{self, ClientInfo};
 use super::routing::{self, Fallback, Replay, Resolved, Wishes};
-use super::upgrade::{self, Upgrade};
-use super::upstream::{SendError, Target, UpstreamError};
+use super::upgrade::{self, Leg, Upgrade};
+use super::upstream::{SendError, Sender, Target, UpstreamError};
 use crate::admit::{self, AdmitError};
+use crate::backhaul;
 use crate::routes::{HttpApp, HttpPort, HttpSettings};
 use crate::Shared;
 use anyedge_telemetry::RetryReason;
@@ -44,7 +45,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
 /// What one request did, for its log line and metrics.
 #[derive(Default)]
-pub(super) struct Outcome {
+pub(crate) struct Outcome {
     pub instance: Option<anyedge_core::InstanceId>,
     pub attempts: u32,
     pub replays: u32,
@@ -286,7 +287,10 @@ impl ProxyService {
             let Some(port) = inst.address.port.or(service.internal_port) else {
                 continue;
             };
-            let h2 = service.http_options.h2_backend && matches!(job.upgrade, Upgrade::None);
+            // An instance on another node: over backhaul (HTTP/2) to its worker.
+            let link = app.links[placed.index].as_ref();
+            let h2 = link.is_some()
+                || (service.http_options.h2_backend && matches!(job.upgrade, Upgrade::None));
             let target = Target {
                 host: &inst.address.host,
                 port,
@@ -296,7 +300,11 @@ impl ProxyService {
             };
             let pool = &app.pools[placed.index];
             let connecting = Instant::now();
-            let sender = if fresh_only || !matches!(job.upgrade, Upgrade::None) {
+            let sender = if let Some(link) = link {
+                link.sender(&self.shared, target.connect_timeout)
+                    .await
+                    .map(Sender::H2)
+            } else if fresh_only || !matches!(job.upgrade, Upgrade::None) {
                 pool.fresh(&target, &self.shared.resolver).await
             } else {
                 pool.sender(&target, &self.shared.resolver).await
@@ -329,11 +337,20 @@ impl ProxyService {
                 };
                 return Err((err, job.outcome));
             };
-            let request = job.head.request(body, h2);
+            let mut request = job.head.request(body, h2);
+            if link.is_some() {
+                backhaul::tag(&mut request, &app.app.name, inst.id.instance());
+            }
             if !matches!(job.upgrade, Upgrade::None) {
                 let upgrade = std::mem::replace(&mut job.upgrade, Upgrade::None);
                 let slots = Slots::new(job.app_slot, placed.slot);
-                return upgrade::forward(upgrade, sender, request, &app, job.outcome, slots).await;
+                let leg = if link.is_some() {
+                    Leg::ToWorker
+                } else {
+                    Leg::Direct
+                };
+                return upgrade::forward(upgrade, sender, request, &app, job.outcome, slots, leg)
+                    .await;
             }
             let reused = sender.is_reused();
             let sent = tokio::time::timeout(config.response_timeout, sender.send(request)).await;
@@ -374,6 +391,17 @@ impl ProxyService {
                     return Err((ProxyError::Upstream(e.to_string()), job.outcome));
                 }
             };
+            if let Some(why) = link.and_then(|_| resp.headers().get(backhaul::RETRY_ELSEWHERE)) {
+                // The worker did not give it to the instance: place it again without it.
+                let why = String::from_utf8_lossy(why.as_bytes()).into_owned();
+                if backhaul::instance_failed(&why) {
+                    inst.live.connect_failed(Instant::now());
+                }
+                tracing::info!(instance = %inst.id, reason = %why, "worker refused; placing elsewhere");
+                retrying = Some(RetryReason::WorkerRefused);
+                last_error = Some(format!("worker refused: {why}"));
+                continue;
+            }
             let replay_header = if names.any_in(resp.headers()) {
                 resp.headers().get(&names.replay)
             } else {
@@ -609,7 +637,11 @@ impl Head {
 /// Whether a failed send may go to an instance again: only when the instance provably did not
 /// process it (HTTP/2 REFUSED_STREAM or a GOAWAY above the stream), or an idempotent request on
 /// a reused HTTP/1.1 connection that failed before any response byte (the keep-alive race).
-fn retry_reason(e: &hyper::Error, reused: bool, method: &http::Method) -> Option<RetryReason> {
+pub(super) fn retry_reason(
+    e: &hyper::Error,
+    reused: bool,
+    method: &http::Method,
+) -> Option<RetryReason> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
@@ -686,7 +718,7 @@ fn strip_port(host: &str) -> &str {
 
 /// HTTP/1.1 instances get origin-form (`/path?q`); an HTTP/2 instance gets the full URI with
 /// the client's host as authority.
-fn upstream_uri(parts: &mut http::request::Parts, h2: bool) {
+pub(super) fn upstream_uri(parts: &mut http::request::Parts, h2: bool) {
     if !h2 && parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
         parts.version = http::Version::HTTP_11;
         return;

@@ -67,7 +67,21 @@ pub(crate) fn classify(req: &mut Request<Incoming>) -> Result<Upgrade, ProxyErro
     })
 }
 
-/// Send the switch to the instance on its own connection, and tunnel once both sides agree.
+/// Which leg of the path a switch is sent on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leg {
+    /// From the client's edge straight to the instance (HTTP/1.1 upgrade).
+    Direct,
+    /// From the edge to the worker running the instance: an HTTP/2 extended CONNECT on
+    /// backhaul, whatever the client sent.
+    ToWorker,
+    /// On the worker, for an edge's extended CONNECT: to the instance as an HTTP/1.1 upgrade;
+    /// the instance's answer headers go back whole (the edge answers its client).
+    FromEdge,
+}
+
+/// Send the switch to the instance (or its worker) on its own stream or connection, and tunnel
+/// once both sides agree.
 pub(crate) async fn forward(
     upgrade: Upgrade,
     sender: Sender,
@@ -75,20 +89,35 @@ pub(crate) async fn forward(
     app: &Arc<HttpApp>,
     outcome: Outcome,
     slots: Slots,
+    leg: Leg,
 ) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
-    let (client, h2_client) = match upgrade {
+    let (client, h2_client, protocol) = match upgrade {
         Upgrade::None => return Err((ProxyError::BadRequest("not an upgrade"), outcome)),
-        Upgrade::Http1 { client } => (client, false),
-        Upgrade::Connect { client, protocol } => {
-            connect_to_http1(&mut req, &protocol);
-            (client, true)
+        Upgrade::Http1 { client } => {
+            let protocol = req
+                .headers()
+                .get(UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("websocket")
+                .to_string();
+            (client, false, protocol)
         }
+        Upgrade::Connect { client, protocol } => (client, true, protocol),
     };
+    if leg == Leg::ToWorker {
+        http1_to_connect(&mut req, &protocol);
+    } else if h2_client {
+        connect_to_http1(&mut req, &protocol);
+    }
     let mut resp = match sender.send_once(req).await {
         Ok(r) => r,
         Err(e) => return Err((ProxyError::Upstream(e.to_string()), outcome)),
     };
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+    let switched = match leg {
+        Leg::ToWorker => resp.status() == StatusCode::OK,
+        Leg::Direct | Leg::FromEdge => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
+    };
+    if !switched {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         let mut body = RespBody::upstream(body, None, app.metrics.clone());
@@ -118,15 +147,41 @@ pub(crate) async fn forward(
         }
     });
     let (mut parts, _) = resp.into_parts();
-    if h2_client {
+    if leg == Leg::FromEdge {
+        // To the edge: a CONNECT tunnel opens with 200; the instance's headers (its
+        // Sec-WebSocket-Accept among them) are the edge's to answer its client with.
+        parts.status = StatusCode::OK;
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+    } else if h2_client {
         // RFC 8441: the tunnel opens with 200; HTTP/2 has no Upgrade or Connection headers.
         parts.status = StatusCode::OK;
         headers::strip_hop_by_hop(&mut parts.headers, false);
         parts.headers.remove("sec-websocket-accept");
+    } else if leg == Leg::ToWorker {
+        // An HTTP/1.1 client gets the 101 its upgrade asked for.
+        parts.status = StatusCode::SWITCHING_PROTOCOLS;
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Ok(p) = HeaderValue::try_from(protocol.as_str()) {
+            parts.headers.insert(UPGRADE, p);
+        }
     } else {
         headers::strip_hop_by_hop(&mut parts.headers, true);
     }
     Ok((Response::from_parts(parts, RespBody::empty()), outcome))
+}
+
+/// Turn a switch into the extended CONNECT (RFC 8441) that carries it over HTTP/2 backhaul.
+fn http1_to_connect(req: &mut Request<ReqBody>, protocol: &str) {
+    *req.method_mut() = Method::CONNECT;
+    *req.version_mut() = Version::HTTP_2;
+    req.headers_mut().remove(UPGRADE);
+    req.headers_mut().remove(CONNECTION);
+    req.extensions_mut().insert(hyper::ext::Protocol::from(
+        protocol.to_ascii_lowercase().as_str(),
+    ));
 }
 
 /// Rewrite an extended CONNECT into the HTTP/1.1 upgrade request an instance understands.
@@ -138,8 +193,9 @@ fn connect_to_http1(req: &mut Request<ReqBody>, protocol: &str) {
         h.insert(UPGRADE, p);
     }
     h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    if protocol.eq_ignore_ascii_case("websocket") {
+    if protocol.eq_ignore_ascii_case("websocket") && !h.contains_key("sec-websocket-key") {
         // RFC 8441 has no key; the instance needs one (RFC 6455), and nobody checks its answer.
+        // (A request from an edge over backhaul carries its HTTP/1.1 client's key: kept.)
         let key: [u8; 16] = rand::random();
         if let Ok(v) = HeaderValue::try_from(base64(&key)) {
             h.insert("sec-websocket-key", v);

@@ -1,0 +1,209 @@
+//! The load feed: a worker tells each edge it serves, on a long-lived HTTP/2 stream of its
+//! backhaul, how loaded and healthy its instances are; the edge folds that into placement
+//! (`InstanceLive::report`: the worker's count is the truth, since it counts every edge).
+//!
+//! Wire format (the response body of a `GET /` stream marked with [`super::FEED`]): frames of
+//! text lines, one per instance the worker runs, `<app>/<instance> <in-flight> <hard-limit>
+//! <healthy 0|1>`, each frame ended by an empty line. A frame goes out every [`TICK`] when
+//! anything changed, and at least every [`HEARTBEAT`] (a report expires after
+//! `anyedge_catalog::REPORT_FRESH`). A line this edge cannot read is skipped.
+
+use super::link::Link;
+use crate::http::ReqBody;
+use crate::Shared;
+use anyedge_catalog::{Reported, Snapshot};
+use bytes::Bytes;
+use http::{Method, Request, Version};
+use http_body_util::BodyExt;
+use std::fmt::Write;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+pub(crate) const TICK: Duration = Duration::from_millis(250);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The longest frame an edge accepts (a worker with very many instances sends several).
+const MAX_PENDING: usize = 4 << 20;
+
+/// Worker side: the current frame for every instance this node runs.
+pub(crate) fn frame(snapshot: &Snapshot, out: &mut String) {
+    out.clear();
+    let now = Instant::now();
+    let mut apps: Vec<_> = snapshot.apps.values().collect();
+    apps.sort_by(|a, b| a.name.cmp(&b.name));
+    for app in apps {
+        let hard = app.config.concurrency.hard_limit;
+        for i in app.instances.iter().filter(|i| i.peer.is_none()) {
+            let _ = writeln!(
+                out,
+                "{} {} {hard} {}",
+                i.id,
+                i.live.inflight.in_use(),
+                u8::from(i.live.healthy(now))
+            );
+        }
+    }
+    out.push('\n');
+}
+
+/// Worker side: the body of a feed stream, until the edge goes away.
+pub(crate) fn stream(shared: Arc<Shared>) -> FeedBody {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut text = String::new();
+        let mut last = String::new();
+        let mut sent_at = Instant::now() - HEARTBEAT;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = tx.closed() => return,
+            }
+            let Some(snapshot) = shared.routes.load().snapshot.clone() else {
+                continue;
+            };
+            frame(&snapshot, &mut text);
+            if text == last && sent_at.elapsed() < HEARTBEAT {
+                continue;
+            }
+            let data = Bytes::copy_from_slice(text.as_bytes());
+            if tx.send(data).await.is_err() {
+                return;
+            }
+            std::mem::swap(&mut text, &mut last);
+            sent_at = Instant::now();
+        }
+    });
+    FeedBody { rx }
+}
+
+/// The feed's response body: frames as the producing task makes them.
+pub(crate) struct FeedBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl http_body::Body for FeedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        self.get_mut()
+            .rx
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// Edge side: apply one frame's lines to the instances of the snapshot in force.
+pub(crate) fn apply(snapshot: &Snapshot, frame: &str, now: Instant) -> usize {
+    let mut applied = 0;
+    for line in frame.lines() {
+        let mut parts = line.split(' ');
+        let (Some(id), Some(inflight), Some(_hard), Some(healthy), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            continue;
+        };
+        let (Ok(inflight), Some(healthy)) = (inflight.parse::<u32>(), parse_flag(healthy)) else {
+            continue;
+        };
+        let Some((app, _)) = id.split_once('/') else {
+            continue;
+        };
+        let Some(entry) = snapshot.app(app) else {
+            continue;
+        };
+        // Only instances this edge reaches over backhaul: the worker is their truth.
+        if let Some(inst) = entry
+            .instances
+            .iter()
+            .find(|i| i.peer.is_some() && i.id.as_str() == id)
+        {
+            inst.live.report(Reported { inflight, healthy }, now);
+            applied += 1;
+        }
+    }
+    applied
+}
+
+fn parse_flag(s: &str) -> Option<bool> {
+    match s {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    }
+}
+
+/// Edge side: follow a worker's feed for as long as the link is in use, reopening the stream
+/// after a failure.
+pub(crate) fn follow(link: Weak<Link>, shared: Arc<Shared>) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let Some(l) = link.upgrade() else { return };
+            let peer = l.id().clone();
+            let timeout = shared.routes.load().limits.connect_timeout;
+            let started = Instant::now();
+            let result = match l.sender(&shared, timeout).await {
+                Ok(sender) => {
+                    drop(l);
+                    read(sender, &shared).await
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "load feed interrupted");
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(200);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shared.drain.started() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
+async fn read(
+    mut sender: hyper::client::conn::http2::SendRequest<ReqBody>,
+    shared: &Shared,
+) -> Result<(), String> {
+    let mut req = Request::new(ReqBody::Empty);
+    *req.method_mut() = Method::GET;
+    *req.version_mut() = Version::HTTP_2;
+    *req.uri_mut() = http::Uri::from_static("http://anyedge/");
+    req.headers_mut()
+        .insert(super::FEED, http::HeaderValue::from_static("load"));
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("worker answered {}", resp.status()));
+    }
+    let mut body = resp.into_body();
+    let mut pending = String::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.push_str(&String::from_utf8_lossy(&data));
+        if pending.len() > MAX_PENDING {
+            return Err("load feed frame too long".into());
+        }
+        while let Some(end) = pending.find("\n\n") {
+            if let Some(snapshot) = shared.routes.load().snapshot.clone() {
+                apply(&snapshot, &pending[..end], Instant::now());
+            }
+            pending.drain(..end + 2);
+        }
+    }
+    Err("the worker ended the load feed".into())
+}

@@ -1,0 +1,206 @@
+//! One edge's HTTP/2 connections to one worker: up to [`CONNECTIONS`] long-lived connections
+//! over mutual TLS (ALPN `anyedge-h2`), shared by every app and request, used in turn. A closed
+//! connection (GOAWAY, reset, or a keep-alive ping unanswered for [`PING_TIMEOUT`]) is dropped
+//! from the set and the next request opens a new one. The socket's kernel RTT (`TCP_INFO`) is
+//! sampled into the peer's live state: placement's distance to the worker.
+
+use super::feed;
+use crate::connect::{self, AttemptError};
+use crate::http::upstream::UpstreamError;
+use crate::Shared;
+use anyedge_backhaul::rtt::RttSampled;
+use anyedge_backhaul::tls::ClusterTls;
+use anyedge_catalog::PeerEntry;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::http::ReqBody;
+
+/// HTTP/2 connections kept per worker: enough that one slow connection (a full TCP window, a
+/// lost segment) does not stall every request, few enough that streams share them.
+pub(crate) const CONNECTIONS: usize = 2;
+/// Keep-alive pings: a dead worker or path is noticed within interval + timeout.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the socket's RTT is read.
+const RTT_EVERY: Duration = Duration::from_secs(1);
+
+pub(crate) struct Link {
+    id: Arc<str>,
+    advertise: String,
+    rtt: Arc<AtomicU32>,
+    conns: Mutex<Vec<http2::SendRequest<ReqBody>>>,
+    next: AtomicUsize,
+    /// One connection is opened at a time; others wait and then use it.
+    opening: tokio::sync::Mutex<()>,
+    feed_started: AtomicBool,
+}
+
+impl Link {
+    pub fn new(peer: &PeerEntry) -> Link {
+        Link {
+            id: peer.id.clone(),
+            advertise: peer.advertise.clone(),
+            rtt: peer.live.rtt_us.clone(),
+            conns: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            opening: tokio::sync::Mutex::new(()),
+            feed_started: AtomicBool::new(false),
+        }
+    }
+
+    pub fn advertise(&self) -> &str {
+        &self.advertise
+    }
+
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// A live connection, the next in turn; `None` when fewer than `want` are open.
+    fn pick(&self, want: usize) -> Option<http2::SendRequest<ReqBody>> {
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns.retain(|c| !c.is_closed());
+        if conns.is_empty() || conns.len() < want {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.len();
+        Some(conns[i].clone())
+    }
+
+    /// A connection to send one request on: one of the open ones, or a new one while fewer
+    /// than [`CONNECTIONS`] are open.
+    pub async fn sender(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        timeout: Duration,
+    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+        if let Some(s) = self.pick(CONNECTIONS) {
+            return Ok(s);
+        }
+        let _one = self.opening.lock().await;
+        if let Some(s) = self.pick(CONNECTIONS) {
+            return Ok(s);
+        }
+        match self.open(shared, timeout).await {
+            Ok(s) => {
+                self.conns
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(s.clone());
+                if !self.feed_started.swap(true, Ordering::AcqRel) {
+                    feed::follow(Arc::downgrade(self), shared.clone());
+                }
+                Ok(s)
+            }
+            // Another connection is still good: use it rather than fail the request.
+            Err(e) => self.pick(1).ok_or(e),
+        }
+    }
+
+    async fn open(
+        &self,
+        shared: &Shared,
+        timeout: Duration,
+    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+        let tls = shared
+            .backhaul
+            .tls
+            .load_full()
+            .ok_or_else(|| backhaul_error(&self.id, "no [cluster] certificates"))?;
+        let (host, port) = super::split_advertise(&self.advertise)
+            .ok_or_else(|| backhaul_error(&self.id, "advertise has no port"))?;
+        let stream = connect_tls(
+            &tls,
+            &self.id,
+            &host,
+            port,
+            anyedge_backhaul::ALPN_H2,
+            timeout,
+            shared,
+            self.rtt.clone(),
+        )
+        .await?;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(PING_INTERVAL)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let (sender, conn) = builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        let metrics = shared.metrics.clone();
+        metrics
+            .backhaul
+            .h2_connections
+            .fetch_add(1, Ordering::Relaxed);
+        metrics
+            .backhaul
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+        let peer = self.id.clone();
+        tokio::spawn(async move {
+            match conn.await {
+                Ok(()) => tracing::debug!(peer = %peer, "backhaul connection closed"),
+                Err(e) => tracing::info!(peer = %peer, error = %e, "backhaul connection lost"),
+            }
+            metrics
+                .backhaul
+                .h2_connections
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+        tracing::debug!(peer = %self.id, address = %self.advertise, "backhaul connection open");
+        Ok(sender)
+    }
+}
+
+fn backhaul_error(peer: &str, why: &str) -> UpstreamError {
+    UpstreamError::Connect(attempt_error(peer, why))
+}
+
+pub(crate) fn attempt_error(peer: &str, why: &str) -> AttemptError {
+    AttemptError::Backhaul {
+        peer: peer.to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// A TCP connection to a worker with mutual TLS on top, checked to be that worker (its
+/// certificate names `peer`) and to speak `alpn`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn connect_tls(
+    tls: &ClusterTls,
+    peer: &str,
+    host: &str,
+    port: u16,
+    alpn: &[u8],
+    timeout: Duration,
+    shared: &Shared,
+    rtt: Arc<AtomicU32>,
+) -> Result<tokio_rustls::client::TlsStream<RttSampled>, AttemptError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tcp = connect::connect_one(host, port, timeout, &shared.resolver).await?;
+    let _ = tcp.set_nodelay(true);
+    let io = RttSampled::new(tcp, rtt, RTT_EVERY);
+    let name = rustls::pki_types::ServerName::try_from(peer.to_string())
+        .map_err(|_| attempt_error(peer, "node id is not a DNS name"))?;
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config(alpn));
+    let stream = match tokio::time::timeout_at(deadline, connector.connect(name, io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(attempt_error(peer, &format!("TLS: {e}"))),
+        Err(_) => return Err(attempt_error(peer, "TLS handshake timed out")),
+    };
+    if stream.get_ref().1.alpn_protocol() != Some(alpn) {
+        return Err(attempt_error(
+            peer,
+            "the worker did not agree on the backhaul protocol",
+        ));
+    }
+    Ok(stream)
+}

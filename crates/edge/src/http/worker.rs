@@ -1,0 +1,258 @@
+//! The worker's side of HTTP backhaul: each stream names an app and one of this node's
+//! instances. The worker is the truth about its instances: it checks the instance exists here
+//! and belongs to the app, takes its own slots (the app's budget on this node, the instance's
+//! hard limit), connects, and forwards. Anything that stops the request before the instance
+//! sees it is answered 503 with `anyedge-retry-elsewhere: <reason>` before any of the body is
+//! read, and the edge places the request again without this instance.
+
+use super::body::{ReqBody, RespBody, Slots};
+use super::error::ProxyError;
+use super::service::{retry_reason, upstream_uri, Outcome};
+use super::upgrade::{self, Leg, Upgrade};
+use super::upstream::{SendError, Target};
+use crate::backhaul::{self, feed::FeedBody};
+use crate::routes::HttpApp;
+use crate::Shared;
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+#[derive(Clone)]
+pub(crate) struct WorkerService {
+    pub shared: Arc<Shared>,
+    /// The edge's node id, from its certificate (for logs).
+    pub edge: Arc<str>,
+}
+
+/// A stream's answer: a forwarded response, or the load feed.
+pub(crate) enum WorkerBody {
+    Resp(RespBody),
+    Feed(FeedBody),
+}
+
+impl Body for WorkerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            WorkerBody::Resp(b) => Pin::new(b).poll_frame(cx),
+            WorkerBody::Feed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            WorkerBody::Resp(b) => b.is_end_stream(),
+            WorkerBody::Feed(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            WorkerBody::Resp(b) => b.size_hint(),
+            WorkerBody::Feed(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for WorkerService {
+    type Response = Response<WorkerBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<WorkerBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if req.headers().contains_key(backhaul::FEED) {
+                let body = backhaul::feed::stream(this.shared.clone());
+                return Ok(Response::new(WorkerBody::Feed(body)));
+            }
+            Ok(this.handle(req).await.map(WorkerBody::Resp))
+        })
+    }
+}
+
+/// Why a stream was not carried to its instance (the `anyedge-retry-elsewhere` value).
+fn refuse(shared: &Shared, reason: &'static str) -> Response<RespBody> {
+    shared.metrics.backhaul.refused(reason);
+    let mut resp = Response::new(RespBody::empty());
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut()
+        .insert(backhaul::RETRY_ELSEWHERE, HeaderValue::from_static(reason));
+    resp
+}
+
+impl WorkerService {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<RespBody> {
+        let shared = &self.shared;
+        let routes = shared.routes.load_full();
+        let found = find(&routes, req.headers());
+        let (app, index) = match found {
+            Ok(found) => found,
+            Err(reason) => {
+                tracing::info!(edge = %self.edge, reason, "backhaul stream refused");
+                return refuse(shared, reason);
+            }
+        };
+        shared
+            .metrics
+            .backhaul
+            .streams
+            .fetch_add(1, Ordering::Relaxed);
+        if shared.drain.is_draining() {
+            return refuse(shared, "draining");
+        }
+        let inst = &app.app.instances[index];
+        if !inst.live.healthy(Instant::now()) {
+            return refuse(shared, "unhealthy");
+        }
+        let config = &app.app.config;
+        let Some(app_slot) = app.app.live.try_admit(config.limits.max_inflight) else {
+            return refuse(shared, "app_overloaded");
+        };
+        let Some(slot) = inst
+            .live
+            .try_take(config.concurrency.hard_limit, &app.app.live)
+        else {
+            return refuse(shared, "full");
+        };
+        let h = req.headers_mut();
+        h.remove(backhaul::APP);
+        h.remove(backhaul::INSTANCE);
+        if !req.headers().contains_key(HOST) {
+            if let Some(v) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
+            {
+                req.headers_mut().insert(HOST, v);
+            }
+        }
+        let upgrade = match upgrade::classify(&mut req) {
+            Ok(u) => u,
+            Err(_) => return refuse(shared, "bad_request"),
+        };
+        let service = app.service();
+        let Some(port) = inst.address.port.or(service.internal_port) else {
+            return refuse(shared, "no_service");
+        };
+        let h2 = service.http_options.h2_backend && matches!(upgrade, Upgrade::None);
+        let http = &routes.http.config;
+        let target = Target {
+            host: &inst.address.host,
+            port,
+            h2,
+            connect_timeout: routes.limits.connect_timeout,
+            idle_timeout: http.upstream_idle_timeout,
+        };
+        let pool = &app.pools[index];
+        let sender = if matches!(upgrade, Upgrade::None) {
+            pool.sender(&target, &shared.resolver).await
+        } else {
+            pool.fresh(&target, &shared.resolver).await
+        };
+        let sender = match sender {
+            Ok(s) => s,
+            Err(e) => {
+                inst.live.connect_failed(Instant::now());
+                tracing::info!(instance = %inst.id, error = %e, "instance unreachable; the edge will place elsewhere");
+                return refuse(shared, "connect_failed");
+            }
+        };
+        inst.live.connect_succeeded();
+        let (mut parts, body) = req.into_parts();
+        let method = parts.method.clone();
+        upstream_uri(&mut parts, h2);
+        // Streamed as it comes: retries are the edge's (it keeps the body when it may need it).
+        let body = ReqBody::new(body, 0, http.max_request_body, app.metrics.clone());
+        let request = Request::from_parts(parts, body);
+        let slots = Slots::new(app_slot, slot);
+        let names = &routes.http.names;
+        if !matches!(upgrade, Upgrade::None) {
+            let sent = upgrade::forward(
+                upgrade,
+                sender,
+                request,
+                &app,
+                Outcome::default(),
+                slots,
+                Leg::FromEdge,
+            )
+            .await;
+            return match sent {
+                Ok((resp, _)) => resp,
+                Err((e, _)) => e.response(names),
+            };
+        }
+        let reused = sender.is_reused();
+        let sent = tokio::time::timeout(http.response_timeout, sender.send(request)).await;
+        match sent {
+            Err(_) => ProxyError::UpstreamTimeout.response(names),
+            Ok(Err(SendError::Unsent)) => refuse(shared, "stale_connection"),
+            Ok(Err(SendError::Failed(e))) => {
+                if retry_reason(&e, reused, &method).is_some() {
+                    // The instance provably did not process it.
+                    return refuse(shared, "not_processed");
+                }
+                ProxyError::Upstream(e.to_string()).response(names)
+            }
+            Ok(Ok((resp, pool_return))) => {
+                let (mut parts, body) = resp.into_parts();
+                super::headers::strip_hop_by_hop(&mut parts.headers, false);
+                let mut body = RespBody::upstream(body, pool_return, app.metrics.clone());
+                body.hold(slots);
+                Response::from_parts(parts, body)
+            }
+        }
+    }
+}
+
+/// The app and the index of the local instance a stream names, or why not.
+fn find(
+    routes: &crate::routes::Routes,
+    headers: &http::HeaderMap,
+) -> Result<(Arc<HttpApp>, usize), &'static str> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+    };
+    let (Some(app), Some(instance)) = (text(backhaul::APP), text(backhaul::INSTANCE)) else {
+        return Err("bad_request");
+    };
+    let Some(http_app) = routes.http_app(app) else {
+        return Err("unknown_app");
+    };
+    let local = |a: &anyedge_catalog::AppEntry| {
+        a.instances
+            .iter()
+            .position(|i| i.peer.is_none() && i.id.instance() == instance)
+    };
+    if let Some(index) = local(&http_app.app) {
+        return Ok((http_app.clone(), index));
+    }
+    // An instance of another app here: a forged or confused edge. Never carried across apps.
+    let elsewhere = routes
+        .snapshot
+        .as_ref()
+        .is_some_and(|s| s.apps.values().any(|a| local(a).is_some()));
+    Err(if elsewhere {
+        "wrong_app"
+    } else {
+        "unknown_instance"
+    })
+}

@@ -1,0 +1,293 @@
+//! The worker role: the backhaul listener (`[node] backhaul_listen`). Only nodes presenting a
+//! certificate from the cluster CA get past the TLS handshake (mutual TLS; anything else is
+//! refused and counted as `anyedge_backhaul_refused_total{reason="tls"}`). ALPN tells the two
+//! kinds apart: `anyedge-h2` carries HTTP streams (`crate::http::worker`), `anyedge-tcp` one raw
+//! TCP connection opened by a [`TcpHeader`].
+
+use crate::http::worker::WorkerService;
+use crate::Shared;
+use anyedge_backhaul::header::{RefuseReason, TcpHeader, TcpReply};
+use anyedge_backhaul::{ALPN_H2, ALPN_TCP};
+use anyedge_telemetry::Direction;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// Bound on an edge's TLS handshake and its TCP header.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one edge may have open on one backhaul connection.
+const MAX_STREAMS: u32 = 8192;
+
+type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The running backhaul listener.
+pub(crate) struct BackhaulListener {
+    pub addr: SocketAddr,
+    pub bound: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Listen on `addr` for edges.
+pub(crate) fn start(addr: SocketAddr, shared: &Arc<Shared>) -> std::io::Result<BackhaulListener> {
+    let std = crate::listeners::bind_one(addr, false)?;
+    let bound = std.local_addr()?;
+    let listener = TcpListener::from_std(std)?;
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(accept_loop(listener, stopped, shared.clone()));
+    tracing::info!(%bound, "backhaul listening");
+    Ok(BackhaulListener {
+        addr,
+        bound,
+        _stop: stop,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            _ = shared.drain.started() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let drain = shared.drain.track();
+                tokio::spawn(async move {
+                    let _drain = drain;
+                    serve(stream, peer, shared).await;
+                });
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .node
+                    .accept_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "backhaul accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let metrics = &shared.metrics.backhaul;
+    let Some(tls) = shared.backhaul.tls.load_full() else {
+        metrics.refused("tls");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            metrics.refused("tls");
+            tracing::warn!(%peer, error = %e, "backhaul refused: mutual TLS failed");
+            return;
+        }
+        Err(_) => {
+            metrics.refused("tls");
+            tracing::info!(%peer, "backhaul refused: TLS handshake timed out");
+            return;
+        }
+    };
+    metrics.accepted.fetch_add(1, Ordering::Relaxed);
+    let conn = stream.get_ref().1;
+    let edge: Arc<str> = anyedge_backhaul::tls::peer_node_id(conn)
+        .unwrap_or_else(|| peer.to_string())
+        .into();
+    match conn.alpn_protocol() {
+        Some(p) if p == ALPN_H2 => serve_h2(stream, edge, shared).await,
+        Some(p) if p == ALPN_TCP => serve_tcp(stream, edge, shared).await,
+        _ => {
+            metrics.refused("alpn");
+            tracing::info!(%peer, "backhaul refused: no known protocol (ALPN)");
+        }
+    }
+}
+
+async fn serve_h2(stream: ServerTls, edge: Arc<str>, shared: Arc<Shared>) {
+    let service = WorkerService {
+        shared: shared.clone(),
+        edge: edge.clone(),
+    };
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .adaptive_window(true)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(Some(1024))
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shared.drain.started() => {
+            // Stopping: no new streams (GOAWAY); the ones in flight finish.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(edge = %edge, error = %e, "backhaul connection ended");
+    }
+}
+
+/// One raw TCP connection for an edge: read and check the header, take the slots, connect,
+/// answer, then move bytes both ways until either side closes.
+async fn serve_tcp(mut stream: ServerTls, edge: Arc<str>, shared: Arc<Shared>) {
+    let metrics = &shared.metrics.backhaul;
+    let header =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpHeader::read_from(&mut stream)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                tracing::info!(edge = %edge, error = %e, "TCP backhaul refused: bad header");
+                reply(
+                    &mut stream,
+                    TcpReply::Refused(RefuseReason::BadHeader),
+                    &shared,
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                metrics.refused(RefuseReason::BadHeader.as_str());
+                return;
+            }
+        };
+    let opened = match open(&header, &shared).await {
+        Ok(o) => o,
+        Err(why) => {
+            tracing::info!(edge = %edge, app = %header.app, instance = %header.instance, reason = why.as_str(), "TCP backhaul refused");
+            reply(&mut stream, TcpReply::Refused(why), &shared).await;
+            return;
+        }
+    };
+    metrics.streams.fetch_add(1, Ordering::Relaxed);
+    let Opened {
+        mut instance,
+        _slots,
+        app_metrics,
+    } = opened;
+    if let Err(e) = stream.write_all(&TcpReply::Connected.encode()).await {
+        tracing::debug!(edge = %edge, error = %e, "edge left before the answer");
+        return;
+    }
+    match tokio::io::copy_bidirectional(&mut stream, &mut instance).await {
+        Ok((up, down)) => {
+            app_metrics.add_bytes(Direction::In, up);
+            app_metrics.add_bytes(Direction::Out, down);
+        }
+        Err(e) => tracing::debug!(edge = %edge, error = %e, "TCP backhaul ended with an error"),
+    }
+}
+
+async fn reply(stream: &mut ServerTls, r: TcpReply, shared: &Shared) {
+    if let TcpReply::Refused(why) = r {
+        shared.metrics.backhaul.refused(why.as_str());
+    }
+    let _ = stream.write_all(&r.encode()).await;
+    let _ = stream.shutdown().await;
+}
+
+struct Opened {
+    instance: TcpStream,
+    _slots: (anyedge_catalog::Slot, anyedge_catalog::Slot),
+    app_metrics: Arc<anyedge_telemetry::AppMetrics>,
+}
+
+async fn open(h: &TcpHeader, shared: &Shared) -> Result<Opened, RefuseReason> {
+    let routes = shared.routes.load_full();
+    let snapshot = routes
+        .snapshot
+        .as_ref()
+        .ok_or(RefuseReason::UnknownInstance)?;
+    let local = |a: &anyedge_catalog::AppEntry| {
+        a.instances
+            .iter()
+            .position(|i| i.peer.is_none() && i.id.instance() == h.instance)
+    };
+    let app = snapshot.app(&h.app);
+    let Some((app, index)) = app.and_then(|a| local(a).map(|i| (a, i))) else {
+        let elsewhere = snapshot.apps.values().any(|a| local(a).is_some());
+        return Err(if elsewhere {
+            RefuseReason::WrongApp
+        } else {
+            RefuseReason::UnknownInstance
+        });
+    };
+    // The app's raw TCP service on the port the client connected to at the edge.
+    let (service, proxy_proto) = app
+        .config
+        .services
+        .iter()
+        .find_map(|s| {
+            s.ports
+                .iter()
+                .find(|p| p.port == h.edge_port && p.is_raw_tcp())
+                .map(|p| (s, p.proxy_proto))
+        })
+        .ok_or(RefuseReason::NoService)?;
+    if shared.drain.is_draining() {
+        return Err(RefuseReason::Draining);
+    }
+    let inst = &app.instances[index];
+    if !inst.live.healthy(Instant::now()) {
+        return Err(RefuseReason::Unhealthy);
+    }
+    let app_slot = app
+        .live
+        .try_admit(app.config.limits.max_inflight)
+        .ok_or(RefuseReason::AppOverloaded)?;
+    let slot = inst
+        .live
+        .try_take(app.config.concurrency.hard_limit, &app.live)
+        .ok_or(RefuseReason::Full)?;
+    let port = inst
+        .address
+        .port
+        .or(service.internal_port)
+        .ok_or(RefuseReason::NoService)?;
+    let timeout = routes.limits.connect_timeout;
+    let mut instance = match crate::connect::connect_one(
+        &inst.address.host,
+        port,
+        timeout,
+        &shared.resolver,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            inst.live.connect_failed(Instant::now());
+            tracing::info!(instance = %inst.id, error = %e, "instance unreachable");
+            return Err(RefuseReason::ConnectFailed);
+        }
+    };
+    inst.live.connect_succeeded();
+    if let Some(version) = proxy_proto {
+        // The client as the edge saw it; the destination is the edge's port.
+        let local_ip = instance
+            .local_addr()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
+        let dst = SocketAddr::new(local_ip, h.edge_port);
+        let header = crate::proxy_protocol::encode(version, h.client, dst);
+        if instance.write_all(&header).await.is_err() {
+            return Err(RefuseReason::ConnectFailed);
+        }
+    }
+    let app_metrics = shared.metrics.app(&app.name);
+    Ok(Opened {
+        instance,
+        _slots: (app_slot, slot),
+        app_metrics,
+    })
+}
