@@ -189,7 +189,11 @@ async fn http_websocket_and_tcp_reach_a_worker_over_backhaul() {
         let mut buf = [0u8; 256];
         while got.len() < want.len() {
             let n = c.read(&mut buf).await.expect("read");
-            assert!(n > 0, "closed early after {:?}", String::from_utf8_lossy(&got));
+            assert!(
+                n > 0,
+                "closed early after {:?}",
+                String::from_utf8_lossy(&got)
+            );
             got.extend_from_slice(&buf[..n]);
         }
     })

@@ -311,6 +311,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fresh_worker_report_counts_and_an_old_one_does_not() {
+        let live = InstanceLive::default();
+        let t0 = Instant::now();
+        assert_eq!(live.reported(t0), None);
+        let _mine = live.inflight.try_acquire(10);
+        assert_eq!(live.load(t0), 1);
+        live.report(
+            Reported {
+                inflight: 7,
+                healthy: true,
+            },
+            t0,
+        );
+        // The worker counts every edge: its number wins while larger, ours when it is.
+        assert_eq!(live.load(t0), 7);
+        assert!(live.healthy(t0));
+        live.report(
+            Reported {
+                inflight: 0,
+                healthy: false,
+            },
+            t0,
+        );
+        assert_eq!(live.load(t0), 1);
+        assert!(!live.healthy(t0), "the worker says unhealthy");
+        let later = t0 + REPORT_FRESH + Duration::from_millis(1);
+        assert_eq!(live.reported(later), None);
+        assert!(live.healthy(later), "a stale report is not trusted");
+    }
+
+    #[test]
     fn backoff_grows_and_clears() {
         let live = InstanceLive::default();
         let t0 = Instant::now();

@@ -4,6 +4,8 @@ use crate::live::{AppLive, InstanceLive, LiveRegistry, PeerLive};
 use anyedge_config::{App, Config, HostPort};
 use anyedge_core::InstanceId;
 use std::collections::HashMap;
+#[cfg(test)]
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// One generation of the catalog.
@@ -31,6 +33,9 @@ pub struct InstanceEntry {
     /// Estimated round-trip time from this node, in microseconds, from the region coordinates
     /// (placement's distance until a measured RTT is known).
     pub distance_us: u32,
+    /// What a measured RTT is never taken below: the coordinate estimate when both regions
+    /// have coordinates, else 0 (see [`InstanceEntry::distance_us`]).
+    pub distance_floor_us: u32,
     pub address: HostPort,
     /// Shared with every snapshot that has this instance id.
     pub live: Arc<InstanceLive>,
@@ -47,13 +52,17 @@ pub struct PeerEntry {
 }
 
 impl InstanceEntry {
-    /// Placement's distance: the measured RTT to its node's backhaul when known, else the
-    /// estimate from region coordinates.
+    /// Placement's distance: the measured RTT of its node's backhaul connections when known,
+    /// but never less than the estimate from region coordinates when both are configured. The estimate is about what
+    /// the geography allows (≈15 µs per km); a measurement above it (a detour, congestion)
+    /// moves the worker away, one below it means the coordinates say more than the network
+    /// (a loopback fleet with injected distances, or coordinates set too far apart) and the
+    /// configured distance stands.
     pub fn distance_us(&self) -> u32 {
-        self.peer
-            .as_ref()
-            .and_then(|p| p.live.rtt_us())
-            .unwrap_or(self.distance_us)
+        match self.peer.as_ref().and_then(|p| p.live.rtt_us()) {
+            Some(rtt) => rtt.max(self.distance_floor_us),
+            None => self.distance_us,
+        }
     }
 }
 
@@ -129,12 +138,11 @@ impl AppEntry {
                         regions.len() - 1
                     }
                 };
-                let distance_us = anyedge_placement::distance::estimate(
-                    None,
-                    inst.region == here,
-                    coords(here),
-                    coords(&inst.region),
-                );
+                let (from, to) = (coords(here), coords(&inst.region));
+                let distance_us =
+                    anyedge_placement::distance::estimate(None, inst.region == here, from, to);
+                let known = inst.region != here && from.is_some() && to.is_some();
+                let distance_floor_us = if known { distance_us } else { 0 };
                 let peer = inst.node.as_deref().and_then(|node| {
                     let p = config.peers.get(node)?;
                     let id: Arc<str> = node.into();
@@ -151,6 +159,7 @@ impl AppEntry {
                     region: regions[region_index].clone(),
                     region_index: region_index as u32,
                     distance_us,
+                    distance_floor_us,
                     address: inst.address.clone(),
                 }
             })
@@ -175,5 +184,92 @@ impl AppEntry {
     /// The index of an instance by its id within the app.
     pub fn instance_index(&self, id: &str) -> Option<usize> {
         self.instances.iter().position(|i| i.id.instance() == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[node]
+id = "edge"
+region = "ord"
+[cluster]
+ca = "ca.pem"
+cert = "c.pem"
+key = "k.pem"
+[regions.ord]
+lat = 41.98
+lon = -87.90
+[regions.syd]
+lat = -33.94
+lon = 151.18
+[[nodes]]
+id = "w-syd"
+region = "syd"
+advertise = "127.0.0.1:4280"
+[[nodes]]
+id = "w-x"
+region = "x"
+advertise = "127.0.0.1:4281"
+[[apps]]
+name = "a"
+[[apps.services]]
+internal_port = 80
+ports = [ { port = 8080, handlers = ["http"] } ]
+[[apps.instances]]
+id = "far"
+region = "syd"
+address = "127.0.0.1"
+node = "w-syd"
+[[apps.instances]]
+id = "nowhere"
+region = "x"
+address = "127.0.0.1"
+node = "w-x"
+[[apps.instances]]
+id = "here"
+address = "127.0.0.1"
+"#;
+
+    #[test]
+    fn remote_instances_name_their_peer_and_measured_rtt_never_undercuts_coordinates() {
+        let config = Arc::new(anyedge_config::parse(FILE, "test.toml").expect("valid"));
+        let registry = LiveRegistry::new();
+        let s = Snapshot::build(config, &registry, None);
+        let app = s.app("a").expect("app");
+        let [far, nowhere, here] = &app.instances[..] else {
+            panic!("three instances")
+        };
+        assert_eq!(far.peer.as_ref().map(|p| &*p.id), Some("w-syd"));
+        assert_eq!(
+            far.peer.as_ref().map(|p| p.advertise.as_str()),
+            Some("127.0.0.1:4280")
+        );
+        assert!(here.peer.is_none());
+        let estimate = far.distance_us();
+        assert!(estimate > 100_000, "ord to syd is far: {estimate}");
+        // Loopback measures tens of microseconds: the coordinates stand.
+        far.peer
+            .as_ref()
+            .expect("peer")
+            .live
+            .rtt_us
+            .store(40, Ordering::Relaxed);
+        assert_eq!(far.distance_us(), estimate);
+        // A slower path than the geography says: the measurement moves it away.
+        let slow = estimate + 50_000;
+        far.peer
+            .as_ref()
+            .expect("peer")
+            .live
+            .rtt_us
+            .store(slow, Ordering::Relaxed);
+        assert_eq!(far.distance_us(), slow);
+        // Without coordinates the measurement is all there is.
+        let peer = nowhere.peer.as_ref().expect("peer");
+        peer.live.rtt_us.store(900, Ordering::Relaxed);
+        assert_eq!(nowhere.distance_us(), 900);
     }
 }

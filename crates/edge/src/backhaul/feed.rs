@@ -207,3 +207,56 @@ async fn read(
     }
     Err("the worker ended the load feed".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyedge_catalog::LiveRegistry;
+
+    const APP: &str = r#"
+[[apps]]
+name = "a"
+[[apps.services]]
+internal_port = 80
+ports = [ { port = 8080, handlers = ["http"] } ]
+[[apps.instances]]
+id = "i1"
+address = "127.0.0.1"
+NODE
+"#;
+
+    fn snapshot(node_file: &str) -> Snapshot {
+        let config = anyedge_config::parse(node_file, "test.toml").expect("valid");
+        Snapshot::build(Arc::new(config), &LiveRegistry::new(), None)
+    }
+
+    #[test]
+    fn a_workers_frame_reaches_the_edges_view_of_the_same_instance() {
+        let worker = snapshot(&APP.replace("NODE", ""));
+        let edge = snapshot(&format!(
+            "[node]\nid = \"e\"\n[cluster]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[[nodes]]\nid = \"w\"\nadvertise = \"127.0.0.1:1\"\n{}",
+            APP.replace("NODE", "node = \"w\"")
+        ));
+        let w = &worker.app("a").expect("app").instances[0];
+        let _a = w.live.inflight.try_acquire(100);
+        let _b = w.live.inflight.try_acquire(100);
+        let mut text = String::new();
+        frame(&worker, &mut text);
+        assert_eq!(
+            text, "a/i1 2 25 1\n\n",
+            "in flight, hard limit (default 25), healthy"
+        );
+        let now = Instant::now();
+        assert_eq!(apply(&edge, &text, now), 1);
+        let e = &edge.app("a").expect("app").instances[0];
+        assert_eq!(e.live.load(now), 2);
+        // The worker's own view is never overwritten by a frame (it is the truth for it).
+        assert_eq!(apply(&worker, "a/i1 9 10 0\n", now), 0);
+        // Lines it cannot read are skipped, the rest applied.
+        assert_eq!(
+            apply(&edge, "garbage\na/i1 x 1 1\na/i1 5 10 0\nb/zz 1 1 1\n", now),
+            1
+        );
+        assert!(!e.live.healthy(now));
+    }
+}
