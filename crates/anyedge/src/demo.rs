@@ -1,6 +1,7 @@
-//! `anyedge demo`: a self-contained fleet in one process, on loopback only. Built-in TCP instances
-//! (echo, upper-casing echo like the work sample's, and a PROXY-protocol "who am I"), an edge
-//! in front of them, and commands to paste.
+//! `anyedge demo`: a self-contained fleet in one process, on loopback only: an edge and workers
+//! in three regions, each a node of its own on its own loopback address, joined by real
+//! backhaul; built-in instances (HTTP with WebSocket, a TCP echo, an upper-casing echo like the
+//! work sample's, and a PROXY-protocol "who am I") run on the workers; commands to paste.
 
 mod instances;
 
@@ -22,9 +23,9 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     };
     runtime.block_on(async {
         match start(args.base_port).await {
-            Ok(node) => {
+            Ok(demo) => {
                 wait_for_stop().await;
-                node.shutdown(Duration::from_secs(2)).await;
+                demo.shutdown(Duration::from_secs(2)).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -47,8 +48,47 @@ async fn wait_for_stop() {
     }
 }
 
-/// Start the instances and a node in front of them; print what to try.
-pub async fn start(base_port: u16) -> Result<Node, Box<dyn std::error::Error>> {
+/// The demo's nodes: one edge and three workers, each a node of its own (its own config,
+/// listeners, metrics and admin port) in this process, on its own loopback address, joined by
+/// real backhaul (mutual TLS from a cluster CA made at start).
+pub struct Demo {
+    pub edge: Node,
+    pub workers: Vec<Node>,
+    pki: std::path::PathBuf,
+}
+
+impl Demo {
+    /// The edge's metrics.
+    pub fn metrics(&self) -> &std::sync::Arc<anyedge_telemetry::Metrics> {
+        self.edge.metrics()
+    }
+
+    /// Stop the edge, then the workers; remove the demo's certificates.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.edge.shutdown(grace).await;
+        for w in &self.workers {
+            w.shutdown(grace).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.pki);
+    }
+}
+
+/// The workers: node id, region, loopback address.
+const WORKERS: [(&str, &str, &str); 3] = [
+    ("ord-1", "ord", "127.0.0.2"),
+    ("iad-1", "iad", "127.0.0.3"),
+    ("syd-1", "syd", "127.0.0.4"),
+];
+
+/// One app of the demo: its `[[apps]]` block without instances, and its instances as
+/// (id, worker index, address).
+struct DemoApp {
+    head: String,
+    instances: Vec<(String, usize, String)>,
+}
+
+/// Start the instances, three workers that run them and an edge in front; print what to try.
+pub async fn start(base_port: u16) -> Result<Demo, Box<dyn std::error::Error>> {
     let echo = [
         instances::spawn(instances::Kind::Echo).await?,
         instances::spawn(instances::Kind::Echo).await?,
@@ -62,84 +102,142 @@ pub async fn start(base_port: u16) -> Result<Node, Box<dyn std::error::Error>> {
         instances::spawn(instances::Kind::WhoAmI("whoami-2")).await?,
     ];
     let mut hello = Vec::new();
-    for (region, name) in HELLO {
-        hello.push((region, instances::spawn_http("hello", name.into()).await?));
+    for (worker, name) in HELLO {
+        hello.push((worker, instances::spawn_http("hello", name.into()).await?));
     }
-    let ws = [instances::spawn_http("ws", "ws-1".into()).await?];
+    let ws = instances::spawn_http("ws", "ws-1".into()).await?;
     let port = |n: u16| base_port.checked_add(n).ok_or("--base-port is too high");
     let (p_echo, p_upper, p_whoami, p_admin) = (port(1)?, port(2)?, port(3)?, port(90)?);
-    let p_http = port(80)?;
+    let (p_http, p_backhaul) = (port(80)?, port(50)?);
     let dead = instances::unused_port()?;
-    let mut toml = demo_config(
-        &echo,
-        &upper,
-        &whoami,
-        [p_echo, p_upper, p_whoami, p_admin],
-        dead,
+    let mut apps = tcp_apps(&echo, &upper, &whoami, [p_echo, p_upper, p_whoami], dead);
+    apps.extend(http_apps(&hello, ws, p_http));
+    let pki = write_pki()?;
+    let mut workers = Vec::new();
+    for (w, (id, region, ip)) in WORKERS.iter().enumerate() {
+        let mut toml = format!(
+            "[node]\nid = \"{id}\"\nregion = \"{region}\"\nroles = [\"worker\"]\nbackhaul_listen = \"{ip}:{p_backhaul}\"\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"{ip}:{p_admin}\"\n\n{}{REGIONS}",
+            cluster_section(&pki, id)
+        );
+        for app in &apps {
+            let mine: Vec<_> = app.instances.iter().filter(|i| i.1 == w).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            toml += &app.head;
+            for (iid, _, addr) in mine {
+                let _ = write!(
+                    toml,
+                    "  [[apps.instances]]\n  id = \"{iid}\"\n  address = \"{addr}\"\n"
+                );
+            }
+            toml.push('\n');
+        }
+        let config =
+            anyedge_config::parse(&toml, &format!("<demo {id}>")).map_err(|d| d.to_string())?;
+        workers.push(Node::start(config, None).await?);
+    }
+    let mut toml = format!(
+        "[node]\nid = \"edge-ord\"\nregion = \"ord\"\nroles = [\"edge\"]\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"127.0.0.1:{p_admin}\"\n\n{}{REGIONS}",
+        cluster_section(&pki, "edge-ord")
     );
-    toml += &http_config(&hello, &ws, p_http);
-    let config = anyedge_config::parse(&toml, "<demo>").map_err(|d| d.to_string())?;
-    let node = Node::start(config, None).await?;
+    for (id, region, ip) in WORKERS {
+        let _ = write!(
+            toml,
+            "[[nodes]]\nid = \"{id}\"\nregion = \"{region}\"\nadvertise = \"{ip}:{p_backhaul}\"\n"
+        );
+    }
+    for app in &apps {
+        toml += &app.head;
+        for (iid, w, addr) in &app.instances {
+            let (node, region, _) = WORKERS[*w];
+            let _ = write!(
+                toml,
+                "  [[apps.instances]]\n  id = \"{iid}\"\n  region = \"{region}\"\n  address = \"{addr}\"\n  node = \"{node}\"\n"
+            );
+        }
+        toml.push('\n');
+    }
+    let config = anyedge_config::parse(&toml, "<demo edge>").map_err(|d| d.to_string())?;
+    let edge = Node::start(config, None).await?;
     println!(
         "{}",
-        instructions(p_echo, p_upper, p_whoami, node.admin_addr())
+        instructions(p_echo, p_upper, p_whoami, edge.admin_addr())
     );
     println!("{}", http_instructions(p_http));
-    Ok(node)
+    Ok(Demo { edge, workers, pki })
 }
 
-fn demo_config(
+const REGIONS: &str = "[regions.ord]\nlat = 41.98\nlon = -87.90\n[regions.iad]\nlat = 38.94\nlon = -77.46\n[regions.syd]\nlat = -33.94\nlon = 151.18\n\n";
+
+/// The cluster CA and a certificate for each node, in a directory of this process.
+fn write_pki() -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    use anyedge_tls::cluster_ca;
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("anyedge-demo-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ca = cluster_ca::new_ca()?;
+    std::fs::write(dir.join("cluster-ca.pem"), &ca.cert)?;
+    for id in WORKERS.iter().map(|w| w.0).chain(["edge-ord"]) {
+        let node = cluster_ca::issue_node(&ca, id)?;
+        std::fs::write(dir.join(format!("{id}.pem")), &node.cert)?;
+        let key = dir.join(format!("{id}-key.pem"));
+        std::fs::write(&key, &node.key)?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    }
+    Ok(dir)
+}
+
+fn cluster_section(dir: &std::path::Path, id: &str) -> String {
+    format!(
+        "[cluster]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        dir.join("cluster-ca.pem").display(),
+        dir.join(format!("{id}.pem")).display(),
+        dir.join(format!("{id}-key.pem")).display()
+    )
+}
+
+/// The raw TCP apps. Their instances are spread over the ord and iad workers.
+fn tcp_apps(
     echo: &[SocketAddr],
     upper: &[SocketAddr],
     whoami: &[SocketAddr],
-    ports: [u16; 4],
+    ports: [u16; 3],
     dead: u16,
-) -> String {
-    let [p_echo, p_upper, p_whoami, p_admin] = ports;
-    let mut t = String::new();
-    let _ = write!(
-        t,
-        "[node]\nid = \"demo\"\nregion = \"ord\"\n\n[admin]\nlisten = \"127.0.0.1:{p_admin}\"\n\n\
-         [regions.ord]\nlat = 41.98\nlon = -87.90\n[regions.iad]\nlat = 38.94\nlon = -77.46\n\
-         [regions.syd]\nlat = -33.94\nlon = 151.18\n\n"
-    );
-    let app = |t: &mut String, name: &str, port: u16, handlers: &str, targets: &[String]| {
-        let _ = write!(
-            t,
+) -> Vec<DemoApp> {
+    let [p_echo, p_upper, p_whoami] = ports;
+    let app = |name: &str, port: u16, handlers: &str, targets: Vec<String>| {
+        DemoApp {
+        head: format!(
             "[[apps]]\nname = \"{name}\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [{handlers}] }} ]\n"
-        );
-        for (i, target) in targets.iter().enumerate() {
-            let _ = write!(
-                t,
-                "  [[apps.instances]]\n  id = \"{name}-{}\"\n  address = \"{target}\"\n",
-                i + 1
-            );
-        }
-        t.push('\n');
+        ),
+        instances: targets
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (format!("{name}-{}", i + 1), i % 2, t))
+            .collect(),
+    }
     };
     let addrs = |v: &[SocketAddr]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
-    app(&mut t, "echo", p_echo, "", &addrs(echo));
     // The work sample's shape: two good targets, one that refuses, one that does not resolve.
     let mut upper_targets = addrs(upper);
     upper_targets.push(format!("127.0.0.1:{dead}"));
     upper_targets.push("bad.target.for.testing:6003".into());
-    app(&mut t, "upper", p_upper, "", &upper_targets);
-    app(
-        &mut t,
-        "whoami",
-        p_whoami,
-        "\"proxy_proto\"",
-        &addrs(whoami),
-    );
-    t
+    vec![
+        app("echo", p_echo, "", addrs(echo)),
+        app("upper", p_upper, "", upper_targets),
+        app("whoami", p_whoami, "\"proxy_proto\"", addrs(whoami)),
+    ]
 }
 
-/// The demo HTTP app's instances: region and name. The node is in ord.
-const HELLO: [(&str, &str); 4] = [
-    ("ord", "hello-ord-1"),
-    ("ord", "hello-ord-2"),
-    ("iad", "hello-iad-1"),
-    ("syd", "hello-syd-1"),
+/// The demo HTTP app's instances: the worker (index into [`WORKERS`]) and name. The edge is
+/// in ord.
+const HELLO: [(usize, &str); 4] = [
+    (0, "hello-ord-1"),
+    (0, "hello-ord-2"),
+    (1, "hello-iad-1"),
+    (2, "hello-syd-1"),
 ];
 
 /// The token that shows `anyedge-route` on the demo's HTTP apps.
@@ -147,49 +245,43 @@ pub const DEMO_TOKEN: &str = "demo-token";
 
 /// Two HTTP apps sharing one port, told apart by Host. `hello` has instances in three regions
 /// and a small per-instance limit, so routing and spill-over are easy to see.
-fn http_config(hello: &[(&str, SocketAddr)], ws: &[SocketAddr], port: u16) -> String {
+fn http_apps(hello: &[(usize, SocketAddr)], ws: SocketAddr, port: u16) -> Vec<DemoApp> {
     use sha2::{Digest, Sha256};
     let token: String = Sha256::digest(DEMO_TOKEN.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let ws: Vec<(&str, SocketAddr)> = ws.iter().map(|a| ("ord", *a)).collect();
-    let mut t = String::new();
-    for (name, hosts, extra, instances) in [
-        (
-            "hello",
-            "\"hello.localhost\", \"localhost\", \"127.0.0.1\"",
-            "concurrency = { type = \"requests\", soft_limit = 1, hard_limit = 2 }\n\
-             limits = { max_inflight = 64, queue = 32, queue_timeout = \"5s\" }\n",
-            hello,
-        ),
-        ("ws", "\"ws.localhost\"", "", &ws[..]),
-    ] {
-        let _ = write!(
-            t,
+    let head = |name: &str, hosts: &str, extra: &str| {
+        format!(
             "[[apps]]\nname = \"{name}\"\nhostnames = [{hosts}]\ntokens_sha256 = [\"{token}\"]\n{extra}  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
-        );
-        for (i, (region, a)) in instances.iter().enumerate() {
-            let id = if name == "hello" {
-                HELLO[i].1.to_string()
-            } else {
-                format!("{name}-{}", i + 1)
-            };
-            let _ = write!(
-                t,
-                "  [[apps.instances]]\n  id = \"{id}\"\n  region = \"{region}\"\n  address = \"{a}\"\n"
-            );
-        }
-        t.push('\n');
-    }
-    t
+        )
+    };
+    vec![
+        DemoApp {
+            head: head(
+                "hello",
+                "\"hello.localhost\", \"localhost\", \"127.0.0.1\"",
+                "concurrency = { type = \"requests\", soft_limit = 1, hard_limit = 2 }\n\
+                 limits = { max_inflight = 64, queue = 32, queue_timeout = \"5s\" }\n",
+            ),
+            instances: hello
+                .iter()
+                .zip(HELLO)
+                .map(|((w, a), (_, name))| (name.to_string(), *w, a.to_string()))
+                .collect(),
+        },
+        DemoApp {
+            head: head("ws", "\"ws.localhost\"", ""),
+            instances: vec![("ws-1".into(), 0, ws.to_string())],
+        },
+    ]
 }
 
 fn http_instructions(port: u16) -> String {
     let url = format!("http://127.0.0.1:{port}");
     let route = format!("-H 'anyedge-debug: route' -H 'anyedge-debug-token: {DEMO_TOKEN}'");
     format!(
-        "  # HTTP: \"hello\" has instances in ord (this edge's region, 2), iad and syd; HTTP/1.1 and h2c\n  curl -s {url}/\n  curl -s --http2-prior-knowledge {url}/\n  curl -si -H 'Host: nobody.localhost' {url}/   # 404, anyedge-error: unknown_host\n\
+        "  # HTTP: \"hello\" has instances on the workers in ord (the edge's region, 2), iad and syd, reached over backhaul; HTTP/1.1 and h2c\n  curl -s {url}/\n  curl -s --http2-prior-knowledge {url}/\n  curl -si -H 'Host: nobody.localhost' {url}/   # 404, anyedge-error: unknown_host\n\
          \n  # why that instance? the route trace (nearest region first, least loaded inside it)\n  curl -si {route} {url}/ | grep -i '^anyedge-route'\n\
          \n  # spill-over: each instance takes 2 requests at most; hold ord's 4 slots, then ask again (goes to iad)\n  for i in 1 2 3 4; do curl -s {url}/slow/5000 >/dev/null & done; sleep 0.5; curl -si {route} {url}/ | grep -i -e '^anyedge-route' -e '^hello'\n\
          \n  # ask for a region or an instance\n  curl -s -H 'anyedge-force-region: syd' {url}/\n  curl -si -H 'anyedge-prefer-instance-id: hello-iad-1' {url}/\n\
@@ -203,11 +295,11 @@ fn instructions(p_echo: u16, p_upper: u16, p_whoami: u16, admin: SocketAddr) -> 
         format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; echo \"{line}\" >&3; head -n1 <&3'")
     };
     format!(
-        "anyedge demo is running (Ctrl-C to stop). Try:\n\
+        "anyedge demo is running (Ctrl-C to stop): an edge on 127.0.0.1 and workers ord-1, iad-1, syd-1 on 127.0.0.2-4, joined by backhaul (mutual TLS). Try:\n\
          \n  # echo: two instances, least-loaded first\n  {}\n\
          \n  # upper: the work sample's shape, 2 good targets + 1 refusing + 1 unresolvable; every connection still succeeds\n  {}\n\
          \n  # whoami: the instance learns your address from a PROXY protocol v1 header\n  {}\n\
-         \n  # metrics and health\n  curl -s http://{admin}/metrics | grep '^anyedge_edge'\n  curl -s http://{admin}/healthz\n",
+         \n  # metrics and health (the workers' admin ports: the same port on 127.0.0.2-4)\n  curl -s http://{admin}/metrics | grep -e '^anyedge_edge' -e '^anyedge_backhaul'\n  curl -s http://{admin}/healthz\n",
         try_it(p_echo, "hello anyedge"),
         try_it(p_upper, "hello anyedge"),
         try_it(p_whoami, "who am i?"),

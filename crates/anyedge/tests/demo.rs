@@ -32,7 +32,7 @@ async fn ask(port: u16, line: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_apps_answer_through_the_edge() {
     let base = free_base();
-    let node = anyedge::demo::start(base).await.expect("demo starts");
+    let demo = anyedge::demo::start(base).await.expect("demo starts");
     assert_eq!(ask(base + 1, "hello").await, "hello");
     for _ in 0..10 {
         assert_eq!(
@@ -44,10 +44,23 @@ async fn demo_apps_answer_through_the_edge() {
     let who = ask(base + 3, "hi").await;
     assert!(who.starts_with("hello 127.0.0.1:"), "{who}");
     assert!(who.contains("you said: hi"), "{who}");
-    assert!(node
+    assert!(demo
         .metrics()
         .render()
         .contains("anyedge_edge_tcp_connects_total{app=\"upper\"} 10"));
+    // Every connection went over backhaul to a worker (the edge runs no instance).
+    let streams: u64 = demo
+        .workers
+        .iter()
+        .map(|w| {
+            w.metrics()
+                .backhaul
+                .streams
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(streams >= 12, "worker streams: {streams}");
+    demo.shutdown(std::time::Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
