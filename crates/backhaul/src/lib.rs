@@ -32,6 +32,7 @@
 //! ([`header::HeaderError::BadReply`]), so a newer worker's reason is not silently misread.
 
 pub mod header;
+pub mod rtt;
 pub mod tls;
 
 /// ALPN of a backhaul connection carrying HTTP/2 streams.
