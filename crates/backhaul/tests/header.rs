@@ -237,8 +237,8 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn header() -> impl Strategy<Value = TcpHeader> {
-    let v4 = any::<[u8; 4]>().prop_map(|b| std::net::IpAddr::from(b));
-    let v6 = any::<[u8; 16]>().prop_map(|b| std::net::IpAddr::from(b));
+    let v4 = any::<[u8; 4]>().prop_map(std::net::IpAddr::from);
+    let v6 = any::<[u8; 16]>().prop_map(std::net::IpAddr::from);
     (
         name(),
         name(),

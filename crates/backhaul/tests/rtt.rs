@@ -67,7 +67,7 @@ async fn rtt_sampled_stores_the_rtt_while_read() {
     let cell = Arc::new(AtomicU32::new(0));
     let mut sampled = RttSampled::new(client, cell.clone(), Duration::ZERO);
     round_trip(&mut sampled, b"hello").await;
-    assert!(tcp_rtt(&sampled.get_ref()).is_some());
+    assert!(tcp_rtt(sampled.get_ref()).is_some());
     let micros = cell.load(Ordering::Relaxed);
     assert!(micros > 0 && micros < 1_000_000, "{micros}");
     // every = 0: each read samples again.

@@ -104,7 +104,7 @@ async fn a_client_without_a_certificate_is_refused() {
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_TCP.to_vec()];
     let out = handshake(&worker, Arc::new(config), "worker-1").await;
-    let err = out.server.err().expect("server refuses");
+    let err = out.server.expect_err("server refuses");
     assert!(err.to_string().contains("certificate"), "{err}");
     assert!(out.client.is_err());
 }
@@ -123,7 +123,7 @@ async fn a_client_from_another_ca_is_refused() {
     )
     .expect("tls");
     let out = handshake(&worker, edge.client_config(ALPN_TCP), "worker-1").await;
-    let err = out.server.err().expect("server refuses");
+    let err = out.server.expect_err("server refuses");
     // Every cluster CA has the same subject, so the issuer is found and its signature fails.
     assert!(
         err.to_string().contains("invalid peer certificate"),
@@ -146,7 +146,7 @@ async fn a_server_from_another_ca_is_refused() {
     )
     .expect("tls");
     let out = handshake(&impostor, edge.client_config(ALPN_H2), "worker-1").await;
-    let err = out.client.err().expect("client refuses");
+    let err = out.client.expect_err("client refuses");
     // Every cluster CA has the same subject, so the issuer is found and its signature fails.
     assert!(
         err.to_string().contains("invalid peer certificate"),
