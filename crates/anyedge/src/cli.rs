@@ -139,6 +139,10 @@ pub struct DemoArgs {
     /// First port of the demo's apps and admin listener (all on 127.0.0.1).
     #[arg(long, default_value_t = 14000)]
     pub base_port: u16,
+    /// Keep the catalog in this etcd (URL[,URL...]) instead of the nodes' files: the demo puts
+    /// its apps there and the workers register their instances.
+    #[arg(long)]
+    pub etcd: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]

@@ -76,3 +76,56 @@ pub async fn changed(feed: &mut Option<EtcdFeed>) {
         None => std::future::pending().await,
     }
 }
+
+/// A node kept following etcd by a task of its own (the demo's nodes; `anyedge run` does the
+/// same in its main loop, beside signals and file changes).
+pub struct Following {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Following {
+    /// Stop following and revoke the node's lease (its instances leave the catalog).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Start a node on `config`; on the etcd store, with its catalog from etcd and a task that
+/// applies every change.
+pub async fn start_following(
+    config: Config,
+) -> Result<(Arc<crate::node::Node>, Option<Following>), crate::node::StartError> {
+    let base = Arc::new(config);
+    let mut feed = EtcdFeed::start(&base).await;
+    let first = match feed.as_mut() {
+        Some(f) => f.config(&base),
+        None => (*base).clone(),
+    };
+    let node = match crate::node::Node::start(first, None).await {
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            if let Some(f) = feed {
+                f.stop().await;
+            }
+            return Err(e);
+        }
+    };
+    let Some(mut feed) = feed else {
+        return Ok((node, None));
+    };
+    node.set_catalog_status(feed.status());
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let n = node.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = feed.changed() => crate::node::apply(&n, feed.config(&base)),
+                _ = &mut stopped => break,
+            }
+        }
+        feed.stop().await;
+    });
+    Ok((node, Some(Following { task, stop })))
+}

@@ -10,6 +10,7 @@ use crate::node::{build_runtime, Node};
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -22,7 +23,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match start(args.base_port).await {
+        match start_with(args.base_port, args.etcd.as_deref()).await {
             Ok(demo) => {
                 wait_for_stop().await;
                 demo.shutdown(Duration::from_secs(2)).await;
@@ -52,8 +53,10 @@ async fn wait_for_stop() {
 /// listeners, metrics and admin port) in this process, on its own loopback address, joined by
 /// real backhaul (mutual TLS from a cluster CA made at start).
 pub struct Demo {
-    pub edge: Node,
-    pub workers: Vec<Node>,
+    pub edge: Arc<Node>,
+    pub workers: Vec<Arc<Node>>,
+    /// With `--etcd`: each node's task following etcd.
+    following: tokio::sync::Mutex<Vec<crate::cluster::Following>>,
     pki: std::path::PathBuf,
 }
 
@@ -65,6 +68,9 @@ impl Demo {
 
     /// Stop the edge, then the workers; remove the demo's certificates.
     pub async fn shutdown(&self, grace: Duration) {
+        for f in self.following.lock().await.drain(..) {
+            f.stop().await;
+        }
         self.edge.shutdown(grace).await;
         for w in &self.workers {
             w.shutdown(grace).await;
@@ -83,12 +89,22 @@ const WORKERS: [(&str, &str, &str); 3] = [
 /// One app of the demo: its `[[apps]]` block without instances, and its instances as
 /// (id, worker index, address).
 struct DemoApp {
+    name: String,
     head: String,
     instances: Vec<(String, usize, String)>,
 }
 
 /// Start the instances, three workers that run them and an edge in front; print what to try.
 pub async fn start(base_port: u16) -> Result<Demo, Box<dyn std::error::Error>> {
+    start_with(base_port, None).await
+}
+
+/// Like [`start`]; with `etcd`, the catalog is kept there: the demo puts its apps, the workers
+/// register their instances (and where their backhaul is), and the edge follows it.
+pub async fn start_with(
+    base_port: u16,
+    etcd: Option<&str>,
+) -> Result<Demo, Box<dyn std::error::Error>> {
     let echo = [
         instances::spawn(instances::Kind::Echo).await?,
         instances::spawn(instances::Kind::Echo).await?,
@@ -114,40 +130,59 @@ pub async fn start(base_port: u16) -> Result<Demo, Box<dyn std::error::Error>> {
     apps.extend(http_apps(&hello, ws, p_http));
     let pki = write_pki()?;
     let mut workers = Vec::new();
+    let mut following = Vec::new();
     for (w, (id, region, ip)) in WORKERS.iter().enumerate() {
         let mut toml = format!(
-            "[node]\nid = \"{id}\"\nregion = \"{region}\"\nroles = [\"worker\"]\nbackhaul_listen = \"{ip}:{p_backhaul}\"\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"{ip}:{p_admin}\"\n\n{}{REGIONS}",
-            cluster_section(&pki, id)
+            "[node]\nid = \"{id}\"\nregion = \"{region}\"\nroles = [\"worker\"]\nbackhaul_listen = \"{ip}:{p_backhaul}\"\nadvertise = \"{ip}:{p_backhaul}\"\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"{ip}:{p_admin}\"\n\n{}{}{REGIONS}",
+            cluster_section(&pki, id),
+            catalog_section(etcd),
         );
         for app in &apps {
             let mine: Vec<_> = app.instances.iter().filter(|i| i.1 == w).collect();
             if mine.is_empty() {
                 continue;
             }
-            toml += &app.head;
+            if etcd.is_none() {
+                toml += &app.head;
+            }
             for (iid, _, addr) in mine {
-                let _ = write!(
-                    toml,
-                    "  [[apps.instances]]\n  id = \"{iid}\"\n  address = \"{addr}\"\n"
-                );
+                let _ = match etcd {
+                    Some(_) => write!(
+                        toml,
+                        "[[instances]]\napp = \"{}\"\nid = \"{iid}\"\naddress = \"{addr}\"\n",
+                        app.name
+                    ),
+                    None => write!(
+                        toml,
+                        "  [[apps.instances]]\n  id = \"{iid}\"\n  address = \"{addr}\"\n"
+                    ),
+                };
             }
             toml.push('\n');
         }
         let config =
             anyedge_config::parse(&toml, &format!("<demo {id}>")).map_err(|d| d.to_string())?;
-        workers.push(Node::start(config, None).await?);
+        let (node, follow) = crate::cluster::start_following(config).await?;
+        workers.push(node);
+        following.extend(follow);
+    }
+    if let Some(url) = etcd {
+        let text: String = apps.iter().map(|a| a.head.as_str()).collect();
+        crate::manage::put_apps_text(url, &text).await?;
     }
     let mut toml = format!(
-        "[node]\nid = \"edge-ord\"\nregion = \"ord\"\nroles = [\"edge\"]\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"127.0.0.1:{p_admin}\"\n\n{}{REGIONS}",
-        cluster_section(&pki, "edge-ord")
+        "[node]\nid = \"edge-ord\"\nregion = \"ord\"\nroles = [\"edge\"]\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"127.0.0.1:{p_admin}\"\n\n{}{}{REGIONS}",
+        cluster_section(&pki, "edge-ord"),
+        catalog_section(etcd),
     );
-    for (id, region, ip) in WORKERS {
+    let file_catalog = if etcd.is_some() { &[][..] } else { &apps[..] };
+    for (id, region, ip) in WORKERS.iter().filter(|_| etcd.is_none()) {
         let _ = write!(
             toml,
             "[[nodes]]\nid = \"{id}\"\nregion = \"{region}\"\nadvertise = \"{ip}:{p_backhaul}\"\n"
         );
     }
-    for app in &apps {
+    for app in file_catalog {
         toml += &app.head;
         for (iid, w, addr) in &app.instances {
             let (node, region, _) = WORKERS[*w];
@@ -159,13 +194,19 @@ pub async fn start(base_port: u16) -> Result<Demo, Box<dyn std::error::Error>> {
         toml.push('\n');
     }
     let config = anyedge_config::parse(&toml, "<demo edge>").map_err(|d| d.to_string())?;
-    let edge = Node::start(config, None).await?;
+    let (edge, follow) = crate::cluster::start_following(config).await?;
+    following.extend(follow);
     println!(
         "{}",
         instructions(p_echo, p_upper, p_whoami, edge.admin_addr())
     );
     println!("{}", http_instructions(p_http));
-    Ok(Demo { edge, workers, pki })
+    Ok(Demo {
+        edge,
+        workers,
+        following: tokio::sync::Mutex::new(following),
+        pki,
+    })
 }
 
 const REGIONS: &str = "[regions.ord]\nlat = 41.98\nlon = -87.90\n[regions.iad]\nlat = 38.94\nlon = -77.46\n[regions.syd]\nlat = -33.94\nlon = 151.18\n\n";
@@ -189,6 +230,22 @@ fn write_pki() -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
     Ok(dir)
 }
 
+fn catalog_section(etcd: Option<&str>) -> String {
+    match etcd {
+        None => String::new(),
+        Some(url) => {
+            let endpoints: Vec<String> = url
+                .split(',')
+                .map(|u| format!("\"{}\"", u.trim()))
+                .collect();
+            format!(
+                "[catalog]\nstore = \"etcd\"\netcd_endpoints = [{}]\n\n",
+                endpoints.join(", ")
+            )
+        }
+    }
+}
+
 fn cluster_section(dir: &std::path::Path, id: &str) -> String {
     format!(
         "[cluster]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n",
@@ -209,6 +266,7 @@ fn tcp_apps(
     let [p_echo, p_upper, p_whoami] = ports;
     let app = |name: &str, port: u16, handlers: &str, targets: Vec<String>| {
         DemoApp {
+        name: name.to_string(),
         head: format!(
             "[[apps]]\nname = \"{name}\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [{handlers}] }} ]\n"
         ),
@@ -258,6 +316,7 @@ fn http_apps(hello: &[(usize, SocketAddr)], ws: SocketAddr, port: u16) -> Vec<De
     };
     vec![
         DemoApp {
+            name: "hello".into(),
             head: head(
                 "hello",
                 "\"hello.localhost\", \"localhost\", \"127.0.0.1\"",
@@ -271,6 +330,7 @@ fn http_apps(hello: &[(usize, SocketAddr)], ws: SocketAddr, port: u16) -> Vec<De
                 .collect(),
         },
         DemoApp {
+            name: "ws".into(),
             head: head("ws", "\"ws.localhost\"", ""),
             instances: vec![("ws-1".into(), 0, ws.to_string())],
         },

@@ -89,14 +89,24 @@ async fn put(mut client: Client, file: &std::path::Path) -> Result<(), CmdError>
     if apps.is_empty() {
         return Err(format!("{}: no [[apps]] in the file", file.display()).into());
     }
+    put_apps(&mut client, &apps).await?;
+    for app in &apps {
+        println!("put app {}", app.name);
+    }
+    Ok(())
+}
+
+/// Check `apps` against the apps already in etcd (hostnames, ports), then put them all in one
+/// transaction.
+async fn put_apps(client: &mut Client, apps: &[App]) -> Result<(), CmdError> {
     let keys = Keys::default();
-    let existing = read_apps(&mut client, &keys).await?;
+    let existing = read_apps(client, &keys).await?;
     let mut claims = Claims::default();
     let mut all: BTreeMap<&str, (&App, bool)> = existing
         .iter()
         .map(|a| (a.name.as_str(), (a, false)))
         .collect();
-    for app in &apps {
+    for app in apps {
         all.insert(&app.name, (app, true));
     }
     for (app, new) in all.values() {
@@ -113,10 +123,20 @@ async fn put(mut client: Client, file: &std::path::Path) -> Result<(), CmdError>
         .txn(Txn::new().and_then(ops))
         .await
         .map_err(etcd_err)?;
-    for app in &apps {
-        println!("put app {}", app.name);
-    }
     Ok(())
+}
+
+/// For `anyedge demo --etcd`: put the apps of an apps file's text.
+pub(crate) async fn put_apps_text(endpoints: &str, text: &str) -> Result<(), String> {
+    let apps = anyedge_config::parse_apps(text, "<demo apps>", None).map_err(|d| d.to_string())?;
+    let mut client = client::connect(&client::plain(endpoints))
+        .await
+        .map_err(|e| e.to_string())?;
+    match put_apps(&mut client, &apps).await {
+        Ok(()) => Ok(()),
+        Err(CmdError::Etcd(e)) => Err(format!("etcd at {endpoints}: {e}")),
+        Err(CmdError::Other(e)) => Err(e),
+    }
 }
 
 async fn read_apps(client: &mut Client, keys: &Keys) -> Result<Vec<App>, CmdError> {

@@ -424,7 +424,7 @@ fn reload_from(node: &Node, path: &Path, base: &mut Arc<Config>, feed: Option<&m
     }
 }
 
-fn apply(node: &Node, config: Config) {
+pub(crate) fn apply(node: &Node, config: Config) {
     for e in node.reload(config) {
         tracing::error!(error = %e, "listener not opened; will retry on the next reload");
     }

@@ -100,3 +100,39 @@ async fn demo_http_routes_nearest_first_and_replays_writes_to_syd() {
         "{body}"
     );
 }
+
+/// `anyedge demo --etcd URL`: the same fleet with its catalog in a real etcd — the demo puts
+/// the apps, the workers register their instances and backhaul addresses, the edge follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_etcd_serves_through_backhaul() {
+    let etcd = anyedge_test_support::etcd::Etcd::start();
+    let base = free_base();
+    let demo = anyedge::demo::start_with(base, Some(&etcd.url()))
+        .await
+        .expect("demo starts");
+    let echo = anyedge_test_support::eventually(
+        "echo app from etcd",
+        std::time::Duration::from_secs(10),
+        || async {
+            let mut s = connect(SocketAddr::from(([127, 0, 0, 1], base + 1)))
+                .await
+                .ok()?;
+            s.write_all(b"over etcd\n").await.ok()?;
+            read_line(&mut s).await.ok()
+        },
+    )
+    .await;
+    assert_eq!(echo, "over etcd");
+    let streams: u64 = demo
+        .workers
+        .iter()
+        .map(|w| {
+            w.metrics()
+                .backhaul
+                .streams
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(streams >= 1, "the edge reached a worker over backhaul");
+    demo.shutdown(std::time::Duration::from_secs(1)).await;
+}
