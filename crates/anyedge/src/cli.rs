@@ -68,6 +68,28 @@ pub struct EtcdArgs {
     /// etcd endpoint(s), comma-separated.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     pub etcd: String,
+    /// CA certificate (PEM) that etcd's server certificate must chain to (TLS to etcd).
+    #[arg(long)]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present to etcd; needs --etcd-key.
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM); needs --etcd-cert.
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The connection settings, as a node's `[catalog]` would give them.
+    pub fn config(&self) -> anyedge_config::EtcdConfig {
+        anyedge_config::EtcdConfig {
+            endpoints: self.etcd.split(',').map(|e| e.trim().to_string()).collect(),
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            secret_key_file: None,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

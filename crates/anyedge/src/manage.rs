@@ -41,7 +41,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    let cfg = client::plain(&etcd.etcd);
+    let cfg = etcd.config();
     let result = runtime.block_on(async {
         let client = client::connect(&cfg)
             .await

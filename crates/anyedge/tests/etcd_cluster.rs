@@ -497,3 +497,57 @@ async fn compacting_etcd_under_a_running_node_leaves_it_converging() {
     let (_, metrics) = node.admin_get("/metrics").await.expect("metrics");
     assert!(metrics.contains("anyedge_catalog_connected 1"), "{metrics}");
 }
+
+/// The management commands reach an etcd that requires TLS and client certificates with
+/// `--etcd-ca`, `--etcd-cert` and `--etcd-key`; without a client certificate they cannot.
+#[test]
+fn cli_speaks_tls_to_etcd_with_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let ca = anyedge_tls::cluster_ca::new_ca().expect("ca");
+    let server = anyedge_tls::cluster_ca::issue_node(&ca, "etcd").expect("server");
+    let client = anyedge_tls::cluster_ca::issue_node(&ca, "operator").expect("client");
+    let ca_path = write("ca.pem", &ca.cert);
+    let etcd = Etcd::start_tls(
+        ca_path.clone(),
+        write("etcd.pem", &server.cert),
+        write("etcd-key.pem", &server.key),
+    );
+    let (cert, key) = (
+        write("operator.pem", &client.cert),
+        write("operator-key.pem", &client.key),
+    );
+    let apps = app_file(dir.path(), "tls-app", free_port());
+    let tls = [
+        "--etcd-ca",
+        ca_path.to_str().expect("utf-8"),
+        "--etcd-cert",
+        cert.to_str().expect("utf-8"),
+        "--etcd-key",
+        key.to_str().expect("utf-8"),
+    ];
+    let mut args = vec!["apps", "put", apps.to_str().expect("utf-8")];
+    args.extend(tls);
+    let put = cli(&etcd, &args);
+    assert!(put.status.success(), "{}", stderr(&put));
+    let mut args = vec!["apps", "list"];
+    args.extend(tls);
+    let list = cli(&etcd, &args);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert!(stdout(&list).contains("tls-app"), "{}", stdout(&list));
+    // Trusting the CA but with no certificate of its own: refused.
+    let anonymous = cli(
+        &etcd,
+        &[
+            "apps",
+            "list",
+            "--etcd-ca",
+            ca_path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!anonymous.status.success(), "{}", stdout(&anonymous));
+}

@@ -88,6 +88,13 @@ pub(super) fn node(root: &Table, r: &mut Report<'_>) -> Node {
         r.check("node.advertise", values::host_port(&a, true));
         node.advertise = Some(a);
     }
+    // A backhaul listener on one address is what other nodes dial, unless told otherwise.
+    if node.advertise.is_none() {
+        node.advertise = node
+            .backhaul_listen
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| a.to_string());
+    }
     node
 }
 

@@ -559,3 +559,20 @@ node = "edge-1"
     // Naming this node is the same as naming none.
     assert_eq!(hello.instances[1].node, None);
 }
+
+#[test]
+fn advertise_defaults_to_a_specific_backhaul_listen_address() {
+    let cluster = "[cluster]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"k.pem\"\n";
+    let c = ok(&format!(
+        "[node]\nbackhaul_listen = \"127.0.0.3:4280\"\n{cluster}"
+    ));
+    assert_eq!(c.node.advertise.as_deref(), Some("127.0.0.3:4280"));
+    let c = ok(&format!(
+        "[node]\nbackhaul_listen = \"0.0.0.0:4280\"\n{cluster}"
+    ));
+    assert_eq!(c.node.advertise, None, "a wildcard is not dialable");
+    let c = ok(&format!(
+        "[node]\nbackhaul_listen = \"0.0.0.0:4280\"\nadvertise = \"10.0.0.5:4280\"\n{cluster}"
+    ));
+    assert_eq!(c.node.advertise.as_deref(), Some("10.0.0.5:4280"));
+}
