@@ -695,6 +695,8 @@ def build_report(cfg, targets, results, runner, facts, started, elapsed,
                 + ("" if q[2] else " (**not quiet**: numbers may be disturbed)") if q else ""))
     if proxy_cmd_text:
         L.append(f"- PROXY_CMD (`{proxy_name_text}`): `{proxy_cmd_text}`")
+    if os.environ.get("PROXY2_CMD", "").strip():
+        L.append(f"- PROXY2_CMD (`{env('PROXY2_NAME', 'ours2')}`): `{os.environ['PROXY2_CMD'].strip()}`")
         if os.environ.get("PROXY_VERSION"):
             L.append(f"- {proxy_name_text} build: {os.environ['PROXY_VERSION']}")
         if any(t.tcp_only for t in targets):
@@ -941,6 +943,7 @@ def main():
         "nginx": (P(28080), P(28082), P(28201), P(28202)),
         "haproxy": (P(29080), P(29082), P(29201), P(29202)),
         "ours": (P(30080), P(30082), P(30201), P(30202)),
+        "ours2": (P(30180), P(30182), P(30301), P(30302)),
     }
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
@@ -954,7 +957,12 @@ def main():
     wanted = [t for t in cfg.targets.split(",") if t]
     proxy_cmd = os.environ.get("PROXY_CMD", "").strip()
     proxy_name = env("PROXY_NAME", "ours")
-    all_ports = [a for k, v in ports.items() if k == "direct" or k in wanted or (k == "ours" and proxy_cmd)
+    # A second slot (PROXY2_CMD, PROXY2_NAME): two variants of one proxy side by side in one run.
+    slots = [(k, c, n) for k, c, n in (
+        ("ours", proxy_cmd, proxy_name),
+        ("ours2", os.environ.get("PROXY2_CMD", "").strip(), env("PROXY2_NAME", "ours2"))) if c]
+    all_ports = [a for k, v in ports.items()
+                 if k == "direct" or k in wanted or any(k == sk for sk, _, _ in slots)
                  for a in v]
     busy = [a for a in all_ports if port_open(a)]
     if busy:
@@ -1017,9 +1025,9 @@ def main():
         proc = Proc("haproxy", ["haproxy", "-db", "-f", os.path.join(hdir, "haproxy.cfg")],
                     os.path.join(hdir, "log.txt"), cfg.server_cpus)
         targets.append(Target("haproxy", l_http, l_h2c, l_tcp, proc, tcp_idle=l_idle))
-    if proxy_cmd:
-        odir = sd("ours")
-        l_http, l_h2c, l_tcp, l_idle = ports["ours"]
+    for slot_key, s_cmd, s_name in slots:
+        odir = sd(slot_key)
+        l_http, l_h2c, l_tcp, l_idle = ports[slot_key]
         tcp_only = env("PROXY_TCP_ONLY", "0") not in ("0", "no", "false")
         penv = dict(os.environ)
         penv.update({
@@ -1037,14 +1045,14 @@ def main():
             "PROXY_MAX_CONNS": str(wc), "PROXY_NOFILE": str(nofile),
             "PROXY_TCP_ONLY": "1" if tcp_only else "0",
         })
-        proc = Proc(proxy_name, ["bash", "-c", proxy_cmd], os.path.join(odir, "log.txt"),
+        proc = Proc(s_name, ["bash", "-c", s_cmd], os.path.join(odir, "log.txt"),
                     cfg.server_cpus, cwd=os.getcwd(), env=penv)
-        targets.append(Target(proxy_name, l_http, l_h2c, l_tcp, proc, tcp_idle=l_idle))
+        targets.append(Target(s_name, l_http, l_h2c, l_tcp, proc, tcp_idle=l_idle))
         targets[-1].is_slot = True
         if tcp_only:
             targets[-1].tcp_only = True
             targets[-1].has["http"] = targets[-1].has["h2c"] = False
-        if proxy_name in ("direct", "nginx", "haproxy"):
+        if s_name in ("direct", "nginx", "haproxy"):
             raise SystemExit("PROXY_NAME must differ from the built-in target names")
 
     started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")

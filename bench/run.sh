@@ -6,6 +6,7 @@
 #   WITH_ANYEDGE=0 bench/run.sh                    # peers only (no build, no anyedge column)
 #   ANYEDGE_BUILD=0 bench/run.sh                   # bench the binary that is already built
 #   SCENARIOS=h1_small,tcp_bulk PROXY_TCP_ONLY=0 bench/run.sh   # once anyedge speaks HTTP
+#   BACKHAUL=1 SCENARIOS=h1_small,tcp_bulk PROXY_TCP_ONLY=0 bench/run.sh  # + edge -> worker over backhaul
 #
 # Installs missing Debian packages, builds anyedge (release), runs bench.py with anyedge in the
 # PROXY_CMD slot (bench/anyedge.sh), prints the Markdown report (also in bench/.run/<ts>/report.md;
@@ -68,6 +69,11 @@ if [ "${WITH_ANYEDGE:-1}" != "0" ]; then
   # anyedge serves raw TCP only for now: no HTTP readiness check, HTTP scenarios n/a for it
   export PROXY_TCP_ONLY="${PROXY_TCP_ONLY:-1}"
   export TARGETS="${TARGETS:-direct,nginx,haproxy}"
+  # BACKHAUL=1: also anyedge as an edge and a worker joined by backhaul, side by side
+  if [ "${BACKHAUL:-0}" = "1" ]; then
+    export PROXY2_NAME="${PROXY2_NAME:-anyedge-bh}"
+    export PROXY2_CMD="${PROXY2_CMD:-ANYEDGE_BACKHAUL=1 $here/anyedge.sh}"
+  fi
 else
   unset PROXY_CMD
 fi
