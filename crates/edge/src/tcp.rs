@@ -49,6 +49,8 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
             Stream::Local(s) => s,
             Stream::Backhaul(mut tunnel) => {
                 // The worker sends the PROXY header, if the port asks for one.
+                let open = &shared.metrics.backhaul.tcp_connections;
+                open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut client = conn.client;
                 let metrics = &conn.route.metrics;
                 match tokio::io::copy_bidirectional(&mut client, &mut *tunnel).await {
@@ -59,6 +61,7 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
                     }
                     Err(e) => tracing::debug!(instance = %instance, error = %e, "ended with error"),
                 }
+                open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
         };

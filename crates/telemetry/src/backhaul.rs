@@ -11,7 +11,7 @@ pub struct BackhaulMetrics {
     /// Edge side: backhaul connections to workers open now (HTTP/2 and TCP).
     pub h2_connections: AtomicI64,
     pub tcp_connections: AtomicI64,
-    /// Edge side: backhaul connections opened since start.
+    /// Edge side: HTTP/2 backhaul connections opened since start.
     pub connections_opened: AtomicU64,
     /// Worker side: TLS handshakes completed with a cluster certificate.
     pub accepted: AtomicU64,
@@ -55,7 +55,7 @@ impl BackhaulMetrics {
             out,
             "anyedge_backhaul_connections_opened_total",
             "counter",
-            "Backhaul connections this edge opened to workers.",
+            "HTTP/2 backhaul connections this edge opened to workers.",
         );
         let _ = writeln!(
             out,
