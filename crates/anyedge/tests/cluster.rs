@@ -365,3 +365,271 @@ async fn the_nearest_worker_dies_and_traffic_fails_over_without_errors_then_it_r
     assert!(near.requests() >= back + 10);
     drop(edge);
 }
+
+/// The instance name a forced request to `instance` of `web` gets, if it gets a 200.
+async fn forced(port: u16, instance: &str) -> Option<String> {
+    get_with(
+        local(port),
+        "web.test",
+        "/",
+        &[("anyedge-force-instance-id", instance)],
+    )
+    .await
+    .filter(|(s, _, _)| *s == 200)
+    .map(|(_, _, b)| b.trim().to_string())
+}
+
+/// Test 2 (add/remove) and the WebSocket and raw TCP parts of 5, on etcd: an instance added to
+/// a worker's file (the worker reloads on the change and registers it) is routable from the edge
+/// within 1 s; removed from the file, it stops receiving within 1 s. WebSocket (HTTP/1.1 upgrade
+/// at the edge, extended CONNECT over backhaul) and raw TCP cross backhaul end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_file_changes_route_within_a_second_and_websocket_and_tcp_cross_backhaul() {
+    let etcd = Etcd::start();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, tcp_port) = (free_port(), free_port());
+    put_http_app(&etcd, dir.path(), "web", port);
+    put_apps(
+        &etcd,
+        dir.path(),
+        "echo",
+        &format!("[[apps]]\nname = \"echo\"\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {tcp_port}, bind = \"127.0.0.1\" }} ]\n"),
+    );
+    let a = HttpInstance::start("a", false).await;
+    let b = HttpInstance::start("b", false).await;
+    let echo = FakeInstance::echo("echo-on-worker").await;
+    let worker = Node::start(
+        bin(),
+        "w1",
+        &worker_toml(
+            &pki,
+            &etcd,
+            "w1",
+            "iad",
+            free_port(),
+            &[
+                ("web", "a", a.addr.to_string()),
+                ("echo", "e1", echo.addr.to_string()),
+            ],
+        ),
+    );
+    let edge = Node::start(bin(), "edge", &edge_toml(&pki, &etcd));
+    worker.up().await;
+    edge.up().await;
+    let (_, body) = eventually("web answers from a", Duration::from_secs(10), || async {
+        get(local(port), "web.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    assert_eq!(body.trim(), "a");
+    assert_eq!(forced(port, "b").await, None, "b is not there yet");
+
+    // Added to the worker's file: routable from the edge within 1 s.
+    let with_b = worker.read_config() + &instance_block("web", "b", &b.addr.to_string());
+    let t0 = Instant::now();
+    worker.rewrite(&with_b);
+    let got = eventually("b routable", Duration::from_secs(1), || async {
+        forced(port, "b").await
+    })
+    .await;
+    let added_after = t0.elapsed();
+    assert_eq!(got, "b");
+
+    // Removed from the file: not chosen any more within 1 s.
+    let only_b = with_b.replace(&instance_block("web", "a", &a.addr.to_string()), "");
+    assert_ne!(only_b, with_b);
+    let t0 = Instant::now();
+    worker.rewrite(&only_b);
+    eventually(
+        "a leaves the edge's catalog",
+        Duration::from_secs(1),
+        || async { (!edge.knows_instance("web", "a").await).then_some(()) },
+    )
+    .await;
+    let removed_after = t0.elapsed();
+    let a_count = a.requests();
+    for _ in 0..20 {
+        let (s, body) = get(local(port), "web.test", "/").await.expect("answer");
+        assert_eq!((s, body.trim()), (200, "b"));
+    }
+    assert_eq!(a.requests(), a_count, "a still got requests after removal");
+    let (s, _, _) = get_with(
+        local(port),
+        "web.test",
+        "/",
+        &[("anyedge-force-instance-id", "a")],
+    )
+    .await
+    .expect("answer");
+    assert_eq!(s, 503, "a forced request to a removed instance");
+    eprintln!("instance added: routable after {added_after:?}; removed: gone after {removed_after:?}");
+
+    // WebSocket through the edge, over backhaul (extended CONNECT), to b's /ws echo.
+    let tcp = tokio::net::TcpStream::connect(local(port))
+        .await
+        .expect("connect");
+    let (mut ws, resp) =
+        tokio_tungstenite::client_async_with_config("ws://web.test/ws", tcp, Some(ws_config()))
+            .await
+            .expect("websocket handshake through the edge and backhaul");
+    assert_eq!(resp.status(), 101);
+    for msg in [
+        Message::text("hello over backhaul"),
+        Message::binary(vec![7u8; 100_000]),
+    ] {
+        ws.send(msg.clone()).await.expect("send");
+        let back = ws.next().await.expect("a reply").expect("ok");
+        assert_eq!(back, msg);
+    }
+    ws.close(None).await.expect("close");
+
+    // Raw TCP through the edge, over its own TLS backhaul connection, to the echo instance.
+    let mut c = tokio::net::TcpStream::connect(local(tcp_port))
+        .await
+        .expect("connect");
+    c.write_all(b"ping over backhaul\n").await.expect("write");
+    let want = "echo-on-worker\nping over backhaul\n";
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 256];
+        while got.len() < want.len() {
+            let n = c.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("echo in time");
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    c.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read to end");
+    assert!(rest.is_empty());
+    assert_eq!(echo.accepted(), 1);
+
+    let w = worker.metrics().await;
+    // The 20 requests, the WebSocket and the TCP connection at least.
+    assert!(
+        metric(&w, "anyedge_backhaul_streams_total") >= 22.0,
+        "{w}"
+    );
+    let e = edge.metrics().await;
+    assert!(
+        metric(&e, "anyedge_backhaul_connections{kind=\"h2\"}") >= 1.0,
+        "{e}"
+    );
+}
+
+/// Test 3: etcd stopped for 10 s under a steady stream of requests through the edge to a
+/// worker: none fails. Meanwhile an instance is added in the worker's file; after etcd returns
+/// every node resyncs: the edge routes to the new instance, and an app put right after etcd
+/// returns (whose instance the worker had registered all along) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_under_load_fails_nothing_and_changes_made_meanwhile_arrive() {
+    let mut etcd = Etcd::start();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, later_port) = (free_port(), free_port());
+    put_http_app(&etcd, dir.path(), "web", port);
+    let a = HttpInstance::start("a", false).await;
+    let b = HttpInstance::start("b", false).await;
+    let later = HttpInstance::start("later-1", false).await;
+    let worker = Node::start(
+        bin(),
+        "w1",
+        &worker_toml(
+            &pki,
+            &etcd,
+            "w1",
+            "iad",
+            free_port(),
+            &[
+                ("web", "a", a.addr.to_string()),
+                ("later", "l1", later.addr.to_string()),
+            ],
+        ),
+    );
+    let edge = Node::start(bin(), "edge", &edge_toml(&pki, &etcd));
+    worker.up().await;
+    edge.up().await;
+    eventually("web answers", Duration::from_secs(10), || async {
+        get(local(port), "web.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+
+    let load = Load::start(port, "web.test");
+    more_samples(&load, 10).await;
+    etcd.stop();
+    let stopped = Instant::now();
+    eventually(
+        "both nodes notice etcd is gone",
+        Duration::from_secs(10),
+        || async {
+            let (e, w) = (edge.metrics().await, worker.metrics().await);
+            (e.contains("anyedge_catalog_connected 0") && w.contains("anyedge_catalog_connected 0"))
+                .then_some(())
+        },
+    )
+    .await;
+    // A change on the worker while etcd is away: in force there, unknown to the edge for now.
+    let with_b = worker.read_config() + &instance_block("web", "b", &b.addr.to_string());
+    worker.rewrite(&with_b);
+    // The outage lasts 10 s (the lease TTL): a fixed length, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
+    assert!(!edge.knows_instance("web", "b").await);
+    let during = load.samples().len();
+    etcd.start_again();
+    let restarted = Instant::now();
+    put_http_app(&etcd, dir.path(), "later", later_port);
+    eventually(
+        "both nodes reconnect",
+        Duration::from_secs(15),
+        || async {
+            let (e, w) = (edge.metrics().await, worker.metrics().await);
+            (e.contains("anyedge_catalog_connected 1") && w.contains("anyedge_catalog_connected 1"))
+                .then_some(())
+        },
+    )
+    .await;
+    let got = eventually(
+        "b, added during the outage, routable after it",
+        Duration::from_secs(10),
+        || async { forced(port, "b").await },
+    )
+    .await;
+    assert_eq!(got, "b");
+    let (_, body) = eventually(
+        "the app put after the outage is served",
+        Duration::from_secs(10),
+        || async {
+            get(local(later_port), "later.test", "/")
+                .await
+                .filter(|(s, _)| *s == 200)
+        },
+    )
+    .await;
+    assert_eq!(body.trim(), "later-1");
+    let resynced_after = restarted.elapsed();
+    more_samples(&load, 10).await;
+    let samples = load.finish().await;
+    let failed: Vec<_> = samples.iter().filter(|s| s.answer.is_none()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        samples.len()
+    );
+    assert!(during >= 50, "only {during} requests by the end of the outage");
+    assert!(samples.iter().all(|s| s.status == Some(200)));
+    eprintln!(
+        "outage: {} requests, {during} by its end, 0 failed; resynced {resynced_after:?} after etcd returned",
+        samples.len()
+    );
+}
