@@ -10,7 +10,8 @@
 //! many client connections sharing a couple of HTTP/2 backhaul connections.
 
 use anyedge_test_support::cluster::{
-    backhaul_client, backhaul_connect, get, get_with, local, metric, tcp_header, Node,
+    backhaul_client, backhaul_connect, get, get_with, local, metric, tcp_header, BackhaulStream,
+    Node,
 };
 use anyedge_test_support::etcd::Etcd;
 use anyedge_test_support::http_client::{self, Client};
@@ -464,7 +465,9 @@ async fn worker_file_changes_route_within_a_second_and_websocket_and_tcp_cross_b
     .await
     .expect("answer");
     assert_eq!(s, 503, "a forced request to a removed instance");
-    eprintln!("instance added: routable after {added_after:?}; removed: gone after {removed_after:?}");
+    eprintln!(
+        "instance added: routable after {added_after:?}; removed: gone after {removed_after:?}"
+    );
 
     // WebSocket through the edge, over backhaul (extended CONNECT), to b's /ws echo.
     let tcp = tokio::net::TcpStream::connect(local(port))
@@ -496,7 +499,11 @@ async fn worker_file_changes_route_within_a_second_and_websocket_and_tcp_cross_b
         let mut buf = [0u8; 256];
         while got.len() < want.len() {
             let n = c.read(&mut buf).await.expect("read");
-            assert!(n > 0, "closed early after {:?}", String::from_utf8_lossy(&got));
+            assert!(
+                n > 0,
+                "closed early after {:?}",
+                String::from_utf8_lossy(&got)
+            );
             got.extend_from_slice(&buf[..n]);
         }
     })
@@ -514,10 +521,7 @@ async fn worker_file_changes_route_within_a_second_and_websocket_and_tcp_cross_b
 
     let w = worker.metrics().await;
     // The 20 requests, the WebSocket and the TCP connection at least.
-    assert!(
-        metric(&w, "anyedge_backhaul_streams_total") >= 22.0,
-        "{w}"
-    );
+    assert!(metric(&w, "anyedge_backhaul_streams_total") >= 22.0, "{w}");
     let e = edge.metrics().await;
     assert!(
         metric(&e, "anyedge_backhaul_connections{kind=\"h2\"}") >= 1.0,
@@ -588,15 +592,11 @@ async fn an_etcd_outage_under_load_fails_nothing_and_changes_made_meanwhile_arri
     etcd.start_again();
     let restarted = Instant::now();
     put_http_app(&etcd, dir.path(), "later", later_port);
-    eventually(
-        "both nodes reconnect",
-        Duration::from_secs(15),
-        || async {
-            let (e, w) = (edge.metrics().await, worker.metrics().await);
-            (e.contains("anyedge_catalog_connected 1") && w.contains("anyedge_catalog_connected 1"))
-                .then_some(())
-        },
-    )
+    eventually("both nodes reconnect", Duration::from_secs(15), || async {
+        let (e, w) = (edge.metrics().await, worker.metrics().await);
+        (e.contains("anyedge_catalog_connected 1") && w.contains("anyedge_catalog_connected 1"))
+            .then_some(())
+    })
     .await;
     let got = eventually(
         "b, added during the outage, routable after it",
@@ -626,10 +626,297 @@ async fn an_etcd_outage_under_load_fails_nothing_and_changes_made_meanwhile_arri
         failed.len(),
         samples.len()
     );
-    assert!(during >= 50, "only {during} requests by the end of the outage");
+    assert!(
+        during >= 50,
+        "only {during} requests by the end of the outage"
+    );
     assert!(samples.iter().all(|s| s.status == Some(200)));
     eprintln!(
         "outage: {} requests, {during} by its end, 0 failed; resynced {resynced_after:?} after etcd returned",
         samples.len()
     );
+}
+
+/// Apps `web` and `other` (HTTP) and `echo` (raw TCP) of a file-configured cluster, with their
+/// instances on node `w1`; `on_node` adds `node = "w1"` (the edge's view of them).
+fn file_apps(ports: (u16, u16, u16), addrs: (String, String, String), on_node: bool) -> String {
+    let node = if on_node { "node = \"w1\"\n" } else { "" };
+    let (web, other, echo) = ports;
+    let (web_addr, other_addr, echo_addr) = addrs;
+    format!(
+        "[[apps]]\nname = \"web\"\nhostnames = [\"web.test\"]\nconcurrency = {{ type = \"requests\", soft_limit = 200, hard_limit = 250 }}\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {web}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n[[apps.instances]]\nid = \"w1-web\"\naddress = \"{web_addr}\"\n{node}\
+         [[apps]]\nname = \"other\"\nhostnames = [\"other.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {other}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n[[apps.instances]]\nid = \"w1-other\"\naddress = \"{other_addr}\"\n{node}\
+         [[apps]]\nname = \"echo\"\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {echo}, bind = \"127.0.0.1\" }} ]\n[[apps.instances]]\nid = \"w1-echo\"\naddress = \"{echo_addr}\"\n{node}"
+    )
+}
+
+fn file_worker_toml(pki: &Pki, backhaul: u16, apps: &str) -> String {
+    format!(
+        "[node]\nid = \"w1\"\nregion = \"iad\"\nroles = [\"worker\"]\ndrain_timeout = \"1s\"\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\n{}{REGIONS}{apps}",
+        pki.cluster_section("w1")
+    )
+}
+
+fn file_edge_toml(pki: &Pki, backhaul: u16, apps: &str) -> String {
+    format!(
+        "[node]\nid = \"edge1\"\nregion = \"ord\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}{REGIONS}[[nodes]]\nid = \"w1\"\nregion = \"iad\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{apps}",
+        pki.cluster_section("edge1")
+    )
+}
+
+/// One HTTP/2 backhaul stream GET to `web.test` naming `app` and `instance`: (status, the
+/// `anyedge-retry-elsewhere` header, body).
+async fn backhaul_stream(
+    client: &mut Client,
+    app: &str,
+    instance: &str,
+) -> (u16, Option<String>, String) {
+    use http_body_util::BodyExt;
+    let req = http_client::request("GET", "web.test", "/", true)
+        .header("anyedge-backhaul-app", app)
+        .header("anyedge-backhaul-instance", instance)
+        .body(http_client::empty())
+        .expect("request");
+    let resp = client.send(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("anyedge-retry-elsewhere")
+        .map(|v| v.to_str().expect("ascii").to_string());
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        retry,
+        String::from_utf8_lossy(&body).trim().to_string(),
+    )
+}
+
+/// Open a raw-TCP backhaul connection with `header`: the worker's 2-byte reply and the stream.
+async fn tcp_backhaul(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    header: &[u8],
+) -> ([u8; 2], BackhaulStream) {
+    let mut s = backhaul_connect(addr, "w1", config).await.expect("tls");
+    s.write_all(header).await.expect("write header");
+    let mut reply = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut reply))
+        .await
+        .expect("reply in time")
+        .expect("read reply");
+    (reply, s)
+}
+
+/// Whether a connection with `config` gets anything out of the worker's backhaul: the TLS
+/// handshake, then a write and whatever comes back. A refused client fails the handshake, or
+/// (TLS 1.3: the client finishes first) has its connection closed with an alert before any data.
+async fn backhaul_usable(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
+    let Ok(mut s) = backhaul_connect(addr, "w1", config).await else {
+        return false;
+    };
+    // An HTTP/2 preface (answered with SETTINGS) or a bad TCP header (answered with a refusal).
+    if s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let _ = s.flush().await;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+/// Test 4: a worker's backhaul serves only clients with a certificate from the cluster CA, and
+/// never carries a stream to an instance of another app than the one it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backhaul_refuses_foreign_clients_and_streams_naming_another_apps_instance() {
+    let pki = Pki::new();
+    let web = HttpInstance::start("web-1", false).await;
+    let other = HttpInstance::start("other-1", false).await;
+    let echo = FakeInstance::echo("echo-1").await;
+    let (web_port, other_port, tcp_port, backhaul) =
+        (free_port(), free_port(), free_port(), free_port());
+    let apps = file_apps(
+        (web_port, other_port, tcp_port),
+        (
+            web.addr.to_string(),
+            other.addr.to_string(),
+            echo.addr.to_string(),
+        ),
+        false,
+    );
+    let worker = Node::start(bin(), "w1", &file_worker_toml(&pki, backhaul, &apps));
+    worker.up().await;
+    let addr = local(backhaul);
+    let ca = pki.ca.cert.clone();
+    let good = anyedge_tls::cluster_ca::issue_node(&pki.ca, "edge9").expect("node cert");
+    let foreign_ca = anyedge_tls::cluster_ca::new_ca().expect("ca");
+    let foreign = anyedge_tls::cluster_ca::issue_node(&foreign_ca, "edge9").expect("node cert");
+    let h2: &[u8] = b"anyedge-h2";
+    let tcp: &[u8] = b"anyedge-tcp";
+    let with = |cert: Option<&anyedge_tls::cluster_ca::PemPair>, alpn: &[u8]| {
+        backhaul_client(&ca, cert.map(|c| (c.cert.as_str(), c.key.as_str())), alpn)
+    };
+    eventually("backhaul listening", Duration::from_secs(10), || async {
+        backhaul_connect(addr, "w1", with(Some(&good), h2))
+            .await
+            .ok()
+    })
+    .await;
+
+    // Without a certificate, or with one from another CA: nothing, on either ALPN.
+    let before = worker.metrics().await;
+    for alpn in [h2, tcp] {
+        assert!(
+            backhaul_usable(addr, with(Some(&good), alpn)).await,
+            "control"
+        );
+        assert!(!backhaul_usable(addr, with(None, alpn)).await, "no cert");
+        assert!(
+            !backhaul_usable(addr, with(Some(&foreign), alpn)).await,
+            "foreign CA"
+        );
+    }
+    let after = worker.metrics().await;
+    let tls = "anyedge_backhaul_refused_total{reason=\"tls\"}";
+    assert!(
+        metric(&after, tls) - metric(&before, tls) >= 4.0,
+        "refused tls: {} -> {}",
+        metric(&before, tls),
+        metric(&after, tls)
+    );
+    let accepted = "anyedge_backhaul_accepted_total";
+    assert_eq!(
+        metric(&after, accepted) - metric(&before, accepted),
+        2.0,
+        "only the two certified connections are accepted"
+    );
+
+    // HTTP/2 with a good certificate: its own app's instance is served; a stream naming
+    // another app's instance is refused (wrong_app), and that instance never sees it.
+    let s = backhaul_connect(addr, "w1", with(Some(&good), h2))
+        .await
+        .expect("tls");
+    let mut c = Client::over(s, true).await;
+    assert_eq!(
+        backhaul_stream(&mut c, "web", "w1-web").await,
+        (200, None, "web-1".to_string())
+    );
+    let (status, retry, _) = backhaul_stream(&mut c, "web", "w1-other").await;
+    assert_eq!((status, retry.as_deref()), (503, Some("wrong_app")));
+    let (status, retry, _) = backhaul_stream(&mut c, "web", "nope").await;
+    assert_eq!((status, retry.as_deref()), (503, Some("unknown_instance")));
+    assert_eq!(other.requests(), 0, "a forged stream reached another app");
+    assert_eq!(web.requests(), 1);
+
+    // Raw TCP with a good certificate: the right header is connected and relayed; one naming
+    // another app's instance is refused with [1, 2] (wrong_app) before any byte is relayed.
+    let client = local(40_000);
+    let (reply, mut s) = tcp_backhaul(
+        addr,
+        with(Some(&good), tcp),
+        &tcp_header("echo", "w1-echo", client, tcp_port),
+    )
+    .await;
+    assert_eq!(reply, [0, 0], "connected");
+    s.write_all(b"hi\n").await.expect("write");
+    let mut got = Vec::new();
+    let want = b"echo-1\nhi\n";
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 64];
+        while got.len() < want.len() {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("echo in time");
+    assert_eq!(&got, want);
+    drop(s);
+    let (reply, mut s) = tcp_backhaul(
+        addr,
+        with(Some(&good), tcp),
+        &tcp_header("echo", "w1-web", client, tcp_port),
+    )
+    .await;
+    assert_eq!(reply, [1, 2], "refused: wrong_app");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "nothing after a refusal: {rest:?}");
+    assert_eq!(echo.accepted(), 1);
+    assert_eq!(web.requests(), 1);
+
+    let m = worker.metrics().await;
+    assert!(
+        metric(&m, "anyedge_backhaul_refused_total{reason=\"wrong_app\"}") >= 2.0,
+        "{m}"
+    );
+}
+
+/// Test 5: 200 concurrent HTTP/1.1 client connections, three requests each, through an edge to
+/// a worker share the link's few HTTP/2 backhaul connections (2 per worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_client_connections_share_a_few_backhaul_connections() {
+    let pki = Pki::new();
+    let web = HttpInstance::start("web-1", false).await;
+    let (web_port, other_port, tcp_port, backhaul) =
+        (free_port(), free_port(), free_port(), free_port());
+    let addrs = || {
+        (
+            web.addr.to_string(),
+            "127.0.0.1:9".to_string(),
+            "127.0.0.1:9".to_string(),
+        )
+    };
+    let ports = (web_port, other_port, tcp_port);
+    let worker = Node::start(
+        bin(),
+        "w1",
+        &file_worker_toml(&pki, backhaul, &file_apps(ports, addrs(), false)),
+    );
+    let edge = Node::start(
+        bin(),
+        "edge1",
+        &file_edge_toml(&pki, backhaul, &file_apps(ports, addrs(), true)),
+    );
+    worker.up().await;
+    edge.up().await;
+    eventually("web answers", Duration::from_secs(10), || async {
+        get(local(web_port), "web.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = Client::h1(local(web_port)).await;
+                let mut bodies = Vec::new();
+                for _ in 0..3 {
+                    let (s, _, body) = c.get("web.test", "/").await;
+                    bodies.push((s, body.trim().to_string()));
+                }
+                bodies
+            })
+        })
+        .collect();
+    for t in tasks {
+        for (s, body) in t.await.expect("client task") {
+            assert_eq!((s, body.as_str()), (200, "web-1"));
+        }
+    }
+    let e = edge.metrics().await;
+    let opened = metric(&e, "anyedge_backhaul_connections_opened_total");
+    let open = metric(&e, "anyedge_backhaul_connections{kind=\"h2\"}");
+    assert!((1.0..=4.0).contains(&opened), "opened {opened}");
+    assert!((1.0..=2.0).contains(&open), "open now {open}");
+    let w = worker.metrics().await;
+    assert!(metric(&w, "anyedge_backhaul_accepted_total") <= 4.0, "{w}");
+    assert!(metric(&w, "anyedge_backhaul_streams_total") >= 601.0, "{w}");
+    eprintln!("600 requests on 200 client connections: {opened} backhaul connections opened");
 }

@@ -199,12 +199,11 @@ pub fn backhaul_client(
     roots
         .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca pem"))
         .expect("add root");
-    let builder = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots);
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
     let mut config = match client {
         Some((cert, key)) => builder
             .with_client_auth_cert(
@@ -218,12 +217,15 @@ pub fn backhaul_client(
     Arc::new(config)
 }
 
+/// A client's TLS connection to a worker's backhaul.
+pub type BackhaulStream = tokio_rustls::client::TlsStream<TcpStream>;
+
 /// TLS to `addr`, verifying the server as `server_name` (a worker's node id).
 pub async fn backhaul_connect(
     addr: SocketAddr,
     server_name: &str,
     config: Arc<ClientConfig>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+) -> std::io::Result<BackhaulStream> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
