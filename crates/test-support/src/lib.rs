@@ -2,6 +2,7 @@
 //! free ports, descriptor counts, and polling with a deadline instead of sleeping.
 
 pub mod client;
+pub mod cluster;
 pub mod etcd;
 pub mod http_client;
 pub mod http_instance;
