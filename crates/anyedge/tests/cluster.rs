@@ -977,7 +977,6 @@ async fn many_client_connections_share_a_few_backhaul_connections() {
 /// The edge counts its open raw-TCP backhaul connections (`anyedge_backhaul_connections{kind="tcp"}`)
 /// while a client's TCP connection is relayed over one, and no longer once it closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: anyedge_backhaul_connections{kind=\"tcp\"} is never incremented (BackhaulMetrics::tcp_connections has no writer; crates/edge/src/backhaul/tcp.rs open() does not count)"]
 async fn the_edge_counts_open_tcp_backhaul_connections() {
     let pki = Pki::new();
     let echo = FakeInstance::echo("echo-1").await;

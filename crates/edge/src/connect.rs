@@ -34,15 +34,13 @@ pub(crate) enum Stream {
 }
 
 impl AttemptError {
-    /// Whether the instance itself failed (and should back off), rather than having no room.
+    /// Whether the instance should back off here: every failure but a worker having no room
+    /// right now (`crate::backhaul::instance_failed`).
     fn counts_against_instance(&self) -> bool {
-        !matches!(
-            self,
-            AttemptError::Refused {
-                reason: "full" | "app_overloaded" | "draining",
-                ..
-            }
-        )
+        match self {
+            AttemptError::Refused { reason, .. } => crate::backhaul::instance_failed(reason),
+            _ => true,
+        }
     }
 }
 

@@ -100,10 +100,12 @@ pub(crate) fn tag<B>(req: &mut http::Request<B>, app: &str, instance: &str) {
     }
 }
 
-/// Whether a worker's refusal says the instance itself failed (so it backs off), rather than
-/// having no room or being unknown there.
+/// Whether a worker's refusal should put the instance into connect backoff here: every reason
+/// but having no room right now. An instance the worker does not know (this edge's catalog is
+/// stale), one that is unhealthy, or a worker that is draining would otherwise keep drawing
+/// first attempts, since an instant refusal makes it look idle.
 pub(crate) fn instance_failed(reason: &str) -> bool {
-    matches!(reason, "connect_failed" | "unhealthy" | "not_processed")
+    !matches!(reason, "full" | "app_overloaded")
 }
 
 /// The host and port of an `advertise` value.
