@@ -26,6 +26,11 @@ const MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// How soon a node that found another holding a hostname's lock looks again (the change feed
 /// usually brings the result sooner).
 const LOCK_RETRY: Duration = Duration::from_secs(2);
+/// How soon a node that could not reach the storage to take a lock tries again.
+const STORAGE_RETRY: Duration = Duration::from_secs(10);
+/// How long a starting node waits for its stored certificates (etcd may be away); the rest
+/// are loaded by the task.
+const FIRST_LOAD: Duration = Duration::from_secs(5);
 
 /// What the ACME task needs from the config.
 #[derive(Debug, Clone)]
@@ -90,7 +95,12 @@ impl AcmeManager {
             fresh_account: false,
             hosts: BTreeMap::new(),
         };
-        driver.sync(&hostnames).await;
+        if tokio::time::timeout(FIRST_LOAD, driver.sync(&hostnames))
+            .await
+            .is_err()
+        {
+            tracing::warn!(storage = %driver.state.describe(), "stored certificates not all loaded in {FIRST_LOAD:?}: the rest follow");
+        }
         let (wanted, rx) = watch::channel(hostnames);
         let task = runtime.spawn(driver.run(rx, storage.changed));
         AcmeManager {
@@ -319,9 +329,9 @@ impl Driver {
                 return;
             }
             Err(e) => {
-                tracing::warn!(hostname = %name, error = %e, "cannot take the issuance lock; trying again");
+                tracing::warn!(hostname = %name, error = %e, retry_in = ?STORAGE_RETRY, "cannot take the issuance lock");
                 if let Some(host) = self.hosts.get_mut(name) {
-                    host.due = SystemTime::now() + LOCK_RETRY;
+                    host.due = SystemTime::now() + STORAGE_RETRY;
                 }
                 return;
             }

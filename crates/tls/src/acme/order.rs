@@ -84,7 +84,16 @@ pub async fn account(
         Some(pem) => Account::builder_with_root(pem).map_err(acme("trust roots")),
         None => Account::builder().map_err(acme("HTTP client")),
     };
-    if let Some(json) = state.read_account().await?.filter(|_| !fresh) {
+    let stored = match state.read_account().await {
+        Ok(stored) => stored,
+        // Sealed with another secret key, or damaged: a new account is made and stored.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::warn!(error = %e, "the stored ACME account cannot be read: creating a new one");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(json) = stored.filter(|_| !fresh) {
         let stored: serde_json::Value =
             serde_json::from_str(&json).map_err(OrderError::StoredAccount)?;
         if stored.get("directory").and_then(|d| d.as_str()) == Some(settings.directory.as_str()) {
