@@ -1,5 +1,6 @@
-//! `anyedge certs`: the ACME certificates of a node (`list`), and the cluster CA and node
-//! certificates for mutual TLS between nodes (`cluster-ca`, `node`).
+//! `anyedge certs`: the ACME certificates of a node or of the cluster (`list`), the cluster
+//! secret key (`secret-key`), and the cluster CA and node certificates for mutual TLS between
+//! nodes (`cluster-ca`, `node`).
 
 mod cluster;
 mod list;

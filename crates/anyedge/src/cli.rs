@@ -41,9 +41,16 @@ pub struct CertsArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum CertsCommand {
-    /// Hostnames with ACME certificates on this node: state (valid until, pending, failing
-    /// with the last error) and issuer, read from `[acme] state_dir`.
+    /// Hostnames with ACME certificates: state (valid until, pending, failing with the last
+    /// error) and issuer, read from `[acme] state_dir`, or with --etcd from the cluster
+    /// catalog (then also the node holding the issuance lock).
     List(CertsListArgs),
+    /// Make a cluster secret key (`[catalog] secret_key_file`): 64 hexadecimal digits, mode
+    /// 0600. An existing file is never overwritten.
+    SecretKey {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Make a cluster CA: DIR/cluster-ca.pem and DIR/cluster-ca-key.pem.
     ClusterCa {
         #[arg(long)]
@@ -136,8 +143,14 @@ pub enum InstancesCommand {
 
 #[derive(Args, Debug, Clone)]
 pub struct CertsListArgs {
-    #[arg(long, default_value = "/etc/anyedge/anyedge.toml")]
-    pub config: PathBuf,
+    /// The node's config (default /etc/anyedge/anyedge.toml without --etcd): its hostnames
+    /// are listed even before they have a certificate.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Read the cluster catalog at these etcd endpoint(s) (comma-separated) instead of a
+    /// state directory.
+    #[arg(long)]
+    pub etcd: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

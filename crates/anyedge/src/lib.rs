@@ -1,6 +1,7 @@
 //! anyedge as a library: the command line, a node's lifecycle (start, reload, drain), the admin
 //! listener, and the embedded demo. `main.rs` only dispatches here.
 
+pub mod acme;
 pub mod admin;
 pub mod certs;
 pub mod cli;

@@ -26,7 +26,7 @@ pub fn instances(args: &InstancesArgs) -> ExitCode {
 }
 
 /// Connect and run one command on a small runtime; an error is printed and exits 1.
-fn run<F, Fut>(etcd: &EtcdArgs, command: F) -> ExitCode
+pub(crate) fn run<F, Fut>(etcd: &EtcdArgs, command: F) -> ExitCode
 where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<(), CmdError>>,
@@ -62,7 +62,7 @@ where
 }
 
 /// A command's failure: etcd's (printed with the endpoints), or a message of its own.
-enum CmdError {
+pub(crate) enum CmdError {
     Etcd(etcd_client::Error),
     Other(String),
 }

@@ -32,6 +32,8 @@ pub enum StartError {
     Listeners(Vec<ListenError>),
     #[error("TLS set-up failed: {0}")]
     Tls(anyedge_edge::TlsSetupError),
+    #[error("ACME: {0}")]
+    Acme(String),
 }
 
 /// One running node.
@@ -45,8 +47,8 @@ pub struct Node {
     snapshot: Mutex<Arc<Snapshot>>,
     admin: Arc<AdminState>,
     admin_addr: SocketAddr,
-    /// Certificates for hostnames without a static one (`[acme] state_dir` set), on the
-    /// control runtime.
+    /// Certificates for hostnames without a static one (`[acme] state_dir` set, or `[acme]`
+    /// on the etcd store), on the control runtime.
     acme: Option<AcmeManager>,
 }
 
@@ -90,7 +92,14 @@ impl Node {
         }
         let health = HealthChecker::new(tokio::runtime::Handle::current(), metrics.clone());
         health.update(&snapshot);
-        let acme = start_acme(&config, &edge, &metrics);
+        let acme = match start_acme(&config, &edge, &metrics).await {
+            Ok(acme) => acme,
+            Err(e) => {
+                drain.start();
+                edge.stop_accepting();
+                return Err(e);
+            }
+        };
         metrics
             .node
             .config_generation
@@ -214,15 +223,22 @@ impl Node {
     }
 }
 
-/// The ACME task, when `[acme] state_dir` is set, with the hostnames of `config` that need a
-/// certificate.
-fn start_acme(config: &Config, edge: &Edge, metrics: &Arc<Metrics>) -> Option<AcmeManager> {
+/// The ACME task, when `[acme] state_dir` is set (or `[acme]` on the etcd store), with the
+/// hostnames of `config` that need a certificate.
+async fn start_acme(
+    config: &Config,
+    edge: &Edge,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<AcmeManager>, StartError> {
     let wanted = wanted_hostnames(config, &edge.static_certs());
-    let Some(settings) = AcmeSettings::from_config(&config.acme) else {
+    let Some(storage) =
+        crate::acme::storage(config, edge.challenges()).map_err(StartError::Acme)?
+    else {
         warn_no_acme(&wanted);
-        return None;
+        return Ok(None);
     };
-    tracing::info!(directory = %config.acme.directory, state_dir = %settings.state_dir.display(), hostnames = wanted.len(), "ACME enabled");
+    let settings = AcmeSettings::from_config(&config.acme);
+    tracing::info!(directory = %config.acme.directory, storage = %storage.store.describe(), hostnames = wanted.len(), "ACME enabled");
     let tls_443 = config
         .apps
         .iter()
@@ -234,19 +250,21 @@ fn start_acme(config: &Config, edge: &Edge, metrics: &Arc<Metrics>) -> Option<Ac
     }
     let acme = AcmeManager::start(
         settings,
+        storage,
         edge.dynamic_certs().clone(),
         edge.challenges().clone(),
         metrics.clone(),
         wanted,
         &tokio::runtime::Handle::current(),
-    );
-    Some(acme)
+    )
+    .await;
+    Ok(Some(acme))
 }
 
 fn warn_no_acme(wanted: &BTreeSet<String>) {
     if !wanted.is_empty() {
         let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
-        tracing::warn!(hostnames = %names.join(", "), "no certificate for these TLS hostnames and ACME is off (set [acme] state_dir): their handshakes fail");
+        tracing::warn!(hostnames = %names.join(", "), "no certificate for these TLS hostnames and ACME is off (set [acme] state_dir, or [acme] on the etcd store): their handshakes fail");
     }
 }
 

@@ -1,5 +1,6 @@
-//! `anyedge certs cluster-ca` and `anyedge certs node`: the files, their modes, no overwriting,
-//! and a node certificate that verifies against the CA as server and as client.
+//! `anyedge certs cluster-ca`, `anyedge certs node` and `anyedge certs secret-key`: the files,
+//! their modes, no overwriting, and a node certificate that verifies against the CA as server
+//! and as client.
 
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
@@ -83,4 +84,35 @@ fn a_node_certificate_from_the_cli_verifies_against_the_cluster_ca() {
     client
         .verify_client_cert(&leaf, &[], now)
         .expect("valid as client");
+}
+
+#[test]
+fn a_secret_key_from_the_cli_is_private_loads_and_is_never_overwritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cluster.secret");
+    let out = anyedge(&[
+        "certs",
+        "secret-key",
+        "--out",
+        path.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&path), 0o600);
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert_eq!(text.trim().len(), 64, "{text}");
+    assert!(text.trim().chars().all(|c| c.is_ascii_hexdigit()), "{text}");
+    anyedge_tls::acme::SecretKey::load(&path).expect("a usable key");
+
+    let again = anyedge(&[
+        "certs",
+        "secret-key",
+        "--out",
+        path.to_str().expect("utf-8"),
+    ]);
+    assert!(!again.status.success());
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
 }

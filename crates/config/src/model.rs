@@ -105,6 +105,9 @@ pub struct ClusterTls {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acme {
+    /// The file has an `[acme]` section. With the etcd store that turns ACME on (state in
+    /// etcd, `[catalog] secret_key_file` required); a single node needs `state_dir`.
+    pub enabled: bool,
     pub directory: String,
     pub contact: Vec<String>,
     pub ca_roots: Option<PathBuf>,
@@ -117,6 +120,7 @@ pub struct Acme {
 impl Default for Acme {
     fn default() -> Self {
         Acme {
+            enabled: false,
             directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
             contact: Vec::new(),
             ca_roots: None,

@@ -87,6 +87,15 @@ pub(crate) fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Con
             }
             item => apps::apps(item, &scope, r),
         };
+        let acme = sections::acme(root, base, r);
+        if let CatalogConfig::Etcd(cfg) = &catalog {
+            if acme.enabled && cfg.secret_key_file.is_none() {
+                r.error(
+                    "catalog.store",
+                    "[acme] with store = \"etcd\" keeps private keys in etcd, sealed with the cluster secret key: set secret_key_file (32 bytes, e.g. `anyedge certs secret-key --out FILE`)",
+                );
+            }
+        }
         Config {
             admin: sections::admin(root, r),
             limits: sections::limits(root, r),
@@ -94,7 +103,7 @@ pub(crate) fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Con
             regions: sections::regions(root, r),
             cluster,
             peers,
-            acme: sections::acme(root, base, r),
+            acme,
             local_instances: instances::local(root.get("instances"), &node.region, etcd, r),
             node,
             catalog,

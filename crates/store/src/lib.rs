@@ -4,10 +4,12 @@
 //! decoding and encoding ([`values`]), and the catalog's key/value state with the diff of two
 //! listings and the assembly of a [`Config`](anyedge_config::Config) ([`state`]). The I/O parts
 //! talk to etcd: the connection ([`client`]), the listing and watch loop that feeds a node
-//! ([`sync`]) and the worker's registration under its lease ([`register`]).
+//! ([`sync`]), the worker's registration under its lease ([`register`]) and the cluster's
+//! ACME state ([`acme`]).
 //!
 //! Kept out of `anyedge-catalog`, which stays free of I/O (and of etcd-client's dependencies).
 
+pub mod acme;
 pub mod client;
 pub mod keys;
 pub mod register;
@@ -15,6 +17,7 @@ pub mod state;
 pub mod sync;
 pub mod values;
 
+pub use acme::EtcdCertStorage;
 pub use client::{connect, StoreError};
 pub use keys::{Key, Keys};
 pub use register::Registration;

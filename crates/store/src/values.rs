@@ -52,7 +52,7 @@ pub struct NodeValue {
     pub advertise: Option<String>,
 }
 
-fn schema_of(v: &Value) -> Result<u32, DecodeError> {
+pub(crate) fn schema_of(v: &Value) -> Result<u32, DecodeError> {
     v.get("schema")
         .and_then(Value::as_u64)
         .filter(|s| *s >= 1)

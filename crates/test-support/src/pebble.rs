@@ -27,6 +27,8 @@ pub struct Pebble {
     pub issuer_root: String,
     pebble: Child,
     challtestsrv: Child,
+    /// challtestsrv's management port (DNS records are set there).
+    dns_management: u16,
     /// The CA of Pebble's own HTTPS certificate (kept for its directory).
     _https: crate::pki::Pki,
 }
@@ -96,6 +98,7 @@ impl Pebble {
             dir,
             pebble,
             challtestsrv,
+            dns_management,
             _https: https,
         };
         let management = SocketAddr::from((Ipv4Addr::LOCALHOST, management));
@@ -117,6 +120,27 @@ impl Pebble {
         )
         .await;
         this
+    }
+
+    /// Make `host` resolve to `ip` (instead of the default 127.0.0.1) for Pebble's validation
+    /// connections, through challtestsrv's management API.
+    pub async fn set_address(&self, host: &str, ip: Ipv4Addr) {
+        let body = serde_json::json!({ "host": format!("{host}."), "addresses": [ip.to_string()] })
+            .to_string();
+        let request = format!(
+            "POST /add-a HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.dns_management))
+            .await
+            .expect("challtestsrv management");
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.expect("read");
+        assert!(
+            answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+            "{answer}"
+        );
     }
 
     /// Pebble's log so far (for a failing test's message).

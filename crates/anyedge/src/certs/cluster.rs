@@ -14,6 +14,7 @@ pub fn run(command: &CertsCommand) -> ExitCode {
     let result = match command {
         CertsCommand::ClusterCa { out } => cluster_ca_files(out),
         CertsCommand::Node { ca, id, out } => node_files(ca, id, out),
+        CertsCommand::SecretKey { out } => secret_key_file(out),
         CertsCommand::List(_) => Err("not a cluster certificate command".to_string()),
     };
     match result {
@@ -33,6 +34,12 @@ pub fn run(command: &CertsCommand) -> ExitCode {
 fn cluster_ca_files(out: &Path) -> Result<Vec<PathBuf>, String> {
     let ca = cluster_ca::new_ca().map_err(|e| e.to_string())?;
     write_pair(out, "cluster-ca", &ca)
+}
+
+fn secret_key_file(out: &Path) -> Result<Vec<PathBuf>, String> {
+    let hex = anyedge_tls::acme::SecretKey::generate_hex().map_err(|e| e.to_string())?;
+    write_new(out, &hex, 0o600)?;
+    Ok(vec![out.to_path_buf()])
 }
 
 fn node_files(ca_dir: &Path, id: &str, out: &Path) -> Result<Vec<PathBuf>, String> {

@@ -252,7 +252,10 @@ pub(super) fn cluster(root: &Table, base: Option<&Path>, r: &mut Report<'_>) -> 
 
 pub(super) fn acme(root: &Table, base: Option<&Path>, r: &mut Report<'_>) -> Acme {
     let f: AcmeFile = section(root, "acme", r).unwrap_or_default();
-    let mut acme = Acme::default();
+    let mut acme = Acme {
+        enabled: root.contains_key("acme"),
+        ..Acme::default()
+    };
     if let Some(dir) = f.directory {
         if !(dir.starts_with("https://") || dir.starts_with("http://")) {
             r.error(

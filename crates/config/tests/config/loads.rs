@@ -207,6 +207,7 @@ fn full_design_shaped_toml_maps_every_field() {
     assert_eq!(
         c.acme,
         Acme {
+            enabled: true,
             directory: "https://acme-staging-v02.api.letsencrypt.org/directory".into(),
             contact: vec![
                 "mailto:ops@example.com".into(),

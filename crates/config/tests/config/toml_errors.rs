@@ -496,6 +496,16 @@ fn etcd_endpoint_not_a_url() {
 }
 
 #[test]
+fn acme_on_the_etcd_store_needs_the_secret_key() {
+    one(
+        "[catalog]\nstore = \"etcd\"\netcd_endpoints = [\"http://e:2379\"]\n[acme]\ncontact = \"mailto:a@b.c\"\n",
+        "catalog.store",
+        "store",
+        "[acme] with store = \"etcd\" keeps private keys in etcd, sealed with the cluster secret key: set secret_key_file",
+    );
+}
+
+#[test]
 fn etcd_cert_without_key() {
     one(
         "[catalog]\nstore = \"etcd\"\netcd_endpoints = [\"http://e:2379\"]\netcd_cert = \"c.pem\"\n",

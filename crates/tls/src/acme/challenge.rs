@@ -1,6 +1,7 @@
 //! TLS-ALPN-01 (RFC 8737): the challenge certificates of pending orders, by hostname, for the
 //! edge's `acme-tls/1` server config.
 
+use super::storage::ChallengePem;
 use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -70,13 +71,30 @@ pub fn challenge_cert(
     hostname: &str,
     digest: &[u8],
 ) -> Result<Arc<CertifiedKey>, ChallengeCertError> {
+    Ok(challenge_cert_parts(hostname, digest)?.0)
+}
+
+/// [`challenge_cert`], with the certificate and key in DER for publishing to other edges.
+pub fn challenge_cert_parts(
+    hostname: &str,
+    digest: &[u8],
+) -> Result<(Arc<CertifiedKey>, ChallengePem), ChallengeCertError> {
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()])?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key)?;
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let parts = ChallengePem {
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
+    };
+    Ok((challenge_key(&parts)?, parts))
+}
+
+/// The served form of a challenge certificate published by another edge.
+pub fn challenge_key(parts: &ChallengePem) -> Result<Arc<CertifiedKey>, rustls::Error> {
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(parts.key_der.clone()));
     let signing_key = crate::provider().key_provider.load_private_key(key_der)?;
-    let chain = vec![CertificateDer::from(cert.der().to_vec())];
+    let chain = vec![CertificateDer::from(parts.cert_der.clone())];
     Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
 }
 

@@ -1,51 +1,66 @@
-//! The task that keeps every wanted hostname supplied with a certificate: load what the state
-//! directory holds, order what is missing, renew what is due, back off after failures, and
-//! put each new chain into [`DynamicCerts`] the moment it arrives.
+//! The task that keeps every wanted hostname supplied with a certificate: load what the storage
+//! holds, order what is missing, renew what is due, back off after failures, and put each new
+//! chain into [`DynamicCerts`] the moment it arrives. In a cluster only the holder of a
+//! hostname's lock orders; the others take the stored result (told by the storage's change
+//! feed, or found when they next try).
 
 use super::challenge::Challenges;
-use super::order::{self, AccountSettings, OrderError};
+use super::order::{self, AccountSettings, ChallengeSink, OrderError};
 use super::plan::{renew_at, unix, unix_secs, Backoff};
-use super::state::{StateDir, Status, StoredCert};
+use super::state::{Status, StoredCert};
+use super::storage::{CertStorage, Locking};
 use crate::certs::parse_key_pair;
 use crate::resolver::DynamicCerts;
 use anyedge_telemetry::Metrics;
 use rustls::sign::CertifiedKey;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// An order that takes longer than this is abandoned and counts as a failure.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest single sleep, so that a jump of the wall clock is noticed within the hour.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// How soon a node that found another holding a hostname's lock looks again (the change feed
+/// usually brings the result sooner).
+const LOCK_RETRY: Duration = Duration::from_secs(2);
+/// How soon a node that could not reach the storage to take a lock tries again.
+const STORAGE_RETRY: Duration = Duration::from_secs(10);
+/// How long a starting node waits for its stored certificates (etcd may be away); the rest
+/// are loaded by the task.
+const FIRST_LOAD: Duration = Duration::from_secs(5);
 
 /// What the ACME task needs from the config.
 #[derive(Debug, Clone)]
 pub struct AcmeSettings {
     pub account: AccountSettings,
-    pub state_dir: PathBuf,
     pub backoff: Backoff,
 }
 
 impl AcmeSettings {
-    /// `None` when `[acme] state_dir` is not set: a single node then does not issue.
-    pub fn from_config(acme: &anyedge_config::Acme) -> Option<AcmeSettings> {
-        Some(AcmeSettings {
+    pub fn from_config(acme: &anyedge_config::Acme) -> AcmeSettings {
+        AcmeSettings {
             account: AccountSettings {
                 directory: acme.directory.clone(),
                 contact: acme.contact.clone(),
                 ca_roots: acme.ca_roots.clone(),
             },
-            state_dir: acme.state_dir.clone()?,
             backoff: Backoff {
                 min: acme.retry_min,
                 max: acme.retry_max,
             },
-        })
+        }
     }
+}
+
+/// Where the task keeps its state, and (a cluster) the hostnames whose stored certificate
+/// another node changed.
+#[derive(Debug)]
+pub struct Storage {
+    pub store: Arc<dyn CertStorage>,
+    pub changed: Option<mpsc::UnboundedReceiver<String>>,
 }
 
 /// The running ACME task of a node. Dropping it stops the task.
@@ -60,9 +75,10 @@ pub struct AcmeManager {
 impl AcmeManager {
     /// Serve the stored certificates of `hostnames` (before returning: a node serves them from
     /// its first connection), then start the task that orders and renews on `runtime` (the
-    /// node's control runtime). Reads the state directory: call it where blocking is fine.
-    pub fn start(
+    /// node's control runtime). Reads a state directory: call it where blocking is fine.
+    pub async fn start(
         settings: AcmeSettings,
+        storage: Storage,
         dynamic: Arc<DynamicCerts>,
         challenges: Arc<Challenges>,
         metrics: Arc<Metrics>,
@@ -70,7 +86,7 @@ impl AcmeManager {
         runtime: &tokio::runtime::Handle,
     ) -> AcmeManager {
         let mut driver = Driver {
-            state: StateDir::new(&settings.state_dir),
+            state: storage.store,
             settings,
             dynamic: dynamic.clone(),
             challenges: challenges.clone(),
@@ -79,9 +95,14 @@ impl AcmeManager {
             fresh_account: false,
             hosts: BTreeMap::new(),
         };
-        driver.sync(&hostnames);
+        if tokio::time::timeout(FIRST_LOAD, driver.sync(&hostnames))
+            .await
+            .is_err()
+        {
+            tracing::warn!(storage = %driver.state.describe(), "stored certificates not all loaded in {FIRST_LOAD:?}: the rest follow");
+        }
         let (wanted, rx) = watch::channel(hostnames);
-        let task = runtime.spawn(driver.run(rx));
+        let task = runtime.spawn(driver.run(rx, storage.changed));
         AcmeManager {
             wanted,
             task,
@@ -130,7 +151,7 @@ struct Host {
 
 struct Driver {
     settings: AcmeSettings,
-    state: StateDir,
+    state: Arc<dyn CertStorage>,
     dynamic: Arc<DynamicCerts>,
     challenges: Arc<Challenges>,
     metrics: Arc<Metrics>,
@@ -142,10 +163,14 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut wanted: watch::Receiver<BTreeSet<String>>) {
+    async fn run(
+        mut self,
+        mut wanted: watch::Receiver<BTreeSet<String>>,
+        mut changed: Option<mpsc::UnboundedReceiver<String>>,
+    ) {
         loop {
             let names = wanted.borrow_and_update().clone();
-            self.sync(&names);
+            self.sync(&names).await;
             let now = SystemTime::now();
             let next = self.hosts.iter().min_by_key(|(_, h)| h.due);
             if let Some((name, host)) = next {
@@ -161,13 +186,53 @@ impl Driver {
                 .min(MAX_SLEEP);
             tokio::select! {
                 changed = wanted.changed() => if changed.is_err() { return },
+                name = next_change(&mut changed) => match name {
+                    Some(name) if self.hosts.contains_key(&name) => {
+                        self.adopt_stored(&name).await;
+                    }
+                    Some(_) => {}
+                    None => changed = None,
+                },
                 () = tokio::time::sleep(wait) => {}
             }
         }
     }
 
+    /// Serve the stored certificate of `name` if it is newer than the one serving (another
+    /// node issued it). True when it is good until its renewal time: nothing to order now.
+    async fn adopt_stored(&mut self, name: &str) -> bool {
+        let stored = match self.state.read_cert(name).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(hostname = %name, error = %e, "cannot read the stored certificate");
+                return false;
+            }
+        };
+        let Ok((key, info)) = Self::parse(&stored) else {
+            return false;
+        };
+        let now = SystemTime::now();
+        let Some(host) = self.hosts.get_mut(name) else {
+            return false;
+        };
+        if unix(info.not_after) <= now || host.not_after.is_some_and(|n| n >= info.not_after) {
+            return false;
+        }
+        let renew = renew_at(info.not_before, info.not_after);
+        tracing::info!(hostname = %name, not_after = info.not_after, serial = %info.serial, "stored certificate taken (issued elsewhere)");
+        host.not_after = Some(info.not_after);
+        host.failures = 0;
+        if renew > now {
+            host.due = renew;
+        }
+        self.publish_expiries();
+        self.dynamic.insert(name, key);
+        renew > now
+    }
+
     /// Follow the wanted set: forget (and stop serving) removed names, load added ones.
-    fn sync(&mut self, wanted: &BTreeSet<String>) {
+    async fn sync(&mut self, wanted: &BTreeSet<String>) {
         let removed: Vec<String> = self
             .hosts
             .keys()
@@ -183,7 +248,7 @@ impl Driver {
         let mut added = false;
         for name in wanted {
             if !self.hosts.contains_key(name) {
-                let host = self.load(name);
+                let host = self.load(name).await;
                 self.hosts.insert(name.clone(), host);
                 added = true;
             }
@@ -194,14 +259,14 @@ impl Driver {
     }
 
     /// A hostname's stored certificate (served at once while valid) and its pending backoff.
-    fn load(&self, name: &str) -> Host {
+    async fn load(&self, name: &str) -> Host {
         let now = SystemTime::now();
         let mut host = Host {
             due: now,
             failures: 0,
             not_after: None,
         };
-        match self.state.read_cert(name) {
+        match self.state.read_cert(name).await {
             Ok(Some(stored)) => match Self::parse(&stored) {
                 Ok((key, info)) if unix(info.not_after) > now => {
                     self.dynamic.insert(name, key);
@@ -226,7 +291,7 @@ impl Driver {
             failures,
             next_attempt,
             ..
-        })) = self.state.read_status(name)
+        })) = self.state.read_status(name).await
         {
             host.failures = failures;
             host.due = host.due.max(unix(next_attempt));
@@ -250,15 +315,41 @@ impl Driver {
 
     /// One order for `name`, then its outcome recorded, served and scheduled.
     async fn attempt(&mut self, name: &str, wanted: &watch::Receiver<BTreeSet<String>>) {
+        // Another node may have stored a newer certificate meanwhile.
+        if self.adopt_stored(name).await {
+            return;
+        }
+        let lock = match self.state.lock(name).await {
+            Ok(Locking::Won(lock)) => lock,
+            Ok(Locking::Busy { holder }) => {
+                tracing::debug!(hostname = %name, holder = %holder, "another node is ordering this hostname");
+                if let Some(host) = self.hosts.get_mut(name) {
+                    host.due = SystemTime::now() + LOCK_RETRY;
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(hostname = %name, error = %e, retry_in = ?STORAGE_RETRY, "cannot take the issuance lock");
+                if let Some(host) = self.hosts.get_mut(name) {
+                    host.due = SystemTime::now() + STORAGE_RETRY;
+                }
+                return;
+            }
+        };
+        // The winner checks again: the previous holder may have stored one just before
+        // releasing the lock (PITFALLS.md, etcd).
+        if self.adopt_stored(name).await {
+            return;
+        }
         let renewing = self.hosts.get(name).is_some_and(|h| h.not_after.is_some());
         let retrying = self.hosts.get(name).is_some_and(|h| h.failures > 0);
         // A retry leaves the failing status (and its error) in place until it ends.
         if !renewing && !retrying {
             let since = unix_secs(SystemTime::now());
-            self.write_status(name, &Status::Pending { since });
+            self.write_status(name, &Status::Pending { since }).await;
         }
         tracing::info!(hostname = %name, renewing, "ordering a certificate");
-        let result = match tokio::time::timeout(ORDER_TIMEOUT, self.order(name)).await {
+        let result = match tokio::time::timeout(ORDER_TIMEOUT, self.order(name, &lock)).await {
             Ok(result) => result,
             Err(_) => Err(OrderError::Timeout(ORDER_TIMEOUT)),
         };
@@ -268,33 +359,45 @@ impl Driver {
         }
         match result.and_then(|stored| Ok((Self::parse(&stored)?, stored))) {
             Ok(((key, info), stored)) => {
-                if let Err(e) = self.state.write_cert(name, &stored) {
-                    tracing::error!(hostname = %name, error = %e, dir = %self.state.root().display(), "certificate issued but not stored: served until a restart");
+                if let Err(e) = self.state.write_cert(name, &stored).await {
+                    tracing::error!(hostname = %name, error = %e, storage = %self.state.describe(), "certificate issued but not stored: served until a restart");
                 }
-                self.succeeded(name, &info);
+                self.succeeded(name, &info).await;
                 self.publish_expiries();
                 // Last, so that whoever sees the new certificate also sees it recorded. The
                 // swap is atomic: a handshake gets the old certificate or the new one.
                 self.dynamic.insert(name, key);
             }
-            Err(e) => self.failed(name, &e),
+            Err(e) => self.failed(name, &e).await,
         }
+        // The lock goes only now, after the certificate (or the failing status) is stored.
+        drop(lock);
     }
 
-    async fn order(&mut self, name: &str) -> Result<StoredCert, OrderError> {
+    async fn order(
+        &mut self,
+        name: &str,
+        lock: &super::storage::IssuerLock,
+    ) -> Result<StoredCert, OrderError> {
         let account = match &self.account {
             Some(account) => account.clone(),
             None => {
                 let fresh = std::mem::take(&mut self.fresh_account);
-                let account = order::account(&self.settings.account, &self.state, fresh).await?;
+                let account =
+                    order::account(&self.settings.account, self.state.as_ref(), fresh).await?;
                 self.account = Some(account.clone());
                 account
             }
         };
-        order::issue(&account, name, &self.challenges).await
+        let sink = ChallengeSink {
+            local: &self.challenges,
+            storage: self.state.as_ref(),
+            lock,
+        };
+        order::issue(&account, name, &sink).await
     }
 
-    fn succeeded(&mut self, name: &str, info: &CertInfo) {
+    async fn succeeded(&mut self, name: &str, info: &CertInfo) {
         // Never order again sooner than `retry_min` after a success, whatever the certificate
         // says (a CA issuing nearly expired certificates must not make this loop).
         let due = renew_at(info.not_before, info.not_after)
@@ -314,14 +417,15 @@ impl Driver {
                 issuer: info.issuer.clone(),
                 serial: info.serial.clone(),
             },
-        );
+        )
+        .await;
         self.metrics
             .node
             .acme_orders_ok
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    fn failed(&mut self, name: &str, error: &OrderError) {
+    async fn failed(&mut self, name: &str, error: &OrderError) {
         self.account = None;
         if error.account_is_gone() {
             tracing::warn!("the CA does not know the stored ACME account: a new one will be made");
@@ -341,16 +445,16 @@ impl Driver {
             next_attempt: unix_secs(host.due),
             not_after: host.not_after,
         };
-        self.write_status(name, &status);
+        self.write_status(name, &status).await;
         self.metrics
             .node
             .acme_orders_error
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    fn write_status(&self, name: &str, status: &Status) {
-        if let Err(e) = self.state.write_status(name, status) {
-            tracing::warn!(hostname = %name, error = %e, dir = %self.state.root().display(), "cannot write the issuance status");
+    async fn write_status(&self, name: &str, status: &Status) {
+        if let Err(e) = self.state.write_status(name, status).await {
+            tracing::warn!(hostname = %name, error = %e, storage = %self.state.describe(), "cannot write the issuance status");
         }
     }
 
@@ -361,6 +465,14 @@ impl Driver {
             .filter_map(|(name, h)| Some((name.clone(), h.not_after?)))
             .collect();
         self.metrics.set_issued_cert_expiries(expiries);
+    }
+}
+
+/// The next hostname from the change feed; never without one.
+async fn next_change(changed: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match changed {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,8 +1,9 @@
 //! One ACME order for one hostname, with instant-acme: create (or restore) the account, order,
 //! answer TLS-ALPN-01 through [`Challenges`], finalize, download the chain.
 
-use super::challenge::{challenge_cert, ChallengeCertError, Challenges};
-use super::state::{StateDir, StoredCert};
+use super::challenge::{challenge_cert_parts, ChallengeCertError, Challenges};
+use super::state::StoredCert;
+use super::storage::{CertStorage, IssuerLock};
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
     RetryPolicy,
@@ -35,7 +36,7 @@ pub enum OrderError {
     },
     #[error(transparent)]
     ChallengeCert(#[from] ChallengeCertError),
-    #[error("state directory: {0}")]
+    #[error("certificate storage: {0}")]
     State(#[from] std::io::Error),
     #[error("stored account is unreadable: {0}")]
     StoredAccount(serde_json::Error),
@@ -73,17 +74,26 @@ pub struct AccountSettings {
 }
 
 /// The account stored in `state` for this directory (unless `fresh`), or a new one (then
-/// stored, mode 0600).
+/// stored: mode 0600 in a state directory, sealed in etcd).
 pub async fn account(
     settings: &AccountSettings,
-    state: &StateDir,
+    state: &dyn CertStorage,
     fresh: bool,
 ) -> Result<Account, OrderError> {
     let builder = || match &settings.ca_roots {
         Some(pem) => Account::builder_with_root(pem).map_err(acme("trust roots")),
         None => Account::builder().map_err(acme("HTTP client")),
     };
-    if let Some(json) = state.read_account()?.filter(|_| !fresh) {
+    let stored = match state.read_account().await {
+        Ok(stored) => stored,
+        // Sealed with another secret key, or damaged: a new account is made and stored.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::warn!(error = %e, "the stored ACME account cannot be read: creating a new one");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(json) = stored.filter(|_| !fresh) {
         let stored: serde_json::Value =
             serde_json::from_str(&json).map_err(OrderError::StoredAccount)?;
         if stored.get("directory").and_then(|d| d.as_str()) == Some(settings.directory.as_str()) {
@@ -106,7 +116,7 @@ pub async fn account(
         .await
         .map_err(acme("creating the account"))?;
     let json = serde_json::to_string(&credentials).map_err(OrderError::StoredAccount)?;
-    state.write_account(&json)?;
+    state.write_account(&json).await?;
     tracing::info!(id = account.id(), "ACME account created");
     Ok(account)
 }
@@ -123,13 +133,35 @@ impl Drop for PendingChallenge<'_> {
     }
 }
 
+/// Where an order puts its challenge: this edge's map, and the storage that tells the other
+/// edges (under the issuer's lock).
+pub struct ChallengeSink<'a> {
+    pub local: &'a Challenges,
+    pub storage: &'a dyn CertStorage,
+    pub lock: &'a IssuerLock,
+}
+
 /// Order a certificate for `hostname`, answering its TLS-ALPN-01 challenge through
-/// `challenges` (the edge serves them on its TLS ports).
+/// `sink` (every edge serves the challenges on its TLS ports). The published challenge is
+/// withdrawn when the order ends, however it ends.
 pub async fn issue(
     account: &Account,
     hostname: &str,
-    challenges: &Challenges,
+    sink: &ChallengeSink<'_>,
 ) -> Result<StoredCert, OrderError> {
+    let result = issue_inner(account, hostname, sink).await;
+    if let Err(e) = sink.storage.withdraw_challenge(hostname).await {
+        tracing::warn!(hostname, error = %e, "cannot withdraw the published challenge (its lease ends it)");
+    }
+    result
+}
+
+async fn issue_inner(
+    account: &Account,
+    hostname: &str,
+    sink: &ChallengeSink<'_>,
+) -> Result<StoredCert, OrderError> {
+    let challenges = sink.local;
     let identifiers = [Identifier::Dns(hostname.to_string())];
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))
@@ -158,7 +190,11 @@ pub async fn issue(
             }
         })?;
         let digest = challenge.key_authorization().digest();
-        challenges.insert(hostname, challenge_cert(hostname, digest.as_ref())?);
+        let (key, parts) = challenge_cert_parts(hostname, digest.as_ref())?;
+        challenges.insert(hostname, key);
+        sink.storage
+            .publish_challenge(sink.lock, hostname, &parts)
+            .await?;
         challenge
             .set_ready()
             .await
