@@ -354,6 +354,16 @@ pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
 }
 
 async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handle>) -> ExitCode {
+    // First of all: a SIGHUP while the node starts (the catalog's first listing may take
+    // seconds) must not end the process, as its default action would.
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
     let mut base = Arc::new(config);
     let mut feed = EtcdFeed::start(&base).await;
     let first = match feed.as_mut() {
@@ -374,14 +384,6 @@ async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handl
     if let Some(f) = &feed {
         node.set_catalog_status(f.status());
     }
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return ExitCode::FAILURE;
-    };
     let mut changes = crate::watch::FileWatch::new(&args.config);
     loop {
         tokio::select! {
