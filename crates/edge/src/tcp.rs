@@ -53,7 +53,7 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
                 open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut client = conn.client;
                 let metrics = &conn.route.metrics;
-                match tokio::io::copy_bidirectional(&mut client, &mut *tunnel).await {
+                match crate::backhaul::tcp::relay(&mut client, &mut *tunnel).await {
                     Ok((up, down)) => {
                         metrics.add_bytes(anyedge_telemetry::Direction::In, up);
                         metrics.add_bytes(anyedge_telemetry::Direction::Out, down);
