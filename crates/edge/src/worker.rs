@@ -25,25 +25,41 @@ const MAX_STREAMS: u32 = 8192;
 
 type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// The running backhaul listener.
+/// The running backhaul listener: one socket per shard on the same address (`SO_REUSEPORT`),
+/// each accepting on its shard's runtime, so backhaul is served by every core like the apps'
+/// ports are.
 pub(crate) struct BackhaulListener {
     pub addr: SocketAddr,
     pub bound: SocketAddr,
-    _stop: oneshot::Sender<()>,
+    _stop: Vec<oneshot::Sender<()>>,
 }
 
 /// Listen on `addr` for edges.
 pub(crate) fn start(addr: SocketAddr, shared: &Arc<Shared>) -> std::io::Result<BackhaulListener> {
-    let std = crate::listeners::bind_one(addr, false)?;
-    let bound = std.local_addr()?;
-    let listener = TcpListener::from_std(std)?;
-    let (stop, stopped) = oneshot::channel();
-    tokio::spawn(accept_loop(listener, stopped, shared.clone()));
+    let first = crate::listeners::bind_one(addr, false)?;
+    let bound = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..shared.shards.len() {
+        // Port 0 was resolved by the first bind: the others join it.
+        sockets.push(crate::listeners::bind_one(bound, false)?);
+    }
+    let mut stops = Vec::with_capacity(sockets.len());
+    for (socket, shard) in sockets.into_iter().zip(&shared.shards) {
+        let (stop, stopped) = oneshot::channel();
+        let shared = shared.clone();
+        shard.spawn(async move {
+            match TcpListener::from_std(socket) {
+                Ok(l) => accept_loop(l, stopped, shared).await,
+                Err(e) => tracing::error!(error = %e, "cannot register the backhaul listener"),
+            }
+        });
+        stops.push(stop);
+    }
     tracing::info!(%bound, "backhaul listening");
     Ok(BackhaulListener {
         addr,
         bound,
-        _stop: stop,
+        _stop: stops,
     })
 }
 
