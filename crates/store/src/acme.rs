@@ -10,6 +10,7 @@
 //! | `acme/status/<host>` | none | `{"schema":1,"status":{"state":"pending"\|"valid"\|"failing",...}}` |
 //! | `acme/locks/<host>` | the holder's lock lease (10 s) | `{"schema":1,"node":"<id>","since":UNIX}` |
 //! | `acme/challenges/<host>` | the same lease | `{"schema":1,"cert_der":"BASE64","key":SEALED}` |
+//! | `acme/challenge-acks/<host>/<node>` | the challenge's lease | `{"schema":1,"revision":N}`: node has installed the challenge of revision N |
 
 use crate::client::connect;
 use crate::keys::Keys;
@@ -34,9 +35,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The lock's lease: a holder that dies releases it within this long.
 pub const LOCK_TTL: Duration = Duration::from_secs(10);
-/// How long a published challenge is given to reach every edge's watch before the CA is told
-/// to validate (a watch event on one etcd takes milliseconds).
-const CHALLENGE_SETTLE: Duration = Duration::from_millis(500);
+/// How long the issuer waits for every registered node to acknowledge a published challenge
+/// before it tells the CA to validate anyway (a node without `[acme]` never acknowledges).
+const CHALLENGE_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+const CHALLENGE_ACK_POLL: Duration = Duration::from_millis(25);
 const RECONNECT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,6 +65,12 @@ struct LockValue {
     schema: u32,
     node: String,
     since: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AckValue {
+    schema: u32,
+    revision: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -128,6 +136,13 @@ impl AcmeKeys {
     }
     pub fn challenge(&self, host: &str) -> String {
         format!("{}{host}", self.challenges())
+    }
+    /// Where nodes acknowledge the challenge of `host`, one key each.
+    pub fn challenge_acks(&self, host: &str) -> String {
+        format!("{}acme/challenge-acks/{host}/", self.prefix)
+    }
+    pub fn nodes(&self) -> String {
+        format!("{}nodes/", self.prefix)
     }
 }
 
@@ -255,6 +270,8 @@ impl EtcdCertStorage {
         let mut seen = BTreeSet::new();
         for kv in listing.kvs() {
             if let Some(host) = self.on_put(kv.key(), kv.value(), challenges, tx) {
+                self.ack(&mut client, &host, kv.mod_revision(), kv.lease())
+                    .await;
                 seen.insert(host);
             }
         }
@@ -288,6 +305,8 @@ impl EtcdCertStorage {
                 match event.event_type() {
                     EventType::Put => {
                         if let Some(host) = self.on_put(kv.key(), kv.value(), challenges, tx) {
+                            self.ack(&mut client, &host, kv.mod_revision(), kv.lease())
+                                .await;
                             ours.insert(host);
                         }
                     }
@@ -300,6 +319,72 @@ impl EtcdCertStorage {
                 }
             }
         }
+    }
+
+    /// Tell the issuer this node answers the challenge of `host` (revision `revision`) now:
+    /// under the challenge's own lease, so acknowledgements go with it.
+    async fn ack(&self, client: &mut Client, host: &str, revision: i64, lease: i64) {
+        let key = format!("{}{}", self.keys.challenge_acks(host), self.node);
+        let value = encode(&AckValue {
+            schema: SCHEMA,
+            revision,
+        });
+        let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+        if let Err(e) = client.put(key, value, options).await {
+            tracing::info!(hostname = host, error = %e, "cannot acknowledge the published challenge");
+        }
+    }
+
+    /// After publishing the challenge of `host` at `revision`: wait until every registered
+    /// node has acknowledged it, or [`CHALLENGE_ACK_TIMEOUT`].
+    async fn await_acks(&self, host: &str, revision: i64) {
+        let deadline = tokio::time::Instant::now() + CHALLENGE_ACK_TIMEOUT;
+        let mut missing = Vec::new();
+        loop {
+            match self.unacknowledged(host, revision).await {
+                Ok(m) if m.is_empty() => {
+                    tracing::debug!(hostname = host, "every node answers the challenge");
+                    return;
+                }
+                Ok(m) => missing = m,
+                Err(e) => {
+                    tracing::debug!(hostname = host, error = %e, "cannot read acknowledgements")
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(hostname = host, missing = ?missing, "validating before every node acknowledged the challenge (a node without [acme] never does)");
+                return;
+            }
+            tokio::time::sleep(CHALLENGE_ACK_POLL).await;
+        }
+    }
+
+    /// The registered nodes that have not acknowledged the challenge of `host` at `revision`.
+    async fn unacknowledged(&self, host: &str, revision: i64) -> io::Result<Vec<String>> {
+        let mut client = self.client().await?;
+        let prefix = GetOptions::new().with_prefix().with_keys_only();
+        let nodes = client
+            .get(self.keys.nodes(), Some(prefix))
+            .await
+            .map_err(etcd)?;
+        let dir = self.keys.challenge_acks(host);
+        let acks = client
+            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd)?;
+        let acked: BTreeSet<&str> = acks
+            .kvs()
+            .iter()
+            .filter(|kv| decode::<AckValue>(kv.value()).is_ok_and(|a| a.revision == revision))
+            .filter_map(|kv| host_of(kv.key(), &dir))
+            .collect();
+        Ok(nodes
+            .kvs()
+            .iter()
+            .filter_map(|kv| host_of(kv.key(), &self.keys.nodes()))
+            .filter(|n| !acked.contains(n))
+            .map(str::to_string)
+            .collect())
     }
 
     /// A key was put: a challenge is installed (its hostname returned), a certificate's
@@ -525,8 +610,15 @@ impl CertStorage for EtcdCertStorage {
                 cert_der: B64.encode(&challenge.cert_der),
                 key: sealed,
             });
-            self.put(&key, value, lock.lease).await?;
-            tokio::time::sleep(CHALLENGE_SETTLE).await;
+            let options = lock.lease.map(|l| PutOptions::new().with_lease(l));
+            let put = self
+                .client()
+                .await?
+                .put(key.as_str(), value, options)
+                .await
+                .map_err(etcd)?;
+            let revision = put.header().map_or(0, |h| h.revision());
+            self.await_acks(host, revision).await;
             Ok(())
         })
     }

@@ -1,7 +1,7 @@
 //! ACME state in a real etcd: sealed values round-trip and do not open with another cluster's
 //! key; one node at a time holds a hostname's lock, released when dropped and lost when the
-//! holder dies (its lease runs out); a published challenge reaches another node's map and
-//! leaves it when withdrawn; a stored certificate is announced to the other nodes.
+//! holder dies (its lease runs out); a published challenge reaches another node's map, which
+//! acknowledges it before the issuer goes on, and leaves it when withdrawn; a stored certificate is announced to the other nodes.
 
 use anyedge_config::EtcdConfig;
 use anyedge_store::acme::LOCK_TTL;
@@ -145,13 +145,43 @@ async fn challenges_and_certificates_reach_the_other_nodes() {
 
     let (_, parts): (_, ChallengePem) =
         anyedge_tls::acme::challenge_cert_parts("a.test", &[3; 32]).expect("challenge");
+    // edge-b is a registered node: the issuer waits for its acknowledgement.
+    let mut client = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("etcd");
+    client
+        .put(
+            "/anyedge/nodes/edge-b",
+            r#"{"schema":1,"id":"edge-b","region":"x"}"#,
+            None,
+        )
+        .await
+        .expect("register edge-b");
     let held = won(lock(&a, "a.test").await);
+    let started = std::time::Instant::now();
     a.publish_challenge(&held, "a.test", &parts)
         .await
         .expect("publish");
-    // Publishing waits for the others to have it.
+    // Publishing waits until the others have it (acknowledged, well before the timeout).
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     let served = b_challenges.get("a.test").expect("installed on edge-b");
     assert_eq!(served.cert[0].as_ref(), parts.cert_der.as_slice());
+    let acks = client
+        .get(
+            "/anyedge/acme/challenge-acks/a.test/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("acks");
+    let keys: Vec<&[u8]> = acks.kvs().iter().map(|kv| kv.key()).collect();
+    assert_eq!(
+        keys,
+        [b"/anyedge/acme/challenge-acks/a.test/edge-b".as_slice()]
+    );
     a.withdraw_challenge("a.test").await.expect("withdraw");
     eventually("withdrawn on edge-b", Duration::from_secs(5), || {
         let c = b_challenges.clone();
@@ -159,10 +189,26 @@ async fn challenges_and_certificates_reach_the_other_nodes() {
     })
     .await;
 
+    // A registered node that never acknowledges (no [acme] there) delays validation by the
+    // bounded wait only.
+    client
+        .put(
+            "/anyedge/nodes/worker-z",
+            r#"{"schema":1,"id":"worker-z","region":"x"}"#,
+            None,
+        )
+        .await
+        .expect("register worker-z");
     // A challenge left behind by a holder goes with its lock's lease.
+    let started = std::time::Instant::now();
     a.publish_challenge(&held, "a.test", &parts)
         .await
         .expect("publish");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
     assert!(b_challenges.is_pending("a.test"));
     drop(held);
     eventually("gone with the lock", Duration::from_secs(5), || {
