@@ -216,3 +216,64 @@ async fn http_websocket_and_tcp_reach_a_worker_over_backhaul() {
         "{m}"
     );
 }
+
+/// A WebSocket whose first choice the worker refuses (the edge's catalog names an instance the
+/// worker does not run) is placed again and switches on another instance; the client sees
+/// only its 101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_switch_the_worker_refuses_is_placed_again() {
+    let pki = Pki::new();
+    let inst = HttpInstance::start("real", false).await;
+    let (http_port, backhaul) = (free_port(), free_port());
+    let app = format!(
+        "[[apps]]\nname = \"hello\"\nhostnames = [\"hello.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+    );
+    let worker = Node::start(&format!(
+        "[node]\nid = \"w1\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\n",
+        pki.cluster_section("w1"),
+        inst.addr,
+    ));
+    let edge = Node::start(&format!(
+        "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\nnode = \"w1\"\n[[apps.instances]]\nid = \"ghost\"\naddress = \"{}\"\nnode = \"w1\"\n",
+        pki.cluster_section("edge1"),
+        inst.addr,
+        inst.addr,
+    ));
+    worker.up().await;
+    edge.up().await;
+    use futures_util::{SinkExt, StreamExt};
+    let url = format!("ws://127.0.0.1:{http_port}/ws");
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .expect("request");
+    let h = req.headers_mut();
+    h.insert("host", http::HeaderValue::from_static("hello.test"));
+    h.insert(
+        "anyedge-prefer-instance-id",
+        http::HeaderValue::from_static("ghost"),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket");
+    assert_eq!(resp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("again"))
+        .await
+        .expect("send");
+    let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .expect("a message")
+        .expect("not an error");
+    assert_eq!(back.into_text().expect("text").as_str(), "again");
+    let m = edge.metrics().await;
+    let retried = metric(
+        &m,
+        "anyedge_retries_total{app=\"hello\",reason=\"worker_refused\"}",
+    );
+    assert!(retried >= 1.0, "{m}");
+    let refused = metric(
+        &worker.metrics().await,
+        "anyedge_backhaul_refused_total{reason=\"unknown_instance\"}",
+    );
+    assert!(refused >= 1.0);
+}

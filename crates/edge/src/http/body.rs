@@ -269,6 +269,11 @@ impl Slots {
             _instance: instance,
         }
     }
+
+    /// Keep the app's slot and release the instance's (the request goes to another one).
+    pub fn into_app(self) -> anyedge_catalog::Slot {
+        self._app
+    }
 }
 
 enum RespKind {

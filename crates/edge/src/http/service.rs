@@ -349,8 +349,28 @@ impl ProxyService {
                 } else {
                     Leg::Direct
                 };
-                return upgrade::forward(upgrade, sender, request, &app, job.outcome, slots, leg)
-                    .await;
+                let outcome = std::mem::take(&mut job.outcome);
+                match upgrade::forward(upgrade, sender, request, &app, outcome, slots, leg).await {
+                    upgrade::Forwarded::Answer(answer) => return answer,
+                    upgrade::Forwarded::Refused {
+                        upgrade,
+                        outcome,
+                        slots,
+                        reason,
+                    } => {
+                        // The worker did not give the switch to the instance: place it again.
+                        job.upgrade = upgrade;
+                        job.outcome = outcome;
+                        job.app_slot = slots.into_app();
+                        if backhaul::instance_failed(&reason) {
+                            inst.live.connect_failed(Instant::now());
+                        }
+                        tracing::info!(instance = %inst.id, reason = %reason, "worker refused a protocol switch; placing elsewhere");
+                        retrying = Some(RetryReason::WorkerRefused);
+                        last_error = Some(format!("worker refused: {reason}"));
+                        continue;
+                    }
+                }
             }
             let reused = sender.is_reused();
             let sent = tokio::time::timeout(config.response_timeout, sender.send(request)).await;

@@ -80,19 +80,35 @@ pub(crate) enum Leg {
     FromEdge,
 }
 
+/// What became of a switch.
+pub(crate) enum Forwarded {
+    /// Switched, or answered (by the instance or with an error).
+    Answer(Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)>),
+    /// The worker refused before the instance saw it (`anyedge-retry-elsewhere`): everything
+    /// needed to place the switch again.
+    Refused {
+        upgrade: Upgrade,
+        outcome: Outcome,
+        slots: Slots,
+        reason: String,
+    },
+}
+
 /// Send the switch to the instance (or its worker) on its own stream or connection, and tunnel
 /// once both sides agree.
 pub(crate) async fn forward(
     upgrade: Upgrade,
     sender: Sender,
-    mut req: Request<ReqBody>,
+    req: Request<ReqBody>,
     app: &Arc<HttpApp>,
     outcome: Outcome,
     slots: Slots,
     leg: Leg,
-) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
+) -> Forwarded {
     let (client, h2_client, protocol) = match upgrade {
-        Upgrade::None => return Err((ProxyError::BadRequest("not an upgrade"), outcome)),
+        Upgrade::None => {
+            return Forwarded::Answer(Err((ProxyError::BadRequest("not an upgrade"), outcome)))
+        }
         Upgrade::Http1 { client } => {
             let protocol = req
                 .headers()
@@ -104,15 +120,59 @@ pub(crate) async fn forward(
         }
         Upgrade::Connect { client, protocol } => (client, true, protocol),
     };
-    if leg == Leg::ToWorker {
-        http1_to_connect(&mut req, &protocol);
-    } else if h2_client {
-        connect_to_http1(&mut req, &protocol);
-    }
-    let mut resp = match sender.send_once(req).await {
+    let resp = match send(sender, req, leg, h2_client, &protocol).await {
         Ok(r) => r,
-        Err(e) => return Err((ProxyError::Upstream(e.to_string()), outcome)),
+        Err(e) => return Forwarded::Answer(Err((ProxyError::Upstream(e.to_string()), outcome))),
     };
+    if leg == Leg::ToWorker {
+        if let Some(why) = resp.headers().get(crate::backhaul::RETRY_ELSEWHERE) {
+            let reason = String::from_utf8_lossy(why.as_bytes()).into_owned();
+            let upgrade = if h2_client {
+                Upgrade::Connect { client, protocol }
+            } else {
+                Upgrade::Http1 { client }
+            };
+            return Forwarded::Refused {
+                upgrade,
+                outcome,
+                slots,
+                reason,
+            };
+        }
+    }
+    Forwarded::Answer(tunnel(
+        resp, client, h2_client, &protocol, app, outcome, slots, leg,
+    ))
+}
+
+/// Send the switch request, rewritten for the leg it goes on.
+async fn send(
+    sender: Sender,
+    mut req: Request<ReqBody>,
+    leg: Leg,
+    h2_client: bool,
+    protocol: &str,
+) -> Result<Response<hyper::body::Incoming>, hyper::Error> {
+    if leg == Leg::ToWorker {
+        http1_to_connect(&mut req, protocol);
+    } else if h2_client {
+        connect_to_http1(&mut req, protocol);
+    }
+    sender.send_once(req).await
+}
+
+/// Once the other side answered: tunnel if it switched, else pass its answer on.
+#[allow(clippy::too_many_arguments)]
+fn tunnel(
+    mut resp: Response<hyper::body::Incoming>,
+    client: OnUpgrade,
+    h2_client: bool,
+    protocol: &str,
+    app: &Arc<HttpApp>,
+    outcome: Outcome,
+    slots: Slots,
+    leg: Leg,
+) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
     let switched = match leg {
         Leg::ToWorker => resp.status() == StatusCode::OK,
         Leg::Direct | Leg::FromEdge => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
@@ -164,7 +224,7 @@ pub(crate) async fn forward(
         parts
             .headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Ok(p) = HeaderValue::try_from(protocol.as_str()) {
+        if let Ok(p) = HeaderValue::try_from(protocol) {
             parts.headers.insert(UPGRADE, p);
         }
     } else {

@@ -193,8 +193,12 @@ impl WorkerService {
             )
             .await;
             return match sent {
-                Ok((resp, _)) => resp,
-                Err((e, _)) => e.response(names),
+                upgrade::Forwarded::Answer(Ok((resp, _))) => resp,
+                upgrade::Forwarded::Answer(Err((e, _))) => e.response(names),
+                // Only an edge's leg to a worker is refused this way.
+                upgrade::Forwarded::Refused { .. } => {
+                    ProxyError::Upstream("refused".into()).response(names)
+                }
             };
         }
         let reused = sender.is_reused();
