@@ -97,7 +97,11 @@ impl Link {
                 Ok(s)
             }
             // Another connection is still good: use it rather than fail the request.
-            Err(e) => self.pick(1).ok_or(e),
+            Err(e) => self.pick(1).ok_or_else(|| {
+                // No connection at all: the last RTT measured says nothing of the worker now.
+                self.rtt.store(0, Ordering::Relaxed);
+                e
+            }),
         }
     }
 
