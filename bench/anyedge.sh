@@ -20,34 +20,7 @@ ANYEDGE="${ANYEDGE:-${CARGO_TARGET_DIR:-/var/tmp/anyedge-target}/release/anyedge
 limit="${ANYEDGE_MAX_CONNECTIONS:-20000}"
 threads="${PROXY_WORKERS:-1}"
 
-# admin listener: first bindable port from PROXY_LISTEN_HTTP_PORT+9 up (below the ephemeral range)
-admin_port="$(python3 - "${PROXY_LISTEN_HTTP_PORT:-30080}" <<'PY'
-import socket, sys
-base = int(sys.argv[1]) + 9
-for p in range(base, base + 100):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    print(p)
-    break
-else:
-    sys.exit("no free admin port")
-PY
-)"
-
-cfg="$PROXY_WORKDIR/anyedge.toml"
-conc="concurrency = { type = \"connections\", soft_limit = ${limit}, hard_limit = ${limit} }"
-app_limits="limits = { max_connections = ${limit} }"
-
-# ANYEDGE_BACKHAUL=1: two nodes, as in a cluster: this edge (roles = ["edge"]) and a worker
-# (roles = ["worker"]) that runs the instances; every request and connection crosses backhaul
-# (mutual TLS; HTTP/2 streams for HTTP, a TLS connection per TCP connection). Both processes
-# run in this process group, pinned like it.
-backhaul="${ANYEDGE_BACKHAUL:-0}"
+# first bindable port from $1 up (below the ephemeral range)
 free_port() {
 python3 - "$1" <<'PY'
 import socket, sys
@@ -66,6 +39,19 @@ else:
     sys.exit("no free port")
 PY
 }
+
+# admin listener: first bindable port from PROXY_LISTEN_HTTP_PORT+9 up
+admin_port="$(free_port $(( ${PROXY_LISTEN_HTTP_PORT:-30080} + 9 )))"
+
+cfg="$PROXY_WORKDIR/anyedge.toml"
+conc="concurrency = { type = \"connections\", soft_limit = ${limit}, hard_limit = ${limit} }"
+app_limits="limits = { max_connections = ${limit} }"
+
+# ANYEDGE_BACKHAUL=1: two nodes, as in a cluster: this edge (roles = ["edge"]) and a worker
+# (roles = ["worker"]) that runs the instances; every request and connection crosses backhaul
+# (mutual TLS; HTTP/2 streams for HTTP, a TLS connection per TCP connection). Both processes
+# run in this process group, pinned like it.
+backhaul="${ANYEDGE_BACKHAUL:-0}"
 
 # write_config FILE NODE_ID ROLES ADMIN_PORT EXTRA_NODE_KEYS SECTIONS INSTANCE_NODE_LINE
 write_config() {

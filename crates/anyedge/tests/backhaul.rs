@@ -4,121 +4,16 @@
 //! instances that only the workers can see; refusals by the worker are placed elsewhere;
 //! nodes without a cluster certificate cannot use a worker's backhaul.
 
+use anyedge_test_support::cluster::{get, local, metric, Node, Pki};
+use anyedge_test_support::free_port;
 use anyedge_test_support::http_instance::HttpInstance;
 use anyedge_test_support::instances::FakeInstance;
-use anyedge_test_support::process::Proc;
-use anyedge_test_support::{eventually, free_port};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_anyedge"))
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// The cluster CA and node certificates, written as `anyedge certs` writes them.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: anyedge_tls::cluster_ca::PemPair,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = anyedge_tls::cluster_ca::new_ca().expect("ca");
-        std::fs::write(dir.path().join("cluster-ca.pem"), &ca.cert).expect("write");
-        Pki { dir, ca }
-    }
-
-    /// `[cluster]` for node `id`.
-    fn cluster_section(&self, id: &str) -> String {
-        let node = anyedge_tls::cluster_ca::issue_node(&self.ca, id).expect("node cert");
-        let d = self.dir.path();
-        std::fs::write(d.join(format!("{id}.pem")), &node.cert).expect("write");
-        std::fs::write(d.join(format!("{id}-key.pem")), &node.key).expect("write");
-        format!(
-            "[cluster]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            d.join("cluster-ca.pem").display(),
-            d.join(format!("{id}.pem")).display(),
-            d.join(format!("{id}-key.pem")).display()
-        )
-    }
-}
-
-struct Node {
-    proc: Proc,
-    admin: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(toml: &str) -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let admin = local(free_port());
-        let config = dir.path().join("node.toml");
-        std::fs::write(&config, toml).expect("write config");
-        let log = dir.path().join("node.log");
-        let proc = Proc::anyedge_run(bin(), &config, admin, &log, None);
-        Node {
-            proc,
-            admin,
-            log,
-            _dir: dir,
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        http_get(self.admin, "admin", "/metrics")
-            .await
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    }
-
-    async fn up(&self) {
-        eventually("node up", Duration::from_secs(15), || async {
-            http_get(self.admin, "admin", "/healthz")
-                .await
-                .filter(|(s, _)| *s == 200)
-        })
-        .await;
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("--- log of node (admin {}) ---\n{log}", self.admin);
-        }
-        let _ = self.proc.pid();
-    }
-}
-
-async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.get(9..12)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 const APP: &str = r#"
@@ -144,12 +39,12 @@ async fn http_websocket_and_tcp_reach_a_worker_over_backhaul() {
     let app = APP
         .replace("HTTP_PORT", &http_port.to_string())
         .replace("TCP_PORT", &tcp_port.to_string());
-    let worker = Node::start(&format!(
+    let worker = Node::start(bin(), "w1", &format!(
         "[node]\nid = \"w1\"\nregion = \"near\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"w1-echo\"\naddress = \"{}\"\n",
         pki.cluster_section("w1"),
         echo.addr,
     ).replace("[[apps]]\nname = \"echo\"", &format!("[[apps.instances]]\nid = \"w1-hello\"\naddress = \"{}\"\n[[apps]]\nname = \"echo\"", inst.addr)));
-    let edge = Node::start(&format!(
+    let edge = Node::start(bin(), "edge1", &format!(
         "[node]\nid = \"edge1\"\nregion = \"near\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}[[nodes]]\nid = \"w1\"\nregion = \"near\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"w1-echo\"\naddress = \"{}\"\nnode = \"w1\"\n",
         pki.cluster_section("edge1"),
         echo.addr,
@@ -158,11 +53,11 @@ async fn http_websocket_and_tcp_reach_a_worker_over_backhaul() {
     edge.up().await;
 
     // HTTP/1.1 through the edge, over HTTP/2 backhaul, restored to HTTP/1.1 at the worker.
-    let (status, body) = eventually(
+    let (status, body) = anyedge_test_support::eventually(
         "request through backhaul",
         Duration::from_secs(10),
         || async {
-            http_get(local(http_port), "hello.test", "/headers")
+            get(local(http_port), "hello.test", "/headers")
                 .await
                 .filter(|(s, _)| *s == 200)
         },
@@ -228,12 +123,12 @@ async fn a_protocol_switch_the_worker_refuses_is_placed_again() {
     let app = format!(
         "[[apps]]\nname = \"hello\"\nhostnames = [\"hello.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
     );
-    let worker = Node::start(&format!(
+    let worker = Node::start(bin(), "w1", &format!(
         "[node]\nid = \"w1\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\n",
         pki.cluster_section("w1"),
         inst.addr,
     ));
-    let edge = Node::start(&format!(
+    let edge = Node::start(bin(), "edge1", &format!(
         "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\nnode = \"w1\"\n[[apps.instances]]\nid = \"ghost\"\naddress = \"{}\"\nnode = \"w1\"\n",
         pki.cluster_section("edge1"),
         inst.addr,

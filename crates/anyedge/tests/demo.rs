@@ -19,6 +19,19 @@ fn free_base() -> u16 {
     panic!("no free demo base port");
 }
 
+/// Requests and connections the demo's workers carried for the edge over backhaul.
+fn worker_streams(demo: &anyedge::demo::Demo) -> u64 {
+    demo.workers
+        .iter()
+        .map(|w| {
+            w.metrics()
+                .backhaul
+                .streams
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum()
+}
+
 async fn ask(port: u16, line: &str) -> String {
     let mut s = connect(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
@@ -49,16 +62,7 @@ async fn demo_apps_answer_through_the_edge() {
         .render()
         .contains("anyedge_edge_tcp_connects_total{app=\"upper\"} 10"));
     // Every connection went over backhaul to a worker (the edge runs no instance).
-    let streams: u64 = demo
-        .workers
-        .iter()
-        .map(|w| {
-            w.metrics()
-                .backhaul
-                .streams
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
+    let streams = worker_streams(&demo);
     assert!(streams >= 12, "worker streams: {streams}");
     demo.shutdown(std::time::Duration::from_secs(1)).await;
 }
@@ -123,16 +127,7 @@ async fn demo_on_etcd_serves_through_backhaul() {
     )
     .await;
     assert_eq!(echo, "over etcd");
-    let streams: u64 = demo
-        .workers
-        .iter()
-        .map(|w| {
-            w.metrics()
-                .backhaul
-                .streams
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
+    let streams = worker_streams(&demo);
     assert!(streams >= 1, "the edge reached a worker over backhaul");
     demo.shutdown(std::time::Duration::from_secs(1)).await;
 }

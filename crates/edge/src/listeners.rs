@@ -77,18 +77,7 @@ impl ListenerSet {
                         .first()
                         .and_then(|l| l.local_addr().ok())
                         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                    let mut stops = Vec::with_capacity(listeners.len());
-                    for (listener, shard) in listeners.into_iter().zip(&shared.shards) {
-                        let (stop_tx, stop_rx) = oneshot::channel();
-                        let shared = shared.clone();
-                        shard.spawn(async move {
-                            match TcpListener::from_std(listener) {
-                                Ok(l) => accept_loop(l, stop_rx, shared).await,
-                                Err(e) => tracing::error!(error = %e, "cannot register listener"),
-                            }
-                        });
-                        stops.push(stop_tx);
-                    }
+                    let stops = spawn_on_shards(listeners, shared, accept_loop);
                     shared
                         .metrics
                         .node
@@ -149,6 +138,33 @@ fn bind(addr: ListenAddr) -> io::Result<std::net::TcpListener> {
     }
 }
 
+/// Run `accept` on each socket, one per shard on that shard's runtime; each stops when its
+/// sender is dropped.
+pub(crate) fn spawn_on_shards<F, Fut>(
+    sockets: Vec<std::net::TcpListener>,
+    shared: &Arc<Shared>,
+    accept: F,
+) -> Vec<oneshot::Sender<()>>
+where
+    F: Fn(TcpListener, oneshot::Receiver<()>, Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut stops = Vec::with_capacity(sockets.len());
+    for (socket, shard) in sockets.into_iter().zip(&shared.shards) {
+        let (stop, stopped) = oneshot::channel();
+        // Registered with the shard's reactor: from_std needs its context.
+        let _entered = shard.enter();
+        match TcpListener::from_std(socket) {
+            Ok(l) => {
+                shard.spawn(accept(l, stopped, shared.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot register listener"),
+        }
+        stops.push(stop);
+    }
+    stops
+}
+
 pub(crate) fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if dual_stack {
@@ -163,33 +179,40 @@ pub(crate) fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<std::ne
 }
 
 async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut stop => return,
-            _ = shared.drain.started() => return,
-            accepted = listener.accept() => accepted,
-        };
+    while let Some(accepted) = next(&listener, &mut stop, &shared).await {
         match accepted {
             Ok((stream, peer)) => admit(stream, peer, &shared),
-            Err(e) if is_resource_exhaustion(&e) => {
-                shared
-                    .metrics
-                    .node
-                    .accept_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "accept failed; backing off");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-            Err(e) => {
-                // ECONNABORTED and the like concern one connection, not the listener.
-                shared
-                    .metrics
-                    .node
-                    .accept_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "accept failed");
-            }
+            Err(e) => accept_failed(&e, &shared).await,
         }
+    }
+}
+
+/// The next accepted connection; `None` once the listener is stopped or the node drains.
+pub(crate) async fn next(
+    listener: &TcpListener,
+    stop: &mut oneshot::Receiver<()>,
+    shared: &Shared,
+) -> Option<io::Result<(TcpStream, SocketAddr)>> {
+    tokio::select! {
+        _ = stop => None,
+        _ = shared.drain.started() => None,
+        accepted = listener.accept() => Some(accepted),
+    }
+}
+
+/// Count a failed accept; out of descriptors or memory, back off before the next.
+pub(crate) async fn accept_failed(e: &io::Error, shared: &Shared) {
+    shared
+        .metrics
+        .node
+        .accept_errors
+        .fetch_add(1, Ordering::Relaxed);
+    if is_resource_exhaustion(e) {
+        tracing::warn!(error = %e, "accept failed; backing off");
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    } else {
+        // ECONNABORTED and the like concern one connection, not the listener.
+        tracing::debug!(error = %e, "accept failed");
     }
 }
 

@@ -43,18 +43,7 @@ pub(crate) fn start(addr: SocketAddr, shared: &Arc<Shared>) -> std::io::Result<B
         // Port 0 was resolved by the first bind: the others join it.
         sockets.push(crate::listeners::bind_one(bound, false)?);
     }
-    let mut stops = Vec::with_capacity(sockets.len());
-    for (socket, shard) in sockets.into_iter().zip(&shared.shards) {
-        let (stop, stopped) = oneshot::channel();
-        let shared = shared.clone();
-        shard.spawn(async move {
-            match TcpListener::from_std(socket) {
-                Ok(l) => accept_loop(l, stopped, shared).await,
-                Err(e) => tracing::error!(error = %e, "cannot register the backhaul listener"),
-            }
-        });
-        stops.push(stop);
-    }
+    let stops = crate::listeners::spawn_on_shards(sockets, shared, accept_loop);
     tracing::info!(%bound, "backhaul listening");
     Ok(BackhaulListener {
         addr,
@@ -64,12 +53,8 @@ pub(crate) fn start(addr: SocketAddr, shared: &Arc<Shared>) -> std::io::Result<B
 }
 
 async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut stop => return,
-            _ = shared.drain.started() => return,
-            accepted = listener.accept() => accepted,
-        };
+    use crate::listeners::{accept_failed, next};
+    while let Some(accepted) = next(&listener, &mut stop, &shared).await {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
@@ -80,15 +65,7 @@ async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, sha
                     serve(stream, peer, shared).await;
                 });
             }
-            Err(e) => {
-                shared
-                    .metrics
-                    .node
-                    .accept_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "backhaul accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(e) => accept_failed(&e, &shared).await,
         }
     }
 }

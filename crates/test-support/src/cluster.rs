@@ -15,6 +15,52 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A cluster CA and node certificates in a temporary directory, made by the same code as
+/// `anyedge certs cluster-ca` and `anyedge certs node`.
+pub struct Pki {
+    dir: tempfile::TempDir,
+    ca: anyedge_tls::cluster_ca::PemPair,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = anyedge_tls::cluster_ca::new_ca().expect("ca");
+        std::fs::write(dir.path().join("cluster-ca.pem"), &ca.cert).expect("write");
+        Pki { dir, ca }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca(&self) -> &anyedge_tls::cluster_ca::PemPair {
+        &self.ca
+    }
+
+    /// `[cluster]` for node `id` (its certificate issued once, on first use).
+    pub fn cluster_section(&self, id: &str) -> String {
+        let d = self.dir.path();
+        if !d.join(format!("{id}.pem")).exists() {
+            let node = anyedge_tls::cluster_ca::issue_node(&self.ca, id).expect("node cert");
+            std::fs::write(d.join(format!("{id}.pem")), &node.cert).expect("write");
+            std::fs::write(d.join(format!("{id}-key.pem")), &node.key).expect("write");
+        }
+        format!(
+            "[cluster]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            d.join("cluster-ca.pem").display(),
+            d.join(format!("{id}.pem")).display(),
+            d.join(format!("{id}-key.pem")).display()
+        )
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// `127.0.0.1:port`.
 pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
