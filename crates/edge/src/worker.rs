@@ -8,6 +8,7 @@ use crate::http::worker::WorkerService;
 use crate::Shared;
 use anyedge_backhaul::header::{RefuseReason, TcpHeader, TcpReply};
 use anyedge_backhaul::{ALPN_H2, ALPN_TCP};
+use anyedge_catalog::{AppEntry, Slot, Snapshot};
 use anyedge_telemetry::Direction;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -193,42 +194,40 @@ async fn reply(stream: &mut ServerTls, r: TcpReply, shared: &Shared) {
 
 struct Opened {
     instance: TcpStream,
-    _slots: (anyedge_catalog::Slot, anyedge_catalog::Slot),
+    _slots: (Slot, Slot),
     app_metrics: Arc<anyedge_telemetry::AppMetrics>,
 }
 
-async fn open(h: &TcpHeader, shared: &Shared) -> Result<Opened, RefuseReason> {
-    let routes = shared.routes.load_full();
-    let snapshot = routes
-        .snapshot
-        .as_ref()
-        .ok_or(RefuseReason::UnknownInstance)?;
-    let local = |a: &anyedge_catalog::AppEntry| {
-        a.instances
-            .iter()
-            .position(|i| i.peer.is_none() && i.id.instance() == h.instance)
+/// The index of one of this node's own instances of `app` named `instance`, or why a worker
+/// refuses it: an instance of another app here is `WrongApp` (never carried across apps).
+pub(crate) fn own_instance<'a>(
+    snapshot: Option<&Snapshot>,
+    app: Option<&'a AppEntry>,
+    instance: &str,
+) -> Result<(&'a AppEntry, usize), RefuseReason> {
+    let own = |a: &AppEntry| {
+        a.instance_index(instance)
+            .filter(|&i| a.instances[i].peer.is_none())
     };
-    let app = snapshot.app(&h.app);
-    let Some((app, index)) = app.and_then(|a| local(a).map(|i| (a, i))) else {
-        let elsewhere = snapshot.apps.values().any(|a| local(a).is_some());
-        return Err(if elsewhere {
-            RefuseReason::WrongApp
-        } else {
-            RefuseReason::UnknownInstance
-        });
-    };
-    // The app's raw TCP service on the port the client connected to at the edge.
-    let (service, proxy_proto) = app
-        .config
-        .services
-        .iter()
-        .find_map(|s| {
-            s.ports
-                .iter()
-                .find(|p| p.port == h.edge_port && p.is_raw_tcp())
-                .map(|p| (s, p.proxy_proto))
-        })
-        .ok_or(RefuseReason::NoService)?;
+    if let Some(found) = app.and_then(|a| own(a).map(|i| (a, i))) {
+        return Ok(found);
+    }
+    let elsewhere = snapshot.is_some_and(|s| s.apps.values().any(|a| own(a).is_some()));
+    Err(if elsewhere {
+        RefuseReason::WrongApp
+    } else {
+        RefuseReason::UnknownInstance
+    })
+}
+
+/// The worker's own admission, the same for an HTTP stream and a TCP connection: not
+/// draining, the instance healthy, a slot in the app's budget on this node and one under the
+/// instance's hard limit.
+pub(crate) fn admit(
+    shared: &Shared,
+    app: &AppEntry,
+    index: usize,
+) -> Result<(Slot, Slot), RefuseReason> {
     if shared.drain.is_draining() {
         return Err(RefuseReason::Draining);
     }
@@ -244,6 +243,28 @@ async fn open(h: &TcpHeader, shared: &Shared) -> Result<Opened, RefuseReason> {
         .live
         .try_take(app.config.concurrency.hard_limit, &app.live)
         .ok_or(RefuseReason::Full)?;
+    Ok((app_slot, slot))
+}
+
+async fn open(h: &TcpHeader, shared: &Shared) -> Result<Opened, RefuseReason> {
+    let routes = shared.routes.load_full();
+    let snapshot = routes.snapshot.as_deref();
+    let app = snapshot.and_then(|s| s.app(&h.app));
+    let (app, index) = own_instance(snapshot, app.map(|a| &**a), &h.instance)?;
+    // The app's raw TCP service on the port the client connected to at the edge.
+    let (service, proxy_proto) = app
+        .config
+        .services
+        .iter()
+        .find_map(|s| {
+            s.ports
+                .iter()
+                .find(|p| p.port == h.edge_port && p.is_raw_tcp())
+                .map(|p| (s, p.proxy_proto))
+        })
+        .ok_or(RefuseReason::NoService)?;
+    let slots = admit(shared, app, index)?;
+    let inst = &app.instances[index];
     let port = inst
         .address
         .port
@@ -280,7 +301,7 @@ async fn open(h: &TcpHeader, shared: &Shared) -> Result<Opened, RefuseReason> {
     let app_metrics = shared.metrics.app(&app.name);
     Ok(Opened {
         instance,
-        _slots: (app_slot, slot),
+        _slots: slots,
         app_metrics,
     })
 }

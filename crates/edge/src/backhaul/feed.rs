@@ -114,18 +114,15 @@ pub(crate) fn apply(snapshot: &Snapshot, frame: &str, now: Instant) -> usize {
         let (Ok(inflight), Some(healthy)) = (inflight.parse::<u32>(), parse_flag(healthy)) else {
             continue;
         };
-        let Some((app, _)) = id.split_once('/') else {
+        let Some((app, instance)) = id.split_once('/') else {
             continue;
         };
         let Some(entry) = snapshot.app(app) else {
             continue;
         };
         // Only instances this edge reaches over backhaul: the worker is their truth.
-        if let Some(inst) = entry
-            .instances
-            .iter()
-            .find(|i| i.peer.is_some() && i.id.as_str() == id)
-        {
+        let found = entry.instance_index(instance).map(|i| &entry.instances[i]);
+        if let Some(inst) = found.filter(|i| i.peer.is_some()) {
             inst.live.report(Reported { inflight, healthy }, now);
             applied += 1;
         }

@@ -9,7 +9,6 @@ use crate::connect::{self, AttemptError};
 use crate::http::upstream::UpstreamError;
 use crate::Shared;
 use anyedge_backhaul::rtt::RttSampled;
-use anyedge_backhaul::tls::ClusterTls;
 use anyedge_catalog::PeerEntry;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -110,21 +109,12 @@ impl Link {
         shared: &Shared,
         timeout: Duration,
     ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
-        let tls = shared
-            .backhaul
-            .tls
-            .load_full()
-            .ok_or_else(|| backhaul_error(&self.id, "no [cluster] certificates"))?;
-        let (host, port) = super::split_advertise(&self.advertise)
-            .ok_or_else(|| backhaul_error(&self.id, "advertise has no port"))?;
         let stream = connect_tls(
-            &tls,
+            shared,
             &self.id,
-            &host,
-            port,
+            &self.advertise,
             anyedge_backhaul::ALPN_H2,
             timeout,
-            shared,
             self.rtt.clone(),
         )
         .await?;
@@ -164,10 +154,6 @@ impl Link {
     }
 }
 
-fn backhaul_error(peer: &str, why: &str) -> UpstreamError {
-    UpstreamError::Connect(attempt_error(peer, why))
-}
-
 pub(crate) fn attempt_error(peer: &str, why: &str) -> AttemptError {
     AttemptError::Backhaul {
         peer: peer.to_string(),
@@ -175,21 +161,25 @@ pub(crate) fn attempt_error(peer: &str, why: &str) -> AttemptError {
     }
 }
 
-/// A TCP connection to a worker with mutual TLS on top, checked to be that worker (its
-/// certificate names `peer`) and to speak `alpn`.
-#[allow(clippy::too_many_arguments)]
+/// A TCP connection to the worker `peer` at `advertise`, with mutual TLS on top, checked to be
+/// that worker (its certificate names `peer`) and to speak `alpn`.
 pub(crate) async fn connect_tls(
-    tls: &ClusterTls,
+    shared: &Shared,
     peer: &str,
-    host: &str,
-    port: u16,
+    advertise: &str,
     alpn: &[u8],
     timeout: Duration,
-    shared: &Shared,
     rtt: Arc<AtomicU32>,
 ) -> Result<tokio_rustls::client::TlsStream<RttSampled>, AttemptError> {
+    let tls = shared
+        .backhaul
+        .tls
+        .load_full()
+        .ok_or_else(|| attempt_error(peer, "no [cluster] certificates"))?;
+    let (host, port) = super::split_advertise(advertise)
+        .ok_or_else(|| attempt_error(peer, "advertise has no port"))?;
     let deadline = tokio::time::Instant::now() + timeout;
-    let tcp = connect::connect_one(host, port, timeout, &shared.resolver).await?;
+    let tcp = connect::connect_one(&host, port, timeout, &shared.resolver).await?;
     let _ = tcp.set_nodelay(true);
     let io = RttSampled::new(tcp, rtt, RTT_EVERY);
     let name = rustls::pki_types::ServerName::try_from(peer.to_string())

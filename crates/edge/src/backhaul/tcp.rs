@@ -23,21 +23,12 @@ pub(crate) async fn open(
     timeout: Duration,
 ) -> Result<TcpBackhaul, AttemptError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let tls = shared
-        .backhaul
-        .tls
-        .load_full()
-        .ok_or_else(|| attempt_error(&peer.id, "no [cluster] certificates"))?;
-    let (host, port) = super::split_advertise(&peer.advertise)
-        .ok_or_else(|| attempt_error(&peer.id, "advertise has no port"))?;
     let mut stream = connect_tls(
-        &tls,
+        shared,
         &peer.id,
-        &host,
-        port,
+        &peer.advertise,
         anyedge_backhaul::ALPN_TCP,
         timeout,
-        shared,
         peer.live.rtt_us.clone(),
     )
     .await?;

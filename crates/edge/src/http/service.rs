@@ -362,12 +362,8 @@ impl ProxyService {
                         job.upgrade = upgrade;
                         job.outcome = outcome;
                         job.app_slot = slots.into_app();
-                        if backhaul::instance_failed(&reason) {
-                            inst.live.connect_failed(Instant::now());
-                        }
-                        tracing::info!(instance = %inst.id, reason = %reason, "worker refused a protocol switch; placing elsewhere");
                         retrying = Some(RetryReason::WorkerRefused);
-                        last_error = Some(format!("worker refused: {reason}"));
+                        last_error = Some(worker_refused(inst, &reason));
                         continue;
                     }
                 }
@@ -413,13 +409,9 @@ impl ProxyService {
             };
             if let Some(why) = link.and_then(|_| resp.headers().get(backhaul::RETRY_ELSEWHERE)) {
                 // The worker did not give it to the instance: place it again without it.
-                let why = String::from_utf8_lossy(why.as_bytes()).into_owned();
-                if backhaul::instance_failed(&why) {
-                    inst.live.connect_failed(Instant::now());
-                }
-                tracing::info!(instance = %inst.id, reason = %why, "worker refused; placing elsewhere");
+                let why = String::from_utf8_lossy(why.as_bytes());
                 retrying = Some(RetryReason::WorkerRefused);
-                last_error = Some(format!("worker refused: {why}"));
+                last_error = Some(worker_refused(inst, &why));
                 continue;
             }
             let replay_header = if names.any_in(resp.headers()) {
@@ -652,6 +644,17 @@ impl Head {
             .insert(names.replay_src.clone(), routing::header_text(&text));
         self.headers.remove(&names.replay_failed);
     }
+}
+
+/// A worker answered that the instance did not get the request (or switch): the instance
+/// backs off here unless the worker only had no room. Returns the error text for the case that
+/// no other instance takes it.
+fn worker_refused(inst: &anyedge_catalog::InstanceEntry, reason: &str) -> String {
+    if backhaul::instance_failed(reason) {
+        inst.live.connect_failed(Instant::now());
+    }
+    tracing::info!(instance = %inst.id, reason, "worker refused; placing elsewhere");
+    format!("worker refused: {reason}")
 }
 
 /// Whether a failed send may go to an instance again: only when the instance provably did not

@@ -13,6 +13,7 @@ use super::upstream::{SendError, Target};
 use crate::backhaul::{self, feed::FeedBody};
 use crate::routes::HttpApp;
 use crate::Shared;
+use anyedge_backhaul::header::RefuseReason;
 use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -112,23 +113,11 @@ impl WorkerService {
             .backhaul
             .streams
             .fetch_add(1, Ordering::Relaxed);
-        if shared.drain.is_draining() {
-            return refuse(shared, "draining");
-        }
+        let (app_slot, slot) = match crate::worker::admit(shared, &app.app, index) {
+            Ok(slots) => slots,
+            Err(why) => return refuse(shared, why.as_str()),
+        };
         let inst = &app.app.instances[index];
-        if !inst.live.healthy(Instant::now()) {
-            return refuse(shared, "unhealthy");
-        }
-        let config = &app.app.config;
-        let Some(app_slot) = app.app.live.try_admit(config.limits.max_inflight) else {
-            return refuse(shared, "app_overloaded");
-        };
-        let Some(slot) = inst
-            .live
-            .try_take(config.concurrency.hard_limit, &app.app.live)
-        else {
-            return refuse(shared, "full");
-        };
         let h = req.headers_mut();
         h.remove(backhaul::APP);
         h.remove(backhaul::INSTANCE);
@@ -147,7 +136,7 @@ impl WorkerService {
         };
         let service = app.service();
         let Some(port) = inst.address.port.or(service.internal_port) else {
-            return refuse(shared, "no_service");
+            return refuse(shared, RefuseReason::NoService.as_str());
         };
         let h2 = service.http_options.h2_backend && matches!(upgrade, Upgrade::None);
         let http = &routes.http.config;
@@ -169,7 +158,7 @@ impl WorkerService {
             Err(e) => {
                 inst.live.connect_failed(Instant::now());
                 tracing::info!(instance = %inst.id, error = %e, "instance unreachable; the edge will place elsewhere");
-                return refuse(shared, "connect_failed");
+                return refuse(shared, RefuseReason::ConnectFailed.as_str());
             }
         };
         inst.live.connect_succeeded();
@@ -241,22 +230,10 @@ fn find(
     let Some(http_app) = routes.http_app(app) else {
         return Err("unknown_app");
     };
-    let local = |a: &anyedge_catalog::AppEntry| {
-        a.instances
-            .iter()
-            .position(|i| i.peer.is_none() && i.id.instance() == instance)
-    };
-    if let Some(index) = local(&http_app.app) {
-        return Ok((http_app.clone(), index));
+    let found =
+        crate::worker::own_instance(routes.snapshot.as_deref(), Some(&http_app.app), instance);
+    match found {
+        Ok((_, index)) => Ok((http_app.clone(), index)),
+        Err(why) => Err(why.as_str()),
     }
-    // An instance of another app here: a forged or confused edge. Never carried across apps.
-    let elsewhere = routes
-        .snapshot
-        .as_ref()
-        .is_some_and(|s| s.apps.values().any(|a| local(a).is_some()));
-    Err(if elsewhere {
-        "wrong_app"
-    } else {
-        "unknown_instance"
-    })
 }
