@@ -33,8 +33,10 @@ pub(crate) struct Link {
     rtt: Arc<AtomicU32>,
     conns: Mutex<Vec<http2::SendRequest<ReqBody>>>,
     next: AtomicUsize,
-    /// One connection is opened at a time; others wait and then use it.
+    /// The first connection is opened by one request at a time; others wait and then use it.
     opening: tokio::sync::Mutex<()>,
+    /// A further connection is being opened in the background.
+    growing: AtomicBool,
     feed_started: AtomicBool,
 }
 
@@ -47,6 +49,7 @@ impl Link {
             conns: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
             opening: tokio::sync::Mutex::new(()),
+            growing: AtomicBool::new(false),
             feed_started: AtomicBool::new(false),
         }
     }
@@ -59,49 +62,73 @@ impl Link {
         &self.id
     }
 
-    /// A live connection, the next in turn; `None` when fewer than `want` are open.
-    fn pick(&self, want: usize) -> Option<http2::SendRequest<ReqBody>> {
+    /// A live connection, the next in turn, and how many are open.
+    fn pick(&self) -> (Option<http2::SendRequest<ReqBody>>, usize) {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         conns.retain(|c| !c.is_closed());
-        if conns.is_empty() || conns.len() < want {
-            return None;
+        if conns.is_empty() {
+            return (None, 0);
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.len();
-        Some(conns[i].clone())
+        (Some(conns[i].clone()), conns.len())
     }
 
-    /// A connection to send one request on: one of the open ones, or a new one while fewer
-    /// than [`CONNECTIONS`] are open.
+    fn add(self: &Arc<Self>, conn: http2::SendRequest<ReqBody>, shared: &Arc<Shared>) {
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+        if !self.feed_started.swap(true, Ordering::AcqRel) {
+            feed::follow(Arc::downgrade(self), shared.clone());
+        }
+    }
+
+    /// A connection to send one request on: one of the open ones (while fewer than
+    /// [`CONNECTIONS`] are open, another is opened beside the request, not in its way), or,
+    /// with none open, a new one; requests arriving meanwhile wait for it.
     pub async fn sender(
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         timeout: Duration,
     ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
-        if let Some(s) = self.pick(CONNECTIONS) {
-            return Ok(s);
+        if let (Some(conn), open) = self.pick() {
+            if open < CONNECTIONS {
+                self.grow(shared, timeout);
+            }
+            return Ok(conn);
         }
         let _one = self.opening.lock().await;
-        if let Some(s) = self.pick(CONNECTIONS) {
-            return Ok(s);
+        if let (Some(conn), _) = self.pick() {
+            return Ok(conn);
         }
         match self.open(shared, timeout).await {
-            Ok(s) => {
-                self.conns
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(s.clone());
-                if !self.feed_started.swap(true, Ordering::AcqRel) {
-                    feed::follow(Arc::downgrade(self), shared.clone());
-                }
-                Ok(s)
+            Ok(conn) => {
+                self.add(conn.clone(), shared);
+                Ok(conn)
             }
-            // Another connection is still good: use it rather than fail the request.
-            Err(e) => self.pick(1).ok_or_else(|| {
+            Err(e) => {
                 // No connection at all: the last RTT measured says nothing of the worker now.
                 self.rtt.store(0, Ordering::Relaxed);
-                e
-            }),
+                Err(e)
+            }
         }
+    }
+
+    /// Open one more connection in the background, unless one is being opened already.
+    fn grow(self: &Arc<Self>, shared: &Arc<Shared>, timeout: Duration) {
+        if self.growing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (link, shared) = (self.clone(), shared.clone());
+        tokio::spawn(async move {
+            match link.open(&shared, timeout).await {
+                Ok(conn) => link.add(conn, &shared),
+                Err(e) => {
+                    tracing::debug!(peer = %link.id, error = %e, "another backhaul connection not opened")
+                }
+            }
+            link.growing.store(false, Ordering::Release);
+        });
     }
 
     async fn open(
