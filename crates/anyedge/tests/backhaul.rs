@@ -172,3 +172,52 @@ async fn a_protocol_switch_the_worker_refuses_is_placed_again() {
     );
     assert!(refused >= 1.0);
 }
+
+/// The load feed end to end: an edge does not check instances on other nodes, so it learns
+/// that one turned unhealthy (and healthy again) only from its worker's feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_health_verdict_reaches_the_edge_over_the_load_feed() {
+    let pki = Pki::new();
+    let inst = HttpInstance::start("checked", false).await;
+    let (http_port, backhaul) = (free_port(), free_port());
+    let app = format!(
+        "[[apps]]\nname = \"hello\"\nhostnames = [\"hello.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\nchecks = [ {{ type = \"http\", path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", grace_period = \"0s\", unhealthy_threshold = 1, healthy_threshold = 1 }} ]\n"
+    );
+    let worker = Node::start(bin(), "w1", &format!(
+        "[node]\nid = \"w1\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"i1\"\naddress = \"{}\"\n",
+        pki.cluster_section("w1"),
+        inst.addr,
+    ));
+    let edge = Node::start(bin(), "edge1", &format!(
+        "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"i1\"\naddress = \"{}\"\nnode = \"w1\"\n",
+        pki.cluster_section("edge1"),
+        inst.addr,
+    ));
+    worker.up().await;
+    edge.up().await;
+    // The first request opens the backhaul, and with it the feed.
+    anyedge_test_support::eventually("served", Duration::from_secs(10), || async {
+        get(local(http_port), "hello.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let healthy = "anyedge_instance_healthy{app=\"hello\",instance=\"i1\"}";
+    inst.set_health(503);
+    anyedge_test_support::eventually("edge sees it unhealthy", Duration::from_secs(5), || async {
+        (metric(&edge.metrics().await, healthy) == 0.0).then_some(())
+    })
+    .await;
+    let (status, _) = get(local(http_port), "hello.test", "/")
+        .await
+        .expect("answer");
+    assert_eq!(status, 503, "no healthy instance is left");
+    assert!(inst.health_checks() > 0, "the worker checks it");
+    inst.set_health(200);
+    anyedge_test_support::eventually(
+        "edge sees it healthy again",
+        Duration::from_secs(5),
+        || async { (metric(&edge.metrics().await, healthy) == 1.0).then_some(()) },
+    )
+    .await;
+}
