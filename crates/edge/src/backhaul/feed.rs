@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use std::fmt::Write;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 pub(crate) const TICK: Duration = Duration::from_millis(250);
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -45,33 +46,54 @@ pub(crate) fn frame(snapshot: &Snapshot, out: &mut String) {
     out.push('\n');
 }
 
-/// Worker side: the body of a feed stream, until the edge goes away.
-pub(crate) fn stream(shared: Arc<Shared>) -> FeedBody {
+/// Worker side: the frames of this node, made once every [`TICK`] by one task for every edge
+/// that follows them, and published when they change.
+pub(crate) fn frames(shared: &Arc<Shared>) -> watch::Receiver<Bytes> {
+    shared
+        .backhaul
+        .frames
+        .get_or_init(|| {
+            let (tx, rx) = watch::channel(Bytes::new());
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut text = String::new();
+                let mut tick = tokio::time::interval(TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tick.tick().await;
+                    if let Some(snapshot) = shared.routes.load().snapshot.clone() {
+                        frame(&snapshot, &mut text);
+                        tx.send_if_modified(|f| {
+                            let changed = f.as_ref() != text.as_bytes();
+                            if changed {
+                                *f = Bytes::copy_from_slice(text.as_bytes());
+                            }
+                            changed
+                        });
+                    }
+                }
+            });
+            rx
+        })
+        .clone()
+}
+
+/// Worker side: the body of one edge's feed stream: each new frame, and the current one again
+/// after [`HEARTBEAT`] without a change, until the edge goes away.
+pub(crate) fn stream(shared: &Arc<Shared>) -> FeedBody {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let mut frames = frames(shared);
     tokio::spawn(async move {
-        let mut text = String::new();
-        let mut last = String::new();
-        let mut sent_at = Instant::now() - HEARTBEAT;
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = tx.closed() => return,
-            }
-            let Some(snapshot) = shared.routes.load().snapshot.clone() else {
-                continue;
-            };
-            frame(&snapshot, &mut text);
-            if text == last && sent_at.elapsed() < HEARTBEAT {
-                continue;
-            }
-            let data = Bytes::copy_from_slice(text.as_bytes());
-            if tx.send(data).await.is_err() {
+            let data = frames.borrow_and_update().clone();
+            if !data.is_empty() && tx.send(data).await.is_err() {
                 return;
             }
-            std::mem::swap(&mut text, &mut last);
-            sent_at = Instant::now();
+            tokio::select! {
+                changed = frames.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+                _ = tx.closed() => return,
+            }
         }
     });
     FeedBody { rx }

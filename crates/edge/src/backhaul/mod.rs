@@ -2,7 +2,7 @@
 //! node (the worker) over mutual TLS with the cluster CA. HTTP goes as streams on a few
 //! long-lived HTTP/2 connections per worker ([`link`]), raw TCP on a TLS connection of its own
 //! opened with a small binary header ([`tcp`]). Each worker streams its instances' load back
-//! ([`feed`]). The worker's side is in `crate::worker`.
+//! ([`feed`]). The worker's side is in `crate::worker` (and the feed's in [`feed`]).
 //!
 //! Stream metadata travels as request headers the worker removes before forwarding:
 //! [`APP`] and [`INSTANCE`] name the target; the client address, edge region and request id
@@ -40,6 +40,9 @@ pub(crate) struct Backhaul {
     /// Which `[cluster]` files `tls` came from, so a reload re-reads them only on change.
     loaded_from: Mutex<Option<anyedge_config::ClusterTls>>,
     links: Mutex<HashMap<Arc<str>, Arc<Link>>>,
+    /// Worker side: this node's load-feed frames, made once for every edge that follows them
+    /// (started by the first).
+    pub frames: std::sync::OnceLock<tokio::sync::watch::Receiver<bytes::Bytes>>,
 }
 
 impl Backhaul {

@@ -78,7 +78,7 @@ impl hyper::service::Service<Request<Incoming>> for WorkerService {
         let this = self.clone();
         Box::pin(async move {
             if req.headers().contains_key(backhaul::FEED) {
-                let body = backhaul::feed::stream(this.shared.clone());
+                let body = backhaul::feed::stream(&this.shared);
                 return Ok(Response::new(WorkerBody::Feed(body)));
             }
             Ok(this.handle(req).await.map(WorkerBody::Resp))
