@@ -98,24 +98,11 @@ pub async fn start_following(
     config: Config,
 ) -> Result<(Arc<crate::node::Node>, Option<Following>), crate::node::StartError> {
     let base = Arc::new(config);
-    let mut feed = EtcdFeed::start(&base).await;
-    let first = match feed.as_mut() {
-        Some(f) => f.config(&base),
-        None => (*base).clone(),
-    };
-    let node = match crate::node::Node::start(first, None).await {
-        Ok(n) => Arc::new(n),
-        Err(e) => {
-            if let Some(f) = feed {
-                f.stop().await;
-            }
-            return Err(e);
-        }
-    };
+    let (node, feed) = start_node(&base, None, Vec::new()).await?;
+    let node = Arc::new(node);
     let Some(mut feed) = feed else {
         return Ok((node, None));
     };
-    node.set_catalog_status(feed.status());
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let n = node.clone();
     let task = tokio::spawn(async move {
@@ -128,4 +115,34 @@ pub async fn start_following(
         feed.stop().await;
     });
     Ok((node, Some(Following { task, stop })))
+}
+
+/// Start a node on its file `base`: on the etcd store, follow etcd and register first, so the
+/// node starts with the catalog's apps and the other nodes' instances, and report the
+/// catalog's state on its admin port. A node that cannot start takes its registration back at
+/// once rather than after the lease's TTL.
+pub async fn start_node(
+    base: &Arc<Config>,
+    admin_listen: Option<std::net::SocketAddr>,
+    shards: Vec<tokio::runtime::Handle>,
+) -> Result<(crate::node::Node, Option<EtcdFeed>), crate::node::StartError> {
+    let mut feed = EtcdFeed::start(base).await;
+    let first = match feed.as_mut() {
+        Some(f) => f.config(base),
+        None => (**base).clone(),
+    };
+    match crate::node::Node::start_on(first, admin_listen, shards).await {
+        Ok(node) => {
+            if let Some(f) = &feed {
+                node.set_catalog_status(f.status());
+            }
+            Ok((node, feed))
+        }
+        Err(e) => {
+            if let Some(f) = feed {
+                f.stop().await;
+            }
+            Err(e)
+        }
+    }
 }

@@ -365,25 +365,13 @@ async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handl
         return ExitCode::FAILURE;
     };
     let mut base = Arc::new(config);
-    let mut feed = EtcdFeed::start(&base).await;
-    let first = match feed.as_mut() {
-        Some(f) => f.config(&base),
-        None => (*base).clone(),
-    };
-    let node = match Node::start_on(first, args.admin_listen, shards).await {
-        Ok(node) => node,
+    let (node, mut feed) = match cluster::start_node(&base, args.admin_listen, shards).await {
+        Ok(started) => started,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            // Take back the registration at once rather than after the lease's TTL.
-            if let Some(f) = feed {
-                f.stop().await;
-            }
             return ExitCode::FAILURE;
         }
     };
-    if let Some(f) = &feed {
-        node.set_catalog_status(f.status());
-    }
     let mut changes = crate::watch::FileWatch::new(&args.config);
     loop {
         tokio::select! {
