@@ -286,8 +286,12 @@ pub(crate) fn request_id(region: &str) -> HeaderValue {
     // Region names are at most 63 characters (config validation); longer ones are cut.
     let region = &region.as_bytes()[..region.len().min(64)];
     out[27..27 + region.len()].copy_from_slice(region);
-    HeaderValue::from_bytes(&out[..27 + region.len()])
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+    let mut id = HeaderValue::from_bytes(&out[..27 + region.len()])
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"));
+    // Unique to this request: HPACK must not index it (every request would add an entry to a
+    // backhaul connection's table, evict one, and lengthen the lookups of the next).
+    id.set_sensitive(true);
+    id
 }
 
 #[cfg(test)]
