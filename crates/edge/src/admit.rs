@@ -64,10 +64,21 @@ async fn with_queue<T>(
     mut attempt: impl FnMut() -> Attempt<T>,
 ) -> Result<T, AdmitError> {
     match attempt() {
-        Attempt::Ready(t) => return Ok(t),
-        Attempt::Fail(e) => return Err(e),
-        Attempt::Full => {}
+        Attempt::Ready(t) => Ok(t),
+        Attempt::Fail(e) => Err(e),
+        // Boxed: waiting is the exception, and its state (a notification and a timer) inline
+        // would enlarge every request's future.
+        Attempt::Full => Box::pin(wait_in_queue(app, deadline, metrics, &mut attempt)).await,
     }
+}
+
+/// The queue part of `with_queue`: the first attempt found everything full.
+async fn wait_in_queue<T>(
+    app: &AppEntry,
+    deadline: tokio::time::Instant,
+    metrics: &AppMetrics,
+    attempt: &mut impl FnMut() -> Attempt<T>,
+) -> Result<T, AdmitError> {
     let limits = &app.config.limits;
     let ticket: QueueTicket = app
         .live

@@ -2,7 +2,7 @@
 //! app, or HTTP for the apps whose hostnames it carries — with per-app metric handles and
 //! instance connection pools resolved once, so the hot path does no map lookups beyond the host.
 
-use crate::backhaul::{link::Link, Backhaul};
+use crate::backhaul::{Backhaul, Remote};
 use crate::http::headers::Prefixed;
 use crate::http::upstream::{Pools, UpstreamPool};
 use anyedge_catalog::{AppEntry, Snapshot};
@@ -36,7 +36,7 @@ pub(crate) struct HttpApp {
     /// Parallel to `app.instances`.
     pub pools: Vec<Arc<UpstreamPool>>,
     /// Parallel to `app.instances`: the backhaul link to the node running each remote one.
-    pub links: Vec<Option<Arc<Link>>>,
+    pub links: Vec<Option<Remote>>,
 }
 
 impl HttpApp {
@@ -153,7 +153,11 @@ impl Routes {
                                 links: app
                                     .instances
                                     .iter()
-                                    .map(|i| i.peer.as_ref().map(|p| backhaul.link(p)))
+                                    .map(|i| {
+                                        let peer = i.peer.as_ref()?;
+                                        let link = backhaul.link(peer);
+                                        Some(Remote::new(link, &app.name, i.id.instance()))
+                                    })
                                     .collect(),
                             })
                         })

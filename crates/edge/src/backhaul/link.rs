@@ -97,6 +97,16 @@ impl Link {
             }
             return Ok(conn);
         }
+        // Boxed: opening is the exception (see `UpstreamPool::fresh`).
+        Box::pin(self.first(shared, timeout)).await
+    }
+
+    /// The first connection, opened on a request's path: no other is open.
+    async fn first(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        timeout: Duration,
+    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
         let _one = self.opening.lock().await;
         if let (Some(conn), _) = self.pick() {
             return Ok(conn);

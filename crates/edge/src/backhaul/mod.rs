@@ -91,15 +91,30 @@ impl Backhaul {
     }
 }
 
-/// Name the target of a request sent over backhaul.
-pub(crate) fn tag<B>(req: &mut http::Request<B>, app: &str, instance: &str) {
-    let h = req.headers_mut();
-    if let (Ok(a), Ok(i)) = (
-        http::HeaderValue::try_from(app),
-        http::HeaderValue::try_from(instance),
-    ) {
-        h.insert(APP, a);
-        h.insert(INSTANCE, i);
+/// An instance on another node, as an HTTP port sees it: the link to its worker and the stream
+/// headers naming it, made once per snapshot instead of once per request.
+pub(crate) struct Remote {
+    pub link: Arc<Link>,
+    /// [`APP`] and [`INSTANCE`]; `None` if a name is no valid header value (config validation
+    /// keeps that from happening; the worker would refuse such a stream as `bad_request`).
+    tag: Option<(http::HeaderValue, http::HeaderValue)>,
+}
+
+impl Remote {
+    pub fn new(link: Arc<Link>, app: &str, instance: &str) -> Remote {
+        let tag = http::HeaderValue::try_from(app)
+            .ok()
+            .zip(http::HeaderValue::try_from(instance).ok());
+        Remote { link, tag }
+    }
+
+    /// Name the target of a request sent over backhaul.
+    pub fn tag<B>(&self, req: &mut http::Request<B>) {
+        if let Some((app, instance)) = &self.tag {
+            let h = req.headers_mut();
+            h.insert(APP, app.clone());
+            h.insert(INSTANCE, instance.clone());
+        }
     }
 }
 

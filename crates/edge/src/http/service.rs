@@ -288,7 +288,8 @@ impl ProxyService {
                 continue;
             };
             // An instance on another node: over backhaul (HTTP/2) to its worker.
-            let link = app.links[placed.index].as_ref();
+            let remote = app.links[placed.index].as_ref();
+            let link = remote.map(|r| &r.link);
             let h2 = link.is_some()
                 || (service.http_options.h2_backend && matches!(job.upgrade, Upgrade::None));
             let target = Target {
@@ -338,8 +339,8 @@ impl ProxyService {
                 return Err((err, job.outcome));
             };
             let mut request = job.head.request(body, h2);
-            if link.is_some() {
-                backhaul::tag(&mut request, &app.app.name, inst.id.instance());
+            if let Some(remote) = remote {
+                remote.tag(&mut request);
             }
             if !matches!(job.upgrade, Upgrade::None) {
                 let upgrade = std::mem::replace(&mut job.upgrade, Upgrade::None);
@@ -350,7 +351,12 @@ impl ProxyService {
                     Leg::Direct
                 };
                 let outcome = std::mem::take(&mut job.outcome);
-                match upgrade::forward(upgrade, sender, request, &app, outcome, slots, leg).await {
+                // Boxed: upgrades are rare, and their state would otherwise make every
+                // request's future (moved into its box on each call) larger.
+                let forwarded = Box::pin(upgrade::forward(
+                    upgrade, sender, request, &app, outcome, slots, leg,
+                ));
+                match forwarded.await {
                     upgrade::Forwarded::Answer(answer) => return answer,
                     upgrade::Forwarded::Refused {
                         upgrade,
@@ -746,33 +752,26 @@ pub(super) fn upstream_uri(parts: &mut http::request::Parts, h2: bool) {
         parts.version = http::Version::HTTP_11;
         return;
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    // Rebuilt from the parts already parsed: the path is neither copied nor parsed again.
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
     if h2 {
         parts.version = http::Version::HTTP_2;
-        let host = parts
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost")
-            .to_string();
-        if let Ok(uri) = Uri::builder()
-            .scheme("http")
-            .authority(host.as_str())
-            .path_and_query(path.as_str())
-            .build()
-        {
-            parts.uri = uri;
-        }
-        parts.headers.remove(HOST);
+        let host = parts.headers.remove(HOST);
+        let authority = host
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority);
     } else {
         parts.version = http::Version::HTTP_11;
-        if let Ok(uri) = Uri::try_from(path) {
-            parts.uri = uri;
-        }
+        uri.scheme = None;
+        uri.authority = None;
+    }
+    if let Ok(rebuilt) = Uri::from_parts(uri) {
+        parts.uri = rebuilt;
     }
 }
 
@@ -817,7 +816,41 @@ fn redirect_https(req: &Request<Incoming>) -> Response<RespBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_port;
+    use super::{strip_port, upstream_uri};
+
+    fn parts(uri: &str, host: Option<&str>) -> http::request::Parts {
+        let mut b = http::Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header(http::header::HOST, h);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn instances_get_origin_form_or_the_full_uri_for_h2() {
+        let mut p = parts("http://example.com/a/b?q=1", None);
+        upstream_uri(&mut p, false);
+        assert_eq!(p.uri, "/a/b?q=1");
+        assert_eq!(p.version, http::Version::HTTP_11);
+
+        let mut p = parts("/a/b?q=1", Some("example.com:8080"));
+        upstream_uri(&mut p, false);
+        assert_eq!(p.uri, "/a/b?q=1");
+        assert!(p.headers.contains_key(http::header::HOST));
+
+        let mut p = parts("/a/b?q=1", Some("example.com:8080"));
+        upstream_uri(&mut p, true);
+        assert_eq!(p.uri, "http://example.com:8080/a/b?q=1");
+        assert_eq!(p.version, http::Version::HTTP_2);
+        assert!(
+            !p.headers.contains_key(http::header::HOST),
+            "h2 carries it as :authority"
+        );
+
+        let mut p = parts("/", Some("bad host"));
+        upstream_uri(&mut p, true);
+        assert_eq!(p.uri, "http://localhost/");
+    }
 
     #[test]
     fn ports_come_off_host_headers() {

@@ -104,6 +104,16 @@ impl UpstreamPool {
         target: &Target<'_>,
         resolver: &Resolver,
     ) -> Result<Sender, UpstreamError> {
+        // Boxed: connecting is the exception, and its state (resolver, connect, handshake)
+        // inline would enlarge every request's future, which is moved into its box per request.
+        Box::pin(self.open_h1(target, resolver)).await
+    }
+
+    async fn open_h1(
+        self: &Arc<Self>,
+        target: &Target<'_>,
+        resolver: &Resolver,
+    ) -> Result<Sender, UpstreamError> {
         let stream =
             connect::connect_one(target.host, target.port, target.connect_timeout, resolver)
                 .await?;
@@ -138,6 +148,15 @@ impl UpstreamPool {
                 return Ok(s);
             }
         }
+        // Boxed for the reason given in `fresh`.
+        Box::pin(self.open_h2(target, resolver)).await
+    }
+
+    async fn open_h2(
+        &self,
+        target: &Target<'_>,
+        resolver: &Resolver,
+    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
         let stream =
             connect::connect_one(target.host, target.port, target.connect_timeout, resolver)
                 .await?;

@@ -171,7 +171,8 @@ impl WorkerService {
         let slots = Slots::new(app_slot, slot);
         let names = &routes.http.names;
         if !matches!(upgrade, Upgrade::None) {
-            let sent = upgrade::forward(
+            // Boxed: upgrades are rare; inline, their state would enlarge every stream's future.
+            let sent = Box::pin(upgrade::forward(
                 upgrade,
                 sender,
                 request,
@@ -179,7 +180,7 @@ impl WorkerService {
                 Outcome::default(),
                 slots,
                 Leg::FromEdge,
-            )
+            ))
             .await;
             return match sent {
                 upgrade::Forwarded::Answer(Ok((resp, _))) => resp,
