@@ -34,7 +34,11 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
     async move {
         let _guards = guards;
         let _active = conn.route.metrics.tcp_connect();
-        let upstream = match connect::connect_any(&conn.route, conn.connect_timeout, &shared, conn.peer, conn.local.port()).await {
+        // Boxed, and so freed once connected: connecting (resolving, retrying, a TLS handshake
+        // to a worker) takes far more state than relaying, and an idle connection would
+        // otherwise keep room for it as long as it lives.
+        let connecting = connect::connect_any(&conn.route, conn.connect_timeout, &shared, conn.peer, conn.local.port());
+        let upstream = match Box::pin(connecting).await {
             Ok(u) => u,
             Err(e) => {
                 let code = e.code();
@@ -53,7 +57,8 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
                 open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut client = conn.client;
                 let metrics = &conn.route.metrics;
-                match crate::backhaul::tcp::relay(&mut client, &mut *tunnel).await {
+                // Boxed: only this branch needs its state.
+                match Box::pin(crate::backhaul::tcp::relay(&mut client, &mut *tunnel)).await {
                     Ok((up, down)) => {
                         metrics.add_bytes(anyedge_telemetry::Direction::In, up);
                         metrics.add_bytes(anyedge_telemetry::Direction::Out, down);
