@@ -434,12 +434,8 @@ impl ProxyService {
                     }
                     Ok(replay) => {
                         // The instance's answer is swallowed; its connection is kept when the
-                        // answer is complete and the request had no body. A body copy may still
-                        // be on its way when the instance answers, and the next attempt stops
-                        // it, which ends that connection: a request given it meanwhile (the
-                        // fallback to this very instance) would fail mid-send.
-                        let no_body = matches!(job.body, ReqBody::Empty);
-                        if no_body && http_body::Body::is_end_stream(resp.body()) {
+                        // answer is complete.
+                        if http_body::Body::is_end_stream(resp.body()) {
                             if let Some(p) = pool_return {
                                 p.give_back();
                             }
