@@ -35,8 +35,9 @@ pub(crate) struct HttpApp {
     pub metrics: Arc<AppMetrics>,
     /// Parallel to `app.instances`.
     pub pools: Vec<Arc<UpstreamPool>>,
-    /// Parallel to `app.instances`: the backhaul link to the node running each remote one.
-    pub links: Vec<Option<Remote>>,
+    /// Parallel to `app.instances`: for each one on another node, the backhaul link to that
+    /// node and the stream headers naming it.
+    pub remotes: Vec<Option<Remote>>,
 }
 
 impl HttpApp {
@@ -150,7 +151,7 @@ impl Routes {
                                 service: service_index,
                                 metrics: app_metrics.clone(),
                                 pools: app.instances.iter().map(|i| pools.get(&i.id)).collect(),
-                                links: app
+                                remotes: app
                                     .instances
                                     .iter()
                                     .map(|i| {

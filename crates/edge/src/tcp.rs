@@ -57,7 +57,7 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
                 open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut client = conn.client;
                 let metrics = &conn.route.metrics;
-                // Boxed: only this branch needs its state.
+                // Boxed: a connection to a local instance keeps no room for this relay's state.
                 match Box::pin(crate::backhaul::tcp::relay(&mut client, &mut *tunnel)).await {
                     Ok((up, down)) => {
                         metrics.add_bytes(anyedge_telemetry::Direction::In, up);

@@ -288,7 +288,7 @@ impl ProxyService {
                 continue;
             };
             // An instance on another node: over backhaul (HTTP/2) to its worker.
-            let remote = app.links[placed.index].as_ref();
+            let remote = app.remotes[placed.index].as_ref();
             let link = remote.map(|r| &r.link);
             let h2 = link.is_some()
                 || (service.http_options.h2_backend && matches!(job.upgrade, Upgrade::None));
