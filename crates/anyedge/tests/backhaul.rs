@@ -70,6 +70,34 @@ async fn http_websocket_and_tcp_reach_a_worker_over_backhaul() {
         !body.contains("anyedge-backhaul"),
         "metadata must not reach the instance: {body}"
     );
+    // The forwarding headers, written by the worker from the edge's one client header, are
+    // those an instance on the edge's own node gets: each once, about the client and the edge.
+    let lines: Vec<&str> = body.lines().collect();
+    let values = |name: &str| -> Vec<&str> {
+        let prefix = format!("{name}: ");
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
+    };
+    let port = http_port.to_string();
+    for (name, want) in [
+        ("x-forwarded-for", "127.0.0.1"),
+        ("anyedge-client-ip", "127.0.0.1"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-ssl", "off"),
+        ("x-forwarded-port", port.as_str()),
+        ("anyedge-forwarded-port", port.as_str()),
+        ("via", "1.1 anyedge"),
+        ("anyedge-region", "near"),
+    ] {
+        assert_eq!(values(name), [want], "{name}:\n{body}");
+    }
+    let ids = values("anyedge-request-id");
+    assert!(
+        ids.len() == 1 && ids[0].ends_with("-near"),
+        "one request id from the edge:\n{body}"
+    );
     let streams = metric(&worker.metrics().await, "anyedge_backhaul_streams_total");
     assert!(streams >= 1.0, "worker streams: {streams}");
 

@@ -5,9 +5,10 @@
 //! ([`feed`]). The worker's side is in `crate::worker` (and the feed's in [`feed`]).
 //!
 //! Stream metadata travels as request headers the worker removes before forwarding:
-//! [`APP`] and [`INSTANCE`] name the target; the client address, edge region and request id
-//! travel in the forwarding headers the edge adds anyway (`P-Client-IP`, `P-Edge-Region`,
-//! `P-Request-Id`, `X-Forwarded-For`). A worker that cannot take a request answers 503 with
+//! [`APP`] and [`INSTANCE`] name the target; [`FORWARD`] carries the client (address, edge port,
+//! TLS, HTTP version) in one header, from which the worker writes the forwarding headers
+//! (`X-Forwarded-*`, `P-Client-IP`, `P-Forwarded-Port`, `Via`); the edge region and request id
+//! travel as the `P-Region` and `P-Request-Id` headers the instance gets. A worker that cannot take a request answers 503 with
 //! [`RETRY_ELSEWHERE`] before reading any of its body; the edge then places it again without
 //! that instance.
 
@@ -15,6 +16,7 @@ pub(crate) mod feed;
 pub(crate) mod link;
 pub(crate) mod tcp;
 
+use crate::http::headers::Forwarded;
 use anyedge_backhaul::tls::ClusterTls;
 use anyedge_catalog::PeerEntry;
 use arc_swap::ArcSwapOption;
@@ -27,6 +29,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub(crate) const APP: HeaderName = HeaderName::from_static("anyedge-backhaul-app");
 /// The instance (its id within the app) a backhaul stream is for.
 pub(crate) const INSTANCE: HeaderName = HeaderName::from_static("anyedge-backhaul-instance");
+/// The client a backhaul stream is for, in one header ([`Forwarded::to_header`]): the worker
+/// writes the forwarding headers (`X-Forwarded-*`, `<P>-Client-IP`, `Via`, ...) from it.
+pub(crate) const FORWARD: HeaderName = HeaderName::from_static("anyedge-backhaul-forward");
 /// Set on the worker's answer when the instance did not get the request: the reason.
 pub(crate) const RETRY_ELSEWHERE: HeaderName = HeaderName::from_static("anyedge-retry-elsewhere");
 /// Marks the load-feed stream an edge opens on a backhaul connection.
@@ -108,13 +113,14 @@ impl Remote {
         Remote { link, tag }
     }
 
-    /// Name the target of a request sent over backhaul.
-    pub fn tag<B>(&self, req: &mut http::Request<B>) {
+    /// Name the target of a request sent over backhaul, and its client ([`FORWARD`]).
+    pub fn tag<B>(&self, req: &mut http::Request<B>, client: &Forwarded) {
+        let h = req.headers_mut();
         if let Some((app, instance)) = &self.tag {
-            let h = req.headers_mut();
             h.insert(APP, app.clone());
             h.insert(INSTANCE, instance.clone());
         }
+        h.insert(FORWARD, client.to_header());
     }
 }
 

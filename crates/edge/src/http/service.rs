@@ -4,7 +4,7 @@
 
 use super::body::{ReqBody, RespBody, Slots};
 use super::error::ProxyError;
-use super::headers::{self, ClientInfo};
+use super::headers::{self, ClientInfo, Forwarded};
 use super::routing::{self, Fallback, Replay, Resolved, Wishes};
 use super::upgrade::{self, Leg, Upgrade};
 use super::upstream::{SendError, Sender, Target, UpstreamError};
@@ -173,19 +173,9 @@ impl ProxyService {
         let (wishes, debug_token) = Wishes::take_from(&mut parts.headers, names);
         let traced = debug_token.is_some_and(|t| app.app.config.accepts_token(t.as_bytes()));
         headers::strip_hop_by_hop(&mut parts.headers, matches!(upgrade, Upgrade::Http1 { .. }));
-        let via = if parts.version == http::Version::HTTP_2 {
-            "2 anyedge"
-        } else {
-            "1.1 anyedge"
-        };
-        headers::add_forwarding(
-            &mut parts.headers,
-            names,
-            &self.client,
-            &self.settings.region,
-            request_id,
-            via,
-        );
+        // The client's forwarding headers wait for the instance: a worker writes them out.
+        headers::mark_edge(&mut parts.headers, names, &self.settings.region, request_id);
+        let forwarded = Forwarded::new(&self.client, parts.version);
         if !parts.headers.contains_key(HOST) {
             if let Some(v) = parts
                 .uri
@@ -214,6 +204,7 @@ impl ProxyService {
             trace: traced.then(String::new),
             outcome,
             app_slot,
+            forwarded,
         };
         self.run(job, Hop::new(app.clone(), wishes, queue_deadline))
             .await
@@ -339,8 +330,9 @@ impl ProxyService {
                 return Err((err, job.outcome));
             };
             let mut request = job.head.request(body, h2);
-            if let Some(remote) = remote {
-                remote.tag(&mut request);
+            match remote {
+                Some(remote) => remote.tag(&mut request, &job.forwarded),
+                None => headers::add_client(request.headers_mut(), names, &job.forwarded),
             }
             if !matches!(job.upgrade, Upgrade::None) {
                 let upgrade = std::mem::replace(&mut job.upgrade, Upgrade::None);
@@ -596,6 +588,8 @@ struct Job {
     trace: Option<String>,
     outcome: Outcome,
     app_slot: anyedge_catalog::Slot,
+    /// The client, for the forwarding headers each attempt adds (or has its worker add).
+    forwarded: Forwarded,
 }
 
 /// The instance that asked for a replay.

@@ -7,6 +7,7 @@
 
 use super::body::{ReqBody, RespBody, Slots};
 use super::error::ProxyError;
+use super::headers::{self, Forwarded};
 use super::service::{retry_reason, upstream_uri, Outcome};
 use super::upgrade::{self, Leg, Upgrade};
 use super::upstream::{SendError, Target};
@@ -108,6 +109,16 @@ impl WorkerService {
                 return refuse(shared, reason);
             }
         };
+        // The client's forwarding headers, written here from the edge's one header (absent:
+        // an edge that wrote them itself).
+        let h = req.headers_mut();
+        if let Some(v) = h.remove(backhaul::FORWARD) {
+            let Some(client) = Forwarded::from_header(&v) else {
+                tracing::info!(edge = %self.edge, "backhaul stream refused: unreadable client header");
+                return refuse(shared, "bad_request");
+            };
+            headers::add_client(h, &routes.http.names, &client);
+        }
         shared
             .metrics
             .backhaul
