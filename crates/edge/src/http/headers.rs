@@ -226,7 +226,7 @@ impl Forwarded {
         }
     }
 
-    fn via(&self) -> &'static str {
+    fn via(self) -> &'static str {
         if self.http2 {
             "2 anyedge"
         } else {
@@ -235,7 +235,7 @@ impl Forwarded {
     }
 
     /// `<client ip> <edge port> <http|https> <1.1|2>`.
-    pub fn to_header(&self) -> HeaderValue {
+    pub fn to_header(self) -> HeaderValue {
         let mut text = String::with_capacity(56);
         write_ip(&mut text, self.ip);
         let scheme = if self.tls { "https" } else { "http" };
