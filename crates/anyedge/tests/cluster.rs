@@ -675,8 +675,10 @@ async fn backhaul_stream(
 ) -> (u16, Option<String>, String) {
     use http_body_util::BodyExt;
     let req = http_client::request("GET", "web.test", "/", true)
-        .header("anyedge-backhaul-app", app)
-        .header("anyedge-backhaul-instance", instance)
+        .header(
+            "anyedge-backhaul",
+            format!("{app} {instance} 127.0.0.1 1 http 1.1"),
+        )
         .body(http_client::empty())
         .expect("request");
     let resp = client.send(req).await.expect("response");
@@ -822,6 +824,9 @@ async fn backhaul_refuses_foreign_clients_and_streams_naming_another_apps_instan
     assert_eq!((status, retry.as_deref()), (503, Some("wrong_app")));
     let (status, retry, _) = backhaul_stream(&mut c, "web", "nope").await;
     assert_eq!((status, retry.as_deref()), (503, Some("unknown_instance")));
+    // Metadata whose client part cannot be read names no stream.
+    let (status, retry, _) = backhaul_stream(&mut c, "web w1-web", "").await;
+    assert_eq!((status, retry.as_deref()), (503, Some("bad_request")));
     assert_eq!(other.requests(), 0, "a forged stream reached another app");
     assert_eq!(web.requests(), 1);
 

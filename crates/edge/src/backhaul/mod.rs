@@ -5,10 +5,11 @@
 //! ([`feed`]). The worker's side is in `crate::worker` (and the feed's in [`feed`]).
 //!
 //! Stream metadata travels as request headers the worker removes before forwarding:
-//! [`APP`] and [`INSTANCE`] name the target; [`FORWARD`] carries the client (address, edge port,
-//! TLS, HTTP version) in one header, from which the worker writes the forwarding headers
-//! (`X-Forwarded-*`, `P-Client-IP`, `P-Forwarded-Port`, `Via`); the edge region and request id
-//! travel as the `P-Region` and `P-Request-Id` headers the instance gets. A worker that cannot take a request answers 503 with
+//! Stream metadata travels in one request header the worker removes, [`STREAM`]: the target app
+//! and instance and the client (address, edge port, TLS, HTTP version), from which the worker
+//! writes the forwarding headers (`X-Forwarded-*`, `P-Client-IP`, `P-Forwarded-Port`, `Via`);
+//! the edge region and request id travel as the `P-Region` and `P-Request-Id` headers the
+//! instance gets. A worker that cannot take a request answers 503 with
 //! [`RETRY_ELSEWHERE`] before reading any of its body; the edge then places it again without
 //! that instance.
 
@@ -25,13 +26,11 @@ use link::Link;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// The app a backhaul stream is for.
-pub(crate) const APP: HeaderName = HeaderName::from_static("anyedge-backhaul-app");
-/// The instance (its id within the app) a backhaul stream is for.
-pub(crate) const INSTANCE: HeaderName = HeaderName::from_static("anyedge-backhaul-instance");
-/// The client a backhaul stream is for, in one header ([`Forwarded::to_header`]): the worker
-/// writes the forwarding headers (`X-Forwarded-*`, `<P>-Client-IP`, `Via`, ...) from it.
-pub(crate) const FORWARD: HeaderName = HeaderName::from_static("anyedge-backhaul-forward");
+/// A backhaul stream's metadata, in one header (HPACK encodes and decodes every header of every
+/// stream): `<app> <instance> <client ip> <edge port> <http|https> <1.1|2>`, the app, the
+/// instance (its id within the app) and the client ([`Forwarded`]). The worker removes it and
+/// writes the forwarding headers from the client part.
+pub(crate) const STREAM: HeaderName = HeaderName::from_static("anyedge-backhaul");
 /// Set on the worker's answer when the instance did not get the request: the reason.
 pub(crate) const RETRY_ELSEWHERE: HeaderName = HeaderName::from_static("anyedge-retry-elsewhere");
 /// Marks the load-feed stream an edge opens on a backhaul connection.
@@ -96,32 +95,43 @@ impl Backhaul {
     }
 }
 
-/// An instance on another node, as an HTTP port sees it: the link to its worker and the stream
-/// headers naming it, made once per snapshot instead of once per request.
+/// An instance on another node, as an HTTP port sees it: the link to its worker and the start
+/// of the [`STREAM`] header naming it, made once per snapshot instead of once per request.
 pub(crate) struct Remote {
     pub link: Arc<Link>,
-    /// [`APP`] and [`INSTANCE`]; `None` if a name is no valid header value (config validation
-    /// keeps that from happening; the worker would refuse such a stream as `bad_request`).
-    tag: Option<(http::HeaderValue, http::HeaderValue)>,
+    /// `<app> <instance> `.
+    target: String,
 }
 
 impl Remote {
     pub fn new(link: Arc<Link>, app: &str, instance: &str) -> Remote {
-        let tag = http::HeaderValue::try_from(app)
-            .ok()
-            .zip(http::HeaderValue::try_from(instance).ok());
-        Remote { link, tag }
+        Remote {
+            link,
+            target: format!("{app} {instance} "),
+        }
     }
 
-    /// Name the target of a request sent over backhaul, and its client ([`FORWARD`]).
+    /// Name the target of a request sent over backhaul, and its client.
     pub fn tag<B>(&self, req: &mut http::Request<B>, client: &Forwarded) {
-        let h = req.headers_mut();
-        if let Some((app, instance)) = &self.tag {
-            h.insert(APP, app.clone());
-            h.insert(INSTANCE, instance.clone());
+        let mut text = String::with_capacity(self.target.len() + 56);
+        text.push_str(&self.target);
+        client.write(&mut text);
+        // Names are letters, digits, `.`, `_` and `-` (config validation): always a valid value.
+        if let Ok(v) = http::HeaderValue::try_from(text) {
+            req.headers_mut().insert(STREAM, v);
         }
-        h.insert(FORWARD, client.to_header());
     }
+}
+
+/// A [`STREAM`] header read back: `(app, instance, client)`, or `None` if it is not one.
+pub(crate) fn parse_stream(value: &http::HeaderValue) -> Option<(&str, &str, Forwarded)> {
+    let text = value.to_str().ok()?;
+    let (app, rest) = text.split_once(' ')?;
+    let (instance, client) = rest.split_once(' ')?;
+    if app.is_empty() || instance.is_empty() {
+        return None;
+    }
+    Some((app, instance, Forwarded::parse(client)?))
 }
 
 /// Whether a worker's refusal should put the instance into connect backoff here: every reason

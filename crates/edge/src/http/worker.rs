@@ -7,7 +7,7 @@
 
 use super::body::{ReqBody, RespBody, Slots};
 use super::error::ProxyError;
-use super::headers::{self, Forwarded};
+use super::headers;
 use super::service::{retry_reason, upstream_uri, Outcome};
 use super::upgrade::{self, Leg, Upgrade};
 use super::upstream::{SendError, Target};
@@ -101,7 +101,16 @@ impl WorkerService {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<RespBody> {
         let shared = &self.shared;
         let routes = shared.routes.load_full();
-        let found = find(&routes, req.headers());
+        // The stream's metadata: its target, and the client, whose forwarding headers are
+        // written here.
+        let h = req.headers_mut();
+        let stream = h.remove(backhaul::STREAM);
+        let found = match stream.as_ref().and_then(backhaul::parse_stream) {
+            None => Err("bad_request"),
+            Some((app, instance, client)) => find(&routes, app, instance).inspect(|_| {
+                headers::add_client(h, &routes.http.names, &client);
+            }),
+        };
         let (app, index) = match found {
             Ok(found) => found,
             Err(reason) => {
@@ -109,16 +118,6 @@ impl WorkerService {
                 return refuse(shared, reason);
             }
         };
-        // The client's forwarding headers, written here from the edge's one header (absent:
-        // an edge that wrote them itself).
-        let h = req.headers_mut();
-        if let Some(v) = h.remove(backhaul::FORWARD) {
-            let Some(client) = Forwarded::from_header(&v) else {
-                tracing::info!(edge = %self.edge, "backhaul stream refused: unreadable client header");
-                return refuse(shared, "bad_request");
-            };
-            headers::add_client(h, &routes.http.names, &client);
-        }
         shared
             .metrics
             .backhaul
@@ -129,9 +128,6 @@ impl WorkerService {
             Err(why) => return refuse(shared, why.as_str()),
         };
         let inst = &app.app.instances[index];
-        let h = req.headers_mut();
-        h.remove(backhaul::APP);
-        h.remove(backhaul::INSTANCE);
         if !req.headers().contains_key(HOST) {
             if let Some(v) = req
                 .uri()
@@ -228,17 +224,9 @@ impl WorkerService {
 /// The app and the index of the local instance a stream names, or why not.
 fn find(
     routes: &crate::routes::Routes,
-    headers: &http::HeaderMap,
+    app: &str,
+    instance: &str,
 ) -> Result<(Arc<HttpApp>, usize), &'static str> {
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-            .filter(|s| !s.is_empty())
-    };
-    let (Some(app), Some(instance)) = (text(backhaul::APP), text(backhaul::INSTANCE)) else {
-        return Err("bad_request");
-    };
     let Some(http_app) = routes.http_app(app) else {
         return Err("unknown_app");
     };
