@@ -88,9 +88,10 @@ impl Edge {
             resolver: connect::Resolver::default(),
             pipes: relay::PipePool::default(),
             bufs: relay::BufPool::default(),
-            // Measured on loopback (bench/results): read/write through a 256 KiB pooled buffer
+            // Measured on loopback (bench/results): read/write through a small pooled buffer
             // moved more than splice(2), whose cost lands on the receiving side. Splice stays
-            // for comparison: ANYEDGE_TCP_MOVER=splice.
+            // for comparison: ANYEDGE_TCP_MOVER=splice (and ANYEDGE_TCP_BUF_KIB another
+            // buffer size).
             mover: match std::env::var("ANYEDGE_TCP_MOVER").as_deref() {
                 Ok("splice") => relay::Mover::Splice,
                 _ => relay::Mover::Copy,

@@ -107,16 +107,35 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 
 /// Buffers for the copy path, shared by every connection of a node; a connection holds one
 /// only between a read and the write that empties it.
-#[derive(Default)]
 pub(crate) struct BufPool {
     idle: Mutex<Vec<Box<[u8]>>>,
+    size: usize,
 }
 
-/// Idle buffers kept (4 MiB at most).
-const BUF_POOL_MAX: usize = 16;
+impl Default for BufPool {
+    fn default() -> BufPool {
+        // ANYEDGE_TCP_BUF_KIB: another buffer size, for comparison in benchmarks.
+        let size = std::env::var("ANYEDGE_TCP_BUF_KIB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|k| (4..=4096).contains(k))
+            .map_or(BUF_SIZE, |k| k * 1024);
+        BufPool {
+            idle: Mutex::default(),
+            size,
+        }
+    }
+}
 
-/// Bytes moved per read on the copy path.
-const BUF_SIZE: usize = 256 * 1024;
+/// Idle buffers kept (1 MiB at most).
+const BUF_POOL_MAX: usize = 64;
+
+/// Bytes moved per read on the copy path. 16 KiB, as HAProxy's and nginx's stream buffers:
+/// measured side by side on loopback (`bench/results/issue-2-tcp-buffers.md`), 16 KiB moved
+/// 1.00-1.08x HAProxy's throughput and 64 KiB or 256 KiB 0.86-0.95x, at the same or more CPU:
+/// a buffer that stays in the L1 cache between the read that fills it and the write that
+/// empties it costs both copies less, and the receiving process's too.
+const BUF_SIZE: usize = 16 * 1024;
 
 impl BufPool {
     fn take(&self) -> Box<[u8]> {
@@ -125,7 +144,7 @@ impl BufPool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        pooled.unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+        pooled.unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
     }
 
     fn put(&self, buf: Box<[u8]>) {
