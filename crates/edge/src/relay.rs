@@ -7,8 +7,10 @@ use anyedge_telemetry::{AppMetrics, Direction};
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
-use tokio::io::Interest;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Bytes moved per splice call, and the pipe size asked for.
@@ -110,6 +112,8 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 pub(crate) struct BufPool {
     idle: Mutex<Vec<Box<[u8]>>>,
     size: usize,
+    /// Buffers made so far (the pool's own count; tests compare it with the idle ones).
+    made: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for BufPool {
@@ -123,6 +127,7 @@ impl Default for BufPool {
         BufPool {
             idle: Mutex::default(),
             size,
+            made: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -144,7 +149,10 @@ impl BufPool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        pooled.unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
+        pooled.unwrap_or_else(|| {
+            self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            vec![0u8; self.size].into_boxed_slice()
+        })
     }
 
     fn put(&self, buf: Box<[u8]>) {
@@ -279,9 +287,125 @@ async fn pump(
     }
 }
 
+/// Copy both ways between two byte streams of any kind (TLS on either side: TCP backhaul)
+/// until both directions have ended, each end passed on as a shutdown. Like
+/// `tokio::io::copy_bidirectional`, except that a direction holds a buffer from `pool` only
+/// while it has bytes read and not yet written: an idle connection holds none. Returns the
+/// bytes moved (a to b, b to a).
+pub(crate) async fn copy_pooled<A, B>(
+    a: &mut A,
+    b: &mut B,
+    pool: &BufPool,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (mut ab, mut ba) = (Half::default(), Half::default());
+    std::future::poll_fn(|cx| {
+        let a_to_b = ab.poll_copy(cx, pool, &mut *a, &mut *b)?;
+        let b_to_a = ba.poll_copy(cx, pool, &mut *b, &mut *a)?;
+        if a_to_b.is_ready() && b_to_a.is_ready() {
+            Poll::Ready(Ok((ab.moved, ba.moved)))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// One direction of [`copy_pooled`].
+#[derive(Default)]
+struct Half {
+    /// Bytes read and not yet all written, in `buf[pos..end]`.
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    end: usize,
+    read_done: bool,
+    /// Written since the last flush (a TLS writer keeps the last record until flushed).
+    unflushed: bool,
+    done: bool,
+    moved: u64,
+}
+
+impl Half {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        pool: &BufPool,
+        from: &mut R,
+        to: &mut W,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.buf.is_none() && !self.read_done {
+                let mut buf = pool.take();
+                let mut read = ReadBuf::new(&mut buf);
+                match Pin::new(&mut *from).poll_read(cx, &mut read) {
+                    Poll::Pending => {
+                        // Nothing to hold while the read waits: the buffer goes back, and what
+                        // was written goes out.
+                        pool.put(buf);
+                        if self.unflushed {
+                            ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                            self.unflushed = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        pool.put(buf);
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let n = read.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                            pool.put(buf);
+                        } else {
+                            (self.pos, self.end) = (0, n);
+                            self.buf = Some(buf);
+                        }
+                    }
+                }
+            }
+            if let Some(buf) = &self.buf {
+                while self.pos < self.end {
+                    let n = ready!(Pin::new(&mut *to).poll_write(cx, &buf[self.pos..self.end]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.pos += n;
+                    self.moved += n as u64;
+                    self.unflushed = true;
+                }
+                if let Some(buf) = self.buf.take() {
+                    pool.put(buf);
+                }
+            }
+            if self.read_done {
+                if self.unflushed {
+                    ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                    self.unflushed = false;
+                }
+                ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -333,5 +457,80 @@ mod tests {
 
     fn metrics_bytes(m: &AppMetrics) -> (u64, u64) {
         (m.bytes(Direction::In), m.bytes(Direction::Out))
+    }
+
+    /// Write `send` and read `expect` bytes at the same time.
+    async fn exchange(io: &mut tokio::io::DuplexStream, send: &[u8], expect: usize) -> Vec<u8> {
+        let (mut r, mut w) = tokio::io::split(io);
+        let mut got = vec![0u8; expect];
+        let (wrote, read) = tokio::join!(w.write_all(send), r.read_exact(&mut got));
+        wrote.expect("write");
+        read.expect("read");
+        got
+    }
+
+    fn pattern(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect()
+    }
+
+    /// Both ways at once, many buffers' worth, then each side's end passed on; between bursts
+    /// the relay holds no buffer.
+    #[tokio::test]
+    async fn copy_pooled_moves_both_ways_and_holds_no_buffer_while_idle() {
+        let pool = Arc::new(BufPool::default());
+        let (mut client, mut a) = tokio::io::duplex(64 * 1024);
+        let (mut b, mut server) = tokio::io::duplex(64 * 1024);
+        let relay = {
+            let pool = pool.clone();
+            tokio::spawn(async move { copy_pooled(&mut a, &mut b, &pool).await })
+        };
+        let up = pattern(1 << 20, 1);
+        let down = pattern(1 << 20, 2);
+        for _ in 0..2 {
+            // Each end writes and reads at once, as a real peer may.
+            let (down_got, up_got) = tokio::join!(
+                exchange(&mut client, &up, down.len()),
+                exchange(&mut server, &down, up.len()),
+            );
+            assert!(up_got == up && down_got == down, "bytes changed on the way");
+            // Idle: every buffer made is back in the pool.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let idle = pool.idle.lock().expect("pool").len();
+                if idle == pool.made.load(Ordering::Relaxed) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a buffer is still held"
+                );
+                tokio::task::yield_now().await;
+            }
+            assert!(pool.made.load(Ordering::Relaxed) >= 1);
+        }
+        // The client's end reaches the server; the other way still flows.
+        client.shutdown().await.expect("client shuts down");
+        let mut rest = Vec::new();
+        server
+            .read_to_end(&mut rest)
+            .await
+            .expect("server reads the end");
+        assert!(rest.is_empty());
+        server
+            .write_all(b"after the half-close")
+            .await
+            .expect("write");
+        server.shutdown().await.expect("server shuts down");
+        let mut tail = Vec::new();
+        client
+            .read_to_end(&mut tail)
+            .await
+            .expect("client reads the end");
+        assert_eq!(tail, b"after the half-close");
+        let moved = relay.await.expect("relay task").expect("relay");
+        let n = 2 * (1u64 << 20);
+        assert_eq!(moved, (n, n + 20));
     }
 }

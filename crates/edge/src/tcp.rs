@@ -58,7 +58,7 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
                 let mut client = conn.client;
                 let metrics = &conn.route.metrics;
                 // Boxed: a connection to a local instance keeps no room for this relay's state.
-                match Box::pin(crate::backhaul::tcp::relay(&mut client, &mut *tunnel)).await {
+                match Box::pin(crate::backhaul::tcp::relay(&mut client, &mut *tunnel, &shared.bufs)).await {
                     Ok((up, down)) => {
                         metrics.add_bytes(anyedge_telemetry::Direction::In, up);
                         metrics.add_bytes(anyedge_telemetry::Direction::Out, down);

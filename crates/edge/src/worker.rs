@@ -175,7 +175,7 @@ async fn serve_tcp(mut stream: ServerTls, edge: Arc<str>, shared: Arc<Shared>) {
         tracing::debug!(edge = %edge, error = %e, "edge left before the answer");
         return;
     }
-    match crate::backhaul::tcp::relay(&mut stream, &mut instance).await {
+    match crate::backhaul::tcp::relay(&mut stream, &mut instance, &shared.bufs).await {
         Ok((up, down)) => {
             app_metrics.add_bytes(Direction::In, up);
             app_metrics.add_bytes(Direction::Out, down);

@@ -66,17 +66,18 @@ pub(crate) fn header(app: &str, instance: &str, client: SocketAddr, edge_port: u
     }
 }
 
-/// Bytes copied through TLS per read or write, each way. TLS records are at most 16 KiB; a
-/// larger buffer lets one wake-up move several of them (fewer syscalls and polls per byte),
-/// and costs memory only while a connection moves data in bulk.
-const RELAY_BUF: usize = 16 * 1024;
-
 /// Copy both ways between a plain socket and a TLS stream (or two of either) until both sides
-/// have closed; a half-close is passed on. Returns the bytes moved (a to b, b to a).
-pub(crate) async fn relay<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+/// have closed; a half-close is passed on. Buffers (16 KiB: a TLS record's plaintext) come from
+/// the node's pool and are held only while bytes move, so an idle connection holds none.
+/// Returns the bytes moved (a to b, b to a).
+pub(crate) async fn relay<A, B>(
+    a: &mut A,
+    b: &mut B,
+    pool: &crate::relay::BufPool,
+) -> std::io::Result<(u64, u64)>
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUF, RELAY_BUF).await
+    crate::relay::copy_pooled(a, b, pool).await
 }
