@@ -249,3 +249,61 @@ async fn the_workers_health_verdict_reaches_the_edge_over_the_load_feed() {
     )
     .await;
 }
+
+/// Raw TCP through backhaul is bounded on the worker as on any node by the app's
+/// `limits.max_connections` and the instance's `hard_limit`, not by `max_inflight` (HTTP
+/// requests): five connections held open at once all reach the instance with `max_inflight = 2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_through_backhaul_is_bounded_by_connections_not_requests() {
+    let pki = Pki::new();
+    let echo = FakeInstance::echo("echo-on-worker").await;
+    let (http_port, tcp_port, backhaul) = (free_port(), free_port(), free_port());
+    let app = APP
+        .replace("HTTP_PORT", &http_port.to_string())
+        .replace("TCP_PORT", &tcp_port.to_string())
+        .replace(
+            "name = \"echo\"\n",
+            "name = \"echo\"\nlimits = { max_inflight = 2 }\n",
+        );
+    let worker = Node::start(bin(), "w1", &format!(
+        "[node]\nid = \"w1\"\nregion = \"near\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"w1-echo\"\naddress = \"{}\"\n",
+        pki.cluster_section("w1"),
+        echo.addr,
+    ));
+    let edge = Node::start(bin(), "edge1", &format!(
+        "[node]\nid = \"edge1\"\nregion = \"near\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}[[nodes]]\nid = \"w1\"\nregion = \"near\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"w1-echo\"\naddress = \"{}\"\nnode = \"w1\"\n",
+        pki.cluster_section("edge1"),
+        echo.addr,
+    ));
+    worker.up().await;
+    edge.up().await;
+    let mut open = Vec::new();
+    for i in 0..5 {
+        let mut c = tokio::net::TcpStream::connect(local(tcp_port))
+            .await
+            .expect("connect");
+        let line = format!("connection {i}\n");
+        c.write_all(line.as_bytes()).await.expect("write");
+        let want = format!("echo-on-worker\n{line}");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 256];
+            while got.len() < want.len() {
+                let n = c.read(&mut buf).await.expect("read");
+                assert!(
+                    n > 0,
+                    "connection {i} closed: {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("echo in time");
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        open.push(c);
+    }
+    assert_eq!(echo.accepted(), 5);
+    let refused = metric(&worker.metrics().await, "anyedge_backhaul_refused_total");
+    assert_eq!(refused, 0.0, "the worker refused a connection");
+}

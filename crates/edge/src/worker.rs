@@ -6,6 +6,7 @@
 
 use crate::http::worker::WorkerService;
 use crate::Shared;
+use anyedge_admission::BudgetGuard;
 use anyedge_backhaul::header::{RefuseReason, TcpHeader, TcpReply};
 use anyedge_backhaul::{ALPN_H2, ALPN_TCP};
 use anyedge_catalog::{AppEntry, Slot, Snapshot};
@@ -194,7 +195,7 @@ async fn reply(stream: &mut ServerTls, r: TcpReply, shared: &Shared) {
 
 struct Opened {
     instance: TcpStream,
-    _slots: (Slot, Slot),
+    _slots: (BudgetGuard, Slot),
     app_metrics: Arc<anyedge_telemetry::AppMetrics>,
 }
 
@@ -228,22 +229,50 @@ pub(crate) fn admit(
     app: &AppEntry,
     index: usize,
 ) -> Result<(Slot, Slot), RefuseReason> {
-    if shared.drain.is_draining() {
-        return Err(RefuseReason::Draining);
-    }
-    let inst = &app.instances[index];
-    if !inst.live.healthy(Instant::now()) {
-        return Err(RefuseReason::Unhealthy);
-    }
+    takes_work(shared, app, index)?;
     let app_slot = app
         .live
         .try_admit(app.config.limits.max_inflight)
         .ok_or(RefuseReason::AppOverloaded)?;
-    let slot = inst
+    let slot = inst_slot(app, index)?;
+    Ok((app_slot, slot))
+}
+
+/// [`admit`] for a raw TCP connection: it takes a slot of the app's connection budget on this
+/// node (`limits.max_connections`, as a client connection to one of this node's own ports
+/// does), not of its HTTP request budget (`limits.max_inflight`).
+fn admit_tcp(
+    shared: &Shared,
+    app: &AppEntry,
+    index: usize,
+) -> Result<(BudgetGuard, Slot), RefuseReason> {
+    takes_work(shared, app, index)?;
+    let app_slot = app
+        .live
+        .connections
+        .try_acquire(app.config.limits.max_connections)
+        .ok_or(RefuseReason::AppOverloaded)?;
+    let slot = inst_slot(app, index)?;
+    Ok((app_slot, slot))
+}
+
+/// Whether this node takes new work for the instance: not draining, the instance healthy.
+fn takes_work(shared: &Shared, app: &AppEntry, index: usize) -> Result<(), RefuseReason> {
+    if shared.drain.is_draining() {
+        return Err(RefuseReason::Draining);
+    }
+    if !app.instances[index].live.healthy(Instant::now()) {
+        return Err(RefuseReason::Unhealthy);
+    }
+    Ok(())
+}
+
+/// A slot of the instance's own (`concurrency.hard_limit`).
+fn inst_slot(app: &AppEntry, index: usize) -> Result<Slot, RefuseReason> {
+    app.instances[index]
         .live
         .try_take(app.config.concurrency.hard_limit, &app.live)
-        .ok_or(RefuseReason::Full)?;
-    Ok((app_slot, slot))
+        .ok_or(RefuseReason::Full)
 }
 
 async fn open(h: &TcpHeader, shared: &Shared) -> Result<Opened, RefuseReason> {
@@ -263,7 +292,7 @@ async fn open(h: &TcpHeader, shared: &Shared) -> Result<Opened, RefuseReason> {
                 .map(|p| (s, p.proxy_proto))
         })
         .ok_or(RefuseReason::NoService)?;
-    let slots = admit(shared, app, index)?;
+    let slots = admit_tcp(shared, app, index)?;
     let inst = &app.instances[index];
     let port = inst
         .address
