@@ -4,7 +4,7 @@
 //! instances that only the workers can see; refusals by the worker are placed elsewhere;
 //! nodes without a cluster certificate cannot use a worker's backhaul.
 
-use anyedge_test_support::cluster::{get, local, metric, Node, Pki};
+use anyedge_test_support::cluster::{get, local, metric, tcp_echo, Node, Pki};
 use anyedge_test_support::free_port;
 use anyedge_test_support::http_instance::HttpInstance;
 use anyedge_test_support::instances::FakeInstance;
@@ -102,27 +102,7 @@ async fn http_websocket_and_tcp_reach_a_worker_over_backhaul() {
     assert!(streams >= 1.0, "worker streams: {streams}");
 
     // Raw TCP over its own TLS connection.
-    let mut c = tokio::net::TcpStream::connect(local(tcp_port))
-        .await
-        .expect("connect");
-    c.write_all(b"ping over backhaul\n").await.expect("write");
-    let mut got = Vec::new();
-    let want = "echo-on-worker\nping over backhaul\n";
-    tokio::time::timeout(Duration::from_secs(5), async {
-        let mut buf = [0u8; 256];
-        while got.len() < want.len() {
-            let n = c.read(&mut buf).await.expect("read");
-            assert!(
-                n > 0,
-                "closed early after {:?}",
-                String::from_utf8_lossy(&got)
-            );
-            got.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .expect("echo in time");
-    assert_eq!(String::from_utf8_lossy(&got), want);
+    let mut c = tcp_echo(local(tcp_port), "echo-on-worker\n", "ping over backhaul\n").await;
     // Half-close: the client's FIN reaches the instance, whose close comes back.
     c.shutdown().await.expect("shutdown");
     let mut rest = Vec::new();
@@ -279,29 +259,14 @@ async fn tcp_through_backhaul_is_bounded_by_connections_not_requests() {
     edge.up().await;
     let mut open = Vec::new();
     for i in 0..5 {
-        let mut c = tokio::net::TcpStream::connect(local(tcp_port))
-            .await
-            .expect("connect");
-        let line = format!("connection {i}\n");
-        c.write_all(line.as_bytes()).await.expect("write");
-        let want = format!("echo-on-worker\n{line}");
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            let mut buf = [0u8; 256];
-            while got.len() < want.len() {
-                let n = c.read(&mut buf).await.expect("read");
-                assert!(
-                    n > 0,
-                    "connection {i} closed: {:?}",
-                    String::from_utf8_lossy(&got)
-                );
-                got.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await
-        .expect("echo in time");
-        assert_eq!(String::from_utf8_lossy(&got), want);
-        open.push(c);
+        open.push(
+            tcp_echo(
+                local(tcp_port),
+                "echo-on-worker\n",
+                &format!("connection {i}\n"),
+            )
+            .await,
+        );
     }
     assert_eq!(echo.accepted(), 5);
     let refused = metric(&worker.metrics().await, "anyedge_backhaul_refused_total");

@@ -10,8 +10,8 @@
 //! many client connections sharing a couple of HTTP/2 backhaul connections.
 
 use anyedge_test_support::cluster::{
-    backhaul_client, backhaul_connect, get, get_with, local, metric, tcp_header, BackhaulStream,
-    Node, Pki,
+    backhaul_client, backhaul_connect, get, get_with, local, metric, tcp_echo, tcp_header,
+    BackhaulStream, Node, Pki,
 };
 use anyedge_test_support::etcd::Etcd;
 use anyedge_test_support::http_client::{self, Client};
@@ -487,27 +487,7 @@ async fn worker_file_changes_route_within_a_second_and_websocket_and_tcp_cross_b
     ws.close(None).await.expect("close");
 
     // Raw TCP through the edge, over its own TLS backhaul connection, to the echo instance.
-    let mut c = tokio::net::TcpStream::connect(local(tcp_port))
-        .await
-        .expect("connect");
-    c.write_all(b"ping over backhaul\n").await.expect("write");
-    let want = "echo-on-worker\nping over backhaul\n";
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        let mut buf = [0u8; 256];
-        while got.len() < want.len() {
-            let n = c.read(&mut buf).await.expect("read");
-            assert!(
-                n > 0,
-                "closed early after {:?}",
-                String::from_utf8_lossy(&got)
-            );
-            got.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .expect("echo in time");
-    assert_eq!(String::from_utf8_lossy(&got), want);
+    let mut c = tcp_echo(local(tcp_port), "echo-on-worker\n", "ping over backhaul\n").await;
     c.shutdown().await.expect("shutdown");
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))

@@ -103,6 +103,31 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, Strin
 }
 
 /// The value of one Prometheus series (exact name with labels), 0 when absent.
+/// A raw TCP connection to `addr` that sent `line` and read back `greeting` (the echo
+/// instance's first line, with its newline) and `line`, within 5 s; left open.
+pub async fn tcp_echo(addr: SocketAddr, greeting: &str, line: &str) -> TcpStream {
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    c.write_all(line.as_bytes()).await.expect("write");
+    let want = format!("{greeting}{line}");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 256];
+        while got.len() < want.len() {
+            let n = c.read(&mut buf).await.expect("read");
+            assert!(
+                n > 0,
+                "closed early after {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("echo in time");
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    c
+}
+
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
