@@ -102,7 +102,6 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, Strin
         .map(|(s, _, b)| (s, b))
 }
 
-/// The value of one Prometheus series (exact name with labels), 0 when absent.
 /// A raw TCP connection to `addr` that sent `line` and read back `greeting` (the echo
 /// instance's first line, with its newline) and `line`, within 5 s; left open.
 pub async fn tcp_echo(addr: SocketAddr, greeting: &str, line: &str) -> TcpStream {
@@ -128,6 +127,7 @@ pub async fn tcp_echo(addr: SocketAddr, greeting: &str, line: &str) -> TcpStream
     c
 }
 
+/// The value of one Prometheus series (exact name with labels), 0 when absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {

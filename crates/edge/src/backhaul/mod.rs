@@ -4,7 +4,6 @@
 //! opened with a small binary header ([`tcp`]). Each worker streams its instances' load back
 //! ([`feed`]). The worker's side is in `crate::worker` (and the feed's in [`feed`]).
 //!
-//! Stream metadata travels as request headers the worker removes before forwarding:
 //! Stream metadata travels in one request header the worker removes, [`STREAM`]: the target app
 //! and instance and the client (address, edge port, TLS, HTTP version), from which the worker
 //! writes the forwarding headers (`X-Forwarded-*`, `P-Client-IP`, `P-Forwarded-Port`, `Via`);

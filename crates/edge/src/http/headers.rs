@@ -276,7 +276,8 @@ pub(crate) fn mark_edge(
     region: &HeaderValue,
     request_id: &HeaderValue,
 ) {
-    // Room for these two and the eight `add_client` adds, instead of growing the map on the way.
+    // Room for these two, and for the eight `add_client` adds to each attempt's copy (a clone
+    // keeps the index's size), instead of growing the map on the way.
     headers.reserve(10);
     // Scan once; remove only what a client actually sent.
     if names.any_in(headers) {
