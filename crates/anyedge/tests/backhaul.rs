@@ -6,6 +6,7 @@
 
 use anyedge_test_support::cluster::{get, local, metric, tcp_echo, Node, Pki};
 use anyedge_test_support::free_port;
+use anyedge_test_support::http_client::ClientBody;
 use anyedge_test_support::http_instance::HttpInstance;
 use anyedge_test_support::instances::FakeInstance;
 use std::path::Path;
@@ -276,4 +277,163 @@ async fn tcp_through_backhaul_is_bounded_by_connections_not_requests() {
         .filter(|l| l.starts_with("anyedge_backhaul_refused_total{") && !l.ends_with(" 0"))
         .collect();
     assert!(refused.is_empty(), "the worker refused: {refused:?}");
+}
+
+/// A process's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `total` bytes that count up (so a lost, doubled or reordered chunk shows), made as they are
+/// sent, in 60,000-byte chunks (not a multiple of any frame or window size); then trailers.
+fn counting_body(total: usize, trailers: bool) -> ClientBody {
+    use http_body_util::{BodyExt, StreamBody};
+    const CHUNK: usize = 60_000;
+    let stream =
+        futures_util::stream::unfold((0usize, trailers), move |(sent, trailers)| async move {
+            if sent < total {
+                let n = CHUNK.min(total - sent);
+                let chunk: Vec<u8> = (sent..sent + n).map(|i| (i % 251) as u8).collect();
+                let frame = hyper::body::Frame::data(bytes::Bytes::from(chunk));
+                Some((Ok(frame), (sent + n, trailers)))
+            } else if trailers {
+                let mut t = http::HeaderMap::new();
+                t.insert("x-checksum", http::HeaderValue::from_static("done"));
+                Some((Ok(hyper::body::Frame::trailers(t)), (sent, false)))
+            } else {
+                None
+            }
+        });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// Request and response bodies through backhaul, from HTTP/1.1 and HTTP/2 clients: 48 MiB echoed
+/// back while it is still being sent (so both directions' flow control is exercised at once) and
+/// 48 MiB downloaded arrive whole and in order, with the edge's and worker's memory staying flat;
+/// trailers cross; a body over the edge's `max_request_body`, sent to an instance that answers only
+/// after reading it all, is refused 413 as it streams, and the backhaul connection serves the next
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_and_trailers_cross_backhaul_whole() {
+    use anyedge_test_support::http_client::{empty, request, Client};
+    use http_body_util::BodyExt;
+    const BIG: usize = 48 * 1024 * 1024;
+    const LIMIT: usize = 64 * 1024 * 1024;
+    let pki = Pki::new();
+    let inst = HttpInstance::start("bodies", false).await;
+    let (http_port, backhaul) = (free_port(), free_port());
+    let app = format!(
+        "[[apps]]\nname = \"hello\"\nhostnames = [\"hello.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+    );
+    let worker = Node::start(bin(), "w1", &format!(
+        "[node]\nid = \"w1\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\n",
+        pki.cluster_section("w1"),
+        inst.addr,
+    ));
+    let edge = Node::start(bin(), "edge1", &format!(
+        "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n[http]\nmax_request_body = {LIMIT}\n{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\nnode = \"w1\"\n",
+        pki.cluster_section("edge1"),
+        inst.addr,
+    ));
+    worker.up().await;
+    edge.up().await;
+    anyedge_test_support::eventually("routable", Duration::from_secs(10), || async {
+        get(local(http_port), "hello.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let before = rss_kib(edge.pid()) + rss_kib(worker.pid());
+    let mut peak = before;
+    for h2 in [false, true] {
+        let mut c = if h2 {
+            Client::h2c(local(http_port)).await
+        } else {
+            Client::h1(local(http_port)).await
+        };
+        // Echoed while it is sent: every byte back, in order.
+        let req = request("POST", "hello.test", "/echo", h2)
+            .body(counting_body(BIG, false))
+            .expect("request");
+        let resp = c.send(req).await.expect("response");
+        assert_eq!(resp.status(), 200, "h2={h2}");
+        let mut body = resp.into_body();
+        let mut got = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("frame");
+            if let Some(d) = frame.data_ref() {
+                for (i, b) in d.iter().enumerate() {
+                    assert_eq!(*b, ((got + i) % 251) as u8, "byte {} (h2={h2})", got + i);
+                }
+                got += d.len();
+                peak = peak.max(rss_kib(edge.pid()) + rss_kib(worker.pid()));
+            }
+        }
+        assert_eq!(got, BIG, "h2={h2}");
+        // Downloaded.
+        let req = request("GET", "hello.test", &format!("/bytes/{BIG}"), h2)
+            .body(empty())
+            .expect("request");
+        let resp = c.send(req).await.expect("response");
+        let mut body = resp.into_body();
+        let mut got = 0usize;
+        while let Some(frame) = body.frame().await {
+            if let Some(d) = frame.expect("frame").data_ref() {
+                assert!(d.iter().all(|b| *b == b'z'));
+                got += d.len();
+                peak = peak.max(rss_kib(edge.pid()) + rss_kib(worker.pid()));
+            }
+        }
+        assert_eq!(got, BIG, "h2={h2}");
+        // Trailers (HTTP/1.1 sends only announced ones).
+        let req = request("POST", "hello.test", "/echo", h2)
+            .header("te", "trailers")
+            .header("trailer", "x-checksum")
+            .body(counting_body(200_000, true))
+            .expect("request");
+        let resp = c.send(req).await.expect("response");
+        let collected = resp.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned();
+        assert_eq!(collected.to_bytes().len(), 200_000, "h2={h2}");
+        let checksum = trailers.as_ref().and_then(|t| t.get("x-checksum"));
+        assert_eq!(
+            checksum.map(|v| v.as_bytes()),
+            Some(&b"done"[..]),
+            "h2={h2}"
+        );
+    }
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        growth_mib < 48,
+        "edge and worker grew by {growth_mib} MiB while 192 MiB crossed"
+    );
+    // Over the limit, with no length announced: refused while it streams.
+    let mut c = Client::h2c(local(http_port)).await;
+    let req = request("POST", "hello.test", "/count", true)
+        .body(counting_body(LIMIT + 1_000_000, false))
+        .expect("request");
+    let status = match c.send(req).await {
+        Ok(resp) => resp.status().as_u16(),
+        Err(e) => panic!("the edge should answer 413, got {e}"),
+    };
+    assert_eq!(status, 413);
+    let (s, body) = get(local(http_port), "hello.test", "/")
+        .await
+        .expect("answer");
+    assert_eq!((s, body.trim()), (200, "bodies"));
+    // The refused stream was reset, not its connection: all of this took the connections the
+    // edge keeps to one worker, no more.
+    let m = edge.metrics().await;
+    let opened = metric(&m, "anyedge_backhaul_connections_opened_total");
+    assert!(
+        (1.0..=2.0).contains(&opened),
+        "{opened} backhaul connections opened"
+    );
 }

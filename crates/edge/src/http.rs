@@ -1,7 +1,7 @@
 //! The HTTP edge: HTTP/1.1 and HTTP/2 (h2c with prior knowledge on plain ports, ALPN on TLS
 //! ports) from clients, many apps on one port routed by host, forwarded to instances.
 
-mod body;
+pub(crate) mod body;
 mod error;
 pub(crate) mod headers;
 mod idle;

@@ -1,7 +1,8 @@
 //! A fake HTTP instance (hyper, HTTP/1.1 or h2c) that says who it is and shows what it got.
 //!
 //! Routes: `/headers` answers the request headers as `name: value` lines; `/echo` streams the
-//! request body back (with the request's trailers as response trailers); `/bytes/N` streams N
+//! request body back (with the request's trailers as response trailers); `/count` reads the whole
+//! body, then answers its length; `/bytes/N` streams N
 //! bytes; `/slow/MS` answers after MS milliseconds; `/reset` drops the connection; `/ws` is a
 //! WebSocket echo; `/healthz` answers the status the test set with [`HttpInstance::set_health`]
 //! (200 at first); anything else answers the instance's name.
@@ -135,6 +136,15 @@ async fn handle(
                 resp.headers_mut().insert("trailer", t);
             }
             resp
+        }
+        "/count" => {
+            // Read the whole body first, then answer with its length.
+            match req.into_body().collect().await {
+                Ok(b) => Response::new(full(format!("{}\n", b.to_bytes().len()))),
+                Err(_) => {
+                    return std::future::pending::<Result<Response<Body>, Infallible>>().await
+                }
+            }
         }
         "/reset" => {
             // Answer nothing and drop the connection.

@@ -192,17 +192,18 @@ pub(crate) fn follow(link: Weak<Link>, shared: Arc<Shared>) {
     });
 }
 
-async fn read(
-    mut sender: hyper::client::conn::http2::SendRequest<ReqBody>,
-    shared: &Shared,
-) -> Result<(), String> {
-    let mut req = Request::new(ReqBody::Empty);
+async fn read(conn: super::streams::Conn, shared: &Shared) -> Result<(), String> {
+    let mut req = Request::new(ReqBody::<hyper::body::Incoming>::Empty);
     *req.method_mut() = Method::GET;
     *req.version_mut() = Version::HTTP_2;
     *req.uri_mut() = http::Uri::from_static("http://anyedge/");
     req.headers_mut()
         .insert(super::FEED, http::HeaderValue::from_static("load"));
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = match conn.send(req).await {
+        Ok(resp) => resp,
+        Err(super::streams::SendFailed::Unsent) => return Err("the connection closed".into()),
+        Err(super::streams::SendFailed::Failed(e)) => return Err(e.to_string()),
+    };
     if !resp.status().is_success() {
         return Err(format!("worker answered {}", resp.status()));
     }

@@ -3,8 +3,13 @@
 //! connection (GOAWAY, reset, or a keep-alive ping unanswered for [`PING_TIMEOUT`]) is dropped
 //! from the set and the next request opens a new one. The socket's kernel RTT (`TCP_INFO`) is
 //! sampled into the peer's live state: placement's distance to the worker.
+//!
+//! Requests travel on [`streams::Conn`], the `h2` crate driven directly. A protocol switch
+//! (extended CONNECT) travels on a connection of hyper's client, opened for the first one and
+//! kept for the next ([`Link::upgrade_sender`]).
 
 use super::feed;
+use super::streams;
 use crate::connect::{self, AttemptError};
 use crate::http::upstream::UpstreamError;
 use crate::Shared;
@@ -31,7 +36,9 @@ pub(crate) struct Link {
     id: Arc<str>,
     advertise: String,
     rtt: Arc<AtomicU32>,
-    conns: Mutex<Vec<http2::SendRequest<ReqBody>>>,
+    conns: Mutex<Vec<streams::Conn>>,
+    /// hyper's HTTP/2 client, for protocol switches.
+    upgrades: tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>,
     next: AtomicUsize,
     /// The first connection is opened by one request at a time; others wait and then use it.
     opening: tokio::sync::Mutex<()>,
@@ -47,6 +54,7 @@ impl Link {
             advertise: peer.advertise.clone(),
             rtt: peer.live.rtt_us.clone(),
             conns: Mutex::new(Vec::new()),
+            upgrades: tokio::sync::Mutex::new(None),
             next: AtomicUsize::new(0),
             opening: tokio::sync::Mutex::new(()),
             growing: AtomicBool::new(false),
@@ -63,7 +71,7 @@ impl Link {
     }
 
     /// A live connection, the next in turn, and how many are open.
-    fn pick(&self) -> (Option<http2::SendRequest<ReqBody>>, usize) {
+    fn pick(&self) -> (Option<streams::Conn>, usize) {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         conns.retain(|c| !c.is_closed());
         if conns.is_empty() {
@@ -73,7 +81,7 @@ impl Link {
         (Some(conns[i].clone()), conns.len())
     }
 
-    fn add(self: &Arc<Self>, conn: http2::SendRequest<ReqBody>, shared: &Arc<Shared>) {
+    fn add(self: &Arc<Self>, conn: streams::Conn, shared: &Arc<Shared>) {
         self.conns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -90,7 +98,7 @@ impl Link {
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         timeout: Duration,
-    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+    ) -> Result<streams::Conn, UpstreamError> {
         if let (Some(conn), open) = self.pick() {
             if open < CONNECTIONS {
                 self.grow(shared, timeout);
@@ -106,7 +114,7 @@ impl Link {
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         timeout: Duration,
-    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+    ) -> Result<streams::Conn, UpstreamError> {
         let _one = self.opening.lock().await;
         if let (Some(conn), _) = self.pick() {
             return Ok(conn);
@@ -141,20 +149,18 @@ impl Link {
         });
     }
 
-    async fn open(
+    /// A connection of hyper's HTTP/2 client for a protocol switch: the one opened for an earlier
+    /// switch while it lasts, else a new one. It counts among the worker's backhaul connections.
+    pub async fn upgrade_sender(
         &self,
         shared: &Shared,
         timeout: Duration,
     ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
-        let stream = connect_tls(
-            shared,
-            &self.id,
-            &self.advertise,
-            anyedge_backhaul::ALPN_H2,
-            timeout,
-            self.rtt.clone(),
-        )
-        .await?;
+        let mut kept = self.upgrades.lock().await;
+        if let Some(sender) = kept.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let stream = self.connect(shared, timeout).await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -166,18 +172,51 @@ impl Link {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Handshake)?;
+        let end = self.opened(shared);
+        tokio::spawn(async move { end(conn.await.map_err(|e| e.to_string())) });
+        *kept = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn open(
+        &self,
+        shared: &Shared,
+        timeout: Duration,
+    ) -> Result<streams::Conn, UpstreamError> {
+        let stream = self.connect(shared, timeout).await?;
+        let end = self.opened(shared);
+        streams::Conn::handshake(stream, PING_INTERVAL, PING_TIMEOUT, end)
+            .await
+            .map_err(|e| attempt_error(&self.id, &format!("HTTP/2 handshake: {e}")).into())
+    }
+
+    async fn connect(
+        &self,
+        shared: &Shared,
+        timeout: Duration,
+    ) -> Result<tokio_rustls::client::TlsStream<RttSampled>, UpstreamError> {
+        let stream = connect_tls(
+            shared,
+            &self.id,
+            &self.advertise,
+            anyedge_backhaul::ALPN_H2,
+            timeout,
+            self.rtt.clone(),
+        )
+        .await?;
+        Ok(stream)
+    }
+
+    /// Count a connection opened; what to run when it ends (count it closed, log why).
+    fn opened(&self, shared: &Shared) -> impl FnOnce(Result<(), String>) + Send + 'static {
         let metrics = shared.metrics.clone();
-        metrics
-            .backhaul
-            .h2_connections
-            .fetch_add(1, Ordering::Relaxed);
-        metrics
-            .backhaul
-            .connections_opened
-            .fetch_add(1, Ordering::Relaxed);
+        let backhaul = &metrics.backhaul;
+        backhaul.h2_connections.fetch_add(1, Ordering::Relaxed);
+        backhaul.connections_opened.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %self.id, address = %self.advertise, "backhaul connection open");
         let peer = self.id.clone();
-        tokio::spawn(async move {
-            match conn.await {
+        move |result| {
+            match result {
                 Ok(()) => tracing::debug!(peer = %peer, "backhaul connection closed"),
                 Err(e) => tracing::info!(peer = %peer, error = %e, "backhaul connection lost"),
             }
@@ -185,9 +224,7 @@ impl Link {
                 .backhaul
                 .h2_connections
                 .fetch_sub(1, Ordering::Relaxed);
-        });
-        tracing::debug!(peer = %self.id, address = %self.advertise, "backhaul connection open");
-        Ok(sender)
+        }
     }
 }
 

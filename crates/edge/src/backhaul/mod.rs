@@ -14,6 +14,7 @@
 
 pub(crate) mod feed;
 pub(crate) mod link;
+pub(crate) mod streams;
 pub(crate) mod tcp;
 
 use crate::http::headers::Forwarded;

@@ -4,6 +4,7 @@
 //! returns the instance connection to its pool when the body ends.
 
 use super::upstream::PoolReturn;
+use crate::backhaul::streams::RecvBody;
 use anyedge_telemetry::{AppMetrics, Direction};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -245,6 +246,45 @@ where
     }
 }
 
+/// Errors of bodies on their way to the client.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body from where the request went: an instance (hyper's client) or a worker
+/// (a backhaul stream).
+pub(crate) enum UpBody {
+    Http(Incoming),
+    Backhaul(RecvBody),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::Http(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpBody::Backhaul(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Http(b) => b.is_end_stream(),
+            UpBody::Backhaul(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Http(b) => b.size_hint(),
+            UpBody::Backhaul(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A response body on its way to the client.
 pub(crate) struct RespBody {
     kind: RespKind,
@@ -279,7 +319,7 @@ impl Slots {
 enum RespKind {
     Full(Option<Bytes>),
     Upstream {
-        body: Incoming,
+        body: UpBody,
         pool: Option<PoolReturn>,
     },
 }
@@ -299,11 +339,7 @@ impl RespBody {
         Self::full(Bytes::new())
     }
 
-    pub fn upstream(
-        body: Incoming,
-        pool: Option<PoolReturn>,
-        metrics: Arc<AppMetrics>,
-    ) -> RespBody {
+    pub fn upstream(body: UpBody, pool: Option<PoolReturn>, metrics: Arc<AppMetrics>) -> RespBody {
         let mut b = RespBody {
             kind: RespKind::Upstream { body, pool },
             metrics: Some(metrics),
@@ -341,12 +377,12 @@ impl RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             RespKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),

@@ -7,9 +7,10 @@ use super::error::ProxyError;
 use super::headers::{self, ClientInfo, Forwarded};
 use super::routing::{self, Fallback, Replay, Resolved, Wishes};
 use super::upgrade::{self, Leg, Upgrade};
-use super::upstream::{SendError, Sender, Target, UpstreamError};
+use super::upstream::{Failure, SendError, Sender, Target, UpstreamError};
 use crate::admit::{self, AdmitError};
 use crate::backhaul;
+use crate::backhaul::streams::StreamError;
 use crate::routes::{HttpApp, HttpPort, HttpSettings};
 use crate::Shared;
 use anyedge_telemetry::RetryReason;
@@ -293,9 +294,16 @@ impl ProxyService {
             let pool = &app.pools[placed.index];
             let connecting = Instant::now();
             let sender = if let Some(link) = link {
-                link.sender(&self.shared, target.connect_timeout)
-                    .await
-                    .map(Sender::H2)
+                let timeout = target.connect_timeout;
+                if matches!(job.upgrade, Upgrade::None) {
+                    link.sender(&self.shared, timeout)
+                        .await
+                        .map(Sender::Backhaul)
+                } else {
+                    // Boxed: upgrades are rare (see below).
+                    let opening = Box::pin(link.upgrade_sender(&self.shared, timeout));
+                    opening.await.map(Sender::H2)
+                }
             } else if fresh_only || !matches!(job.upgrade, Upgrade::None) {
                 pool.fresh(&target, &self.shared.resolver).await
             } else {
@@ -661,20 +669,19 @@ fn worker_refused(inst: &anyedge_catalog::InstanceEntry, reason: &str) -> String
 /// process it (HTTP/2 REFUSED_STREAM or a GOAWAY above the stream), or an idempotent request on
 /// a reused HTTP/1.1 connection that failed before any response byte (the keep-alive race).
 pub(super) fn retry_reason(
-    e: &hyper::Error,
+    e: &Failure,
     reused: bool,
     method: &http::Method,
 ) -> Option<RetryReason> {
+    let e = match e {
+        Failure::Http(e) => e,
+        Failure::Backhaul(e) => return e.h2().and_then(h2_retry_reason),
+        Failure::Unsupported(_) => return None,
+    };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                return Some(RetryReason::RefusedStream);
-            }
-            if h2.is_go_away() && h2.is_remote() {
-                return Some(RetryReason::GoAway);
-            }
-            return None;
+            return h2_retry_reason(h2);
         }
         source = s.source();
     }
@@ -682,6 +689,14 @@ pub(super) fn retry_reason(
     // hyper reports a connection closed before any response byte as an incomplete message.
     (reused && idempotent && (e.is_incomplete_message() || e.is_closed() || is_reset(e)))
         .then_some(RetryReason::StaleConnection)
+}
+
+/// An HTTP/2 stream's failure: retried only when the peer says it did not process the stream.
+fn h2_retry_reason(e: &h2::Error) -> Option<RetryReason> {
+    if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        return Some(RetryReason::RefusedStream);
+    }
+    (e.is_go_away() && e.is_remote()).then_some(RetryReason::GoAway)
 }
 
 fn is_reset(e: &hyper::Error) -> bool {
@@ -698,10 +713,13 @@ fn is_reset(e: &hyper::Error) -> bool {
     false
 }
 
-fn body_too_large(e: &hyper::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<super::body::BodyError>())
-        .is_some_and(|b| matches!(b, super::body::BodyError::TooLarge { .. }))
+fn body_too_large(e: &Failure) -> bool {
+    let body_error = match e {
+        Failure::Http(e) => std::error::Error::source(e).and_then(|s| s.downcast_ref()),
+        Failure::Backhaul(StreamError::Body(b)) => Some(b),
+        _ => None,
+    };
+    matches!(body_error, Some(super::body::BodyError::TooLarge { .. }))
 }
 
 /// The request's host, lower-cased, without port: `:authority` (HTTP/2, absolute-form) or `Host`.

@@ -4,7 +4,7 @@
 //! switched, bytes are copied both ways for as long as the connection lives: no request
 //! timeout applies.
 
-use super::body::{ReqBody, RespBody, Slots};
+use super::body::{ReqBody, RespBody, Slots, UpBody};
 use super::error::ProxyError;
 use super::headers;
 use super::service::Outcome;
@@ -152,7 +152,7 @@ async fn send(
     leg: Leg,
     h2_client: bool,
     protocol: &str,
-) -> Result<Response<hyper::body::Incoming>, hyper::Error> {
+) -> Result<Response<hyper::body::Incoming>, super::upstream::Failure> {
     if leg == Leg::ToWorker {
         http1_to_connect(&mut req, protocol);
     } else if h2_client {
@@ -180,7 +180,7 @@ fn tunnel(
     if !switched {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        let mut body = RespBody::upstream(body, None, app.metrics.clone());
+        let mut body = RespBody::upstream(UpBody::Http(body), None, app.metrics.clone());
         body.hold(slots);
         return Ok((Response::from_parts(parts, body), outcome));
     }

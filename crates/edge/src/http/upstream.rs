@@ -3,7 +3,8 @@
 //! was not), keeps HTTP/1.1 connections for reuse only after their response was read to the end,
 //! and shares one HTTP/2 connection per instance when the service asks for an h2 backend.
 
-use super::body::ReqBody;
+use super::body::{ReqBody, UpBody};
+use crate::backhaul::streams::{self, StreamError};
 use crate::connect::{self, AttemptError, Resolver};
 use anyedge_core::InstanceId;
 use hyper::body::Incoming;
@@ -185,6 +186,8 @@ pub(crate) enum Sender {
         reused: bool,
     },
     H2(http2::SendRequest<ReqBody>),
+    /// A backhaul connection to the instance's worker.
+    Backhaul(streams::Conn),
 }
 
 /// A send that failed.
@@ -192,7 +195,18 @@ pub(crate) enum SendError {
     /// The connection was found closed before any of the request was written.
     Unsent,
     /// The request was (at least partly) written.
-    Failed(hyper::Error),
+    Failed(Failure),
+}
+
+/// Why a request that was (at least partly) written failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failure {
+    #[error(transparent)]
+    Http(hyper::Error),
+    #[error(transparent)]
+    Backhaul(StreamError),
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 impl Sender {
@@ -205,34 +219,44 @@ impl Sender {
     pub async fn send(
         self,
         req: Request<ReqBody>,
-    ) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
+    ) -> Result<(Response<UpBody>, Option<PoolReturn>), SendError> {
         let result = match self {
             Sender::H1 {
                 mut sender, pool, ..
             } => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Some(PoolReturn { sender, pool }))),
+                Ok(resp) => return Ok((resp.map(UpBody::Http), Some(PoolReturn { sender, pool }))),
                 Err(e) => e,
             },
             Sender::H2(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, None)),
+                Ok(resp) => return Ok((resp.map(UpBody::Http), None)),
                 Err(e) => e,
             },
+            Sender::Backhaul(conn) => {
+                return match conn.send(req).await {
+                    Ok(resp) => Ok((resp.map(UpBody::Backhaul), None)),
+                    Err(streams::SendFailed::Unsent) => Err(SendError::Unsent),
+                    Err(streams::SendFailed::Failed(e)) => {
+                        Err(SendError::Failed(Failure::Backhaul(e)))
+                    }
+                };
+            }
         };
         let mut e = result;
         match e.take_message() {
             Some(_) => Err(SendError::Unsent),
-            None => Err(SendError::Failed(e.into_error())),
+            None => Err(SendError::Failed(Failure::Http(e.into_error()))),
         }
     }
 
     /// For a protocol switch: send on this connection and never pool it.
-    pub async fn send_once(
-        self,
-        req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, hyper::Error> {
+    pub async fn send_once(self, req: Request<ReqBody>) -> Result<Response<Incoming>, Failure> {
         match self {
-            Sender::H1 { mut sender, .. } => sender.send_request(req).await,
-            Sender::H2(mut sender) => sender.send_request(req).await,
+            Sender::H1 { mut sender, .. } => sender.send_request(req).await.map_err(Failure::Http),
+            Sender::H2(mut sender) => sender.send_request(req).await.map_err(Failure::Http),
+            // Switches over backhaul take hyper's client (`Link::upgrade_sender`).
+            Sender::Backhaul(_) => Err(Failure::Unsupported(
+                "a protocol switch cannot go on a plain backhaul stream",
+            )),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! sees it is answered 503 with `anyedge-retry-elsewhere: <reason>` before any of the body is
 //! read, and the edge places the request again without this instance.
 
-use super::body::{ReqBody, RespBody, Slots};
+use super::body::{BoxError, ReqBody, RespBody, Slots};
 use super::error::ProxyError;
 use super::headers;
 use super::service::{retry_reason, upstream_uri, Outcome};
@@ -43,15 +43,15 @@ pub(crate) enum WorkerBody {
 
 impl Body for WorkerBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             WorkerBody::Resp(b) => Pin::new(b).poll_frame(cx),
-            WorkerBody::Feed(b) => Pin::new(b).poll_frame(cx),
+            WorkerBody::Feed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
