@@ -437,3 +437,66 @@ async fn bodies_and_trailers_cross_backhaul_whole() {
         "{opened} backhaul connections opened"
     );
 }
+
+/// Clients that stop reading their downloads hold data on the edge's backhaul streams, and that
+/// data counts against their connection's HTTP/2 window: ten such downloads (more than two
+/// connections' worth, were the connection window no larger than a stream's) must not stall
+/// other requests to the same worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_downloads_do_not_stall_other_requests_on_the_backhaul() {
+    let pki = Pki::new();
+    let inst = HttpInstance::start("quick", false).await;
+    let (http_port, backhaul) = (free_port(), free_port());
+    let app = format!(
+        "[[apps]]\nname = \"hello\"\nhostnames = [\"hello.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+    );
+    let worker = Node::start(bin(), "w1", &format!(
+        "[node]\nid = \"w1\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\n",
+        pki.cluster_section("w1"),
+        inst.addr,
+    ));
+    let edge = Node::start(bin(), "edge1", &format!(
+        "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\nnode = \"w1\"\n",
+        pki.cluster_section("edge1"),
+        inst.addr,
+    ));
+    worker.up().await;
+    edge.up().await;
+    anyedge_test_support::eventually("routable", Duration::from_secs(10), || async {
+        get(local(http_port), "hello.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    // Ten downloads of 256 MiB whose clients read the response head and then nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(local(http_port))
+            .await
+            .expect("connect");
+        s.write_all(b"GET /bytes/268435456 HTTP/1.1\r\nHost: hello.test\r\n\r\n")
+            .await
+            .expect("request");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.expect("response head");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        stalled.push(s);
+    }
+    // Steady requests for a few seconds while the stalled streams fill every buffer they can
+    // (the sockets', then their windows): each must be answered promptly throughout.
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    while answered < 20 || started.elapsed() < Duration::from_secs(3) {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(3),
+            get(local(http_port), "hello.test", "/"),
+        )
+        .await;
+        let answer =
+            answer.unwrap_or_else(|_| panic!("request {answered} stalled behind the downloads"));
+        let (s, body) = answer.expect("answer");
+        assert_eq!((s, body.trim()), (200, "quick"));
+        answered += 1;
+    }
+    drop(stalled);
+}

@@ -25,11 +25,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Receive windows. Without hyper's adaptive window (which grows with the measured
-/// bandwidth-delay product) these are fixed: the values hyper itself uses when adaptive sizing is
-/// off. A response stream can have 2 MiB in flight, about 160 Mbit/s at 100 ms RTT; a response
-/// a slow client has not read yet holds at most that much here.
+/// bandwidth-delay product) these are fixed. A response stream can have 2 MiB in flight, about
+/// 160 Mbit/s at 100 ms RTT; a response a slow client has not read yet holds at most that much
+/// here. The connection's window is sixteen streams' worth: data a client has not taken counts
+/// against it, so with a window no larger than a stream's, one stalled download would stall every
+/// app's requests on that connection.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
 /// Request bodies: how much is queued on the connection for one stream before its pipe waits.
 const SEND_BUFFER: usize = 1024 * 1024;
 
@@ -109,15 +111,23 @@ impl Conn {
         B: Body<Data = Bytes, Error = BodyError> + Send + Unpin + 'static,
     {
         let (parts, body) = req.into_parts();
+        // A connection that takes no new stream (the worker said GOAWAY, or it is gone) is
+        // marked closed at once, so that the next request picks another.
         let mut send = match self.send.clone().ready().await {
             Ok(s) => s,
-            Err(_) => return Err(SendFailed::Unsent),
+            Err(_) => {
+                self.closed.store(true, Ordering::Release);
+                return Err(SendFailed::Unsent);
+            }
         };
         let end = body.is_end_stream();
         let (response, stream) = match send.send_request(Request::from_parts(parts, ()), end) {
             Ok(r) => r,
             // The connection went away between `ready` and here: nothing left this node.
-            Err(e) if e.is_go_away() || e.is_io() => return Err(SendFailed::Unsent),
+            Err(e) if e.is_go_away() || e.is_io() => {
+                self.closed.store(true, Ordering::Release);
+                return Err(SendFailed::Unsent);
+            }
             Err(e) => return Err(SendFailed::Failed(e.into())),
         };
         let head = if end {
