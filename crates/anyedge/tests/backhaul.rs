@@ -438,12 +438,15 @@ async fn bodies_and_trailers_cross_backhaul_whole() {
     );
 }
 
-/// Clients that stop reading their downloads hold data on the edge's backhaul streams, and that
-/// data counts against their connection's HTTP/2 window: ten such downloads (more than two
-/// connections' worth, were the connection window no larger than a stream's) must not stall
-/// other requests to the same worker.
+/// Data a client has not taken yet (a download it stopped reading), or an instance has not taken
+/// yet (an upload it does not read), waits on its backhaul stream and counts against the
+/// connection's HTTP/2 window as well. Ten stalled downloads and ten stalled uploads (more than
+/// two connections' worth each, were a connection's window no larger than a stream's) must not
+/// stall other requests to the same worker, with or without a body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_downloads_do_not_stall_other_requests_on_the_backhaul() {
+async fn stalled_transfers_do_not_stall_other_requests_on_the_backhaul() {
+    use anyedge_test_support::http_client::{full, request, Client};
+    use http_body_util::BodyExt;
     let pki = Pki::new();
     let inst = HttpInstance::start("quick", false).await;
     let (http_port, backhaul) = (free_port(), free_port());
@@ -482,21 +485,48 @@ async fn stalled_downloads_do_not_stall_other_requests_on_the_backhaul() {
         assert_eq!(&head, b"HTTP/1.1 200");
         stalled.push(s);
     }
-    // Steady requests for a few seconds while the stalled streams fill every buffer they can
-    // (the sockets', then their windows): each must be answered promptly throughout.
+    // Ten uploads of 256 MiB to a path where the instance never reads the body; each client
+    // writes until nothing more is taken.
+    let mut uploads = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(local(http_port))
+            .await
+            .expect("connect");
+        uploads.push(tokio::spawn(async move {
+            let head =
+                "POST /reset HTTP/1.1\r\nHost: hello.test\r\nContent-Length: 268435456\r\n\r\n";
+            let chunk = vec![b'u'; 64 * 1024];
+            if s.write_all(head.as_bytes()).await.is_ok() {
+                while s.write_all(&chunk).await.is_ok() {}
+            }
+        }));
+    }
+    // Steady requests, with and without a body, for a few seconds while the stalled streams fill
+    // every buffer they can (the sockets', then their windows): each must be answered promptly.
     let started = std::time::Instant::now();
     let mut answered = 0;
     while answered < 20 || started.elapsed() < Duration::from_secs(3) {
-        let answer = tokio::time::timeout(
-            Duration::from_secs(3),
-            get(local(http_port), "hello.test", "/"),
-        )
+        let answer = tokio::time::timeout(Duration::from_secs(3), async {
+            let mut c = Client::h1(local(http_port)).await;
+            let req = request("POST", "hello.test", "/echo", false)
+                .body(full(&b"small body"[..]))
+                .expect("request");
+            let resp = c.send(req).await.expect("response");
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            let plain = get(local(http_port), "hello.test", "/").await;
+            (status, body, plain)
+        })
         .await;
-        let answer =
-            answer.unwrap_or_else(|_| panic!("request {answered} stalled behind the downloads"));
-        let (s, body) = answer.expect("answer");
-        assert_eq!((s, body.trim()), (200, "quick"));
+        let (status, body, plain) =
+            answer.unwrap_or_else(|_| panic!("request {answered} stalled behind the transfers"));
+        assert_eq!((status, &body[..]), (200, &b"small body"[..]));
+        let (s, text) = plain.expect("answer");
+        assert_eq!((s, text.trim()), (200, "quick"));
         answered += 1;
     }
     drop(stalled);
+    for u in uploads {
+        u.abort();
+    }
 }

@@ -30,8 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// here. The connection's window is sixteen streams' worth: data a client has not taken counts
 /// against it, so with a window no larger than a stream's, one stalled download would stall every
 /// app's requests on that connection.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
+pub(crate) const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
 /// Request bodies: how much is queued on the connection for one stream before its pipe waits.
 const SEND_BUFFER: usize = 1024 * 1024;
 
