@@ -164,7 +164,10 @@ impl Link {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            // Fixed windows, as on the request connections (`streams`): with adaptive ones a
+            // connection's window is a stream's, and one stalled tunnel would stall the others.
+            .initial_stream_window_size(streams::STREAM_WINDOW)
+            .initial_connection_window_size(streams::CONNECTION_WINDOW)
             .keep_alive_interval(PING_INTERVAL)
             .keep_alive_timeout(PING_TIMEOUT)
             .keep_alive_while_idle(true);

@@ -19,8 +19,8 @@ use http_body::{Body, Frame, SizeHint};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -138,24 +138,38 @@ impl Conn {
                 body,
                 stream,
                 pending: None,
+                finished: false,
+                cancel: None,
             });
-            with_body(response, pipe).await?
+            let (head, cancel) = with_body(response, pipe).await?;
+            return match head {
+                Ok(resp) => Ok(resp.map(|recv| RecvBody {
+                    recv,
+                    data_done: false,
+                    cancel,
+                })),
+                Err(e) => Err(SendFailed::Failed(e.into())),
+            };
         };
         let resp = head.map_err(|e| SendFailed::Failed(e.into()))?;
         Ok(resp.map(|recv| RecvBody {
             recv,
             data_done: false,
+            cancel: None,
         }))
     }
 }
 
 /// Wait for the response head while the body goes out. A body that fails (over the limit, the
-/// client gone) fails the request; a response that comes first leaves the rest of the body to a
-/// task of its own (the worker may still read it, as for an early 100-continue style answer).
+/// client gone) fails the request; any other end of the pipe (the worker reset the stream, or
+/// answered and closed it) leaves the verdict to the response, which carries the reason. A
+/// response that comes first leaves the rest of the body to a task of its own (the worker may
+/// still read it), with a handle that stops it if the response is dropped unfinished.
+#[allow(clippy::type_complexity)]
 async fn with_body<B>(
     mut response: ResponseFuture,
     mut pipe: Pin<Box<Pipe<B>>>,
-) -> Result<Result<Response<RecvStream>, h2::Error>, SendFailed>
+) -> Result<(Result<Response<RecvStream>, h2::Error>, Option<Arc<Cancel>>), SendFailed>
 where
     B: Body<Data = Bytes, Error = BodyError> + Send + Unpin + 'static,
 {
@@ -163,22 +177,59 @@ where
     let head = poll_fn(|cx| {
         if piping {
             match pipe.as_mut().poll(cx) {
-                Poll::Ready(Ok(())) | Poll::Ready(Err(StreamError::Reset(_))) => piping = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(SendFailed::Failed(e))),
+                Poll::Ready(Err(StreamError::Body(e))) => {
+                    return Poll::Ready(Err(SendFailed::Failed(StreamError::Body(e))))
+                }
+                Poll::Ready(_) => piping = false,
                 Poll::Pending => {}
             }
         }
         Pin::new(&mut response).poll(cx).map(Ok)
     })
-    .await;
+    .await?;
+    let mut cancel = None;
     if piping && head.is_ok() {
+        let handle = Arc::new(Cancel::default());
+        pipe.cancel = Some(handle.clone());
+        cancel = Some(handle);
         tokio::spawn(async move {
             if let Err(e) = pipe.await {
                 tracing::debug!(error = %e, "request body to the worker ended early");
             }
         });
     }
-    head
+    Ok((head, cancel))
+}
+
+/// Stops a request body's pipe running on its own when its response is dropped unfinished (the
+/// client went away): the stream is reset rather than left open at the worker.
+#[derive(Default)]
+pub(crate) struct Cancel {
+    stopped: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Cancel {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        if let Some(w) = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            w.wake();
+        }
+    }
+
+    /// Whether stopped; if not, `cx` is woken when it is.
+    fn poll_stopped(&self, cx: &Context<'_>) -> bool {
+        if self.stopped.load(Ordering::Acquire) {
+            return true;
+        }
+        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+        self.stopped.load(Ordering::Acquire)
+    }
 }
 
 /// Moves a request body onto its stream, within the stream's flow-control window.
@@ -187,7 +238,30 @@ struct Pipe<B> {
     stream: SendStream<Bytes>,
     /// Data read from the body that has not fit in the window yet, and whether it is the last.
     pending: Option<(Bytes, bool)>,
+    /// The stream's send side ended (end of body, trailers, or reset): nothing to cancel.
+    finished: bool,
+    cancel: Option<Arc<Cancel>>,
 }
+
+impl<B> Drop for Pipe<B> {
+    /// A body dropped before its end (a timeout, the request abandoned) resets its stream, so
+    /// the worker and the instance stop waiting for the rest.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+}
+
+/// Headers HTTP/2 forbids (RFC 9113, 8.2.2), which `h2` refuses to send in trailers.
+const CONNECTION_SPECIFIC: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
 
 impl<B> Future for Pipe<B>
 where
@@ -197,6 +271,24 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        let polled = this.poll_pipe(cx);
+        if polled.is_ready() {
+            this.finished = true;
+        }
+        polled
+    }
+}
+
+impl<B> Pipe<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    fn poll_pipe(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamError>> {
+        let this = self;
+        if this.cancel.as_ref().is_some_and(|c| c.poll_stopped(cx)) {
+            this.stream.send_reset(h2::Reason::CANCEL);
+            return Poll::Ready(Err(StreamError::Reset(h2::Reason::CANCEL)));
+        }
         loop {
             if let Some((data, last)) = this.pending.as_mut() {
                 while this.stream.capacity() == 0 {
@@ -215,7 +307,9 @@ where
                 let n = this.stream.capacity().min(data.len());
                 let chunk = data.split_to(n);
                 let end = *last && data.is_empty();
-                this.stream.send_data(chunk, end)?;
+                if this.stream.send_data(chunk, end).is_err() {
+                    return Poll::Ready(Err(reset(&mut this.stream, cx)));
+                }
                 if data.is_empty() {
                     this.pending = None;
                     if end {
@@ -235,7 +329,9 @@ where
                     return Poll::Pending;
                 }
                 Poll::Ready(None) => {
-                    this.stream.send_data(Bytes::new(), true)?;
+                    if this.stream.send_data(Bytes::new(), true).is_err() {
+                        return Poll::Ready(Err(reset(&mut this.stream, cx)));
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -252,10 +348,17 @@ where
                     this.pending = Some((data, last));
                 }
                 Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        this.stream.send_trailers(trailers)?;
-                    } else {
-                        this.stream.send_data(Bytes::new(), true)?;
+                    let sent = match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            for name in CONNECTION_SPECIFIC {
+                                trailers.remove(name);
+                            }
+                            this.stream.send_trailers(trailers)
+                        }
+                        Err(_) => this.stream.send_data(Bytes::new(), true),
+                    };
+                    if sent.is_err() {
+                        return Poll::Ready(Err(reset(&mut this.stream, cx)));
                     }
                     return Poll::Ready(Ok(()));
                 }
@@ -283,6 +386,18 @@ fn reset_reason(r: Result<h2::Reason, h2::Error>) -> StreamError {
 pub(crate) struct RecvBody {
     recv: RecvStream,
     data_done: bool,
+    /// The request body's pipe, when it runs on its own.
+    cancel: Option<Arc<Cancel>>,
+}
+
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        if let Some(c) = self.cancel.take() {
+            if !self.recv.is_end_stream() {
+                c.stop();
+            }
+        }
+    }
 }
 
 impl Body for RecvBody {
@@ -299,11 +414,8 @@ impl Body for RecvBody {
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                // RST_STREAM(NO_ERROR) after a complete answer: the worker needs no more of
-                // the request; the response is whole (RFC 9113, 8.1).
-                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
-                    return Poll::Ready(None)
-                }
+                // (An RST_STREAM(NO_ERROR) after the response's END_STREAM is no error here:
+                // `h2` keeps the stream's end. One before it cuts the response short, and is.)
                 Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
                 None => self.data_done = true,
             }
@@ -555,6 +667,45 @@ mod tests {
         let resp = conn.send(request(body(1, 0))).await.ok().expect("response");
         let text = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(text, "50000");
+    }
+
+    /// A client body that sends one chunk, then nothing more, ever.
+    struct Stalls(Option<Bytes>);
+
+    impl Body for Stalls {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            match self.get_mut().0.take() {
+                Some(c) => Poll::Ready(Some(Ok(Frame::data(c)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_unfinished_resets_the_body_still_going_out() {
+        let (conn, mut got, _hang, _) = connect(true).await;
+        let body = ReqBody::new(
+            Stalls(Some(Bytes::from_static(b"first"))),
+            0,
+            0,
+            Arc::new(AppMetrics::default()),
+        );
+        let mut req = Request::new(body);
+        *req.uri_mut() = http::Uri::from_static("http://worker/count");
+        let resp = conn.send(req).await.ok().expect("the early head");
+        // The client goes away: its response is dropped with the upload still open. The worker
+        // must see the stream end (reset), not wait for the rest forever.
+        drop(resp);
+        let seen = tokio::time::timeout(Duration::from_secs(5), got.recv())
+            .await
+            .expect("the worker saw the stream end")
+            .expect("its count");
+        assert_eq!(seen, b"first");
     }
 
     #[tokio::test(start_paused = true)]
