@@ -17,6 +17,40 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_anyedge"))
 }
 
+/// App `hello` (`hello.test` on a fresh port, its service's extra lines `service_extra`) with
+/// one instance `real` at `inst`, run by worker `w1` and reached from edge `edge1` over
+/// backhaul; `edge_extra` goes into the edge's config before its cluster section. Both nodes
+/// are up and the app answers through the edge: `(worker, edge, http_port)`.
+async fn hello_on_a_worker(
+    pki: &Pki,
+    inst: std::net::SocketAddr,
+    service_extra: &str,
+    edge_extra: &str,
+) -> (Node, Node, u16) {
+    let (http_port, backhaul) = (free_port(), free_port());
+    let app = format!(
+        "[[apps]]\nname = \"hello\"\nhostnames = [\"hello.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n{service_extra}"
+    );
+    let worker = Node::start(bin(), "w1", &format!(
+        "[node]\nid = \"w1\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"real\"\naddress = \"{inst}\"\n",
+        pki.cluster_section("w1"),
+    ));
+    let edge = Node::start(bin(), "edge1", &format!(
+        "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{edge_extra}{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"real\"\naddress = \"{inst}\"\nnode = \"w1\"\n",
+        pki.cluster_section("edge1"),
+    ));
+    worker.up().await;
+    edge.up().await;
+    // The first request opens the backhaul (and with it the load feed).
+    anyedge_test_support::eventually("routable", Duration::from_secs(10), || async {
+        get(local(http_port), "hello.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    (worker, edge, http_port)
+}
+
 const APP: &str = r#"
 [[apps]]
 name = "hello"
@@ -188,30 +222,9 @@ async fn a_protocol_switch_the_worker_refuses_is_placed_again() {
 async fn the_workers_health_verdict_reaches_the_edge_over_the_load_feed() {
     let pki = Pki::new();
     let inst = HttpInstance::start("checked", false).await;
-    let (http_port, backhaul) = (free_port(), free_port());
-    let app = format!(
-        "[[apps]]\nname = \"hello\"\nhostnames = [\"hello.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\nchecks = [ {{ type = \"http\", path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", grace_period = \"0s\", unhealthy_threshold = 1, healthy_threshold = 1 }} ]\n"
-    );
-    let worker = Node::start(bin(), "w1", &format!(
-        "[node]\nid = \"w1\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"i1\"\naddress = \"{}\"\n",
-        pki.cluster_section("w1"),
-        inst.addr,
-    ));
-    let edge = Node::start(bin(), "edge1", &format!(
-        "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"i1\"\naddress = \"{}\"\nnode = \"w1\"\n",
-        pki.cluster_section("edge1"),
-        inst.addr,
-    ));
-    worker.up().await;
-    edge.up().await;
-    // The first request opens the backhaul, and with it the feed.
-    anyedge_test_support::eventually("served", Duration::from_secs(10), || async {
-        get(local(http_port), "hello.test", "/")
-            .await
-            .filter(|(s, _)| *s == 200)
-    })
-    .await;
-    let healthy = "anyedge_instance_healthy{app=\"hello\",instance=\"i1\"}";
+    let checks = "checks = [ { type = \"http\", path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", grace_period = \"0s\", unhealthy_threshold = 1, healthy_threshold = 1 } ]\n";
+    let (_worker, edge, http_port) = hello_on_a_worker(&pki, inst.addr, checks, "").await;
+    let healthy = "anyedge_instance_healthy{app=\"hello\",instance=\"real\"}";
     inst.set_health(503);
     anyedge_test_support::eventually("edge sees it unhealthy", Duration::from_secs(5), || async {
         (metric(&edge.metrics().await, healthy) == 0.0).then_some(())
@@ -328,28 +341,8 @@ async fn bodies_and_trailers_cross_backhaul_whole() {
     const LIMIT: usize = 64 * 1024 * 1024;
     let pki = Pki::new();
     let inst = HttpInstance::start("bodies", false).await;
-    let (http_port, backhaul) = (free_port(), free_port());
-    let app = format!(
-        "[[apps]]\nname = \"hello\"\nhostnames = [\"hello.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
-    );
-    let worker = Node::start(bin(), "w1", &format!(
-        "[node]\nid = \"w1\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\n",
-        pki.cluster_section("w1"),
-        inst.addr,
-    ));
-    let edge = Node::start(bin(), "edge1", &format!(
-        "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n[http]\nmax_request_body = {LIMIT}\n{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\nnode = \"w1\"\n",
-        pki.cluster_section("edge1"),
-        inst.addr,
-    ));
-    worker.up().await;
-    edge.up().await;
-    anyedge_test_support::eventually("routable", Duration::from_secs(10), || async {
-        get(local(http_port), "hello.test", "/")
-            .await
-            .filter(|(s, _)| *s == 200)
-    })
-    .await;
+    let limit = format!("[http]\nmax_request_body = {LIMIT}\n");
+    let (worker, edge, http_port) = hello_on_a_worker(&pki, inst.addr, "", &limit).await;
     let before = rss_kib(edge.pid()) + rss_kib(worker.pid());
     let mut peak = before;
     for h2 in [false, true] {
@@ -449,28 +442,7 @@ async fn stalled_transfers_do_not_stall_other_requests_on_the_backhaul() {
     use http_body_util::BodyExt;
     let pki = Pki::new();
     let inst = HttpInstance::start("quick", false).await;
-    let (http_port, backhaul) = (free_port(), free_port());
-    let app = format!(
-        "[[apps]]\nname = \"hello\"\nhostnames = [\"hello.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
-    );
-    let worker = Node::start(bin(), "w1", &format!(
-        "[node]\nid = \"w1\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\n",
-        pki.cluster_section("w1"),
-        inst.addr,
-    ));
-    let edge = Node::start(bin(), "edge1", &format!(
-        "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\nnode = \"w1\"\n",
-        pki.cluster_section("edge1"),
-        inst.addr,
-    ));
-    worker.up().await;
-    edge.up().await;
-    anyedge_test_support::eventually("routable", Duration::from_secs(10), || async {
-        get(local(http_port), "hello.test", "/")
-            .await
-            .filter(|(s, _)| *s == 200)
-    })
-    .await;
+    let (_worker, _edge, http_port) = hello_on_a_worker(&pki, inst.addr, "", "").await;
     // Ten downloads of 256 MiB whose clients read the response head and then nothing.
     let mut stalled = Vec::new();
     for _ in 0..10 {
