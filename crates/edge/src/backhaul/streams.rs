@@ -504,8 +504,11 @@ mod tests {
     use tokio::io::DuplexStream;
     use tokio::sync::{mpsc, oneshot, Notify};
 
-    /// A client body of ready chunks.
-    struct Chunks(VecDeque<Bytes>);
+    /// A client body of ready chunks; then its end, or (`stalls`) nothing more, ever.
+    struct Chunks {
+        chunks: VecDeque<Bytes>,
+        stalls: bool,
+    }
 
     impl Body for Chunks {
         type Data = Bytes;
@@ -514,10 +517,15 @@ mod tests {
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            Poll::Ready(self.get_mut().0.pop_front().map(|c| Ok(Frame::data(c))))
+            let this = self.get_mut();
+            match this.chunks.pop_front() {
+                Some(c) => Poll::Ready(Some(Ok(Frame::data(c)))),
+                None if this.stalls => Poll::Pending,
+                None => Poll::Ready(None),
+            }
         }
         fn is_end_stream(&self) -> bool {
-            self.0.is_empty()
+            self.chunks.is_empty() && !self.stalls
         }
     }
 
@@ -532,7 +540,15 @@ mod tests {
                 )
             })
             .collect();
-        ReqBody::new(Chunks(chunks), 0, max_body, Arc::new(AppMetrics::default()))
+        ReqBody::new(
+            Chunks {
+                chunks,
+                stalls: false,
+            },
+            0,
+            max_body,
+            Arc::new(AppMetrics::default()),
+        )
     }
 
     fn request(body: ReqBody<Chunks>) -> Request<ReqBody<Chunks>> {
@@ -669,28 +685,14 @@ mod tests {
         assert_eq!(text, "50000");
     }
 
-    /// A client body that sends one chunk, then nothing more, ever.
-    struct Stalls(Option<Bytes>);
-
-    impl Body for Stalls {
-        type Data = Bytes;
-        type Error = Infallible;
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            match self.get_mut().0.take() {
-                Some(c) => Poll::Ready(Some(Ok(Frame::data(c)))),
-                None => Poll::Pending,
-            }
-        }
-    }
-
     #[tokio::test]
     async fn a_response_dropped_unfinished_resets_the_body_still_going_out() {
         let (conn, mut got, _hang, _) = connect(true).await;
         let body = ReqBody::new(
-            Stalls(Some(Bytes::from_static(b"first"))),
+            Chunks {
+                chunks: VecDeque::from([Bytes::from_static(b"first")]),
+                stalls: true,
+            },
             0,
             0,
             Arc::new(AppMetrics::default()),
