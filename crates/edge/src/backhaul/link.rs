@@ -198,16 +198,9 @@ impl Link {
         shared: &Shared,
         timeout: Duration,
     ) -> Result<tokio_rustls::client::TlsStream<RttSampled>, UpstreamError> {
-        let stream = connect_tls(
-            shared,
-            &self.id,
-            &self.advertise,
-            anyedge_backhaul::ALPN_H2,
-            timeout,
-            self.rtt.clone(),
-        )
-        .await?;
-        Ok(stream)
+        let alpn = anyedge_backhaul::ALPN_H2;
+        let rtt = self.rtt.clone();
+        Ok(connect_tls(shared, &self.id, &self.advertise, alpn, timeout, rtt).await?)
     }
 
     /// Count a connection opened; what to run when it ends (count it closed, log why).

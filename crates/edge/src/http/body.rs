@@ -249,41 +249,9 @@ where
 /// Errors of bodies on their way to the client.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A response body from where the request went: an instance (hyper's client) or a worker
-/// (a backhaul stream).
-pub(crate) enum UpBody {
-    Http(Incoming),
-    Backhaul(RecvBody),
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpBody::Http(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpBody::Backhaul(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Http(b) => b.is_end_stream(),
-            UpBody::Backhaul(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::Http(b) => b.size_hint(),
-            UpBody::Backhaul(b) => b.size_hint(),
-        }
-    }
-}
+/// A response body from where the request went: `Left`, an instance (hyper's client); `Right`,
+/// a worker (a backhaul stream).
+pub(crate) type UpBody = http_body_util::Either<Incoming, RecvBody>;
 
 /// A response body on its way to the client.
 pub(crate) struct RespBody {

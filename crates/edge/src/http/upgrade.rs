@@ -180,7 +180,7 @@ fn tunnel(
     if !switched {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        let mut body = RespBody::upstream(UpBody::Http(body), None, app.metrics.clone());
+        let mut body = RespBody::upstream(UpBody::Left(body), None, app.metrics.clone());
         body.hold(slots);
         return Ok((Response::from_parts(parts, body), outcome));
     }

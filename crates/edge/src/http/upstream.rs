@@ -224,16 +224,16 @@ impl Sender {
             Sender::H1 {
                 mut sender, pool, ..
             } => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp.map(UpBody::Http), Some(PoolReturn { sender, pool }))),
+                Ok(resp) => return Ok((resp.map(UpBody::Left), Some(PoolReturn { sender, pool }))),
                 Err(e) => e,
             },
             Sender::H2(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp.map(UpBody::Http), None)),
+                Ok(resp) => return Ok((resp.map(UpBody::Left), None)),
                 Err(e) => e,
             },
             Sender::Backhaul(conn) => {
                 return match conn.send(req).await {
-                    Ok(resp) => Ok((resp.map(UpBody::Backhaul), None)),
+                    Ok(resp) => Ok((resp.map(UpBody::Right), None)),
                     Err(streams::SendFailed::Unsent) => Err(SendError::Unsent),
                     Err(streams::SendFailed::Failed(e)) => {
                         Err(SendError::Failed(Failure::Backhaul(e)))

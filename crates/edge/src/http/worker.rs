@@ -5,7 +5,7 @@
 //! sees it is answered 503 with `anyedge-retry-elsewhere: <reason>` before any of the body is
 //! read, and the edge places the request again without this instance.
 
-use super::body::{BoxError, ReqBody, RespBody, Slots};
+use super::body::{ReqBody, RespBody, Slots};
 use super::error::ProxyError;
 use super::headers;
 use super::service::{retry_reason, upstream_uri, Outcome};
@@ -15,17 +15,14 @@ use crate::backhaul::{self, feed::FeedBody};
 use crate::routes::HttpApp;
 use crate::Shared;
 use anyedge_backhaul::header::RefuseReason;
-use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 #[derive(Clone)]
@@ -35,40 +32,8 @@ pub(crate) struct WorkerService {
     pub edge: Arc<str>,
 }
 
-/// A stream's answer: a forwarded response, or the load feed.
-pub(crate) enum WorkerBody {
-    Resp(RespBody),
-    Feed(FeedBody),
-}
-
-impl Body for WorkerBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            WorkerBody::Resp(b) => Pin::new(b).poll_frame(cx),
-            WorkerBody::Feed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            WorkerBody::Resp(b) => b.is_end_stream(),
-            WorkerBody::Feed(_) => false,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            WorkerBody::Resp(b) => b.size_hint(),
-            WorkerBody::Feed(_) => SizeHint::default(),
-        }
-    }
-}
+/// A stream's answer: a forwarded response (`Left`), or the load feed (`Right`).
+pub(crate) type WorkerBody = http_body_util::Either<RespBody, FeedBody>;
 
 impl hyper::service::Service<Request<Incoming>> for WorkerService {
     type Response = Response<WorkerBody>;
@@ -80,9 +45,9 @@ impl hyper::service::Service<Request<Incoming>> for WorkerService {
         Box::pin(async move {
             if req.headers().contains_key(backhaul::FEED) {
                 let body = backhaul::feed::stream(&this.shared);
-                return Ok(Response::new(WorkerBody::Feed(body)));
+                return Ok(Response::new(WorkerBody::Right(body)));
             }
-            Ok(this.handle(req).await.map(WorkerBody::Resp))
+            Ok(this.handle(req).await.map(WorkerBody::Left))
         })
     }
 }
