@@ -346,11 +346,7 @@ async fn bodies_and_trailers_cross_backhaul_whole() {
     let before = rss_kib(edge.pid()) + rss_kib(worker.pid());
     let mut peak = before;
     for h2 in [false, true] {
-        let mut c = if h2 {
-            Client::h2c(local(http_port)).await
-        } else {
-            Client::h1(local(http_port)).await
-        };
+        let mut c = Client::plain(local(http_port), h2).await;
         // Echoed while it is sent: every byte back, in order.
         let req = request("POST", "hello.test", "/echo", h2)
             .body(counting_body(BIG, false))

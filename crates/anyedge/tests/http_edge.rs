@@ -68,11 +68,7 @@ async fn three_apps() -> (Node, u16, Vec<HttpInstance>) {
 async fn host_routes_among_three_apps_over_h1_and_h2c() {
     let (node, port, _instances) = three_apps().await;
     for h2 in [false, true] {
-        let mut c = if h2 {
-            Client::h2c(local(port)).await
-        } else {
-            Client::h1(local(port)).await
-        };
+        let mut c = Client::plain(local(port), h2).await;
         for _ in 0..3 {
             for (host, want) in [
                 ("alpha.test", "alpha"),
@@ -114,11 +110,7 @@ async fn forwarding_headers_are_added_once_and_spoofs_dropped() {
     );
     let _node = node(&toml).await;
     for h2 in [false, true] {
-        let mut c = if h2 {
-            Client::h2c(local(port)).await
-        } else {
-            Client::h1(local(port)).await
-        };
+        let mut c = Client::plain(local(port), h2).await;
         let req = request("GET", "alpha.test", "/headers", h2)
             .header("x-forwarded-for", "203.0.113.1")
             .header("fly-client-ip", "6.6.6.6")

@@ -146,11 +146,7 @@ async fn hundred_megabytes_each_way_with_flat_memory() {
     let before = rss_kib();
     let mut peak = before;
     for h2 in [false, true] {
-        let mut c = if h2 {
-            Client::h2c(local(port)).await
-        } else {
-            Client::h1(local(port)).await
-        };
+        let mut c = Client::plain(local(port), h2).await;
         // Download.
         let resp = c
             .send(
@@ -185,11 +181,7 @@ async fn hundred_megabytes_each_way_with_flat_memory() {
 async fn chunked_bodies_keep_their_trailers() {
     let (_node, port, _inst) = one_app("").await;
     for h2 in [false, true] {
-        let mut c = if h2 {
-            Client::h2c(local(port)).await
-        } else {
-            Client::h1(local(port)).await
-        };
+        let mut c = Client::plain(local(port), h2).await;
         // HTTP/1.1 sends only the trailers that the `Trailer` header announces.
         let req = request("POST", "alpha.test", "/echo", h2)
             .header("te", "trailers")

@@ -223,11 +223,7 @@ async fn a_replay_carries_method_headers_and_body_to_another_region() {
     ];
     let mut n = 0;
     for h2 in [false, true] {
-        let mut c = if h2 {
-            Client::h2c(local(fleet.port)).await
-        } else {
-            Client::h1(local(fleet.port)).await
-        };
+        let mut c = Client::plain(local(fleet.port), h2).await;
         for trickled in [false, true] {
             let sent = if trickled {
                 trickle(body.clone(), 8, Duration::from_millis(25))

@@ -52,6 +52,15 @@ impl Client {
         }
     }
 
+    /// h2c (prior knowledge) when `h2`, else HTTP/1.1, over plain TCP.
+    pub async fn plain(addr: SocketAddr, h2: bool) -> Client {
+        if h2 {
+            Client::h2c(addr).await
+        } else {
+            Client::h1(addr).await
+        }
+    }
+
     pub async fn h2c(addr: SocketAddr) -> Client {
         let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
         let (send, conn) = http2::handshake(TokioExecutor::new(), io)
