@@ -551,3 +551,79 @@ fn cli_speaks_tls_to_etcd_with_a_client_certificate() {
     );
     assert!(!anonymous.status.success(), "{}", stdout(&anonymous));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_removed_through_etcd_gets_nothing_from_a_held_connection() {
+    use anyedge_test_support::http_client::Client;
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let file = app_file(dir.path(), "web", port);
+    assert!(cli(&etcd, &["apps", "put", file.to_str().expect("utf-8")])
+        .status
+        .success());
+    let (a, b) = (
+        HttpInstance::start("a", false).await,
+        HttpInstance::start("b", false).await,
+    );
+    let node = EtcdNode::start(
+        &etcd,
+        "n1",
+        "ord",
+        &[
+            ("web", "a", a.addr.to_string()),
+            ("web", "b", b.addr.to_string()),
+        ],
+    );
+    eventually(
+        "both instances registered",
+        Duration::from_secs(10),
+        || async {
+            (knows_instance(&node, "web", "a").await && knows_instance(&node, "web", "b").await)
+                .then_some(())
+        },
+    )
+    .await;
+    eventually("the port serves", Duration::from_secs(5), || async {
+        http_get(local(port), "web.test", "/")
+            .await
+            .filter(|r| r.0 == 200)
+    })
+    .await;
+    let mut clients = [
+        Client::plain(local(port), false).await,
+        Client::plain(local(port), true).await,
+    ];
+    for c in &mut clients {
+        for _ in 0..20 {
+            assert_eq!(c.get("web.test", "/").await.0, 200);
+        }
+    }
+    assert!(a.requests() > 0, "a was used before its removal");
+    // The worker (this node) stops running a: its key goes from etcd, and the catalog change
+    // comes back to the node as an etcd event.
+    let config = node._dir.path().join("node.toml");
+    let text = std::fs::read_to_string(&config).expect("read");
+    let without_a: String = text
+        .split("[[instances]]")
+        .filter(|block| !block.contains("id = \"a\""))
+        .collect::<Vec<_>>()
+        .join("[[instances]]");
+    std::fs::write(&config, without_a).expect("write");
+    node.proc.signal(libc::SIGHUP);
+    eventually(
+        "a removed from the catalog",
+        Duration::from_secs(5),
+        || async { (!knows_instance(&node, "web", "a").await).then_some(()) },
+    )
+    .await;
+    let before = a.requests();
+    for c in &mut clients {
+        for _ in 0..50 {
+            let (status, headers, _) = c.get("web.test", "/").await;
+            assert_eq!(status, 200);
+            assert_eq!(headers["x-instance"], "b", "h2={}", c.is_h2());
+        }
+    }
+    assert_eq!(a.requests(), before, "the removed instance got requests");
+}

@@ -13,7 +13,6 @@ pub(crate) mod worker;
 
 pub(crate) use body::ReqBody;
 
-use crate::routes::HttpPort;
 use crate::Shared;
 use headers::ClientInfo;
 use hyper::server::conn::{http1, http2};
@@ -26,18 +25,14 @@ use tokio::net::TcpStream;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serve one accepted client connection on an HTTP port until it closes.
-pub(crate) async fn serve(
-    stream: TcpStream,
-    port: Arc<HttpPort>,
-    client: ClientInfo,
-    shared: Arc<Shared>,
-) {
+/// Serve one accepted client connection on an HTTP port until it closes. Each request is routed
+/// on the routes current when its head arrives (`service.rs`), not on those of the accept.
+pub(crate) async fn serve(stream: TcpStream, client: ClientInfo, shared: Arc<Shared>) {
     let (settings, tls) = {
         let routes = shared.routes.load();
         (routes.http.clone(), routes.tls.clone())
     };
-    if port.tls {
+    if client.tls {
         let Some(tls) = tls else { return };
         let accepted = match Box::pin(tls.accept(stream, &shared.handshakes)).await {
             Ok(a) => a,
@@ -64,7 +59,7 @@ pub(crate) async fn serve(
         }
         let h2 = accepted.alpn.as_deref() == Some(anyedge_tls::ALPN_H2);
         let sni = accepted.sni.map(Arc::<str>::from);
-        let service = ProxyService::new(shared.clone(), port, Arc::new(client), settings, sni);
+        let service = ProxyService::new(shared.clone(), Arc::new(client), settings, sni);
         // Boxed: the task of an idle connection holds only the branch it took, not the size
         // of the largest (memory per idle connection).
         Box::pin(serve_io(accepted.stream, h2, service, &shared)).await;
@@ -74,7 +69,7 @@ pub(crate) async fn serve(
         Some(h2) => h2,
         None => return,
     };
-    let service = ProxyService::new(shared.clone(), port, Arc::new(client), settings, None);
+    let service = ProxyService::new(shared.clone(), Arc::new(client), settings, None);
     Box::pin(serve_io(stream, h2, service, &shared)).await;
 }
 

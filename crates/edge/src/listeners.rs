@@ -289,7 +289,6 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
             tokio::spawn(tcp::serve(conn, guards, shared.clone()));
         }
         PortRoute::Http(port) => {
-            let port = port.clone();
             let shared = shared.clone();
             let client = crate::http::headers::ClientInfo {
                 peer,
@@ -303,7 +302,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
                     _app: None,
                     _drain: drain,
                 };
-                crate::http::serve(stream, port, client, shared).await;
+                crate::http::serve(stream, client, shared).await;
             });
         }
     }

@@ -4,12 +4,12 @@
 
 use crate::backhaul::{Backhaul, Remote};
 use crate::http::headers::Prefixed;
-use crate::http::upstream::{Pools, UpstreamPool};
+use crate::http::upstream::{PoolKey, Pools, UpstreamPool};
 use anyedge_catalog::{AppEntry, Snapshot};
 use anyedge_config::{Http, Limits, ProxyProtoVersion};
 use anyedge_telemetry::{AppMetrics, Metrics};
 use http::HeaderValue;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -128,6 +128,7 @@ impl Routes {
         let mut ports = HashMap::new();
         let mut http_ports: HashMap<(u16, Option<IpAddr>), HttpPort> = HashMap::new();
         let mut http_apps: HashMap<Arc<str>, Arc<HttpApp>> = HashMap::new();
+        let mut pool_keys = HashSet::new();
         for app in snapshot.apps.values() {
             let app_metrics = metrics.app(&app.name);
             for (service_index, service) in app.config.services.iter().enumerate() {
@@ -150,7 +151,20 @@ impl Routes {
                                 app: app.clone(),
                                 service: service_index,
                                 metrics: app_metrics.clone(),
-                                pools: app.instances.iter().map(|i| pools.get(&i.id)).collect(),
+                                pools: app
+                                    .instances
+                                    .iter()
+                                    .map(|i| {
+                                        let key = PoolKey {
+                                            id: i.id.clone(),
+                                            host: i.address.host.clone(),
+                                            port: i.address.port.or(service.internal_port),
+                                        };
+                                        let pool = pools.get(&key);
+                                        pool_keys.insert(key);
+                                        pool
+                                    })
+                                    .collect(),
                                 remotes: app
                                     .instances
                                     .iter()
@@ -184,7 +198,7 @@ impl Routes {
         for (key, hp) in http_ports {
             ports.insert(key, PortRoute::Http(Arc::new(hp)));
         }
-        pools.retain(|id| snapshot.has_instance(id));
+        pools.retain(|key| pool_keys.contains(key));
         backhaul.retain(|peer| snapshot.config.peers.contains_key(peer));
         Routes {
             ports,

@@ -11,7 +11,7 @@ use super::upstream::{Failure, SendError, Sender, Target, UpstreamError};
 use crate::admit::{self, AdmitError};
 use crate::backhaul;
 use crate::backhaul::streams::StreamError;
-use crate::routes::{HttpApp, HttpPort, HttpSettings};
+use crate::routes::{HttpApp, HttpSettings, PortRoute, Routes};
 use crate::Shared;
 use anyedge_telemetry::RetryReason;
 use http::header::{CONTENT_LENGTH, HOST, LOCATION};
@@ -23,11 +23,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// One client connection's service. It holds no routes: every request is routed on the
+/// snapshot current when its head arrives (`call`), so a kept-alive connection never reaches
+/// an instance a reload removed, and an idle one pins no snapshot.
 #[derive(Clone)]
 pub(crate) struct ProxyService {
     shared: Arc<Shared>,
-    port: Arc<HttpPort>,
     client: Arc<ClientInfo>,
+    /// The node-wide HTTP settings: those of the snapshot current at accept on the
+    /// connection's own copy (for the server's timeouts), the current ones on each request's.
     settings: Arc<HttpSettings>,
     /// The TLS SNI of the connection, lower-cased.
     sni: Option<Arc<str>>,
@@ -39,8 +43,15 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        let mut this = self.clone();
+        // The routes current now, for this request alone: the guard is dropped before any
+        // await, and the request keeps only its app.
+        let routed = {
+            let routes = self.shared.routes.load();
+            this.settings = routes.http.clone();
+            this.route(&routes, &req).cloned()
+        };
+        Box::pin(async move { Ok(this.handle(req, routed).await) })
     }
 }
 
@@ -60,14 +71,12 @@ pub(crate) struct Outcome {
 impl ProxyService {
     pub fn new(
         shared: Arc<Shared>,
-        port: Arc<HttpPort>,
         client: Arc<ClientInfo>,
         settings: Arc<HttpSettings>,
         sni: Option<Arc<str>>,
     ) -> Self {
         ProxyService {
             shared,
-            port,
             client,
             settings,
             sni,
@@ -78,12 +87,15 @@ impl ProxyService {
         &self.settings
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<RespBody> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        routed: Result<Arc<HttpApp>, ProxyError>,
+    ) -> Response<RespBody> {
         let started = Instant::now();
         let request_id = headers::request_id(&self.settings.region_name);
-        let (app, result) = match self.route(&req) {
+        let (app, result) = match routed {
             Ok(app) => {
-                let app = app.clone();
                 let result = self.proxy(&app, req, &request_id, started).await;
                 (Some(app), result)
             }
@@ -133,16 +145,22 @@ impl ProxyService {
         resp
     }
 
-    /// The app for this request's host, with the checks that need only the request head.
-    fn route(&self, req: &Request<Incoming>) -> Result<&Arc<HttpApp>, ProxyError> {
+    /// The app for this request's host in `routes`, with the checks that need only the request
+    /// head. A port that no longer serves HTTP (a reload removed it while this connection
+    /// stayed open) knows no host.
+    fn route<'r>(
+        &self,
+        routes: &'r Routes,
+        req: &Request<Incoming>,
+    ) -> Result<&'r Arc<HttpApp>, ProxyError> {
         let host = request_host(req).ok_or(ProxyError::MissingHost)?;
-        let app = self.port.app(&host).ok_or(ProxyError::UnknownHost)?;
+        let Some(PortRoute::Http(port)) = routes.port(self.client.local) else {
+            return Err(ProxyError::UnknownHost);
+        };
+        let app = port.app(&host).ok_or(ProxyError::UnknownHost)?;
         if let Some(sni) = &self.sni {
             // A connection set up for one app may not carry another app's requests.
-            let same = self
-                .port
-                .app(sni)
-                .is_some_and(|a| Arc::ptr_eq(&a.app, &app.app));
+            let same = port.app(sni).is_some_and(|a| Arc::ptr_eq(&a.app, &app.app));
             if !same {
                 return Err(ProxyError::Misdirected);
             }

@@ -261,21 +261,34 @@ impl Sender {
     }
 }
 
-/// Pools by stable instance id, carried across snapshots like the rest of the live state.
+/// What a pool connects to: the instance and the address it is reached at for one service. An
+/// instance whose address (or the service's port) changes under the same id gets a new pool, so
+/// no request follows a pooled connection to the old address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    pub id: InstanceId,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+/// Pools by what they connect to, carried across snapshots like the rest of the live state.
 #[derive(Default)]
 pub(crate) struct Pools {
-    map: Mutex<HashMap<InstanceId, Arc<UpstreamPool>>>,
+    map: Mutex<HashMap<PoolKey, Arc<UpstreamPool>>>,
 }
 
 impl Pools {
-    pub fn get(&self, id: &InstanceId) -> Arc<UpstreamPool> {
+    pub fn get(&self, key: &PoolKey) -> Arc<UpstreamPool> {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(id.clone()).or_default().clone()
+        if let Some(pool) = map.get(key) {
+            return pool.clone();
+        }
+        map.entry(key.clone()).or_default().clone()
     }
 
-    /// Drop the pools of instances no snapshot names; their idle connections close.
-    pub fn retain(&self, keep: impl Fn(&InstanceId) -> bool) {
+    /// Drop the pools no current route uses; their idle connections close.
+    pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.retain(|id, _| keep(id));
+        map.retain(|key, _| keep(key));
     }
 }
