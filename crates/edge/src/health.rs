@@ -11,7 +11,7 @@ mod state;
 
 pub use state::{CheckState, Transition};
 
-use crate::connect::Resolver;
+use crate::instance::connect::Resolver;
 use anyedge_catalog::{AppEntry, FailingCheck, InstanceEntry, InstanceLive, Snapshot};
 use anyedge_config::{Check, CheckKind, HostPort};
 use anyedge_core::InstanceId;

@@ -6,18 +6,18 @@
 
 mod admit;
 mod backhaul;
-mod connect;
+mod error;
+mod front;
 mod health;
-mod http;
-mod listeners;
-pub mod proxy_protocol;
-mod relay;
+mod instance;
 mod routes;
-mod tcp;
+mod sockets;
 mod worker;
 
+pub use instance::proxy_protocol;
+
+pub use front::listeners::ListenError;
 pub use health::{CheckState, HealthChecker, HealthUpdate, Transition};
-pub use listeners::ListenError;
 /// Why the edge's TLS state could not be made.
 pub type TlsSetupError = anyedge_tls::rustls::Error;
 
@@ -26,7 +26,7 @@ use anyedge_catalog::Snapshot;
 use anyedge_core::Drain;
 use anyedge_telemetry::Metrics;
 use arc_swap::ArcSwap;
-use listeners::ListenerSet;
+use front::listeners::ListenerSet;
 use routes::Routes;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,12 +39,12 @@ struct Shared {
     /// Open client connections on this node (`[limits] max_connections`).
     node_connections: Budget,
     per_ip: PerKeyBudget<IpAddr>,
-    resolver: connect::Resolver,
-    pipes: relay::PipePool,
-    bufs: relay::BufPool,
-    mover: relay::Mover,
+    resolver: instance::connect::Resolver,
+    pipes: instance::relay::PipePool,
+    bufs: instance::relay::BufPool,
+    mover: instance::relay::Mover,
     /// Connections to instances, by stable instance id.
-    pools: http::upstream::Pools,
+    pools: instance::pool::Pools,
     /// TLS session cache and ticket keys: one per process, so resumption survives reloads.
     tls: anyedge_tls::TlsShared,
     /// Certificates added at run time (ACME), shared by every snapshot's resolver.
@@ -85,18 +85,18 @@ impl Edge {
             drain,
             node_connections: Budget::new(),
             per_ip: PerKeyBudget::new(),
-            resolver: connect::Resolver::default(),
-            pipes: relay::PipePool::default(),
-            bufs: relay::BufPool::default(),
+            resolver: instance::connect::Resolver::default(),
+            pipes: instance::relay::PipePool::default(),
+            bufs: instance::relay::BufPool::default(),
             // Measured on loopback (bench/results): read/write through a small pooled buffer
             // moved more than splice(2), whose cost lands on the receiving side. Splice stays
             // for comparison: ANYEDGE_TCP_MOVER=splice (and ANYEDGE_TCP_BUF_KIB another
             // buffer size).
             mover: match std::env::var("ANYEDGE_TCP_MOVER").as_deref() {
-                Ok("splice") => relay::Mover::Splice,
-                _ => relay::Mover::Copy,
+                Ok("splice") => instance::relay::Mover::Splice,
+                _ => instance::relay::Mover::Copy,
             },
-            pools: http::upstream::Pools::default(),
+            pools: instance::pool::Pools::default(),
             tls: anyedge_tls::TlsShared::new()?,
             dynamic_certs: Arc::new(anyedge_tls::DynamicCerts::new()),
             challenges: Arc::new(anyedge_tls::acme::Challenges::new()),

@@ -3,8 +3,8 @@
 //! instance connection pools resolved once, so the hot path does no map lookups beyond the host.
 
 use crate::backhaul::{Backhaul, Remote};
-use crate::http::headers::Prefixed;
-use crate::http::upstream::{PoolKey, Pools, UpstreamPool};
+use crate::instance::headers::Prefixed;
+use crate::instance::pool::{PoolKey, Pools, UpstreamPool};
 use anyedge_catalog::{AppEntry, Snapshot};
 use anyedge_config::{Http, Limits, ProxyProtoVersion};
 use anyedge_telemetry::{AppMetrics, Metrics};

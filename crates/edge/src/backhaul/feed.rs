@@ -1,123 +1,24 @@
-//! The load feed: a worker tells each edge it serves, on a long-lived HTTP/2 stream of its
+//! The load feed, the edge's side: a worker tells each edge it serves, on a long-lived HTTP/2 stream of its
 //! backhaul, how loaded and healthy its instances are; the edge folds that into placement
 //! (`InstanceLive::report`: the worker's count is the truth, since it counts every edge).
 //!
 //! Wire format (the response body of a `GET /` stream marked with [`super::FEED`]): frames of
 //! text lines, one per instance the worker runs, `<app>/<instance> <in-flight> <hard-limit>
-//! <healthy 0|1>`, each frame ended by an empty line. A frame goes out every [`TICK`] when
-//! anything changed, and at least every [`HEARTBEAT`] (a report expires after
+//! <healthy 0|1>`, each frame ended by an empty line. A frame goes out every `TICK` when
+//! anything changed, and at least every `HEARTBEAT` (a report expires after
 //! `anyedge_catalog::REPORT_FRESH`). A line this edge cannot read is skipped.
 
 use super::link::Link;
-use crate::http::ReqBody;
+use crate::instance::body::ReqBody;
 use crate::Shared;
 use anyedge_catalog::{Reported, Snapshot};
-use bytes::Bytes;
 use http::{Method, Request, Version};
 use http_body_util::BodyExt;
-use std::fmt::Write;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
-pub(crate) const TICK: Duration = Duration::from_millis(250);
-pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The longest frame an edge accepts (a worker with very many instances sends several).
 const MAX_PENDING: usize = 4 << 20;
-
-/// Worker side: the current frame for every instance this node runs.
-pub(crate) fn frame(snapshot: &Snapshot, out: &mut String) {
-    out.clear();
-    let now = Instant::now();
-    let mut apps: Vec<_> = snapshot.apps.values().collect();
-    apps.sort_by(|a, b| a.name.cmp(&b.name));
-    for app in apps {
-        let hard = app.config.concurrency.hard_limit;
-        for i in app.instances.iter().filter(|i| i.peer.is_none()) {
-            let _ = writeln!(
-                out,
-                "{} {} {hard} {}",
-                i.id,
-                i.live.inflight.in_use(),
-                u8::from(i.live.healthy(now))
-            );
-        }
-    }
-    out.push('\n');
-}
-
-/// Worker side: the frames of this node, made once every [`TICK`] by one task for every edge
-/// that follows them, and published when they change.
-pub(crate) fn frames(shared: &Arc<Shared>) -> watch::Receiver<Bytes> {
-    shared
-        .backhaul
-        .frames
-        .get_or_init(|| {
-            let (tx, rx) = watch::channel(Bytes::new());
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let mut text = String::new();
-                let mut tick = tokio::time::interval(TICK);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                loop {
-                    tick.tick().await;
-                    if let Some(snapshot) = shared.routes.load().snapshot.clone() {
-                        frame(&snapshot, &mut text);
-                        tx.send_if_modified(|f| {
-                            let changed = f.as_ref() != text.as_bytes();
-                            if changed {
-                                *f = Bytes::copy_from_slice(text.as_bytes());
-                            }
-                            changed
-                        });
-                    }
-                }
-            });
-            rx
-        })
-        .clone()
-}
-
-/// Worker side: the body of one edge's feed stream: each new frame, and the current one again
-/// after [`HEARTBEAT`] without a change, until the edge goes away.
-pub(crate) fn stream(shared: &Arc<Shared>) -> FeedBody {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let mut frames = frames(shared);
-    tokio::spawn(async move {
-        loop {
-            let data = frames.borrow_and_update().clone();
-            if !data.is_empty() && tx.send(data).await.is_err() {
-                return;
-            }
-            tokio::select! {
-                changed = frames.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep(HEARTBEAT) => {}
-                _ = tx.closed() => return,
-            }
-        }
-    });
-    FeedBody { rx }
-}
-
-/// The feed's response body: frames as the producing task makes them.
-pub(crate) struct FeedBody {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-}
-
-impl http_body::Body for FeedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        self.get_mut()
-            .rx
-            .poll_recv(cx)
-            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
-    }
-}
 
 /// Edge side: apply one frame's lines to the instances of the snapshot in force.
 pub(crate) fn apply(snapshot: &Snapshot, frame: &str, now: Instant) -> usize {
@@ -231,6 +132,7 @@ async fn read(conn: super::streams::Conn, shared: &Shared) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::feed::frame;
     use anyedge_catalog::LiveRegistry;
 
     const APP: &str = r#"

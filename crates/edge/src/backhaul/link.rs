@@ -10,8 +10,8 @@
 
 use super::feed;
 use super::streams;
-use crate::connect::{self, AttemptError};
-use crate::http::upstream::UpstreamError;
+use crate::instance::connect::{self, AttemptError};
+use crate::instance::pool::UpstreamError;
 use crate::Shared;
 use anyedge_backhaul::rtt::RttSampled;
 use anyedge_catalog::PeerEntry;
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::http::ReqBody;
+use crate::instance::body::ReqBody;
 
 /// HTTP/2 connections kept per worker: enough that one slow connection (a full TCP window, a
 /// lost segment) does not stall every request, few enough that streams share them.

@@ -10,17 +10,19 @@
 //! Protocol switches (extended CONNECT for WebSockets) keep hyper's client: they need its
 //! upgrade machinery, and they are rare (see [`super::link::Link::upgrade_sender`]).
 
-use crate::http::body::BodyError;
+use crate::instance::body::BodyError;
+use crate::instance::h2body::Cancel;
+pub(crate) use crate::instance::h2body::RecvBody;
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Ping, RecvStream, SendStream};
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{ready, Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -144,11 +146,7 @@ impl Conn {
             with_body(response, pipe).await?
         };
         let resp = head.map_err(|e| SendFailed::Failed(e.into()))?;
-        Ok(resp.map(|recv| RecvBody {
-            recv,
-            data_done: false,
-            cancel,
-        }))
+        Ok(resp.map(|recv| RecvBody::new(recv, cancel)))
     }
 }
 
@@ -191,37 +189,6 @@ where
         });
     }
     Ok((head, cancel))
-}
-
-/// Stops a request body's pipe running on its own when its response is dropped unfinished (the
-/// client went away): the stream is reset rather than left open at the worker.
-#[derive(Default)]
-pub(crate) struct Cancel {
-    stopped: AtomicBool,
-    waker: Mutex<Option<Waker>>,
-}
-
-impl Cancel {
-    fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
-        if let Some(w) = self
-            .waker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            w.wake();
-        }
-    }
-
-    /// Whether stopped; if not, `cx` is woken when it is.
-    fn poll_stopped(&self, cx: &Context<'_>) -> bool {
-        if self.stopped.load(Ordering::Acquire) {
-            return true;
-        }
-        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
-        self.stopped.load(Ordering::Acquire)
-    }
 }
 
 /// Moves a request body onto its stream, within the stream's flow-control window.
@@ -373,61 +340,6 @@ fn reset_reason(r: Result<h2::Reason, h2::Error>) -> StreamError {
     }
 }
 
-/// A response body from a worker. Window is given back as the data is taken, so a client that
-/// reads slowly slows its stream, not the connection.
-pub(crate) struct RecvBody {
-    recv: RecvStream,
-    data_done: bool,
-    /// The request body's pipe, when it runs on its own.
-    cancel: Option<Arc<Cancel>>,
-}
-
-impl Drop for RecvBody {
-    fn drop(&mut self) {
-        if let Some(c) = self.cancel.take() {
-            if !self.recv.is_end_stream() {
-                c.stop();
-            }
-        }
-    }
-}
-
-impl Body for RecvBody {
-    type Data = Bytes;
-    type Error = StreamError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
-        if !self.data_done {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // (An RST_STREAM(NO_ERROR) after the response's END_STREAM is no error here:
-                // `h2` keeps the stream's end. One before it cuts the response short, and is.)
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => self.data_done = true,
-            }
-        }
-        match ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
 /// The connection's task: move frames until the connection ends, and ping the worker every
 /// `interval` while open; a ping unanswered for `timeout` drops the connection (a dead worker or
 /// path), which fails its streams so that their requests are placed again.
@@ -488,8 +400,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::ReqBody;
+    use crate::instance::body::ReqBody;
     use anyedge_telemetry::AppMetrics;
+    use http_body::Frame;
     use http_body_util::BodyExt;
     use std::collections::VecDeque;
     use std::convert::Infallible;

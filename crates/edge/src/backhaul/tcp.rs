@@ -4,7 +4,7 @@
 //! failed connect: the edge places the connection on another instance.
 
 use super::link::{attempt_error, connect_tls};
-use crate::connect::AttemptError;
+use crate::instance::connect::AttemptError;
 use crate::Shared;
 use anyedge_backhaul::header::{TcpHeader, TcpReply};
 use anyedge_backhaul::rtt::RttSampled;
@@ -64,20 +64,4 @@ pub(crate) fn header(app: &str, instance: &str, client: SocketAddr, edge_port: u
         client,
         edge_port,
     }
-}
-
-/// Copy both ways between a plain socket and a TLS stream (or two of either) until both sides
-/// have closed; a half-close is passed on. Buffers (16 KiB: a TLS record's plaintext) come from
-/// the node's pool and are held only while bytes move, so an idle connection holds none.
-/// Returns the bytes moved (a to b, b to a).
-pub(crate) async fn relay<A, B>(
-    a: &mut A,
-    b: &mut B,
-    pool: &crate::relay::BufPool,
-) -> std::io::Result<(u64, u64)>
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-{
-    crate::relay::copy_pooled(a, b, pool).await
 }

@@ -1,7 +1,7 @@
 //! One run of a check against one instance: a TCP connect, or an HTTP/1.1 `GET` judged by its
 //! status. The whole run, connect included, is bounded by the check's timeout.
 
-use crate::connect::{connect_one, AttemptError, Resolver};
+use crate::instance::connect::{connect_one, AttemptError, Resolver};
 use anyedge_config::CheckKind;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, USER_AGENT};

@@ -1,11 +1,14 @@
 //! The raw TCP path: place the connection on an instance (carrying it to another when a connect
 //! fails), send a PROXY header if the port asks for one, then move bytes both ways.
 
-use crate::connect::{self, Stream, Upstream};
+mod connect;
+
+use crate::instance::{proxy_protocol, relay};
 use crate::routes::TcpRoute;
-use crate::{proxy_protocol, relay, Shared};
+use crate::Shared;
 use anyedge_admission::{BudgetGuard, KeyGuard};
 use anyedge_core::ConnGuard;
+use connect::{Stream, Upstream};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +61,7 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
                 let mut client = conn.client;
                 let metrics = &conn.route.metrics;
                 // Boxed: a connection to a local instance keeps no room for this relay's state.
-                match Box::pin(crate::backhaul::tcp::relay(&mut client, &mut *tunnel, &shared.bufs)).await {
+                match Box::pin(crate::instance::relay::copy_pooled(&mut client, &mut *tunnel, &shared.bufs)).await {
                     Ok((up, down)) => {
                         metrics.add_bytes(anyedge_telemetry::Direction::In, up);
                         metrics.add_bytes(anyedge_telemetry::Direction::Out, down);

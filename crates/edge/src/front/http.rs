@@ -1,20 +1,13 @@
-//! The HTTP edge: HTTP/1.1 and HTTP/2 (h2c with prior knowledge on plain ports, ALPN on TLS
+//! The client-facing HTTP server: HTTP/1.1 and HTTP/2 (h2c with prior knowledge on plain ports, ALPN on TLS
 //! ports) from clients, many apps on one port routed by host, forwarded to instances.
 
-pub(crate) mod body;
-mod error;
-pub(crate) mod headers;
+mod carrier;
 mod idle;
 mod routing;
 mod service;
-mod upgrade;
-pub(crate) mod upstream;
-pub(crate) mod worker;
 
-pub(crate) use body::ReqBody;
-
+use crate::instance::headers::ClientInfo;
 use crate::Shared;
-use headers::ClientInfo;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use service::ProxyService;
@@ -111,7 +104,7 @@ where
         Box::pin(serve_h1(io, service, shared, activity)).await
     };
     if let Err(e) = result {
-        match error::hyper_rejection(&e) {
+        match crate::error::hyper_rejection(&e) {
             Some(code) => {
                 shared.metrics.node.rejection(code);
                 tracing::info!(code = code.as_str(), error = %e, "request rejected before routing");

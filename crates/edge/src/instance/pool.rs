@@ -3,9 +3,8 @@
 //! was not), keeps HTTP/1.1 connections for reuse only after their response was read to the end,
 //! and shares one HTTP/2 connection per instance when the service asks for an h2 backend.
 
-use super::body::{ReqBody, UpBody};
-use crate::backhaul::streams::{self, StreamError};
-use crate::connect::{self, AttemptError, Resolver};
+use crate::instance::body::ReqBody;
+use crate::instance::connect::{self, AttemptError, Resolver};
 use anyedge_core::InstanceId;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -186,8 +185,6 @@ pub(crate) enum Sender {
         reused: bool,
     },
     H2(http2::SendRequest<ReqBody>),
-    /// A backhaul connection to the instance's worker.
-    Backhaul(streams::Conn),
 }
 
 /// A send that failed.
@@ -203,10 +200,6 @@ pub(crate) enum SendError {
 pub(crate) enum Failure {
     #[error(transparent)]
     Http(hyper::Error),
-    #[error(transparent)]
-    Backhaul(StreamError),
-    #[error("{0}")]
-    Unsupported(&'static str),
 }
 
 impl Sender {
@@ -219,27 +212,18 @@ impl Sender {
     pub async fn send(
         self,
         req: Request<ReqBody>,
-    ) -> Result<(Response<UpBody>, Option<PoolReturn>), SendError> {
+    ) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
         let result = match self {
             Sender::H1 {
                 mut sender, pool, ..
             } => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp.map(UpBody::Left), Some(PoolReturn { sender, pool }))),
+                Ok(resp) => return Ok((resp, Some(PoolReturn { sender, pool }))),
                 Err(e) => e,
             },
             Sender::H2(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp.map(UpBody::Left), None)),
+                Ok(resp) => return Ok((resp, None)),
                 Err(e) => e,
             },
-            Sender::Backhaul(conn) => {
-                return match conn.send(req).await {
-                    Ok(resp) => Ok((resp.map(UpBody::Right), None)),
-                    Err(streams::SendFailed::Unsent) => Err(SendError::Unsent),
-                    Err(streams::SendFailed::Failed(e)) => {
-                        Err(SendError::Failed(Failure::Backhaul(e)))
-                    }
-                };
-            }
         };
         let mut e = result;
         match e.take_message() {
@@ -253,10 +237,6 @@ impl Sender {
         match self {
             Sender::H1 { mut sender, .. } => sender.send_request(req).await.map_err(Failure::Http),
             Sender::H2(mut sender) => sender.send_request(req).await.map_err(Failure::Http),
-            // Switches over backhaul take hyper's client (`Link::upgrade_sender`).
-            Sender::Backhaul(_) => Err(Failure::Unsupported(
-                "a protocol switch cannot go on a plain backhaul stream",
-            )),
         }
     }
 }

@@ -4,18 +4,21 @@
 //! switched, bytes are copied both ways for as long as the connection lives: no request
 //! timeout applies.
 
-use super::body::{ReqBody, RespBody, Slots, UpBody};
-use super::error::ProxyError;
-use super::headers;
-use super::service::Outcome;
-use super::upstream::Sender;
-use crate::routes::HttpApp;
+use crate::error::ProxyError;
+use crate::instance::attempt::Outcome;
+use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
+use crate::instance::headers;
+use crate::instance::pool::Sender;
+use anyedge_telemetry::AppMetrics;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
+
+/// A worker's refusal of a switch (`anyedge_backhaul`'s retry-elsewhere header).
+const RETRY_ELSEWHERE: http::HeaderName = http::HeaderName::from_static("anyedge-retry-elsewhere");
 
 pub(crate) enum Upgrade {
     None,
@@ -94,13 +97,20 @@ pub(crate) enum Forwarded {
     },
 }
 
+/// The app a switch belongs to: its name (for the tunnel's log lines) and its metrics.
+#[derive(Clone, Copy)]
+pub(crate) struct AppRef<'a> {
+    pub name: &'a Arc<str>,
+    pub metrics: &'a Arc<AppMetrics>,
+}
+
 /// Send the switch to the instance (or its worker) on its own stream or connection, and tunnel
 /// once both sides agree.
 pub(crate) async fn forward(
     upgrade: Upgrade,
     sender: Sender,
     req: Request<ReqBody>,
-    app: &Arc<HttpApp>,
+    app: AppRef<'_>,
     outcome: Outcome,
     slots: Slots,
     leg: Leg,
@@ -125,7 +135,7 @@ pub(crate) async fn forward(
         Err(e) => return Forwarded::Answer(Err((ProxyError::Upstream(e.to_string()), outcome))),
     };
     if leg == Leg::ToWorker {
-        if let Some(why) = resp.headers().get(crate::backhaul::RETRY_ELSEWHERE) {
+        if let Some(why) = resp.headers().get(RETRY_ELSEWHERE) {
             let reason = String::from_utf8_lossy(why.as_bytes()).into_owned();
             let upgrade = if h2_client {
                 Upgrade::Connect { client, protocol }
@@ -152,7 +162,7 @@ async fn send(
     leg: Leg,
     h2_client: bool,
     protocol: &str,
-) -> Result<Response<hyper::body::Incoming>, super::upstream::Failure> {
+) -> Result<Response<hyper::body::Incoming>, crate::instance::pool::Failure> {
     if leg == Leg::ToWorker {
         http1_to_connect(&mut req, protocol);
     } else if h2_client {
@@ -168,7 +178,7 @@ fn tunnel(
     client: OnUpgrade,
     h2_client: bool,
     protocol: &str,
-    app: &Arc<HttpApp>,
+    app: AppRef<'_>,
     outcome: Outcome,
     slots: Slots,
     leg: Leg,
@@ -185,7 +195,7 @@ fn tunnel(
         return Ok((Response::from_parts(parts, body), outcome));
     }
     let instance = hyper::upgrade::on(&mut resp);
-    let app_name = app.app.name.clone();
+    let app_name = app.name.clone();
     tokio::spawn(async move {
         // The tunnel holds its in-flight slots until it closes.
         let _slots = slots;

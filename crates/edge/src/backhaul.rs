@@ -17,7 +17,7 @@ pub(crate) mod link;
 pub(crate) mod streams;
 pub(crate) mod tcp;
 
-use crate::http::headers::Forwarded;
+use crate::instance::headers::Forwarded;
 use anyedge_backhaul::tls::ClusterTls;
 use anyedge_catalog::PeerEntry;
 use arc_swap::ArcSwapOption;

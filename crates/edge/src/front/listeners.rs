@@ -1,21 +1,18 @@
 //! Listening sockets, opened and closed by diffing the wanted set against the open one, and the
 //! accept loop with its admission checks.
 
+use super::tcp;
 use crate::routes::{ListenAddr, PortRoute};
-use crate::{tcp, Shared};
+use crate::sockets::{accept_failed, bind_one, next, spawn_on_shards};
+use crate::Shared;
 use anyedge_telemetry::ErrorCode;
-use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-
-/// Back-off after accept() fails for lack of descriptors or memory.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {source}")]
@@ -138,46 +135,6 @@ fn bind(addr: ListenAddr) -> io::Result<std::net::TcpListener> {
     }
 }
 
-/// Run `accept` on each socket, one per shard on that shard's runtime; each stops when its
-/// sender is dropped.
-pub(crate) fn spawn_on_shards<F, Fut>(
-    sockets: Vec<std::net::TcpListener>,
-    shared: &Arc<Shared>,
-    accept: F,
-) -> Vec<oneshot::Sender<()>>
-where
-    F: Fn(TcpListener, oneshot::Receiver<()>, Arc<Shared>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut stops = Vec::with_capacity(sockets.len());
-    for (socket, shard) in sockets.into_iter().zip(&shared.shards) {
-        let (stop, stopped) = oneshot::channel();
-        // Registered with the shard's reactor: from_std needs its context.
-        let _entered = shard.enter();
-        match TcpListener::from_std(socket) {
-            Ok(l) => {
-                shard.spawn(accept(l, stopped, shared.clone()));
-            }
-            Err(e) => tracing::error!(error = %e, "cannot register listener"),
-        }
-        stops.push(stop);
-    }
-    stops
-}
-
-pub(crate) fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if dual_stack {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
-}
-
 async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
     while let Some(accepted) = next(&listener, &mut stop, &shared).await {
         match accepted {
@@ -185,42 +142,6 @@ async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, sha
             Err(e) => accept_failed(&e, &shared).await,
         }
     }
-}
-
-/// The next accepted connection; `None` once the listener is stopped or the node drains.
-pub(crate) async fn next(
-    listener: &TcpListener,
-    stop: &mut oneshot::Receiver<()>,
-    shared: &Shared,
-) -> Option<io::Result<(TcpStream, SocketAddr)>> {
-    tokio::select! {
-        _ = stop => None,
-        _ = shared.drain.started() => None,
-        accepted = listener.accept() => Some(accepted),
-    }
-}
-
-/// Count a failed accept; out of descriptors or memory, back off before the next.
-pub(crate) async fn accept_failed(e: &io::Error, shared: &Shared) {
-    shared
-        .metrics
-        .node
-        .accept_errors
-        .fetch_add(1, Ordering::Relaxed);
-    if is_resource_exhaustion(e) {
-        tracing::warn!(error = %e, "accept failed; backing off");
-        tokio::time::sleep(ACCEPT_BACKOFF).await;
-    } else {
-        // ECONNABORTED and the like concern one connection, not the listener.
-        tracing::debug!(error = %e, "accept failed");
-    }
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 /// Route and admit one accepted connection, then hand it to its own task. A rejected one is
@@ -290,7 +211,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
         }
         PortRoute::Http(port) => {
             let shared = shared.clone();
-            let client = crate::http::headers::ClientInfo {
+            let client = crate::instance::headers::ClientInfo {
                 peer,
                 local,
                 tls: port.tls,
@@ -302,7 +223,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
                     _app: None,
                     _drain: drain,
                 };
-                crate::http::serve(stream, client, shared).await;
+                crate::front::http::serve(stream, client, shared).await;
             });
         }
     }

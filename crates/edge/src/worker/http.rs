@@ -5,13 +5,14 @@
 //! sees it is answered 503 with `anyedge-retry-elsewhere: <reason>` before any of the body is
 //! read, and the edge places the request again without this instance.
 
-use super::body::{ReqBody, RespBody, Slots};
-use super::error::ProxyError;
-use super::headers;
-use super::service::{retry_reason, upstream_uri, Outcome};
-use super::upgrade::{self, Leg, Upgrade};
-use super::upstream::{SendError, Target};
-use crate::backhaul::{self, feed::FeedBody};
+use super::feed::FeedBody;
+use crate::backhaul;
+use crate::error::ProxyError;
+use crate::instance::attempt::{retry_reason, upstream_uri, Outcome};
+use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
+use crate::instance::headers;
+use crate::instance::pool::{SendError, Target};
+use crate::instance::upgrade::{self, Leg, Upgrade};
 use crate::routes::HttpApp;
 use crate::Shared;
 use anyedge_backhaul::header::RefuseReason;
@@ -44,7 +45,7 @@ impl hyper::service::Service<Request<Incoming>> for WorkerService {
         let this = self.clone();
         Box::pin(async move {
             if req.headers().contains_key(backhaul::FEED) {
-                let body = backhaul::feed::stream(&this.shared);
+                let body = super::feed::stream(&this.shared);
                 return Ok(Response::new(WorkerBody::Right(body)));
             }
             Ok(this.handle(req).await.map(WorkerBody::Left))
@@ -88,7 +89,7 @@ impl WorkerService {
             .backhaul
             .streams
             .fetch_add(1, Ordering::Relaxed);
-        let (app_slot, slot) = match crate::worker::admit(shared, &app.app, index) {
+        let (app_slot, slot) = match super::admit::admit(shared, &app.app, index) {
             Ok(slots) => slots,
             Err(why) => return refuse(shared, why.as_str()),
         };
@@ -148,7 +149,10 @@ impl WorkerService {
                 upgrade,
                 sender,
                 request,
-                &app,
+                upgrade::AppRef {
+                    name: &app.app.name,
+                    metrics: &app.metrics,
+                },
                 Outcome::default(),
                 slots,
                 Leg::FromEdge,
@@ -177,8 +181,9 @@ impl WorkerService {
             }
             Ok(Ok((resp, pool_return))) => {
                 let (mut parts, body) = resp.into_parts();
-                super::headers::strip_hop_by_hop(&mut parts.headers, false);
-                let mut body = RespBody::upstream(body, pool_return, app.metrics.clone());
+                headers::strip_hop_by_hop(&mut parts.headers, false);
+                let mut body =
+                    RespBody::upstream(UpBody::Left(body), pool_return, app.metrics.clone());
                 body.hold(slots);
                 Response::from_parts(parts, body)
             }
@@ -196,7 +201,7 @@ fn find(
         return Err("unknown_app");
     };
     let found =
-        crate::worker::own_instance(routes.snapshot.as_deref(), Some(&http_app.app), instance);
+        super::admit::own_instance(routes.snapshot.as_deref(), Some(&http_app.app), instance);
     match found {
         Ok((_, index)) => Ok((http_app.clone(), index)),
         Err(why) => Err(why.as_str()),

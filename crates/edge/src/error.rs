@@ -1,8 +1,8 @@
 //! Every response the proxy makes itself goes through here: one exhaustive mapping from a typed
 //! error to a status and a stable code (`<P>-Error` header, short body, log field, metric).
 
-use super::body::RespBody;
-use super::headers::Prefixed;
+use crate::instance::body::RespBody;
+use crate::instance::headers::Prefixed;
 use anyedge_telemetry::ErrorCode;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};

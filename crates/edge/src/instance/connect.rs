@@ -1,12 +1,7 @@
-//! Connecting to an instance: resolve (with a small cache), connect with a deadline, and carry
-//! the attempt to another instance when one fails.
+//! Connecting to an instance: resolve (with a small cache) and connect with a deadline; why one
+//! attempt failed ([`AttemptError`]).
 
-use crate::admit::{self, AdmitError};
-use crate::routes::TcpRoute;
-use anyedge_catalog::Slot;
-use anyedge_core::InstanceId;
-use anyedge_placement::Constraints;
-use anyedge_telemetry::{ConnectFailure, ErrorCode, RetryReason};
+use anyedge_telemetry::ConnectFailure;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,49 +12,6 @@ use tokio::net::TcpStream;
 const RESOLVED_TTL: Duration = Duration::from_secs(30);
 const FAILED_TTL: Duration = Duration::from_secs(5);
 const CACHE_MAX: usize = 4096;
-
-/// A connected instance, with its in-flight slot.
-pub(crate) struct Upstream {
-    pub stream: Stream,
-    pub instance: InstanceId,
-    pub _inflight: Slot,
-}
-
-/// How the connection reaches its instance.
-pub(crate) enum Stream {
-    /// Directly (an instance of this node, or one this node reaches itself).
-    Local(TcpStream),
-    /// Through the worker that runs it.
-    Backhaul(Box<crate::backhaul::tcp::TcpBackhaul>),
-}
-
-impl AttemptError {
-    /// Whether the instance should back off here: every failure but a worker having no room
-    /// right now (`crate::backhaul::instance_failed`).
-    fn counts_against_instance(&self) -> bool {
-        match self {
-            AttemptError::Refused { reason, .. } => crate::backhaul::instance_failed(reason),
-            _ => true,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnectError {
-    #[error("{0}")]
-    Admit(AdmitError),
-    #[error("all {tried} instances tried failed; last: {last}")]
-    AllFailed { tried: usize, last: AttemptError },
-}
-
-impl ConnectError {
-    pub(crate) fn code(&self) -> ErrorCode {
-        match self {
-            ConnectError::Admit(e) => e.code(),
-            ConnectError::AllFailed { .. } => ErrorCode::NoInstance,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AttemptError {
@@ -93,85 +45,6 @@ impl AttemptError {
                 }
                 _ => ConnectFailure::Other,
             },
-        }
-    }
-}
-
-/// Place the connection on an instance (the app's queue may make it wait) and connect; an
-/// instance that fails is left out and the next is placed, so the client never notices while
-/// one is up.
-pub(crate) async fn connect_any(
-    route: &TcpRoute,
-    timeout: Duration,
-    shared: &crate::Shared,
-    client: SocketAddr,
-    edge_port: u16,
-) -> Result<Upstream, ConnectError> {
-    let app = &route.app;
-    let service = &app.config.services[route.service];
-    let deadline = tokio::time::Instant::now() + app.config.limits.queue_timeout;
-    let mut tried = vec![false; app.instances.len()];
-    let mut last = None;
-    let mut attempts = 0;
-    loop {
-        let placed = match admit::place(
-            app,
-            &Constraints::default(),
-            &tried,
-            deadline,
-            &route.metrics,
-            None,
-        )
-        .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                return Err(match last {
-                    Some(last) if e == AdmitError::Unavailable => ConnectError::AllFailed {
-                        tried: attempts,
-                        last,
-                    },
-                    _ => ConnectError::Admit(e),
-                })
-            }
-        };
-        let index = placed.index;
-        tried[index] = true;
-        attempts += 1;
-        let inst = &app.instances[index];
-        if attempts > 1 {
-            route.metrics.retry(RetryReason::Connect);
-        }
-        let result = match (&inst.peer, inst.address.port.or(service.internal_port)) {
-            (Some(peer), _) => {
-                let header =
-                    crate::backhaul::tcp::header(&app.name, inst.id.instance(), client, edge_port);
-                crate::backhaul::tcp::open(shared, peer, &header, timeout)
-                    .await
-                    .map(|s| Stream::Backhaul(Box::new(s)))
-            }
-            (None, Some(port)) => connect_one(&inst.address.host, port, timeout, &shared.resolver)
-                .await
-                .map(Stream::Local),
-            (None, None) => Err(AttemptError::NoPort),
-        };
-        match result {
-            Ok(stream) => {
-                inst.live.connect_succeeded();
-                return Ok(Upstream {
-                    stream,
-                    instance: inst.id.clone(),
-                    _inflight: placed.slot,
-                });
-            }
-            Err(e) => {
-                if e.counts_against_instance() {
-                    inst.live.connect_failed(Instant::now());
-                }
-                route.metrics.connect_failure(e.reason());
-                tracing::info!(instance = %inst.id, attempt = attempts, error = %e, "connect failed; trying another instance");
-                last = Some(e);
-            }
         }
     }
 }

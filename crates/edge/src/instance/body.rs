@@ -3,8 +3,8 @@
 //! stays unread until someone asks for it. `RespBody` carries a response to the client and
 //! returns the instance connection to its pool when the body ends.
 
-use super::upstream::PoolReturn;
-use crate::backhaul::streams::RecvBody;
+use super::h2body::RecvBody;
+use crate::instance::pool::PoolReturn;
 use anyedge_telemetry::{AppMetrics, Direction};
 use bytes::Bytes;
 use http::HeaderMap;

@@ -2,15 +2,16 @@
 //! `error.rs`. Route by host, check the request, place it on an instance (carrying it to another
 //! when a connection cannot be made), forward, and stream the response back.
 
-use super::body::{ReqBody, RespBody, Slots};
-use super::error::ProxyError;
-use super::headers::{self, ClientInfo, Forwarded};
+use super::carrier::{body_too_large, retry_reason, Carrier, CarryError};
 use super::routing::{self, Fallback, Replay, Resolved, Wishes};
-use super::upgrade::{self, Leg, Upgrade};
-use super::upstream::{Failure, SendError, Sender, Target, UpstreamError};
 use crate::admit::{self, AdmitError};
 use crate::backhaul;
-use crate::backhaul::streams::StreamError;
+use crate::error::ProxyError;
+use crate::instance::attempt::{upstream_uri, Outcome};
+use crate::instance::body::{ReqBody, RespBody, Slots};
+use crate::instance::headers::{self, ClientInfo, Forwarded};
+use crate::instance::pool::{Sender, Target, UpstreamError};
+use crate::instance::upgrade::{self, Leg, Upgrade};
 use crate::routes::{HttpApp, HttpSettings, PortRoute, Routes};
 use crate::Shared;
 use anyedge_telemetry::RetryReason;
@@ -53,19 +54,6 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         };
         Box::pin(async move { Ok(this.handle(req, routed).await) })
     }
-}
-
-/// What one request did, for its log line and metrics.
-#[derive(Default)]
-pub(crate) struct Outcome {
-    pub instance: Option<anyedge_core::InstanceId>,
-    pub attempts: u32,
-    pub replays: u32,
-    pub code: Option<&'static str>,
-    /// From arrival until the first instance was chosen (the app's queue included).
-    pub queue: std::time::Duration,
-    /// Getting instance connections (pooled or new), over all attempts.
-    pub connect: std::time::Duration,
 }
 
 impl ProxyService {
@@ -316,16 +304,20 @@ impl ProxyService {
                 if matches!(job.upgrade, Upgrade::None) {
                     link.sender(&self.shared, timeout)
                         .await
-                        .map(Sender::Backhaul)
+                        .map(Carrier::Stream)
                 } else {
                     // Boxed: upgrades are rare (see below).
                     let opening = Box::pin(link.upgrade_sender(&self.shared, timeout));
-                    opening.await.map(Sender::H2)
+                    opening.await.map(|s| Carrier::Hyper(Sender::H2(s)))
                 }
             } else if fresh_only || !matches!(job.upgrade, Upgrade::None) {
-                pool.fresh(&target, &self.shared.resolver).await
+                pool.fresh(&target, &self.shared.resolver)
+                    .await
+                    .map(Carrier::Hyper)
             } else {
-                pool.sender(&target, &self.shared.resolver).await
+                pool.sender(&target, &self.shared.resolver)
+                    .await
+                    .map(Carrier::Hyper)
             };
             job.outcome.connect += connecting.elapsed();
             fresh_only = false;
@@ -369,10 +361,18 @@ impl ProxyService {
                     Leg::Direct
                 };
                 let outcome = std::mem::take(&mut job.outcome);
+                let Carrier::Hyper(sender) = sender else {
+                    let why = "a protocol switch cannot go on a plain backhaul stream";
+                    return Err((ProxyError::Upstream(why.into()), outcome));
+                };
+                let app_ref = upgrade::AppRef {
+                    name: &app.app.name,
+                    metrics: &app.metrics,
+                };
                 // Boxed: upgrades are rare, and their state would otherwise make every
                 // request's future (moved into its box on each call) larger.
                 let forwarded = Box::pin(upgrade::forward(
-                    upgrade, sender, request, &app, outcome, slots, leg,
+                    upgrade, sender, request, app_ref, outcome, slots, leg,
                 ));
                 match forwarded.await {
                     upgrade::Forwarded::Answer(answer) => return answer,
@@ -397,7 +397,7 @@ impl ProxyService {
             let (resp, pool_return) = match sent {
                 Err(_) => return Err((ProxyError::UpstreamTimeout, job.outcome)),
                 Ok(Ok(r)) => r,
-                Ok(Err(SendError::Unsent)) => {
+                Ok(Err(CarryError::Unsent)) => {
                     // The pooled connection was closed under us before anything was written:
                     // the same instance may take it on a fresh connection.
                     hop.tried[placed.index] = false;
@@ -405,7 +405,7 @@ impl ProxyService {
                     retrying = Some(RetryReason::StaleConnection);
                     continue;
                 }
-                Ok(Err(SendError::Failed(e))) => {
+                Ok(Err(CarryError::Failed(e))) => {
                     if body_too_large(&e) {
                         let limit = config.max_request_body;
                         return Err((ProxyError::BodyTooLarge { limit }, job.outcome));
@@ -683,63 +683,6 @@ fn worker_refused(inst: &anyedge_catalog::InstanceEntry, reason: &str) -> String
     format!("worker refused: {reason}")
 }
 
-/// Whether a failed send may go to an instance again: only when the instance provably did not
-/// process it (HTTP/2 REFUSED_STREAM or a GOAWAY above the stream), or an idempotent request on
-/// a reused HTTP/1.1 connection that failed before any response byte (the keep-alive race).
-pub(super) fn retry_reason(
-    e: &Failure,
-    reused: bool,
-    method: &http::Method,
-) -> Option<RetryReason> {
-    let e = match e {
-        Failure::Http(e) => e,
-        Failure::Backhaul(e) => return e.h2().and_then(h2_retry_reason),
-        Failure::Unsupported(_) => return None,
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2_retry_reason(h2);
-        }
-        source = s.source();
-    }
-    let idempotent = method.is_idempotent();
-    // hyper reports a connection closed before any response byte as an incomplete message.
-    (reused && idempotent && (e.is_incomplete_message() || e.is_closed() || is_reset(e)))
-        .then_some(RetryReason::StaleConnection)
-}
-
-/// An HTTP/2 stream's failure: retried only when the peer says it did not process the stream.
-fn h2_retry_reason(e: &h2::Error) -> Option<RetryReason> {
-    if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-        return Some(RetryReason::RefusedStream);
-    }
-    (e.is_go_away() && e.is_remote()).then_some(RetryReason::GoAway)
-}
-
-fn is_reset(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            );
-        }
-        source = s.source();
-    }
-    false
-}
-
-fn body_too_large(e: &Failure) -> bool {
-    let body_error = match e {
-        Failure::Http(e) => std::error::Error::source(e).and_then(|s| s.downcast_ref()),
-        Failure::Backhaul(StreamError::Body(b)) => Some(b),
-        _ => None,
-    };
-    matches!(body_error, Some(super::body::BodyError::TooLarge { .. }))
-}
-
 /// The request's host, lower-cased, without port: `:authority` (HTTP/2, absolute-form) or `Host`.
 /// Borrowed unless it had to be lower-cased (no allocation on the common path).
 fn request_host(req: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
@@ -772,36 +715,6 @@ fn strip_port(host: &str) -> &str {
             }
         }
         _ => host,
-    }
-}
-
-/// HTTP/1.1 instances get origin-form (`/path?q`); an HTTP/2 instance gets the full URI with
-/// the client's host as authority.
-pub(super) fn upstream_uri(parts: &mut http::request::Parts, h2: bool) {
-    if !h2 && parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
-        parts.version = http::Version::HTTP_11;
-        return;
-    }
-    // Rebuilt from the parts already parsed: the path is neither copied nor parsed again.
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    if h2 {
-        parts.version = http::Version::HTTP_2;
-        let host = parts.headers.remove(HOST);
-        let authority = host
-            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
-            .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(authority);
-    } else {
-        parts.version = http::Version::HTTP_11;
-        uri.scheme = None;
-        uri.authority = None;
-    }
-    if let Ok(rebuilt) = Uri::from_parts(uri) {
-        parts.uri = rebuilt;
     }
 }
 
@@ -846,41 +759,7 @@ fn redirect_https(req: &Request<Incoming>) -> Response<RespBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::{strip_port, upstream_uri};
-
-    fn parts(uri: &str, host: Option<&str>) -> http::request::Parts {
-        let mut b = http::Request::builder().uri(uri);
-        if let Some(h) = host {
-            b = b.header(http::header::HOST, h);
-        }
-        b.body(()).expect("request").into_parts().0
-    }
-
-    #[test]
-    fn instances_get_origin_form_or_the_full_uri_for_h2() {
-        let mut p = parts("http://example.com/a/b?q=1", None);
-        upstream_uri(&mut p, false);
-        assert_eq!(p.uri, "/a/b?q=1");
-        assert_eq!(p.version, http::Version::HTTP_11);
-
-        let mut p = parts("/a/b?q=1", Some("example.com:8080"));
-        upstream_uri(&mut p, false);
-        assert_eq!(p.uri, "/a/b?q=1");
-        assert!(p.headers.contains_key(http::header::HOST));
-
-        let mut p = parts("/a/b?q=1", Some("example.com:8080"));
-        upstream_uri(&mut p, true);
-        assert_eq!(p.uri, "http://example.com:8080/a/b?q=1");
-        assert_eq!(p.version, http::Version::HTTP_2);
-        assert!(
-            !p.headers.contains_key(http::header::HOST),
-            "h2 carries it as :authority"
-        );
-
-        let mut p = parts("/", Some("bad host"));
-        upstream_uri(&mut p, true);
-        assert_eq!(p.uri, "http://localhost/");
-    }
+    use super::strip_port;
 
     #[test]
     fn ports_come_off_host_headers() {

@@ -2,7 +2,7 @@
 //! (`P-Prefer-Region`, `P-Force-Region`, `P-Prefer-Instance-Id`, `P-Force-Instance-Id`, and the
 //! `P-Debug: route` trace) and a response's `P-Replay`. Parsing only; the proxy acts on them.
 
-use super::headers::Prefixed;
+use crate::instance::headers::Prefixed;
 use anyedge_catalog::AppEntry;
 use anyedge_placement::Constraints;
 use http::{HeaderMap, HeaderValue};

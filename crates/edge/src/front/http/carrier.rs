@@ -1,0 +1,87 @@
+//! How the edge carries one attempt: on a hyper connection to an instance on this node (or, for
+//! a protocol switch, to a worker), or as a stream on a backhaul link to the worker that runs
+//! the instance. One send for both, and one answer to "was it written, and may it be retried".
+
+use crate::backhaul::streams::{self, StreamError};
+use crate::instance::attempt::{self, h2_retry_reason};
+use crate::instance::body::{BodyError, ReqBody, UpBody};
+use crate::instance::pool::{Failure, PoolReturn, SendError, Sender};
+use anyedge_telemetry::RetryReason;
+use http::{Request, Response};
+
+/// A connection ready to carry one request.
+pub(crate) enum Carrier {
+    /// hyper's client: an instance on this node, or a protocol switch to a worker.
+    Hyper(Sender),
+    /// A backhaul stream to the instance's worker.
+    Stream(streams::Conn),
+}
+
+/// Why a request that was (at least partly) written failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CarryFailure {
+    #[error(transparent)]
+    Instance(Failure),
+    #[error(transparent)]
+    Backhaul(StreamError),
+}
+
+/// A send that failed.
+pub(crate) enum CarryError {
+    /// Nothing of the request was written.
+    Unsent,
+    Failed(CarryFailure),
+}
+
+impl Carrier {
+    pub fn is_reused(&self) -> bool {
+        matches!(self, Carrier::Hyper(s) if s.is_reused())
+    }
+
+    /// Send; on success an HTTP/1.1 connection rides along with the response body and goes back
+    /// to its pool when the body ends.
+    pub async fn send(
+        self,
+        req: Request<ReqBody>,
+    ) -> Result<(Response<UpBody>, Option<PoolReturn>), CarryError> {
+        match self {
+            Carrier::Hyper(sender) => match sender.send(req).await {
+                Ok((resp, pool)) => Ok((resp.map(UpBody::Left), pool)),
+                Err(SendError::Unsent) => Err(CarryError::Unsent),
+                Err(SendError::Failed(f)) => Err(CarryError::Failed(CarryFailure::Instance(f))),
+            },
+            Carrier::Stream(conn) => match conn.send(req).await {
+                Ok(resp) => Ok((resp.map(UpBody::Right), None)),
+                Err(streams::SendFailed::Unsent) => Err(CarryError::Unsent),
+                Err(streams::SendFailed::Failed(e)) => {
+                    Err(CarryError::Failed(CarryFailure::Backhaul(e)))
+                }
+            },
+        }
+    }
+}
+
+/// Whether a failed send may go to an instance again ([`attempt::retry_reason`]; over
+/// backhaul, only when the worker refused the stream or went away above it).
+pub(crate) fn retry_reason(
+    e: &CarryFailure,
+    reused: bool,
+    method: &http::Method,
+) -> Option<RetryReason> {
+    match e {
+        CarryFailure::Instance(f) => attempt::retry_reason(f, reused, method),
+        CarryFailure::Backhaul(e) => e.h2().and_then(h2_retry_reason),
+    }
+}
+
+/// Whether the send failed because the client's body went over `max_request_body`.
+pub(crate) fn body_too_large(e: &CarryFailure) -> bool {
+    let body_error = match e {
+        CarryFailure::Instance(Failure::Http(e)) => {
+            std::error::Error::source(e).and_then(|s| s.downcast_ref())
+        }
+        CarryFailure::Backhaul(StreamError::Body(b)) => Some(b),
+        CarryFailure::Backhaul(_) => None,
+    };
+    matches!(body_error, Some(BodyError::TooLarge { .. }))
+}

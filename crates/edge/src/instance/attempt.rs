@@ -1,0 +1,134 @@
+//! One attempt to carry a request to an instance, as both roles make it: the request's URI
+//! and version for the instance, what a request did (its [`Outcome`], for the log line and
+//! metrics), and whether a failed send may be tried again ([`retry_reason`]).
+
+use super::pool::Failure;
+use anyedge_telemetry::RetryReason;
+use http::header::HOST;
+use http::Uri;
+
+/// What one request did, for its log line and metrics.
+#[derive(Default)]
+pub(crate) struct Outcome {
+    pub instance: Option<anyedge_core::InstanceId>,
+    pub attempts: u32,
+    pub replays: u32,
+    pub code: Option<&'static str>,
+    /// From arrival until the first instance was chosen (the app's queue included).
+    pub queue: std::time::Duration,
+    /// Getting instance connections (pooled or new), over all attempts.
+    pub connect: std::time::Duration,
+}
+
+/// Whether a failed send may go to an instance again: only when the instance provably did not
+/// process it (HTTP/2 REFUSED_STREAM or a GOAWAY above the stream), or an idempotent request on
+/// a reused HTTP/1.1 connection that failed before any response byte (the keep-alive race).
+pub(crate) fn retry_reason(
+    e: &Failure,
+    reused: bool,
+    method: &http::Method,
+) -> Option<RetryReason> {
+    let Failure::Http(e) = e;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2_retry_reason(h2);
+        }
+        source = s.source();
+    }
+    let idempotent = method.is_idempotent();
+    // hyper reports a connection closed before any response byte as an incomplete message.
+    (reused && idempotent && (e.is_incomplete_message() || e.is_closed() || is_reset(e)))
+        .then_some(RetryReason::StaleConnection)
+}
+
+/// An HTTP/2 stream's failure: retried only when the peer says it did not process the stream.
+pub(crate) fn h2_retry_reason(e: &h2::Error) -> Option<RetryReason> {
+    if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        return Some(RetryReason::RefusedStream);
+    }
+    (e.is_go_away() && e.is_remote()).then_some(RetryReason::GoAway)
+}
+
+fn is_reset(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// HTTP/1.1 instances get origin-form (`/path?q`); an HTTP/2 instance gets the full URI with
+/// the client's host as authority.
+pub(crate) fn upstream_uri(parts: &mut http::request::Parts, h2: bool) {
+    if !h2 && parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        parts.version = http::Version::HTTP_11;
+        return;
+    }
+    // Rebuilt from the parts already parsed: the path is neither copied nor parsed again.
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if h2 {
+        parts.version = http::Version::HTTP_2;
+        let host = parts.headers.remove(HOST);
+        let authority = host
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority);
+    } else {
+        parts.version = http::Version::HTTP_11;
+        uri.scheme = None;
+        uri.authority = None;
+    }
+    if let Ok(rebuilt) = Uri::from_parts(uri) {
+        parts.uri = rebuilt;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upstream_uri;
+
+    fn parts(uri: &str, host: Option<&str>) -> http::request::Parts {
+        let mut b = http::Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header(http::header::HOST, h);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn instances_get_origin_form_or_the_full_uri_for_h2() {
+        let mut p = parts("http://example.com/a/b?q=1", None);
+        upstream_uri(&mut p, false);
+        assert_eq!(p.uri, "/a/b?q=1");
+        assert_eq!(p.version, http::Version::HTTP_11);
+
+        let mut p = parts("/a/b?q=1", Some("example.com:8080"));
+        upstream_uri(&mut p, false);
+        assert_eq!(p.uri, "/a/b?q=1");
+        assert!(p.headers.contains_key(http::header::HOST));
+
+        let mut p = parts("/a/b?q=1", Some("example.com:8080"));
+        upstream_uri(&mut p, true);
+        assert_eq!(p.uri, "http://example.com:8080/a/b?q=1");
+        assert_eq!(p.version, http::Version::HTTP_2);
+        assert!(
+            !p.headers.contains_key(http::header::HOST),
+            "h2 carries it as :authority"
+        );
+
+        let mut p = parts("/", Some("bad host"));
+        upstream_uri(&mut p, true);
+        assert_eq!(p.uri, "http://localhost/");
+    }
+}

@@ -1,0 +1,136 @@
+//! The worker's backhaul listener (`[node] backhaul_listen`). Only nodes presenting a
+//! certificate from the cluster CA get past the TLS handshake (mutual TLS; anything else is
+//! refused and counted as `anyedge_backhaul_refused_total{reason="tls"}`). ALPN tells the two
+//! kinds apart: `anyedge-h2` carries HTTP streams ([`super::http`]), `anyedge-tcp` one raw TCP
+//! connection opened by a TCP header ([`super::tcp`]).
+
+use super::http::WorkerService;
+use crate::Shared;
+use anyedge_backhaul::{ALPN_H2, ALPN_TCP};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// Bound on an edge's TLS handshake and its TCP header.
+pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one edge may have open on one backhaul connection.
+const MAX_STREAMS: u32 = 8192;
+
+pub(super) type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The running backhaul listener: one socket per shard on the same address (`SO_REUSEPORT`),
+/// each accepting on its shard's runtime, so backhaul is served by every core like the apps'
+/// ports are.
+pub(crate) struct BackhaulListener {
+    pub addr: SocketAddr,
+    pub bound: SocketAddr,
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+/// Listen on `addr` for edges.
+pub(crate) fn start(addr: SocketAddr, shared: &Arc<Shared>) -> std::io::Result<BackhaulListener> {
+    let first = crate::sockets::bind_one(addr, false)?;
+    let bound = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..shared.shards.len() {
+        // Port 0 was resolved by the first bind: the others join it.
+        sockets.push(crate::sockets::bind_one(bound, false)?);
+    }
+    let stops = crate::sockets::spawn_on_shards(sockets, shared, accept_loop);
+    tracing::info!(%bound, "backhaul listening");
+    Ok(BackhaulListener {
+        addr,
+        bound,
+        _stop: stops,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
+    use crate::sockets::{accept_failed, next};
+    while let Some(accepted) = next(&listener, &mut stop, &shared).await {
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let drain = shared.drain.track();
+                tokio::spawn(async move {
+                    let _drain = drain;
+                    serve(stream, peer, shared).await;
+                });
+            }
+            Err(e) => accept_failed(&e, &shared).await,
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let metrics = &shared.metrics.backhaul;
+    let Some(tls) = shared.backhaul.tls.load_full() else {
+        metrics.refused("tls");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            metrics.refused("tls");
+            tracing::warn!(%peer, error = %e, "backhaul refused: mutual TLS failed");
+            return;
+        }
+        Err(_) => {
+            metrics.refused("tls");
+            tracing::info!(%peer, "backhaul refused: TLS handshake timed out");
+            return;
+        }
+    };
+    metrics.accepted.fetch_add(1, Ordering::Relaxed);
+    let conn = stream.get_ref().1;
+    let edge: Arc<str> = anyedge_backhaul::tls::peer_node_id(conn)
+        .unwrap_or_else(|| peer.to_string())
+        .into();
+    match conn.alpn_protocol() {
+        Some(p) if p == ALPN_H2 => serve_h2(stream, edge, shared).await,
+        Some(p) if p == ALPN_TCP => super::tcp::serve_tcp(stream, edge, shared).await,
+        _ => {
+            metrics.refused("alpn");
+            tracing::info!(%peer, "backhaul refused: no known protocol (ALPN)");
+        }
+    }
+}
+
+async fn serve_h2(stream: ServerTls, edge: Arc<str>, shared: Arc<Shared>) {
+    let service = WorkerService {
+        shared: shared.clone(),
+        edge: edge.clone(),
+    };
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        // Fixed windows, as the edge's (`backhaul::streams`): request body data an instance has
+        // not read yet counts against the connection's window, so it is sixteen streams' worth,
+        // and a few stalled uploads do not stall every other request body on the connection.
+        .initial_stream_window_size(crate::backhaul::streams::STREAM_WINDOW)
+        .initial_connection_window_size(crate::backhaul::streams::CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(Some(1024))
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shared.drain.started() => {
+            // Stopping: no new streams (GOAWAY); the ones in flight finish.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(edge = %edge, error = %e, "backhaul connection ended");
+    }
+}
