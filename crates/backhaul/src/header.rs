@@ -1,6 +1,7 @@
 //! The header that opens a raw-TCP backhaul connection (edge -> worker) and the worker's
 //! one-shot reply; the wire format is in the crate docs ("TCP backhaul header").
 
+use crate::retry::{Fault, RetryElsewhere};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -223,7 +224,8 @@ pub enum TcpReply {
     Refused(RefuseReason),
 }
 
-/// Why a worker refused a raw-TCP backhaul connection.
+/// Why a worker refused a raw-TCP backhaul connection. An HTTP stream's refusal can carry these
+/// and a few more: [`RetryElsewhere`] (`From<RefuseReason>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefuseReason {
     UnknownInstance,
@@ -264,6 +266,17 @@ impl RefuseReason {
             RefuseReason::Draining => "draining",
             RefuseReason::NoService => "no_service",
         }
+    }
+
+    /// Whether the edge puts the instance into connect backoff after this refusal
+    /// ([`RetryElsewhere::backs_off`]: every reason but `full` and `app_overloaded`).
+    pub fn backs_off(self) -> bool {
+        RetryElsewhere::from(self).backs_off()
+    }
+
+    /// Whose fault the refusal is ([`RetryElsewhere::fault`]).
+    pub fn fault(self) -> Fault {
+        RetryElsewhere::from(self).fault()
     }
 
     fn code(self) -> u8 {

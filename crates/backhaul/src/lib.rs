@@ -1,6 +1,14 @@
 //! Building blocks of node-to-node backhaul: mutual TLS from the cluster CA ([`tls`]), the
-//! header and reply that open a raw-TCP backhaul connection ([`header`]), and the kernel's RTT
-//! of a backhaul socket ([`rtt`]). The edge and worker code that uses them lives elsewhere.
+//! kernel's RTT of a backhaul socket ([`rtt`]), and every wire format nodes exchange, each
+//! pure code with its grammar in its module docs, unit tests and a fuzz target (`fuzz/`):
+//!
+//! - [`header`]: the header and reply that open a raw-TCP backhaul connection (below);
+//! - [`stream`]: the metadata header of an HTTP/2 backhaul stream (target app and instance,
+//!   the client), and the names of the feed and retry headers;
+//! - [`retry`]: why a worker did not give a request to its instance, on both ends;
+//! - [`feed`]: the load feed's lines and frames, with an incremental reader.
+//!
+//! The edge and worker code that uses them lives elsewhere.
 //!
 //! One `backhaul_listen` port serves both kinds of backhaul connection, told apart by ALPN:
 //! [`ALPN_H2`] carries HTTP requests as HTTP/2 streams, [`ALPN_TCP`] carries one raw TCP
@@ -31,11 +39,23 @@
 //! 8 `draining`, 9 `no_service`). Any other pair of bytes is an error
 //! ([`header::HeaderError::BadReply`]), so a newer worker's reason is not silently misread.
 
+pub mod feed;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod header;
+pub mod retry;
 pub mod rtt;
+pub mod stream;
 pub mod tls;
 
 /// ALPN of a backhaul connection carrying HTTP/2 streams.
 pub const ALPN_H2: &[u8] = b"anyedge-h2";
 /// ALPN of a backhaul connection carrying one raw TCP connection.
 pub const ALPN_TCP: &[u8] = b"anyedge-tcp";
+
+/// HTTP/2 receive windows on backhaul, the same on both ends (fixed, not adaptive): a stream may
+/// have 2 MiB in flight (about 160 Mbit/s at 100 ms RTT), a connection sixteen streams' worth, so
+/// data one stalled client or instance has not taken never stalls the connection's other streams.
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// See [`STREAM_WINDOW`].
+pub const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
