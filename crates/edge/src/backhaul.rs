@@ -18,6 +18,7 @@ pub(crate) mod streams;
 pub(crate) mod tcp;
 
 use crate::instance::headers::Forwarded;
+use anyedge_backhaul::stream;
 use anyedge_backhaul::tls::ClusterTls;
 use anyedge_catalog::PeerEntry;
 use arc_swap::ArcSwapOption;
@@ -30,11 +31,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// stream): `<app> <instance> <client ip> <edge port> <http|https> <1.1|2>`, the app, the
 /// instance (its id within the app) and the client ([`Forwarded`]). The worker removes it and
 /// writes the forwarding headers from the client part.
-pub(crate) const STREAM: HeaderName = HeaderName::from_static("anyedge-backhaul");
-/// Set on the worker's answer when the instance did not get the request: the reason.
-pub(crate) const RETRY_ELSEWHERE: HeaderName = HeaderName::from_static("anyedge-retry-elsewhere");
+pub(crate) const STREAM: HeaderName = HeaderName::from_static(stream::STREAM);
 /// Marks the load-feed stream an edge opens on a backhaul connection.
-pub(crate) const FEED: HeaderName = HeaderName::from_static("anyedge-backhaul-feed");
+pub(crate) const FEED: HeaderName = HeaderName::from_static(stream::FEED);
 
 /// The edge's backhaul state: the cluster identity and one link per worker.
 #[derive(Default)]
@@ -99,47 +98,26 @@ impl Backhaul {
 /// of the [`STREAM`] header naming it, made once per snapshot instead of once per request.
 pub(crate) struct Remote {
     pub link: Arc<Link>,
-    /// `<app> <instance> `.
-    target: String,
+    /// `<app> <instance> `; `None` for names the header cannot carry (validation allows none).
+    target: Option<stream::Target>,
 }
 
 impl Remote {
     pub fn new(link: Arc<Link>, app: &str, instance: &str) -> Remote {
         Remote {
             link,
-            target: format!("{app} {instance} "),
+            target: stream::Target::new(app, instance).ok(),
         }
     }
 
     /// Name the target of a request sent over backhaul, and its client.
     pub fn tag<B>(&self, req: &mut http::Request<B>, client: &Forwarded) {
-        let mut text = String::with_capacity(self.target.len() + 56);
-        text.push_str(&self.target);
-        client.write(&mut text);
-        // Names are letters, digits, `.`, `_` and `-` (config validation): always a valid value.
-        if let Ok(v) = http::HeaderValue::try_from(text) {
+        let Some(target) = &self.target else { return };
+        // Names are visible ASCII (checked by `Target::new`): always a valid value.
+        if let Ok(v) = http::HeaderValue::try_from(target.header(*client)) {
             req.headers_mut().insert(STREAM, v);
         }
     }
-}
-
-/// A [`STREAM`] header read back: `(app, instance, client)`, or `None` if it is not one.
-pub(crate) fn parse_stream(value: &http::HeaderValue) -> Option<(&str, &str, Forwarded)> {
-    let text = value.to_str().ok()?;
-    let (app, rest) = text.split_once(' ')?;
-    let (instance, client) = rest.split_once(' ')?;
-    if app.is_empty() || instance.is_empty() {
-        return None;
-    }
-    Some((app, instance, Forwarded::parse(client)?))
-}
-
-/// Whether a worker's refusal should put the instance into connect backoff here: every reason
-/// but having no room right now. An instance the worker does not know (this edge's catalog is
-/// stale), one that is unhealthy, or a worker that is draining would otherwise keep drawing
-/// first attempts, since an instant refusal makes it look idle.
-pub(crate) fn instance_failed(reason: &str) -> bool {
-    !matches!(reason, "full" | "app_overloaded")
 }
 
 /// The host and port of an `advertise` value.

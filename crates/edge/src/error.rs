@@ -1,12 +1,17 @@
 //! Every response the proxy makes itself goes through here: one exhaustive mapping from a typed
 //! error to a status and a stable code (`<P>-Error` header, short body, log field, metric).
 
+use crate::admit::AdmitError;
+use crate::instance::attempt::Cause;
 use crate::instance::body::RespBody;
 use crate::instance::headers::Prefixed;
+use crate::instance::upgrade::SwitchFailed;
+use anyedge_core::Fault;
 use anyedge_telemetry::ErrorCode;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
+use std::sync::Arc;
 
 /// What went wrong with one request, from the proxy's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -22,20 +27,80 @@ pub(crate) enum ProxyError {
     #[error("request body is over the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("no instance of the app could be reached: {0}")]
-    NoInstance(String),
+    NoInstance(Box<Cause>),
     #[error("the instance failed: {0}")]
-    Upstream(String),
+    Upstream(Box<Cause>),
     #[error("the instance did not answer in time")]
     UpstreamTimeout,
     #[error("{0}")]
-    Admit(crate::admit::AdmitError),
+    Admit(AdmitError),
     #[error("the replay chain is longer than the proxy allows")]
     ReplayLimit,
     #[error("the replay could not be carried out: {0}")]
-    ReplayFailed(String),
+    ReplayFailed(ReplayFailure),
+}
+
+/// Why a replay (or its fallback) could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReplayFailure {
+    #[error("{0}")]
+    Placement(AdmitError),
+    #[error("{0}")]
+    Cause(Box<Cause>),
+    #[error("no app `{0}` serves HTTP here")]
+    NoApp(Arc<str>),
+    #[error("app `{app}` does not accept replays from `{from}`")]
+    NotAccepted { app: Arc<str>, from: Arc<str> },
+    #[error("app `{app}`: {error}")]
+    TargetAdmit { app: Arc<str>, error: AdmitError },
+}
+
+impl ReplayFailure {
+    fn fault(&self) -> Fault {
+        match self {
+            ReplayFailure::Placement(e) | ReplayFailure::TargetAdmit { error: e, .. } => {
+                admit_fault(*e)
+            }
+            ReplayFailure::Cause(c) => c.fault(),
+            ReplayFailure::NoApp(_) | ReplayFailure::NotAccepted { .. } => Fault::Config,
+        }
+    }
+}
+
+/// No slot: the app's own limits on this node, or no instance that can take it.
+fn admit_fault(e: AdmitError) -> Fault {
+    match e {
+        AdmitError::Overloaded | AdmitError::QueueTimeout => Fault::Node,
+        AdmitError::Unavailable => Fault::Instance,
+        AdmitError::ForcedUnavailable => Fault::Client,
+    }
+}
+
+impl From<SwitchFailed> for ProxyError {
+    fn from(e: SwitchFailed) -> ProxyError {
+        match e {
+            SwitchFailed::NotAnUpgrade => ProxyError::BadRequest("not an upgrade"),
+            SwitchFailed::Cause(c) => ProxyError::Upstream(c),
+        }
+    }
 }
 
 impl ProxyError {
+    /// Whose fault it is (logged with the code; the code itself says what happened).
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::UnknownHost
+            | ProxyError::MissingHost
+            | ProxyError::Misdirected
+            | ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge { .. } => Fault::Client,
+            ProxyError::NoInstance(c) | ProxyError::Upstream(c) => c.fault(),
+            ProxyError::UpstreamTimeout | ProxyError::ReplayLimit => Fault::Instance,
+            ProxyError::Admit(e) => admit_fault(*e),
+            ProxyError::ReplayFailed(f) => f.fault(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::UnknownHost => StatusCode::NOT_FOUND,
@@ -111,15 +176,20 @@ mod tests {
             (ProxyError::BadRequest("x"), 400, "bad_request"),
             (ProxyError::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
             (
-                ProxyError::NoInstance("x".into()),
+                ProxyError::NoInstance(Box::new(Cause::BodyNotKept)),
                 503,
                 "no_instance_available",
             ),
-            (ProxyError::Upstream("x".into()), 502, "upstream_error"),
+            (
+                ProxyError::Upstream(Box::new(Cause::BodyNotKept)),
+                502,
+                "upstream_error",
+            ),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
         ];
         let names = Prefixed::new("anyedge");
         for (e, status, code) in cases {
+            let _ = e.fault();
             let resp = e.response(&names);
             assert_eq!(resp.status().as_u16(), status, "{e:?}");
             assert_eq!(resp.headers()["anyedge-error"], code, "{e:?}");

@@ -12,7 +12,7 @@
 
 use crate::instance::body::BodyError;
 use crate::instance::h2body::Cancel;
-pub(crate) use crate::instance::h2body::RecvBody;
+pub(crate) use crate::instance::h2body::{RecvBody, StreamError};
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Ping, RecvStream, SendStream};
@@ -26,37 +26,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Receive windows. Without hyper's adaptive window (which grows with the measured
-/// bandwidth-delay product) these are fixed. A response stream can have 2 MiB in flight, about
-/// 160 Mbit/s at 100 ms RTT; a response a slow client has not read yet holds at most that much
-/// here. The connection's window is sixteen streams' worth: data a client has not taken counts
-/// against it, so with a window no larger than a stream's, one stalled download would stall every
-/// app's requests on that connection.
-pub(crate) const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-pub(crate) const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
+/// Receive windows, fixed rather than hyper's adaptive ones (which grow with the measured
+/// bandwidth-delay product): a response a slow client has not read yet holds at most a stream's
+/// window here, and with a connection window no larger than a stream's, one stalled download
+/// would stall every app's requests on that connection.
+pub(crate) use anyedge_backhaul::{CONNECTION_WINDOW, STREAM_WINDOW};
 /// Request bodies: how much is queued on the connection for one stream before its pipe waits.
 const SEND_BUFFER: usize = 1024 * 1024;
-
-/// Why a backhaul stream failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StreamError {
-    #[error("backhaul: {0}")]
-    H2(#[from] h2::Error),
-    #[error(transparent)]
-    Body(BodyError),
-    #[error("backhaul stream reset by the worker ({0})")]
-    Reset(h2::Reason),
-}
-
-impl StreamError {
-    /// The HTTP/2 error, if the failure came from the connection or the worker.
-    pub fn h2(&self) -> Option<&h2::Error> {
-        match self {
-            StreamError::H2(e) => Some(e),
-            _ => None,
-        }
-    }
-}
 
 /// A send that failed.
 pub(crate) enum SendFailed {

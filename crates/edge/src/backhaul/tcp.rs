@@ -51,7 +51,7 @@ pub(crate) async fn open(
         TcpReply::Connected => Ok(stream),
         TcpReply::Refused(why) => Err(AttemptError::Refused {
             peer: peer.id.to_string(),
-            reason: why.as_str(),
+            reason: why.into(),
         }),
     }
 }

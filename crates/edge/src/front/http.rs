@@ -1,6 +1,7 @@
 //! The client-facing HTTP server: HTTP/1.1 and HTTP/2 (h2c with prior knowledge on plain ports, ALPN on TLS
 //! ports) from clients, many apps on one port routed by host, forwarded to instances.
 
+mod attempts;
 mod carrier;
 mod idle;
 mod routing;

@@ -1,8 +1,12 @@
 //! One attempt to carry a request to an instance, as both roles make it: the request's URI
 //! and version for the instance, what a request did (its [`Outcome`], for the log line and
-//! metrics), and whether a failed send may be tried again ([`retry_reason`]).
+//! metrics), why an attempt failed ([`Cause`]: whose fault, and whether another instance may
+//! take the request), and whether a failed send may be tried again ([`retry_reason`]).
 
-use super::pool::Failure;
+use super::h2body::StreamError;
+use super::pool::{Failure, UpstreamError};
+use anyedge_backhaul::retry::RetryElsewhere;
+use anyedge_core::Fault;
 use anyedge_telemetry::RetryReason;
 use http::header::HOST;
 use http::Uri;
@@ -14,10 +18,62 @@ pub(crate) struct Outcome {
     pub attempts: u32,
     pub replays: u32,
     pub code: Option<&'static str>,
+    /// Whose fault the error was, when the proxy answered with one.
+    pub fault: Option<Fault>,
     /// From arrival until the first instance was chosen (the app's queue included).
     pub queue: std::time::Duration,
     /// Getting instance connections (pooled or new), over all attempts.
     pub connect: std::time::Duration,
+}
+
+/// Why an attempt to carry a request failed, typed down to the error map: the access log's
+/// error field, `P-Error` and the log line come from it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Cause {
+    /// No connection to the instance (or its worker) could be made: nothing was sent.
+    #[error(transparent)]
+    Unreachable(#[from] UpstreamError),
+    /// The instance failed a request that was (at least partly) written to it.
+    #[error(transparent)]
+    Instance(#[from] Failure),
+    /// The backhaul stream to the instance's worker failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The worker did not give the request to the instance.
+    #[error("worker refused: {0}")]
+    Refused(RetryElsewhere),
+    /// The request's body went past `replay_body_limit`, so it cannot be sent again.
+    #[error("the request body is larger than replay_body_limit")]
+    BodyNotKept,
+}
+
+impl Cause {
+    /// Whose fault the failure is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Cause::Unreachable(_) | Cause::Instance(_) => Fault::Instance,
+            Cause::Stream(StreamError::Body(_)) => Fault::Client,
+            Cause::Stream(_) => Fault::Worker,
+            Cause::Refused(r) => refusal_fault(*r),
+            Cause::BodyNotKept => Fault::Config,
+        }
+    }
+
+    /// Whether another instance may take the request: nothing reached this one.
+    pub fn retry_elsewhere(&self) -> bool {
+        matches!(self, Cause::Unreachable(_) | Cause::Refused(_))
+    }
+}
+
+/// Whose fault a worker's refusal is (`RetryElsewhere` says why; this node's catalog being
+/// behind the worker's is this node's).
+fn refusal_fault(r: RetryElsewhere) -> Fault {
+    use anyedge_backhaul::retry::Fault as Why;
+    match r.fault() {
+        Why::Instance => Fault::Instance,
+        Why::Load | Why::Worker => Fault::Worker,
+        Why::Catalog | Why::Edge | Why::Unknown => Fault::Node,
+    }
 }
 
 /// Whether a failed send may go to an instance again: only when the instance provably did not

@@ -26,7 +26,10 @@ pub(crate) enum AttemptError {
     #[error("backhaul to {peer}: {why}")]
     Backhaul { peer: String, why: String },
     #[error("worker {peer} refused: {reason}")]
-    Refused { peer: String, reason: &'static str },
+    Refused {
+        peer: String,
+        reason: anyedge_backhaul::retry::RetryElsewhere,
+    },
 }
 
 impl AttemptError {

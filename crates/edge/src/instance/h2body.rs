@@ -3,6 +3,7 @@
 //! stream when the response is dropped unfinished. Backhaul's client uses them for workers'
 //! answers.
 
+use super::body::BodyError;
 use bytes::Bytes;
 use h2::RecvStream;
 use http_body::{Body, Frame, SizeHint};
@@ -106,5 +107,26 @@ impl Body for RecvBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+/// Why a stream failed (a backhaul stream to a worker).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    #[error("backhaul: {0}")]
+    H2(#[from] h2::Error),
+    #[error(transparent)]
+    Body(BodyError),
+    #[error("backhaul stream reset by the worker ({0})")]
+    Reset(h2::Reason),
+}
+
+impl StreamError {
+    /// The HTTP/2 error, if the failure came from the connection or the worker.
+    pub fn h2(&self) -> Option<&h2::Error> {
+        match self {
+            StreamError::H2(e) => Some(e),
+            _ => None,
+        }
     }
 }

@@ -4,8 +4,8 @@
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
 };
-use std::fmt::Write;
-use std::net::{IpAddr, SocketAddr};
+
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Header names that carry the configured prefix (`anyedge` or `fly`), built once per snapshot.
@@ -168,30 +168,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// The address as text; IPv4 (nearly every client) without the formatting machinery, which
-/// cost a thousand instructions a request in the profile.
-fn write_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
-                }
-                out.push(char::from(b'0' + octet % 10));
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
 /// What the edge knows about the client connection a request came on.
 pub(crate) struct ClientInfo {
     pub peer: SocketAddr,
@@ -200,70 +176,28 @@ pub(crate) struct ClientInfo {
 }
 
 /// The client side of a request as the forwarding headers tell it: made on the edge from the
-/// client connection. A request for an instance on another node carries it over backhaul in its
-/// one metadata header ([`Forwarded::write`], read back by [`Forwarded::parse`]) instead of
+/// client connection ([`forwarded`]). A request for an instance on another node carries it over
+/// backhaul in its one metadata header (`anyedge_backhaul::stream`, its wire format) instead of
 /// seven headers, and the worker writes the headers out: HPACK encodes and decodes every header
 /// of every stream, which made these seven a sixth of the extra hop's work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Forwarded {
-    /// The client's address.
-    pub ip: IpAddr,
-    /// The edge port the client connected to.
-    pub port: u16,
-    /// Whether the client came over TLS.
-    pub tls: bool,
-    /// Whether the client spoke HTTP/2 (for `Via`).
-    pub http2: bool,
+pub(crate) type Forwarded = anyedge_backhaul::stream::Client;
+
+/// The client of a request that came on `client` in `version`.
+pub(crate) fn forwarded(client: &ClientInfo, version: http::Version) -> Forwarded {
+    Forwarded {
+        ip: client.peer.ip().to_canonical(),
+        port: client.local.port(),
+        tls: client.tls,
+        http2: version == http::Version::HTTP_2,
+    }
 }
 
-impl Forwarded {
-    pub fn new(client: &ClientInfo, version: http::Version) -> Forwarded {
-        Forwarded {
-            ip: client.peer.ip().to_canonical(),
-            port: client.local.port(),
-            tls: client.tls,
-            http2: version == http::Version::HTTP_2,
-        }
-    }
-
-    fn via(self) -> &'static str {
-        if self.http2 {
-            "2 anyedge"
-        } else {
-            "1.1 anyedge"
-        }
-    }
-
-    /// Append `<client ip> <edge port> <http|https> <1.1|2>` to `out`.
-    pub fn write(self, out: &mut String) {
-        write_ip(out, self.ip);
-        let scheme = if self.tls { "https" } else { "http" };
-        let version = if self.http2 { "2" } else { "1.1" };
-        let _ = write!(out, " {} {scheme} {version}", self.port);
-    }
-
-    /// Read [`Forwarded::write`]'s format; `None` if it is not that. Fields after the fourth
-    /// are ignored, so that a later edge may add some.
-    pub fn parse(text: &str) -> Option<Forwarded> {
-        let mut fields = text.split(' ');
-        let ip = fields.next()?.parse().ok()?;
-        let port = fields.next()?.parse().ok()?;
-        let tls = match fields.next()? {
-            "http" => false,
-            "https" => true,
-            _ => return None,
-        };
-        let http2 = match fields.next()? {
-            "1.1" => false,
-            "2" => true,
-            _ => return None,
-        };
-        Some(Forwarded {
-            ip,
-            port,
-            tls,
-            http2,
-        })
+/// `Via`'s value for the client's protocol.
+fn via(client: Forwarded) -> &'static str {
+    if client.http2 {
+        "2 anyedge"
+    } else {
+        "1.1 anyedge"
     }
 }
 
@@ -300,7 +234,7 @@ pub(crate) fn mark_edge(
 pub(crate) fn add_client(headers: &mut HeaderMap, names: &Prefixed, client: &Forwarded) {
     headers.reserve(8);
     let mut ip_text = String::with_capacity(40);
-    write_ip(&mut ip_text, client.ip);
+    anyedge_backhaul::stream::write_ip(&mut ip_text, client.ip);
     let client_ip = HeaderValue::try_from(ip_text.as_str()).ok();
     let xff = HeaderName::from_static("x-forwarded-for");
     match headers.get(&xff).and_then(|v| v.to_str().ok()) {
@@ -333,7 +267,7 @@ pub(crate) fn add_client(headers: &mut HeaderMap, names: &Prefixed, client: &For
     if let Some(v) = client_ip {
         headers.insert(names.client_ip.clone(), v);
     }
-    headers.append(http::header::VIA, HeaderValue::from_static(client.via()));
+    headers.append(http::header::VIA, HeaderValue::from_static(via(*client)));
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: String) {
@@ -384,7 +318,7 @@ mod tests {
         ] {
             let ip: std::net::IpAddr = ip.parse().expect("ip");
             let mut out = String::new();
-            write_ip(&mut out, ip);
+            anyedge_backhaul::stream::write_ip(&mut out, ip);
             assert_eq!(out, ip.to_string());
         }
     }
@@ -441,7 +375,7 @@ mod tests {
         };
         let id = request_id("ord");
         mark_edge(&mut h, &names, &HeaderValue::from_static("ord"), &id);
-        let forwarded = Forwarded::new(&client, http::Version::HTTP_11);
+        let forwarded = forwarded(&client, http::Version::HTTP_11);
         add_client(&mut h, &names, &forwarded);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.7");
         assert_eq!(h["fly-client-ip"], "127.0.0.7");

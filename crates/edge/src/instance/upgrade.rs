@@ -4,11 +4,12 @@
 //! switched, bytes are copied both ways for as long as the connection lives: no request
 //! timeout applies.
 
-use crate::error::ProxyError;
-use crate::instance::attempt::Outcome;
+use crate::instance::attempt::{Cause, Outcome};
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
 use crate::instance::headers;
 use crate::instance::pool::Sender;
+use anyedge_backhaul::retry::RetryElsewhere;
+use anyedge_backhaul::stream;
 use anyedge_telemetry::AppMetrics;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -17,8 +18,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
-/// A worker's refusal of a switch (`anyedge_backhaul`'s retry-elsewhere header).
-const RETRY_ELSEWHERE: http::HeaderName = http::HeaderName::from_static("anyedge-retry-elsewhere");
+/// A worker's refusal of a switch.
+const RETRY_ELSEWHERE: http::HeaderName = http::HeaderName::from_static(stream::RETRY_ELSEWHERE);
 
 pub(crate) enum Upgrade {
     None,
@@ -34,7 +35,7 @@ pub(crate) enum Upgrade {
 }
 
 /// Tell a protocol switch from a plain request, and take the client side's upgrade handle.
-pub(crate) fn classify(req: &mut Request<Incoming>) -> Result<Upgrade, ProxyError> {
+pub(crate) fn classify(req: &mut Request<Incoming>) -> Result<Upgrade, &'static str> {
     if req.method() == Method::CONNECT {
         let protocol = req
             .extensions()
@@ -45,9 +46,7 @@ pub(crate) fn classify(req: &mut Request<Incoming>) -> Result<Upgrade, ProxyErro
                 client: hyper::upgrade::on(req),
                 protocol,
             }),
-            None => Err(ProxyError::BadRequest(
-                "CONNECT is only supported with :protocol (RFC 8441)",
-            )),
+            None => Err("CONNECT is only supported with :protocol (RFC 8441)"),
         };
     }
     let wants_upgrade = req.version() == Version::HTTP_11
@@ -86,15 +85,25 @@ pub(crate) enum Leg {
 /// What became of a switch.
 pub(crate) enum Forwarded {
     /// Switched, or answered (by the instance or with an error).
-    Answer(Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)>),
+    Answer(Result<(Response<RespBody>, Outcome), (SwitchFailed, Outcome)>),
     /// The worker refused before the instance saw it (`anyedge-retry-elsewhere`): everything
     /// needed to place the switch again.
     Refused {
         upgrade: Upgrade,
         outcome: Outcome,
         slots: Slots,
-        reason: String,
+        reason: RetryElsewhere,
     },
+}
+
+/// Why a switch was not made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SwitchFailed {
+    /// Called for a request that asks for no switch.
+    #[error("not an upgrade")]
+    NotAnUpgrade,
+    #[error(transparent)]
+    Cause(Box<Cause>),
 }
 
 /// The app a switch belongs to: its name (for the tunnel's log lines) and its metrics.
@@ -116,9 +125,7 @@ pub(crate) async fn forward(
     leg: Leg,
 ) -> Forwarded {
     let (client, h2_client, protocol) = match upgrade {
-        Upgrade::None => {
-            return Forwarded::Answer(Err((ProxyError::BadRequest("not an upgrade"), outcome)))
-        }
+        Upgrade::None => return Forwarded::Answer(Err((SwitchFailed::NotAnUpgrade, outcome))),
         Upgrade::Http1 { client } => {
             let protocol = req
                 .headers()
@@ -132,11 +139,14 @@ pub(crate) async fn forward(
     };
     let resp = match send(sender, req, leg, h2_client, &protocol).await {
         Ok(r) => r,
-        Err(e) => return Forwarded::Answer(Err((ProxyError::Upstream(e.to_string()), outcome))),
+        Err(e) => {
+            let failed = SwitchFailed::Cause(Box::new(Cause::Instance(e)));
+            return Forwarded::Answer(Err((failed, outcome)));
+        }
     };
     if leg == Leg::ToWorker {
         if let Some(why) = resp.headers().get(RETRY_ELSEWHERE) {
-            let reason = String::from_utf8_lossy(why.as_bytes()).into_owned();
+            let reason = RetryElsewhere::parse_bytes(why.as_bytes());
             let upgrade = if h2_client {
                 Upgrade::Connect { client, protocol }
             } else {
@@ -182,7 +192,7 @@ fn tunnel(
     outcome: Outcome,
     slots: Slots,
     leg: Leg,
-) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
+) -> Result<(Response<RespBody>, Outcome), (SwitchFailed, Outcome)> {
     let switched = match leg {
         Leg::ToWorker => resp.status() == StatusCode::OK,
         Leg::Direct | Leg::FromEdge => resp.status() == StatusCode::SWITCHING_PROTOCOLS,

@@ -6,16 +6,21 @@
 //! read, and the edge places the request again without this instance.
 
 use super::feed::FeedBody;
-use crate::backhaul;
 use crate::error::ProxyError;
-use crate::instance::attempt::{retry_reason, upstream_uri, Outcome};
+use crate::instance::attempt::{retry_reason, upstream_uri, Cause, Outcome};
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
 use crate::instance::headers;
 use crate::instance::pool::{SendError, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
 use crate::routes::HttpApp;
 use crate::Shared;
-use anyedge_backhaul::header::RefuseReason;
+use anyedge_backhaul::retry::RetryElsewhere;
+use anyedge_backhaul::stream::{self, parse_stream};
+
+/// The stream headers of `anyedge_backhaul::stream`.
+const STREAM: http::HeaderName = http::HeaderName::from_static(stream::STREAM);
+const FEED: http::HeaderName = http::HeaderName::from_static(stream::FEED);
+const RETRY_ELSEWHERE: http::HeaderName = http::HeaderName::from_static(stream::RETRY_ELSEWHERE);
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -44,7 +49,7 @@ impl hyper::service::Service<Request<Incoming>> for WorkerService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            if req.headers().contains_key(backhaul::FEED) {
+            if req.headers().contains_key(FEED) {
                 let body = super::feed::stream(&this.shared);
                 return Ok(Response::new(WorkerBody::Right(body)));
             }
@@ -54,12 +59,12 @@ impl hyper::service::Service<Request<Incoming>> for WorkerService {
 }
 
 /// Why a stream was not carried to its instance (the `anyedge-retry-elsewhere` value).
-fn refuse(shared: &Shared, reason: &'static str) -> Response<RespBody> {
-    shared.metrics.backhaul.refused(reason);
+fn refuse(shared: &Shared, reason: RetryElsewhere) -> Response<RespBody> {
+    shared.metrics.backhaul.refused(reason.as_str());
     let mut resp = Response::new(RespBody::empty());
     *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     resp.headers_mut()
-        .insert(backhaul::RETRY_ELSEWHERE, HeaderValue::from_static(reason));
+        .insert(RETRY_ELSEWHERE, HeaderValue::from_static(reason.as_str()));
     resp
 }
 
@@ -70,9 +75,13 @@ impl WorkerService {
         // The stream's metadata: its target, and the client, whose forwarding headers are
         // written here.
         let h = req.headers_mut();
-        let stream = h.remove(backhaul::STREAM);
-        let found = match stream.as_ref().and_then(backhaul::parse_stream) {
-            None => Err("bad_request"),
+        let stream = h.remove(STREAM);
+        let parsed = stream
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_stream);
+        let found = match parsed {
+            None => Err(RetryElsewhere::BadRequest),
             Some((app, instance, client)) => find(&routes, app, instance).inspect(|_| {
                 headers::add_client(h, &routes.http.names, &client);
             }),
@@ -80,7 +89,7 @@ impl WorkerService {
         let (app, index) = match found {
             Ok(found) => found,
             Err(reason) => {
-                tracing::info!(edge = %self.edge, reason, "backhaul stream refused");
+                tracing::info!(edge = %self.edge, reason = reason.as_str(), "backhaul stream refused");
                 return refuse(shared, reason);
             }
         };
@@ -91,7 +100,7 @@ impl WorkerService {
             .fetch_add(1, Ordering::Relaxed);
         let (app_slot, slot) = match super::admit::admit(shared, &app.app, index) {
             Ok(slots) => slots,
-            Err(why) => return refuse(shared, why.as_str()),
+            Err(why) => return refuse(shared, why.into()),
         };
         let inst = &app.app.instances[index];
         if !req.headers().contains_key(HOST) {
@@ -105,11 +114,11 @@ impl WorkerService {
         }
         let upgrade = match upgrade::classify(&mut req) {
             Ok(u) => u,
-            Err(_) => return refuse(shared, "bad_request"),
+            Err(_) => return refuse(shared, RetryElsewhere::BadRequest),
         };
         let service = app.service();
         let Some(port) = inst.address.port.or(service.internal_port) else {
-            return refuse(shared, RefuseReason::NoService.as_str());
+            return refuse(shared, RetryElsewhere::NoService);
         };
         let h2 = service.http_options.h2_backend && matches!(upgrade, Upgrade::None);
         let http = &routes.http.config;
@@ -131,7 +140,7 @@ impl WorkerService {
             Err(e) => {
                 inst.live.connect_failed(Instant::now());
                 tracing::info!(instance = %inst.id, error = %e, "instance unreachable; the edge will place elsewhere");
-                return refuse(shared, RefuseReason::ConnectFailed.as_str());
+                return refuse(shared, RetryElsewhere::ConnectFailed);
             }
         };
         inst.live.connect_succeeded();
@@ -160,10 +169,10 @@ impl WorkerService {
             .await;
             return match sent {
                 upgrade::Forwarded::Answer(Ok((resp, _))) => resp,
-                upgrade::Forwarded::Answer(Err((e, _))) => e.response(names),
+                upgrade::Forwarded::Answer(Err((e, _))) => ProxyError::from(e).response(names),
                 // Only an edge's leg to a worker is refused this way.
-                upgrade::Forwarded::Refused { .. } => {
-                    ProxyError::Upstream("refused".into()).response(names)
+                upgrade::Forwarded::Refused { reason, .. } => {
+                    ProxyError::Upstream(Box::new(Cause::Refused(reason))).response(names)
                 }
             };
         }
@@ -171,13 +180,13 @@ impl WorkerService {
         let sent = tokio::time::timeout(http.response_timeout, sender.send(request)).await;
         match sent {
             Err(_) => ProxyError::UpstreamTimeout.response(names),
-            Ok(Err(SendError::Unsent)) => refuse(shared, "stale_connection"),
+            Ok(Err(SendError::Unsent)) => refuse(shared, RetryElsewhere::StaleConnection),
             Ok(Err(SendError::Failed(e))) => {
                 if retry_reason(&e, reused, &method).is_some() {
                     // The instance provably did not process it.
-                    return refuse(shared, "not_processed");
+                    return refuse(shared, RetryElsewhere::NotProcessed);
                 }
-                ProxyError::Upstream(e.to_string()).response(names)
+                ProxyError::Upstream(Box::new(Cause::Instance(e))).response(names)
             }
             Ok(Ok((resp, pool_return))) => {
                 let (mut parts, body) = resp.into_parts();
@@ -196,14 +205,14 @@ fn find(
     routes: &crate::routes::Routes,
     app: &str,
     instance: &str,
-) -> Result<(Arc<HttpApp>, usize), &'static str> {
+) -> Result<(Arc<HttpApp>, usize), RetryElsewhere> {
     let Some(http_app) = routes.http_app(app) else {
-        return Err("unknown_app");
+        return Err(RetryElsewhere::UnknownApp);
     };
     let found =
         super::admit::own_instance(routes.snapshot.as_deref(), Some(&http_app.app), instance);
     match found {
         Ok((_, index)) => Ok((http_app.clone(), index)),
-        Err(why) => Err(why.as_str()),
+        Err(why) => Err(why.into()),
     }
 }

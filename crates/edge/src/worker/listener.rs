@@ -111,11 +111,11 @@ async fn serve_h2(stream: ServerTls, edge: Arc<str>, shared: Arc<Shared>) {
     builder
         .timer(TokioTimer::new())
         .enable_connect_protocol()
-        // Fixed windows, as the edge's (`backhaul::streams`): request body data an instance has
+        // Fixed windows, as the edge's (`anyedge_backhaul::STREAM_WINDOW`): request body data an instance has
         // not read yet counts against the connection's window, so it is sixteen streams' worth,
         // and a few stalled uploads do not stall every other request body on the connection.
-        .initial_stream_window_size(crate::backhaul::streams::STREAM_WINDOW)
-        .initial_connection_window_size(crate::backhaul::streams::CONNECTION_WINDOW)
+        .initial_stream_window_size(anyedge_backhaul::STREAM_WINDOW)
+        .initial_connection_window_size(anyedge_backhaul::CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_STREAMS)
         .max_pending_accept_reset_streams(Some(1024))
         .keep_alive_interval(Some(Duration::from_secs(5)))

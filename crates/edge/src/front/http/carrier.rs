@@ -3,7 +3,7 @@
 //! the instance. One send for both, and one answer to "was it written, and may it be retried".
 
 use crate::backhaul::streams::{self, StreamError};
-use crate::instance::attempt::{self, h2_retry_reason};
+use crate::instance::attempt::{self, h2_retry_reason, Cause};
 use crate::instance::body::{BodyError, ReqBody, UpBody};
 use crate::instance::pool::{Failure, PoolReturn, SendError, Sender};
 use anyedge_telemetry::RetryReason;
@@ -17,20 +17,12 @@ pub(crate) enum Carrier {
     Stream(streams::Conn),
 }
 
-/// Why a request that was (at least partly) written failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CarryFailure {
-    #[error(transparent)]
-    Instance(Failure),
-    #[error(transparent)]
-    Backhaul(StreamError),
-}
-
 /// A send that failed.
 pub(crate) enum CarryError {
     /// Nothing of the request was written.
     Unsent,
-    Failed(CarryFailure),
+    /// (At least part of) the request was written: an instance or stream failure.
+    Failed(Cause),
 }
 
 impl Carrier {
@@ -48,14 +40,12 @@ impl Carrier {
             Carrier::Hyper(sender) => match sender.send(req).await {
                 Ok((resp, pool)) => Ok((resp.map(UpBody::Left), pool)),
                 Err(SendError::Unsent) => Err(CarryError::Unsent),
-                Err(SendError::Failed(f)) => Err(CarryError::Failed(CarryFailure::Instance(f))),
+                Err(SendError::Failed(f)) => Err(CarryError::Failed(Cause::Instance(f))),
             },
             Carrier::Stream(conn) => match conn.send(req).await {
                 Ok(resp) => Ok((resp.map(UpBody::Right), None)),
                 Err(streams::SendFailed::Unsent) => Err(CarryError::Unsent),
-                Err(streams::SendFailed::Failed(e)) => {
-                    Err(CarryError::Failed(CarryFailure::Backhaul(e)))
-                }
+                Err(streams::SendFailed::Failed(e)) => Err(CarryError::Failed(Cause::Stream(e))),
             },
         }
     }
@@ -63,25 +53,22 @@ impl Carrier {
 
 /// Whether a failed send may go to an instance again ([`attempt::retry_reason`]; over
 /// backhaul, only when the worker refused the stream or went away above it).
-pub(crate) fn retry_reason(
-    e: &CarryFailure,
-    reused: bool,
-    method: &http::Method,
-) -> Option<RetryReason> {
+pub(crate) fn retry_reason(e: &Cause, reused: bool, method: &http::Method) -> Option<RetryReason> {
     match e {
-        CarryFailure::Instance(f) => attempt::retry_reason(f, reused, method),
-        CarryFailure::Backhaul(e) => e.h2().and_then(h2_retry_reason),
+        Cause::Instance(f) => attempt::retry_reason(f, reused, method),
+        Cause::Stream(e) => e.h2().and_then(h2_retry_reason),
+        Cause::Unreachable(_) | Cause::Refused(_) | Cause::BodyNotKept => None,
     }
 }
 
 /// Whether the send failed because the client's body went over `max_request_body`.
-pub(crate) fn body_too_large(e: &CarryFailure) -> bool {
+pub(crate) fn body_too_large(e: &Cause) -> bool {
     let body_error = match e {
-        CarryFailure::Instance(Failure::Http(e)) => {
+        Cause::Instance(Failure::Http(e)) => {
             std::error::Error::source(e).and_then(|s| s.downcast_ref())
         }
-        CarryFailure::Backhaul(StreamError::Body(b)) => Some(b),
-        CarryFailure::Backhaul(_) => None,
+        Cause::Stream(StreamError::Body(b)) => Some(b),
+        _ => None,
     };
     matches!(body_error, Some(BodyError::TooLarge { .. }))
 }

@@ -2,19 +2,16 @@
 //! `error.rs`. Route by host, check the request, place it on an instance (carrying it to another
 //! when a connection cannot be made), forward, and stream the response back.
 
-use super::carrier::{body_too_large, retry_reason, Carrier, CarryError};
-use super::routing::{self, Fallback, Replay, Resolved, Wishes};
-use crate::admit::{self, AdmitError};
-use crate::backhaul;
+use super::attempts::{Head, Hop, Job};
+use super::routing::Wishes;
+use crate::admit::{self};
 use crate::error::ProxyError;
-use crate::instance::attempt::{upstream_uri, Outcome};
-use crate::instance::body::{ReqBody, RespBody, Slots};
-use crate::instance::headers::{self, ClientInfo, Forwarded};
-use crate::instance::pool::{Sender, Target, UpstreamError};
-use crate::instance::upgrade::{self, Leg, Upgrade};
+use crate::instance::attempt::Outcome;
+use crate::instance::body::{ReqBody, RespBody};
+use crate::instance::headers::{self, ClientInfo};
+use crate::instance::upgrade::{self, Upgrade};
 use crate::routes::{HttpApp, HttpSettings, PortRoute, Routes};
 use crate::Shared;
-use anyedge_telemetry::RetryReason;
 use http::header::{CONTENT_LENGTH, HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -29,11 +26,11 @@ use std::time::Instant;
 /// an instance a reload removed, and an idle one pins no snapshot.
 #[derive(Clone)]
 pub(crate) struct ProxyService {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     client: Arc<ClientInfo>,
     /// The node-wide HTTP settings: those of the snapshot current at accept on the
     /// connection's own copy (for the server's timeouts), the current ones on each request's.
-    settings: Arc<HttpSettings>,
+    pub(super) settings: Arc<HttpSettings>,
     /// The TLS SNI of the connection, lower-cased.
     sni: Option<Arc<str>>,
 }
@@ -94,11 +91,12 @@ impl ProxyService {
             Err((e, mut outcome)) => {
                 let code = e.code();
                 outcome.code = Some(code.as_str());
+                outcome.fault = Some(e.fault());
                 match &app {
                     Some(app) => app.metrics.error(code),
                     None => self.shared.metrics.node.rejection(code),
                 }
-                tracing::debug!(code = code.as_str(), error = %e, "request answered by the proxy");
+                tracing::debug!(code = code.as_str(), fault = e.fault().as_str(), error = %e, "request answered by the proxy");
                 (e.response(&self.settings.names), outcome)
             }
         };
@@ -120,6 +118,7 @@ impl ProxyService {
                     instance = outcome.instance.as_ref().map_or("", |i| i.instance()),
                     status,
                     code = outcome.code.unwrap_or(""),
+                    fault = outcome.fault.map_or("", |f| f.as_str()),
                     attempts = outcome.attempts,
                     replays = outcome.replays,
                     bytes_out,
@@ -173,7 +172,7 @@ impl ProxyService {
         }
         let upgrade = match upgrade::classify(&mut req) {
             Ok(u) => u,
-            Err(e) => return Err((e, outcome)),
+            Err(why) => return Err((ProxyError::BadRequest(why), outcome)),
         };
         let (mut parts, body) = req.into_parts();
         let names = &self.settings.names;
@@ -182,7 +181,7 @@ impl ProxyService {
         headers::strip_hop_by_hop(&mut parts.headers, matches!(upgrade, Upgrade::Http1 { .. }));
         // The client's forwarding headers wait for the instance: a worker writes them out.
         headers::mark_edge(&mut parts.headers, names, &self.settings.region, request_id);
-        let forwarded = Forwarded::new(&self.client, parts.version);
+        let forwarded = headers::forwarded(&self.client, parts.version);
         if !parts.headers.contains_key(HOST) {
             if let Some(v) = parts
                 .uri
@@ -210,477 +209,16 @@ impl ProxyService {
             started,
             trace: traced.then(String::new),
             outcome,
-            app_slot,
+            app_slot: Some(app_slot),
             forwarded,
+            fresh_only: false,
+            last: None,
+            retrying: None,
+            replaying: None,
         };
         self.run(job, Hop::new(app.clone(), wishes, queue_deadline))
             .await
     }
-
-    /// Place, connect, send; retry where it is safe, replay where the instance asks.
-    async fn run(
-        &self,
-        mut job: Job,
-        mut hop: Hop,
-    ) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
-        let config = &self.settings.config;
-        let names = &self.settings.names;
-        let retry_until = job.started + config.retry_deadline;
-        let mut fresh_only = false;
-        let mut last_error: Option<String> = None;
-        // Why the next attempt is a retry; counted when that attempt is made.
-        let mut retrying: Option<RetryReason> = None;
-        // The replay in progress: who asked, and whether its fallback was used.
-        let mut replaying: Option<ReplayFrom> = None;
-        loop {
-            let over_budget = job.outcome.attempts >= config.max_attempts + job.outcome.replays
-                || Instant::now() >= retry_until;
-            let placed = if over_budget {
-                Err(AdmitError::Unavailable)
-            } else {
-                admit::place(
-                    &hop.app.app,
-                    &hop.resolved.constraints(),
-                    &hop.tried,
-                    hop.deadline,
-                    &hop.app.metrics,
-                    job.trace.as_mut(),
-                )
-                .await
-            };
-            if job.outcome.attempts == 0 {
-                job.outcome.queue = job.started.elapsed();
-            }
-            let placed = match placed {
-                Ok(p) => p,
-                Err(e) => {
-                    // A replay that cannot be carried out goes back to its instance when it
-                    // asked for that.
-                    if let Some(from) = replaying.as_mut().filter(|f| f.fallback.is_some()) {
-                        let Some(mode) = from.fallback.take() else {
-                            unreachable!("filtered on is_some")
-                        };
-                        hop = self.fallback(&mut job, from, mode, &e.to_string());
-                        retrying = None;
-                        continue;
-                    }
-                    let err = match (e, last_error.take()) {
-                        (_, Some(last)) if over_budget || e == AdmitError::Unavailable => {
-                            ProxyError::NoInstance(last)
-                        }
-                        _ if replaying.is_some() => ProxyError::ReplayFailed(e.to_string()),
-                        _ => ProxyError::Admit(e),
-                    };
-                    return Err((err, job.outcome));
-                }
-            };
-            if let Some(reason) = retrying.take() {
-                hop.app.metrics.retry(reason);
-            }
-            let app = hop.app.clone();
-            hop.tried[placed.index] = true;
-            job.outcome.attempts += 1;
-            let inst = &app.app.instances[placed.index];
-            let service = app.service();
-            let Some(port) = inst.address.port.or(service.internal_port) else {
-                continue;
-            };
-            // An instance on another node: over backhaul (HTTP/2) to its worker.
-            let remote = app.remotes[placed.index].as_ref();
-            let link = remote.map(|r| &r.link);
-            let h2 = link.is_some()
-                || (service.http_options.h2_backend && matches!(job.upgrade, Upgrade::None));
-            let target = Target {
-                host: &inst.address.host,
-                port,
-                h2,
-                connect_timeout: self.shared.routes.load().limits.connect_timeout,
-                idle_timeout: config.upstream_idle_timeout,
-            };
-            let pool = &app.pools[placed.index];
-            let connecting = Instant::now();
-            let sender = if let Some(link) = link {
-                let timeout = target.connect_timeout;
-                if matches!(job.upgrade, Upgrade::None) {
-                    link.sender(&self.shared, timeout)
-                        .await
-                        .map(Carrier::Stream)
-                } else {
-                    // Boxed: upgrades are rare (see below).
-                    let opening = Box::pin(link.upgrade_sender(&self.shared, timeout));
-                    opening.await.map(|s| Carrier::Hyper(Sender::H2(s)))
-                }
-            } else if fresh_only || !matches!(job.upgrade, Upgrade::None) {
-                pool.fresh(&target, &self.shared.resolver)
-                    .await
-                    .map(Carrier::Hyper)
-            } else {
-                pool.sender(&target, &self.shared.resolver)
-                    .await
-                    .map(Carrier::Hyper)
-            };
-            job.outcome.connect += connecting.elapsed();
-            fresh_only = false;
-            let sender = match sender {
-                Ok(s) => s,
-                Err(e) => {
-                    inst.live.connect_failed(Instant::now());
-                    if let UpstreamError::Connect(a) = &e {
-                        app.metrics.connect_failure(a.reason());
-                    }
-                    tracing::info!(instance = %inst.id, error = %e, "instance unreachable; trying another");
-                    retrying = Some(RetryReason::Connect);
-                    last_error = Some(e.to_string());
-                    continue;
-                }
-            };
-            inst.live.connect_succeeded();
-            job.outcome.instance = Some(inst.id.clone());
-            // Every attempt sends a copy (the first reads the client's body as it goes); older
-            // copies stop, so a replayed instance still reading cannot steal the body.
-            let Some(body) = job.body.next_attempt() else {
-                let why = "the request body is larger than replay_body_limit".to_string();
-                let err = if replaying.is_some() {
-                    ProxyError::ReplayFailed(why)
-                } else {
-                    ProxyError::Upstream(why)
-                };
-                return Err((err, job.outcome));
-            };
-            let mut request = job.head.request(body, h2);
-            match remote {
-                Some(remote) => remote.tag(&mut request, &job.forwarded),
-                None => headers::add_client(request.headers_mut(), names, &job.forwarded),
-            }
-            if !matches!(job.upgrade, Upgrade::None) {
-                let upgrade = std::mem::replace(&mut job.upgrade, Upgrade::None);
-                let slots = Slots::new(job.app_slot, placed.slot);
-                let leg = if link.is_some() {
-                    Leg::ToWorker
-                } else {
-                    Leg::Direct
-                };
-                let outcome = std::mem::take(&mut job.outcome);
-                let Carrier::Hyper(sender) = sender else {
-                    let why = "a protocol switch cannot go on a plain backhaul stream";
-                    return Err((ProxyError::Upstream(why.into()), outcome));
-                };
-                let app_ref = upgrade::AppRef {
-                    name: &app.app.name,
-                    metrics: &app.metrics,
-                };
-                // Boxed: upgrades are rare, and their state would otherwise make every
-                // request's future (moved into its box on each call) larger.
-                let forwarded = Box::pin(upgrade::forward(
-                    upgrade, sender, request, app_ref, outcome, slots, leg,
-                ));
-                match forwarded.await {
-                    upgrade::Forwarded::Answer(answer) => return answer,
-                    upgrade::Forwarded::Refused {
-                        upgrade,
-                        outcome,
-                        slots,
-                        reason,
-                    } => {
-                        // The worker did not give the switch to the instance: place it again.
-                        job.upgrade = upgrade;
-                        job.outcome = outcome;
-                        job.app_slot = slots.into_app();
-                        retrying = Some(RetryReason::WorkerRefused);
-                        last_error = Some(worker_refused(inst, &reason));
-                        continue;
-                    }
-                }
-            }
-            let reused = sender.is_reused();
-            let sent = tokio::time::timeout(config.response_timeout, sender.send(request)).await;
-            let (resp, pool_return) = match sent {
-                Err(_) => return Err((ProxyError::UpstreamTimeout, job.outcome)),
-                Ok(Ok(r)) => r,
-                Ok(Err(CarryError::Unsent)) => {
-                    // The pooled connection was closed under us before anything was written:
-                    // the same instance may take it on a fresh connection.
-                    hop.tried[placed.index] = false;
-                    fresh_only = true;
-                    retrying = Some(RetryReason::StaleConnection);
-                    continue;
-                }
-                Ok(Err(CarryError::Failed(e))) => {
-                    if body_too_large(&e) {
-                        let limit = config.max_request_body;
-                        return Err((ProxyError::BodyTooLarge { limit }, job.outcome));
-                    }
-                    let reason = retry_reason(&e, reused, &job.head.method);
-                    let replayable = job.body.replay().is_some();
-                    match reason {
-                        Some(reason) if replayable => {
-                            tracing::info!(instance = %inst.id, reason = reason.as_str(), error = %e, "request failed before the instance processed it; retrying");
-                            retrying = Some(reason);
-                            if reason == RetryReason::StaleConnection {
-                                hop.tried[placed.index] = false;
-                                fresh_only = true;
-                            }
-                            last_error = Some(e.to_string());
-                            continue;
-                        }
-                        Some(reason) => {
-                            tracing::info!(instance = %inst.id, reason = reason.as_str(), "not retried: the request body was too large to keep");
-                        }
-                        None => {}
-                    }
-                    return Err((ProxyError::Upstream(e.to_string()), job.outcome));
-                }
-            };
-            if let Some(why) = link.and_then(|_| resp.headers().get(backhaul::RETRY_ELSEWHERE)) {
-                // The worker did not give it to the instance: place it again without it.
-                let why = String::from_utf8_lossy(why.as_bytes());
-                retrying = Some(RetryReason::WorkerRefused);
-                last_error = Some(worker_refused(inst, &why));
-                continue;
-            }
-            let replay_header = if names.any_in(resp.headers()) {
-                resp.headers().get(&names.replay)
-            } else {
-                None
-            };
-            if let Some(value) = replay_header {
-                let asked = value.to_str().map_err(|_| "not text".to_string());
-                let replay = asked.and_then(Replay::parse);
-                match replay {
-                    Err(problem) => {
-                        tracing::warn!(instance = %inst.id, problem, "ignoring an invalid replay header");
-                    }
-                    Ok(replay) => {
-                        // The instance's answer is swallowed; its connection is kept when the
-                        // answer is complete.
-                        if http_body::Body::is_end_stream(resp.body()) {
-                            if let Some(p) = pool_return {
-                                p.give_back();
-                            }
-                        }
-                        drop(resp);
-                        job.outcome.replays += 1;
-                        app.metrics.replay();
-                        if job.outcome.replays > MAX_REPLAYS {
-                            return Err((ProxyError::ReplayLimit, job.outcome));
-                        }
-                        let from = ReplayFrom {
-                            app: app.clone(),
-                            instance: inst.id.instance().to_string(),
-                            region: inst.region.clone(),
-                            fallback: replay.fallback,
-                            at: Instant::now(),
-                        };
-                        let target = match &replay.app {
-                            None => app.clone(),
-                            Some(name) => match self.replay_app(&app, name) {
-                                Ok(a) => a,
-                                Err(e) => return Err((e, job.outcome)),
-                            },
-                        };
-                        job.head.replay_src(names, &from, replay.state.as_deref());
-                        let same_app = Arc::ptr_eq(&target.app, &app.app);
-                        let deadline = tokio::time::Instant::now()
-                            + replay
-                                .timeout
-                                .unwrap_or(target.app.config.limits.queue_timeout);
-                        hop = Hop::new(target, replay.wishes(), deadline);
-                        if replay.elsewhere && same_app {
-                            hop.tried[placed.index] = true;
-                        }
-                        if !same_app {
-                            // Into another app: the request now counts against that app's
-                            // budget on this node, and waits in its queue, not the source's.
-                            let (a, m) = (&hop.app.app, &hop.app.metrics);
-                            match admit::admit_app(a, deadline, m).await {
-                                Ok(slot) => job.app_slot = slot,
-                                Err(e) => {
-                                    let why = format!("app `{}`: {e}", a.name);
-                                    return Err((ProxyError::ReplayFailed(why), job.outcome));
-                                }
-                            }
-                        }
-                        replaying = Some(from);
-                        retrying = None;
-                        last_error = None;
-                        continue;
-                    }
-                }
-            }
-            let (mut parts, body) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers, false);
-            let mut body = RespBody::upstream(body, pool_return, app.metrics.clone());
-            body.hold(Slots::new(job.app_slot, placed.slot));
-            let h = &mut parts.headers;
-            if placed.preference_unmet && !hop.wishes.is_empty() {
-                h.insert(
-                    names.preferred_instance_unavailable.clone(),
-                    routing::header_text(&hop.wishes.unmet_text()),
-                );
-            }
-            if let Some(trace) = &job.trace {
-                let text = format!(
-                    "{trace}; attempts={}; replays={}",
-                    job.outcome.attempts, job.outcome.replays
-                );
-                h.insert(names.route.clone(), routing::header_text(&text));
-            }
-            return Ok((Response::from_parts(parts, body), job.outcome));
-        }
-    }
-
-    /// The app a replay names, if that app accepts replays from this one.
-    fn replay_app(&self, from: &Arc<HttpApp>, name: &str) -> Result<Arc<HttpApp>, ProxyError> {
-        if name == &*from.app.name {
-            return Ok(from.clone());
-        }
-        let routes = self.shared.routes.load();
-        let target = routes
-            .http_app(name)
-            .ok_or_else(|| ProxyError::ReplayFailed(format!("no app `{name}` serves HTTP here")))?;
-        if !target
-            .app
-            .config
-            .replay_from
-            .iter()
-            .any(|a| *a == *from.app.name)
-        {
-            return Err(ProxyError::ReplayFailed(format!(
-                "app `{name}` does not accept replays from `{}`",
-                from.app.name
-            )));
-        }
-        Ok(target.clone())
-    }
-
-    /// Send a replay that failed back to the instance that asked for it.
-    fn fallback(&self, job: &mut Job, from: &ReplayFrom, mode: Fallback, reason: &str) -> Hop {
-        let names = &self.settings.names;
-        let text = format!(
-            "instance={};region={};reason={};elapsed_ms={}",
-            from.instance,
-            from.region,
-            reason.replace(';', ","),
-            from.at.elapsed().as_millis()
-        );
-        job.head
-            .headers
-            .insert(names.replay_failed.clone(), routing::header_text(&text));
-        let mut wishes = Wishes::default();
-        match mode {
-            Fallback::ForceSelf => wishes.force_instance = Some(from.instance.clone()),
-            Fallback::PreferSelf => wishes.prefer_instance = Some(from.instance.clone()),
-        }
-        tracing::info!(instance = %from.instance, reason, "replay failed; falling back to the replaying instance");
-        let app = from.app.clone();
-        let deadline = tokio::time::Instant::now() + app.app.config.limits.queue_timeout;
-        Hop::new(app, wishes, deadline)
-    }
-}
-
-/// Where a request is being placed: the app, its placement wishes resolved against that app,
-/// the instances already tried there, and how long it may wait for a slot. A replay or its
-/// fallback starts a new hop.
-struct Hop {
-    app: Arc<HttpApp>,
-    wishes: Wishes,
-    resolved: Resolved,
-    tried: Vec<bool>,
-    deadline: tokio::time::Instant,
-}
-
-impl Hop {
-    fn new(app: Arc<HttpApp>, wishes: Wishes, deadline: tokio::time::Instant) -> Hop {
-        Hop {
-            resolved: wishes.resolve(&app.app),
-            tried: vec![false; app.app.instances.len()],
-            app,
-            wishes,
-            deadline,
-        }
-    }
-}
-
-/// Replays one request may go through.
-const MAX_REPLAYS: u32 = 10;
-
-/// One request on its way: what is needed to send it again.
-struct Job {
-    head: Head,
-    body: ReqBody,
-    upgrade: Upgrade,
-    started: Instant,
-    /// `P-Route` text, when a valid debug token asked for it.
-    trace: Option<String>,
-    outcome: Outcome,
-    app_slot: anyedge_catalog::Slot,
-    /// The client, for the forwarding headers each attempt adds (or has its worker add).
-    forwarded: Forwarded,
-}
-
-/// The instance that asked for a replay.
-struct ReplayFrom {
-    app: Arc<HttpApp>,
-    instance: String,
-    region: Arc<str>,
-    fallback: Option<Fallback>,
-    at: Instant,
-}
-
-/// A request head that can be sent more than once.
-struct Head {
-    method: http::Method,
-    uri: Uri,
-    headers: http::HeaderMap,
-}
-
-impl From<http::request::Parts> for Head {
-    fn from(parts: http::request::Parts) -> Head {
-        Head {
-            method: parts.method,
-            uri: parts.uri,
-            headers: parts.headers,
-        }
-    }
-}
-
-impl Head {
-    /// A request for one attempt: origin-form HTTP/1.1, or HTTP/2 with the host as authority.
-    fn request(&self, body: ReqBody, h2: bool) -> Request<ReqBody> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        let (mut parts, body) = req.into_parts();
-        upstream_uri(&mut parts, h2);
-        Request::from_parts(parts, body)
-    }
-
-    /// `P-Replay-Src: instance=..;region=..;t=..;state=..`
-    fn replay_src(&mut self, names: &headers::Prefixed, from: &ReplayFrom, state: Option<&str>) {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros());
-        let mut text = format!("instance={};region={};t={t}", from.instance, from.region);
-        if let Some(state) = state {
-            text.push_str(";state=");
-            text.push_str(state);
-        }
-        self.headers
-            .insert(names.replay_src.clone(), routing::header_text(&text));
-        self.headers.remove(&names.replay_failed);
-    }
-}
-
-/// A worker answered that the instance did not get the request (or switch): the instance
-/// backs off here unless the worker only had no room. Returns the error text for the case that
-/// no other instance takes it.
-fn worker_refused(inst: &anyedge_catalog::InstanceEntry, reason: &str) -> String {
-    if backhaul::instance_failed(reason) {
-        inst.live.connect_failed(Instant::now());
-    }
-    tracing::info!(instance = %inst.id, reason, "worker refused; placing elsewhere");
-    format!("worker refused: {reason}")
 }
 
 /// The request's host, lower-cased, without port: `:authority` (HTTP/2, absolute-form) or `Host`.

@@ -29,10 +29,10 @@ pub(crate) enum Stream {
 }
 
 /// Whether the instance should back off here: every failure but a worker having no room
-/// right now (`crate::backhaul::instance_failed`).
+/// right now (`RetryElsewhere::backs_off`).
 fn counts_against_instance(e: &AttemptError) -> bool {
     match e {
-        AttemptError::Refused { reason, .. } => crate::backhaul::instance_failed(reason),
+        AttemptError::Refused { reason, .. } => reason.backs_off(),
         _ => true,
     }
 }

@@ -1,0 +1,641 @@
+//! The edge's attempt loop for one HTTP request, top-down: place it on an instance, open a
+//! carrier to it (a pooled connection, or a backhaul stream to its worker), send, classify what
+//! came back (retry elsewhere where it is safe, replay where the instance asks), and answer.
+//! Every failure keeps its typed [`Cause`] until the error map.
+
+use super::carrier::{body_too_large, retry_reason, Carrier, CarryError};
+use super::routing::{self, Fallback, Replay, Resolved, Wishes};
+use super::service::ProxyService;
+use crate::admit::{self, AdmitError, Placed};
+use crate::error::{ProxyError, ReplayFailure};
+use crate::instance::attempt::{upstream_uri, Cause, Outcome};
+use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
+use crate::instance::headers::{self, Forwarded};
+use crate::instance::pool::{PoolReturn, Sender, Target};
+use crate::instance::upgrade::{self, Leg, Upgrade};
+use crate::routes::HttpApp;
+use anyedge_backhaul::retry::RetryElsewhere;
+use anyedge_backhaul::stream::RETRY_ELSEWHERE;
+use anyedge_catalog::InstanceEntry;
+use anyedge_telemetry::RetryReason;
+use http::{Request, Response, Uri};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Replays one request may go through.
+const MAX_REPLAYS: u32 = 10;
+
+/// What a request ends with: the response, or the error the error map answers.
+pub(super) type Answer = Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)>;
+
+/// What the loop does after a step. (Its one value lives on the request's own stack, so
+/// the size of `Done` costs nothing to box away.)
+#[allow(clippy::large_enum_variant)]
+enum Flow {
+    /// Place the request again (another instance, a replay, a fallback).
+    Again,
+    Done(Answer),
+}
+
+/// Where a request is being placed: the app, its placement wishes resolved against that app,
+/// the instances already tried there, and how long it may wait for a slot. A replay or its
+/// fallback starts a new hop.
+pub(super) struct Hop {
+    app: Arc<HttpApp>,
+    wishes: Wishes,
+    resolved: Resolved,
+    tried: Vec<bool>,
+    deadline: tokio::time::Instant,
+}
+
+impl Hop {
+    pub fn new(app: Arc<HttpApp>, wishes: Wishes, deadline: tokio::time::Instant) -> Hop {
+        Hop {
+            resolved: wishes.resolve(&app.app),
+            tried: vec![false; app.app.instances.len()],
+            app,
+            wishes,
+            deadline,
+        }
+    }
+}
+
+/// One request on its way: what is needed to send it again, and the loop's state between
+/// attempts.
+pub(super) struct Job {
+    pub head: Head,
+    pub body: ReqBody,
+    pub upgrade: Upgrade,
+    pub started: Instant,
+    /// `P-Route` text, when a valid debug token asked for it.
+    pub trace: Option<String>,
+    pub outcome: Outcome,
+    /// The request's slot in its app's budget; held by the response once there is one (always
+    /// `Some` between attempts).
+    pub app_slot: Option<anyedge_catalog::Slot>,
+    /// The client, for the forwarding headers each attempt adds (or has its worker add).
+    pub forwarded: Forwarded,
+    /// The next attempt must open a new connection (a pooled one was found closed).
+    pub fresh_only: bool,
+    /// Why the last attempt failed, for the answer when no instance is left.
+    pub last: Option<Cause>,
+    /// Why the next attempt is a retry; counted when that attempt is made.
+    pub retrying: Option<RetryReason>,
+    /// The replay in progress: who asked, and whether its fallback was used.
+    pub replaying: Option<ReplayFrom>,
+}
+
+/// The instance that asked for a replay.
+pub(super) struct ReplayFrom {
+    app: Arc<HttpApp>,
+    instance: String,
+    region: Arc<str>,
+    fallback: Option<Fallback>,
+    at: Instant,
+}
+
+/// A request head that can be sent more than once.
+pub(super) struct Head {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+impl From<http::request::Parts> for Head {
+    fn from(parts: http::request::Parts) -> Head {
+        Head {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+        }
+    }
+}
+
+impl Head {
+    /// A request for one attempt: origin-form HTTP/1.1, or HTTP/2 with the host as authority.
+    fn request(&self, body: ReqBody, h2: bool) -> Request<ReqBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        let (mut parts, body) = req.into_parts();
+        upstream_uri(&mut parts, h2);
+        Request::from_parts(parts, body)
+    }
+
+    /// `P-Replay-Src: instance=..;region=..;t=..;state=..`
+    fn replay_src(&mut self, names: &headers::Prefixed, from: &ReplayFrom, state: Option<&str>) {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let mut text = format!("instance={};region={};t={t}", from.instance, from.region);
+        if let Some(state) = state {
+            text.push_str(";state=");
+            text.push_str(state);
+        }
+        self.headers
+            .insert(names.replay_src.clone(), routing::header_text(&text));
+        self.headers.remove(&names.replay_failed);
+    }
+}
+
+/// An instance chosen for one attempt, with where and how it is reached.
+struct Chosen {
+    app: Arc<HttpApp>,
+    placed: Placed,
+    /// Over backhaul when the instance runs on another node.
+    remote: bool,
+    h2: bool,
+}
+
+impl Chosen {
+    fn inst(&self) -> &InstanceEntry {
+        &self.app.app.instances[self.placed.index]
+    }
+}
+
+impl ProxyService {
+    /// Place, connect, send; retry where it is safe, replay where the instance asks.
+    pub(super) async fn run(&self, mut job: Job, mut hop: Hop) -> Answer {
+        let retry_until = job.started + self.settings.config.retry_deadline;
+        loop {
+            let chosen = match self.place(&mut job, &mut hop, retry_until).await {
+                Ok(c) => c,
+                Err(Flow::Again) => continue,
+                Err(Flow::Done(answer)) => return answer,
+            };
+            let Some(carrier) = self.open(&mut job, &chosen).await else {
+                continue;
+            };
+            match self.attempt(&mut job, &mut hop, chosen, carrier).await {
+                Flow::Again => continue,
+                Flow::Done(answer) => return answer,
+            }
+        }
+    }
+
+    /// The next instance for the request, or why there is none (a failed replay may fall back
+    /// to the instance that asked for it: `Flow::Again` on a new hop).
+    async fn place(
+        &self,
+        job: &mut Job,
+        hop: &mut Hop,
+        retry_until: Instant,
+    ) -> Result<Chosen, Flow> {
+        let config = &self.settings.config;
+        let over_budget = job.outcome.attempts >= config.max_attempts + job.outcome.replays
+            || Instant::now() >= retry_until;
+        let placed = if over_budget {
+            Err(AdmitError::Unavailable)
+        } else {
+            let constraints = hop.resolved.constraints();
+            let (a, m) = (&hop.app.app, &hop.app.metrics);
+            admit::place(
+                a,
+                &constraints,
+                &hop.tried,
+                hop.deadline,
+                m,
+                job.trace.as_mut(),
+            )
+            .await
+        };
+        if job.outcome.attempts == 0 {
+            job.outcome.queue = job.started.elapsed();
+        }
+        let placed = placed.map_err(|e| self.unplaced(job, hop, e, over_budget))?;
+        if let Some(reason) = job.retrying.take() {
+            hop.app.metrics.retry(reason);
+        }
+        hop.tried[placed.index] = true;
+        job.outcome.attempts += 1;
+        let app = hop.app.clone();
+        let remote = app.remotes[placed.index].is_some();
+        let h2_backend = app.service().http_options.h2_backend;
+        let h2 = remote || (h2_backend && matches!(job.upgrade, Upgrade::None));
+        Ok(Chosen {
+            app,
+            placed,
+            remote,
+            h2,
+        })
+    }
+
+    /// No instance for the request: fall back to the replaying instance when the replay asked
+    /// for that, else the answer.
+    fn unplaced(&self, job: &mut Job, hop: &mut Hop, e: AdmitError, over_budget: bool) -> Flow {
+        if let Some(from) = job.replaying.as_mut() {
+            if let Some(mode) = from.fallback.take() {
+                let from = (
+                    from.app.clone(),
+                    from.instance.clone(),
+                    from.region.clone(),
+                    from.at,
+                );
+                *hop = self.fallback(&mut job.head, &from, mode, &e.to_string());
+                job.retrying = None;
+                return Flow::Again;
+            }
+        }
+        let err = match (e, job.last.take()) {
+            (_, Some(last)) if over_budget || e == AdmitError::Unavailable => {
+                ProxyError::NoInstance(Box::new(last))
+            }
+            _ if job.replaying.is_some() => ProxyError::ReplayFailed(ReplayFailure::Placement(e)),
+            _ => ProxyError::Admit(e),
+        };
+        Flow::Done(Err((err, std::mem::take(&mut job.outcome))))
+    }
+
+    /// A carrier to the chosen instance; `None` when it cannot be reached (it backs off and
+    /// the request is placed again).
+    async fn open(&self, job: &mut Job, c: &Chosen) -> Option<Carrier> {
+        let inst = c.inst();
+        let port = inst.address.port.or(c.app.service().internal_port)?;
+        let target = Target {
+            host: &inst.address.host,
+            port,
+            h2: c.h2,
+            connect_timeout: self.shared.routes.load().limits.connect_timeout,
+            idle_timeout: self.settings.config.upstream_idle_timeout,
+        };
+        let connecting = Instant::now();
+        let switching = !matches!(job.upgrade, Upgrade::None);
+        let opened = match c.app.remotes[c.placed.index].as_ref().map(|r| &r.link) {
+            Some(link) if !switching => {
+                let sender = link.sender(&self.shared, target.connect_timeout).await;
+                sender.map(Carrier::Stream)
+            }
+            Some(link) => {
+                // Boxed: upgrades are rare (see `attempt`).
+                let opening = Box::pin(link.upgrade_sender(&self.shared, target.connect_timeout));
+                opening.await.map(|s| Carrier::Hyper(Sender::H2(s)))
+            }
+            None => {
+                let pool = &c.app.pools[c.placed.index];
+                let resolver = &self.shared.resolver;
+                let sender = if job.fresh_only || switching {
+                    pool.fresh(&target, resolver).await
+                } else {
+                    pool.sender(&target, resolver).await
+                };
+                sender.map(Carrier::Hyper)
+            }
+        };
+        job.outcome.connect += connecting.elapsed();
+        job.fresh_only = false;
+        match opened {
+            Ok(carrier) => {
+                inst.live.connect_succeeded();
+                job.outcome.instance = Some(inst.id.clone());
+                Some(carrier)
+            }
+            Err(e) => {
+                inst.live.connect_failed(Instant::now());
+                if let crate::instance::pool::UpstreamError::Connect(a) = &e {
+                    c.app.metrics.connect_failure(a.reason());
+                }
+                tracing::info!(instance = %inst.id, error = %e, "instance unreachable; trying another");
+                let cause = Cause::Unreachable(e);
+                debug_assert!(cause.retry_elsewhere(), "nothing was sent");
+                job.retrying = Some(RetryReason::Connect);
+                job.last = Some(cause);
+                None
+            }
+        }
+    }
+
+    /// Send the request on `carrier` and act on what comes back.
+    async fn attempt(&self, job: &mut Job, hop: &mut Hop, c: Chosen, carrier: Carrier) -> Flow {
+        // Every attempt sends a copy (the first reads the client's body as it goes); older
+        // copies stop, so a replayed instance still reading cannot steal the body.
+        let Some(body) = job.body.next_attempt() else {
+            let err = match job.replaying {
+                Some(_) => {
+                    ProxyError::ReplayFailed(ReplayFailure::Cause(Box::new(Cause::BodyNotKept)))
+                }
+                None => ProxyError::Upstream(Box::new(Cause::BodyNotKept)),
+            };
+            return Flow::Done(Err((err, std::mem::take(&mut job.outcome))));
+        };
+        let names = &self.settings.names;
+        let mut request = job.head.request(body, c.h2);
+        match c.app.remotes[c.placed.index].as_ref() {
+            Some(remote) => remote.tag(&mut request, &job.forwarded),
+            None => headers::add_client(request.headers_mut(), names, &job.forwarded),
+        }
+        if !matches!(job.upgrade, Upgrade::None) {
+            // Boxed: upgrades are rare, and their state would otherwise make every request's
+            // future (moved into its box on each call) larger.
+            return Box::pin(self.switch(job, c, carrier, request)).await;
+        }
+        let (resp, pool_return) = match self.send(job, hop, &c, carrier, request).await {
+            Ok(sent) => sent,
+            Err(flow) => return flow,
+        };
+        if c.remote {
+            if let Some(why) = resp.headers().get(RETRY_ELSEWHERE) {
+                // The worker did not give it to the instance: place it again without it.
+                worker_refused(job, c.inst(), RetryElsewhere::parse_bytes(why.as_bytes()));
+                return Flow::Again;
+            }
+        }
+        match self.replay_asked(&resp) {
+            Some(replay) => self.replay(job, hop, &c, replay, resp, pool_return).await,
+            None => Flow::Done(self.respond(job, hop, c, resp, pool_return)),
+        }
+    }
+
+    /// Send with the response timeout; a failure is retried when the instance provably did
+    /// not process the request and its body is still kept.
+    async fn send(
+        &self,
+        job: &mut Job,
+        hop: &mut Hop,
+        c: &Chosen,
+        carrier: Carrier,
+        request: Request<ReqBody>,
+    ) -> Result<(Response<UpBody>, Option<PoolReturn>), Flow> {
+        let config = &self.settings.config;
+        let reused = carrier.is_reused();
+        let sent = tokio::time::timeout(config.response_timeout, carrier.send(request)).await;
+        let outcome = |job: &mut Job| std::mem::take(&mut job.outcome);
+        let e = match sent {
+            Err(_) => return Err(Flow::Done(Err((ProxyError::UpstreamTimeout, outcome(job))))),
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(CarryError::Unsent)) => {
+                // The pooled connection was closed under us before anything was written: the
+                // same instance may take it on a fresh connection.
+                hop.tried[c.placed.index] = false;
+                job.fresh_only = true;
+                job.retrying = Some(RetryReason::StaleConnection);
+                return Err(Flow::Again);
+            }
+            Ok(Err(CarryError::Failed(e))) => e,
+        };
+        if body_too_large(&e) {
+            let limit = config.max_request_body;
+            return Err(Flow::Done(Err((
+                ProxyError::BodyTooLarge { limit },
+                outcome(job),
+            ))));
+        }
+        let inst = c.inst();
+        match retry_reason(&e, reused, &job.head.method) {
+            Some(reason) if job.body.replay().is_some() => {
+                tracing::info!(instance = %inst.id, reason = reason.as_str(), error = %e, "request failed before the instance processed it; retrying");
+                job.retrying = Some(reason);
+                if reason == RetryReason::StaleConnection {
+                    hop.tried[c.placed.index] = false;
+                    job.fresh_only = true;
+                }
+                job.last = Some(e);
+                return Err(Flow::Again);
+            }
+            Some(reason) => {
+                tracing::info!(instance = %inst.id, reason = reason.as_str(), "not retried: the request body was too large to keep");
+            }
+            None => {}
+        }
+        Err(Flow::Done(Err((
+            ProxyError::Upstream(Box::new(e)),
+            outcome(job),
+        ))))
+    }
+
+    /// A protocol switch: tunnel once both sides agree; a worker's refusal places it again.
+    async fn switch(
+        &self,
+        job: &mut Job,
+        c: Chosen,
+        carrier: Carrier,
+        request: Request<ReqBody>,
+    ) -> Flow {
+        let upgrade = std::mem::replace(&mut job.upgrade, Upgrade::None);
+        let outcome = std::mem::take(&mut job.outcome);
+        let Carrier::Hyper(sender) = carrier else {
+            // `open` gives a switch a hyper connection, also to a worker.
+            let e = ProxyError::BadRequest("a protocol switch cannot go on a plain stream");
+            return Flow::Done(Err((e, outcome)));
+        };
+        let Some(app_slot) = job.app_slot.take() else {
+            return Flow::Done(Err((ProxyError::Admit(AdmitError::Unavailable), outcome)));
+        };
+        let index = c.placed.index;
+        let slots = Slots::new(app_slot, c.placed.slot);
+        let leg = if c.remote { Leg::ToWorker } else { Leg::Direct };
+        let app = upgrade::AppRef {
+            name: &c.app.app.name,
+            metrics: &c.app.metrics,
+        };
+        match upgrade::forward(upgrade, sender, request, app, outcome, slots, leg).await {
+            upgrade::Forwarded::Answer(answer) => {
+                Flow::Done(answer.map_err(|(e, o)| (e.into(), o)))
+            }
+            upgrade::Forwarded::Refused {
+                upgrade,
+                outcome,
+                slots,
+                reason,
+            } => {
+                // The worker did not give the switch to the instance: place it again.
+                job.upgrade = upgrade;
+                job.outcome = outcome;
+                job.app_slot = Some(slots.into_app());
+                worker_refused(job, &c.app.app.instances[index], reason);
+                Flow::Again
+            }
+        }
+    }
+
+    /// The instance's `P-Replay` request, if it made a valid one.
+    fn replay_asked(&self, resp: &Response<UpBody>) -> Option<Replay> {
+        let names = &self.settings.names;
+        if !names.any_in(resp.headers()) {
+            return None;
+        }
+        let value = resp.headers().get(&names.replay)?;
+        let asked = value.to_str().map_err(|_| "not text".to_string());
+        match asked.and_then(Replay::parse) {
+            Ok(replay) => Some(replay),
+            Err(problem) => {
+                tracing::warn!(problem, "ignoring an invalid replay header");
+                None
+            }
+        }
+    }
+
+    /// Swallow the instance's answer and place the request again where it asked.
+    async fn replay(
+        &self,
+        job: &mut Job,
+        hop: &mut Hop,
+        c: &Chosen,
+        replay: Replay,
+        resp: Response<UpBody>,
+        pool_return: Option<PoolReturn>,
+    ) -> Flow {
+        // The instance's connection is kept when its answer is complete.
+        if http_body::Body::is_end_stream(resp.body()) {
+            if let Some(p) = pool_return {
+                p.give_back();
+            }
+        }
+        drop(resp);
+        job.outcome.replays += 1;
+        c.app.metrics.replay();
+        let outcome = |job: &mut Job| std::mem::take(&mut job.outcome);
+        if job.outcome.replays > MAX_REPLAYS {
+            return Flow::Done(Err((ProxyError::ReplayLimit, outcome(job))));
+        }
+        let inst = c.inst();
+        let from = ReplayFrom {
+            app: c.app.clone(),
+            instance: inst.id.instance().to_string(),
+            region: inst.region.clone(),
+            fallback: replay.fallback,
+            at: Instant::now(),
+        };
+        let target = match &replay.app {
+            None => c.app.clone(),
+            Some(name) => match self.replay_app(&c.app, name) {
+                Ok(a) => a,
+                Err(e) => return Flow::Done(Err((ProxyError::ReplayFailed(e), outcome(job)))),
+            },
+        };
+        job.head
+            .replay_src(&self.settings.names, &from, replay.state.as_deref());
+        let same_app = Arc::ptr_eq(&target.app, &c.app.app);
+        let wait = replay
+            .timeout
+            .unwrap_or(target.app.config.limits.queue_timeout);
+        let deadline = tokio::time::Instant::now() + wait;
+        *hop = Hop::new(target, replay.wishes(), deadline);
+        if replay.elsewhere && same_app {
+            hop.tried[c.placed.index] = true;
+        }
+        if !same_app {
+            // Into another app: the request now counts against that app's budget on this
+            // node, and waits in its queue, not the source's.
+            let (a, m) = (&hop.app.app, &hop.app.metrics);
+            match admit::admit_app(a, deadline, m).await {
+                Ok(slot) => job.app_slot = Some(slot),
+                Err(error) => {
+                    let app = a.name.clone();
+                    let e = ProxyError::ReplayFailed(ReplayFailure::TargetAdmit { app, error });
+                    return Flow::Done(Err((e, outcome(job))));
+                }
+            }
+        }
+        job.replaying = Some(from);
+        job.retrying = None;
+        job.last = None;
+        Flow::Again
+    }
+
+    /// The instance's response for the client: hop-by-hop headers off, slots held until the
+    /// body has been sent, the preference and route headers when asked for.
+    fn respond(
+        &self,
+        job: &mut Job,
+        hop: &Hop,
+        c: Chosen,
+        resp: Response<UpBody>,
+        pool_return: Option<PoolReturn>,
+    ) -> Answer {
+        let names = &self.settings.names;
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        let mut body = RespBody::upstream(body, pool_return, c.app.metrics.clone());
+        let Some(app_slot) = job.app_slot.take() else {
+            let e = ProxyError::Admit(AdmitError::Unavailable);
+            return Err((e, std::mem::take(&mut job.outcome)));
+        };
+        body.hold(Slots::new(app_slot, c.placed.slot));
+        let h = &mut parts.headers;
+        if c.placed.preference_unmet && !hop.wishes.is_empty() {
+            h.insert(
+                names.preferred_instance_unavailable.clone(),
+                routing::header_text(&hop.wishes.unmet_text()),
+            );
+        }
+        if let Some(trace) = &job.trace {
+            let text = format!(
+                "{trace}; attempts={}; replays={}",
+                job.outcome.attempts, job.outcome.replays
+            );
+            h.insert(names.route.clone(), routing::header_text(&text));
+        }
+        Ok((
+            Response::from_parts(parts, body),
+            std::mem::take(&mut job.outcome),
+        ))
+    }
+
+    /// The app a replay names, if that app accepts replays from this one.
+    fn replay_app(&self, from: &Arc<HttpApp>, name: &str) -> Result<Arc<HttpApp>, ReplayFailure> {
+        if name == &*from.app.name {
+            return Ok(from.clone());
+        }
+        let routes = self.shared.routes.load();
+        let target = routes
+            .http_app(name)
+            .ok_or_else(|| ReplayFailure::NoApp(name.into()))?;
+        if !target
+            .app
+            .config
+            .replay_from
+            .iter()
+            .any(|a| *a == *from.app.name)
+        {
+            return Err(ReplayFailure::NotAccepted {
+                app: name.into(),
+                from: from.app.name.clone(),
+            });
+        }
+        Ok(target.clone())
+    }
+
+    /// Send a replay that failed back to the instance that asked for it.
+    fn fallback(
+        &self,
+        head: &mut Head,
+        from: &(Arc<HttpApp>, String, Arc<str>, Instant),
+        mode: Fallback,
+        reason: &str,
+    ) -> Hop {
+        let (app, instance, region, at) = from;
+        let names = &self.settings.names;
+        let text = format!(
+            "instance={instance};region={region};reason={};elapsed_ms={}",
+            reason.replace(';', ","),
+            at.elapsed().as_millis()
+        );
+        head.headers
+            .insert(names.replay_failed.clone(), routing::header_text(&text));
+        let mut wishes = Wishes::default();
+        match mode {
+            Fallback::ForceSelf => wishes.force_instance = Some(instance.clone()),
+            Fallback::PreferSelf => wishes.prefer_instance = Some(instance.clone()),
+        }
+        tracing::info!(%instance, reason, "replay failed; falling back to the replaying instance");
+        let deadline = tokio::time::Instant::now() + app.app.config.limits.queue_timeout;
+        Hop::new(app.clone(), wishes, deadline)
+    }
+}
+
+/// A worker answered that the instance did not get the request (or switch): the instance
+/// backs off here unless the worker only had no room; the request is placed again.
+fn worker_refused(job: &mut Job, inst: &InstanceEntry, reason: RetryElsewhere) {
+    if reason.backs_off() {
+        inst.live.connect_failed(Instant::now());
+    }
+    tracing::info!(instance = %inst.id, reason = reason.as_str(), "worker refused; placing elsewhere");
+    let cause = Cause::Refused(reason);
+    debug_assert!(
+        cause.retry_elsewhere(),
+        "a refused request reached no instance"
+    );
+    job.retrying = Some(RetryReason::WorkerRefused);
+    job.last = Some(cause);
+}
