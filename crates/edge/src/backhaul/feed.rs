@@ -1,64 +1,42 @@
-//! The load feed, the edge's side: a worker tells each edge it serves, on a long-lived HTTP/2 stream of its
-//! backhaul, how loaded and healthy its instances are; the edge folds that into placement
+//! The load feed, the edge's side: a worker tells each edge it serves, on a long-lived HTTP/2
+//! stream of its backhaul, how loaded and healthy its instances are; the edge folds that into placement
 //! (`InstanceLive::report`: the worker's count is the truth, since it counts every edge).
 //!
-//! Wire format (the response body of a `GET /` stream marked with [`super::FEED`]): frames of
-//! text lines, one per instance the worker runs, `<app>/<instance> <in-flight> <hard-limit>
-//! <healthy 0|1>`, each frame ended by an empty line. A frame goes out every `TICK` when
+//! Wire format (`anyedge_backhaul::feed`; the response body of a `GET /` stream marked with
+//! [`super::FEED`]): frames of text lines, one per instance the worker runs,
+//! `<app>/<instance> <in-flight> <hard-limit> <healthy 0|1>`, each frame ended by an empty line. A frame goes out every `TICK` when
 //! anything changed, and at least every `HEARTBEAT` (a report expires after
 //! `anyedge_catalog::REPORT_FRESH`). A line this edge cannot read is skipped.
 
 use super::link::Link;
 use crate::instance::body::ReqBody;
 use crate::Shared;
+use anyedge_backhaul::feed::{FeedReader, Frame};
 use anyedge_catalog::{Reported, Snapshot};
 use http::{Method, Request, Version};
 use http_body_util::BodyExt;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-/// The longest frame an edge accepts (a worker with very many instances sends several).
-const MAX_PENDING: usize = 4 << 20;
-
-/// Edge side: apply one frame's lines to the instances of the snapshot in force.
-pub(crate) fn apply(snapshot: &Snapshot, frame: &str, now: Instant) -> usize {
+/// Apply one frame's lines to the instances of the snapshot in force; returns how many were
+/// applied (lines it cannot read, and instances it does not reach over backhaul, are skipped).
+pub(crate) fn apply(snapshot: &Snapshot, frame: &Frame<'_>, now: Instant) -> usize {
     let mut applied = 0;
-    for line in frame.lines() {
-        let mut parts = line.split(' ');
-        let (Some(id), Some(inflight), Some(_hard), Some(healthy), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            continue;
-        };
-        let (Ok(inflight), Some(healthy)) = (inflight.parse::<u32>(), parse_flag(healthy)) else {
-            continue;
-        };
-        let Some((app, instance)) = id.split_once('/') else {
-            continue;
-        };
-        let Some(entry) = snapshot.app(app) else {
+    for e in &frame.entries {
+        let Some(entry) = snapshot.app(e.app) else {
             continue;
         };
         // Only instances this edge reaches over backhaul: the worker is their truth.
-        let found = entry.instance_index(instance).map(|i| &entry.instances[i]);
+        let found = entry
+            .instance_index(e.instance)
+            .map(|i| &entry.instances[i]);
         if let Some(inst) = found.filter(|i| i.peer.is_some()) {
+            let (inflight, healthy) = (e.inflight, e.healthy);
             inst.live.report(Reported { inflight, healthy }, now);
             applied += 1;
         }
     }
     applied
-}
-
-fn parse_flag(s: &str) -> Option<bool> {
-    match s {
-        "0" => Some(false),
-        "1" => Some(true),
-        _ => None,
-    }
 }
 
 /// Edge side: follow a worker's feed for as long as the link is in use, reopening the stream
@@ -109,21 +87,17 @@ async fn read(conn: super::streams::Conn, shared: &Shared) -> Result<(), String>
         return Err(format!("worker answered {}", resp.status()));
     }
     let mut body = resp.into_body();
-    let mut pending = String::new();
+    let mut reader = FeedReader::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| e.to_string())?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        pending.push_str(&String::from_utf8_lossy(&data));
-        if pending.len() > MAX_PENDING {
-            return Err("load feed frame too long".into());
-        }
-        while let Some(end) = pending.find("\n\n") {
+        reader.push(&data);
+        while let Some(frame) = reader.next_frame().map_err(|e| e.to_string())? {
             if let Some(snapshot) = shared.routes.load().snapshot.clone() {
-                apply(&snapshot, &pending[..end], Instant::now());
+                apply(&snapshot, &frame, Instant::now());
             }
-            pending.drain(..end + 2);
         }
     }
     Err("the worker ended the load feed".into())
@@ -133,6 +107,11 @@ async fn read(conn: super::streams::Conn, shared: &Shared) -> Result<(), String>
 mod tests {
     use super::*;
     use crate::worker::feed::frame;
+    use anyedge_backhaul::feed::parse_frame;
+
+    fn parse(text: &str) -> Frame<'_> {
+        parse_frame(text.as_bytes())
+    }
     use anyedge_catalog::LiveRegistry;
 
     const APP: &str = r#"
@@ -169,14 +148,18 @@ NODE
             "in flight, hard limit (default 25), healthy"
         );
         let now = Instant::now();
-        assert_eq!(apply(&edge, &text, now), 1);
+        assert_eq!(apply(&edge, &parse(&text), now), 1);
         let e = &edge.app("a").expect("app").instances[0];
         assert_eq!(e.live.load(now), 2);
         // The worker's own view is never overwritten by a frame (it is the truth for it).
-        assert_eq!(apply(&worker, "a/i1 9 10 0\n", now), 0);
+        assert_eq!(apply(&worker, &parse("a/i1 9 10 0\n"), now), 0);
         // Lines it cannot read are skipped, the rest applied.
         assert_eq!(
-            apply(&edge, "garbage\na/i1 x 1 1\na/i1 5 10 0\nb/zz 1 1 1\n", now),
+            apply(
+                &edge,
+                &parse("garbage\na/i1 x 1 1\na/i1 5 10 0\nb/zz 1 1 1\n"),
+                now
+            ),
             1
         );
         assert!(!e.live.healthy(now));

@@ -4,9 +4,9 @@
 //! after [`HEARTBEAT`] without a change. The format and the edge's side: `crate::backhaul::feed`.
 
 use crate::Shared;
+use anyedge_backhaul::feed;
 use anyedge_catalog::Snapshot;
 use bytes::Bytes;
-use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -23,16 +23,11 @@ pub(crate) fn frame(snapshot: &Snapshot, out: &mut String) {
     for app in apps {
         let hard = app.config.concurrency.hard_limit;
         for i in app.instances.iter().filter(|i| i.peer.is_none()) {
-            let _ = writeln!(
-                out,
-                "{} {} {hard} {}",
-                i.id,
-                i.live.inflight.in_use(),
-                u8::from(i.live.healthy(now))
-            );
+            let inflight = i.live.inflight.in_use();
+            feed::write_line(out, i.id.as_str(), inflight, hard, i.live.healthy(now));
         }
     }
-    out.push('\n');
+    feed::end_frame(out);
 }
 
 /// The frames of this node, made once every [`TICK`] by one task for every edge
