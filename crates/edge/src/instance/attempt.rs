@@ -3,13 +3,17 @@
 //! metrics), why an attempt failed ([`Cause`]: whose fault, and whether another instance may
 //! take the request), and whether a failed send may be tried again ([`retry_reason`]).
 
+use super::body::{RespBody, Slots, UpBody};
 use super::h2body::StreamError;
-use super::pool::{Failure, UpstreamError};
+use super::headers;
+use super::pool::{Failure, PoolReturn, UpstreamError};
 use anyedge_backhaul::retry::RetryElsewhere;
 use anyedge_core::Fault;
+use anyedge_telemetry::AppMetrics;
 use anyedge_telemetry::RetryReason;
 use http::header::HOST;
-use http::Uri;
+use http::{HeaderMap, HeaderValue, Response, Uri};
+use std::sync::Arc;
 
 /// What one request did, for its log line and metrics.
 #[derive(Default)]
@@ -118,6 +122,36 @@ fn is_reset(e: &hyper::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// A request without `Host` (HTTP/2, or an HTTP/1.1 request in absolute form without one) gets
+/// its authority as `Host`, which HTTP/1.1 instances need.
+pub(crate) fn fill_host(headers: &mut HeaderMap, uri: &Uri) {
+    if headers.contains_key(HOST) {
+        return;
+    }
+    if let Some(v) = uri
+        .authority()
+        .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
+    {
+        headers.insert(HOST, v);
+    }
+}
+
+/// An instance's response on its way to the client (or the edge): hop-by-hop headers off, the
+/// body counted, its connection back to the pool once read whole, and the request's slots held
+/// until it has been sent.
+pub(crate) fn response_back(
+    resp: Response<UpBody>,
+    pool: Option<PoolReturn>,
+    metrics: &Arc<AppMetrics>,
+    slots: Slots,
+) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    let mut body = RespBody::upstream(body, pool, metrics.clone());
+    body.hold(slots);
+    Response::from_parts(parts, body)
 }
 
 /// HTTP/1.1 instances get origin-form (`/path?q`); an HTTP/2 instance gets the full URI with

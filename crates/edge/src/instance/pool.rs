@@ -38,6 +38,26 @@ pub(crate) struct Target<'a> {
     pub idle_timeout: Duration,
 }
 
+impl<'a> Target<'a> {
+    /// Where `inst` serves `service`: its own port if its address names one, else the
+    /// service's `internal_port`; `None` when neither does (validation rules that out).
+    pub fn of(
+        inst: &'a anyedge_catalog::InstanceEntry,
+        service: &anyedge_config::Service,
+        h2: bool,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Option<Target<'a>> {
+        Some(Target {
+            host: &inst.address.host,
+            port: inst.address.port.or(service.internal_port)?,
+            h2,
+            connect_timeout,
+            idle_timeout,
+        })
+    }
+}
+
 /// The connections of one instance.
 #[derive(Default)]
 pub(crate) struct UpstreamPool {

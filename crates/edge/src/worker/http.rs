@@ -7,12 +7,14 @@
 
 use super::feed::FeedBody;
 use crate::error::ProxyError;
-use crate::instance::attempt::{retry_reason, upstream_uri, Cause, Outcome};
+use crate::instance::attempt::{
+    fill_host, response_back, retry_reason, upstream_uri, Cause, Outcome,
+};
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
 use crate::instance::headers;
-use crate::instance::pool::{SendError, Target};
+use crate::instance::pool::{SendError, Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
-use crate::routes::HttpApp;
+use crate::routes::{HttpApp, Routes};
 use crate::Shared;
 use anyedge_backhaul::retry::RetryElsewhere;
 use anyedge_backhaul::stream::{self, parse_stream};
@@ -21,7 +23,6 @@ use anyedge_backhaul::stream::{self, parse_stream};
 const STREAM: http::HeaderName = http::HeaderName::from_static(stream::STREAM);
 const FEED: http::HeaderName = http::HeaderName::from_static(stream::FEED);
 const RETRY_ELSEWHERE: http::HeaderName = http::HeaderName::from_static(stream::RETRY_ELSEWHERE);
-use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -68,12 +69,48 @@ fn refuse(shared: &Shared, reason: RetryElsewhere) -> Response<RespBody> {
     resp
 }
 
+/// A stream the worker took: its app, instance and slots.
+struct Taken {
+    app: Arc<HttpApp>,
+    index: usize,
+    slots: Slots,
+}
+
 impl WorkerService {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<RespBody> {
         let shared = &self.shared;
         let routes = shared.routes.load_full();
-        // The stream's metadata: its target, and the client, whose forwarding headers are
-        // written here.
+        let taken = match self.take(&routes, &mut req) {
+            Ok(t) => t,
+            Err(reason) => return refuse(shared, reason),
+        };
+        let upgrade = match upgrade::classify(&mut req) {
+            Ok(u) => u,
+            Err(_) => return refuse(shared, RetryElsewhere::BadRequest),
+        };
+        let h2 = taken.app.service().http_options.h2_backend && matches!(upgrade, Upgrade::None);
+        let sender = match self.connect(&routes, &taken, h2, &upgrade).await {
+            Ok(s) => s,
+            Err(reason) => return refuse(shared, reason),
+        };
+        let (mut parts, body) = req.into_parts();
+        fill_host(&mut parts.headers, &parts.uri);
+        upstream_uri(&mut parts, h2);
+        // Streamed as it comes: retries are the edge's (it keeps the body when it may need it).
+        let limit = routes.http.config.max_request_body;
+        let body = ReqBody::new(body, 0, limit, taken.app.metrics.clone());
+        let request = Request::from_parts(parts, body);
+        if matches!(upgrade, Upgrade::None) {
+            self.send(&routes, taken, sender, request).await
+        } else {
+            // Boxed: upgrades are rare; inline, their state would enlarge every stream's future.
+            Box::pin(switch(&routes, taken, upgrade, sender, request)).await
+        }
+    }
+
+    /// Read the stream's metadata (its target, and the client, whose forwarding headers are
+    /// written here), and admit it; or why the edge should place it elsewhere.
+    fn take(&self, routes: &Routes, req: &mut Request<Incoming>) -> Result<Taken, RetryElsewhere> {
         let h = req.headers_mut();
         let stream = h.remove(STREAM);
         let parsed = stream
@@ -82,127 +119,119 @@ impl WorkerService {
             .and_then(parse_stream);
         let found = match parsed {
             None => Err(RetryElsewhere::BadRequest),
-            Some((app, instance, client)) => find(&routes, app, instance).inspect(|_| {
+            Some((app, instance, client)) => find(routes, app, instance).inspect(|_| {
                 headers::add_client(h, &routes.http.names, &client);
             }),
         };
-        let (app, index) = match found {
-            Ok(found) => found,
-            Err(reason) => {
-                tracing::info!(edge = %self.edge, reason = reason.as_str(), "backhaul stream refused");
-                return refuse(shared, reason);
-            }
-        };
-        shared
-            .metrics
-            .backhaul
-            .streams
-            .fetch_add(1, Ordering::Relaxed);
-        let (app_slot, slot) = match super::admit::admit(shared, &app.app, index) {
-            Ok(slots) => slots,
-            Err(why) => return refuse(shared, why.into()),
-        };
-        let inst = &app.app.instances[index];
-        if !req.headers().contains_key(HOST) {
-            if let Some(v) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
-            {
-                req.headers_mut().insert(HOST, v);
-            }
-        }
-        let upgrade = match upgrade::classify(&mut req) {
-            Ok(u) => u,
-            Err(_) => return refuse(shared, RetryElsewhere::BadRequest),
-        };
-        let service = app.service();
-        let Some(port) = inst.address.port.or(service.internal_port) else {
-            return refuse(shared, RetryElsewhere::NoService);
-        };
-        let h2 = service.http_options.h2_backend && matches!(upgrade, Upgrade::None);
-        let http = &routes.http.config;
-        let target = Target {
-            host: &inst.address.host,
-            port,
-            h2,
-            connect_timeout: routes.limits.connect_timeout,
-            idle_timeout: http.upstream_idle_timeout,
-        };
-        let pool = &app.pools[index];
+        let (app, index) = found.inspect_err(|reason| {
+            tracing::info!(edge = %self.edge, reason = reason.as_str(), "backhaul stream refused");
+        })?;
+        let backhaul = &self.shared.metrics.backhaul;
+        backhaul.streams.fetch_add(1, Ordering::Relaxed);
+        let (app_slot, slot) = super::admit::admit(&self.shared, &app.app, index)?;
+        let slots = Slots::new(app_slot, slot);
+        Ok(Taken { app, index, slots })
+    }
+
+    /// A connection to the instance: pooled, or new for a protocol switch.
+    async fn connect(
+        &self,
+        routes: &Routes,
+        t: &Taken,
+        h2: bool,
+        upgrade: &Upgrade,
+    ) -> Result<Sender, RetryElsewhere> {
+        let inst = &t.app.app.instances[t.index];
+        let (connect, idle) = (
+            routes.limits.connect_timeout,
+            routes.http.config.upstream_idle_timeout,
+        );
+        let target = Target::of(inst, t.app.service(), h2, connect, idle)
+            .ok_or(RetryElsewhere::NoService)?;
+        let (pool, resolver) = (&t.app.pools[t.index], &self.shared.resolver);
         let sender = if matches!(upgrade, Upgrade::None) {
-            pool.sender(&target, &shared.resolver).await
+            pool.sender(&target, resolver).await
         } else {
-            pool.fresh(&target, &shared.resolver).await
+            pool.fresh(&target, resolver).await
         };
-        let sender = match sender {
-            Ok(s) => s,
+        match sender {
+            Ok(s) => {
+                inst.live.connect_succeeded();
+                Ok(s)
+            }
             Err(e) => {
                 inst.live.connect_failed(Instant::now());
                 tracing::info!(instance = %inst.id, error = %e, "instance unreachable; the edge will place elsewhere");
-                return refuse(shared, RetryElsewhere::ConnectFailed);
+                Err(RetryElsewhere::ConnectFailed)
             }
-        };
-        inst.live.connect_succeeded();
-        let (mut parts, body) = req.into_parts();
-        let method = parts.method.clone();
-        upstream_uri(&mut parts, h2);
-        // Streamed as it comes: retries are the edge's (it keeps the body when it may need it).
-        let body = ReqBody::new(body, 0, http.max_request_body, app.metrics.clone());
-        let request = Request::from_parts(parts, body);
-        let slots = Slots::new(app_slot, slot);
-        let names = &routes.http.names;
-        if !matches!(upgrade, Upgrade::None) {
-            // Boxed: upgrades are rare; inline, their state would enlarge every stream's future.
-            let sent = Box::pin(upgrade::forward(
-                upgrade,
-                sender,
-                request,
-                upgrade::AppRef {
-                    name: &app.app.name,
-                    metrics: &app.metrics,
-                },
-                Outcome::default(),
-                slots,
-                Leg::FromEdge,
-            ))
-            .await;
-            return match sent {
-                upgrade::Forwarded::Answer(Ok((resp, _))) => resp,
-                upgrade::Forwarded::Answer(Err((e, _))) => ProxyError::from(e).response(names),
-                // Only an edge's leg to a worker is refused this way.
-                upgrade::Forwarded::Refused { reason, .. } => {
-                    ProxyError::Upstream(Box::new(Cause::Refused(reason))).response(names)
-                }
-            };
         }
+    }
+
+    /// Send to the instance; a failure it provably did not process goes back to the edge as a
+    /// refusal, so the edge places it again.
+    async fn send(
+        &self,
+        routes: &Routes,
+        t: Taken,
+        sender: Sender,
+        request: Request<ReqBody>,
+    ) -> Response<RespBody> {
+        let (names, method) = (&routes.http.names, request.method().clone());
         let reused = sender.is_reused();
-        let sent = tokio::time::timeout(http.response_timeout, sender.send(request)).await;
-        match sent {
+        let timeout = routes.http.config.response_timeout;
+        match tokio::time::timeout(timeout, sender.send(request)).await {
             Err(_) => ProxyError::UpstreamTimeout.response(names),
-            Ok(Err(SendError::Unsent)) => refuse(shared, RetryElsewhere::StaleConnection),
+            Ok(Err(SendError::Unsent)) => refuse(&self.shared, RetryElsewhere::StaleConnection),
             Ok(Err(SendError::Failed(e))) => {
                 if retry_reason(&e, reused, &method).is_some() {
                     // The instance provably did not process it.
-                    return refuse(shared, RetryElsewhere::NotProcessed);
+                    return refuse(&self.shared, RetryElsewhere::NotProcessed);
                 }
                 ProxyError::Upstream(Box::new(Cause::Instance(e))).response(names)
             }
-            Ok(Ok((resp, pool_return))) => {
-                let (mut parts, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers, false);
-                let mut body =
-                    RespBody::upstream(UpBody::Left(body), pool_return, app.metrics.clone());
-                body.hold(slots);
-                Response::from_parts(parts, body)
+            Ok(Ok((resp, pool))) => {
+                response_back(resp.map(UpBody::Left), pool, &t.app.metrics, t.slots)
             }
+        }
+    }
+}
+
+/// A protocol switch carried from an edge: tunnel once the instance agrees.
+async fn switch(
+    routes: &Routes,
+    t: Taken,
+    upgrade: Upgrade,
+    sender: Sender,
+    request: Request<ReqBody>,
+) -> Response<RespBody> {
+    let app = upgrade::AppRef {
+        name: &t.app.app.name,
+        metrics: &t.app.metrics,
+    };
+    let outcome = Outcome::default();
+    let sent = upgrade::forward(
+        upgrade,
+        sender,
+        request,
+        app,
+        outcome,
+        t.slots,
+        Leg::FromEdge,
+    );
+    let names = &routes.http.names;
+    match sent.await {
+        upgrade::Forwarded::Answer(Ok((resp, _))) => resp,
+        upgrade::Forwarded::Answer(Err((e, _))) => ProxyError::from(e).response(names),
+        // Only an edge's leg to a worker is refused this way.
+        upgrade::Forwarded::Refused { reason, .. } => {
+            ProxyError::Upstream(Box::new(Cause::Refused(reason))).response(names)
         }
     }
 }
 
 /// The app and the index of the local instance a stream names, or why not.
 fn find(
-    routes: &crate::routes::Routes,
+    routes: &Routes,
     app: &str,
     instance: &str,
 ) -> Result<(Arc<HttpApp>, usize), RetryElsewhere> {

@@ -8,7 +8,7 @@ use super::routing::{self, Fallback, Replay, Resolved, Wishes};
 use super::service::ProxyService;
 use crate::admit::{self, AdmitError, Placed};
 use crate::error::{ProxyError, ReplayFailure};
-use crate::instance::attempt::{upstream_uri, Cause, Outcome};
+use crate::instance::attempt::{response_back, upstream_uri, Cause, Outcome};
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
 use crate::instance::headers::{self, Forwarded};
 use crate::instance::pool::{PoolReturn, Sender, Target};
@@ -251,14 +251,10 @@ impl ProxyService {
     /// the request is placed again).
     async fn open(&self, job: &mut Job, c: &Chosen) -> Option<Carrier> {
         let inst = c.inst();
-        let port = inst.address.port.or(c.app.service().internal_port)?;
-        let target = Target {
-            host: &inst.address.host,
-            port,
-            h2: c.h2,
-            connect_timeout: self.shared.routes.load().limits.connect_timeout,
-            idle_timeout: self.settings.config.upstream_idle_timeout,
-        };
+        let connect_timeout = self.shared.routes.load().limits.connect_timeout;
+        let idle_timeout = self.settings.config.upstream_idle_timeout;
+        let service = c.app.service();
+        let target = Target::of(inst, service, c.h2, connect_timeout, idle_timeout)?;
         let connecting = Instant::now();
         let switching = !matches!(job.upgrade, Upgrade::None);
         let opened = match c.app.remotes[c.placed.index].as_ref().map(|r| &r.link) {
@@ -543,16 +539,14 @@ impl ProxyService {
         resp: Response<UpBody>,
         pool_return: Option<PoolReturn>,
     ) -> Answer {
-        let names = &self.settings.names;
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, false);
-        let mut body = RespBody::upstream(body, pool_return, c.app.metrics.clone());
         let Some(app_slot) = job.app_slot.take() else {
             let e = ProxyError::Admit(AdmitError::Unavailable);
             return Err((e, std::mem::take(&mut job.outcome)));
         };
-        body.hold(Slots::new(app_slot, c.placed.slot));
-        let h = &mut parts.headers;
+        let slots = Slots::new(app_slot, c.placed.slot);
+        let mut resp = response_back(resp, pool_return, &c.app.metrics, slots);
+        let names = &self.settings.names;
+        let h = resp.headers_mut();
         if c.placed.preference_unmet && !hop.wishes.is_empty() {
             h.insert(
                 names.preferred_instance_unavailable.clone(),
@@ -566,10 +560,7 @@ impl ProxyService {
             );
             h.insert(names.route.clone(), routing::header_text(&text));
         }
-        Ok((
-            Response::from_parts(parts, body),
-            std::mem::take(&mut job.outcome),
-        ))
+        Ok((resp, std::mem::take(&mut job.outcome)))
     }
 
     /// The app a replay names, if that app accepts replays from this one.

@@ -6,7 +6,7 @@ use super::attempts::{Head, Hop, Job};
 use super::routing::Wishes;
 use crate::admit::{self};
 use crate::error::ProxyError;
-use crate::instance::attempt::Outcome;
+use crate::instance::attempt::{fill_host, Outcome};
 use crate::instance::body::{ReqBody, RespBody};
 use crate::instance::headers::{self, ClientInfo};
 use crate::instance::upgrade::{self, Upgrade};
@@ -182,15 +182,7 @@ impl ProxyService {
         // The client's forwarding headers wait for the instance: a worker writes them out.
         headers::mark_edge(&mut parts.headers, names, &self.settings.region, request_id);
         let forwarded = headers::forwarded(&self.client, parts.version);
-        if !parts.headers.contains_key(HOST) {
-            if let Some(v) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
-            {
-                parts.headers.insert(HOST, v);
-            }
-        }
+        fill_host(&mut parts.headers, &parts.uri);
         let body = ReqBody::new(
             body,
             self.settings.config.replay_body_limit,
