@@ -6,7 +6,7 @@
 mod instances;
 
 use crate::cli::DemoArgs;
-use crate::node::{build_runtime, Node};
+use crate::node::Node;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -35,6 +35,19 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// A multi-thread runtime (the demo's: it runs instances and the edge together).
+fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("anyedge-worker")
+        .enable_all()
+        .build()
 }
 
 async fn wait_for_stop() {
@@ -105,61 +118,23 @@ pub async fn start_with(
     base_port: u16,
     etcd: Option<&str>,
 ) -> Result<Demo, Box<dyn std::error::Error>> {
-    let echo = [
-        instances::spawn(instances::Kind::Echo).await?,
-        instances::spawn(instances::Kind::Echo).await?,
-    ];
-    let upper = [
-        instances::spawn(instances::Kind::Upper).await?,
-        instances::spawn(instances::Kind::Upper).await?,
-    ];
-    let whoami = [
-        instances::spawn(instances::Kind::WhoAmI("whoami-1")).await?,
-        instances::spawn(instances::Kind::WhoAmI("whoami-2")).await?,
-    ];
-    let mut hello = Vec::new();
-    for (worker, name) in HELLO {
-        hello.push((worker, instances::spawn_http("hello", name.into()).await?));
-    }
-    let ws = instances::spawn_http("ws", "ws-1".into()).await?;
+    let started = Started::spawn().await?;
     let port = |n: u16| base_port.checked_add(n).ok_or("--base-port is too high");
     let (p_echo, p_upper, p_whoami, p_admin) = (port(1)?, port(2)?, port(3)?, port(90)?);
     let (p_http, p_backhaul) = (port(80)?, port(50)?);
     let dead = instances::unused_port()?;
-    let mut apps = tcp_apps(&echo, &upper, &whoami, [p_echo, p_upper, p_whoami], dead);
-    apps.extend(http_apps(&hello, ws, p_http));
+    let (echo, upper, whoami) = (&started.echo, &started.upper, &started.whoami);
+    let mut apps = tcp_apps(echo, upper, whoami, [p_echo, p_upper, p_whoami], dead);
+    apps.extend(http_apps(&started.hello, started.ws, p_http));
     let pki = write_pki()?;
+    let ports = NodePorts {
+        admin: p_admin,
+        backhaul: p_backhaul,
+    };
     let mut workers = Vec::new();
     let mut following = Vec::new();
-    for (w, (id, region, ip)) in WORKERS.iter().enumerate() {
-        let mut toml = format!(
-            "[node]\nid = \"{id}\"\nregion = \"{region}\"\nroles = [\"worker\"]\nbackhaul_listen = \"{ip}:{p_backhaul}\"\nadvertise = \"{ip}:{p_backhaul}\"\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"{ip}:{p_admin}\"\n\n{}{}{REGIONS}",
-            cluster_section(&pki, id),
-            catalog_section(etcd),
-        );
-        for app in &apps {
-            let mine: Vec<_> = app.instances.iter().filter(|i| i.1 == w).collect();
-            if mine.is_empty() {
-                continue;
-            }
-            if etcd.is_none() {
-                toml += &app.head;
-            }
-            for (iid, _, addr) in mine {
-                let _ = match etcd {
-                    Some(_) => write!(
-                        toml,
-                        "[[instances]]\napp = \"{}\"\nid = \"{iid}\"\naddress = \"{addr}\"\n",
-                        app.name
-                    ),
-                    None => write!(
-                        toml,
-                        "  [[apps.instances]]\n  id = \"{iid}\"\n  address = \"{addr}\"\n"
-                    ),
-                };
-            }
-            toml.push('\n');
-        }
+    for (w, (id, _, _)) in WORKERS.iter().enumerate() {
+        let toml = worker_toml(w, &apps, &pki, etcd, ports);
         let config =
             anyedge_config::parse(&toml, &format!("<demo {id}>")).map_err(|d| d.to_string())?;
         let (node, follow) = crate::cluster::start_following(config).await?;
@@ -170,12 +145,127 @@ pub async fn start_with(
         let text: String = apps.iter().map(|a| a.head.as_str()).collect();
         crate::manage::put_apps_text(url, &text).await?;
     }
+    let toml = edge_toml(&apps, &pki, etcd, ports);
+    let config = anyedge_config::parse(&toml, "<demo edge>").map_err(|d| d.to_string())?;
+    let (edge, follow) = crate::cluster::start_following(config).await?;
+    following.extend(follow);
+    println!(
+        "{}",
+        instructions(p_echo, p_upper, p_whoami, edge.admin_addr())
+    );
+    println!("{}", http_instructions(p_http));
+    Ok(Demo {
+        edge,
+        workers,
+        following: tokio::sync::Mutex::new(following),
+        pki,
+    })
+}
+
+/// The demo's built-in instances, started on 127.0.0.1 ephemeral ports.
+struct Started {
+    echo: [SocketAddr; 2],
+    upper: [SocketAddr; 2],
+    whoami: [SocketAddr; 2],
+    /// With the worker each runs on (index into [`WORKERS`]), as [`HELLO`] says.
+    hello: Vec<(usize, SocketAddr)>,
+    ws: SocketAddr,
+}
+
+impl Started {
+    async fn spawn() -> std::io::Result<Started> {
+        let echo = [
+            instances::spawn(instances::Kind::Echo).await?,
+            instances::spawn(instances::Kind::Echo).await?,
+        ];
+        let upper = [
+            instances::spawn(instances::Kind::Upper).await?,
+            instances::spawn(instances::Kind::Upper).await?,
+        ];
+        let whoami = [
+            instances::spawn(instances::Kind::WhoAmI("whoami-1")).await?,
+            instances::spawn(instances::Kind::WhoAmI("whoami-2")).await?,
+        ];
+        let mut hello = Vec::new();
+        for (worker, name) in HELLO {
+            hello.push((worker, instances::spawn_http("hello", name.into()).await?));
+        }
+        let ws = instances::spawn_http("ws", "ws-1".into()).await?;
+        Ok(Started {
+            echo,
+            upper,
+            whoami,
+            hello,
+            ws,
+        })
+    }
+}
+
+/// The ports every node of the demo uses, each on its own loopback address.
+#[derive(Clone, Copy)]
+struct NodePorts {
+    admin: u16,
+    backhaul: u16,
+}
+
+/// The config of worker `w` (index into [`WORKERS`]). With the file catalog it holds the apps
+/// that have instances on it, with those instances; with `etcd` only its instances, as
+/// `[[instances]]` it registers.
+fn worker_toml(
+    w: usize,
+    apps: &[DemoApp],
+    pki: &std::path::Path,
+    etcd: Option<&str>,
+    ports: NodePorts,
+) -> String {
+    let (id, region, ip) = WORKERS[w];
+    let (p_admin, p_backhaul) = (ports.admin, ports.backhaul);
     let mut toml = format!(
-        "[node]\nid = \"edge-ord\"\nregion = \"ord\"\nroles = [\"edge\"]\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"127.0.0.1:{p_admin}\"\n\n{}{}{REGIONS}",
-        cluster_section(&pki, "edge-ord"),
+        "[node]\nid = \"{id}\"\nregion = \"{region}\"\nroles = [\"worker\"]\nbackhaul_listen = \"{ip}:{p_backhaul}\"\nadvertise = \"{ip}:{p_backhaul}\"\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"{ip}:{p_admin}\"\n\n{}{}{REGIONS}",
+        cluster_section(pki, id),
         catalog_section(etcd),
     );
-    let file_catalog = if etcd.is_some() { &[][..] } else { &apps[..] };
+    for app in apps {
+        let mine: Vec<_> = app.instances.iter().filter(|i| i.1 == w).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        if etcd.is_none() {
+            toml += &app.head;
+        }
+        for (iid, _, addr) in mine {
+            let _ = match etcd {
+                Some(_) => write!(
+                    toml,
+                    "[[instances]]\napp = \"{}\"\nid = \"{iid}\"\naddress = \"{addr}\"\n",
+                    app.name
+                ),
+                None => write!(
+                    toml,
+                    "  [[apps.instances]]\n  id = \"{iid}\"\n  address = \"{addr}\"\n"
+                ),
+            };
+        }
+        toml.push('\n');
+    }
+    toml
+}
+
+/// The edge's config. With the file catalog it names the workers (`[[nodes]]`) and holds
+/// every app with its instances on them; with `etcd` it has its own sections alone.
+fn edge_toml(
+    apps: &[DemoApp],
+    pki: &std::path::Path,
+    etcd: Option<&str>,
+    ports: NodePorts,
+) -> String {
+    let (p_admin, p_backhaul) = (ports.admin, ports.backhaul);
+    let mut toml = format!(
+        "[node]\nid = \"edge-ord\"\nregion = \"ord\"\nroles = [\"edge\"]\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"127.0.0.1:{p_admin}\"\n\n{}{}{REGIONS}",
+        cluster_section(pki, "edge-ord"),
+        catalog_section(etcd),
+    );
+    let file_catalog = if etcd.is_some() { &[][..] } else { apps };
     for (id, region, ip) in WORKERS.iter().filter(|_| etcd.is_none()) {
         let _ = write!(
             toml,
@@ -193,20 +283,7 @@ pub async fn start_with(
         }
         toml.push('\n');
     }
-    let config = anyedge_config::parse(&toml, "<demo edge>").map_err(|d| d.to_string())?;
-    let (edge, follow) = crate::cluster::start_following(config).await?;
-    following.extend(follow);
-    println!(
-        "{}",
-        instructions(p_echo, p_upper, p_whoami, edge.admin_addr())
-    );
-    println!("{}", http_instructions(p_http));
-    Ok(Demo {
-        edge,
-        workers,
-        following: tokio::sync::Mutex::new(following),
-        pki,
-    })
+    toml
 }
 
 const REGIONS: &str = "[regions.ord]\nlat = 41.98\nlon = -87.90\n[regions.iad]\nlat = 38.94\nlon = -77.46\n[regions.syd]\nlat = -33.94\nlon = 151.18\n\n";

@@ -9,4 +9,5 @@ pub mod cluster;
 pub mod demo;
 pub mod manage;
 pub mod node;
+pub mod run;
 mod watch;

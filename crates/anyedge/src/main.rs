@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     anyedge_telemetry::init_logging(cli.log_format.into());
     match cli.command {
-        Command::Run(args) => anyedge::node::run(&args),
+        Command::Run(args) => anyedge::run::run(&args),
         Command::Check(args) => anyedge::cli::check(&args),
         Command::Demo(args) => anyedge::demo::run(&args),
         Command::Apps(args) => anyedge::manage::apps(&args),

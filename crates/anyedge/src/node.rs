@@ -1,10 +1,8 @@
-//! A node's lifecycle: load and validate config without binding anything, build the runtime,
-//! start the edge, the health checks and the admin listener, reload on SIGHUP or a file change,
-//! drain on SIGTERM/SIGINT.
+//! A node's lifecycle: start the edge, the health checks, the ACME task and the admin listener;
+//! put a new config in force; drain. `run.rs` drives it for `anyedge run` (signals, file and
+//! catalog changes).
 
 use crate::admin::{self, AdminState};
-use crate::cli::RunArgs;
-use crate::cluster::{self, EtcdFeed};
 use anyedge_catalog::{LiveRegistry, Snapshot};
 use anyedge_config::Config;
 use anyedge_core::Drain;
@@ -13,12 +11,9 @@ use anyedge_telemetry::Metrics;
 use anyedge_tls::acme::{wanted_hostnames, AcmeManager, AcmeSettings};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -277,158 +272,6 @@ fn warn_restart_only(old: &Config, new: &Config) {
     }
     if old.admin.listen != new.admin.listen {
         tracing::warn!("[admin] listen changes only on restart");
-    }
-}
-
-/// `anyedge run`: exit 1 on a bad config or a port that cannot be opened.
-pub fn run(args: &RunArgs) -> ExitCode {
-    let config = match anyedge_config::load(&args.config) {
-        Ok(c) => c,
-        Err(diagnostics) => {
-            eprint!("{diagnostics}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtimes = build_control_runtime()
-        .and_then(|control| Ok((control, Shards::start(config.node.threads)?)));
-    let (control, shards) = match runtimes {
-        Ok(rts) => rts,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    control.block_on(serve(config, args, shards.handles()))
-}
-
-/// The runtime for signals, reloads and the admin listener: light work, one thread.
-fn build_control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-}
-
-/// One single-threaded runtime per core, each on its own thread: a connection lives on one
-/// thread from accept to close, with no work stealing or cross-thread wake-ups (PITFALLS.md:
-/// this costs less CPU per request than a multi-thread runtime). Built after the config is
-/// read, so `[node] threads` takes effect (0: one per CPU).
-pub struct Shards {
-    handles: Vec<tokio::runtime::Handle>,
-}
-
-impl Shards {
-    pub fn start(threads: usize) -> std::io::Result<Shards> {
-        let n = match threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let mut handles = Vec::with_capacity(n);
-        for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(rt.handle().clone());
-            std::thread::Builder::new()
-                .name(format!("anyedge-shard-{i}"))
-                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
-        }
-        Ok(Shards { handles })
-    }
-
-    pub fn handles(&self) -> Vec<tokio::runtime::Handle> {
-        self.handles.clone()
-    }
-}
-
-/// A multi-thread runtime (the demo's: it runs instances and the edge together).
-pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let threads = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("anyedge-worker")
-        .enable_all()
-        .build()
-}
-
-async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handle>) -> ExitCode {
-    // First of all: a SIGHUP while the node starts (the catalog's first listing may take
-    // seconds) must not end the process, as its default action would.
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return ExitCode::FAILURE;
-    };
-    let mut base = Arc::new(config);
-    let (node, mut feed) = match cluster::start_node(&base, args.admin_listen, shards).await {
-        Ok(started) => started,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut changes = crate::watch::FileWatch::new(&args.config);
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading");
-                reload_from(&node, &args.config, &mut base, feed.as_mut());
-            }
-            _ = changes.changed() => reload_from(&node, &args.config, &mut base, feed.as_mut()),
-            _ = cluster::changed(&mut feed) => {
-                if let Some(f) = feed.as_mut() {
-                    apply(&node, f.config(&base));
-                }
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    // Leave the catalog first, so other nodes stop sending here while this one drains.
-    if let Some(f) = feed {
-        f.stop().await;
-    }
-    let grace = node.drain_timeout();
-    let drained = tokio::select! {
-        left = node.shutdown(grace) => left,
-        _ = term.recv() => usize::MAX,
-        _ = int.recv() => usize::MAX,
-    };
-    match drained {
-        0 => tracing::info!("drained; exiting"),
-        usize::MAX => tracing::warn!("second signal; exiting now"),
-        left => tracing::warn!(
-            left,
-            "grace period over; closing the connections still open"
-        ),
-    }
-    ExitCode::SUCCESS
-}
-
-/// Read the node's file again. With the etcd store the file holds the node's own sections and
-/// instances: they are registered anew and joined with the catalog's apps.
-fn reload_from(node: &Node, path: &Path, base: &mut Arc<Config>, feed: Option<&mut EtcdFeed>) {
-    let config = match anyedge_config::load(path) {
-        Ok(config) => config,
-        Err(diagnostics) => return node.reload_failed(diagnostics.to_string()),
-    };
-    if config.catalog != base.catalog {
-        return node.reload_failed(
-            "[catalog] changes only on restart; the file was not reloaded\n".to_string(),
-        );
-    }
-    *base = Arc::new(config);
-    match feed {
-        Some(f) => {
-            f.update(base.clone());
-            apply(node, f.config(base));
-        }
-        None => apply(node, (**base).clone()),
     }
 }
 

@@ -8,12 +8,13 @@ pub(crate) mod locate;
 mod sections;
 mod services;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use toml_edit::{Document, Item, Table, Value};
 
 use crate::diagnostics::{Diagnostic, Diagnostics};
-use crate::model::{App, CatalogConfig, Config, Format};
+use crate::model::{Acme, App, CatalogConfig, Config, Format, Node, Peer};
 use crate::path;
 use crate::report::{line_col, Report};
 use locate::TomlLocator;
@@ -36,40 +37,15 @@ const SECTIONS: [&str; 11] = [
 /// Parse and validate a node's config file.
 pub(crate) fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, Diagnostics> {
     with_document(text, origin, |root, r| {
-        for (k, _) in root.iter() {
-            if !SECTIONS.contains(&k) {
-                r.key_error(&path::key("", k), format!("unknown section `{k}`"));
-            }
-        }
+        unknown_sections(root, r);
         let node = sections::node(root, r);
         let catalog = sections::catalog(root, base, r);
         let etcd = matches!(catalog, CatalogConfig::Etcd(_));
         let cluster = sections::cluster(root, base, r);
-        let peers = match root.get("nodes") {
-            Some(_) if etcd => {
-                r.key_error(
-                    "nodes",
-                    "[[nodes]] do not belong in a node file with store = \"etcd\": nodes register themselves",
-                );
-                Default::default()
-            }
-            item => instances::peers(item, &node.id, r),
-        };
-        if root.contains_key("cluster") && cluster.is_none() {
-            // Already reported.
-        } else if cluster.is_none() {
-            if !peers.is_empty() {
-                r.key_error(
-                    "nodes",
-                    "[[nodes]] need [cluster] (mutual TLS between nodes)",
-                );
-            }
-            if node.backhaul_listen.is_some() {
-                r.error(
-                    "node.backhaul_listen",
-                    "backhaul_listen needs [cluster] (mutual TLS between nodes)",
-                );
-            }
+        let peers = nodes(root, etcd, &node.id, r);
+        // A `[cluster]` section that is there but invalid is already reported.
+        if cluster.is_none() && !root.contains_key("cluster") {
+            without_cluster(&node, &peers, r);
         }
         let scope = apps::Scope {
             node_region: &node.region,
@@ -77,25 +53,9 @@ pub(crate) fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Con
             instances_allowed: true,
             nodes: Some((&node.id, &peers)),
         };
-        let apps = match root.get("apps") {
-            Some(_) if etcd => {
-                r.key_error(
-                    "apps",
-                    "[[apps]] do not belong in a node file with store = \"etcd\": apps live in etcd (`anyedge apps put FILE`)",
-                );
-                Vec::new()
-            }
-            item => apps::apps(item, &scope, r),
-        };
+        let apps = file_apps(root, etcd, &scope, r);
         let acme = sections::acme(root, base, r);
-        if let CatalogConfig::Etcd(cfg) = &catalog {
-            if acme.enabled && cfg.secret_key_file.is_none() {
-                r.error(
-                    "catalog.store",
-                    "[acme] with store = \"etcd\" keeps private keys in etcd, sealed with the cluster secret key: set secret_key_file (32 bytes, e.g. `anyedge certs secret-key --out FILE`)",
-                );
-            }
-        }
+        check_acme_secret(&catalog, &acme, r);
         Config {
             admin: sections::admin(root, r),
             limits: sections::limits(root, r),
@@ -111,6 +71,73 @@ pub(crate) fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Con
             format: Format::Toml,
         }
     })
+}
+
+/// Every top-level key of a node file is one of [`SECTIONS`].
+fn unknown_sections(root: &Table, r: &mut Report<'_>) {
+    for (k, _) in root.iter() {
+        if !SECTIONS.contains(&k) {
+            r.key_error(&path::key("", k), format!("unknown section `{k}`"));
+        }
+    }
+}
+
+/// `[[nodes]]`, which a node file on the etcd store must not have: nodes register themselves.
+fn nodes(root: &Table, etcd: bool, me: &str, r: &mut Report<'_>) -> BTreeMap<String, Peer> {
+    match root.get("nodes") {
+        Some(_) if etcd => {
+            r.key_error(
+                "nodes",
+                "[[nodes]] do not belong in a node file with store = \"etcd\": nodes register themselves",
+            );
+            Default::default()
+        }
+        item => instances::peers(item, me, r),
+    }
+}
+
+/// A node file without `[cluster]` has nothing that needs it: no `[[nodes]]`, no
+/// `backhaul_listen`.
+fn without_cluster(node: &Node, peers: &BTreeMap<String, Peer>, r: &mut Report<'_>) {
+    if !peers.is_empty() {
+        r.key_error(
+            "nodes",
+            "[[nodes]] need [cluster] (mutual TLS between nodes)",
+        );
+    }
+    if node.backhaul_listen.is_some() {
+        r.error(
+            "node.backhaul_listen",
+            "backhaul_listen needs [cluster] (mutual TLS between nodes)",
+        );
+    }
+}
+
+/// `[[apps]]`, which a node file on the etcd store must not have: apps live in etcd.
+fn file_apps(root: &Table, etcd: bool, scope: &apps::Scope<'_>, r: &mut Report<'_>) -> Vec<App> {
+    match root.get("apps") {
+        Some(_) if etcd => {
+            r.key_error(
+                "apps",
+                "[[apps]] do not belong in a node file with store = \"etcd\": apps live in etcd (`anyedge apps put FILE`)",
+            );
+            Vec::new()
+        }
+        item => apps::apps(item, scope, r),
+    }
+}
+
+/// `[acme]` on the etcd store keeps private keys in etcd, sealed with the cluster secret key:
+/// `[catalog] secret_key_file` is required.
+fn check_acme_secret(catalog: &CatalogConfig, acme: &Acme, r: &mut Report<'_>) {
+    if let CatalogConfig::Etcd(cfg) = catalog {
+        if acme.enabled && cfg.secret_key_file.is_none() {
+            r.error(
+                "catalog.store",
+                "[acme] with store = \"etcd\" keeps private keys in etcd, sealed with the cluster secret key: set secret_key_file (32 bytes, e.g. `anyedge certs secret-key --out FILE`)",
+            );
+        }
+    }
 }
 
 /// Parse and validate a file of `[[apps]]` blocks alone (`anyedge apps put`): no other section,

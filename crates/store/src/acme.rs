@@ -23,8 +23,8 @@ use anyedge_tls::acme::{
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, Event, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -247,6 +247,8 @@ impl EtcdCertStorage {
         (task, rx)
     }
 
+    /// One session of [`follow`](Self::follow): list, then watch from the listing's revision.
+    /// Returns why it ended.
     async fn follow_session(
         &self,
         challenges: &Challenges,
@@ -258,27 +260,10 @@ impl EtcdCertStorage {
             Err(e) => return e,
         };
         let prefix = self.keys.prefix.clone();
-        let listing = match client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-        {
+        let revision = match self.relist(&mut client, challenges, tx, ours).await {
             Ok(r) => r,
-            Err(e) => return etcd(e),
+            Err(e) => return e,
         };
-        let revision = listing.header().map_or(0, |h| h.revision());
-        // The listing replaces what an earlier session installed.
-        let mut seen = BTreeSet::new();
-        for kv in listing.kvs() {
-            if let Some(host) = self.on_put(kv.key(), kv.value(), challenges, tx) {
-                self.ack(&mut client, &host, kv.mod_revision(), kv.lease())
-                    .await;
-                seen.insert(host);
-            }
-        }
-        for gone in ours.difference(&seen) {
-            challenges.remove(gone);
-        }
-        *ours = seen;
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1)
@@ -301,21 +286,66 @@ impl EtcdCertStorage {
                 return io::Error::other("the watch was cancelled or compacted: relisting");
             }
             for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                match event.event_type() {
-                    EventType::Put => {
-                        if let Some(host) = self.on_put(kv.key(), kv.value(), challenges, tx) {
-                            self.ack(&mut client, &host, kv.mod_revision(), kv.lease())
-                                .await;
-                            ours.insert(host);
-                        }
-                    }
-                    EventType::Delete => {
-                        if let Some(host) = host_of(kv.key(), &self.keys.challenges()) {
-                            challenges.remove(host);
-                            ours.remove(host);
-                        }
-                    }
+                self.on_event(&mut client, event, challenges, tx, ours)
+                    .await;
+            }
+        }
+    }
+
+    /// List the prefix: install every published challenge (and acknowledge it), send every
+    /// stored certificate's hostname, and take out the challenges an earlier session
+    /// installed that are gone. Returns the listing's revision.
+    async fn relist(
+        &self,
+        client: &mut Client,
+        challenges: &Challenges,
+        tx: &mpsc::UnboundedSender<String>,
+        ours: &mut BTreeSet<String>,
+    ) -> io::Result<i64> {
+        let listing = client
+            .get(
+                self.keys.prefix.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(etcd)?;
+        let revision = listing.header().map_or(0, |h| h.revision());
+        // The listing replaces what an earlier session installed.
+        let mut seen = BTreeSet::new();
+        for kv in listing.kvs() {
+            if let Some(host) = self.on_put(kv.key(), kv.value(), challenges, tx) {
+                self.ack(client, &host, kv.mod_revision(), kv.lease()).await;
+                seen.insert(host);
+            }
+        }
+        for gone in ours.difference(&seen) {
+            challenges.remove(gone);
+        }
+        *ours = seen;
+        Ok(revision)
+    }
+
+    /// One watched change: a put as in the listing, a deleted challenge taken out.
+    async fn on_event(
+        &self,
+        client: &mut Client,
+        event: &Event,
+        challenges: &Challenges,
+        tx: &mpsc::UnboundedSender<String>,
+        ours: &mut BTreeSet<String>,
+    ) {
+        let Some(kv) = event.kv() else { return };
+        match event.event_type() {
+            EventType::Put => {
+                if let Some(host) = self.on_put(kv.key(), kv.value(), challenges, tx) {
+                    self.ack(client, &host, kv.mod_revision(), kv.lease()).await;
+                    ours.insert(host);
+                }
+            }
+            EventType::Delete => {
+                if let Some(host) = host_of(kv.key(), &self.keys.challenges()) {
+                    challenges.remove(host);
+                    ours.remove(host);
                 }
             }
         }

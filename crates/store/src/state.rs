@@ -155,9 +155,33 @@ impl CatalogState {
         for li in &base.local_instances {
             local.entry(li.app.as_str()).or_default().push(&li.instance);
         }
+        let peers = self.peers(me);
+        // Reached over backhaul when its node advertises one and this node speaks it;
+        // otherwise (a flat network) this node connects to the address itself.
         let backhaul = base.cluster.is_some();
-        let peers: BTreeMap<String, anyedge_config::Peer> = self
-            .nodes
+        let via_backhaul = |node: &str| backhaul && peers.contains_key(node);
+        let mut claims = claims::Claims::default();
+        let mut apps = Vec::with_capacity(self.apps.len());
+        for (name, app) in &self.apps {
+            if let Err(why) = claims.claim(app) {
+                tracing::warn!(app = %name, "app left out: {why}");
+                continue;
+            }
+            let mine: &[&Instance] = local.get(name.as_str()).map_or(&[], Vec::as_slice);
+            let mut app = app.clone();
+            app.instances = self.instances_of(name, &app, mine, me, via_backhaul);
+            apps.push(app);
+        }
+        Config {
+            apps,
+            peers,
+            ..base.clone()
+        }
+    }
+
+    /// The other nodes that advertise a backhaul address, as peers.
+    fn peers(&self, me: &str) -> BTreeMap<String, anyedge_config::Peer> {
+        self.nodes
             .iter()
             .filter(|(id, _)| id.as_str() != me)
             .filter_map(|(id, n)| {
@@ -170,50 +194,47 @@ impl CatalogState {
                     },
                 ))
             })
-            .collect();
-        let mut claims = claims::Claims::default();
-        let mut apps = Vec::with_capacity(self.apps.len());
-        for (name, app) in &self.apps {
-            if let Err(why) = claims.claim(app) {
-                tracing::warn!(app = %name, "app left out: {why}");
-                continue;
-            }
-            let mine: &[&Instance] = local.get(name.as_str()).map_or(&[], Vec::as_slice);
-            // An id this node runs itself is its own, whoever else registered it.
-            let remote = self
-                .instances
-                .get(name)
-                .into_iter()
-                .flat_map(|m| m.values())
-                .filter(|r| r.node != me && !mine.iter().any(|i| i.id == r.instance.id))
-                .map(|r| {
-                    // Reached over backhaul when its node advertises one and this node speaks
-                    // it; otherwise (a flat network) this node connects to the address itself.
-                    let mut i = r.instance.clone();
-                    if backhaul && peers.contains_key(&r.node) {
-                        i.node = Some(r.node.clone());
-                    }
-                    i
-                });
-            let mine = mine.iter().map(|i| (*i).clone());
-            let mut app = app.clone();
-            app.instances = remote
-                .chain(mine)
-                .filter(|i| match anyedge_config::rules::instance_port(name, i, &app.services) {
+            .collect()
+    }
+
+    /// The instances of app `name`: those registered by other nodes (reached over backhaul
+    /// when `via_backhaul` says so for their node), then this node's own (`mine`, from its
+    /// file). An instance that breaks the instance-port rule for the app is logged and left out.
+    fn instances_of(
+        &self,
+        name: &str,
+        app: &App,
+        mine: &[&Instance],
+        me: &str,
+        via_backhaul: impl Fn(&str) -> bool,
+    ) -> Vec<Instance> {
+        // An id this node runs itself is its own, whoever else registered it.
+        let remote = self
+            .instances
+            .get(name)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|r| r.node != me && !mine.iter().any(|i| i.id == r.instance.id))
+            .map(|r| {
+                let mut i = r.instance.clone();
+                if via_backhaul(&r.node) {
+                    i.node = Some(r.node.clone());
+                }
+                i
+            });
+        let mine = mine.iter().map(|i| (*i).clone());
+        remote
+            .chain(mine)
+            .filter(
+                |i| match anyedge_config::rules::instance_port(name, i, &app.services) {
                     Ok(()) => true,
                     Err(why) => {
                         tracing::warn!(app = %name, instance = %i.id, "instance left out: {why}");
                         false
                     }
-                })
-                .collect();
-            apps.push(app);
-        }
-        Config {
-            apps,
-            peers,
-            ..base.clone()
-        }
+                },
+            )
+            .collect()
     }
 
     pub fn apps(&self) -> impl Iterator<Item = &App> {

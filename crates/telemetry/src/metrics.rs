@@ -1,7 +1,7 @@
 //! The metric families, and their rendering in the Prometheus text format.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -378,18 +378,7 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         self.render_node(&mut out);
         self.backhaul.render(&mut out);
-        family(
-            &mut out,
-            "anyedge_cert_expiry_timestamp_seconds",
-            "gauge",
-            "When the certificate served for a hostname expires.",
-        );
-        for (host, at) in &self.all_cert_expiries() {
-            let _ = writeln!(
-                out,
-                "anyedge_cert_expiry_timestamp_seconds{{hostname=\"{host}\"}} {at}"
-            );
-        }
+        CERT_EXPIRY.by(&mut out, "hostname", &self.all_cert_expiries());
         render_apps(&mut out, &apps);
         out
     }
@@ -410,112 +399,23 @@ impl Metrics {
             .collect()
     }
 
+    /// The node-wide families (config, ACME orders, listeners and connections).
     fn render_node(&self, out: &mut String) {
         let n = &self.node;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        family(
-            out,
-            "anyedge_config_reloads_total",
-            "counter",
-            "Config reloads by result.",
-        );
-        let _ = writeln!(
-            out,
-            "anyedge_config_reloads_total{{result=\"ok\"}} {}",
-            get(&n.reloads_ok)
-        );
-        let _ = writeln!(
-            out,
-            "anyedge_config_reloads_total{{result=\"error\"}} {}",
-            get(&n.reloads_failed)
-        );
-        family(
-            out,
-            "anyedge_acme_orders_total",
-            "counter",
-            "ACME certificate orders finished, by result.",
-        );
-        let _ = writeln!(
-            out,
-            "anyedge_acme_orders_total{{result=\"ok\"}} {}",
-            get(&n.acme_orders_ok)
-        );
-        let _ = writeln!(
-            out,
-            "anyedge_acme_orders_total{{result=\"error\"}} {}",
-            get(&n.acme_orders_error)
-        );
-        family(
-            out,
-            "anyedge_config_generation",
-            "gauge",
-            "Generation of the catalog snapshot in force.",
-        );
-        let _ = writeln!(
-            out,
-            "anyedge_config_generation {}",
-            get(&n.config_generation)
-        );
-        family(
-            out,
-            "anyedge_accept_errors_total",
-            "counter",
-            "accept() failures (EMFILE and the like).",
-        );
-        let _ = writeln!(out, "anyedge_accept_errors_total {}", get(&n.accept_errors));
-        family(
-            out,
-            "anyedge_listener_errors_total",
-            "counter",
-            "Listeners that could not be opened.",
-        );
-        let _ = writeln!(
-            out,
-            "anyedge_listener_errors_total {}",
-            get(&n.listener_errors)
-        );
-        family(
-            out,
-            "anyedge_node_rejected_connections_total",
-            "counter",
-            "Connections refused by the node-wide connection cap.",
-        );
-        let _ = writeln!(
-            out,
-            "anyedge_node_rejected_connections_total {}",
-            get(&n.rejected_node_limit)
-        );
-        family(
-            out,
-            "anyedge_open_connections",
-            "gauge",
-            "Client connections open on this node.",
-        );
-        let _ = writeln!(
-            out,
-            "anyedge_open_connections {}",
-            n.open_connections.load(Ordering::Relaxed)
-        );
-        family(
-            out,
-            "anyedge_node_errors_total",
-            "counter",
-            "Requests refused before an app was known, by error code.",
-        );
-        for code in ErrorCode::ALL {
-            let _ = writeln!(
-                out,
-                "anyedge_node_errors_total{{code=\"{}\"}} {}",
-                code.as_str(),
-                n.rejections(code)
-            );
-        }
-        family(out, "anyedge_listeners", "gauge", "Listening sockets open.");
-        let _ = writeln!(
-            out,
-            "anyedge_listeners {}",
-            n.listeners.load(Ordering::Relaxed)
-        );
+        let results = |ok, error| [("ok", ok), ("error", error)];
+        let reloads = results(get(&n.reloads_ok), get(&n.reloads_failed));
+        CONFIG_RELOADS.by(out, "result", reloads);
+        let orders = results(get(&n.acme_orders_ok), get(&n.acme_orders_error));
+        ACME_ORDERS.by(out, "result", orders);
+        CONFIG_GENERATION.one(out, get(&n.config_generation));
+        ACCEPT_ERRORS.one(out, get(&n.accept_errors));
+        LISTENER_ERRORS.one(out, get(&n.listener_errors));
+        NODE_REJECTED.one(out, get(&n.rejected_node_limit));
+        OPEN_CONNECTIONS.one(out, n.open_connections.load(Ordering::Relaxed));
+        let rejections = ErrorCode::ALL.map(|code| (code.as_str(), n.rejections(code)));
+        NODE_ERRORS.by(out, "code", rejections);
+        LISTENERS.one(out, n.listeners.load(Ordering::Relaxed));
     }
 }
 
@@ -605,159 +505,211 @@ pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A metric family: its name, type and help text, and how its samples are written.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+}
+
+impl Family {
+    const fn counter(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind: "counter",
+            help,
+        }
+    }
+
+    const fn gauge(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind: "gauge",
+            help,
+        }
+    }
+
+    /// The `# HELP` and `# TYPE` lines.
+    fn head(&self, out: &mut String) {
+        family(out, self.name, self.kind, self.help);
+    }
+
+    /// The family with its one sample, without labels.
+    fn one(&self, out: &mut String, value: impl Display) {
+        self.head(out);
+        let _ = writeln!(out, "{} {value}", self.name);
+    }
+
+    /// The family with one sample per value of `label`.
+    fn by<L: Display, V: Display>(
+        &self,
+        out: &mut String,
+        label: &str,
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) {
+        self.head(out);
+        for (value, n) in samples {
+            let _ = writeln!(out, "{}{{{label}=\"{value}\"}} {n}", self.name);
+        }
+    }
+
+    /// The family with one sample per app.
+    fn per_app<V: Display>(
+        &self,
+        out: &mut String,
+        apps: &[(String, Arc<AppMetrics>)],
+        value: impl Fn(&AppMetrics) -> V,
+    ) {
+        self.head(out);
+        for (app, m) in apps {
+            let _ = writeln!(out, "{}{{app=\"{app}\"}} {}", self.name, value(m));
+        }
+    }
+
+    /// The family with, for each app, one sample per value of `label`.
+    fn per_app_by<S: IntoIterator<Item = (&'static str, u64)>>(
+        &self,
+        out: &mut String,
+        apps: &[(String, Arc<AppMetrics>)],
+        label: &str,
+        samples: impl Fn(&AppMetrics) -> S,
+    ) {
+        self.head(out);
+        for (app, m) in apps {
+            for (value, n) in samples(m) {
+                let _ = writeln!(
+                    out,
+                    "{}{{app=\"{app}\",{label}=\"{value}\"}} {n}",
+                    self.name
+                );
+            }
+        }
+    }
+}
+
+// The families, in the order they are rendered.
+
+const CONFIG_RELOADS: Family =
+    Family::counter("anyedge_config_reloads_total", "Config reloads by result.");
+const ACME_ORDERS: Family = Family::counter(
+    "anyedge_acme_orders_total",
+    "ACME certificate orders finished, by result.",
+);
+const CONFIG_GENERATION: Family = Family::gauge(
+    "anyedge_config_generation",
+    "Generation of the catalog snapshot in force.",
+);
+const ACCEPT_ERRORS: Family = Family::counter(
+    "anyedge_accept_errors_total",
+    "accept() failures (EMFILE and the like).",
+);
+const LISTENER_ERRORS: Family = Family::counter(
+    "anyedge_listener_errors_total",
+    "Listeners that could not be opened.",
+);
+const NODE_REJECTED: Family = Family::counter(
+    "anyedge_node_rejected_connections_total",
+    "Connections refused by the node-wide connection cap.",
+);
+const OPEN_CONNECTIONS: Family = Family::gauge(
+    "anyedge_open_connections",
+    "Client connections open on this node.",
+);
+const NODE_ERRORS: Family = Family::counter(
+    "anyedge_node_errors_total",
+    "Requests refused before an app was known, by error code.",
+);
+const LISTENERS: Family = Family::gauge("anyedge_listeners", "Listening sockets open.");
+// (The backhaul families come here: `backhaul.rs`.)
+const CERT_EXPIRY: Family = Family::gauge(
+    "anyedge_cert_expiry_timestamp_seconds",
+    "When the certificate served for a hostname expires.",
+);
+const HTTP_RESPONSES: Family = Family::counter(
+    "anyedge_edge_http_responses_total",
+    "HTTP responses sent to clients, by status.",
+);
+const HTTP_RESPONSE_TIME: Family = Family {
+    name: "anyedge_edge_http_response_time_seconds",
+    kind: "histogram",
+    help: "Time from request headers to response headers.",
+};
+const TCP_CONNECTS: Family = Family::counter(
+    "anyedge_edge_tcp_connects_total",
+    "Client TCP connections accepted for the app.",
+);
+const TCP_ACTIVE: Family = Family::gauge(
+    "anyedge_edge_tcp_active_connections",
+    "Client TCP connections open for the app.",
+);
+const DATA_BYTES: Family = Family::counter(
+    "anyedge_edge_data_bytes_total",
+    "Bytes proxied; in = client to instance.",
+);
+const CONNECT_FAILURES: Family = Family::counter(
+    "anyedge_edge_tcp_connect_failures_total",
+    "Failed connect attempts to instances, by reason.",
+);
+const RETRIES: Family = Family::counter(
+    "anyedge_retries_total",
+    "Requests or connections sent to an instance again, by reason.",
+);
+const HEALTH_CHECKS: Family = Family::counter(
+    "anyedge_health_checks_total",
+    "Active health checks run against the app's instances, by result.",
+);
+const REPLAYS: Family = Family::counter(
+    "anyedge_replays_total",
+    "Requests replayed at an instance's request (replay response header).",
+);
+const QUEUED: Family = Family::counter(
+    "anyedge_queued_total",
+    "Requests or connections that waited in the app's queue for a slot.",
+);
+const ERRORS: Family = Family::counter(
+    "anyedge_errors_total",
+    "Client connections or requests that failed, by error code.",
+);
+
+/// The per-app families, each with a series (or a set of them) for every app in `apps`.
 fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    render_http(out, apps);
+    TCP_CONNECTS.per_app(out, apps, |m| get(&m.tcp_connects));
+    TCP_ACTIVE.per_app(out, apps, AppMetrics::tcp_active);
+    DATA_BYTES.per_app_by(out, apps, "direction", |m| {
+        [("in", get(&m.bytes_in)), ("out", get(&m.bytes_out))]
+    });
+    CONNECT_FAILURES.per_app_by(out, apps, "reason", |m| {
+        ConnectFailure::ALL.map(|why| (why.as_str(), m.connect_failures(why)))
+    });
+    RETRIES.per_app_by(out, apps, "reason", |m| {
+        RetryReason::ALL.map(|why| (why.as_str(), m.retries(why)))
+    });
+    HEALTH_CHECKS.per_app_by(out, apps, "result", |m| {
+        [
+            ("pass", m.health_checks(true)),
+            ("fail", m.health_checks(false)),
+        ]
+    });
+    REPLAYS.per_app(out, apps, AppMetrics::replays);
+    QUEUED.per_app(out, apps, |m| get(&m.queued));
+    ERRORS.per_app_by(out, apps, "code", |m| {
+        ErrorCode::ALL.map(|why| (why.as_str(), m.errors(why)))
+    });
+}
+
+/// The HTTP families: responses by status, then the response-time histogram, each family's
+/// series for every app together.
+fn render_http(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
     let (mut responses, mut histogram) = (String::new(), String::new());
     for (app, m) in apps {
         m.http.render(app, &mut responses, &mut histogram);
     }
-    family(
-        out,
-        "anyedge_edge_http_responses_total",
-        "counter",
-        "HTTP responses sent to clients, by status.",
-    );
+    HTTP_RESPONSES.head(out);
     out.push_str(&responses);
-    family(
-        out,
-        "anyedge_edge_http_response_time_seconds",
-        "histogram",
-        "Time from request headers to response headers.",
-    );
+    HTTP_RESPONSE_TIME.head(out);
     out.push_str(&histogram);
-    family(
-        out,
-        "anyedge_edge_tcp_connects_total",
-        "counter",
-        "Client TCP connections accepted for the app.",
-    );
-    for (app, m) in apps {
-        let _ = writeln!(
-            out,
-            "anyedge_edge_tcp_connects_total{{app=\"{app}\"}} {}",
-            get(&m.tcp_connects)
-        );
-    }
-    family(
-        out,
-        "anyedge_edge_tcp_active_connections",
-        "gauge",
-        "Client TCP connections open for the app.",
-    );
-    for (app, m) in apps {
-        let _ = writeln!(
-            out,
-            "anyedge_edge_tcp_active_connections{{app=\"{app}\"}} {}",
-            m.tcp_active()
-        );
-    }
-    family(
-        out,
-        "anyedge_edge_data_bytes_total",
-        "counter",
-        "Bytes proxied; in = client to instance.",
-    );
-    for (app, m) in apps {
-        let _ = writeln!(
-            out,
-            "anyedge_edge_data_bytes_total{{app=\"{app}\",direction=\"in\"}} {}",
-            get(&m.bytes_in)
-        );
-        let _ = writeln!(
-            out,
-            "anyedge_edge_data_bytes_total{{app=\"{app}\",direction=\"out\"}} {}",
-            get(&m.bytes_out)
-        );
-    }
-    family(
-        out,
-        "anyedge_edge_tcp_connect_failures_total",
-        "counter",
-        "Failed connect attempts to instances, by reason.",
-    );
-    for (app, m) in apps {
-        for why in ConnectFailure::ALL {
-            let _ = writeln!(
-                out,
-                "anyedge_edge_tcp_connect_failures_total{{app=\"{app}\",reason=\"{}\"}} {}",
-                why.as_str(),
-                m.connect_failures(why)
-            );
-        }
-    }
-    family(
-        out,
-        "anyedge_retries_total",
-        "counter",
-        "Requests or connections sent to an instance again, by reason.",
-    );
-    for (app, m) in apps {
-        for why in RetryReason::ALL {
-            let _ = writeln!(
-                out,
-                "anyedge_retries_total{{app=\"{app}\",reason=\"{}\"}} {}",
-                why.as_str(),
-                m.retries(why)
-            );
-        }
-    }
-    family(
-        out,
-        "anyedge_health_checks_total",
-        "counter",
-        "Active health checks run against the app's instances, by result.",
-    );
-    for (app, m) in apps {
-        for (result, passed) in [("pass", true), ("fail", false)] {
-            let _ = writeln!(
-                out,
-                "anyedge_health_checks_total{{app=\"{app}\",result=\"{result}\"}} {}",
-                m.health_checks(passed)
-            );
-        }
-    }
-    family(
-        out,
-        "anyedge_replays_total",
-        "counter",
-        "Requests replayed at an instance's request (replay response header).",
-    );
-    for (app, m) in apps {
-        let _ = writeln!(
-            out,
-            "anyedge_replays_total{{app=\"{app}\"}} {}",
-            m.replays()
-        );
-    }
-    family(
-        out,
-        "anyedge_queued_total",
-        "counter",
-        "Requests or connections that waited in the app's queue for a slot.",
-    );
-    for (app, m) in apps {
-        let _ = writeln!(
-            out,
-            "anyedge_queued_total{{app=\"{app}\"}} {}",
-            get(&m.queued)
-        );
-    }
-    family(
-        out,
-        "anyedge_errors_total",
-        "counter",
-        "Client connections or requests that failed, by error code.",
-    );
-    for (app, m) in apps {
-        for why in ErrorCode::ALL {
-            let _ = writeln!(
-                out,
-                "anyedge_errors_total{{app=\"{app}\",code=\"{}\"}} {}",
-                why.as_str(),
-                m.errors(why)
-            );
-        }
-    }
 }
 
 #[cfg(test)]

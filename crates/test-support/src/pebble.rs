@@ -43,6 +43,32 @@ pub struct PebbleOptions {
     pub validity_secs: Option<u64>,
 }
 
+/// The loopback ports of one Pebble and its challtestsrv.
+struct Ports {
+    /// Pebble's ACME server (the directory URL's port).
+    listen: u16,
+    /// Pebble's management API (`/roots/0`).
+    management: u16,
+    /// challtestsrv's DNS, which Pebble resolves with.
+    dns: u16,
+    /// challtestsrv's management API.
+    dns_management: u16,
+    /// Where Pebble sends HTTP-01 validations.
+    http: u16,
+}
+
+impl Ports {
+    fn free() -> Ports {
+        Ports {
+            listen: crate::free_port(),
+            management: crate::free_port(),
+            dns: crate::free_port(),
+            dns_management: crate::free_port(),
+            http: crate::free_port(),
+        }
+    }
+}
+
 impl Pebble {
     pub async fn start(options: PebbleOptions) -> Pebble {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -50,75 +76,40 @@ impl Pebble {
         let https = crate::pki::Pki::new();
         let (cert, key, _) = https.issue("pebble-https", &["localhost", "127.0.0.1"]);
         let ca_roots = https.write_ca("pebble-https-ca");
-        let (listen, management, dns, dns_management, http) = (
-            crate::free_port(),
-            crate::free_port(),
-            crate::free_port(),
-            crate::free_port(),
-            crate::free_port(),
-        );
-        let mut pebble = serde_json::json!({
-            "listenAddress": format!("127.0.0.1:{listen}"),
-            "managementListenAddress": format!("127.0.0.1:{management}"),
-            "certificate": cert,
-            "privateKey": key,
-            "httpPort": http,
-            "tlsPort": options.tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-        });
-        if let Some(secs) = options.validity_secs {
-            pebble["certificateValidityPeriod"] = secs.into();
-        }
-        let config_path = dir.path().join("pebble-config.json");
-        let config = serde_json::json!({ "pebble": pebble });
-        std::fs::write(&config_path, config.to_string()).expect("write pebble config");
-
+        let ports = Ports::free();
+        let config_path = write_config(dir.path(), (&cert, &key), &ports, &options);
         let challtestsrv = spawn(
             Command::new("pebble-challtestsrv")
                 .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-                .args(["-dns01", &format!("127.0.0.1:{dns}")])
+                .args(["-dns01", &format!("127.0.0.1:{}", ports.dns)])
                 .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-                .args(["-management", &format!("127.0.0.1:{dns_management}")]),
+                .args([
+                    "-management",
+                    &format!("127.0.0.1:{}", ports.dns_management),
+                ]),
             &dir.path().join("challtestsrv.log"),
         );
         let pebble = spawn(
             Command::new("pebble")
                 .args(["-config", config_path.to_str().expect("utf-8 path")])
-                .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+                .args(["-dnsserver", &format!("127.0.0.1:{}", ports.dns)])
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 .env("PEBBLE_WFE_NONCEREJECT", "0")
                 .env("PEBBLE_AUTHZREUSE", "0"),
             &dir.path().join("pebble.log"),
         );
+        // Made before waiting, so a start that times out still stops both processes.
         let mut this = Pebble {
-            directory: format!("https://127.0.0.1:{listen}/dir"),
+            directory: format!("https://127.0.0.1:{}/dir", ports.listen),
             ca_roots: ca_roots.clone(),
             issuer_root: String::new(),
             dir,
             pebble,
             challtestsrv,
-            dns_management,
+            dns_management: ports.dns_management,
             _https: https,
         };
-        let management = SocketAddr::from((Ipv4Addr::LOCALHOST, management));
-        let roots = read_pem_cert(&ca_roots);
-        let what = "Pebble's management port answering /roots/0";
-        this.issuer_root = crate::eventually(what, Duration::from_secs(20), || {
-            let roots = roots.clone();
-            async move { https_get(management, "/roots/0", roots).await.ok() }
-        })
-        .await;
-        crate::eventually(
-            "challtestsrv listening",
-            Duration::from_secs(20),
-            || async {
-                tokio::net::TcpStream::connect(("127.0.0.1", dns_management))
-                    .await
-                    .ok()
-            },
-        )
-        .await;
+        this.issuer_root = wait_ready(&ports, &ca_roots).await;
         this
     }
 
@@ -195,6 +186,59 @@ impl Drop for Pebble {
             let _ = child.wait();
         }
     }
+}
+
+/// Pebble's config file, written in `dir`: its listeners on `ports`, the certificate and key
+/// (`https`, paths) of its own HTTPS listener, and the options.
+fn write_config(
+    dir: &Path,
+    https: (&Path, &Path),
+    ports: &Ports,
+    options: &PebbleOptions,
+) -> PathBuf {
+    let (cert, key) = https;
+    let mut pebble = serde_json::json!({
+        "listenAddress": format!("127.0.0.1:{}", ports.listen),
+        "managementListenAddress": format!("127.0.0.1:{}", ports.management),
+        "certificate": cert,
+        "privateKey": key,
+        "httpPort": ports.http,
+        "tlsPort": options.tls_port,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+    });
+    if let Some(secs) = options.validity_secs {
+        pebble["certificateValidityPeriod"] = secs.into();
+    }
+    let config_path = dir.join("pebble-config.json");
+    let config = serde_json::json!({ "pebble": pebble });
+    std::fs::write(&config_path, config.to_string()).expect("write pebble config");
+    config_path
+}
+
+/// Wait until Pebble's management port answers (its HTTPS certificate is under the CA at
+/// `ca_roots`) and challtestsrv listens; returns the root Pebble issues under.
+async fn wait_ready(ports: &Ports, ca_roots: &Path) -> String {
+    let management = SocketAddr::from((Ipv4Addr::LOCALHOST, ports.management));
+    let roots = read_pem_cert(ca_roots);
+    let what = "Pebble's management port answering /roots/0";
+    let issuer_root = crate::eventually(what, Duration::from_secs(20), || {
+        let roots = roots.clone();
+        async move { https_get(management, "/roots/0", roots).await.ok() }
+    })
+    .await;
+    let dns_management = ports.dns_management;
+    crate::eventually(
+        "challtestsrv listening",
+        Duration::from_secs(20),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", dns_management))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    issuer_root
 }
 
 fn spawn(command: &mut Command, log: &Path) -> Child {

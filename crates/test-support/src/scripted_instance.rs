@@ -67,6 +67,25 @@ struct State {
     killed: AtomicBool,
 }
 
+impl State {
+    /// Record a request (its body not read yet); returns its index in `seen`.
+    fn record(&self, parts: &http::request::Parts, path: &str) -> usize {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.push(Seen {
+            method: parts.method.clone(),
+            path: path.to_string(),
+            headers: parts.headers.clone(),
+            body: None,
+        });
+        seen.len() - 1
+    }
+
+    /// The body of request `at`, once read.
+    fn set_body(&self, at: usize, body: Bytes) {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)[at].body = Some(body);
+    }
+}
+
 /// Held while a request is being handled.
 struct InFlight(Arc<State>);
 
@@ -284,18 +303,9 @@ async fn handle(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let record = |body: Option<Bytes>| {
-        let mut seen = state.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.push(Seen {
-            method: parts.method.clone(),
-            path: path.clone(),
-            headers: parts.headers.clone(),
-            body,
-        });
-        seen.len() - 1
-    };
+    let record = || state.record(&parts, &path);
     if state.killed.load(Ordering::SeqCst) {
-        record(None);
+        record();
         state.lost.fetch_add(1, Ordering::SeqCst);
         if first {
             state.lost_first.fetch_add(1, Ordering::SeqCst);
@@ -306,70 +316,26 @@ async fn handle(
     let route = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
     let mut resp = if route == "/drop" {
-        record(None);
+        record();
         return Err(Dropped);
     } else if route == "/truncate" {
-        record(None);
-        // The head and 10 bytes are flushed while the stream waits; then the connection goes.
-        let frames = futures_util::stream::unfold(0, |step| async move {
-            match step {
-                0 => Some((
-                    Ok(hyper::body::Frame::data(Bytes::from_static(b"0123456789"))),
-                    1,
-                )),
-                1 => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    Some((Err(Dropped), 2))
-                }
-                _ => None,
-            }
-        });
-        let mut r = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(frames)));
-        r.headers_mut().insert("content-length", 1000.into());
-        r
+        record();
+        truncated()
     } else if route == "/hold" {
-        record(None);
-        state.held.fetch_add(1, Ordering::SeqCst);
-        if let Ok(permit) = holds.acquire().await {
-            permit.forget();
-        }
-        state.held.fetch_sub(1, Ordering::SeqCst);
-        text(&format!("{name}\n"))
+        record();
+        hold(&name, &state, &holds).await
     } else if let Some(ms) = route.strip_prefix("/slow/") {
-        record(None);
+        record();
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         text(&format!("{name}\n"))
     } else if route == "/replay"
         && (!parts.headers.contains_key("anyedge-replay-src") || param(query, "always").is_some())
     {
-        let at = record(None);
-        if param(query, "read").is_some() {
-            let bytes = body.collect().await.map_err(|_| Dropped)?.to_bytes();
-            state.seen.lock().unwrap_or_else(PoisonError::into_inner)[at].body = Some(bytes);
-        } else if param(query, "drain").is_some() {
-            // Read the body after answering, as a server that lingers would.
-            tokio::spawn(async move {
-                let _ = body.collect().await;
-            });
-        }
-        let to = param(query, "to").unwrap_or_default();
-        let mut r = text(&format!("{name} asks for a replay\n"));
-        r.headers_mut().insert(
-            "anyedge-replay",
-            http::HeaderValue::try_from(to).expect("replay header value"),
-        );
-        r
+        let at = record();
+        replay(&name, &state, at, query, body).await?
     } else {
-        let at = record(None);
-        let bytes = match body.collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return Err(Dropped),
-        };
-        let len = bytes.len();
-        state.seen.lock().unwrap_or_else(PoisonError::into_inner)[at].body = Some(bytes);
-        let mut r = text(&format!("{name}\n"));
-        r.headers_mut().insert("x-body-len", len.into());
-        r
+        let at = record();
+        read_all(&name, &state, at, body).await?
     };
     resp.headers_mut().insert(
         "x-instance",
@@ -377,6 +343,79 @@ async fn handle(
     );
     state.answered.fetch_add(1, Ordering::SeqCst);
     Ok(resp)
+}
+
+/// `/truncate`: 200 with `content-length: 1000`, and a body that fails after 10 bytes.
+fn truncated() -> Response<Body> {
+    // The head and 10 bytes are flushed while the stream waits; then the connection goes.
+    let frames = futures_util::stream::unfold(0, |step| async move {
+        match step {
+            0 => Some((
+                Ok(hyper::body::Frame::data(Bytes::from_static(b"0123456789"))),
+                1,
+            )),
+            1 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Some((Err(Dropped), 2))
+            }
+            _ => None,
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(frames)));
+    r.headers_mut().insert("content-length", 1000.into());
+    r
+}
+
+/// `/hold`: wait for a permit from [`ScriptedInstance::release`], then answer `NAME`.
+async fn hold(name: &str, state: &State, holds: &Semaphore) -> Response<Body> {
+    state.held.fetch_add(1, Ordering::SeqCst);
+    if let Ok(permit) = holds.acquire().await {
+        permit.forget();
+    }
+    state.held.fetch_sub(1, Ordering::SeqCst);
+    text(&format!("{name}\n"))
+}
+
+/// `/replay?to=VALUE`: ask for a replay, with the body of request `at` read first (`read=1`),
+/// after the answer (`drain=1`), or not at all.
+async fn replay(
+    name: &str,
+    state: &State,
+    at: usize,
+    query: &str,
+    body: Incoming,
+) -> Result<Response<Body>, Dropped> {
+    if param(query, "read").is_some() {
+        let bytes = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+        state.set_body(at, bytes);
+    } else if param(query, "drain").is_some() {
+        // Read the body after answering, as a server that lingers would.
+        tokio::spawn(async move {
+            let _ = body.collect().await;
+        });
+    }
+    let to = param(query, "to").unwrap_or_default();
+    let mut r = text(&format!("{name} asks for a replay\n"));
+    r.headers_mut().insert(
+        "anyedge-replay",
+        http::HeaderValue::try_from(to).expect("replay header value"),
+    );
+    Ok(r)
+}
+
+/// Any other path: read the whole body of request `at`, answer `NAME` with `x-body-len`.
+async fn read_all(
+    name: &str,
+    state: &State,
+    at: usize,
+    body: Incoming,
+) -> Result<Response<Body>, Dropped> {
+    let bytes = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+    let len = bytes.len();
+    state.set_body(at, bytes);
+    let mut r = text(&format!("{name}\n"));
+    r.headers_mut().insert("x-body-len", len.into());
+    Ok(r)
 }
 
 fn text(s: &str) -> Response<Body> {

@@ -61,25 +61,7 @@ async fn http_answer(
     mut req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<HttpBody>, std::convert::Infallible> {
     if req.uri().path() == "/ws" {
-        if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
-            let accept =
-                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(ws_echo(upgrade));
-            let mut resp = hyper::Response::new(HttpBody::default());
-            *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-            let h = resp.headers_mut();
-            h.insert(
-                "upgrade",
-                hyper::header::HeaderValue::from_static("websocket"),
-            );
-            h.insert(
-                "connection",
-                hyper::header::HeaderValue::from_static("upgrade"),
-            );
-            if let Ok(v) = hyper::header::HeaderValue::try_from(accept) {
-                h.insert("sec-websocket-accept", v);
-            }
+        if let Some(resp) = ws_accept(&mut req) {
             return Ok(resp);
         }
     }
@@ -100,13 +82,7 @@ async fn http_answer(
     let replayed = header("anyedge-replay-src");
     if path == "/write" && !name.contains("-syd-") && replayed.is_none() {
         // The app's primary is in syd: writes elsewhere ask the proxy to replay them there.
-        let mut resp = hyper::Response::new(HttpBody::default());
-        *resp.status_mut() = hyper::StatusCode::CONFLICT;
-        resp.headers_mut().insert(
-            "anyedge-replay",
-            hyper::header::HeaderValue::from_static("region=syd;state=write"),
-        );
-        return Ok(resp);
+        return Ok(replay_in_syd());
     }
     let client = header("anyedge-client-ip").unwrap_or_else(|| "?".into());
     let mut body = format!(
@@ -119,6 +95,41 @@ async fn http_answer(
     Ok(hyper::Response::new(HttpBody::new(bytes::Bytes::from(
         body,
     ))))
+}
+
+/// A WebSocket handshake (a request with `sec-websocket-key`): the 101 answer, with an echo
+/// spawned on the upgraded connection. `None` for any other request.
+fn ws_accept(req: &mut hyper::Request<hyper::body::Incoming>) -> Option<hyper::Response<HttpBody>> {
+    let key = req.headers().get("sec-websocket-key").cloned()?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(ws_echo(upgrade));
+    let mut resp = hyper::Response::new(HttpBody::default());
+    *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        "upgrade",
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        "connection",
+        hyper::header::HeaderValue::from_static("upgrade"),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::try_from(accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    Some(resp)
+}
+
+/// 409 with `anyedge-replay: region=syd;state=write`: the proxy replays the request in syd.
+fn replay_in_syd() -> hyper::Response<HttpBody> {
+    let mut resp = hyper::Response::new(HttpBody::default());
+    *resp.status_mut() = hyper::StatusCode::CONFLICT;
+    resp.headers_mut().insert(
+        "anyedge-replay",
+        hyper::header::HeaderValue::from_static("region=syd;state=write"),
+    );
+    resp
 }
 
 async fn ws_echo(upgrade: hyper::upgrade::OnUpgrade) {

@@ -42,23 +42,7 @@ pub(super) fn service(
             "a service needs at least one port: ports = [{ port = 80, handlers = [\"http\"] }]",
         );
     }
-    let specs: Vec<PortSpec> = port_items
-        .into_iter()
-        .enumerate()
-        .filter_map(|(k, item)| {
-            let at = path::index(&ports_at, k);
-            let spec = port(&at, item, r)?;
-            ports.push(PortUse {
-                app: app.to_string(),
-                path: path::key(&at, "port"),
-                port: spec.port,
-                bind: spec.bind,
-                handlers: spec.handlers.clone(),
-                proxy_proto: spec.proxy_proto,
-            });
-            Some(spec)
-        })
-        .collect();
+    let specs = port_specs(app, &ports_at, port_items, ports, r);
     let checks = check_items
         .into_iter()
         .enumerate()
@@ -69,12 +53,8 @@ pub(super) fn service(
     let internal_port = file
         .internal_port
         .and_then(|p| r.check(&path::key(at, "internal_port"), values::port(p)));
-    let tls_http = [Handler::Tls, Handler::Http];
-    if file.force_https && !specs.iter().any(|p| p.handlers == tls_http) {
-        r.error(
-            &path::key(at, "force_https"),
-            "force_https needs a port with handlers [\"tls\", \"http\"] in this service to redirect to",
-        );
+    if file.force_https {
+        check_https_port(at, &specs, r);
     }
     Some(Service {
         internal_port,
@@ -87,6 +67,45 @@ pub(super) fn service(
         ports: specs,
         checks,
     })
+}
+
+/// The usable ports of app `app`'s service (the list at `ports_at`), each also added to
+/// `ports` for the checks across apps.
+fn port_specs(
+    app: &str,
+    ports_at: &str,
+    items: Vec<Item>,
+    ports: &mut Vec<PortUse>,
+    r: &mut Report<'_>,
+) -> Vec<PortSpec> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(k, item)| {
+            let at = path::index(ports_at, k);
+            let spec = port(&at, item, r)?;
+            ports.push(PortUse {
+                app: app.to_string(),
+                path: path::key(&at, "port"),
+                port: spec.port,
+                bind: spec.bind,
+                handlers: spec.handlers.clone(),
+                proxy_proto: spec.proxy_proto,
+            });
+            Some(spec)
+        })
+        .collect()
+}
+
+/// `force_https` of the service at `at` needs a TLS-then-HTTP port to redirect to.
+fn check_https_port(at: &str, specs: &[PortSpec], r: &mut Report<'_>) {
+    let tls_http = [Handler::Tls, Handler::Http];
+    if !specs.iter().any(|p| p.handlers == tls_http) {
+        r.error(
+            &path::key(at, "force_https"),
+            "force_https needs a port with handlers [\"tls\", \"http\"] in this service to redirect to",
+        );
+    }
 }
 
 fn http_options(f: Option<&HttpOptionsFile>, at: &str, r: &mut Report<'_>) -> HttpOptions {
@@ -182,37 +201,27 @@ fn check(at: &str, item: Item, r: &mut Report<'_>) -> Option<Check> {
         r,
     );
     if timeout > interval {
-        r.error(
-            &key(if f.timeout.is_some() {
-                "timeout"
-            } else {
-                "interval"
-            }),
-            format!(
-                "check timeout ({}) is longer than its interval ({})",
-                humantime::format_duration(timeout),
-                humantime::format_duration(interval)
-            ),
-        );
+        // At the timeout if the file sets one; else the interval is shorter than the default.
+        let k = if f.timeout.is_some() {
+            "timeout"
+        } else {
+            "interval"
+        };
+        timeout_over_interval(&key(k), timeout, interval, r);
     }
-    let mut threshold = |v: Option<u64>, k: &str, default: u32| {
-        v.and_then(|v| {
-            r.check(
-                &key(k),
-                values::count_u32(v, 1).map_err(|e| format!("{k} {e}")),
-            )
-        })
-        .unwrap_or(default)
-    };
     let unhealthy_threshold = threshold(
+        at,
         f.unhealthy_threshold,
         "unhealthy_threshold",
         CHECK_UNHEALTHY_THRESHOLD,
+        r,
     );
     let healthy_threshold = threshold(
+        at,
         f.healthy_threshold,
         "healthy_threshold",
         CHECK_HEALTHY_THRESHOLD,
+        r,
     );
     Some(Check {
         kind,
@@ -228,6 +237,29 @@ fn check(at: &str, item: Item, r: &mut Report<'_>) -> Option<Check> {
         unhealthy_threshold,
         healthy_threshold,
     })
+}
+
+/// A check whose timeout is longer than its interval, reported at `at`.
+fn timeout_over_interval(at: &str, timeout: Duration, interval: Duration, r: &mut Report<'_>) {
+    r.error(
+        at,
+        format!(
+            "check timeout ({}) is longer than its interval ({})",
+            humantime::format_duration(timeout),
+            humantime::format_duration(interval)
+        ),
+    );
+}
+
+/// The threshold `k` of the check at `at`: at least 1; `default` when not set (or unusable).
+fn threshold(at: &str, v: Option<u64>, k: &str, default: u32, r: &mut Report<'_>) -> u32 {
+    v.and_then(|v| {
+        r.check(
+            &path::key(at, k),
+            values::count_u32(v, 1).map_err(|e| format!("{k} {e}")),
+        )
+    })
+    .unwrap_or(default)
 }
 
 /// `type` and `path` of a check: `path` belongs to HTTP checks alone and defaults to `/`.
