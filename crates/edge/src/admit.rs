@@ -276,3 +276,6 @@ fn limit_text(n: u32) -> String {
         n.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -117,6 +117,107 @@ fn settings(http: &Http, region: &str) -> HttpSettings {
     }
 }
 
+/// The tables a snapshot's routes are built into, app by app.
+#[derive(Default)]
+struct Builder {
+    ports: HashMap<(u16, Option<IpAddr>), PortRoute>,
+    http_ports: HashMap<(u16, Option<IpAddr>), HttpPort>,
+    http_apps: HashMap<Arc<str>, Arc<HttpApp>>,
+    /// The pools the routes use; the others are dropped.
+    pool_keys: HashSet<PoolKey>,
+}
+
+impl Builder {
+    /// Every port of every service of `app`.
+    fn app(
+        &mut self,
+        app: &Arc<AppEntry>,
+        metrics: &Arc<AppMetrics>,
+        pools: &Pools,
+        bh: &Backhaul,
+    ) {
+        for (index, service) in app.config.services.iter().enumerate() {
+            let mut http_app = None;
+            for port in &service.ports {
+                let key = (port.port, port.bind);
+                if port.is_raw_tcp() {
+                    let route = TcpRoute {
+                        app: app.clone(),
+                        service: index,
+                        proxy_proto: port.proxy_proto,
+                        metrics: metrics.clone(),
+                    };
+                    self.ports.insert(key, PortRoute::Tcp(Arc::new(route)));
+                    continue;
+                }
+                let entry = http_app
+                    .get_or_insert_with(|| self.http_app(app, index, metrics, pools, bh))
+                    .clone();
+                let tls = port.handlers.contains(&anyedge_config::Handler::Tls);
+                self.hosts(key, tls, app, &entry);
+            }
+        }
+    }
+
+    /// `app`'s HTTP service `index`: its instances' pools and backhaul links.
+    fn http_app(
+        &mut self,
+        app: &Arc<AppEntry>,
+        index: usize,
+        metrics: &Arc<AppMetrics>,
+        pools: &Pools,
+        backhaul: &Backhaul,
+    ) -> Arc<HttpApp> {
+        let service = &app.config.services[index];
+        let pools = app.instances.iter().map(|i| {
+            let key = PoolKey {
+                id: i.id.clone(),
+                host: i.address.host.clone(),
+                port: i.address.port.or(service.internal_port),
+            };
+            let pool = pools.get(&key);
+            self.pool_keys.insert(key);
+            pool
+        });
+        let remotes = app.instances.iter().map(|i| {
+            let link = backhaul.link(i.peer.as_ref()?);
+            Some(Remote::new(link, &app.name, i.id.instance()))
+        });
+        let entry = Arc::new(HttpApp {
+            app: app.clone(),
+            service: index,
+            metrics: metrics.clone(),
+            pools: pools.collect(),
+            remotes: remotes.collect(),
+        });
+        self.http_apps
+            .entry(app.name.clone())
+            .or_insert_with(|| entry.clone());
+        entry
+    }
+
+    /// `app`'s hostnames on the HTTP port `key`.
+    fn hosts(
+        &mut self,
+        key: (u16, Option<IpAddr>),
+        tls: bool,
+        app: &AppEntry,
+        entry: &Arc<HttpApp>,
+    ) {
+        let hp = self.http_ports.entry(key).or_insert_with(|| HttpPort {
+            tls,
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        });
+        for host in &app.config.hostnames {
+            match host.strip_prefix("*.") {
+                Some(parent) => hp.wildcard.insert(parent.to_string(), entry.clone()),
+                None => hp.exact.insert(host.clone(), entry.clone()),
+            };
+        }
+    }
+}
+
 impl Routes {
     pub fn build(
         snapshot: &Arc<Snapshot>,
@@ -125,92 +226,25 @@ impl Routes {
         backhaul: &Backhaul,
         tls: Arc<anyedge_tls::TlsServer>,
     ) -> Routes {
-        let mut ports = HashMap::new();
-        let mut http_ports: HashMap<(u16, Option<IpAddr>), HttpPort> = HashMap::new();
-        let mut http_apps: HashMap<Arc<str>, Arc<HttpApp>> = HashMap::new();
-        let mut pool_keys = HashSet::new();
+        let mut b = Builder::default();
         for app in snapshot.apps.values() {
-            let app_metrics = metrics.app(&app.name);
-            for (service_index, service) in app.config.services.iter().enumerate() {
-                let mut http_app = None;
-                for port in &service.ports {
-                    let key = (port.port, port.bind);
-                    if port.is_raw_tcp() {
-                        let route = TcpRoute {
-                            app: app.clone(),
-                            service: service_index,
-                            proxy_proto: port.proxy_proto,
-                            metrics: app_metrics.clone(),
-                        };
-                        ports.insert(key, PortRoute::Tcp(Arc::new(route)));
-                        continue;
-                    }
-                    let entry = http_app
-                        .get_or_insert_with(|| {
-                            Arc::new(HttpApp {
-                                app: app.clone(),
-                                service: service_index,
-                                metrics: app_metrics.clone(),
-                                pools: app
-                                    .instances
-                                    .iter()
-                                    .map(|i| {
-                                        let key = PoolKey {
-                                            id: i.id.clone(),
-                                            host: i.address.host.clone(),
-                                            port: i.address.port.or(service.internal_port),
-                                        };
-                                        let pool = pools.get(&key);
-                                        pool_keys.insert(key);
-                                        pool
-                                    })
-                                    .collect(),
-                                remotes: app
-                                    .instances
-                                    .iter()
-                                    .map(|i| {
-                                        let peer = i.peer.as_ref()?;
-                                        let link = backhaul.link(peer);
-                                        Some(Remote::new(link, &app.name, i.id.instance()))
-                                    })
-                                    .collect(),
-                            })
-                        })
-                        .clone();
-                    http_apps
-                        .entry(app.name.clone())
-                        .or_insert_with(|| entry.clone());
-                    let tls = port.handlers.contains(&anyedge_config::Handler::Tls);
-                    let hp = http_ports.entry(key).or_insert_with(|| HttpPort {
-                        tls,
-                        exact: HashMap::new(),
-                        wildcard: HashMap::new(),
-                    });
-                    for host in &app.config.hostnames {
-                        match host.strip_prefix("*.") {
-                            Some(parent) => hp.wildcard.insert(parent.to_string(), entry.clone()),
-                            None => hp.exact.insert(host.clone(), entry.clone()),
-                        };
-                    }
-                }
-            }
+            b.app(app, &metrics.app(&app.name), pools, backhaul);
         }
-        for (key, hp) in http_ports {
+        let mut ports = b.ports;
+        for (key, hp) in b.http_ports {
             ports.insert(key, PortRoute::Http(Arc::new(hp)));
         }
-        pools.retain(|key| pool_keys.contains(key));
+        pools.retain(|key| b.pool_keys.contains(key));
         backhaul.retain(|peer| snapshot.config.peers.contains_key(peer));
+        let config = &snapshot.config;
         Routes {
             ports,
-            http_apps,
-            limits: snapshot.config.limits.clone(),
-            http: Arc::new(settings(
-                &snapshot.config.http,
-                &snapshot.config.node.region,
-            )),
+            http_apps: b.http_apps,
+            limits: config.limits.clone(),
+            http: Arc::new(settings(&config.http, &config.node.region)),
             tls: Some(tls),
             snapshot: Some(snapshot.clone()),
-            edge: snapshot.config.node.roles.edge,
+            edge: config.node.roles.edge,
         }
     }
 

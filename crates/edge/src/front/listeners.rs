@@ -34,6 +34,8 @@ pub(crate) struct ListenerSet {
 }
 
 impl ListenerSet {
+    /// Close the listeners `wanted` no longer names and open the missing ones; the errors of
+    /// those that could not be opened (tried again on the next apply).
     pub fn apply(
         &mut self,
         wanted: &BTreeSet<ListenAddr>,
@@ -45,63 +47,28 @@ impl ListenerSet {
             .filter(|a| !wanted.contains(a))
             .copied()
             .collect();
+        let gauge = &shared.metrics.node.listeners;
         for addr in stale {
             self.open.remove(&addr);
-            shared
-                .metrics
-                .node
-                .listeners
-                .fetch_sub(1, Ordering::Relaxed);
+            gauge.fetch_sub(1, Ordering::Relaxed);
             tracing::info!(?addr, "listener closed");
         }
-        let mut errors = Vec::new();
         if shared.drain.is_draining() {
-            return errors;
+            return Vec::new();
         }
         let missing: Vec<ListenAddr> = wanted
             .iter()
             .filter(|a| !self.open.contains_key(a))
             .copied()
             .collect();
-        for addr in &missing {
-            // One socket per shard, all on the same address with SO_REUSEPORT: the kernel
-            // spreads connections across the shards' runtimes.
-            let bound: io::Result<Vec<std::net::TcpListener>> =
-                shared.shards.iter().map(|_| bind(*addr)).collect();
-            match bound {
-                Ok(listeners) => {
-                    let local = listeners
-                        .first()
-                        .and_then(|l| l.local_addr().ok())
-                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                    let stops = spawn_on_shards(listeners, shared, accept_loop);
-                    shared
-                        .metrics
-                        .node
-                        .listeners
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%local, "listening");
-                    self.open.insert(
-                        *addr,
-                        Open {
-                            local,
-                            _stop: stops,
-                        },
-                    );
+        let mut errors = Vec::new();
+        for addr in missing {
+            match open(addr, shared) {
+                Ok(open) => {
+                    gauge.fetch_add(1, Ordering::Relaxed);
+                    self.open.insert(addr, open);
                 }
-                Err(source) => {
-                    shared
-                        .metrics
-                        .node
-                        .listener_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    let addr = match addr {
-                        ListenAddr::Any(port) => format!("*:{port}"),
-                        ListenAddr::One(a) => a.to_string(),
-                    };
-                    tracing::error!(%addr, error = %source, "cannot listen");
-                    errors.push(ListenError { addr, source });
-                }
+                Err(e) => errors.push(e),
             }
         }
         errors
@@ -119,6 +86,37 @@ impl ListenerSet {
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.open.values().map(|o| o.local).collect()
+    }
+}
+
+/// Open one listening address: one socket per shard, all on the same address with
+/// `SO_REUSEPORT`, so the kernel spreads connections across the shards' runtimes.
+fn open(addr: ListenAddr, shared: &Arc<Shared>) -> Result<Open, ListenError> {
+    let bound: io::Result<Vec<std::net::TcpListener>> =
+        shared.shards.iter().map(|_| bind(addr)).collect();
+    match bound {
+        Ok(listeners) => {
+            let local = listeners
+                .first()
+                .and_then(|l| l.local_addr().ok())
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            let stops = spawn_on_shards(listeners, shared, accept_loop);
+            tracing::info!(%local, "listening");
+            Ok(Open {
+                local,
+                _stop: stops,
+            })
+        }
+        Err(source) => {
+            let errors = &shared.metrics.node.listener_errors;
+            errors.fetch_add(1, Ordering::Relaxed);
+            let addr = match addr {
+                ListenAddr::Any(port) => format!("*:{port}"),
+                ListenAddr::One(a) => a.to_string(),
+            };
+            tracing::error!(%addr, error = %source, "cannot listen");
+            Err(ListenError { addr, source })
+        }
     }
 }
 
@@ -155,57 +153,27 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
         tracing::debug!(%local, "no route for accepted connection");
         return;
     };
-    let app_metrics = match route {
-        PortRoute::Tcp(r) => Some(&r.metrics),
-        PortRoute::Http(_) => None,
-    };
-    let limits = &routes.limits;
-    let Some(node_slot) = shared
-        .node_connections
-        .try_acquire(clamp(limits.max_connections))
-    else {
-        shared
-            .metrics
-            .node
-            .rejected_node_limit
-            .fetch_add(1, Ordering::Relaxed);
-        reject(app_metrics, shared, ErrorCode::NodeLimit);
-        return;
-    };
     let peer_ip = peer.ip().to_canonical();
-    let Some(ip_slot) = shared
-        .per_ip
-        .try_acquire(peer_ip, clamp(limits.max_connections_per_ip))
-    else {
-        reject(app_metrics, shared, ErrorCode::IpLimit);
+    let Some(mut guards) = node_guards(route, &routes.limits, peer_ip, shared) else {
         return;
     };
     let _ = stream.set_nodelay(true);
     let peer = SocketAddr::new(peer_ip, peer.port());
-    let drain = shared.drain.track();
     match route {
         PortRoute::Tcp(route) => {
-            let Some(app_slot) = route
-                .app
-                .live
-                .connections
-                .try_acquire(route.app.config.limits.max_connections)
-            else {
+            let app = &route.app;
+            let budget = app.config.limits.max_connections;
+            let Some(app_slot) = app.live.connections.try_acquire(budget) else {
                 route.metrics.error(ErrorCode::AppLimit);
                 return;
             };
-            let guards = tcp::Guards {
-                _node: node_slot,
-                _ip: ip_slot,
-                _app: Some(app_slot),
-                _drain: drain,
-            };
+            guards._app = Some(app_slot);
             let conn = tcp::Conn {
                 client: stream,
                 peer,
                 local,
                 route: route.clone(),
-                connect_timeout: limits.connect_timeout,
+                connect_timeout: routes.limits.connect_timeout,
             };
             tokio::spawn(tcp::serve(conn, guards, shared.clone()));
         }
@@ -217,16 +185,43 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
                 tls: port.tls,
             };
             tokio::spawn(async move {
-                let _guards = tcp::Guards {
-                    _node: node_slot,
-                    _ip: ip_slot,
-                    _app: None,
-                    _drain: drain,
-                };
+                let _guards = guards;
                 crate::front::http::serve(stream, client, shared).await;
             });
         }
     }
+}
+
+/// The node's own caps on client connections: `max_connections` on the node and
+/// `max_connections_per_ip`; `None` (counted) when either is full.
+fn node_guards(
+    route: &PortRoute,
+    limits: &anyedge_config::Limits,
+    peer_ip: std::net::IpAddr,
+    shared: &Shared,
+) -> Option<tcp::Guards> {
+    let app_metrics = match route {
+        PortRoute::Tcp(r) => Some(&r.metrics),
+        PortRoute::Http(_) => None,
+    };
+    let node = &shared.node_connections;
+    let Some(node_slot) = node.try_acquire(clamp(limits.max_connections)) else {
+        let rejected = &shared.metrics.node.rejected_node_limit;
+        rejected.fetch_add(1, Ordering::Relaxed);
+        reject(app_metrics, shared, ErrorCode::NodeLimit);
+        return None;
+    };
+    let per_ip = clamp(limits.max_connections_per_ip);
+    let Some(ip_slot) = shared.per_ip.try_acquire(peer_ip, per_ip) else {
+        reject(app_metrics, shared, ErrorCode::IpLimit);
+        return None;
+    };
+    Some(tcp::Guards {
+        _node: node_slot,
+        _ip: ip_slot,
+        _app: None,
+        _drain: shared.drain.track(),
+    })
 }
 
 fn reject(app: Option<&Arc<anyedge_telemetry::AppMetrics>>, shared: &Shared, code: ErrorCode) {

@@ -80,54 +80,20 @@ impl Prefixed {
     }
 }
 
+// Which hop-by-hop headers a message carries, as bits.
+const CONN: u8 = 1;
+const TRANSFER: u8 = 2;
+const TE_: u8 = 4;
+const UPGRADE_: u8 = 8;
+const KEEP_ALIVE: u8 = 16;
+const PROXY_CONN: u8 = 32;
+
 /// Remove hop-by-hop headers (RFC 9110 7.6.1) and those the `Connection` header names.
 /// `keep_upgrade` leaves `Upgrade` and `Connection: upgrade` for a protocol switch.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names first: most messages carry few of these, and a scan costs no
-    // hashing, where a `remove` per candidate would (the hot path's profile showed it).
-    const CONN: u8 = 1;
-    const TRANSFER: u8 = 2;
-    const TE_: u8 = 4;
-    const UPGRADE_: u8 = 8;
-    const KEEP_ALIVE: u8 = 16;
-    const PROXY_CONN: u8 = 32;
-    let mut present = 0u8;
-    for n in headers.keys() {
-        present |= if n == CONNECTION {
-            CONN
-        } else if n == TRANSFER_ENCODING {
-            TRANSFER
-        } else if n == TE {
-            TE_
-        } else if n == UPGRADE {
-            UPGRADE_
-        } else if n.as_str() == "keep-alive" {
-            KEEP_ALIVE
-        } else if n.as_str() == "proxy-connection" {
-            PROXY_CONN
-        } else {
-            0
-        };
-    }
+    let present = hop_by_hop_present(headers);
     if present & CONN != 0 {
-        // Names listed in `Connection` go too; `close` and `keep-alive` are options, not names
-        // of headers this message could carry beyond `Keep-Alive` (removed below).
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                let option = t.is_empty()
-                    || t.eq_ignore_ascii_case("close")
-                    || t.eq_ignore_ascii_case("keep-alive")
-                    || (keep_upgrade && t.eq_ignore_ascii_case("upgrade"));
-                !option
-            })
-            .filter_map(|t| HeaderName::try_from(t).ok())
-            .collect();
-        for n in named {
+        for n in connection_named(headers, keep_upgrade) {
             headers.remove(n);
         }
     }
@@ -166,6 +132,50 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(UPGRADE);
         }
     }
+}
+
+/// One pass over the names: most messages carry few of these, and a scan costs no hashing,
+/// where a `remove` per candidate would (the hot path's profile showed it).
+fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
+    let mut present = 0u8;
+    for n in headers.keys() {
+        present |= if n == CONNECTION {
+            CONN
+        } else if n == TRANSFER_ENCODING {
+            TRANSFER
+        } else if n == TE {
+            TE_
+        } else if n == UPGRADE {
+            UPGRADE_
+        } else if n.as_str() == "keep-alive" {
+            KEEP_ALIVE
+        } else if n.as_str() == "proxy-connection" {
+            PROXY_CONN
+        } else {
+            0
+        };
+    }
+    present
+}
+
+/// The header names `Connection` lists; `close` and `keep-alive` are options, not names of
+/// headers this message could carry beyond `Keep-Alive` (removed on its own).
+fn connection_named(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            let option = t.is_empty()
+                || t.eq_ignore_ascii_case("close")
+                || t.eq_ignore_ascii_case("keep-alive")
+                || (keep_upgrade && t.eq_ignore_ascii_case("upgrade"));
+            !option
+        })
+        .filter_map(|t| HeaderName::try_from(t).ok())
+        .collect()
 }
 
 /// What the edge knows about the client connection a request came on.

@@ -84,3 +84,6 @@ fn inst_slot(app: &AppEntry, index: usize) -> Result<Slot, RefuseReason> {
         .try_take(app.config.concurrency.hard_limit, &app.live)
         .ok_or(RefuseReason::Full)
 }
+
+#[cfg(test)]
+mod tests;

@@ -245,3 +245,6 @@ fn find(
         Err(why) => Err(why.into()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -511,16 +511,8 @@ impl ProxyService {
             hop.tried[c.placed.index] = true;
         }
         if !same_app {
-            // Into another app: the request now counts against that app's budget on this
-            // node, and waits in its queue, not the source's.
-            let (a, m) = (&hop.app.app, &hop.app.metrics);
-            match admit::admit_app(a, deadline, m).await {
-                Ok(slot) => job.app_slot = Some(slot),
-                Err(error) => {
-                    let app = a.name.clone();
-                    let e = ProxyError::ReplayFailed(ReplayFailure::TargetAdmit { app, error });
-                    return Flow::Done(Err((e, outcome(job))));
-                }
+            if let Err(e) = enter_app(job, hop, deadline).await {
+                return Flow::Done(Err((e, outcome(job))));
             }
         }
         job.replaying = Some(from);
@@ -629,4 +621,27 @@ fn worker_refused(job: &mut Job, inst: &InstanceEntry, reason: RetryElsewhere) {
     );
     job.retrying = Some(RetryReason::WorkerRefused);
     job.last = Some(cause);
+}
+
+/// A replay into another app: the request now counts against that app's budget on this node,
+/// and waits in its queue, not the source's.
+async fn enter_app(
+    job: &mut Job,
+    hop: &Hop,
+    deadline: tokio::time::Instant,
+) -> Result<(), ProxyError> {
+    let (a, m) = (&hop.app.app, &hop.app.metrics);
+    match admit::admit_app(a, deadline, m).await {
+        Ok(slot) => {
+            job.app_slot = Some(slot);
+            Ok(())
+        }
+        Err(error) => {
+            let app = a.name.clone();
+            Err(ProxyError::ReplayFailed(ReplayFailure::TargetAdmit {
+                app,
+                error,
+            }))
+        }
+    }
 }

@@ -65,22 +65,14 @@ pub(crate) async fn connect_any(
     edge_port: u16,
 ) -> Result<Upstream, ConnectError> {
     let app = &route.app;
-    let service = &app.config.services[route.service];
     let deadline = tokio::time::Instant::now() + app.config.limits.queue_timeout;
     let mut tried = vec![false; app.instances.len()];
     let mut last = None;
     let mut attempts = 0;
     loop {
-        let placed = match admit::place(
-            app,
-            &Constraints::default(),
-            &tried,
-            deadline,
-            &route.metrics,
-            None,
-        )
-        .await
-        {
+        let constraints = Constraints::default();
+        let placing = admit::place(app, &constraints, &tried, deadline, &route.metrics, None);
+        let placed = match placing.await {
             Ok(p) => p,
             Err(e) => {
                 return Err(match last {
@@ -99,20 +91,7 @@ pub(crate) async fn connect_any(
         if attempts > 1 {
             route.metrics.retry(RetryReason::Connect);
         }
-        let result = match (&inst.peer, inst.address.port.or(service.internal_port)) {
-            (Some(peer), _) => {
-                let header =
-                    crate::backhaul::tcp::header(&app.name, inst.id.instance(), client, edge_port);
-                crate::backhaul::tcp::open(shared, peer, &header, timeout)
-                    .await
-                    .map(|s| Stream::Backhaul(Box::new(s)))
-            }
-            (None, Some(port)) => connect_one(&inst.address.host, port, timeout, &shared.resolver)
-                .await
-                .map(Stream::Local),
-            (None, None) => Err(AttemptError::NoPort),
-        };
-        match result {
+        match connect(route, index, timeout, shared, client, edge_port).await {
             Ok(stream) => {
                 inst.live.connect_succeeded();
                 return Ok(Upstream {
@@ -130,5 +109,32 @@ pub(crate) async fn connect_any(
                 last = Some(e);
             }
         }
+    }
+}
+
+/// Connect to the app's instance `index`: directly, or through the worker that runs it.
+async fn connect(
+    route: &TcpRoute,
+    index: usize,
+    timeout: Duration,
+    shared: &crate::Shared,
+    client: SocketAddr,
+    edge_port: u16,
+) -> Result<Stream, AttemptError> {
+    let app = &route.app;
+    let inst = &app.instances[index];
+    let service = &app.config.services[route.service];
+    match (&inst.peer, inst.address.port.or(service.internal_port)) {
+        (Some(peer), _) => {
+            let header =
+                crate::backhaul::tcp::header(&app.name, inst.id.instance(), client, edge_port);
+            crate::backhaul::tcp::open(shared, peer, &header, timeout)
+                .await
+                .map(|s| Stream::Backhaul(Box::new(s)))
+        }
+        (None, Some(port)) => connect_one(&inst.address.host, port, timeout, &shared.resolver)
+            .await
+            .map(Stream::Local),
+        (None, None) => Err(AttemptError::NoPort),
     }
 }
