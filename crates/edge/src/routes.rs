@@ -283,3 +283,6 @@ impl Routes {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -69,7 +69,11 @@ async fn a_request_waits_in_the_queue_until_its_deadline() {
     let _held = admit_app(&app, deadline, &metrics).await.expect("free");
     let waited = admit_app(&app, deadline, &metrics).await;
     assert_eq!(waited.err(), Some(AdmitError::QueueTimeout));
-    assert_eq!(start.elapsed(), Duration::from_secs(1), "until the deadline");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(1),
+        "until the deadline"
+    );
     assert_eq!(app.live.waiting(), 0, "the ticket was given back");
     assert_eq!(queued(&node_metrics), 1);
     // A deadline already past is one look and no wait.
@@ -103,7 +107,11 @@ async fn a_full_queue_refuses_at_once_and_a_release_admits_the_waiter_at_once() 
         "woken by the release, not by the periodic look"
     );
     assert_eq!(app.live.waiting(), 0);
-    assert_eq!(app.live.inflight.in_use(), 0, "the waiter's slot went with it");
+    assert_eq!(
+        app.live.inflight.in_use(),
+        0,
+        "the waiter's slot went with it"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -125,20 +133,21 @@ async fn placement_skips_tried_instances_and_is_unavailable_once_all_are() {
     let (app, node_metrics) = app(3, 100, 10);
     let metrics = node_metrics.app("a");
     let deadline = Instant::now() + Duration::from_secs(1);
-    let place = |tried: &'static [bool]| place(&app, &NO_CONSTRAINTS, tried, deadline, &metrics, None);
+    let try_place =
+        |tried: &'static [bool]| place(&app, &NO_CONSTRAINTS, tried, deadline, &metrics, None);
     for _ in 0..50 {
-        let placed = place(&[true, false, true]).await.expect("i1 is left");
+        let placed = try_place(&[true, false, true]).await.expect("i1 is left");
         assert_eq!(placed.index, 1);
         assert!(!placed.preference_unmet);
         assert_eq!(app.instances[1].live.inflight.in_use(), 1, "its slot");
     }
     let start = Instant::now();
-    let all = place(&[true, true, true]).await;
+    let all = try_place(&[true, true, true]).await;
     assert_eq!(all.err(), Some(AdmitError::Unavailable));
     assert_eq!(start.elapsed(), Duration::ZERO, "nothing to wait for");
     // The one left unhealthy: nothing either.
     let _failing = app.instances[1].live.check_failing();
-    let none = place(&[true, false, true]).await;
+    let none = try_place(&[true, false, true]).await;
     assert_eq!(none.err(), Some(AdmitError::Unavailable));
     // A forced instance already tried.
     let forced = Constraints {
@@ -146,7 +155,7 @@ async fn placement_skips_tried_instances_and_is_unavailable_once_all_are() {
         ..NO_CONSTRAINTS
     };
     let tried = [true, false, false];
-    let placed = super::place(&app, &forced, &tried, deadline, &metrics, None).await;
+    let placed = place(&app, &forced, &tried, deadline, &metrics, None).await;
     assert_eq!(placed.err(), Some(AdmitError::ForcedUnavailable));
 }
 
@@ -162,10 +171,21 @@ async fn placement_waits_while_every_untried_instance_is_full() {
     let (first, second) = (first.expect("one free"), second.expect("the other"));
     assert_ne!(first.index, second.index);
     let mut trace = String::new();
-    let full = place(&app, &NO_CONSTRAINTS, &untried, deadline, &metrics, Some(&mut trace)).await;
+    let full = place(
+        &app,
+        &NO_CONSTRAINTS,
+        &untried,
+        deadline,
+        &metrics,
+        Some(&mut trace),
+    )
+    .await;
     assert_eq!(full.err(), Some(AdmitError::QueueTimeout));
     assert_eq!(start.elapsed(), Duration::from_secs(1));
-    assert!(trace.starts_with("chosen=none; why=all_at_hard_limit"), "{trace}");
+    assert!(
+        trace.starts_with("chosen=none; why=all_at_hard_limit"),
+        "{trace}"
+    );
     // A waiter that tried instance 1: its release does not admit it, instance 0's does.
     let deadline = Instant::now() + Duration::from_secs(1);
     let (zero, one) = if first.index == 0 {

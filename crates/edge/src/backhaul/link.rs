@@ -268,3 +268,6 @@ pub(crate) async fn connect_tls(
     }
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests;
