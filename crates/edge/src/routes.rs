@@ -81,8 +81,9 @@ pub(crate) struct HttpSettings {
 pub(crate) struct Routes {
     /// Keyed by (port, bind address); `None` is the wildcard.
     ports: HashMap<(u16, Option<IpAddr>), PortRoute>,
-    /// Each app with an HTTP service, by name (the target of a replay into another app).
-    http_apps: HashMap<Arc<str>, Arc<HttpApp>>,
+    /// Each app's HTTP services, by app name, in config order (the first is the target of a
+    /// replay into another app; a worker picks the one the stream's edge port belongs to).
+    http_apps: HashMap<Arc<str>, Vec<Arc<HttpApp>>>,
     pub limits: Limits,
     pub http: Arc<HttpSettings>,
     /// Certificates and TLS configs of this snapshot.
@@ -122,7 +123,7 @@ fn settings(http: &Http, region: &str) -> HttpSettings {
 struct Builder {
     ports: HashMap<(u16, Option<IpAddr>), PortRoute>,
     http_ports: HashMap<(u16, Option<IpAddr>), HttpPort>,
-    http_apps: HashMap<Arc<str>, Arc<HttpApp>>,
+    http_apps: HashMap<Arc<str>, Vec<Arc<HttpApp>>>,
     /// The pools the routes use; the others are dropped.
     pool_keys: HashSet<PoolKey>,
 }
@@ -192,7 +193,8 @@ impl Builder {
         });
         self.http_apps
             .entry(app.name.clone())
-            .or_insert_with(|| entry.clone());
+            .or_default()
+            .push(entry.clone());
         entry
     }
 
@@ -250,7 +252,14 @@ impl Routes {
 
     /// An app with an HTTP service, by name.
     pub fn http_app(&self, name: &str) -> Option<&Arc<HttpApp>> {
-        self.http_apps.get(name)
+        self.http_apps.get(name)?.first()
+    }
+
+    /// The app's HTTP service that serves edge port `port`, else its first HTTP service.
+    pub fn http_app_on(&self, name: &str, port: u16) -> Option<&Arc<HttpApp>> {
+        let services = self.http_apps.get(name)?;
+        let serves = |a: &&Arc<HttpApp>| a.service().ports.iter().any(|p| p.port == port);
+        services.iter().find(serves).or_else(|| services.first())
     }
 
     /// The route for a connection accepted on `local`: the exact bind address first, then the

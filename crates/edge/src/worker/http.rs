@@ -119,9 +119,11 @@ impl WorkerService {
             .and_then(parse_stream);
         let found = match parsed {
             None => Err(RetryElsewhere::BadRequest),
-            Some((app, instance, client)) => find(routes, app, instance).inspect(|_| {
-                headers::add_client(h, &routes.http.names, &client);
-            }),
+            Some((app, instance, client)) => {
+                find(routes, app, instance, client.port).inspect(|_| {
+                    headers::add_client(h, &routes.http.names, &client);
+                })
+            }
         };
         let (app, index) = found.inspect_err(|reason| {
             tracing::info!(edge = %self.edge, reason = reason.as_str(), "backhaul stream refused");
@@ -229,13 +231,15 @@ async fn switch(
     }
 }
 
-/// The app and the index of the local instance a stream names, or why not.
+/// The app (its HTTP service on the edge port the client came to) and the index of the local
+/// instance a stream names, or why not.
 fn find(
     routes: &Routes,
     app: &str,
     instance: &str,
+    edge_port: u16,
 ) -> Result<(Arc<HttpApp>, usize), RetryElsewhere> {
-    let Some(http_app) = routes.http_app(app) else {
+    let Some(http_app) = routes.http_app_on(app, edge_port) else {
         return Err(RetryElsewhere::UnknownApp);
     };
     let found =

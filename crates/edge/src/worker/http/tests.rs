@@ -249,7 +249,6 @@ async fn an_unhealthy_or_full_instance_and_a_draining_node_are_refused() {
 /// App `two` with two HTTP services: edge port 10082 reaches its instance on `first`'s port,
 /// edge port 10083 on `second`'s (the instance's address names no port).
 #[tokio::test]
-#[ignore = "bug: the worker serves every stream of an app with its first HTTP service, whatever edge port the stream header names"]
 async fn a_stream_reaches_the_service_of_the_edge_port_it_names() {
     let first = HttpInstance::start("first", false).await;
     let second = HttpInstance::start("second", false).await;
