@@ -6,6 +6,7 @@
 #   BACKHAUL=1 bench/callgrind.sh      # an edge and a worker joined by backhaul (mutual TLS,
 #                                      # HTTP/2), both under callgrind: the extra hop's cost
 #   C=64 bench/callgrind.sh            # client connections (the bench harness uses 64)
+#   ACCESS_LOG=true bench/callgrind.sh # with the access log on (the default config's)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/anyedge-target}"
@@ -38,7 +39,7 @@ $4
 [admin]
 listen = "127.0.0.1:$3"
 [http]
-access_log = false
+access_log = ${ACCESS_LOG:-false}
 $5
 [[apps]]
 name = "bench"

@@ -125,6 +125,8 @@ async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handl
             "grace period over; closing the connections still open"
         ),
     }
+    // The access log's buffered lines, before the process ends.
+    anyedge_telemetry::access::flush();
     ExitCode::SUCCESS
 }
 

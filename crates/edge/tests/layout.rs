@@ -85,7 +85,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// A unit-test module in a file of its own (`mod tests;` under `#[cfg(test)]`): tests may
 /// reach across roles.
 fn is_test_file(p: &Path) -> bool {
-    p.file_stem().is_some_and(|s| s == "tests" || s == "unit_tests")
+    p.file_stem()
+        .is_some_and(|s| s == "tests" || s == "unit_tests")
 }
 
 /// Module -> the other top-level modules it imports.
@@ -196,7 +197,11 @@ fn the_check_catches_a_forbidden_import_and_a_cycle() {
     std::fs::write(src.join("front.rs"), "use crate::instance::pool;\n").expect("write");
     // A unit-test file may import anything.
     std::fs::create_dir_all(src.join("instance/pool")).expect("mkdir");
-    std::fs::write(src.join("instance/pool/tests.rs"), "use crate::worker::Y;\n").expect("write");
+    std::fs::write(
+        src.join("instance/pool/tests.rs"),
+        "use crate::worker::Y;\n",
+    )
+    .expect("write");
     let g = graph(src);
     assert_eq!(violations(&g), vec!["instance imports front".to_string()]);
     let c = cycle(&g).expect("instance -> front -> instance");

@@ -4,6 +4,7 @@
 //! catalog snapshot, so counting on the hot path is one relaxed add, never a map lookup.
 //! Label values come from closed enums or from app names in the catalog, never from requests.
 
+pub mod access;
 mod backhaul;
 mod logging;
 mod metrics;

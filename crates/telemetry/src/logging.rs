@@ -10,6 +10,7 @@ pub enum LogFormat {
 
 /// Install the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_logging(format: LogFormat) {
+    crate::access::set_format(format);
     let filter = EnvFilter::try_from_env("ANYEDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: log files and journald get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -416,6 +416,7 @@ impl Metrics {
         let rejections = ErrorCode::ALL.map(|code| (code.as_str(), n.rejections(code)));
         NODE_ERRORS.by(out, "code", rejections);
         LISTENERS.one(out, n.listeners.load(Ordering::Relaxed));
+        ACCESS_LOG_DROPPED.one(out, crate::access::dropped());
     }
 }
 
@@ -598,6 +599,10 @@ const ACME_ORDERS: Family = Family::counter(
 const CONFIG_GENERATION: Family = Family::gauge(
     "anyedge_config_generation",
     "Generation of the catalog snapshot in force.",
+);
+const ACCESS_LOG_DROPPED: Family = Family::counter(
+    "anyedge_access_log_dropped_total",
+    "Access-log lines dropped because stderr could not take them as fast as they came.",
 );
 const ACCEPT_ERRORS: Family = Family::counter(
     "anyedge_accept_errors_total",

@@ -111,22 +111,21 @@ impl ProxyService {
             let app_name = app.as_ref().map(|a| a.app.name.clone());
             let status = resp.status().as_u16();
             resp.body_mut().on_done(Box::new(move |bytes_out| {
-                tracing::info!(
-                    target: "anyedge::access",
-                    request_id = request_id.to_str().unwrap_or(""),
-                    app = app_name.as_deref().unwrap_or(""),
-                    instance = outcome.instance.as_ref().map_or("", |i| i.instance()),
+                anyedge_telemetry::access::record(&anyedge_telemetry::access::AccessLine {
+                    request_id: request_id.to_str().unwrap_or(""),
+                    app: app_name.as_deref().unwrap_or(""),
+                    instance: outcome.instance.as_ref().map_or("", |i| i.instance()),
                     status,
-                    code = outcome.code.unwrap_or(""),
-                    fault = outcome.fault.map_or("", |f| f.as_str()),
-                    attempts = outcome.attempts,
-                    replays = outcome.replays,
+                    code: outcome.code.unwrap_or(""),
+                    fault: outcome.fault.map_or("", |f| f.as_str()),
+                    attempts: outcome.attempts,
+                    replays: outcome.replays,
                     bytes_out,
-                    queue_ms = outcome.queue.as_secs_f64() * 1e3,
-                    connect_ms = outcome.connect.as_secs_f64() * 1e3,
-                    first_byte_ms = elapsed.as_secs_f64() * 1e3,
-                    total_ms = started.elapsed().as_secs_f64() * 1e3,
-                );
+                    queue_ms: outcome.queue.as_secs_f64() * 1e3,
+                    connect_ms: outcome.connect.as_secs_f64() * 1e3,
+                    first_byte_ms: elapsed.as_secs_f64() * 1e3,
+                    total_ms: started.elapsed().as_secs_f64() * 1e3,
+                });
             }));
         }
         resp
