@@ -162,15 +162,32 @@ pub fn parse_stream(text: &str) -> Option<(&str, &str, Client)> {
 
 /// Append the address as `IpAddr`'s `Display` writes it; IPv4 (nearly every client) without
 /// the formatting machinery, which cost a thousand instructions a request in a profile.
+#[inline]
 pub fn write_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Into a stack buffer, then one push: nearly every client is IPv4, and this runs
+            // for every request (the forwarding headers).
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                push_u32(out, u32::from(octet));
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            // ASCII digits and dots: always UTF-8.
+            out.push_str(std::str::from_utf8(&text[..n]).unwrap_or_default());
         }
         IpAddr::V6(v6) => {
             // Writing to a String cannot fail.

@@ -41,10 +41,11 @@ pub struct AccessLine<'a> {
     pub attempts: u32,
     pub replays: u32,
     pub bytes_out: u64,
-    pub queue_ms: f64,
-    pub connect_ms: f64,
-    pub first_byte_ms: f64,
-    pub total_ms: f64,
+    /// Phase timings, in microseconds (written as milliseconds with three decimals).
+    pub queue_us: u64,
+    pub connect_us: u64,
+    pub first_byte_us: u64,
+    pub total_us: u64,
 }
 
 struct Log {
@@ -140,12 +141,16 @@ fn start_writer() -> std::thread::Thread {
 fn write_text(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
     let mut s = String::with_capacity(256);
     timestamp(&mut s);
-    let _ = write!(
-        s,
-        "  INFO anyedge::access: request_id={} app={} instance={} status={} code={} fault={} attempts={} replays={} bytes_out={} queue_ms={:.3} connect_ms={:.3} first_byte_ms={:.3} total_ms={:.3}",
-        l.request_id, l.app, l.instance, l.status, l.code, l.fault, l.attempts, l.replays,
-        l.bytes_out, l.queue_ms, l.connect_ms, l.first_byte_ms, l.total_ms
-    );
+    s.push_str("  INFO anyedge::access:");
+    for (k, v) in [
+        ("request_id", l.request_id),
+        ("app", l.app),
+        ("instance", l.instance),
+    ] {
+        field(&mut s, " ", k, "=");
+        s.push_str(v);
+    }
+    numbers(&mut s, l, " ", "=", true);
     s.push('\n');
     buf.extend_from_slice(s.as_bytes());
 }
@@ -162,20 +167,68 @@ fn write_json(buf: &mut Vec<u8>, l: &AccessLine<'_>) {
         ("code", l.code),
         ("fault", l.fault),
     ] {
-        s.push_str(",\"");
-        s.push_str(k);
-        s.push_str("\":\"");
+        field(&mut s, ",\"", k, "\":\"");
         json_escape(&mut s, v);
         s.push('"');
     }
-    let _ = write!(
-        s,
-        ",\"status\":{},\"attempts\":{},\"replays\":{},\"bytes_out\":{},\"queue_ms\":{:.3},\"connect_ms\":{:.3},\"first_byte_ms\":{:.3},\"total_ms\":{:.3}}}",
-        l.status, l.attempts, l.replays, l.bytes_out, l.queue_ms, l.connect_ms, l.first_byte_ms,
-        l.total_ms
-    );
-    s.push('\n');
+    numbers(&mut s, l, ",\"", "\":", false);
+    s.push_str("}\n");
     buf.extend_from_slice(s.as_bytes());
+}
+
+fn field(s: &mut String, before: &str, key: &str, after: &str) {
+    s.push_str(before);
+    s.push_str(key);
+    s.push_str(after);
+}
+
+/// The status, counts and timings (and, in text, code and fault) without the formatting
+/// machinery, which cost most of a line's instructions.
+fn numbers(s: &mut String, l: &AccessLine<'_>, before: &str, after: &str, text: bool) {
+    field(s, before, "status", after);
+    push_u64(s, u64::from(l.status));
+    if text {
+        field(s, before, "code", after);
+        s.push_str(l.code);
+        field(s, before, "fault", after);
+        s.push_str(l.fault);
+    }
+    for (k, v) in [
+        ("attempts", u64::from(l.attempts)),
+        ("replays", u64::from(l.replays)),
+        ("bytes_out", l.bytes_out),
+    ] {
+        field(s, before, k, after);
+        push_u64(s, v);
+    }
+    for (k, us) in [
+        ("queue_ms", l.queue_us),
+        ("connect_ms", l.connect_us),
+        ("first_byte_ms", l.first_byte_us),
+        ("total_ms", l.total_us),
+    ] {
+        field(s, before, k, after);
+        push_u64(s, us / 1000);
+        let frac = us % 1000;
+        s.push('.');
+        s.push(char::from(b'0' + (frac / 100) as u8));
+        s.push(char::from(b'0' + (frac / 10 % 10) as u8));
+        s.push(char::from(b'0' + (frac % 10) as u8));
+    }
+}
+
+fn push_u64(s: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 fn json_escape(out: &mut String, v: &str) {
@@ -209,7 +262,14 @@ fn timestamp(out: &mut String) {
         }
         out.push_str(&c.1);
     });
-    let _ = write!(out, ".{:06}Z", now.subsec_micros());
+    let micros = now.subsec_micros();
+    out.push('.');
+    let mut div = 100_000;
+    while div > 0 {
+        out.push(char::from(b'0' + (micros / div % 10) as u8));
+        div /= 10;
+    }
+    out.push('Z');
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC; days to civil date after Howard Hinnant).
@@ -249,10 +309,10 @@ mod tests {
             attempts: 1,
             replays: 0,
             bytes_out: 42,
-            queue_ms: 0.25,
-            connect_ms: 0.5,
-            first_byte_ms: 1.0,
-            total_ms: 1.5,
+            queue_us: 250,
+            connect_us: 500,
+            first_byte_us: 1000,
+            total_us: 12_345_678,
         }
     }
 
@@ -279,7 +339,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("INFO anyedge::access: request_id=01J-ord app=web instance=web-1 status=200 code= fault= attempts=1 replays=0 bytes_out=42 queue_ms=0.250"),
+            text.contains("INFO anyedge::access: request_id=01J-ord app=web instance=web-1 status=200 code= fault= attempts=1 replays=0 bytes_out=42 queue_ms=0.250 connect_ms=0.500 first_byte_ms=1.000 total_ms=12345.678\n"),
             "{text}"
         );
         let mut buf = Vec::new();

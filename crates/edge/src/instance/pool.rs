@@ -72,6 +72,10 @@ pub(crate) struct PoolReturn {
 }
 
 impl PoolReturn {
+    pub fn new(sender: http1::SendRequest<ReqBody>, pool: Arc<UpstreamPool>) -> PoolReturn {
+        PoolReturn { sender, pool }
+    }
+
     pub fn give_back(self) {
         let mut idle = self
             .pool

@@ -28,13 +28,19 @@ const MAX_REPLAYS: u32 = 10;
 /// What a request ends with: the response, or the error the error map answers.
 pub(super) type Answer = Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)>;
 
-/// What the loop does after a step. (Its one value lives on the request's own stack, so
-/// the size of `Done` costs nothing to box away.)
+/// What the loop does after a step. Small on purpose: the request's `Outcome` stays in its
+/// `Job` until `run` answers, so no step moves a whole answer around. (`Answered` is the
+/// common case: boxing it would cost an allocation per request.)
 #[allow(clippy::large_enum_variant)]
 enum Flow {
     /// Place the request again (another instance, a replay, a fallback).
     Again,
-    Done(Answer),
+    /// Answer with this error.
+    Fail(ProxyError),
+    /// Answer with the instance's response.
+    Answered(Response<RespBody>),
+    /// A protocol switch's own answer (rare).
+    Switched(Box<Answer>),
 }
 
 /// Where a request is being placed: the app, its placement wishes resolved against that app,
@@ -78,11 +84,11 @@ pub(super) struct Job {
     /// The next attempt must open a new connection (a pooled one was found closed).
     pub fresh_only: bool,
     /// Why the last attempt failed, for the answer when no instance is left.
-    pub last: Option<Cause>,
+    pub last: Option<Box<Cause>>,
     /// Why the next attempt is a retry; counted when that attempt is made.
     pub retrying: Option<RetryReason>,
     /// The replay in progress: who asked, and whether its fallback was used.
-    pub replaying: Option<ReplayFrom>,
+    pub replaying: Option<Box<ReplayFrom>>,
 }
 
 /// The instance that asked for a replay.
@@ -159,17 +165,18 @@ impl ProxyService {
     pub(super) async fn run(&self, mut job: Job, mut hop: Hop) -> Answer {
         let retry_until = job.started + self.settings.config.retry_deadline;
         loop {
-            let chosen = match self.place(&mut job, &mut hop, retry_until).await {
-                Ok(c) => c,
-                Err(Flow::Again) => continue,
-                Err(Flow::Done(answer)) => return answer,
+            let flow = match self.place(&mut job, &mut hop, retry_until).await {
+                Ok(chosen) => match self.open(&mut job, &chosen).await {
+                    Some(carrier) => self.attempt(&mut job, &mut hop, chosen, carrier).await,
+                    None => Flow::Again,
+                },
+                Err(flow) => flow,
             };
-            let Some(carrier) = self.open(&mut job, &chosen).await else {
-                continue;
-            };
-            match self.attempt(&mut job, &mut hop, chosen, carrier).await {
+            match flow {
                 Flow::Again => continue,
-                Flow::Done(answer) => return answer,
+                Flow::Fail(e) => return Err((e, std::mem::take(&mut job.outcome))),
+                Flow::Answered(resp) => return Ok((resp, std::mem::take(&mut job.outcome))),
+                Flow::Switched(answer) => return *answer,
             }
         }
     }
@@ -239,12 +246,12 @@ impl ProxyService {
         }
         let err = match (e, job.last.take()) {
             (_, Some(last)) if over_budget || e == AdmitError::Unavailable => {
-                ProxyError::NoInstance(Box::new(last))
+                ProxyError::NoInstance(last)
             }
             _ if job.replaying.is_some() => ProxyError::ReplayFailed(ReplayFailure::Placement(e)),
             _ => ProxyError::Admit(e),
         };
-        Flow::Done(Err((err, std::mem::take(&mut job.outcome))))
+        Flow::Fail(err)
     }
 
     /// A carrier to the chosen instance; `None` when it cannot be reached (it backs off and
@@ -295,7 +302,7 @@ impl ProxyService {
                 let cause = Cause::Unreachable(e);
                 debug_assert!(cause.retry_elsewhere(), "nothing was sent");
                 job.retrying = Some(RetryReason::Connect);
-                job.last = Some(cause);
+                job.last = Some(Box::new(cause));
                 None
             }
         }
@@ -312,7 +319,7 @@ impl ProxyService {
                 }
                 None => ProxyError::Upstream(Box::new(Cause::BodyNotKept)),
             };
-            return Flow::Done(Err((err, std::mem::take(&mut job.outcome))));
+            return Flow::Fail(err);
         };
         let names = &self.settings.names;
         let mut request = job.head.request(body, c.h2);
@@ -325,9 +332,12 @@ impl ProxyService {
             // future (moved into its box on each call) larger.
             return Box::pin(self.switch(job, c, carrier, request)).await;
         }
-        let (resp, pool_return) = match self.send(job, hop, &c, carrier, request).await {
-            Ok(sent) => sent,
-            Err(flow) => return flow,
+        let reused = carrier.is_reused();
+        let timeout = self.settings.config.response_timeout;
+        let (resp, pool_return) = match tokio::time::timeout(timeout, carrier.send(request)).await {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(e)) => return self.send_failed(job, hop, &c, e, reused),
+            Err(_) => return Flow::Fail(ProxyError::UpstreamTimeout),
         };
         if c.remote {
             if let Some(why) = resp.headers().get(RETRY_ELSEWHERE) {
@@ -338,43 +348,34 @@ impl ProxyService {
         }
         match self.replay_asked(&resp) {
             Some(replay) => self.replay(job, hop, &c, replay, resp, pool_return).await,
-            None => Flow::Done(self.respond(job, hop, c, resp, pool_return)),
+            None => self.respond(job, hop, c, resp, pool_return),
         }
     }
 
-    /// Send with the response timeout; a failure is retried when the instance provably did
-    /// not process the request and its body is still kept.
-    async fn send(
+    /// A send that failed: retried when the instance provably did not process the request and
+    /// its body is still kept.
+    fn send_failed(
         &self,
         job: &mut Job,
         hop: &mut Hop,
         c: &Chosen,
-        carrier: Carrier,
-        request: Request<ReqBody>,
-    ) -> Result<(Response<UpBody>, Option<PoolReturn>), Flow> {
-        let config = &self.settings.config;
-        let reused = carrier.is_reused();
-        let sent = tokio::time::timeout(config.response_timeout, carrier.send(request)).await;
-        let outcome = |job: &mut Job| std::mem::take(&mut job.outcome);
-        let e = match sent {
-            Err(_) => return Err(Flow::Done(Err((ProxyError::UpstreamTimeout, outcome(job))))),
-            Ok(Ok(r)) => return Ok(r),
-            Ok(Err(CarryError::Unsent)) => {
+        e: CarryError,
+        reused: bool,
+    ) -> Flow {
+        let e = match e {
+            CarryError::Unsent => {
                 // The pooled connection was closed under us before anything was written: the
                 // same instance may take it on a fresh connection.
                 hop.tried[c.placed.index] = false;
                 job.fresh_only = true;
                 job.retrying = Some(RetryReason::StaleConnection);
-                return Err(Flow::Again);
+                return Flow::Again;
             }
-            Ok(Err(CarryError::Failed(e))) => e,
+            CarryError::Failed(e) => e,
         };
         if body_too_large(&e) {
-            let limit = config.max_request_body;
-            return Err(Flow::Done(Err((
-                ProxyError::BodyTooLarge { limit },
-                outcome(job),
-            ))));
+            let limit = self.settings.config.max_request_body;
+            return Flow::Fail(ProxyError::BodyTooLarge { limit });
         }
         let inst = c.inst();
         match retry_reason(&e, reused, &job.head.method) {
@@ -385,18 +386,15 @@ impl ProxyService {
                     hop.tried[c.placed.index] = false;
                     job.fresh_only = true;
                 }
-                job.last = Some(e);
-                return Err(Flow::Again);
+                job.last = Some(Box::new(e));
+                return Flow::Again;
             }
             Some(reason) => {
                 tracing::info!(instance = %inst.id, reason = reason.as_str(), "not retried: the request body was too large to keep");
             }
             None => {}
         }
-        Err(Flow::Done(Err((
-            ProxyError::Upstream(Box::new(e)),
-            outcome(job),
-        ))))
+        Flow::Fail(ProxyError::Upstream(Box::new(e)))
     }
 
     /// A protocol switch: tunnel once both sides agree; a worker's refusal places it again.
@@ -408,15 +406,16 @@ impl ProxyService {
         request: Request<ReqBody>,
     ) -> Flow {
         let upgrade = std::mem::replace(&mut job.upgrade, Upgrade::None);
-        let outcome = std::mem::take(&mut job.outcome);
         let Carrier::Hyper(sender) = carrier else {
             // `open` gives a switch a hyper connection, also to a worker.
-            let e = ProxyError::BadRequest("a protocol switch cannot go on a plain stream");
-            return Flow::Done(Err((e, outcome)));
+            return Flow::Fail(ProxyError::BadRequest(
+                "a protocol switch cannot go on a plain stream",
+            ));
         };
         let Some(app_slot) = job.app_slot.take() else {
-            return Flow::Done(Err((ProxyError::Admit(AdmitError::Unavailable), outcome)));
+            return Flow::Fail(ProxyError::Admit(AdmitError::Unavailable));
         };
+        let outcome = std::mem::take(&mut job.outcome);
         let index = c.placed.index;
         let slots = Slots::new(app_slot, c.placed.slot);
         let leg = if c.remote { Leg::ToWorker } else { Leg::Direct };
@@ -426,7 +425,7 @@ impl ProxyService {
         };
         match upgrade::forward(upgrade, sender, request, app, outcome, slots, leg).await {
             upgrade::Forwarded::Answer(answer) => {
-                Flow::Done(answer.map_err(|(e, o)| (e.into(), o)))
+                Flow::Switched(Box::new(answer.map_err(|(e, o)| (e.into(), o))))
             }
             upgrade::Forwarded::Refused {
                 upgrade,
@@ -480,9 +479,8 @@ impl ProxyService {
         drop(resp);
         job.outcome.replays += 1;
         c.app.metrics.replay();
-        let outcome = |job: &mut Job| std::mem::take(&mut job.outcome);
         if job.outcome.replays > MAX_REPLAYS {
-            return Flow::Done(Err((ProxyError::ReplayLimit, outcome(job))));
+            return Flow::Fail(ProxyError::ReplayLimit);
         }
         let inst = c.inst();
         let from = ReplayFrom {
@@ -496,7 +494,7 @@ impl ProxyService {
             None => c.app.clone(),
             Some(name) => match self.replay_app(&c.app, name) {
                 Ok(a) => a,
-                Err(e) => return Flow::Done(Err((ProxyError::ReplayFailed(e), outcome(job)))),
+                Err(e) => return Flow::Fail(ProxyError::ReplayFailed(e)),
             },
         };
         job.head
@@ -512,10 +510,10 @@ impl ProxyService {
         }
         if !same_app {
             if let Err(e) = enter_app(job, hop, deadline).await {
-                return Flow::Done(Err((e, outcome(job))));
+                return Flow::Fail(e);
             }
         }
-        job.replaying = Some(from);
+        job.replaying = Some(Box::new(from));
         job.retrying = None;
         job.last = None;
         Flow::Again
@@ -530,10 +528,9 @@ impl ProxyService {
         c: Chosen,
         resp: Response<UpBody>,
         pool_return: Option<PoolReturn>,
-    ) -> Answer {
+    ) -> Flow {
         let Some(app_slot) = job.app_slot.take() else {
-            let e = ProxyError::Admit(AdmitError::Unavailable);
-            return Err((e, std::mem::take(&mut job.outcome)));
+            return Flow::Fail(ProxyError::Admit(AdmitError::Unavailable));
         };
         let slots = Slots::new(app_slot, c.placed.slot);
         let mut resp = response_back(resp, pool_return, &c.app.metrics, slots);
@@ -552,7 +549,7 @@ impl ProxyService {
             );
             h.insert(names.route.clone(), routing::header_text(&text));
         }
-        Ok((resp, std::mem::take(&mut job.outcome)))
+        Flow::Answered(resp)
     }
 
     /// The app a replay names, if that app accepts replays from this one.
@@ -620,7 +617,7 @@ fn worker_refused(job: &mut Job, inst: &InstanceEntry, reason: RetryElsewhere) {
         "a refused request reached no instance"
     );
     job.retrying = Some(RetryReason::WorkerRefused);
-    job.last = Some(cause);
+    job.last = Some(Box::new(cause));
 }
 
 /// A replay into another app: the request now counts against that app's budget on this node,

@@ -121,10 +121,10 @@ impl ProxyService {
                     attempts: outcome.attempts,
                     replays: outcome.replays,
                     bytes_out,
-                    queue_ms: outcome.queue.as_secs_f64() * 1e3,
-                    connect_ms: outcome.connect.as_secs_f64() * 1e3,
-                    first_byte_ms: elapsed.as_secs_f64() * 1e3,
-                    total_ms: started.elapsed().as_secs_f64() * 1e3,
+                    queue_us: micros(outcome.queue),
+                    connect_us: micros(outcome.connect),
+                    first_byte_us: micros(elapsed),
+                    total_us: micros(started.elapsed()),
                 });
             }));
         }
@@ -210,6 +210,10 @@ impl ProxyService {
         self.run(job, Hop::new(app.clone(), wishes, queue_deadline))
             .await
     }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The request's host, lower-cased, without port: `:authority` (HTTP/2, absolute-form) or `Host`.
