@@ -97,7 +97,10 @@ async fn every_request_gets_a_line_within_a_second_and_the_rest_at_stop() {
     proc.signal(libc::SIGTERM);
     let deadline = std::time::Instant::now() + WAIT;
     while proc.try_exit_code().is_none() {
-        assert!(std::time::Instant::now() < deadline, "the node did not stop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not stop"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Nothing is lost at stop: every line is out once the process has exited.
