@@ -11,6 +11,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -56,6 +57,19 @@ pub(crate) struct ReplayBody<B> {
     metrics: Arc<AppMetrics>,
     /// The recording's generation when this copy was made.
     generation: u64,
+    /// Set once this copy has been read to its end ([`SentWhole`]).
+    whole: Arc<AtomicBool>,
+}
+
+/// Whether a request's body was sent whole on the connection that carried it: a connection
+/// whose request still owes body bytes (the instance answered first) never carries another.
+#[derive(Clone, Default)]
+pub(crate) struct SentWhole(Option<Arc<AtomicBool>>);
+
+impl SentWhole {
+    pub fn get(&self) -> bool {
+        self.0.as_ref().is_none_or(|w| w.load(Ordering::Acquire))
+    }
 }
 
 impl<B> ReqBody<B>
@@ -86,6 +100,7 @@ where
             trailers_sent: false,
             metrics,
             generation: 0,
+            whole: Arc::default(),
         })
     }
 
@@ -106,8 +121,17 @@ where
                     trailers_sent: false,
                     metrics: b.metrics.clone(),
                     generation: rec.generation,
+                    whole: Arc::default(),
                 }))
             }
+        }
+    }
+
+    /// Whether this copy gets read to its end (an empty body always is).
+    pub fn sent_whole(&self) -> SentWhole {
+        match self {
+            Self::Empty => SentWhole(None),
+            Self::Replay(b) => SentWhole(Some(b.whole.clone())),
         }
     }
 
@@ -125,6 +149,7 @@ where
                         trailers_sent: false,
                         metrics: b.metrics.clone(),
                         generation: rec.generation,
+                        whole: Arc::default(),
                     })
                 })
             }
@@ -146,7 +171,13 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
-            ReqBody::Replay(b) => b.poll_next(cx),
+            ReqBody::Replay(b) => {
+                let polled = b.poll_next(cx);
+                if matches!(polled, Poll::Ready(None)) {
+                    b.whole.store(true, Ordering::Release);
+                }
+                polled
+            }
         }
     }
 
@@ -155,7 +186,13 @@ where
             ReqBody::Empty => true,
             ReqBody::Replay(b) => {
                 let rec = b.shared.lock().unwrap_or_else(PoisonError::into_inner);
-                rec.done && b.pos >= rec.chunks.len() && (b.trailers_sent || rec.trailers.is_none())
+                let end = rec.done
+                    && b.pos >= rec.chunks.len()
+                    && (b.trailers_sent || rec.trailers.is_none());
+                if end {
+                    b.whole.store(true, Ordering::Release);
+                }
+                end
             }
         }
     }

@@ -3,7 +3,7 @@
 //! was not), keeps HTTP/1.1 connections for reuse only after their response was read to the end,
 //! and shares one HTTP/2 connection per instance when the service asks for an h2 backend.
 
-use crate::instance::body::ReqBody;
+use crate::instance::body::{ReqBody, SentWhole};
 use crate::instance::connect::{self, AttemptError, Resolver};
 use anyedge_core::InstanceId;
 use hyper::body::Incoming;
@@ -65,18 +65,33 @@ pub(crate) struct UpstreamPool {
     h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
 }
 
-/// A pooled HTTP/1.1 connection lent to one response; it goes back when the body ends.
+/// A pooled HTTP/1.1 connection lent to one response; it goes back when the body ends, and
+/// only if its request's body was sent whole (else the connection still owes the instance
+/// bytes, and the next request on it would wait behind them: it is closed instead).
 pub(crate) struct PoolReturn {
     sender: http1::SendRequest<ReqBody>,
     pool: Arc<UpstreamPool>,
+    whole: SentWhole,
 }
 
 impl PoolReturn {
-    pub fn new(sender: http1::SendRequest<ReqBody>, pool: Arc<UpstreamPool>) -> PoolReturn {
-        PoolReturn { sender, pool }
+    pub fn new(
+        sender: http1::SendRequest<ReqBody>,
+        pool: Arc<UpstreamPool>,
+        whole: SentWhole,
+    ) -> PoolReturn {
+        PoolReturn {
+            sender,
+            pool,
+            whole,
+        }
     }
 
     pub fn give_back(self) {
+        if !self.whole.get() {
+            tracing::debug!("instance connection closed: the instance answered before the whole request body was sent");
+            return;
+        }
         let mut idle = self
             .pool
             .idle
@@ -240,10 +255,13 @@ impl Sender {
         let result = match self {
             Sender::H1 {
                 mut sender, pool, ..
-            } => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Some(PoolReturn { sender, pool }))),
-                Err(e) => e,
-            },
+            } => {
+                let whole = req.body().sent_whole();
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, Some(PoolReturn::new(sender, pool, whole)))),
+                    Err(e) => e,
+                }
+            }
             Sender::H2(mut sender) => match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, None)),
                 Err(e) => e,

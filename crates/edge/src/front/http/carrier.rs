@@ -41,10 +41,16 @@ impl Carrier {
             // to build and move per request.
             Carrier::Hyper(Sender::H1 {
                 mut sender, pool, ..
-            }) => match sender.try_send_request(req).await {
-                Ok(resp) => Ok((resp.map(UpBody::Left), Some(PoolReturn::new(sender, pool)))),
-                Err(e) => Err(unsent_or_failed(e)),
-            },
+            }) => {
+                let whole = req.body().sent_whole();
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let back = PoolReturn::new(sender, pool, whole);
+                        Ok((resp.map(UpBody::Left), Some(back)))
+                    }
+                    Err(e) => Err(unsent_or_failed(e)),
+                }
+            }
             Carrier::Hyper(Sender::H2(mut sender)) => match sender.try_send_request(req).await {
                 Ok(resp) => Ok((resp.map(UpBody::Left), None)),
                 Err(e) => Err(unsent_or_failed(e)),
