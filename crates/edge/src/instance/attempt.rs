@@ -138,6 +138,17 @@ pub(crate) fn fill_host(headers: &mut HeaderMap, uri: &Uri) {
     }
 }
 
+/// An absolute-form target's authority (or HTTP/2's `:authority`) replaces `Host`, so the
+/// instance sees the name the request was routed by; without one, `Host` stays.
+pub(crate) fn set_host_from_authority(headers: &mut HeaderMap, uri: &Uri) {
+    if let Some(v) = uri
+        .authority()
+        .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
+    {
+        headers.insert(HOST, v);
+    }
+}
+
 /// An instance's response on its way to the client (or the edge): hop-by-hop headers off, the
 /// body counted, its connection back to the pool once read whole, and the request's slots held
 /// until it has been sent.

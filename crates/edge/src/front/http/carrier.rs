@@ -82,14 +82,13 @@ pub(crate) fn retry_reason(e: &Cause, reused: bool, method: &http::Method) -> Op
     }
 }
 
-/// Whether the send failed because the client's body went over `max_request_body`.
-pub(crate) fn body_too_large(e: &Cause) -> bool {
-    let body_error = match e {
+/// The client's side of a failed send, when the client's body is what failed.
+pub(crate) fn client_body_error(e: &Cause) -> Option<&BodyError> {
+    match e {
         Cause::Instance(Failure::Http(e)) => {
             std::error::Error::source(e).and_then(|s| s.downcast_ref())
         }
         Cause::Stream(StreamError::Body(b)) => Some(b),
         _ => None,
-    };
-    matches!(body_error, Some(BodyError::TooLarge { .. }))
+    }
 }

@@ -6,7 +6,7 @@ use super::attempts::{Head, Hop, Job};
 use super::routing::Wishes;
 use crate::admit::{self};
 use crate::error::ProxyError;
-use crate::instance::attempt::{fill_host, Outcome};
+use crate::instance::attempt::{set_host_from_authority, Outcome};
 use crate::instance::body::{ReqBody, RespBody};
 use crate::instance::headers::{self, ClientInfo};
 use crate::instance::upgrade::{self, Upgrade};
@@ -139,6 +139,12 @@ impl ProxyService {
         routes: &'r Routes,
         req: &Request<Incoming>,
     ) -> Result<&'r Arc<HttpApp>, ProxyError> {
+        // Two `Host` fields: an instance that reads the last one would see another name than
+        // the one routed by (RFC 9112 3.2: a 400).
+        let mut hosts = req.headers().get_all(HOST).iter();
+        if hosts.next().is_some() && hosts.next().is_some() {
+            return Err(ProxyError::BadRequest("more than one Host header"));
+        }
         let host = request_host(req).ok_or(ProxyError::MissingHost)?;
         let Some(PortRoute::Http(port)) = routes.port(self.client.local) else {
             return Err(ProxyError::UnknownHost);
@@ -181,7 +187,9 @@ impl ProxyService {
         // The client's forwarding headers wait for the instance: a worker writes them out.
         headers::mark_edge(&mut parts.headers, names, &self.settings.region, request_id);
         let forwarded = headers::forwarded(&self.client, parts.version);
-        fill_host(&mut parts.headers, &parts.uri);
+        // The name routed by is the one the instance gets: an absolute-form target's (or
+        // HTTP/2's :authority) authority replaces `Host` (RFC 9112 3.2.2).
+        set_host_from_authority(&mut parts.headers, &parts.uri);
         let body = ReqBody::new(
             body,
             self.settings.config.replay_body_limit,
