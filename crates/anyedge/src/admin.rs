@@ -208,7 +208,7 @@ fn sorted_apps<'a>(snapshot: &'a Snapshot, only: Option<&str>) -> Vec<&'a Arc<Ap
 /// The per-instance gauges, read from the live state of the snapshot in force:
 /// `anyedge_app_concurrency{app,instance}` (requests or connections in flight to each instance
 /// from this node) and `anyedge_instance_healthy{app,instance}` (1 while the instance may be
-/// placed: no failing active check, not passively ejected).
+/// placed: no failing active check, not passively ejected, not ejected as an outlier).
 fn instance_gauges(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
     use std::fmt::Write;
     let now = Instant::now();
@@ -222,8 +222,8 @@ fn instance_gauges(snapshot: &Snapshot, only: Option<&str>, out: &mut String) {
         ),
         (
             "anyedge_instance_healthy",
-            "1 if the instance can be chosen (active checks pass, not ejected after connect failures), else 0.",
-            &|i| u32::from(i.live.healthy(now)),
+            "1 if the instance can be chosen (active checks pass, not ejected after connect failures or as an outlier), else 0.",
+            &|i| u32::from(i.live.healthy(now) && !i.live.outlier.ejected(now)),
         ),
     ];
     for (name, help, value) in gauges {
@@ -252,9 +252,17 @@ fn catalog_metrics(status: &CatalogStatus, out: &mut String) {
          anyedge_catalog_connected {}\n\
          # HELP anyedge_catalog_stale_seconds Seconds since the catalog was last known current (0 while connected).\n\
          # TYPE anyedge_catalog_stale_seconds gauge\n\
-         anyedge_catalog_stale_seconds {:.3}\n",
+         anyedge_catalog_stale_seconds {:.3}\n\
+         # HELP anyedge_catalog_disconnects_total Times the connection to etcd was lost while following the catalog.\n\
+         # TYPE anyedge_catalog_disconnects_total counter\n\
+         anyedge_catalog_disconnects_total {}\n\
+         # HELP anyedge_catalog_listings_total Full listings of the catalog (the first, then after a loss or a compaction).\n\
+         # TYPE anyedge_catalog_listings_total counter\n\
+         anyedge_catalog_listings_total {}\n",
         u8::from(status.connected()),
-        status.stale_for().as_secs_f64()
+        status.stale_for().as_secs_f64(),
+        status.disconnects(),
+        status.listings()
     );
 }
 

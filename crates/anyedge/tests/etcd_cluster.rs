@@ -627,3 +627,30 @@ async fn an_instance_removed_through_etcd_gets_nothing_from_a_held_connection() 
     }
     assert_eq!(a.requests(), before, "the removed instance got requests");
 }
+
+/// `anyedge_catalog_disconnects_total` from a node's metrics.
+async fn disconnects(node: &EtcdNode) -> Option<u64> {
+    let (_, body) = node.admin_get("/metrics").await?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("anyedge_catalog_disconnects_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_its_etcd_connection_against_default_keepalive_flags() {
+    // etcd 3.4+ refuses client pings more often than --grpc-keepalive-min-time (5 s by default)
+    // with GOAWAY; pinging every 3 s cost a reconnect and a relist about every 12 s.
+    let etcd = Etcd::start();
+    let node = EtcdNode::start(&etcd, "n1", "ord", &[]);
+    eventually("the node follows etcd", Duration::from_secs(10), || async {
+        disconnects(&node).await
+    })
+    .await;
+    let watched = Duration::from_secs(40);
+    let until = std::time::Instant::now() + watched;
+    while std::time::Instant::now() < until {
+        let d = disconnects(&node).await.expect("metrics");
+        assert_eq!(d, 0, "etcd dropped the node's connection:\n{}", node.log());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

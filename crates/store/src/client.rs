@@ -9,8 +9,13 @@ use std::time::Duration;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on one request (not on a watch or keep-alive stream).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 pings on an idle connection, and how long an answer may take.
-const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(3));
+/// HTTP/2 pings, and how long an answer may take. etcd (3.4+) answers pings more frequent than
+/// its `--grpc-keepalive-min-time` (5 s by default) with GOAWAY ("too many pings"), and pings
+/// on a connection without a stream are refused outright (no permit-without-stream): so pings
+/// go every 10 s and only while a stream (the catalog's watch, a lease's keep-alive) is open.
+/// A half-dead connection is then noticed within 15 s; the watch's progress notifications
+/// cover the rest (PITFALLS.md, etcd).
+const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,7 +38,7 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client, StoreError> {
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(KEEP_ALIVE.0, KEEP_ALIVE.1)
-        .with_keep_alive_while_idle(true)
+        .with_keep_alive_while_idle(false)
         .with_tcp_keepalive(Duration::from_secs(10));
     if cfg.ca.is_some() || cfg.cert.is_some() {
         let mut tls = TlsOptions::new();

@@ -10,7 +10,7 @@ use crate::keys::Keys;
 use crate::state::{CatalogState, Change};
 use anyedge_config::{Config, EtcdConfig};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -23,6 +23,10 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 pub struct CatalogStatus {
     connected: AtomicBool,
     revision: AtomicI64,
+    /// Times the connection to etcd was lost while following it.
+    disconnects: AtomicU64,
+    /// Full listings of the catalog (the first, and one after each loss or compaction).
+    listings: AtomicU64,
     /// When the catalog was last known current (the connection was lost then), or the start.
     current_at: Mutex<Instant>,
 }
@@ -32,6 +36,8 @@ impl CatalogStatus {
         CatalogStatus {
             connected: AtomicBool::new(false),
             revision: AtomicI64::new(0),
+            disconnects: AtomicU64::new(0),
+            listings: AtomicU64::new(0),
             current_at: Mutex::new(Instant::now()),
         }
     }
@@ -54,6 +60,20 @@ impl CatalogStatus {
         }
     }
 
+    /// Times the connection to etcd was lost while following it.
+    pub fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Relaxed)
+    }
+
+    /// Full listings of the catalog so far.
+    pub fn listings(&self) -> u64 {
+        self.listings.load(Ordering::Relaxed)
+    }
+
+    fn listed(&self) {
+        self.listings.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn set_connected(&self, revision: i64) {
         self.revision.store(revision, Ordering::Relaxed);
         self.connected.store(true, Ordering::Release);
@@ -61,6 +81,7 @@ impl CatalogStatus {
 
     fn set_disconnected(&self) {
         if self.connected.swap(false, Ordering::AcqRel) {
+            self.disconnects.fetch_add(1, Ordering::Relaxed);
             *self.lock() = Instant::now();
         }
     }
@@ -213,6 +234,7 @@ impl Follower {
             "etcd catalog listed"
         );
         self.apply(changes);
+        self.status.listed();
         self.status.set_connected(revision);
         Ok(revision)
     }
