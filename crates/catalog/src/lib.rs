@@ -1,6 +1,6 @@
 //! The catalog: what apps and instances exist, as immutable snapshots swapped atomically, plus the
-//! live per-instance state (in-flight counts, connect-failure backoff) that is keyed by stable
-//! instance id and carried across snapshot swaps.
+//! live per-instance state (in-flight counts, connect-failure backoff, outlier ejection) that is
+//! keyed by stable instance id and carried across snapshot swaps.
 //!
 //! Stores (today the config file; later etcd) only produce new configs; [`Snapshot::build`]
 //! reuses every app entry whose config did not change, so an update costs what changed.
@@ -9,7 +9,7 @@ mod live;
 mod snapshot;
 
 pub use live::{
-    AppLive, FailingCheck, InstanceLive, LiveRegistry, PeerLive, QueueTicket, Reported, Slot,
-    EJECT_AFTER, REPORT_FRESH,
+    AppLive, Ejection, FailingCheck, InstanceLive, LiveRegistry, OutlierState, PeerLive,
+    QueueTicket, Reported, Slot, EJECT_AFTER, REPORT_FRESH,
 };
 pub use snapshot::{AppEntry, InstanceEntry, PeerEntry, Snapshot};

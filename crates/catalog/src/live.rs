@@ -1,5 +1,10 @@
 //! Live state that outlives snapshots: per-app connection budgets and per-instance in-flight
-//! counts and connect-failure backoff. Guards hold these, never a snapshot.
+//! counts, connect-failure backoff and outlier ejection (`live/outlier.rs`). Guards hold these,
+//! never a snapshot.
+
+mod outlier;
+
+pub use outlier::{Ejection, OutlierState};
 
 use anyedge_admission::{Budget, BudgetGuard};
 use anyedge_core::InstanceId;
@@ -120,6 +125,8 @@ pub struct InstanceLive {
     /// What the worker running it last reported over the load feed (see [`Reported`]).
     reported: AtomicU64,
     reported_at: AtomicU64,
+    /// Passive outlier detection: requests that time out, reset or get a gateway error.
+    pub outlier: OutlierState,
 }
 
 /// A report from the load feed older than this is ignored: the worker (or the link to it) is
@@ -187,6 +194,12 @@ impl InstanceLive {
         self.failing_checks.load(Ordering::Acquire) == 0
             && !self.ejected(now)
             && self.reported(now).is_none_or(|r| r.healthy)
+    }
+
+    /// Out of placement as an outlier now: ejected, or its probe is in flight from this node
+    /// (one probe at a time). Placement still takes it when nothing else is left.
+    pub fn outlier_held(&self, now: Instant) -> bool {
+        self.outlier.ejected(now) || (self.outlier.probing(now) && self.inflight.in_use() > 0)
     }
 
     /// Record what the worker running it reported.

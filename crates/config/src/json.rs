@@ -11,7 +11,7 @@ use crate::defaults;
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::model::{
     Acme, App, AppLimits, CatalogConfig, Concurrency, Config, Format, HttpOptions, Instance,
-    Limits, PortSpec, Service,
+    Limits, Outlier, PortSpec, Service,
 };
 use crate::path;
 use crate::report::Report;
@@ -116,6 +116,7 @@ fn app(
         // The work sample predates per-instance and per-app limits: only node-wide caps apply.
         concurrency: Concurrency::UNLIMITED,
         limits: AppLimits::UNLIMITED,
+        outlier: Outlier::default(),
         tokens_sha256: Vec::new(),
         replay_from: Vec::new(),
         services: vec![Service {

@@ -207,6 +207,8 @@ pub struct App {
     pub hostnames: Vec<String>,
     pub concurrency: Concurrency,
     pub limits: AppLimits,
+    /// Passive ejection of instances that time out, reset or answer gateway errors.
+    pub outlier: Outlier,
     pub tokens_sha256: Vec<[u8; 32]>,
     pub replay_from: Vec<String>,
     pub services: Vec<Service>,
@@ -285,6 +287,54 @@ impl Default for AppLimits {
             queue: 512,
             queue_timeout: Duration::from_secs(5),
             max_connections: 4096,
+        }
+    }
+}
+
+/// `outlier`: an instance that fails this many requests in a row (no response head within
+/// `[http] response_timeout`, the connection failed after the request was written, or one of
+/// `gateway_errors` from the instance) leaves placement for `base_ejection`, doubling with each
+/// ejection in a row up to `max_ejection` (`docs/health.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlier {
+    /// Failures in a row that eject an instance; 0 turns passive outlier ejection off.
+    pub consecutive_failures: u32,
+    /// The first ejection's length.
+    pub base_ejection: Duration,
+    /// The longest ejection; at least `base_ejection`.
+    pub max_ejection: Duration,
+    /// Statuses an instance answers that count as its failure (5xx only; sorted, no duplicates).
+    pub gateway_errors: Vec<u16>,
+}
+
+impl Outlier {
+    /// Counting is on (`consecutive_failures > 0`).
+    pub fn enabled(&self) -> bool {
+        self.consecutive_failures > 0
+    }
+
+    /// `status` from the instance counts as a failure.
+    pub fn is_gateway_error(&self, status: u16) -> bool {
+        self.gateway_errors.contains(&status)
+    }
+
+    /// The length of the `n`-th ejection in a row (1-based): `base_ejection * 2^(n-1)`, at most
+    /// `max_ejection`.
+    pub fn ejection(&self, n: u32) -> Duration {
+        let shift = n.saturating_sub(1).min(31);
+        self.base_ejection
+            .saturating_mul(1u32 << shift)
+            .min(self.max_ejection)
+    }
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+            gateway_errors: vec![502, 503, 504],
         }
     }
 }

@@ -7,6 +7,7 @@ mod config {
     mod json_errors;
     mod loads;
     mod many;
+    mod outlier;
     mod robust;
     mod toml_errors;
     mod toml_rules;

@@ -161,17 +161,45 @@ pub(crate) async fn place(
     .await
 }
 
-/// One pure placement decision over the instances' live state.
+/// One pure placement decision over the instances' live state. Instances ejected as outliers
+/// (`docs/health.md`) are left out; when that leaves nothing, placement runs again with them
+/// in the lowest tier: the last resort.
 fn decide(
     app: &AppEntry,
     constraints: &Constraints<'_>,
     tried: &[bool],
-    trace: Option<&mut String>,
+    mut trace: Option<&mut String>,
 ) -> Decision {
     let now = Instant::now();
+    let mut decide_on = |candidates: &[Candidate], last_resort: bool| {
+        let decision = anyedge_placement::place(candidates, constraints, &mut rand::thread_rng());
+        if let Some(out) = trace.as_deref_mut() {
+            describe(app, candidates, &decision, now, last_resort, out);
+        }
+        decision
+    };
+    let (decision, held) = with_candidates(app, tried, now, false, |c| decide_on(c, false));
+    if held && matches!(decision, Decision::Unavailable) {
+        return with_candidates(app, tried, now, true, |c| decide_on(c, true)).0;
+    }
+    decision
+}
+
+/// Placement's view of the app's instances at `now` given to `f`, and whether any untried one is
+/// held out as an outlier (with `last_resort`, such an instance is usable in the lowest tier).
+fn with_candidates<R>(
+    app: &AppEntry,
+    tried: &[bool],
+    now: Instant,
+    last_resort: bool,
+    f: impl FnOnce(&[Candidate]) -> R,
+) -> (R, bool) {
     let limits = app.config.concurrency;
-    let view = |(i, &excluded): (&anyedge_catalog::InstanceEntry, &bool)| {
-        let healthy = i.live.healthy(now);
+    let mut any_held = false;
+    let mut view = |(i, &excluded): (&anyedge_catalog::InstanceEntry, &bool)| {
+        let held = !excluded && i.live.outlier_held(now);
+        any_held |= held;
+        let healthy = i.live.healthy(now) && (last_resort || !held);
         Candidate {
             region: i.region_index,
             distance_us: i.distance_us(),
@@ -179,7 +207,7 @@ fn decide(
             soft_limit: limits.soft_limit,
             hard_limit: limits.hard_limit,
             healthy,
-            backing_off: healthy && i.live.backing_off(now),
+            backing_off: healthy && (held || i.live.backing_off(now)),
             excluded,
         }
     };
@@ -198,28 +226,31 @@ fn decide(
     let candidates: &[Candidate] = if n <= INLINE_CANDIDATES {
         for (slot, c) in inline
             .iter_mut()
-            .zip(app.instances.iter().zip(tried).map(view))
+            .zip(app.instances.iter().zip(tried).map(&mut view))
         {
             *slot = c;
         }
         &inline[..n]
     } else {
-        heap = app.instances.iter().zip(tried).map(view).collect();
+        heap = app.instances.iter().zip(tried).map(&mut view).collect();
         &heap
     };
-    let decision = anyedge_placement::place(candidates, constraints, &mut rand::thread_rng());
-    if let Some(out) = trace {
-        describe(app, candidates, &decision, out);
-    }
-    decision
+    (f(candidates), any_held)
 }
 
 /// Instances listed in a `P-Route` header at most.
 const TRACE_MAX: usize = 32;
 
-/// The `P-Route` text: the decision, then each candidate as
-/// `id@region ~RTTms inflight/soft/hard state`.
-fn describe(app: &AppEntry, candidates: &[Candidate], decision: &Decision, out: &mut String) {
+/// The `P-Route` text: the decision (with `last_resort=ejected` when only ejected outliers were
+/// left), then each candidate as `id@region ~RTTms inflight/soft/hard state`.
+fn describe(
+    app: &AppEntry,
+    candidates: &[Candidate],
+    decision: &Decision,
+    now: Instant,
+    last_resort: bool,
+    out: &mut String,
+) {
     out.clear();
     match decision {
         Decision::Chosen {
@@ -232,6 +263,9 @@ fn describe(app: &AppEntry, candidates: &[Candidate], decision: &Decision, out: 
                 "chosen={}; why={why}; preference_unmet={preference_unmet}",
                 app.instances[*index].id.instance()
             );
+            if last_resort {
+                out.push_str("; last_resort=ejected");
+            }
         }
         Decision::Full { .. } => out.push_str("chosen=none; why=all_at_hard_limit"),
         Decision::Unavailable => out.push_str("chosen=none; why=no_usable_instance"),
@@ -245,17 +279,7 @@ fn describe(app: &AppEntry, candidates: &[Candidate], decision: &Decision, out: 
         if k > 0 {
             out.push_str(", ");
         }
-        let state = if c.excluded {
-            "tried"
-        } else if !c.healthy {
-            "unhealthy"
-        } else if c.inflight >= c.hard_limit {
-            "at_hard_limit"
-        } else if c.backing_off {
-            "backing_off"
-        } else {
-            "ok"
-        };
+        let state = state_word(c, inst, now);
         let _ = write!(
             out,
             "{}@{} ~{:.1}ms {}/{}/{} {state}",
@@ -266,6 +290,23 @@ fn describe(app: &AppEntry, candidates: &[Candidate], decision: &Decision, out: 
             limit_text(c.soft_limit),
             limit_text(c.hard_limit),
         );
+    }
+}
+
+/// A candidate's state in the `P-Route` text.
+fn state_word(c: &Candidate, inst: &anyedge_catalog::InstanceEntry, now: Instant) -> &'static str {
+    if c.excluded {
+        "tried"
+    } else if !inst.live.healthy(now) {
+        "unhealthy"
+    } else if inst.live.outlier_held(now) {
+        "ejected"
+    } else if c.inflight >= c.hard_limit {
+        "at_hard_limit"
+    } else if c.backing_off {
+        "backing_off"
+    } else {
+        "ok"
     }
 }
 

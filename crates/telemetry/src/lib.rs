@@ -12,5 +12,6 @@ mod metrics;
 pub use backhaul::BackhaulMetrics;
 pub use logging::{init_logging, LogFormat};
 pub use metrics::{
-    AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics, RetryReason,
+    AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics, OutlierReason,
+    RetryReason,
 };

@@ -163,6 +163,33 @@ impl RetryReason {
     }
 }
 
+/// Why an instance was ejected as an outlier: the kind of its last failure in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutlierReason {
+    /// No response head within `[http] response_timeout`.
+    Timeout,
+    /// The connection failed after the request was written.
+    Reset,
+    /// The instance answered one of the app's `outlier.gateway_errors`.
+    GatewayError,
+}
+
+impl OutlierReason {
+    pub const ALL: [OutlierReason; 3] = [
+        OutlierReason::Timeout,
+        OutlierReason::Reset,
+        OutlierReason::GatewayError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutlierReason::Timeout => "timeout",
+            OutlierReason::Reset => "reset",
+            OutlierReason::GatewayError => "gateway_error",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// From the client to the instance.
@@ -181,6 +208,7 @@ pub struct AppMetrics {
     connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
     retries: [AtomicU64; RetryReason::ALL.len()],
+    outlier_ejections: [AtomicU64; OutlierReason::ALL.len()],
     replays: AtomicU64,
     queued: AtomicU64,
     /// Active health check runs: failed, passed.
@@ -222,6 +250,15 @@ impl AppMetrics {
 
     pub fn retries(&self, why: RetryReason) -> u64 {
         self.retries[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// One of the app's instances was ejected as an outlier.
+    pub fn outlier_ejection(&self, why: OutlierReason) {
+        self.outlier_ejections[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn outlier_ejections(&self, why: OutlierReason) -> u64 {
+        self.outlier_ejections[why as usize].load(Ordering::Relaxed)
     }
 
     pub fn replay(&self) {
@@ -659,6 +696,10 @@ const RETRIES: Family = Family::counter(
     "anyedge_retries_total",
     "Requests or connections sent to an instance again, by reason.",
 );
+const OUTLIER_EJECTIONS: Family = Family::counter(
+    "anyedge_outlier_ejections_total",
+    "Instances ejected from placement after failing requests in a row, by the last failure's kind.",
+);
 const HEALTH_CHECKS: Family = Family::counter(
     "anyedge_health_checks_total",
     "Active health checks run against the app's instances, by result.",
@@ -690,6 +731,9 @@ fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
     });
     RETRIES.per_app_by(out, apps, "reason", |m| {
         RetryReason::ALL.map(|why| (why.as_str(), m.retries(why)))
+    });
+    OUTLIER_EJECTIONS.per_app_by(out, apps, "reason", |m| {
+        OutlierReason::ALL.map(|why| (why.as_str(), m.outlier_ejections(why)))
     });
     HEALTH_CHECKS.per_app_by(out, apps, "result", |m| {
         [
@@ -732,7 +776,14 @@ mod tests {
         a.health_check(true);
         a.health_check(false);
         a.health_check(false);
+        a.outlier_ejection(OutlierReason::GatewayError);
         let text = metrics.render();
+        assert!(text
+            .contains("anyedge_outlier_ejections_total{app=\"alpha\",reason=\"gateway_error\"} 1"));
+        assert!(
+            text.contains("anyedge_outlier_ejections_total{app=\"alpha\",reason=\"timeout\"} 0")
+        );
+        assert!(text.contains("anyedge_outlier_ejections_total{app=\"beta\",reason=\"reset\"} 0"));
         assert!(text.contains("anyedge_health_checks_total{app=\"alpha\",result=\"pass\"} 1"));
         assert!(text.contains("anyedge_health_checks_total{app=\"alpha\",result=\"fail\"} 2"));
         assert!(text.contains("anyedge_health_checks_total{app=\"beta\",result=\"fail\"} 0"));

@@ -7,7 +7,7 @@ use toml_edit::Item;
 
 use super::file::{AppFile, AppLimitsFile, CertificateFile, ConcurrencyFile};
 use super::sections::{duration, file_path};
-use super::{as_table, instances, list, services};
+use super::{as_table, instances, list, outlier, services};
 use crate::de;
 use crate::model::{App, AppLimits, CertificateFiles, Concurrency, ConcurrencyType};
 use crate::path;
@@ -140,6 +140,7 @@ fn own_keys(at: &str, file: AppFile, claims: &mut Claims, r: &mut Report<'_>) ->
     App {
         concurrency: concurrency(file.concurrency.as_ref(), &path::key(at, "concurrency"), r),
         limits: limits(file.limits.as_ref(), &path::key(at, "limits"), r),
+        outlier: outlier::outlier(file.outlier.as_ref(), &path::key(at, "outlier"), r),
         name: file.name,
         hostnames,
         tokens_sha256,

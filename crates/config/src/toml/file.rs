@@ -92,6 +92,7 @@ pub(crate) struct AppFile {
     pub hostnames: Vec<String>,
     pub concurrency: Option<ConcurrencyFile>,
     pub limits: Option<AppLimitsFile>,
+    pub outlier: Option<OutlierFile>,
     #[serde(default)]
     pub tokens_sha256: Vec<String>,
     #[serde(default)]
@@ -112,6 +113,14 @@ pub(crate) struct AppLimitsFile {
     pub queue: Option<u64>,
     pub queue_timeout: Option<String>,
     pub max_connections: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct OutlierFile {
+    pub consecutive_failures: Option<u64>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    pub gateway_errors: Option<Vec<i64>>,
 }
 
 /// `[[apps.services]]` without its `ports` and `checks`.

@@ -1,5 +1,6 @@
 //! The edge's admission on tokio's paused clock: the app's queue (full, timed out, woken by a
-//! release) and placement's exclusion of instances already tried.
+//! release), placement's exclusion of instances already tried, and ejected outliers as the
+//! last resort.
 
 use super::*;
 use anyedge_catalog::{LiveRegistry, Snapshot};
@@ -212,4 +213,49 @@ async fn placement_waits_while_every_untried_instance_is_full() {
     drop(zero);
     assert_eq!(waiter.await.expect("waiter"), Ok(0));
     assert_eq!(started.elapsed(), Duration::ZERO, "woken by the release");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ejected_outlier_is_skipped_unless_nothing_else_is_left() {
+    let (app, node_metrics) = app(2, 100, 10);
+    let metrics = node_metrics.app("a");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let policy = &app.config.outlier;
+    let now = std::time::Instant::now();
+    for _ in 0..policy.consecutive_failures {
+        app.instances[0].live.outlier.failed(now, policy);
+    }
+    assert!(app.instances[0].live.outlier.ejected(now));
+    let mut trace = String::new();
+    for _ in 0..20 {
+        let placed = place(
+            &app,
+            &NO_CONSTRAINTS,
+            &[false, false],
+            deadline,
+            &metrics,
+            Some(&mut trace),
+        )
+        .await
+        .expect("i1 takes it");
+        assert_eq!(placed.index, 1, "{trace}");
+    }
+    assert!(trace.contains("i0@local ~1.0ms 0/1/1 ejected"), "{trace}");
+    assert!(!trace.contains("last_resort"), "{trace}");
+    // i1 tried already: the ejected one is all that is left, so it is the last resort.
+    let placed = place(
+        &app,
+        &NO_CONSTRAINTS,
+        &[false, true],
+        deadline,
+        &metrics,
+        Some(&mut trace),
+    )
+    .await
+    .expect("the last resort");
+    assert_eq!(placed.index, 0);
+    assert!(
+        trace.starts_with("chosen=i0; why=nearest_region backing_off; preference_unmet=false; last_resort=ejected"),
+        "{trace}"
+    );
 }

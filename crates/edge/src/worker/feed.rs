@@ -24,7 +24,9 @@ pub(crate) fn frame(snapshot: &Snapshot, out: &mut String) {
         let hard = app.config.concurrency.hard_limit;
         for i in app.instances.iter().filter(|i| i.peer.is_none()) {
             let inflight = i.live.inflight.in_use();
-            feed::write_line(out, i.id.as_str(), inflight, hard, i.live.healthy(now));
+            // An outlier ejected here (or its probe in flight) is out for every edge too.
+            let healthy = i.live.healthy(now) && !i.live.outlier_held(now);
+            feed::write_line(out, i.id.as_str(), inflight, hard, healthy);
         }
     }
     feed::end_frame(out);

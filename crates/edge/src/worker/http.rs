@@ -12,12 +12,14 @@ use crate::instance::attempt::{
 };
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
 use crate::instance::headers;
+use crate::instance::outlier;
 use crate::instance::pool::{SendError, Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
 use crate::routes::{HttpApp, Routes};
 use crate::Shared;
 use anyedge_backhaul::retry::RetryElsewhere;
 use anyedge_backhaul::stream::{self, parse_stream};
+use anyedge_telemetry::OutlierReason;
 
 /// The stream headers of `anyedge_backhaul::stream`.
 const STREAM: http::HeaderName = http::HeaderName::from_static(stream::STREAM);
@@ -181,17 +183,25 @@ impl WorkerService {
         let (names, method) = (&routes.http.names, request.method().clone());
         let reused = sender.is_reused();
         let timeout = routes.http.config.response_timeout;
+        // The worker's count is the truth for its instances (edges do not count them).
+        let (app, metrics) = (&t.app.app, &t.app.metrics);
+        let inst = &app.instances[t.index];
         match tokio::time::timeout(timeout, sender.send(request)).await {
-            Err(_) => ProxyError::UpstreamTimeout.response(names),
+            Err(_) => {
+                outlier::failed(app, inst, metrics, OutlierReason::Timeout);
+                ProxyError::UpstreamTimeout.response(names)
+            }
             Ok(Err(SendError::Unsent)) => refuse(&self.shared, RetryElsewhere::StaleConnection),
             Ok(Err(SendError::Failed(e))) => {
                 if retry_reason(&e, reused, &method).is_some() {
                     // The instance provably did not process it.
                     return refuse(&self.shared, RetryElsewhere::NotProcessed);
                 }
+                outlier::failed(app, inst, metrics, OutlierReason::Reset);
                 ProxyError::Upstream(Box::new(Cause::Instance(e))).response(names)
             }
             Ok(Ok((resp, pool))) => {
+                outlier::answered(app, inst, metrics, resp.status());
                 response_back(resp.map(UpBody::Left), pool, &t.app.metrics, t.slots)
             }
         }

@@ -11,13 +11,14 @@ use crate::error::{ProxyError, ReplayFailure};
 use crate::instance::attempt::{response_back, upstream_uri, Cause, Outcome};
 use crate::instance::body::{BodyError, ReqBody, RespBody, Slots, UpBody};
 use crate::instance::headers::{self, Forwarded};
+use crate::instance::outlier;
 use crate::instance::pool::{PoolReturn, Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
 use crate::routes::HttpApp;
 use anyedge_backhaul::retry::RetryElsewhere;
 use anyedge_backhaul::stream::RETRY_ELSEWHERE;
 use anyedge_catalog::InstanceEntry;
-use anyedge_telemetry::RetryReason;
+use anyedge_telemetry::{OutlierReason, RetryReason};
 use http::{Request, Response, Uri};
 use std::sync::Arc;
 use std::time::Instant;
@@ -157,6 +158,15 @@ struct Chosen {
 impl Chosen {
     fn inst(&self) -> &InstanceEntry {
         &self.app.app.instances[self.placed.index]
+    }
+
+    /// A failure that passive outlier detection counts. Not for an instance on another node:
+    /// its worker counts its requests (every edge's) and reports an ejection in its load feed,
+    /// and what comes back over backhaul may be the worker's own answer, not the instance's.
+    fn outlier_failed(&self, reason: OutlierReason) {
+        if !self.remote {
+            outlier::failed(&self.app.app, self.inst(), &self.app.metrics, reason);
+        }
     }
 }
 
@@ -337,7 +347,10 @@ impl ProxyService {
         let (resp, pool_return) = match tokio::time::timeout(timeout, carrier.send(request)).await {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => return self.send_failed(job, hop, &c, e, reused),
-            Err(_) => return Flow::Fail(ProxyError::UpstreamTimeout),
+            Err(_) => {
+                c.outlier_failed(OutlierReason::Timeout);
+                return Flow::Fail(ProxyError::UpstreamTimeout);
+            }
         };
         if c.remote {
             if let Some(why) = resp.headers().get(RETRY_ELSEWHERE) {
@@ -345,6 +358,8 @@ impl ProxyService {
                 worker_refused(job, c.inst(), RetryElsewhere::parse_bytes(why.as_bytes()));
                 return Flow::Again;
             }
+        } else {
+            outlier::answered(&c.app.app, c.inst(), &c.app.metrics, resp.status());
         }
         match self.replay_asked(&resp) {
             Some(replay) => self.replay(job, hop, &c, replay, resp, pool_return).await,
@@ -386,7 +401,12 @@ impl ProxyService {
             Some(BodyError::Superseded) | None => {}
         }
         let inst = c.inst();
-        match retry_reason(&e, reused, &job.head.method) {
+        let retry = retry_reason(&e, reused, &job.head.method);
+        if retry.is_none() {
+            // Written, and maybe processed: the instance failed it.
+            c.outlier_failed(OutlierReason::Reset);
+        }
+        match retry {
             Some(reason) if job.body.replay().is_some() => {
                 tracing::info!(instance = %inst.id, reason = reason.as_str(), error = %e, "request failed before the instance processed it; retrying");
                 job.retrying = Some(reason);

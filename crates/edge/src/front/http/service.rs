@@ -142,10 +142,11 @@ impl ProxyService {
         // Two `Host` fields: an instance that reads the last one would see another name than
         // the one routed by (RFC 9112 3.2: a 400).
         let mut hosts = req.headers().get_all(HOST).iter();
-        if hosts.next().is_some() && hosts.next().is_some() {
+        let host_field = hosts.next();
+        if hosts.next().is_some() {
             return Err(ProxyError::BadRequest("more than one Host header"));
         }
-        let host = request_host(req).ok_or(ProxyError::MissingHost)?;
+        let host = request_host(req, host_field).ok_or(ProxyError::MissingHost)?;
         let Some(PortRoute::Http(port)) = routes.port(self.client.local) else {
             return Err(ProxyError::UnknownHost);
         };
@@ -226,10 +227,13 @@ fn micros(d: std::time::Duration) -> u64 {
 
 /// The request's host, lower-cased, without port: `:authority` (HTTP/2, absolute-form) or `Host`.
 /// Borrowed unless it had to be lower-cased (no allocation on the common path).
-fn request_host(req: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
+fn request_host<'a>(
+    req: &'a Request<Incoming>,
+    host_field: Option<&'a HeaderValue>,
+) -> Option<std::borrow::Cow<'a, str>> {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
-        None => strip_port(req.headers().get(HOST)?.to_str().ok()?),
+        None => strip_port(host_field?.to_str().ok()?),
     };
     let host = raw.trim_end_matches('.');
     let host = host
