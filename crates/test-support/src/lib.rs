@@ -4,6 +4,7 @@
 pub mod client;
 pub mod cluster;
 pub mod etcd;
+pub mod fuzz;
 pub mod http_client;
 pub mod http_instance;
 pub mod instances;
