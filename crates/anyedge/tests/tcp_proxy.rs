@@ -352,3 +352,65 @@ async fn bulk_bytes_cross_intact_while_both_directions_flow() {
     assert_eq!(got.len(), sent.len(), "byte count");
     assert!(got == sent, "the bytes came back changed");
 }
+
+/// The `tr` (timer) field of the IPv4 socket `local` -> `remote` in `/proc/net/tcp`: 2 is the
+/// keep-alive timer; `None` when there is no such socket.
+fn tcp_timer(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+    let hex = |a: SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(v4) => {
+            format!("{:08X}:{:04X}", u32::from_le_bytes(v4.octets()), a.port())
+        }
+        std::net::IpAddr::V6(_) => String::new(),
+    };
+    let (l, r) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&l.as_str()) && f.get(2) == Some(&r.as_str()))
+            .then(|| f.get(5)?.split(':').next()?.parse().ok())
+            .flatten()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_proxied_connections_keep_tcp_keepalive_on_both_sides() {
+    let inst = FakeInstance::echo("ka").await;
+    let port = free_port();
+    let toml = format!(
+        "[[apps]]\nname = \"ka\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [] }} ]\n  [[apps.instances]]\n  id = \"ka-1\"\n  address = \"{}\"\n",
+        inst.addr
+    );
+    let config = anyedge_config::parse(&toml, "ka.toml").unwrap_or_else(|d| panic!("{d}"));
+    let _node = Node::start(config, admin()).await.expect("node");
+    let mut client = connect(local(port)).await.expect("connect");
+    assert!(read_line(&mut client)
+        .await
+        .expect("greeting")
+        .contains("ka"));
+    let client_addr = client.local_addr().expect("addr");
+    // The proxy's socket to the client: local = the app's port, remote = the client.
+    assert_eq!(
+        tcp_timer(local(port), client_addr),
+        Some(2),
+        "no keep-alive timer on the client's connection"
+    );
+    // The proxy's socket to the instance: remote = the instance's address (its local port is
+    // ephemeral: find it by the remote side, leaving out the instance's own accepted socket).
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let inst_hex = format!("0100007F:{:04X}", inst.addr.port());
+    let to_instance: Vec<u8> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(2) == Some(&inst_hex.as_str()) && f.get(3) == Some(&"01"))
+                .then(|| f.get(5)?.split(':').next()?.parse().ok())
+                .flatten()
+        })
+        .collect();
+    assert_eq!(
+        to_instance,
+        vec![2],
+        "the instance connection: {to_instance:?}"
+    );
+}

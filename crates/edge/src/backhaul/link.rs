@@ -251,6 +251,7 @@ pub(crate) async fn connect_tls(
     let deadline = tokio::time::Instant::now() + timeout;
     let tcp = connect::connect_one(&host, port, timeout, &shared.resolver).await?;
     let _ = tcp.set_nodelay(true);
+    crate::sockets::keep_alive(&tcp);
     let io = RttSampled::new(tcp, rtt, RTT_EVERY);
     let name = rustls::pki_types::ServerName::try_from(peer.to_string())
         .map_err(|_| attempt_error(peer, "node id is not a DNS name"))?;

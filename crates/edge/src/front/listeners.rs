@@ -158,6 +158,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
         return;
     };
     let _ = stream.set_nodelay(true);
+    crate::sockets::keep_alive(&stream);
     let peer = SocketAddr::new(peer_ip, peer.port());
     match route {
         PortRoute::Tcp(route) => {

@@ -1,6 +1,7 @@
 //! Connecting to an instance: resolve (with a small cache) and connect with a deadline; why one
 //! attempt failed ([`AttemptError`]).
 
+use crate::sockets::keep_alive;
 use anyedge_telemetry::ConnectFailure;
 use std::collections::HashMap;
 use std::io;
@@ -72,6 +73,7 @@ pub(crate) async fn connect_one(
         match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                keep_alive(&stream);
                 return Ok(stream);
             }
             Ok(Err(source)) => last = Some(AttemptError::Io { addr, source }),

@@ -55,6 +55,7 @@ async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, sha
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                crate::sockets::keep_alive(&stream);
                 let shared = shared.clone();
                 let drain = shared.drain.track();
                 tokio::spawn(async move {
