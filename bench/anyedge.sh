@@ -5,7 +5,8 @@
 #   PROXY_NAME=anyedge PROXY_TCP_ONLY=1 PROXY_CMD="$PWD/bench/anyedge.sh" python3 bench/bench.py
 #   (bench/run.sh does exactly this, after building the binary)
 #
-# ANYEDGE_BACKHAUL=1 runs an edge and a worker instead (see below).
+# ANYEDGE_BACKHAUL=1 runs an edge and a worker instead (see below). ANYEDGE_ACCESS_LOG=true turns
+# the access log on (the default config's; the peers run without one).
 #
 # One raw-TCP app per TCP origin port: `bench-tcp` (iperf3 server) and `bench-idle` (echo origin
 # of tcp_idle_mem). Unless PROXY_TCP_ONLY=1, also an HTTP app on the HTTP and h2c ports.
@@ -75,7 +76,7 @@ max_connections_per_ip = ${limit}
 
 [http]
 # the peers run with access_log off (conf/*.tmpl)
-access_log = false
+access_log = ${ANYEDGE_ACCESS_LOG:-false}
 
 ${sections}
 
