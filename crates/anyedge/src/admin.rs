@@ -146,6 +146,7 @@ fn health(state: &AdminState) -> Response<Full<Bytes>> {
             "connected": c.connected(),
             "stale_seconds": c.stale_for().as_secs_f64(),
             "revision": c.revision(),
+            "last_error": c.last_error(),
         }),
     };
     let body = serde_json::json!({

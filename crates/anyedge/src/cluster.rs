@@ -35,7 +35,9 @@ impl EtcdFeed {
             anyedge_store::register::LEASE_TTL,
         );
         if !catalog.first_sync(FIRST_SYNC).await {
-            tracing::warn!(endpoints = ?cfg.endpoints, "etcd did not answer in {FIRST_SYNC:?}: starting without its apps; they follow when it answers");
+            // Why, when an attempt has ended already (etcd away, a listing refused).
+            let why = catalog.status().last_error();
+            tracing::warn!(endpoints = ?cfg.endpoints, error = why.as_deref().unwrap_or("none so far (etcd slow to answer, or a large catalog still decoding)"), "the catalog did not load in {FIRST_SYNC:?}: starting without its apps; they follow when it loads");
         }
         Some(EtcdFeed {
             catalog,

@@ -1,13 +1,16 @@
 //! Cluster management on etcd: `anyedge apps put FILE`, `apps rm NAME`, `apps list`,
 //! `instances list`. Each connects with `--etcd URL[,URL...]`, prints what it did on stdout and
-//! problems on stderr, and exits 1 on any problem (0 otherwise).
+//! problems on stderr, and exits 1 on any problem (0 otherwise). Reads are paged and puts are
+//! split into transactions within etcd's limits (`anyedge_store::pages`), so neither has a
+//! ceiling on the number of apps.
 
 use crate::cli::{AppsArgs, AppsCommand, EtcdArgs, InstancesArgs, InstancesCommand};
 use anyedge_config::App;
+use anyedge_store::pages::{self, ListError, PutError};
 use anyedge_store::state::claims::Claims;
 use anyedge_store::values::{decode_app, encode_app};
 use anyedge_store::{client, CatalogState, Change, Key, Keys};
-use etcd_client::{Client, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, KvClient};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
@@ -54,6 +57,10 @@ where
             eprintln!("etcd at {}: {e}", etcd.etcd);
             ExitCode::FAILURE
         }
+        Err(CmdError::List(e)) => {
+            eprintln!("etcd at {}: {e}", etcd.etcd);
+            ExitCode::FAILURE
+        }
         Err(CmdError::Other(e)) => {
             eprintln!("{}", e.trim_end());
             ExitCode::FAILURE
@@ -64,7 +71,14 @@ where
 /// A command's failure: etcd's (printed with the endpoints), or a message of its own.
 pub(crate) enum CmdError {
     Etcd(etcd_client::Error),
+    List(ListError),
     Other(String),
+}
+
+impl From<ListError> for CmdError {
+    fn from(e: ListError) -> Self {
+        CmdError::List(e)
+    }
 }
 
 impl From<String> for CmdError {
@@ -78,7 +92,7 @@ fn etcd_err(e: etcd_client::Error) -> CmdError {
 }
 
 /// Validate the file with the config rules (no instances), check it against the apps already
-/// in etcd (hostnames, ports), then put every app in one transaction.
+/// in etcd (hostnames, ports), then put every app, in transactions within etcd's limits.
 async fn put(mut client: Client, file: &std::path::Path) -> Result<(), CmdError> {
     // Certificate paths are kept absolute: etcd has no "file's directory".
     let path = std::fs::canonicalize(file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -89,18 +103,36 @@ async fn put(mut client: Client, file: &std::path::Path) -> Result<(), CmdError>
     if apps.is_empty() {
         return Err(format!("{}: no [[apps]] in the file", file.display()).into());
     }
-    put_apps(&mut client, &apps).await?;
-    for app in &apps {
-        println!("put app {}", app.name);
-    }
-    Ok(())
+    put_apps(&mut client, &apps, |app| println!("put app {}", app.name)).await
 }
 
-/// Check `apps` against the apps already in etcd (hostnames, ports), then put them all in one
-/// transaction.
-async fn put_apps(client: &mut Client, apps: &[App]) -> Result<(), CmdError> {
+/// Check `apps` against the apps already in etcd (hostnames, ports: one paged read), then put
+/// them in order, in as few transactions as etcd's limits allow (one for up to 128 small apps:
+/// all or none). Each app is put only if it did not change since the read. `written` is called
+/// for each app once its transaction is in; a failure says how many were.
+async fn put_apps(
+    client: &mut Client,
+    apps: &[App],
+    mut written: impl FnMut(&App),
+) -> Result<(), CmdError> {
     let keys = Keys::default();
-    let existing = read_apps(client, &keys).await?;
+    let mut kv = client::kv(client);
+    let (revision, existing) = read_apps(&mut kv, &keys).await?;
+    check_claims(&existing, apps)?;
+    let puts: Vec<(String, Vec<u8>)> = apps
+        .iter()
+        .map(|a| (keys.key(&Key::App(a.name.clone())), encode_app(a)))
+        .collect();
+    pages::put_all(&mut kv, &puts, revision, |range| {
+        apps.get(range).into_iter().flatten().for_each(&mut written);
+    })
+    .await
+    .map_err(|e| stopped(e, apps.len()))
+}
+
+/// Every app of `apps` with the apps in etcd (replaced by `apps` where names match) claims
+/// hostnames and listeners without a clash.
+fn check_claims(existing: &[App], apps: &[App]) -> Result<(), CmdError> {
     let mut claims = Claims::default();
     let mut all: BTreeMap<&str, (&App, bool)> = existing
         .iter()
@@ -115,15 +147,22 @@ async fn put_apps(client: &mut Client, apps: &[App]) -> Result<(), CmdError> {
             return Err(format!("app `{}`{whose}: {why}", app.name).into());
         }
     }
-    let ops: Vec<TxnOp> = apps
-        .iter()
-        .map(|a| TxnOp::put(keys.key(&Key::App(a.name.clone())), encode_app(a), None))
-        .collect();
-    client
-        .txn(Txn::new().and_then(ops))
-        .await
-        .map_err(etcd_err)?;
     Ok(())
+}
+
+/// A put that stopped: nothing written is etcd's error as it is; a partial write says how far
+/// it got (the apps printed so far are in etcd).
+fn stopped(e: PutError, total: usize) -> CmdError {
+    match e {
+        PutError::Etcd {
+            written: 0,
+            source,
+        } => CmdError::Etcd(source),
+        e => CmdError::Other(format!(
+            "{} of {total} apps written (those printed), the rest not: {e}\nputting the same file again is safe",
+            e.written()
+        )),
+    }
 }
 
 /// For `anyedge demo --etcd`: put the apps of an apps file's text.
@@ -132,20 +171,19 @@ pub(crate) async fn put_apps_text(endpoints: &str, text: &str) -> Result<(), Str
     let mut client = client::connect(&client::plain(endpoints))
         .await
         .map_err(|e| e.to_string())?;
-    match put_apps(&mut client, &apps).await {
+    match put_apps(&mut client, &apps, |_| {}).await {
         Ok(()) => Ok(()),
         Err(CmdError::Etcd(e)) => Err(format!("etcd at {endpoints}: {e}")),
+        Err(CmdError::List(e)) => Err(format!("etcd at {endpoints}: {e}")),
         Err(CmdError::Other(e)) => Err(e),
     }
 }
 
-async fn read_apps(client: &mut Client, keys: &Keys) -> Result<Vec<App>, CmdError> {
-    let resp = client
-        .get(keys.apps(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(etcd_err)?;
+/// The apps in etcd (page by page) and the revision they were read at.
+async fn read_apps(kv: &mut KvClient, keys: &Keys) -> Result<(i64, Vec<App>), CmdError> {
+    let listing = pages::list(kv, &keys.apps(), 0).await?;
     let mut apps = Vec::new();
-    for kv in resp.kvs() {
+    for kv in &listing.kvs {
         let Some(Key::App(name)) = keys.parse(kv.key()) else {
             continue;
         };
@@ -154,7 +192,7 @@ async fn read_apps(client: &mut Client, keys: &Keys) -> Result<Vec<App>, CmdErro
             Err(e) => eprintln!("warning: apps/{name} skipped: {e}"),
         }
     }
-    Ok(apps)
+    Ok((listing.revision, apps))
 }
 
 async fn rm(mut client: Client, name: &str) -> Result<(), CmdError> {
@@ -167,15 +205,12 @@ async fn rm(mut client: Client, name: &str) -> Result<(), CmdError> {
     Ok(())
 }
 
-/// Everything under the prefix, as the nodes see it.
+/// Everything under the prefix (page by page, at one revision), as the nodes see it.
 async fn catalog(client: &mut Client) -> Result<CatalogState, CmdError> {
     let keys = Keys::default();
-    let resp = client
-        .get(keys.all(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(etcd_err)?;
+    let listing = pages::list(&mut client::kv(client), &keys.all(), 0).await?;
     let mut state = CatalogState::new(keys);
-    for kv in resp.kvs() {
+    for kv in &listing.kvs {
         state.apply(Change::Put {
             key: kv.key().to_vec(),
             value: kv.value().to_vec(),

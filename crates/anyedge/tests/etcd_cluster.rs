@@ -3,7 +3,7 @@
 //! another node's catalog within its lease TTL; an etcd outage leaves the node serving and
 //! reporting staleness, and it resyncs when etcd returns.
 
-use anyedge_test_support::etcd::Etcd;
+use anyedge_test_support::etcd::{output_text, Etcd};
 use anyedge_test_support::http_instance::HttpInstance;
 use anyedge_test_support::process::Proc;
 use anyedge_test_support::{eventually, free_port};
@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_anyedge"))
@@ -23,35 +22,20 @@ fn local(port: u16) -> SocketAddr {
 
 /// `anyedge ARGS... --etcd URL`.
 fn cli(etcd: &Etcd, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .args(["--etcd", &etcd.url()])
-        .output()
-        .expect("run anyedge")
+    etcd.cli(bin(), args)
 }
 
 fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    output_text(o).0
 }
 
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    output_text(o).1
 }
 
-/// A plain HTTP/1.0 GET; `None` when the connection fails or closes without an answer.
+/// A plain HTTP GET; `None` when the connection fails or closes without an answer.
 async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.get(9..12)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
+    anyedge_test_support::cluster::get(addr, host, path).await
 }
 
 /// A node on the etcd store, run as its own process.

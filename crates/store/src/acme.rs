@@ -14,6 +14,7 @@
 
 use crate::client::connect;
 use crate::keys::Keys;
+use crate::pages;
 use crate::values::{schema_of, DecodeError, SCHEMA};
 use anyedge_config::EtcdConfig;
 use anyedge_tls::acme::{
@@ -23,8 +24,8 @@ use anyedge_tls::acme::{
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use etcd_client::{
-    Client, Compare, CompareOp, Event, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, Event, EventType, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -267,8 +268,10 @@ impl EtcdCertStorage {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1)
-            .with_progress_notify();
-        let mut stream = match client.watch(prefix.as_str(), Some(options)).await {
+            .with_progress_notify()
+            .with_fragment();
+        let mut watcher = crate::client::watcher(&client);
+        let mut stream = match watcher.watch(prefix.as_str(), Some(options)).await {
             Ok(w) => w,
             Err(e) => return etcd(e),
         };
@@ -302,17 +305,13 @@ impl EtcdCertStorage {
         tx: &mpsc::UnboundedSender<String>,
         ours: &mut BTreeSet<String>,
     ) -> io::Result<i64> {
-        let listing = client
-            .get(
-                self.keys.prefix.as_str(),
-                Some(GetOptions::new().with_prefix()),
-            )
+        let listing = pages::list(&mut crate::client::kv(client), &self.keys.prefix, 0)
             .await
-            .map_err(etcd)?;
-        let revision = listing.header().map_or(0, |h| h.revision());
+            .map_err(io::Error::other)?;
+        let revision = listing.revision;
         // The listing replaces what an earlier session installed.
         let mut seen = BTreeSet::new();
-        for kv in listing.kvs() {
+        for kv in &listing.kvs {
             if let Some(host) = self.on_put(kv.key(), kv.value(), challenges, tx) {
                 self.ack(client, &host, kv.mod_revision(), kv.lease()).await;
                 seen.insert(host);
@@ -391,25 +390,22 @@ impl EtcdCertStorage {
 
     /// The registered nodes that have not acknowledged the challenge of `host` at `revision`.
     async fn unacknowledged(&self, host: &str, revision: i64) -> io::Result<Vec<String>> {
-        let mut client = self.client().await?;
-        let prefix = GetOptions::new().with_prefix().with_keys_only();
-        let nodes = client
-            .get(self.keys.nodes(), Some(prefix))
+        let mut kv = crate::client::kv(&self.client().await?);
+        let nodes = pages::list(&mut kv, &self.keys.nodes(), 0)
             .await
-            .map_err(etcd)?;
+            .map_err(io::Error::other)?;
         let dir = self.keys.challenge_acks(host);
-        let acks = client
-            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+        let acks = pages::list(&mut kv, &dir, nodes.revision)
             .await
-            .map_err(etcd)?;
+            .map_err(io::Error::other)?;
         let acked: BTreeSet<&str> = acks
-            .kvs()
+            .kvs
             .iter()
             .filter(|kv| decode::<AckValue>(kv.value()).is_ok_and(|a| a.revision == revision))
             .filter_map(|kv| host_of(kv.key(), &dir))
             .collect();
         Ok(nodes
-            .kvs()
+            .kvs
             .iter()
             .filter_map(|kv| host_of(kv.key(), &self.keys.nodes()))
             .filter(|n| !acked.contains(n))
@@ -675,18 +671,22 @@ pub struct HostListing {
     pub lock_holder: Option<String>,
 }
 
-/// Every hostname with a certificate, a status or a lock in the catalog.
+/// Every hostname with a certificate, a status or a lock in the catalog (read page by page, all
+/// at one revision).
 pub async fn list_hosts(
     client: &mut Client,
     keys: &Keys,
 ) -> Result<BTreeMap<String, HostListing>, etcd_client::Error> {
     let keys = AcmeKeys::new(keys);
+    let mut kv = crate::client::kv(client);
     let mut out: BTreeMap<String, HostListing> = BTreeMap::new();
+    let mut revision = 0;
     for dir in [keys.certs(), keys.statuses(), keys.locks()] {
-        let resp = client
-            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        for kv in resp.kvs() {
+        let listing = pages::list(&mut kv, &dir, revision)
+            .await
+            .map_err(|e| e.source)?;
+        revision = listing.revision;
+        for kv in &listing.kvs {
             let Some(host) = host_of(kv.key(), &dir) else {
                 continue;
             };

@@ -2,7 +2,9 @@
 //! (PITFALLS.md, etcd), and optional TLS with a client certificate.
 
 use anyedge_config::EtcdConfig;
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, Identity, KvClient, TlsOptions, WatchClient,
+};
 use std::time::Duration;
 
 /// Bound on opening a connection.
@@ -16,6 +18,24 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A half-dead connection is then noticed within 15 s; the watch's progress notifications
 /// cover the rest (PITFALLS.md, etcd).
 const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
+
+/// The largest gRPC message taken from etcd. tonic's default (4 MiB) made a listing of about
+/// 9,000 apps fail ("decoded message length too large") and a node retry forever; listings are
+/// now paged ([`crate::pages`]), a page is far below this, and one still too large is asked for
+/// again smaller. Watch responses are asked for in fragments (etcd splits one above its
+/// `--max-request-bytes`, 1.5 MiB by default), so they stay below it too. Large enough for any
+/// one value etcd accepts; small enough that a runaway response cannot take a node's memory.
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// The key-value client of `client`, taking messages up to [`MAX_MESSAGE`].
+pub fn kv(client: &Client) -> KvClient {
+    client.kv_client().max_decoding_message_size(MAX_MESSAGE)
+}
+
+/// The watch client of `client`, taking messages up to [`MAX_MESSAGE`].
+pub fn watcher(client: &Client) -> WatchClient {
+    client.watch_client().max_decoding_message_size(MAX_MESSAGE)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -3,7 +3,8 @@
 //! The etcd store. Pure parts, testable without etcd: key layout ([`keys`]), lenient value
 //! decoding and encoding ([`values`]), and the catalog's key/value state with the diff of two
 //! listings and the assembly of a [`Config`](anyedge_config::Config) ([`state`]). The I/O parts
-//! talk to etcd: the connection ([`client`]), the listing and watch loop that feeds a node
+//! talk to etcd: the connection ([`client`]), paged listings and batched puts within etcd's
+//! limits ([`pages`]), the listing and watch loop that feeds a node
 //! ([`sync`]), the worker's registration under its lease ([`register`]) and the cluster's
 //! ACME state ([`acme`]).
 //!
@@ -12,6 +13,7 @@
 pub mod acme;
 pub mod client;
 pub mod keys;
+pub mod pages;
 pub mod register;
 pub mod state;
 pub mod sync;

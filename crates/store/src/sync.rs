@@ -7,9 +7,10 @@
 
 use crate::client::{connect, StoreError};
 use crate::keys::Keys;
+use crate::pages::ListError;
 use crate::state::{CatalogState, Change};
 use anyedge_config::{Config, EtcdConfig};
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, WatchOptions};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,6 +30,8 @@ pub struct CatalogStatus {
     listings: AtomicU64,
     /// When the catalog was last known current (the connection was lost then), or the start.
     current_at: Mutex<Instant>,
+    /// Why the last session with etcd ended, until a listing succeeds again.
+    last_error: Mutex<Option<String>>,
 }
 
 impl CatalogStatus {
@@ -39,6 +42,7 @@ impl CatalogStatus {
             disconnects: AtomicU64::new(0),
             listings: AtomicU64::new(0),
             current_at: Mutex::new(Instant::now()),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -70,8 +74,26 @@ impl CatalogStatus {
         self.listings.load(Ordering::Relaxed)
     }
 
+    /// Why the catalog is not current: the error that ended the last session with etcd (a
+    /// listing that failed, a lost connection), until a listing succeeds again. `None` while
+    /// current, and at the start before the first attempt ended.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error;
+    }
+
     fn listed(&self) {
         self.listings.fetch_add(1, Ordering::Relaxed);
+        self.set_error(None);
     }
 
     fn set_connected(&self, revision: i64) {
@@ -174,6 +196,10 @@ struct Follower {
 enum SessionEnd {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot load the catalog from etcd: {0}")]
+    List(#[from] ListError),
+    #[error("decoding the catalog stopped: {0}")]
+    Decode(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("the watch stream ended")]
@@ -186,7 +212,8 @@ impl Follower {
         loop {
             let end = self.session(&mut backoff).await;
             self.status.set_disconnected();
-            tracing::warn!(error = %end, retry_in = ?backoff, "etcd catalog disconnected; serving the last snapshot");
+            self.status.set_error(Some(end.to_string()));
+            tracing::warn!(error = %end, retry_in = ?backoff, "etcd catalog not current; serving the last snapshot");
             tokio::time::sleep(jitter(backoff)).await;
             backoff = (backoff * 2).min(BACKOFF.1);
         }
@@ -202,7 +229,7 @@ impl Follower {
         loop {
             let revision = match self.list(&mut client).await {
                 Ok(r) => r,
-                Err(e) => return e.into(),
+                Err(e) => return e,
             };
             *backoff = BACKOFF.0;
             match self.watch(&mut client, revision).await {
@@ -212,28 +239,31 @@ impl Follower {
         }
     }
 
-    /// Read every key at one revision and apply the difference; returns the revision.
-    async fn list(&self, client: &mut Client) -> Result<i64, etcd_client::Error> {
-        let resp = client
-            .get(self.keys.all(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let listing: Vec<(Vec<u8>, Vec<u8>)> = resp
-            .kvs()
-            .iter()
-            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+    /// Read every key at one revision (page by page) and apply the difference; returns the
+    /// revision.
+    async fn list(&self, client: &mut Client) -> Result<i64, SessionEnd> {
+        let started = Instant::now();
+        let read = crate::pages::list(&mut crate::client::kv(client), &self.keys.all(), 0).await?;
+        let revision = read.revision;
+        let listing: Vec<(Vec<u8>, Vec<u8>)> = read
+            .kvs
+            .into_iter()
+            .map(etcd_client::KeyValue::into_key_value)
             .collect();
         let changes = {
             let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.diff(&listing)
         };
+        let (read, count) = (started.elapsed(), changes.len());
+        self.apply(changes).await?;
         tracing::info!(
             revision,
             keys = listing.len(),
-            changes = changes.len(),
+            changes = count,
+            read = ?read,
+            applied = ?(started.elapsed() - read),
             "etcd catalog listed"
         );
-        self.apply(changes);
         self.status.listed();
         self.status.set_connected(revision);
         Ok(revision)
@@ -245,8 +275,13 @@ impl Follower {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1)
-            .with_progress_notify();
-        let mut stream = client.watch(self.keys.all(), Some(options)).await?;
+            .with_progress_notify()
+            // A response above etcd's request limit comes in parts, each below MAX_MESSAGE;
+            // the events of each part are applied in order like any others.
+            .with_fragment();
+        let mut stream = crate::client::watcher(client)
+            .watch(self.keys.all(), Some(options))
+            .await?;
         loop {
             let Some(resp) = stream.message().await? else {
                 return Err(SessionEnd::Closed);
@@ -282,26 +317,39 @@ impl Follower {
                     })
                 })
                 .collect();
-            self.apply(changes);
+            self.apply(changes).await?;
             if let Some(h) = resp.header() {
                 self.status.set_connected(h.revision());
             }
         }
     }
 
-    fn apply(&self, changes: Vec<Change>) {
+    /// Apply `changes` in order. They are decoded on the blocking pool first: an app is
+    /// validated by the config rules, and 20,000 of them took seconds (debug build) on the
+    /// node's single control thread, starving its lease keep-alives and `/healthz`. The state
+    /// is locked only to put the decoded entries in.
+    async fn apply(&self, changes: Vec<Change>) -> Result<(), SessionEnd> {
         if changes.is_empty() {
-            return;
+            return Ok(());
         }
-        let changed = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = self.keys.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
             changes
                 .into_iter()
-                .fold(false, |changed, c| state.apply(c) | changed)
+                .map(|c| c.decode(&keys))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let changed = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            decoded
+                .into_iter()
+                .fold(false, |changed, c| state.apply_decoded(c) | changed)
         };
         if changed {
             self.version.send_modify(|v| *v += 1);
         }
+        Ok(())
     }
 }
 

@@ -148,3 +148,22 @@ impl Drop for Etcd {
         self.stop();
     }
 }
+
+/// What a command printed, as text: (stdout, stderr).
+pub fn output_text(o: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+impl Etcd {
+    /// Run the `anyedge` binary `bin` with `ARGS... --etcd URL` against this etcd.
+    pub fn cli(&self, bin: &std::path::Path, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(bin)
+            .args(args)
+            .args(["--etcd", &self.url()])
+            .output()
+            .expect("run anyedge")
+    }
+}

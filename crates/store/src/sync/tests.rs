@@ -107,3 +107,20 @@ async fn a_running_catalog_follows_puts_and_deletes_after_its_listing() {
             .expect("changed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_that_cannot_load_says_why_until_it_loads() {
+    let mut etcd = Etcd::start();
+    etcd.stop();
+    let catalog = EtcdCatalog::start(client::plain(&etcd.url()), Keys::default());
+    let status = catalog.status().clone();
+    let why = anyedge_test_support::eventually("a reason", Duration::from_secs(10), || async {
+        status.last_error()
+    })
+    .await;
+    assert!(why.contains("etcd"), "{why}");
+    assert!(!status.connected());
+    etcd.start_again();
+    assert!(catalog.first_sync(Duration::from_secs(15)).await);
+    assert_eq!(status.last_error(), None);
+}
