@@ -80,6 +80,11 @@ async fn wait_in_queue<T>(
     attempt: &mut impl FnMut() -> Attempt<T>,
 ) -> Result<T, AdmitError> {
     let limits = &app.config.limits;
+    // A deadline already past (`queue_timeout = "0s"`, or a replay's spent timeout) waits
+    // for nothing: it takes no place in the queue and is not counted as queued.
+    if limits.queue > 0 && tokio::time::Instant::now() >= deadline {
+        return Err(AdmitError::QueueTimeout);
+    }
     let ticket: QueueTicket = app
         .live
         .enqueue(limits.queue)

@@ -77,11 +77,11 @@ async fn a_request_waits_in_the_queue_until_its_deadline() {
     );
     assert_eq!(app.live.waiting(), 0, "the ticket was given back");
     assert_eq!(queued(&node_metrics), 1);
-    // A deadline already past is one look and no wait.
+    // A deadline already past is one look and no wait, and is not counted as queued.
     let late = admit_app(&app, start, &metrics).await;
     assert_eq!(late.err(), Some(AdmitError::QueueTimeout));
     assert_eq!(start.elapsed(), Duration::from_secs(1));
-    assert_eq!(queued(&node_metrics), 2);
+    assert_eq!(queued(&node_metrics), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -258,4 +258,18 @@ async fn an_ejected_outlier_is_skipped_unless_nothing_else_is_left() {
         trace.starts_with("chosen=i0; why=nearest_region backing_off; preference_unmet=false; last_resort=ejected"),
         "{trace}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_already_past_takes_no_place_in_the_queue() {
+    let (app, node_metrics) = app(1, 1, 4);
+    let metrics = node_metrics.app("a");
+    let now = Instant::now();
+    let _held = admit_app(&app, now + Duration::from_secs(1), &metrics)
+        .await
+        .expect("free");
+    let refused = admit_app(&app, now, &metrics).await.err();
+    assert_eq!(refused, Some(AdmitError::QueueTimeout));
+    assert_eq!(Instant::now(), now, "no wait");
+    assert_eq!(queued(&node_metrics), 0, "not counted as queued");
 }
