@@ -123,7 +123,6 @@ fn app(
             internal_port: None,
             force_https: false,
             http_options: HttpOptions::default(),
-            tcp_options: Default::default(),
             ports: port_specs(&path::key(at, "Ports"), e.ports, &name, ports, r),
             checks: Vec::new(),
         }],

@@ -8,10 +8,8 @@ use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -174,58 +172,6 @@ pub(crate) enum Mover {
     Copy,
 }
 
-/// When bytes last moved on a relayed connection (either way), for its idle timeout: one
-/// relaxed store per transfer.
-pub(crate) struct Activity {
-    start: Instant,
-    /// Milliseconds after `start`.
-    last: AtomicU64,
-}
-
-impl Activity {
-    pub fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
-    }
-}
-
-/// Run `relay` to its end, or until nothing has moved either way for `timeout` (zero: no
-/// timeout); `None` when it was cut for idleness. The timer wakes once per `timeout` at most.
-pub(crate) async fn with_idle_timeout<F: std::future::Future>(
-    relay: F,
-    activity: &Activity,
-    timeout: Duration,
-) -> Option<F::Output> {
-    if timeout.is_zero() {
-        return Some(relay.await);
-    }
-    let watch = async {
-        loop {
-            let idle = activity.idle_for();
-            if idle >= timeout {
-                return;
-            }
-            tokio::time::sleep(timeout - idle).await;
-        }
-    };
-    tokio::select! {
-        out = relay => Some(out),
-        () = watch => None,
-    }
-}
-
 /// Copy both ways until both sides have closed. An end of stream one way is passed on as a
 /// half-close (`shutdown(SHUT_WR)`) and the other way goes on; an error either way ends both.
 pub(crate) async fn bidirectional(
@@ -234,13 +180,9 @@ pub(crate) async fn bidirectional(
     pools: (&PipePool, &BufPool),
     mover: Mover,
     metrics: &AppMetrics,
-    activity: &Activity,
 ) -> io::Result<()> {
     let one_way = |from, to, direction| async move {
-        let count = |n| {
-            metrics.add_bytes(direction, n);
-            activity.touch();
-        };
+        let count = |n| metrics.add_bytes(direction, n);
         match mover {
             Mover::Splice => pump(from, to, pools.0, count).await,
             Mover::Copy => pump_copy(from, to, pools.1, count).await,
@@ -354,7 +296,6 @@ pub(crate) async fn copy_pooled<A, B>(
     a: &mut A,
     b: &mut B,
     pool: &BufPool,
-    activity: &Activity,
 ) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -362,12 +303,8 @@ where
 {
     let (mut ab, mut ba) = (Half::default(), Half::default());
     std::future::poll_fn(|cx| {
-        let moved = ab.moved + ba.moved;
         let a_to_b = ab.poll_copy(cx, pool, &mut *a, &mut *b)?;
         let b_to_a = ba.poll_copy(cx, pool, &mut *b, &mut *a)?;
-        if ab.moved + ba.moved != moved {
-            activity.touch();
-        }
         if a_to_b.is_ready() && b_to_a.is_ready() {
             Poll::Ready(Ok((ab.moved, ba.moved)))
         } else {
@@ -493,7 +430,6 @@ mod tests {
                     (&pipes, &bufs),
                     mover,
                     &metrics,
-                    &Activity::new(),
                 )
                 .await
             };
@@ -548,7 +484,7 @@ mod tests {
         let (mut b, mut server) = tokio::io::duplex(64 * 1024);
         let relay = {
             let pool = pool.clone();
-            tokio::spawn(async move { copy_pooled(&mut a, &mut b, &pool, &Activity::new()).await })
+            tokio::spawn(async move { copy_pooled(&mut a, &mut b, &pool).await })
         };
         let up = pattern(1 << 20, 1);
         let down = pattern(1 << 20, 2);
