@@ -9,7 +9,7 @@
 //! writes the forwarding headers (`X-Forwarded-*`, `P-Client-IP`, `P-Forwarded-Port`, `Via`);
 //! the edge region and request id travel as the `P-Region` and `P-Request-Id` headers the
 //! instance gets. A worker that cannot take a request answers 503 with
-//! [`RETRY_ELSEWHERE`] before reading any of its body; the edge then places it again without
+//! `RETRY_ELSEWHERE` (`crate::instance::headers`) before reading any of its body; the edge then places it again without
 //! that instance.
 
 pub(crate) mod feed;
@@ -22,18 +22,15 @@ use anyedge_backhaul::stream;
 use anyedge_backhaul::tls::ClusterTls;
 use anyedge_catalog::PeerEntry;
 use arc_swap::ArcSwapOption;
-use http::HeaderName;
 use link::Link;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// A backhaul stream's metadata, in one header (HPACK encodes and decodes every header of every
 /// stream): `<app> <instance> <client ip> <edge port> <http|https> <1.1|2>`, the app, the
-/// instance (its id within the app) and the client ([`Forwarded`]). The worker removes it and
-/// writes the forwarding headers from the client part.
-pub(crate) const STREAM: HeaderName = HeaderName::from_static(stream::STREAM);
-/// Marks the load-feed stream an edge opens on a backhaul connection.
-pub(crate) const FEED: HeaderName = HeaderName::from_static(stream::FEED);
+/// instance (its id within the app) and the client ([`Forwarded`]); [`FEED`] marks the
+/// load-feed stream an edge opens on a backhaul connection.
+pub(crate) use crate::instance::headers::{FEED, STREAM};
 
 /// The edge's backhaul state: the cluster identity and one link per worker.
 #[derive(Default)]

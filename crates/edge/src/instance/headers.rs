@@ -178,6 +178,15 @@ fn connection_named(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> 
         .collect()
 }
 
+/// The backhaul stream headers of `anyedge_backhaul::stream`, as header names, for both roles:
+/// a stream's metadata (`<app> <instance> <client ...>`, which the worker removes and writes the
+/// forwarding headers from), the mark of the load-feed stream, and a worker's answer that the
+/// instance did not get the request.
+pub(crate) const STREAM: HeaderName = HeaderName::from_static(anyedge_backhaul::stream::STREAM);
+pub(crate) const FEED: HeaderName = HeaderName::from_static(anyedge_backhaul::stream::FEED);
+pub(crate) const RETRY_ELSEWHERE: HeaderName =
+    HeaderName::from_static(anyedge_backhaul::stream::RETRY_ELSEWHERE);
+
 /// What the edge knows about the client connection a request came on.
 pub(crate) struct ClientInfo {
     pub peer: SocketAddr,

@@ -6,10 +6,9 @@
 
 use crate::instance::attempt::{Cause, Outcome};
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
-use crate::instance::headers;
+use crate::instance::headers::{self, RETRY_ELSEWHERE};
 use crate::instance::pool::Sender;
 use anyedge_backhaul::retry::RetryElsewhere;
-use anyedge_backhaul::stream;
 use anyedge_telemetry::AppMetrics;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -17,9 +16,6 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
-
-/// A worker's refusal of a switch.
-const RETRY_ELSEWHERE: http::HeaderName = http::HeaderName::from_static(stream::RETRY_ELSEWHERE);
 
 pub(crate) enum Upgrade {
     None,

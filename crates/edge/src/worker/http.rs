@@ -11,20 +11,16 @@ use crate::instance::attempt::{
     fill_host, response_back, retry_reason, upstream_uri, Cause, Outcome,
 };
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
-use crate::instance::headers;
+use crate::instance::headers::{self, FEED, RETRY_ELSEWHERE, STREAM};
 use crate::instance::outlier;
 use crate::instance::pool::{SendError, Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
 use crate::routes::{HttpApp, Routes};
 use crate::Shared;
 use anyedge_backhaul::retry::RetryElsewhere;
-use anyedge_backhaul::stream::{self, parse_stream};
+use anyedge_backhaul::stream::parse_stream;
 use anyedge_telemetry::OutlierReason;
 
-/// The stream headers of `anyedge_backhaul::stream`.
-const STREAM: http::HeaderName = http::HeaderName::from_static(stream::STREAM);
-const FEED: http::HeaderName = http::HeaderName::from_static(stream::FEED);
-const RETRY_ELSEWHERE: http::HeaderName = http::HeaderName::from_static(stream::RETRY_ELSEWHERE);
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;

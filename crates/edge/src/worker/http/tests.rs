@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::Edge;
+use anyedge_backhaul::stream;
 use anyedge_catalog::{LiveRegistry, Snapshot};
 use anyedge_core::Drain;
 use anyedge_telemetry::Metrics;
