@@ -3,7 +3,7 @@
 
 use crate::admit::AdmitError;
 use crate::instance::attempt::Cause;
-use crate::instance::body::RespBody;
+use crate::instance::body::{BodyError, RespBody};
 use crate::instance::headers::Prefixed;
 use crate::instance::upgrade::SwitchFailed;
 use anyedge_core::Fault;
@@ -73,6 +73,21 @@ fn admit_fault(e: AdmitError) -> Fault {
         AdmitError::Overloaded | AdmitError::QueueTimeout => Fault::Node,
         AdmitError::Unavailable => Fault::Instance,
         AdmitError::ForcedUnavailable => Fault::Client,
+    }
+}
+
+impl ProxyError {
+    /// The answer when the request's body is what failed: the client's fault (a body over
+    /// `limit`, or one that could not be read: a malformed chunk, a client gone), not the
+    /// instance's; `None` for a copy stopped because the request went elsewhere.
+    pub fn from_body(e: &BodyError, limit: u64) -> Option<ProxyError> {
+        match e {
+            BodyError::TooLarge { .. } => Some(ProxyError::BodyTooLarge { limit }),
+            BodyError::Read(_) => {
+                Some(ProxyError::BadRequest("the request body could not be read"))
+            }
+            BodyError::Superseded => None,
+        }
     }
 }
 

@@ -63,6 +63,15 @@ impl Cause {
         }
     }
 
+    /// The request body's own error, when the body is what failed rather than the instance.
+    pub fn body_error(&self) -> Option<&super::body::BodyError> {
+        match self {
+            Cause::Instance(f) => f.body_error(),
+            Cause::Stream(StreamError::Body(b)) => Some(b),
+            _ => None,
+        }
+    }
+
     /// Whether another instance may take the request: nothing reached this one.
     pub fn retry_elsewhere(&self) -> bool {
         matches!(self, Cause::Unreachable(_) | Cause::Refused(_))

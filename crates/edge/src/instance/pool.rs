@@ -241,6 +241,15 @@ pub(crate) enum Failure {
     Http(hyper::Error),
 }
 
+impl Failure {
+    /// The request body's own error, when the body is what failed (the client's side, or a
+    /// body over its limit), not the instance.
+    pub fn body_error(&self) -> Option<&super::body::BodyError> {
+        let Failure::Http(e) = self;
+        std::error::Error::source(e).and_then(|s| s.downcast_ref())
+    }
+}
+
 impl Sender {
     pub fn is_reused(&self) -> bool {
         matches!(self, Sender::H1 { reused: true, .. })

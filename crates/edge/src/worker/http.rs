@@ -189,6 +189,12 @@ impl WorkerService {
             }
             Ok(Err(SendError::Unsent)) => refuse(&self.shared, RetryElsewhere::StaleConnection),
             Ok(Err(SendError::Failed(e))) => {
+                // The edge's stream body failed (its client's malformed body, a client gone, a
+                // body over the limit): not the instance's fault, so no outlier count.
+                let limit = routes.http.config.max_request_body;
+                if let Some(client) = e.body_error().and_then(|b| ProxyError::from_body(b, limit)) {
+                    return client.response(names);
+                }
                 if retry_reason(&e, reused, &method).is_some() {
                     // The instance provably did not process it.
                     return refuse(&self.shared, RetryElsewhere::NotProcessed);

@@ -3,13 +3,13 @@
 //! came back (retry elsewhere where it is safe, replay where the instance asks), and answer.
 //! Every failure keeps its typed [`Cause`] until the error map.
 
-use super::carrier::{client_body_error, retry_reason, Carrier, CarryError};
+use super::carrier::{retry_reason, Carrier, CarryError};
 use super::routing::{self, Fallback, Replay, Resolved, Wishes};
 use super::service::ProxyService;
 use crate::admit::{self, AdmitError, Placed};
 use crate::error::{ProxyError, ReplayFailure};
 use crate::instance::attempt::{response_back, upstream_uri, Cause, Outcome};
-use crate::instance::body::{BodyError, ReqBody, RespBody, Slots, UpBody};
+use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
 use crate::instance::headers::{self, Forwarded, RETRY_ELSEWHERE};
 use crate::instance::outlier;
 use crate::instance::pool::{PoolReturn, Sender, Target};
@@ -387,17 +387,9 @@ impl ProxyService {
             }
             CarryError::Failed(e) => e,
         };
-        match client_body_error(&e) {
-            Some(BodyError::TooLarge { .. }) => {
-                let limit = self.settings.config.max_request_body;
-                return Flow::Fail(ProxyError::BodyTooLarge { limit });
-            }
-            // The client's body could not be read (a malformed chunk, or the client went
-            // away): the client's fault, not the instance's.
-            Some(BodyError::Read(_)) => {
-                return Flow::Fail(ProxyError::BadRequest("the request body could not be read"));
-            }
-            Some(BodyError::Superseded) | None => {}
+        let limit = self.settings.config.max_request_body;
+        if let Some(client) = e.body_error().and_then(|b| ProxyError::from_body(b, limit)) {
+            return Flow::Fail(client);
         }
         let inst = c.inst();
         let retry = retry_reason(&e, reused, &job.head.method);

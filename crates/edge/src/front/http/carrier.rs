@@ -2,9 +2,9 @@
 //! a protocol switch, to a worker), or as a stream on a backhaul link to the worker that runs
 //! the instance. One send for both, and one answer to "was it written, and may it be retried".
 
-use crate::backhaul::streams::{self, StreamError};
+use crate::backhaul::streams;
 use crate::instance::attempt::{self, h2_retry_reason, Cause};
-use crate::instance::body::{BodyError, ReqBody, UpBody};
+use crate::instance::body::{ReqBody, UpBody};
 use crate::instance::pool::{Failure, PoolReturn, Sender};
 use anyedge_telemetry::RetryReason;
 use http::{Request, Response};
@@ -79,16 +79,5 @@ pub(crate) fn retry_reason(e: &Cause, reused: bool, method: &http::Method) -> Op
         Cause::Instance(f) => attempt::retry_reason(f, reused, method),
         Cause::Stream(e) => e.h2().and_then(h2_retry_reason),
         Cause::Unreachable(_) | Cause::Refused(_) | Cause::BodyNotKept => None,
-    }
-}
-
-/// The client's side of a failed send, when the client's body is what failed.
-pub(crate) fn client_body_error(e: &Cause) -> Option<&BodyError> {
-    match e {
-        Cause::Instance(Failure::Http(e)) => {
-            std::error::Error::source(e).and_then(|s| s.downcast_ref())
-        }
-        Cause::Stream(StreamError::Body(b)) => Some(b),
-        _ => None,
     }
 }
