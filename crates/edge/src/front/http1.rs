@@ -293,14 +293,12 @@ async fn exchange<IO: ClientIo>(
     let (service, routed) = service.for_request(&request);
     let handling = service.handle(request, routed);
     tokio::pin!(handling);
+    // The body first: a `100 Continue` it owes goes out before any answer.
     let resp = poll_fn(|cx| {
-        if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
-            return Poll::Ready(resp);
-        }
         if let Some(p) = pump.as_mut() {
             let _ = p.poll(&mut conn.io, &mut conn.buf, false, cx);
         }
-        Poll::Pending
+        handling.as_mut().poll(cx)
     })
     .await;
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && switch.is_some();
@@ -315,7 +313,10 @@ async fn exchange<IO: ClientIo>(
     let mut writer = Writer::new(resp, shape);
     let written = poll_fn(|cx| {
         if let Some(p) = pump.as_mut() {
-            let _ = p.poll(&mut conn.io, &mut conn.buf, true, cx);
+            let _ = p.poll(&mut conn.io, &mut conn.buf, writer.started, cx);
+            if p.writing_interim() {
+                return Poll::Pending;
+            }
         }
         writer.poll_write(&mut conn.io, cx)
     })

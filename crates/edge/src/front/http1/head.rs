@@ -97,15 +97,20 @@ fn facts(buf: &[u8], head: &RequestHead) -> Facts {
 }
 
 /// The request the forwarding core takes. `Content-Length` beside `Transfer-Encoding` is left
-/// out (the coding wins, RFC 9112 6.3); everything else goes in as received, in order.
+/// out (the coding wins, RFC 9112 6.3), a repeated identical one too; everything else goes in
+/// as received, in order.
 fn request(buf: &[u8], head: &RequestHead) -> Result<Request<()>, Rejection> {
     let method = Method::from_bytes(head.method.of(buf)).map_err(|_| bad("method"))?;
     let uri = Uri::try_from(head.target.of(buf)).map_err(|_| bad("target"))?;
-    let drop_length = head.known.transfer_encoding.is_some();
+    // Without a coding, identical `Content-Length` fields go on as one.
+    let mut drop_length = head.known.transfer_encoding.is_some();
     let mut headers = HeaderMap::with_capacity(head.fields().len());
     for f in head.fields() {
-        if drop_length && f.class == Class::ContentLength {
-            continue;
+        if f.class == Class::ContentLength {
+            if drop_length {
+                continue;
+            }
+            drop_length = true;
         }
         let name = HeaderName::from_bytes(f.name.of(buf)).map_err(|_| bad("field_name"))?;
         let value = HeaderValue::from_bytes(f.value.of(buf)).map_err(|_| bad("field_value"))?;

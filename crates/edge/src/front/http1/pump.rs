@@ -76,7 +76,7 @@ impl Pump {
                 }
                 Poll::Ready(Want::More) => {}
             }
-            if responding {
+            if responding && self.continue_at == Some(0) {
                 self.continue_at = None;
             }
             if let Some(at) = self.continue_at {
@@ -144,6 +144,11 @@ impl Pump {
                 }
             }
         }
+    }
+
+    /// A `100 Continue` is half written: nothing else may be written before its end.
+    pub fn writing_interim(&self) -> bool {
+        self.continue_at.is_some_and(|at| at > 0)
     }
 
     fn end(&mut self, trailers: Option<HeaderMap>) {

@@ -49,6 +49,8 @@ pub(super) struct Writer {
     mode: Mode,
     /// The connection must close after this response.
     pub close: bool,
+    /// Some of the head has been written (no interim response may come now).
+    pub started: bool,
 }
 
 impl Writer {
@@ -116,6 +118,7 @@ impl Writer {
             body: (mode != Mode::None).then_some(body),
             mode,
             close,
+            started: false,
         }
     }
 
@@ -150,6 +153,7 @@ impl Writer {
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
+                self.started = true;
                 self.advance(n);
                 continue;
             }
