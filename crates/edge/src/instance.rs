@@ -11,7 +11,6 @@ pub(crate) mod body;
 pub(crate) mod connect;
 pub(crate) mod h2body;
 pub(crate) mod headers;
-pub(crate) mod inbound;
 pub(crate) mod outlier;
 pub(crate) mod pool;
 pub mod proxy_protocol;
