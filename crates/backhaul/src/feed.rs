@@ -343,18 +343,7 @@ mod tests {
         assert_eq!(parse_frame(b"\r\n"), Frame::default());
     }
 
-    type Owned = (String, String, u32, Option<u32>, bool);
-
-    fn own(e: &Entry<'_>) -> Owned {
-        let e = *e;
-        (
-            e.app.into(),
-            e.instance.into(),
-            e.inflight,
-            e.hard_limit,
-            e.healthy,
-        )
-    }
+    use crate::fuzz::{own_entry as own, OwnedEntry as Owned};
 
     fn frames_of(r: &mut FeedReader) -> Result<Vec<Vec<Owned>>, FrameTooLong> {
         let mut all = Vec::new();

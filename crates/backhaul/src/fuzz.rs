@@ -106,7 +106,8 @@ pub fn retry_reason(data: &[u8]) {
     }
 }
 
-type OwnedEntry = (String, String, u32, Option<u32>, bool);
+/// A feed entry as owned values (comparable after its frame's bytes are gone).
+pub(crate) type OwnedEntry = (String, String, u32, Option<u32>, bool);
 type OwnedFrame = (Vec<OwnedEntry>, usize);
 
 /// How a feed's bytes read: its frames, whether it broke, the bytes left over.
@@ -117,22 +118,18 @@ struct Read {
     pending: usize,
 }
 
+pub(crate) fn own_entry(e: &feed::Entry<'_>) -> OwnedEntry {
+    (
+        e.app.into(),
+        e.instance.into(),
+        e.inflight,
+        e.hard_limit,
+        e.healthy,
+    )
+}
+
 fn own(frame: &Frame<'_>) -> OwnedFrame {
-    let entries = frame
-        .entries
-        .iter()
-        .map(|e| {
-            let e = *e;
-            (
-                e.app.into(),
-                e.instance.into(),
-                e.inflight,
-                e.hard_limit,
-                e.healthy,
-            )
-        })
-        .collect();
-    (entries, frame.skipped)
+    (frame.entries.iter().map(own_entry).collect(), frame.skipped)
 }
 
 /// Feed `stream` to a reader in chunks of the sizes `next_len` gives.

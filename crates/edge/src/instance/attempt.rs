@@ -136,14 +136,8 @@ fn is_reset(e: &hyper::Error) -> bool {
 /// A request without `Host` (HTTP/2, or an HTTP/1.1 request in absolute form without one) gets
 /// its authority as `Host`, which HTTP/1.1 instances need.
 pub(crate) fn fill_host(headers: &mut HeaderMap, uri: &Uri) {
-    if headers.contains_key(HOST) {
-        return;
-    }
-    if let Some(v) = uri
-        .authority()
-        .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
-    {
-        headers.insert(HOST, v);
+    if !headers.contains_key(HOST) {
+        set_host_from_authority(headers, uri);
     }
 }
 

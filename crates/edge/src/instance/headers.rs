@@ -325,23 +325,6 @@ pub(crate) fn request_id(region: &str) -> HeaderValue {
 mod tests {
     use super::*;
 
-    #[test]
-    fn addresses_are_written_as_std_writes_them() {
-        for ip in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "10.20.255.9",
-            "199.100.10.1",
-            "::1",
-            "2001:db8::7",
-        ] {
-            let ip: std::net::IpAddr = ip.parse().expect("ip");
-            let mut out = String::new();
-            anyedge_backhaul::stream::write_ip(&mut out, ip);
-            assert_eq!(out, ip.to_string());
-        }
-    }
-
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
