@@ -1,6 +1,6 @@
 //! Talking to an instance, for both roles: the edge sends here when the instance runs on this
 //! node, the worker for every request an edge carried to it. Resolve and connect
-//! ([`connect`]), pooled HTTP connections ([`pool`]), the request attempt and when a failed one
+//! ([`connect`]), pooled HTTP connections ([`pool`]) and our HTTP/1.1 client on them ([`http1`]), the request attempt and when a failed one
 //! may be retried ([`attempt`]), what passive outlier detection learns from it ([`outlier`]),
 //! bodies kept for retry and replay ([`body`]), header rules ([`headers`]), protocol switches ([`upgrade`]), the PROXY header ([`proxy_protocol`]) and the
 //! byte relay ([`relay`]). Nothing here knows about clients' connections, backhaul or roles:
@@ -11,6 +11,7 @@ pub(crate) mod body;
 pub(crate) mod connect;
 pub(crate) mod h2body;
 pub(crate) mod headers;
+pub(crate) mod http1;
 pub(crate) mod outlier;
 pub(crate) mod pool;
 pub mod proxy_protocol;

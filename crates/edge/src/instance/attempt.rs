@@ -6,7 +6,7 @@
 use super::body::{RespBody, Slots, UpBody};
 use super::h2body::StreamError;
 use super::headers;
-use super::pool::{Failure, PoolReturn, UpstreamError};
+use super::pool::{Failure, UpstreamError};
 use anyedge_backhaul::retry::RetryElsewhere;
 use anyedge_core::Fault;
 use anyedge_telemetry::AppMetrics;
@@ -97,7 +97,14 @@ pub(crate) fn retry_reason(
     reused: bool,
     method: &http::Method,
 ) -> Option<RetryReason> {
-    let Failure::Http(e) = e;
+    let idempotent = method.is_idempotent();
+    let e = match e {
+        Failure::H1(e) => {
+            return (reused && idempotent && e.closed_before_response())
+                .then_some(RetryReason::StaleConnection)
+        }
+        Failure::Http(e) => e,
+    };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
@@ -105,7 +112,6 @@ pub(crate) fn retry_reason(
         }
         source = s.source();
     }
-    let idempotent = method.is_idempotent();
     // hyper reports a connection closed before any response byte as an incomplete message.
     (reused && idempotent && (e.is_incomplete_message() || e.is_closed() || is_reset(e)))
         .then_some(RetryReason::StaleConnection)
@@ -153,17 +159,15 @@ pub(crate) fn set_host_from_authority(headers: &mut HeaderMap, uri: &Uri) {
 }
 
 /// An instance's response on its way to the client (or the edge): hop-by-hop headers off, the
-/// body counted, its connection back to the pool once read whole, and the request's slots held
-/// until it has been sent.
+/// body counted, and the request's slots held until it has been sent.
 pub(crate) fn response_back(
     resp: Response<UpBody>,
-    pool: Option<PoolReturn>,
     metrics: &Arc<AppMetrics>,
     slots: Slots,
 ) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    let mut body = RespBody::upstream(body, pool, metrics.clone());
+    let mut body = RespBody::upstream(body, metrics.clone());
     body.hold(slots);
     Response::from_parts(parts, body)
 }

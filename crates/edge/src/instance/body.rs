@@ -4,14 +4,13 @@
 //! returns the instance connection to its pool when the body ends.
 
 use super::h2body::RecvBody;
-use crate::instance::pool::PoolReturn;
+use crate::instance::http1::H1Body;
 use anyedge_telemetry::{AppMetrics, Direction};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -57,19 +56,6 @@ pub(crate) struct ReplayBody<B> {
     metrics: Arc<AppMetrics>,
     /// The recording's generation when this copy was made.
     generation: u64,
-    /// Set once this copy has been read to its end ([`SentWhole`]).
-    whole: Arc<AtomicBool>,
-}
-
-/// Whether a request's body was sent whole on the connection that carried it: a connection
-/// whose request still owes body bytes (the instance answered first) never carries another.
-#[derive(Clone, Default)]
-pub(crate) struct SentWhole(Option<Arc<AtomicBool>>);
-
-impl SentWhole {
-    pub fn get(&self) -> bool {
-        self.0.as_ref().is_none_or(|w| w.load(Ordering::Acquire))
-    }
 }
 
 impl<B> ReqBody<B>
@@ -100,7 +86,6 @@ where
             trailers_sent: false,
             metrics,
             generation: 0,
-            whole: Arc::default(),
         })
     }
 
@@ -121,17 +106,8 @@ where
                     trailers_sent: false,
                     metrics: b.metrics.clone(),
                     generation: rec.generation,
-                    whole: Arc::default(),
                 }))
             }
-        }
-    }
-
-    /// Whether this copy gets read to its end (an empty body always is).
-    pub fn sent_whole(&self) -> SentWhole {
-        match self {
-            Self::Empty => SentWhole(None),
-            Self::Replay(b) => SentWhole(Some(b.whole.clone())),
         }
     }
 
@@ -149,7 +125,6 @@ where
                         trailers_sent: false,
                         metrics: b.metrics.clone(),
                         generation: rec.generation,
-                        whole: Arc::default(),
                     })
                 })
             }
@@ -171,13 +146,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
-            ReqBody::Replay(b) => {
-                let polled = b.poll_next(cx);
-                if matches!(polled, Poll::Ready(None)) {
-                    b.whole.store(true, Ordering::Release);
-                }
-                polled
-            }
+            ReqBody::Replay(b) => b.poll_next(cx),
         }
     }
 
@@ -186,13 +155,7 @@ where
             ReqBody::Empty => true,
             ReqBody::Replay(b) => {
                 let rec = b.shared.lock().unwrap_or_else(PoisonError::into_inner);
-                let end = rec.done
-                    && b.pos >= rec.chunks.len()
-                    && (b.trailers_sent || rec.trailers.is_none());
-                if end {
-                    b.whole.store(true, Ordering::Release);
-                }
-                end
+                rec.done && b.pos >= rec.chunks.len() && (b.trailers_sent || rec.trailers.is_none())
             }
         }
     }
@@ -286,9 +249,47 @@ where
 /// Errors of bodies on their way to the client.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A response body from where the request went: `Left`, an instance (hyper's client); `Right`,
-/// a worker (a backhaul stream).
-pub(crate) type UpBody = http_body_util::Either<Incoming, RecvBody>;
+/// A response body from where the request went.
+pub(crate) enum UpBody {
+    /// An instance on our HTTP/1.1 client.
+    H1(H1Body),
+    /// An HTTP/2 instance, or a protocol switch's refusal (hyper's client).
+    Hyper(Incoming),
+    /// A worker (a backhaul stream).
+    Stream(RecvBody),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::H1(b) => b.is_end_stream(),
+            UpBody::Hyper(b) => b.is_end_stream(),
+            UpBody::Stream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::H1(b) => b.size_hint(),
+            UpBody::Hyper(b) => b.size_hint(),
+            UpBody::Stream(b) => b.size_hint(),
+        }
+    }
+}
 
 /// A response body on its way to the client.
 pub(crate) struct RespBody {
@@ -323,10 +324,7 @@ impl Slots {
 
 enum RespKind {
     Full(Option<Bytes>),
-    Upstream {
-        body: UpBody,
-        pool: Option<PoolReturn>,
-    },
+    Upstream(UpBody),
 }
 
 impl RespBody {
@@ -344,9 +342,9 @@ impl RespBody {
         Self::full(Bytes::new())
     }
 
-    pub fn upstream(body: UpBody, pool: Option<PoolReturn>, metrics: Arc<AppMetrics>) -> RespBody {
+    pub fn upstream(body: UpBody, metrics: Arc<AppMetrics>) -> RespBody {
         let mut b = RespBody {
-            kind: RespKind::Upstream { body, pool },
+            kind: RespKind::Upstream(body),
             metrics: Some(metrics),
             on_done: None,
             sent: 0,
@@ -366,14 +364,11 @@ impl RespBody {
         self.held = Some(slots);
     }
 
-    /// Give the instance connection back, and the slots, once the response has been read to
-    /// its end.
+    /// Give the slots back once the response has been read to its end (an HTTP/1.1 instance
+    /// connection went back to its pool then).
     fn return_if_done(&mut self) {
-        if let RespKind::Upstream { body, pool } = &mut self.kind {
+        if let RespKind::Upstream(body) = &self.kind {
             if body.is_end_stream() {
-                if let Some(p) = pool.take() {
-                    p.give_back();
-                }
                 self.held = None;
             }
         }
@@ -391,7 +386,7 @@ impl Body for RespBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             RespKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            RespKind::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            RespKind::Upstream(body) => Pin::new(body).poll_frame(cx),
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
@@ -410,14 +405,14 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             RespKind::Full(b) => b.is_none(),
-            RespKind::Upstream { body, .. } => body.is_end_stream(),
+            RespKind::Upstream(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             RespKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            RespKind::Upstream { body, .. } => body.size_hint(),
+            RespKind::Upstream(body) => body.size_hint(),
         }
     }
 }

@@ -1,14 +1,16 @@
-//! Connections to instances: a small pool per instance on hyper's low-level client connections.
-//! It knows whether a failed request was ever written (`try_send_request` hands back one that
-//! was not), keeps HTTP/1.1 connections for reuse only after their response was read to the end,
-//! and shares one HTTP/2 connection per instance when the service asks for an h2 backend.
+//! Connections to instances: a small pool per instance. HTTP/1.1 connections are bare sockets
+//! carried by our own client ([`super::http1`]), kept for reuse only after their response was
+//! read to the end; one HTTP/2 connection per instance (hyper's client) is shared when the
+//! service asks for an h2 backend.
 
-use crate::instance::body::{ReqBody, SentWhole};
+use crate::instance::body::{ReqBody, UpBody};
 use crate::instance::connect::{self, AttemptError, Resolver};
+use crate::instance::http1::{self, H1Error};
 use anyedge_core::InstanceId;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper::{Request, Response};
+use tokio::net::TcpStream;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
@@ -58,59 +60,45 @@ impl<'a> Target<'a> {
     }
 }
 
-/// The connections of one instance.
+/// The connections of one instance: idle HTTP/1.1 sockets (nothing else is held for them),
+/// and the shared HTTP/2 connection when the service asks for an h2 backend.
 #[derive(Default)]
 pub(crate) struct UpstreamPool {
-    idle: Mutex<Vec<(http1::SendRequest<ReqBody>, Instant)>>,
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
 }
 
-/// A pooled HTTP/1.1 connection lent to one response; it goes back when the body ends, and
-/// only if its request's body was sent whole (else the connection still owes the instance
-/// bytes, and the next request on it would wait behind them: it is closed instead).
-pub(crate) struct PoolReturn {
-    sender: http1::SendRequest<ReqBody>,
-    pool: Arc<UpstreamPool>,
-    whole: SentWhole,
-}
-
-impl PoolReturn {
-    pub fn new(
-        sender: http1::SendRequest<ReqBody>,
-        pool: Arc<UpstreamPool>,
-        whole: SentWhole,
-    ) -> PoolReturn {
-        PoolReturn {
-            sender,
-            pool,
-            whole,
-        }
-    }
-
-    pub fn give_back(self) {
-        if !self.whole.get() {
-            tracing::debug!("instance connection closed: the instance answered before the whole request body was sent");
-            return;
-        }
-        let mut idle = self
-            .pool
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE && !self.sender.is_closed() {
-            idle.push((self.sender, Instant::now()));
-        }
-    }
-}
-
 impl UpstreamPool {
-    fn take_idle(&self, max_idle: Duration) -> Option<http1::SendRequest<ReqBody>> {
+    /// A connection whose response was read whole, for the next request.
+    pub(crate) fn put(&self, io: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push((io, Instant::now()));
+        }
+    }
+
+    /// Idle connections held.
+    #[cfg(test)]
+    pub(crate) fn idle_len(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub(crate) fn take_idle(&self, max_idle: Duration) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
+        // The oldest are first: those past the idle timeout close.
+        let expired = idle
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) >= max_idle)
+            .count();
+        idle.drain(..expired);
         // Newest first: the most recently used connection is the least likely to be closed.
-        while let Some((sender, since)) = idle.pop() {
-            if now.duration_since(since) < max_idle && !sender.is_closed() {
-                return Some(sender);
+        while let Some((io, _)) = idle.pop() {
+            if is_open(&io) {
+                return Some(io);
             }
         }
         None
@@ -125,14 +113,12 @@ impl UpstreamPool {
         if target.h2 {
             return self.h2_sender(target, resolver).await.map(Sender::H2);
         }
-        while let Some(mut sender) = self.take_idle(target.idle_timeout) {
-            if sender.ready().await.is_ok() {
-                return Ok(Sender::H1 {
-                    sender,
-                    pool: self.clone(),
-                    reused: true,
-                });
-            }
+        if let Some(io) = self.take_idle(target.idle_timeout) {
+            return Ok(Sender::H1 {
+                io,
+                pool: self.clone(),
+                reused: true,
+            });
         }
         self.fresh(target, resolver).await
     }
@@ -143,30 +129,13 @@ impl UpstreamPool {
         target: &Target<'_>,
         resolver: &Resolver,
     ) -> Result<Sender, UpstreamError> {
-        // Boxed: connecting is the exception, and its state (resolver, connect, handshake)
-        // inline would enlarge every request's future, which is moved into its box per request.
-        Box::pin(self.open_h1(target, resolver)).await
-    }
-
-    async fn open_h1(
-        self: &Arc<Self>,
-        target: &Target<'_>,
-        resolver: &Resolver,
-    ) -> Result<Sender, UpstreamError> {
-        let stream =
-            connect::connect_one(target.host, target.port, target.connect_timeout, resolver)
-                .await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "instance connection ended");
-            }
-        });
+        // Boxed: connecting is the exception, and its state (resolver, connect) inline would
+        // enlarge every request's future, which is moved into its box per request.
+        let connecting =
+            connect::connect_one(target.host, target.port, target.connect_timeout, resolver);
+        let io = Box::pin(connecting).await?;
         Ok(Sender::H1 {
-            sender,
+            io,
             pool: self.clone(),
             reused: false,
         })
@@ -216,10 +185,16 @@ impl UpstreamPool {
     }
 }
 
+/// Whether an idle connection is still open: the instance has not closed it and sent nothing
+/// unasked. Costs no system call unless the socket became readable while idle.
+fn is_open(io: &TcpStream) -> bool {
+    matches!(io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// A connection ready to carry one request.
 pub(crate) enum Sender {
     H1 {
-        sender: http1::SendRequest<ReqBody>,
+        io: TcpStream,
         pool: Arc<UpstreamPool>,
         reused: bool,
     },
@@ -237,16 +212,23 @@ pub(crate) enum SendError {
 /// Why a request that was (at least partly) written failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Failure {
+    /// On hyper's client: an HTTP/2 instance, or a protocol switch.
     #[error(transparent)]
     Http(hyper::Error),
+    /// On our HTTP/1.1 client.
+    #[error(transparent)]
+    H1(#[from] H1Error),
 }
 
 impl Failure {
     /// The request body's own error, when the body is what failed (the client's side, or a
     /// body over its limit), not the instance.
     pub fn body_error(&self) -> Option<&super::body::BodyError> {
-        let Failure::Http(e) = self;
-        std::error::Error::source(e).and_then(|s| s.downcast_ref())
+        match self {
+            Failure::Http(e) => std::error::Error::source(e).and_then(|s| s.downcast_ref()),
+            Failure::H1(H1Error::Body(b)) => Some(b),
+            Failure::H1(_) => None,
+        }
     }
 }
 
@@ -255,38 +237,40 @@ impl Sender {
         matches!(self, Sender::H1 { reused: true, .. })
     }
 
-    /// Send; on success the connection (HTTP/1.1) rides along with the response body and goes
-    /// back to the pool when the body ends.
-    pub async fn send(
-        self,
-        req: Request<ReqBody>,
-    ) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
-        let result = match self {
-            Sender::H1 {
-                mut sender, pool, ..
-            } => {
-                let whole = req.body().sent_whole();
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, Some(PoolReturn::new(sender, pool, whole)))),
-                    Err(e) => e,
-                }
-            }
-            Sender::H2(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, None)),
-                Err(e) => e,
+    /// Send; an HTTP/1.1 connection rides along with the response body and goes back to the
+    /// pool when the body ends.
+    pub async fn send(self, req: Request<ReqBody>) -> Result<Response<UpBody>, SendError> {
+        match self {
+            Sender::H1 { io, pool, .. } => match http1::send(io, req, pool).await {
+                Ok(resp) => Ok(resp.map(UpBody::H1)),
+                Err(e) => Err(SendError::Failed(Failure::H1(e))),
             },
-        };
-        let mut e = result;
-        match e.take_message() {
-            Some(_) => Err(SendError::Unsent),
-            None => Err(SendError::Failed(Failure::Http(e.into_error()))),
+            Sender::H2(mut sender) => match sender.try_send_request(req).await {
+                Ok(resp) => Ok(resp.map(UpBody::Hyper)),
+                Err(mut e) => match e.take_message() {
+                    Some(_) => Err(SendError::Unsent),
+                    None => Err(SendError::Failed(Failure::Http(e.into_error()))),
+                },
+            },
         }
     }
 
-    /// For a protocol switch: send on this connection and never pool it.
+    /// For a protocol switch: send on this connection (through hyper's client, which hands
+    /// the connection over after a 101) and never pool it.
     pub async fn send_once(self, req: Request<ReqBody>) -> Result<Response<Incoming>, Failure> {
         match self {
-            Sender::H1 { mut sender, .. } => sender.send_request(req).await.map_err(Failure::Http),
+            Sender::H1 { io, .. } => {
+                let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(Failure::Http)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "instance connection ended");
+                    }
+                });
+                sender.send_request(req).await.map_err(Failure::Http)
+            }
             Sender::H2(mut sender) => sender.send_request(req).await.map_err(Failure::Http),
         }
     }

@@ -78,10 +78,13 @@ pub(crate) enum Leg {
     FromEdge,
 }
 
+/// A switch's answer, with what the request did.
+pub(crate) type Answered = Result<(Response<RespBody>, Outcome), (SwitchFailed, Outcome)>;
+
 /// What became of a switch.
 pub(crate) enum Forwarded {
     /// Switched, or answered (by the instance or with an error).
-    Answer(Result<(Response<RespBody>, Outcome), (SwitchFailed, Outcome)>),
+    Answer(Box<Answered>),
     /// The worker refused before the instance saw it (`anyedge-retry-elsewhere`): everything
     /// needed to place the switch again.
     Refused {
@@ -121,7 +124,9 @@ pub(crate) async fn forward(
     leg: Leg,
 ) -> Forwarded {
     let (client, h2_client, protocol) = match upgrade {
-        Upgrade::None => return Forwarded::Answer(Err((SwitchFailed::NotAnUpgrade, outcome))),
+        Upgrade::None => {
+            return Forwarded::Answer(Box::new(Err((SwitchFailed::NotAnUpgrade, outcome))))
+        }
         Upgrade::Http1 { client } => {
             let protocol = req
                 .headers()
@@ -137,7 +142,7 @@ pub(crate) async fn forward(
         Ok(r) => r,
         Err(e) => {
             let failed = SwitchFailed::Cause(Box::new(Cause::Instance(e)));
-            return Forwarded::Answer(Err((failed, outcome)));
+            return Forwarded::Answer(Box::new(Err((failed, outcome))));
         }
     };
     if leg == Leg::ToWorker {
@@ -156,9 +161,9 @@ pub(crate) async fn forward(
             };
         }
     }
-    Forwarded::Answer(tunnel(
+    Forwarded::Answer(Box::new(tunnel(
         resp, client, h2_client, &protocol, app, outcome, slots, leg,
-    ))
+    )))
 }
 
 /// Send the switch request, rewritten for the leg it goes on.
@@ -196,7 +201,7 @@ fn tunnel(
     if !switched {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        let mut body = RespBody::upstream(UpBody::Left(body), None, app.metrics.clone());
+        let mut body = RespBody::upstream(UpBody::Hyper(body), app.metrics.clone());
         body.hold(slots);
         return Ok((Response::from_parts(parts, body), outcome));
     }

@@ -10,7 +10,7 @@ use crate::error::ProxyError;
 use crate::instance::attempt::{
     fill_host, response_back, retry_reason, upstream_uri, Cause, Outcome,
 };
-use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
+use crate::instance::body::{ReqBody, RespBody, Slots};
 use crate::instance::headers::{self, FEED, RETRY_ELSEWHERE, STREAM};
 use crate::instance::outlier;
 use crate::instance::pool::{SendError, Sender, Target};
@@ -202,9 +202,9 @@ impl WorkerService {
                 outlier::failed(app, inst, metrics, OutlierReason::Reset);
                 ProxyError::Upstream(Box::new(Cause::Instance(e))).response(names)
             }
-            Ok(Ok((resp, pool))) => {
+            Ok(Ok(resp)) => {
                 outlier::answered(app, inst, metrics, resp.status());
-                response_back(resp.map(UpBody::Left), pool, &t.app.metrics, t.slots)
+                response_back(resp, &t.app.metrics, t.slots)
             }
         }
     }
@@ -234,8 +234,10 @@ async fn switch(
     );
     let names = &routes.http.names;
     match sent.await {
-        upgrade::Forwarded::Answer(Ok((resp, _))) => resp,
-        upgrade::Forwarded::Answer(Err((e, _))) => ProxyError::from(e).response(names),
+        upgrade::Forwarded::Answer(answer) => match *answer {
+            Ok((resp, _)) => resp,
+            Err((e, _)) => ProxyError::from(e).response(names),
+        },
         // Only an edge's leg to a worker is refused this way.
         upgrade::Forwarded::Refused { reason, .. } => {
             ProxyError::Upstream(Box::new(Cause::Refused(reason))).response(names)

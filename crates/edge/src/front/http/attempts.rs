@@ -12,7 +12,7 @@ use crate::instance::attempt::{response_back, upstream_uri, Cause, Outcome};
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
 use crate::instance::headers::{self, Forwarded, RETRY_ELSEWHERE};
 use crate::instance::outlier;
-use crate::instance::pool::{PoolReturn, Sender, Target};
+use crate::instance::pool::{Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
 use crate::routes::HttpApp;
 use anyedge_backhaul::retry::RetryElsewhere;
@@ -343,7 +343,7 @@ impl ProxyService {
         }
         let reused = carrier.is_reused();
         let timeout = self.settings.config.response_timeout;
-        let (resp, pool_return) = match tokio::time::timeout(timeout, carrier.send(request)).await {
+        let resp = match tokio::time::timeout(timeout, carrier.send(request)).await {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => return self.send_failed(job, hop, &c, e, reused),
             Err(_) => {
@@ -361,8 +361,8 @@ impl ProxyService {
             outlier::answered(&c.app.app, c.inst(), &c.app.metrics, resp.status());
         }
         match self.replay_asked(&resp) {
-            Some(replay) => self.replay(job, hop, &c, replay, resp, pool_return).await,
-            None => self.respond(job, hop, c, resp, pool_return),
+            Some(replay) => self.replay(job, hop, &c, replay, resp).await,
+            None => self.respond(job, hop, c, resp),
         }
     }
 
@@ -444,7 +444,7 @@ impl ProxyService {
         };
         match upgrade::forward(upgrade, sender, request, app, outcome, slots, leg).await {
             upgrade::Forwarded::Answer(answer) => {
-                Flow::Switched(Box::new(answer.map_err(|(e, o)| (e.into(), o))))
+                Flow::Switched(Box::new((*answer).map_err(|(e, o)| (e.into(), o))))
             }
             upgrade::Forwarded::Refused {
                 upgrade,
@@ -487,14 +487,8 @@ impl ProxyService {
         c: &Chosen,
         replay: Replay,
         resp: Response<UpBody>,
-        pool_return: Option<PoolReturn>,
     ) -> Flow {
-        // The instance's connection is kept when its answer is complete.
-        if http_body::Body::is_end_stream(resp.body()) {
-            if let Some(p) = pool_return {
-                p.give_back();
-            }
-        }
+        // The instance's connection went back to its pool if its answer was complete.
         drop(resp);
         job.outcome.replays += 1;
         c.app.metrics.replay();
@@ -540,19 +534,12 @@ impl ProxyService {
 
     /// The instance's response for the client: hop-by-hop headers off, slots held until the
     /// body has been sent, the preference and route headers when asked for.
-    fn respond(
-        &self,
-        job: &mut Job,
-        hop: &Hop,
-        c: Chosen,
-        resp: Response<UpBody>,
-        pool_return: Option<PoolReturn>,
-    ) -> Flow {
+    fn respond(&self, job: &mut Job, hop: &Hop, c: Chosen, resp: Response<UpBody>) -> Flow {
         let Some(app_slot) = job.app_slot.take() else {
             return Flow::Fail(ProxyError::Admit(AdmitError::Unavailable));
         };
         let slots = Slots::new(app_slot, c.placed.slot);
-        let mut resp = response_back(resp, pool_return, &c.app.metrics, slots);
+        let mut resp = response_back(resp, &c.app.metrics, slots);
         let names = &self.settings.names;
         let h = resp.headers_mut();
         if c.placed.preference_unmet && !hop.wishes.is_empty() {

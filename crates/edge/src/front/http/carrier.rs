@@ -5,13 +5,14 @@
 use crate::backhaul::streams;
 use crate::instance::attempt::{self, h2_retry_reason, Cause};
 use crate::instance::body::{ReqBody, UpBody};
-use crate::instance::pool::{Failure, PoolReturn, Sender};
+use crate::instance::pool::{SendError, Sender};
 use anyedge_telemetry::RetryReason;
 use http::{Request, Response};
 
 /// A connection ready to carry one request.
 pub(crate) enum Carrier {
-    /// hyper's client: an instance on this node, or a protocol switch to a worker.
+    /// A pooled connection: an instance on this node (our HTTP/1.1 client or hyper's HTTP/2
+    /// one), or a protocol switch to a worker.
     Hyper(Sender),
     /// A backhaul stream to the instance's worker.
     Stream(streams::Conn),
@@ -32,43 +33,18 @@ impl Carrier {
 
     /// Send; on success an HTTP/1.1 connection rides along with the response body and goes back
     /// to its pool when the body ends.
-    pub async fn send(
-        self,
-        req: Request<ReqBody>,
-    ) -> Result<(Response<UpBody>, Option<PoolReturn>), CarryError> {
+    pub async fn send(self, req: Request<ReqBody>) -> Result<Response<UpBody>, CarryError> {
         match self {
-            // hyper's senders are matched here, not through `Sender::send`: one future less
-            // to build and move per request.
-            Carrier::Hyper(Sender::H1 {
-                mut sender, pool, ..
-            }) => {
-                let whole = req.body().sent_whole();
-                match sender.try_send_request(req).await {
-                    Ok(resp) => {
-                        let back = PoolReturn::new(sender, pool, whole);
-                        Ok((resp.map(UpBody::Left), Some(back)))
-                    }
-                    Err(e) => Err(unsent_or_failed(e)),
-                }
-            }
-            Carrier::Hyper(Sender::H2(mut sender)) => match sender.try_send_request(req).await {
-                Ok(resp) => Ok((resp.map(UpBody::Left), None)),
-                Err(e) => Err(unsent_or_failed(e)),
-            },
+            Carrier::Hyper(sender) => sender.send(req).await.map_err(|e| match e {
+                SendError::Unsent => CarryError::Unsent,
+                SendError::Failed(f) => CarryError::Failed(Cause::Instance(f)),
+            }),
             Carrier::Stream(conn) => match conn.send(req).await {
-                Ok(resp) => Ok((resp.map(UpBody::Right), None)),
+                Ok(resp) => Ok(resp.map(UpBody::Stream)),
                 Err(streams::SendFailed::Unsent) => Err(CarryError::Unsent),
                 Err(streams::SendFailed::Failed(e)) => Err(CarryError::Failed(Cause::Stream(e))),
             },
         }
-    }
-}
-
-/// A request hyper handed back was never written; any other failure was.
-fn unsent_or_failed(mut e: hyper::client::conn::TrySendError<Request<ReqBody>>) -> CarryError {
-    match e.take_message() {
-        Some(_) => CarryError::Unsent,
-        None => CarryError::Failed(Cause::Instance(Failure::Http(e.into_error()))),
     }
 }
 

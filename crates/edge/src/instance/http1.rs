@@ -1,0 +1,619 @@
+//! Our HTTP/1.1 client to instances: a request is written and its response read by the task
+//! that carries it, on a bare pooled socket (no connection task, no channel, no buffer while the
+//! connection is idle). Heads are parsed by `anyedge-http1` (strict RFC 9112, the same rules as
+//! for clients, so an instance cannot smuggle a second response onto a client's connection).
+//!
+//! What it does that hyper's client did not:
+//! - an instance that answers before it has read the whole request body (a replay request, a
+//!   413, a redirect) has its answer used even when writing the rest of the body then fails:
+//!   the write side stops and the response is read (HAProxy and nginx do the same);
+//! - the head and the body bytes that are ready go out in one vectored write;
+//! - a response body is handed on as slices of the read buffer, never copied.
+//!
+//! The connection goes back to its pool only when the request was written whole, the response
+//! was read to its end with nothing after it, and both sides allow keep-alive.
+
+use super::body::{BodyError, ReqBody};
+use super::pool::UpstreamPool;
+use anyedge_http1::{ChunkHead, ChunkedDecoder, Decoded, Framing, Limits, ResponseHead, Status};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+/// How much a read asks for: a response head and a small body usually arrive in one.
+const READ_SIZE: usize = 16 * 1024;
+/// Body bytes gathered behind the head (or each other) before they are written.
+const GATHER: usize = 64 * 1024;
+/// Slices in one vectored write.
+const MAX_SLICES: usize = 16;
+
+/// Response heads from instances: the same bounds as for clients' heads.
+const LIMITS: Limits = Limits {
+    max_request_line: 8 * 1024,
+    max_head: 64 * 1024,
+    max_fields: anyedge_http1::MAX_FIELDS,
+};
+
+/// Why a request to an instance failed once (part of) it was written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum H1Error {
+    /// Writing failed and nothing of a response came back.
+    #[error("error writing the request to the instance: {0}")]
+    Write(#[source] io::Error),
+    #[error("error reading the instance's response: {source}")]
+    Read {
+        #[source]
+        source: io::Error,
+        /// Whether any byte of a response had arrived.
+        started: bool,
+    },
+    #[error("the instance closed the connection before answering")]
+    Closed,
+    #[error("the instance closed the connection in the middle of its response head")]
+    ClosedInHead,
+    #[error("the instance's response head is invalid: {0}")]
+    Head(anyedge_http1::Error),
+    #[error("the instance's response has a field that cannot be forwarded")]
+    Field,
+    #[error("the instance switched protocols without being asked to")]
+    Switched,
+    #[error("the request body does not match its Content-Length")]
+    BodyLength,
+    /// The request's own body failed (the client's side, or over its limit).
+    #[error(transparent)]
+    Body(BodyError),
+}
+
+impl H1Error {
+    /// The connection failed (closed or reset) before any byte of a response: on a reused
+    /// connection, the keep-alive race (the instance closed it as the request went out).
+    pub fn closed_before_response(&self) -> bool {
+        match self {
+            H1Error::Closed => true,
+            H1Error::Write(e)
+            | H1Error::Read {
+                source: e,
+                started: false,
+            } => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Write `req` on `io` and read the response head. The response body reads on from the same
+/// socket and gives it back to `pool` at its end.
+pub(crate) async fn send<B>(
+    mut io: TcpStream,
+    req: Request<ReqBody<B>>,
+    pool: Arc<UpstreamPool>,
+) -> Result<Response<H1Body>, H1Error>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let mut out = Outgoing::new(&parts, body);
+    let mut buf = BytesMut::new();
+    let mut write_failed = None;
+    let mut started = false;
+    let head_only = parts.method == Method::HEAD;
+    let head = poll_fn(|cx| {
+        if write_failed.is_none() && !out.is_done() {
+            match out.poll_write(&mut io, cx) {
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+                // Keep reading: the instance may have answered and stopped reading (the write
+                // fails with EPIPE or a reset while its answer waits in our receive queue).
+                Poll::Ready(Err(WriteError::Io(e))) => write_failed = Some(e),
+                Poll::Ready(Err(WriteError::Body(e))) => return Poll::Ready(Err(H1Error::Body(e))),
+                Poll::Ready(Err(WriteError::Length)) => {
+                    return Poll::Ready(Err(H1Error::BodyLength))
+                }
+            }
+        }
+        match ready!(poll_head(&mut io, &mut buf, cx, head_only, &mut started)) {
+            Ok(head) => Poll::Ready(Ok(head)),
+            Err(e) => Poll::Ready(Err(match write_failed.take() {
+                Some(w) if matches!(e, H1Error::Closed | H1Error::Read { started: false, .. }) => {
+                    H1Error::Write(w)
+                }
+                _ => e,
+            })),
+        }
+    })
+    .await?;
+    if head.tunnel {
+        return Err(H1Error::Switched);
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::from_u16(head.code).map_err(|_| H1Error::Field)?;
+    if head.version == anyedge_http1::Version::Http10 {
+        *resp.version_mut() = Version::HTTP_10;
+    }
+    let headers = resp.headers_mut();
+    headers.reserve(head.fields().len());
+    for f in head.fields() {
+        let name = HeaderName::from_bytes(f.name.of(&buf)).map_err(|_| H1Error::Field)?;
+        let value = HeaderValue::from_bytes(f.value.of(&buf)).map_err(|_| H1Error::Field)?;
+        headers.append(name, value);
+    }
+    buf.advance(head.len);
+    let framing = match head.framing {
+        Framing::Length(0) | Framing::None => In::Done,
+        Framing::Length(n) => In::Length(n),
+        Framing::Chunked => In::Chunked(Box::default()),
+        Framing::UntilClose => In::UntilClose,
+    };
+    let mut body = H1Body {
+        io: Some(io),
+        buf,
+        framing: In::Done,
+        writer: None,
+        reusable: head.keep_alive() && write_failed.is_none(),
+        pool,
+    };
+    if !out.is_done() && write_failed.is_none() {
+        // The instance answered before the whole body was written: go on writing it while the
+        // response is read (an echo streams its answer as the body comes). The connection
+        // closes after the response unless the body was written whole by then.
+        body.writer = Some(Box::new(out));
+    }
+    match framing {
+        In::Done => body.finish(),
+        framing => body.framing = framing,
+    }
+    Ok(resp.map(|()| body))
+}
+
+/// Read until a final response head is complete (1xx interim heads are skipped).
+fn poll_head(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    head_only: bool,
+    started: &mut bool,
+) -> Poll<Result<ResponseHead, H1Error>> {
+    let method: &[u8] = if head_only { b"HEAD" } else { b"GET" };
+    loop {
+        if !buf.is_empty() {
+            *started = true;
+            match ResponseHead::parse(buf, method, &LIMITS) {
+                Ok(Status::Complete(h)) if h.is_interim() => {
+                    buf.advance(h.len);
+                    continue;
+                }
+                Ok(Status::Complete(h)) => return Poll::Ready(Ok(h)),
+                Ok(Status::Partial) => {}
+                Err(e) => return Poll::Ready(Err(H1Error::Head(e))),
+            }
+        }
+        buf.reserve(READ_SIZE);
+        match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)) {
+            Ok(0) if *started => return Poll::Ready(Err(H1Error::ClosedInHead)),
+            Ok(0) => return Poll::Ready(Err(H1Error::Closed)),
+            Ok(_) => {}
+            Err(source) => {
+                let started = *started;
+                return Poll::Ready(Err(H1Error::Read { source, started }));
+            }
+        }
+    }
+}
+
+/// Why writing a request failed.
+enum WriteError {
+    Io(io::Error),
+    Body(BodyError),
+    Length,
+}
+
+/// A request on its way out: the head, then the body framed by Content-Length or chunked.
+struct Outgoing<B> {
+    body: ReqBody<B>,
+    /// Body bytes still to come under a Content-Length; `None`: chunked.
+    remaining: Option<u64>,
+    /// Bytes queued for the socket, in order.
+    queued: VecDeque<Bytes>,
+    queued_len: usize,
+    /// The body has ended and its end is queued.
+    ended: bool,
+}
+
+impl<B> Outgoing<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn new(parts: &http::request::Parts, body: ReqBody<B>) -> Self {
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let (framing, ended) = match &body {
+            ReqBody::Empty => {
+                // Methods that carry a body say when theirs is empty (as clients do).
+                let says_empty = declared.is_some()
+                    || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+                (says_empty.then_some(Some(0)), true)
+            }
+            body => {
+                let length = declared.or_else(|| body.size_hint().exact());
+                (Some(length), false)
+            }
+        };
+        let mut head = Vec::with_capacity(256 + 32 * parts.headers.len());
+        write_head(parts, framing, &mut head);
+        Outgoing {
+            body,
+            remaining: framing.flatten(),
+            queued_len: head.len(),
+            queued: VecDeque::from([Bytes::from(head)]),
+            ended,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.ended && self.queued.is_empty()
+    }
+
+    /// Queue what the body has ready (up to [`GATHER`] bytes) and write it; `Ready(Ok)` once
+    /// the whole request is written.
+    fn poll_write(
+        &mut self,
+        io: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError>> {
+        loop {
+            while !self.ended && self.queued_len < GATHER {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(frame) => self.queue(frame)?,
+                }
+            }
+            if self.queued.is_empty() {
+                return match self.ended {
+                    true => Poll::Ready(Ok(())),
+                    false => Poll::Pending,
+                };
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = self.queued.len().min(MAX_SLICES);
+            for (slice, bytes) in slices.iter_mut().zip(&self.queued) {
+                *slice = IoSlice::new(bytes);
+            }
+            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(WriteError::Io(e))),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(written)) => written,
+            };
+            self.consume(written);
+        }
+    }
+
+    fn consume(&mut self, mut written: usize) {
+        while written > 0 {
+            let Some(front) = self.queued.front_mut() else {
+                return;
+            };
+            let take = written.min(front.len());
+            front.advance(take);
+            written -= take;
+            if front.is_empty() {
+                self.queued.pop_front();
+            }
+        }
+        self.queued_len = self.queued.iter().map(Bytes::len).sum();
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        self.queued_len += bytes.len();
+        self.queued.push_back(bytes);
+    }
+
+    fn queue(&mut self, frame: Option<Result<Frame<Bytes>, BodyError>>) -> Result<(), WriteError> {
+        let frame = match frame {
+            None => {
+                self.ended = true;
+                return match self.remaining {
+                    None => {
+                        self.push(Bytes::from_static(b"0\r\n\r\n"));
+                        Ok(())
+                    }
+                    Some(0) => Ok(()),
+                    Some(_) => Err(WriteError::Length),
+                };
+            }
+            Some(Err(e)) => return Err(WriteError::Body(e)),
+            Some(Ok(frame)) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => Ok(()),
+            Ok(data) => match &mut self.remaining {
+                Some(left) => {
+                    *left = left
+                        .checked_sub(data.len() as u64)
+                        .ok_or(WriteError::Length)?;
+                    self.push(data);
+                    Ok(())
+                }
+                None => {
+                    let head = ChunkHead::new(data.len() as u64);
+                    self.push(Bytes::copy_from_slice(head.as_bytes()));
+                    self.push(data);
+                    self.push(Bytes::from_static(anyedge_http1::CHUNK_END));
+                    Ok(())
+                }
+            },
+            Err(frame) => {
+                // Trailers end the body; under a Content-Length they cannot be sent.
+                if let (Ok(trailers), None) = (frame.into_trailers(), self.remaining) {
+                    let mut last = Vec::with_capacity(64);
+                    let fields = trailers
+                        .iter()
+                        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+                    anyedge_http1::write_last_chunk(fields, &mut last);
+                    self.push(Bytes::from(last));
+                    self.ended = true;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The request head: origin-form target, the fields as they are (the caller removed the
+/// hop-by-hop ones), and the framing of the body as it will be sent: `Some(Some(n))`
+/// Content-Length, `Some(None)` chunked, `None` no body and nothing to say.
+fn write_head(parts: &http::request::Parts, framing: Option<Option<u64>>, out: &mut Vec<u8>) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Some(Some(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        Some(None) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
+/// What is left of a response body.
+#[derive(Default)]
+enum In {
+    Length(u64),
+    Chunked(Box<ChunkedDecoder>),
+    UntilClose,
+    #[default]
+    Done,
+}
+
+/// The rest of a request body still being written while the response is read.
+trait WriteRest: Send {
+    fn poll_rest(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), ()>>;
+}
+
+impl<B> WriteRest for Outgoing<B>
+where
+    B: Body<Data = Bytes> + Unpin + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn poll_rest(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        self.poll_write(io, cx).map_err(|_| ())
+    }
+}
+
+/// An instance's response body, read from its connection as the client takes it; the
+/// connection goes back to its pool at the end when it may carry another request.
+pub(crate) struct H1Body {
+    io: Option<TcpStream>,
+    buf: BytesMut,
+    framing: In,
+    writer: Option<Box<dyn WriteRest>>,
+    reusable: bool,
+    pool: Arc<UpstreamPool>,
+}
+
+/// A response body that ended before its framing said it would.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ResponseBodyError {
+    #[error("the instance closed the connection before the end of its response body")]
+    Truncated,
+    #[error("reading the instance's response body failed: {0}")]
+    Read(#[from] io::Error),
+    #[error("the instance's chunked response body is invalid: {0}")]
+    Chunked(anyedge_http1::Error),
+    #[error("the instance's response trailers cannot be forwarded")]
+    Trailers,
+}
+
+impl H1Body {
+    /// The body has ended: the connection goes back to its pool if it can carry another
+    /// request, else it closes.
+    fn finish(&mut self) {
+        self.framing = In::Done;
+        let io = self.io.take();
+        if self.reusable && self.writer.is_none() && self.buf.is_empty() {
+            if let Some(io) = io {
+                self.pool.put(io);
+            }
+        }
+        self.buf = BytesMut::new();
+    }
+
+    fn fail(
+        &mut self,
+        e: ResponseBodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        self.reusable = false;
+        self.finish();
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// The frame the buffered bytes make, if they make one.
+    fn buffered(&mut self) -> Option<Result<Frame<Bytes>, ResponseBodyError>> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        match &mut self.framing {
+            In::Done => None,
+            In::Length(left) => {
+                let n = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                let data = self.buf.split_to(n).freeze();
+                *left -= n as u64;
+                if *left == 0 {
+                    self.finish();
+                }
+                Some(Ok(Frame::data(data)))
+            }
+            In::UntilClose => Some(Ok(Frame::data(self.buf.split().freeze()))),
+            In::Chunked(decoder) => match decoder.decode(&self.buf) {
+                Ok((used, Decoded::Data(range))) => {
+                    let data = self.buf.split_to(used).freeze().slice(range);
+                    Some(Ok(Frame::data(data)))
+                }
+                Ok((used, Decoded::NeedMore)) => {
+                    self.buf.advance(used);
+                    None
+                }
+                Ok((used, Decoded::Done)) => {
+                    self.buf.advance(used);
+                    let trailers = trailers(decoder);
+                    self.finish();
+                    match trailers {
+                        Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
+                        Ok(None) => None,
+                        Err(e) => Some(Err(e)),
+                    }
+                }
+                Err(e) => Some(Err(ResponseBodyError::Chunked(e))),
+            },
+        }
+    }
+}
+
+/// A chunked body's trailer fields, as a map (`None` when there are none).
+fn trailers(decoder: &ChunkedDecoder) -> Result<Option<HeaderMap>, ResponseBodyError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in decoder.trailers() {
+        let name = HeaderName::from_bytes(name).map_err(|_| ResponseBodyError::Trailers)?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| ResponseBodyError::Trailers)?;
+        map.append(name, value);
+    }
+    Ok((!map.is_empty()).then_some(map))
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let this = self.get_mut();
+        loop {
+            if let (Some(writer), Some(io)) = (this.writer.as_mut(), this.io.as_mut()) {
+                match writer.poll_rest(io, cx) {
+                    Poll::Pending => {}
+                    Poll::Ready(Ok(())) => this.writer = None,
+                    Poll::Ready(Err(())) => {
+                        // The instance stopped reading; its answer goes on, the connection
+                        // closes after it.
+                        this.writer = None;
+                        this.reusable = false;
+                    }
+                }
+            }
+            if matches!(this.framing, In::Done) {
+                return Poll::Ready(None);
+            }
+            match this.buffered() {
+                Some(Err(e)) => return this.fail(e),
+                Some(Ok(frame)) => return Poll::Ready(Some(Ok(frame))),
+                None if matches!(this.framing, In::Done) => return Poll::Ready(None),
+                None => {}
+            }
+            let Some(io) = this.io.as_mut() else {
+                return this.fail(ResponseBodyError::Truncated);
+            };
+            if this.buf.capacity() - this.buf.len() < READ_SIZE / 4 {
+                this.buf.reserve(READ_SIZE);
+            }
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(io),
+                cx,
+                &mut this.buf
+            )) {
+                Ok(0) if matches!(this.framing, In::UntilClose) => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(ResponseBodyError::Truncated),
+                Ok(_) => {}
+                Err(e) => return this.fail(ResponseBodyError::Read(e)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, In::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            In::Done => SizeHint::with_exact(0),
+            In::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
