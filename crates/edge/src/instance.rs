@@ -12,6 +12,7 @@ pub(crate) mod connect;
 pub(crate) mod h2body;
 pub(crate) mod headers;
 pub(crate) mod http1;
+pub(crate) mod inbound;
 pub(crate) mod outlier;
 pub(crate) mod pool;
 pub mod proxy_protocol;

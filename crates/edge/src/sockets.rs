@@ -50,6 +50,10 @@ pub(crate) fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<std::ne
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    // Set once here, inherited by every accepted connection (Linux copies them from the
+    // listener): no setsockopt calls per accept.
+    let _ = socket.set_nodelay(true);
+    let _ = socket.set_tcp_keepalive(&keep_alive_params());
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -95,10 +99,15 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 /// without a FIN or RST (a dead host, a dropped NAT mapping) is found after about two minutes
 /// of silence (60 s idle, then 6 probes 10 s apart) instead of holding its slots until the
 /// kernel's default of over two hours. A socket that refuses the option keeps working without.
+/// Accepted connections inherit it from their listener ([`bind_one`]); connections the node
+/// makes get it here.
 pub(crate) fn keep_alive(stream: &TcpStream) {
-    let params = socket2::TcpKeepalive::new()
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keep_alive_params());
+}
+
+fn keep_alive_params() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
-        .with_retries(6);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&params);
+        .with_retries(6)
 }

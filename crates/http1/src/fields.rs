@@ -80,9 +80,13 @@ pub(crate) fn note(known: &mut Known, field: &Field, buf: &[u8]) -> Result<(), E
     Ok(())
 }
 
-/// A `Content-Length` value: `1*DIGIT`, or a list of identical ones (`5, 5`, RFC 9110 8.6).
-/// No sign, no hex, no empty element, no value above `u64::MAX`.
+/// A `Content-Length` value: `1*DIGIT`. No sign, no hex, no list (`5, 5` is refused: RFC 9110
+/// 8.6 lets a recipient refuse it, and a proxy that took it would forward a framing its next
+/// hop may read otherwise), no value above `u64::MAX`.
 pub(crate) fn content_length(value: &[u8]) -> Result<u64, Error> {
+    if value.contains(&b',') {
+        return Err(Error::InvalidContentLength);
+    }
     let mut agreed = None;
     for element in value.split(|&b| b == b',').map(trim) {
         if element.is_empty() || element.len() > 20 {

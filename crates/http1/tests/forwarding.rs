@@ -37,7 +37,8 @@ fn request_heads_are_forwarded_with_edits() {
 
 #[test]
 fn framing_is_reemitted_canonically() {
-    let cl = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nX: 1\r\n\r\n";
+    let cl =
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\nX: 1\r\n\r\n";
     assert_eq!(
         forward(cl, &Edits::default()),
         "POST / HTTP/1.1\r\nHost: a\r\nX: 1\r\ncontent-length: 5\r\n\r\n"

@@ -72,7 +72,7 @@ pub(crate) fn follow(link: Weak<Link>, shared: Arc<Shared>) {
 }
 
 async fn read(conn: super::streams::Conn, shared: &Shared) -> Result<(), String> {
-    let mut req = Request::new(ReqBody::<hyper::body::Incoming>::Empty);
+    let mut req = Request::new(ReqBody::<crate::instance::body::ClientBody>::Empty);
     *req.method_mut() = Method::GET;
     *req.version_mut() = Version::HTTP_2;
     *req.uri_mut() = http::Uri::from_static("http://anyedge/");

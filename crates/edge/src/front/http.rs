@@ -7,11 +7,12 @@ mod idle;
 mod routing;
 mod service;
 
+use super::http1;
 use crate::instance::headers::ClientInfo;
 use crate::Shared;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use service::ProxyService;
+pub(crate) use service::ProxyService;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -56,54 +57,91 @@ pub(crate) async fn serve(stream: TcpStream, client: ClientInfo, shared: Arc<Sha
         let service = ProxyService::new(shared.clone(), Arc::new(client), settings, sni);
         // Boxed: the task of an idle connection holds only the branch it took, not the size
         // of the largest (memory per idle connection).
-        Box::pin(serve_io(accepted.stream, h2, service, &shared)).await;
+        if h2 {
+            Box::pin(serve_io(accepted.stream, service, &shared)).await;
+        } else {
+            let buf = http1::ReadBuffer::default();
+            Box::pin(http1::serve(accepted.stream, buf, service, &shared)).await;
+        }
         return;
     }
-    let h2 = match sniff_h2c(&stream, settings.config.header_read_timeout).await {
-        Some(h2) => h2,
-        None => return,
-    };
+    let timeout = settings.config.header_read_timeout;
     let service = ProxyService::new(shared.clone(), Arc::new(client), settings, None);
-    Box::pin(serve_io(stream, h2, service, &shared)).await;
+    let mut stream = stream;
+    let Some((h2, buf)) = sniff_h2c(&mut stream, timeout).await else {
+        return;
+    };
+    if h2 {
+        // hyper's server reads the preface again.
+        let io = http1::Rewind::new(buf.into_vec(), stream);
+        Box::pin(serve_io(io, service, &shared)).await;
+    } else {
+        Box::pin(http1::serve(
+            stream,
+            buf.into_read_buffer(),
+            service,
+            &shared,
+        ))
+        .await;
+    }
 }
 
-/// Does the client open with the HTTP/2 preface? Peeks, so nothing is consumed. `None` when the
-/// client closed or sent nothing in time.
-async fn sniff_h2c(stream: &TcpStream, timeout: Duration) -> Option<bool> {
+/// What a client sent first, read to tell HTTP/2 (its preface) from HTTP/1.1.
+struct Sniffed(http1::ReadBuffer);
+
+impl Sniffed {
+    fn into_vec(mut self) -> Vec<u8> {
+        self.0.take_unread()
+    }
+
+    fn into_read_buffer(self) -> http1::ReadBuffer {
+        self.0
+    }
+}
+
+/// Does the client open with the HTTP/2 preface? The first read decides (no peek): the bytes
+/// read go on to whichever server takes the connection. `None` when the client closed or sent
+/// nothing in time.
+async fn sniff_h2c(stream: &mut TcpStream, timeout: Duration) -> Option<(bool, Sniffed)> {
     let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 4];
+    tokio::time::timeout_at(deadline.into(), stream.readable())
+        .await
+        .ok()?
+        .ok()?;
+    let mut buf = http1::ReadBuffer::default();
     loop {
-        let n = tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
+        let spare = buf.spare(H2_PREFACE.len());
+        let n = tokio::time::timeout_at(
+            deadline.into(),
+            tokio::io::AsyncReadExt::read(stream, spare),
+        )
+        .await
+        .ok()?
+        .ok()?;
         if n == 0 {
             return None;
         }
-        if n >= 4 || buf[..n] != H2_PREFACE[..n] {
-            return Some(buf[..n] == H2_PREFACE[..n]);
+        buf.filled(n);
+        let got = buf.unread();
+        let n = got.len().min(H2_PREFACE.len());
+        if got[..n] != H2_PREFACE[..n] {
+            return Some((false, Sniffed(buf)));
         }
-        // A partial "PRI": wait a moment for the rest of the preface.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        if Instant::now() >= deadline {
-            return None;
+        if n == H2_PREFACE.len() {
+            return Some((true, Sniffed(buf)));
         }
     }
 }
 
 /// Run hyper's server on `io`; on drain, finish in-flight requests and close gracefully.
-pub(crate) async fn serve_io<IO>(io: IO, h2: bool, service: ProxyService, shared: &Shared)
+pub(crate) async fn serve_io<IO>(io: IO, service: ProxyService, shared: &Shared)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = idle::Activity::default();
     let io = TokioIo::new(idle::IdleIo::new(io, activity.clone()));
     // Each protocol in its own boxed future, so a connection holds only its own.
-    let result = if h2 {
-        Box::pin(serve_h2(io, service, shared, activity)).await
-    } else {
-        Box::pin(serve_h1(io, service, shared, activity)).await
-    };
+    let result = serve_h2(io, service, shared, activity).await;
     if let Err(e) = result {
         match crate::error::hyper_rejection(&e) {
             Some(code) => {
@@ -137,33 +175,6 @@ where
         .max_pending_accept_reset_streams(Some(50))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let conn = builder.serve_connection(io, service);
-    drive(
-        conn,
-        |c| c.graceful_shutdown(),
-        shared,
-        activity,
-        idle_timeout,
-    )
-    .await
-}
-
-async fn serve_h1<IO>(
-    io: Io<IO>,
-    service: ProxyService,
-    shared: &Shared,
-    activity: idle::Activity,
-) -> hyper::Result<()>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let cfg = &service.settings().config;
-    let idle_timeout = cfg.idle_timeout;
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(cfg.max_header_size.max(8192));
-    let conn = builder.serve_connection(io, service).with_upgrades();
     drive(
         conn,
         |c| c.graceful_shutdown(),

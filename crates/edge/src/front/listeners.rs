@@ -157,8 +157,6 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     let Some(mut guards) = node_guards(route, &routes.limits, peer_ip, shared) else {
         return;
     };
-    let _ = stream.set_nodelay(true);
-    crate::sockets::keep_alive(&stream);
     let peer = SocketAddr::new(peer_ip, peer.port());
     match route {
         PortRoute::Tcp(route) => {

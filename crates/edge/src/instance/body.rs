@@ -4,6 +4,7 @@
 //! returns the instance connection to its pool when the body ends.
 
 use super::h2body::RecvBody;
+use super::inbound::Inbound;
 use crate::instance::http1::H1Body;
 use anyedge_telemetry::{AppMetrics, Direction};
 use bytes::Bytes;
@@ -42,8 +43,55 @@ struct Recording<B> {
     generation: u64,
 }
 
-/// A request body on its way to an instance. `B` is the client's body (hyper's `Incoming`).
-pub(crate) enum ReqBody<B = Incoming> {
+/// A client's request body, from whichever server read its head: hyper's (HTTP/2 from clients
+/// and edges) or our HTTP/1.1 server's ([`Inbound`]).
+pub(crate) enum ClientBody {
+    /// No body (our server's requests without one).
+    Empty,
+    Hyper(Incoming),
+    Inbound(Inbound),
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(body: Incoming) -> ClientBody {
+        ClientBody::Hyper(body)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Inbound(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Inbound(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Inbound(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A request body on its way to an instance. `B` is the client's body ([`ClientBody`]).
+pub(crate) enum ReqBody<B = ClientBody> {
     Empty,
     Replay(ReplayBody<B>),
 }

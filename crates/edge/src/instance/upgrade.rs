@@ -12,26 +12,85 @@ use anyedge_backhaul::retry::RetryElsewhere;
 use anyedge_telemetry::AppMetrics;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 
 pub(crate) enum Upgrade {
     None,
     /// HTTP/1.1 `Connection: upgrade` + `Upgrade: <protocol>`.
     Http1 {
-        client: OnUpgrade,
+        client: ClientSide,
     },
     /// HTTP/2 `CONNECT` with `:protocol`.
     Connect {
-        client: OnUpgrade,
+        client: ClientSide,
         protocol: String,
     },
 }
 
+/// A byte stream both ways: a switched client connection.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The client connection once the server that read the request has sent the switch's answer.
+pub(crate) type Switched = Box<dyn Stream>;
+
+/// Put in a request's extensions by our HTTP/1.1 server when the request asks for a protocol
+/// switch: the server hands the connection over here once it has written a 101.
+#[derive(Clone)]
+pub(crate) struct Handover(Arc<std::sync::Mutex<Option<oneshot::Receiver<Switched>>>>);
+
+impl Handover {
+    pub fn new() -> (Handover, oneshot::Sender<Switched>) {
+        let (tx, rx) = oneshot::channel();
+        (Handover(Arc::new(std::sync::Mutex::new(Some(rx)))), tx)
+    }
+
+    fn take(&self) -> Option<oneshot::Receiver<Switched>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// The client's side of a switch: from hyper's server, or handed over by ours.
+pub(crate) enum ClientSide {
+    Hyper(OnUpgrade),
+    Handed(oneshot::Receiver<Switched>),
+}
+
+impl ClientSide {
+    fn of<B>(req: &mut Request<B>) -> ClientSide {
+        match req
+            .extensions_mut()
+            .remove::<Handover>()
+            .and_then(|h| h.take())
+        {
+            Some(rx) => ClientSide::Handed(rx),
+            None => ClientSide::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    /// The client's connection, once its server has switched it.
+    async fn stream(self) -> Result<Switched, String> {
+        match self {
+            ClientSide::Hyper(on) => match on.await {
+                Ok(u) => Ok(Box::new(TokioIo::new(u))),
+                Err(e) => Err(e.to_string()),
+            },
+            ClientSide::Handed(rx) => rx
+                .await
+                .map_err(|_| "the client connection was not handed over".to_string()),
+        }
+    }
+}
+
 /// Tell a protocol switch from a plain request, and take the client side's upgrade handle.
-pub(crate) fn classify(req: &mut Request<Incoming>) -> Result<Upgrade, &'static str> {
+pub(crate) fn classify<B>(req: &mut Request<B>) -> Result<Upgrade, &'static str> {
     if req.method() == Method::CONNECT {
         let protocol = req
             .extensions()
@@ -39,7 +98,7 @@ pub(crate) fn classify(req: &mut Request<Incoming>) -> Result<Upgrade, &'static 
             .map(|p| p.as_str().to_string());
         return match protocol {
             Some(protocol) => Ok(Upgrade::Connect {
-                client: hyper::upgrade::on(req),
+                client: ClientSide::of(req),
                 protocol,
             }),
             None => Err("CONNECT is only supported with :protocol (RFC 8441)"),
@@ -58,7 +117,7 @@ pub(crate) fn classify(req: &mut Request<Incoming>) -> Result<Upgrade, &'static 
             });
     Ok(if wants_upgrade {
         Upgrade::Http1 {
-            client: hyper::upgrade::on(req),
+            client: ClientSide::of(req),
         }
     } else {
         Upgrade::None
@@ -186,7 +245,7 @@ async fn send(
 #[allow(clippy::too_many_arguments)]
 fn tunnel(
     mut resp: Response<hyper::body::Incoming>,
-    client: OnUpgrade,
+    client: ClientSide,
     h2_client: bool,
     protocol: &str,
     app: AppRef<'_>,
@@ -210,9 +269,10 @@ fn tunnel(
     tokio::spawn(async move {
         // The tunnel holds its in-flight slots until it closes.
         let _slots = slots;
-        match tokio::try_join!(client, instance) {
-            Ok((c, i)) => {
-                let (mut c, mut i) = (TokioIo::new(c), TokioIo::new(i));
+        let instance = async { instance.await.map_err(|e| e.to_string()) };
+        match tokio::try_join!(client.stream(), instance) {
+            Ok((mut c, i)) => {
+                let mut i = TokioIo::new(i);
                 match tokio::io::copy_bidirectional(&mut c, &mut i).await {
                     Ok((up, down)) => {
                         tracing::debug!(app = %app_name, up, down, "upgraded connection closed")

@@ -96,7 +96,7 @@ impl WorkerService {
         upstream_uri(&mut parts, h2);
         // Streamed as it comes: retries are the edge's (it keeps the body when it may need it).
         let limit = routes.http.config.max_request_body;
-        let body = ReqBody::new(body, 0, limit, taken.app.metrics.clone());
+        let body = ReqBody::new(body.into(), 0, limit, taken.app.metrics.clone());
         let request = Request::from_parts(parts, body);
         if matches!(upgrade, Upgrade::None) {
             self.send(&routes, taken, sender, request).await

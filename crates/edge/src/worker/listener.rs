@@ -54,8 +54,6 @@ async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, sha
     while let Some(accepted) = next(&listener, &mut stop, &shared).await {
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                crate::sockets::keep_alive(&stream);
                 let shared = shared.clone();
                 let drain = shared.drain.track();
                 tokio::spawn(async move {

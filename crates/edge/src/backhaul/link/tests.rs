@@ -79,7 +79,7 @@ fn link_to(app: &AppEntry) -> Arc<Link> {
 
 /// `GET http://a.test/headers` for `a`'s `i1` from client 192.0.2.7 on `conn`.
 async fn get(conn: &streams::Conn) -> (StatusCode, String) {
-    let mut req = Request::new(ReqBody::<hyper::body::Incoming>::Empty);
+    let mut req = Request::new(ReqBody::<crate::instance::body::ClientBody>::Empty);
     *req.version_mut() = http::Version::HTTP_2;
     *req.uri_mut() = http::Uri::from_static("http://a.test/headers");
     req.headers_mut().insert(

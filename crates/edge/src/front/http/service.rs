@@ -7,7 +7,7 @@ use super::routing::Wishes;
 use crate::admit::{self};
 use crate::error::ProxyError;
 use crate::instance::attempt::{set_host_from_authority, Outcome};
-use crate::instance::body::{ReqBody, RespBody};
+use crate::instance::body::{ClientBody, ReqBody, RespBody};
 use crate::instance::headers::{self, ClientInfo};
 use crate::instance::upgrade::{self, Upgrade};
 use crate::routes::{HttpApp, HttpSettings, PortRoute, Routes};
@@ -41,14 +41,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let mut this = self.clone();
-        // The routes current now, for this request alone: the guard is dropped before any
-        // await, and the request keeps only its app.
-        let routed = {
-            let routes = self.shared.routes.load();
-            this.settings = routes.http.clone();
-            this.route(&routes, &req).cloned()
-        };
+        let req = req.map(ClientBody::Hyper);
+        let (this, routed) = self.for_request(&req);
         Box::pin(async move { Ok(this.handle(req, routed).await) })
     }
 }
@@ -72,9 +66,24 @@ impl ProxyService {
         &self.settings
     }
 
-    async fn handle(
+    /// This request's service (with the HTTP settings current now) and its app, routed on the
+    /// routes current now, for this request alone: the guard is dropped before any await, and
+    /// the request keeps only its app.
+    pub(in crate::front) fn for_request(
         &self,
-        req: Request<Incoming>,
+        req: &Request<ClientBody>,
+    ) -> (ProxyService, Result<Arc<HttpApp>, ProxyError>) {
+        let mut this = self.clone();
+        let routes = self.shared.routes.load();
+        this.settings = routes.http.clone();
+        let routed = this.route(&routes, req).cloned();
+        (this, routed)
+    }
+
+    /// Answer one request (never fails: every error becomes a response in `error.rs`).
+    pub(in crate::front) async fn handle(
+        &self,
+        req: Request<ClientBody>,
         routed: Result<Arc<HttpApp>, ProxyError>,
     ) -> Response<RespBody> {
         let started = Instant::now();
@@ -137,7 +146,7 @@ impl ProxyService {
     fn route<'r>(
         &self,
         routes: &'r Routes,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
     ) -> Result<&'r Arc<HttpApp>, ProxyError> {
         // Two `Host` fields: an instance that reads the last one would see another name than
         // the one routed by (RFC 9112 3.2: a 400).
@@ -164,7 +173,7 @@ impl ProxyService {
     async fn proxy(
         &self,
         app: &Arc<HttpApp>,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         request_id: &HeaderValue,
         started: Instant,
     ) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
@@ -228,7 +237,7 @@ fn micros(d: std::time::Duration) -> u64 {
 /// The request's host, lower-cased, without port: `:authority` (HTTP/2, absolute-form) or `Host`.
 /// Borrowed unless it had to be lower-cased (no allocation on the common path).
 fn request_host<'a>(
-    req: &'a Request<Incoming>,
+    req: &'a Request<ClientBody>,
     host_field: Option<&'a HeaderValue>,
 ) -> Option<std::borrow::Cow<'a, str>> {
     let raw = match req.uri().authority() {
@@ -263,7 +272,7 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length(req: &Request<ClientBody>) -> Option<u64> {
     req.headers()
         .get(CONTENT_LENGTH)?
         .to_str()
@@ -273,7 +282,7 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 }
 
 /// `force_https`: 301 to the same host and path over HTTPS.
-fn redirect_https(req: &Request<Incoming>) -> Response<RespBody> {
+fn redirect_https(req: &Request<ClientBody>) -> Response<RespBody> {
     let host = req
         .uri()
         .authority()

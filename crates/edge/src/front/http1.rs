@@ -1,0 +1,342 @@
+//! Our HTTP/1.1 server for clients: one task per connection that owns its socket, reads heads
+//! with `anyedge-http1`, hands each request to the forwarding core (`http/service.rs`) and
+//! writes the answer itself. Requests are answered in order (pipelined ones from the same
+//! buffer). Between requests the connection holds no buffer: an idle keep-alive connection is
+//! its socket, a timer and a few words. hyper's server is not on this path.
+//!
+//! Timeouts: the first request's head must arrive within `header_read_timeout` of the
+//! accept; between requests the connection may stay quiet for `idle_timeout`, and a head
+//! must then be complete within `header_read_timeout` of its first byte. A request being
+//! answered has no idle timeout (its own timeouts apply). On drain, an idle connection closes
+//! at once and a busy one after its answer (`Connection: close`).
+
+mod buffers;
+mod head;
+mod pump;
+mod respond;
+mod rewind;
+
+pub(crate) use buffers::ReadBuffer;
+pub(crate) use rewind::Rewind;
+
+use super::http::ProxyService;
+use crate::instance::body::ClientBody;
+use crate::instance::inbound;
+use crate::instance::upgrade::{Handover, Switched};
+use crate::Shared;
+use anyedge_http1::Limits;
+use anyedge_telemetry::ErrorCode;
+use head::Rejection;
+use pump::{Progress, Pump};
+use respond::{Shape, Writer};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// A client connection our server can run on.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether readiness can be awaited without a buffer (a plain socket can; TLS keeps
+    /// decrypted bytes of its own, so a TLS connection waits by reading).
+    const WAITS_WITHOUT_BUFFER: bool;
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ClientIo for TcpStream {
+    const WAITS_WITHOUT_BUFFER: bool = true;
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    const WAITS_WITHOUT_BUFFER: bool = false;
+
+    fn poll_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// How an exchange leaves the connection.
+enum Next {
+    KeepAlive,
+    Close,
+    /// Close, but read what the client still sends for a while first, so that our answer is
+    /// not destroyed by a reset (the client's unread bytes would make the kernel send one).
+    Linger,
+    /// Hand the connection to the protocol switch the answer agreed to.
+    Switch(oneshot::Sender<Switched>),
+}
+
+struct Conn<IO> {
+    io: IO,
+    buf: ReadBuffer,
+}
+
+/// Serve HTTP/1.1 on `io` until it closes; `buf` holds bytes already read from it.
+pub(crate) async fn serve<IO: ClientIo>(
+    io: IO,
+    buf: ReadBuffer,
+    service: ProxyService,
+    shared: &Shared,
+) {
+    let cfg = &service.settings().config;
+    let (header_timeout, idle_timeout) = (cfg.header_read_timeout, cfg.idle_timeout);
+    let limits = Limits {
+        max_head: cfg.max_header_size,
+        ..Limits::default()
+    };
+    let mut conn = Conn { io, buf };
+    // The first head is due within the header timeout of the accept.
+    let mut quiet_until = Instant::now() + header_timeout;
+    let mut first = true;
+    loop {
+        let next = match conn
+            .read_head(quiet_until, header_timeout, &limits, shared)
+            .await
+        {
+            Ok(Some(parsed)) => Box::pin(exchange(&mut conn, parsed, &service, shared)).await,
+            Ok(None) => Next::Close,
+            Err(HeadError::Timeout { started }) => {
+                if started || first {
+                    shared.metrics.node.rejection(ErrorCode::ClientTimeout);
+                }
+                Next::Close
+            }
+            Err(HeadError::Rejected(r)) => {
+                shared.metrics.node.rejection(r.code);
+                tracing::info!(
+                    code = r.code.as_str(),
+                    why = r.why,
+                    "request rejected before routing"
+                );
+                conn.reject(r, &service).await;
+                Next::Linger
+            }
+        };
+        first = false;
+        match next {
+            Next::KeepAlive => quiet_until = Instant::now() + idle_timeout,
+            Next::Close => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+                return;
+            }
+            Next::Linger => return conn.linger().await,
+            Next::Switch(to) => {
+                let leftover = conn.buf.take_unread();
+                let _ = to.send(Box::new(Rewind::new(leftover, conn.io)));
+                return;
+            }
+        }
+    }
+}
+
+enum HeadError {
+    /// Nothing (or not a whole head) arrived in time; `started`: some of a head had.
+    Timeout {
+        started: bool,
+    },
+    Rejected(Rejection),
+}
+
+type Parsed = (http::Request<()>, head::Facts);
+
+impl<IO: ClientIo> Conn<IO> {
+    /// The next request head. Until its first byte the connection waits without a buffer
+    /// (until `quiet_until`, or a drain); from it, the whole head is due within
+    /// `header_timeout`. `Ok(None)`: the client closed, or the node drains.
+    async fn read_head(
+        &mut self,
+        quiet_until: Instant,
+        header_timeout: Duration,
+        limits: &Limits,
+        shared: &Shared,
+    ) -> Result<Option<Parsed>, HeadError> {
+        if self.buf.is_empty() {
+            self.buf.release();
+            if shared.drain.is_draining() {
+                return Ok(None);
+            }
+            if IO::WAITS_WITHOUT_BUFFER {
+                tokio::select! {
+                    r = poll_fn(|cx| self.io.poll_readable(cx)) => if r.is_err() { return Ok(None) },
+                    _ = tokio::time::sleep_until(quiet_until) => return Err(HeadError::Timeout { started: false }),
+                    _ = shared.drain.started() => return Ok(None),
+                }
+            }
+        }
+        let mut deadline = if self.buf.is_empty() {
+            quiet_until
+        } else {
+            Instant::now() + header_timeout
+        };
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(parsed) =
+                    head::parse(self.buf.unread(), limits).map_err(HeadError::Rejected)?
+                {
+                    return Ok(Some(parsed));
+                }
+            }
+            let was_empty = self.buf.is_empty();
+            let read = tokio::select! {
+                r = self.read_some(limits.max_head) => r,
+                _ = tokio::time::sleep_until(deadline) => return Err(HeadError::Timeout { started: !was_empty }),
+                _ = shared.drain.started(), if was_empty => return Ok(None),
+            };
+            match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) if was_empty => deadline = Instant::now() + header_timeout,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Read what the socket has into the buffer (0: closed, or the head limit reached).
+    async fn read_some(&mut self, max: usize) -> io::Result<usize> {
+        poll_fn(|cx| {
+            let spare = self.buf.spare(max + 1);
+            if spare.is_empty() {
+                return Poll::Ready(Ok(0));
+            }
+            let mut rb = ReadBuf::new(spare);
+            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            self.buf.filled(n);
+            Poll::Ready(Ok(n))
+        })
+        .await
+    }
+
+    /// Answer a head refused before routing, from the error map's shape.
+    async fn reject(&mut self, r: Rejection, service: &ProxyService) {
+        let names = &service.settings().names;
+        let body = format!("{}: {}\n", r.code.as_str(), r.why);
+        let mut resp = http::Response::new(crate::instance::body::RespBody::full(body.into()));
+        *resp.status_mut() =
+            http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::BAD_REQUEST);
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(
+            names.error.clone(),
+            http::HeaderValue::from_static(r.code.as_str()),
+        );
+        let shape = Shape {
+            head: false,
+            http10: false,
+            close: true,
+        };
+        let mut w = Writer::new(resp, shape);
+        let written = poll_fn(|cx| w.poll_write(&mut self.io, cx));
+        let _ = tokio::time::timeout(Duration::from_secs(5), written).await;
+    }
+
+    /// Close after reading (and dropping) what the client still sends, for up to 2 s or
+    /// 1 MiB: our answer is already written, and is not to be lost to a reset.
+    async fn linger(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        let mut left = 1usize << 20;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        self.buf.consume(usize::MAX);
+        while left > 0 {
+            let read = tokio::time::timeout_at(deadline, self.read_some(buffers::SIZE)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => {
+                    left = left.saturating_sub(n);
+                    self.buf.consume(n);
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// One request: handed to the forwarding core, its body read as the core asks, its answer
+/// written. Boxed by the caller, so an idle connection's task does not hold its state.
+async fn exchange<IO: ClientIo>(
+    conn: &mut Conn<IO>,
+    (request, facts): Parsed,
+    service: &ProxyService,
+    shared: &Shared,
+) -> Next {
+    conn.buf.consume(facts.len);
+    let (body, mut pump) = match facts.body {
+        head::Body::None => (None, None),
+        framing => {
+            let length = match framing {
+                head::Body::Length(n) => Some(n),
+                _ => None,
+            };
+            let (body, feed) = inbound::channel(length);
+            (Some(body), Pump::new(feed, framing, facts.expect_continue))
+        }
+    };
+    let mut request = request.map(|()| match body {
+        Some(b) => ClientBody::Inbound(b),
+        None => ClientBody::Empty,
+    });
+    let switch = facts.upgrade.then(|| {
+        let (handover, to) = Handover::new();
+        request.extensions_mut().insert(handover);
+        to
+    });
+    let (service, routed) = service.for_request(&request);
+    let handling = service.handle(request, routed);
+    tokio::pin!(handling);
+    // The body first: a `100 Continue` it owes goes out before any answer.
+    let resp = poll_fn(|cx| {
+        if let Some(p) = pump.as_mut() {
+            let _ = p.poll(&mut conn.io, &mut conn.buf, false, cx);
+        }
+        handling.as_mut().poll(cx)
+    })
+    .await;
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && switch.is_some();
+    let broken = pump
+        .as_ref()
+        .is_some_and(|p| p.progress == Progress::Broken);
+    let shape = Shape {
+        head: facts.head,
+        http10: facts.http10,
+        close: !facts.keep_alive || broken || shared.drain.is_draining(),
+    };
+    let mut writer = Writer::new(resp, shape);
+    let written = poll_fn(|cx| {
+        if let Some(p) = pump.as_mut() {
+            let _ = p.poll(&mut conn.io, &mut conn.buf, writer.started, cx);
+            if p.writing_interim() {
+                return Poll::Pending;
+            }
+        }
+        writer.poll_write(&mut conn.io, cx)
+    })
+    .await;
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "the answer could not be written whole");
+        return Next::Close;
+    }
+    if switching {
+        if let Some(to) = switch {
+            return Next::Switch(to);
+        }
+    }
+    let body_behind = pump.as_mut().is_none_or(|p| p.skip_buffered(&mut conn.buf));
+    if !body_behind {
+        return Next::Linger;
+    }
+    if writer.close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}

@@ -1,0 +1,162 @@
+//! Connection buffers from a per-thread pool. A connection takes a read buffer when its socket
+//! has bytes for it and gives it back as soon as it has nothing unread (between requests); a
+//! response takes a write buffer for as long as it is being written. An idle keep-alive
+//! connection so holds no buffer at all (nginx frees its buffer on keep-alive; HAProxy
+//! releases empty buffers after every receive and send).
+
+use std::cell::RefCell;
+
+/// The size of a pooled buffer; a head that needs more grows its buffer (up to the head limit)
+/// and that buffer is freed, not pooled.
+pub(crate) const SIZE: usize = 8 * 1024;
+/// Buffers kept per thread and kind: enough for the connections that are busy at once.
+const KEEP: usize = 256;
+
+thread_local! {
+    static READ: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read buffer: the unread bytes are `data[start..end]`. Holds no memory while empty and
+/// released.
+#[derive(Default)]
+pub(crate) struct ReadBuffer {
+    data: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuffer {
+    /// A buffer holding `bytes` (the bytes an HTTP/2 sniff read, handed to the other server).
+    pub(crate) fn unread(&self) -> &[u8] {
+        match &self.data {
+            Some(d) => &d[self.start..self.end],
+            None => &[],
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// `n` unread bytes were used.
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start = self.start.saturating_add(n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Give the memory back to the pool when nothing is unread.
+    pub(crate) fn release(&mut self) {
+        if self.is_empty() {
+            if let Some(d) = self.data.take() {
+                if d.len() == SIZE {
+                    READ.with(|p| {
+                        let mut p = p.borrow_mut();
+                        if p.len() < KEEP {
+                            p.push(d);
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Room to read into, after the unread bytes: the buffer is taken from the pool if there is
+    /// none, compacted when its front is used, grown up to `max` when full. Empty when `max`
+    /// unread bytes are already held.
+    pub(crate) fn spare(&mut self, max: usize) -> &mut [u8] {
+        let data = self.data.get_or_insert_with(|| {
+            READ.with(|p| p.borrow_mut().pop())
+                .unwrap_or_else(|| vec![0; SIZE].into_boxed_slice())
+        });
+        if self.end == data.len() && self.start > 0 {
+            data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == data.len() && data.len() < max {
+            let mut grown = vec![0; (data.len() * 2).min(max.max(SIZE))].into_boxed_slice();
+            grown[..self.end].copy_from_slice(&data[..self.end]);
+            *data = grown;
+        }
+        &mut data[self.end..]
+    }
+
+    /// `n` bytes were read into [`Self::spare`].
+    pub(crate) fn filled(&mut self, n: usize) {
+        let len = self.data.as_ref().map_or(0, |d| d.len());
+        self.end = (self.end + n).min(len);
+    }
+
+    /// The unread bytes, taken out (the buffer goes back to the pool).
+    pub(crate) fn take_unread(&mut self) -> Vec<u8> {
+        let out = self.unread().to_vec();
+        self.consume(out.len());
+        self.release();
+        out
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.release();
+    }
+}
+
+/// A write buffer from the pool, empty.
+pub(super) fn write_buffer() -> Vec<u8> {
+    WRITE
+        .with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(SIZE))
+}
+
+/// Give a write buffer back (one that grew large is freed instead).
+pub(super) fn give_back(mut buf: Vec<u8>) {
+    if buf.capacity() > 4 * SIZE {
+        return;
+    }
+    buf.clear();
+    WRITE.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < KEEP {
+            p.push(buf);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_grows_compacts_and_goes_back_empty() {
+        let mut b = ReadBuffer::default();
+        let room = b.spare(64 * 1024);
+        assert_eq!(room.len(), SIZE);
+        room[..5].copy_from_slice(b"hello");
+        b.filled(5);
+        assert_eq!(b.unread(), b"hello");
+        b.consume(2);
+        assert_eq!(b.unread(), b"llo");
+        b.release();
+        assert!(b.data.is_some(), "unread bytes keep their buffer");
+        let n = b.spare(64 * 1024).len();
+        assert_eq!(n, SIZE - 5, "room after the unread bytes");
+        b.filled(n);
+        assert_eq!(b.spare(64 * 1024).len(), 2, "compacted to the front");
+        b.filled(2);
+        assert_eq!(b.unread().len(), SIZE);
+        assert_eq!(b.unread()[..3], *b"llo");
+        assert_eq!(b.spare(64 * 1024).len(), SIZE, "grown when full");
+        b.filled(SIZE);
+        assert!(b.spare(2 * SIZE).is_empty(), "no room past the limit");
+        b.consume(2 * SIZE);
+        b.release();
+        assert!(b.data.is_none(), "an empty buffer is released");
+    }
+}

@@ -1,0 +1,192 @@
+//! A request head read by our HTTP/1.1 server: parsed strictly by `anyedge-http1` into
+//! positions, then turned into the request the forwarding core takes. What the connection
+//! itself needs (framing, keep-alive, `100-continue`, a protocol switch) is kept beside it.
+//! The parsed head (about 2 KiB of positions) lives only in this synchronous step, never in a
+//! connection's state.
+
+use anyedge_http1::{Class, Error, Framing, Limits, RequestHead, Status, Version};
+use anyedge_telemetry::ErrorCode;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri};
+
+/// What the connection needs to know about a request, beside the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Facts {
+    /// Bytes of the head in the read buffer.
+    pub len: usize,
+    pub body: Body,
+    /// The connection may carry another request after this one.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// `Connection: upgrade` with an `Upgrade` field (HTTP/1.1).
+    pub upgrade: bool,
+    /// A `HEAD` request: its response has no body whatever its fields say.
+    pub head: bool,
+    pub http10: bool,
+}
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Body {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A head refused before routing: the status, the code it is counted under, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Rejection {
+    pub status: u16,
+    pub code: ErrorCode,
+    pub why: &'static str,
+}
+
+impl From<Error> for Rejection {
+    fn from(e: Error) -> Rejection {
+        let status = e.status();
+        Rejection {
+            status,
+            code: match status {
+                431 => ErrorCode::HeadersTooLarge,
+                _ => ErrorCode::BadRequest,
+            },
+            why: e.code(),
+        }
+    }
+}
+
+fn bad(why: &'static str) -> Rejection {
+    Rejection {
+        status: 400,
+        code: ErrorCode::BadRequest,
+        why,
+    }
+}
+
+/// The request at the start of `buf`, or `None` when more bytes are needed.
+pub(super) fn parse(
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Option<(Request<()>, Facts)>, Rejection> {
+    let head = match RequestHead::parse(buf, limits)? {
+        Status::Complete(h) => h,
+        Status::Partial => return Ok(None),
+    };
+    let facts = facts(buf, &head);
+    Ok(Some((request(buf, &head)?, facts)))
+}
+
+fn facts(buf: &[u8], head: &RequestHead) -> Facts {
+    let known = &head.known;
+    Facts {
+        len: head.len,
+        body: match head.framing {
+            Framing::Length(0) | Framing::None | Framing::UntilClose => Body::None,
+            Framing::Length(n) => Body::Length(n),
+            Framing::Chunked => Body::Chunked,
+        },
+        keep_alive: head.keep_alive(),
+        expect_continue: known.expect == anyedge_http1::Expect::Continue
+            && head.version == Version::Http11,
+        upgrade: head.version == Version::Http11
+            && known.connection.upgrade
+            && known.upgrade.is_some(),
+        head: head.method_is(buf, b"HEAD"),
+        http10: head.version == Version::Http10,
+    }
+}
+
+/// The request the forwarding core takes. `Content-Length` beside `Transfer-Encoding` is left
+/// out (the coding wins, RFC 9112 6.3), a repeated identical one too; everything else goes in
+/// as received, in order.
+fn request(buf: &[u8], head: &RequestHead) -> Result<Request<()>, Rejection> {
+    let method = Method::from_bytes(head.method.of(buf)).map_err(|_| bad("method"))?;
+    let uri = Uri::try_from(head.target.of(buf)).map_err(|_| bad("target"))?;
+    // Without a coding, identical `Content-Length` fields go on as one.
+    let mut drop_length = head.known.transfer_encoding.is_some();
+    let mut headers = HeaderMap::with_capacity(head.fields().len());
+    for f in head.fields() {
+        if f.class == Class::ContentLength {
+            if drop_length {
+                continue;
+            }
+            drop_length = true;
+        }
+        let name = HeaderName::from_bytes(f.name.of(buf)).map_err(|_| bad("field_name"))?;
+        let value = HeaderValue::from_bytes(f.value.of(buf)).map_err(|_| bad("field_value"))?;
+        headers.append(name, value);
+    }
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = match head.version {
+        Version::Http10 => http::Version::HTTP_10,
+        Version::Http11 => http::Version::HTTP_11,
+    };
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(raw: &[u8]) -> (Request<()>, Facts) {
+        parse(raw, &Limits::default())
+            .expect("valid")
+            .expect("complete")
+    }
+
+    #[test]
+    fn a_get_is_a_request_without_body() {
+        let (req, f) = parsed(b"GET /a?b HTTP/1.1\r\nHost: x.test\r\nX-A: 1\r\nX-A: 2\r\n\r\n");
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/a?b");
+        assert_eq!(req.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(f.body, Body::None);
+        assert!(f.keep_alive && !f.upgrade && !f.head && !f.http10);
+    }
+
+    #[test]
+    fn the_coding_wins_over_a_length_and_the_connection_closes() {
+        let raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (req, f) = parsed(raw);
+        assert!(req.headers().get("content-length").is_none());
+        assert_eq!(f.body, Body::Chunked);
+        assert!(!f.keep_alive);
+    }
+
+    #[test]
+    fn partial_heads_wait_and_bad_ones_are_refused_with_their_status() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHo", &Limits::default())
+            .expect("ok")
+            .is_none());
+        let r = parse(b"GET / HTTP/1.1\r\n\r\n", &Limits::default()).expect_err("no host");
+        assert_eq!((r.status, r.code), (400, ErrorCode::BadRequest));
+        let limits = Limits {
+            max_head: 64,
+            ..Limits::default()
+        };
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(100)
+        );
+        let r = parse(big.as_bytes(), &limits).expect_err("too large");
+        assert_eq!((r.status, r.code), (431, ErrorCode::HeadersTooLarge));
+    }
+
+    #[test]
+    fn upgrade_expect_and_head_are_noted() {
+        let (_, f) = parsed(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert!(f.upgrade);
+        let (_, f) = parsed(
+            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert!(f.expect_continue);
+        assert_eq!(f.body, Body::Length(3));
+        let (_, f) = parsed(b"HEAD / HTTP/1.0\r\n\r\n");
+        assert!(f.head && f.http10 && !f.keep_alive);
+    }
+}
