@@ -45,7 +45,7 @@ pub(crate) fn collect(
     buf: &[u8],
     headers: &[httparse::Header<'_>],
 ) -> Result<(Fields, Known), Error> {
-    let mut list = Fields::default();
+    let mut list = Fields::with_capacity(headers.len());
     let mut known = Known::default();
     for h in headers {
         let field = Field {

