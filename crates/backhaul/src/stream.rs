@@ -166,26 +166,7 @@ pub fn parse_stream(text: &str) -> Option<(&str, &str, Client)> {
 pub fn write_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            // Into a stack buffer, then one push: nearly every client is IPv4, and this runs
-            // for every request (the forwarding headers).
-            let mut text = [0u8; 15];
-            let mut n = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    text[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    text[n] = b'0' + octet / 10 % 10;
-                    n += 1;
-                }
-                text[n] = b'0' + octet % 10;
-                n += 1;
-            }
+            let (text, n) = ipv4_text(v4);
             // ASCII digits and dots: always UTF-8.
             out.push_str(std::str::from_utf8(&text[..n]).unwrap_or_default());
         }
@@ -194,6 +175,45 @@ pub fn write_ip(out: &mut String, ip: IpAddr) {
             let _ = write!(out, "{v6}");
         }
     }
+}
+
+/// [`write_ip`] into bytes (an HTTP/1.1 head being written).
+#[inline]
+pub fn write_ip_bytes(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let (text, n) = ipv4_text(v4);
+            out.extend_from_slice(&text[..n]);
+        }
+        IpAddr::V6(v6) => {
+            // Writing to a Vec cannot fail.
+            let _ = std::io::Write::write_fmt(out, format_args!("{v6}"));
+        }
+    }
+}
+
+/// Dotted decimal into a stack buffer: the text and its length.
+#[inline]
+fn ipv4_text(v4: std::net::Ipv4Addr) -> ([u8; 15], usize) {
+    let mut text = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            text[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            text[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        text[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    (text, n)
 }
 
 /// Append `n` in decimal, without the formatting machinery.
@@ -274,6 +294,9 @@ mod tests {
             let mut out = String::new();
             write_ip(&mut out, ip);
             assert_eq!(out, ip.to_string());
+            let mut bytes = Vec::new();
+            write_ip_bytes(&mut bytes, ip);
+            assert_eq!(bytes, ip.to_string().as_bytes());
         }
     }
 

@@ -14,11 +14,12 @@
 //! was read to its end with nothing after it, and both sides allow keep-alive.
 
 use super::body::{BodyError, ReqBody};
+use super::headers::ClientFields;
 use super::pool::UpstreamPool;
 use anyedge_http1::{ChunkHead, ChunkedDecoder, Decoded, Framing, Limits, ResponseHead, Status};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -94,23 +95,46 @@ impl H1Error {
     }
 }
 
-/// Write `req` on `io` and read the response head. The response body reads on from the same
-/// socket and gives it back to `pool` at its end.
+/// The request head our client writes: the request's own parts, borrowed (a retry writes them
+/// again; nothing is copied per attempt).
+pub(crate) struct Outbound<'a> {
+    pub method: &'a Method,
+    /// Written in origin form (its path and query).
+    pub uri: &'a Uri,
+    /// Hop-by-hop fields already removed; `Content-Length` and `Transfer-Encoding` are ours.
+    pub headers: &'a HeaderMap,
+    /// The client's forwarding fields, written into the head; `None`: `headers` has them.
+    pub fields: Option<ClientFields<'a>>,
+}
+
+impl<'a> Outbound<'a> {
+    pub fn of(parts: &'a http::request::Parts) -> Outbound<'a> {
+        Outbound {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            fields: None,
+        }
+    }
+}
+
+/// Write the request on `io` and read the response head. The response body reads on from the
+/// same socket and gives it back to `pool` at its end.
 pub(crate) async fn send<B>(
     mut io: TcpStream,
-    req: Request<ReqBody<B>>,
+    head: Outbound<'_>,
+    body: ReqBody<B>,
     pool: Arc<UpstreamPool>,
 ) -> Result<Response<H1Body>, H1Error>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (parts, body) = req.into_parts();
-    let mut out = Outgoing::new(&parts, body);
+    let mut out = Outgoing::new(&head, body);
     let mut buf = BytesMut::new();
     let mut write_failed = None;
     let mut started = false;
-    let head_only = parts.method == Method::HEAD;
+    let head_only = *head.method == Method::HEAD;
     let head = poll_fn(|cx| {
         if write_failed.is_none() && !out.is_done() {
             match out.poll_write(&mut io, cx) {
@@ -143,14 +167,16 @@ where
     if head.version == anyedge_http1::Version::Http10 {
         *resp.version_mut() = Version::HTTP_10;
     }
+    // The head's bytes, shared by every value (a copy each was an allocation each).
+    let raw = buf.split_to(head.len).freeze();
     let headers = resp.headers_mut();
     headers.reserve(head.fields().len());
     for f in head.fields() {
-        let name = HeaderName::from_bytes(f.name.of(&buf)).map_err(|_| H1Error::Field)?;
-        let value = HeaderValue::from_bytes(f.value.of(&buf)).map_err(|_| H1Error::Field)?;
+        let name = HeaderName::from_bytes(f.name.of(&raw)).map_err(|_| H1Error::Field)?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(f.value.range()))
+            .map_err(|_| H1Error::Field)?;
         headers.append(name, value);
     }
-    buf.advance(head.len);
     let framing = match head.framing {
         Framing::Length(0) | Framing::None => In::Done,
         Framing::Length(n) => In::Length(n),
@@ -237,7 +263,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    fn new(parts: &http::request::Parts, body: ReqBody<B>) -> Self {
+    fn new(parts: &Outbound<'_>, body: ReqBody<B>) -> Self {
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -247,7 +273,7 @@ where
             ReqBody::Empty => {
                 // Methods that carry a body say when theirs is empty (as clients do).
                 let says_empty = declared.is_some()
-                    || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+                    || matches!(*parts.method, Method::POST | Method::PUT | Method::PATCH);
                 (says_empty.then_some(Some(0)), true)
             }
             body => {
@@ -381,14 +407,21 @@ where
 /// The request head: origin-form target, the fields as they are (the caller removed the
 /// hop-by-hop ones), and the framing of the body as it will be sent: `Some(Some(n))`
 /// Content-Length, `Some(None)` chunked, `None` no body and nothing to say.
-fn write_head(parts: &http::request::Parts, framing: Option<Option<u64>>, out: &mut Vec<u8>) {
+fn write_head(parts: &Outbound<'_>, framing: Option<Option<u64>>, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    let mut xff = Vec::new();
+    for (name, value) in parts.headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        if parts.fields.is_some_and(|f| f.replaces(name)) {
+            if name.as_str() == "x-forwarded-for" {
+                xff.push(value);
+            }
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -404,6 +437,9 @@ fn write_head(parts: &http::request::Parts, framing: Option<Option<u64>>, out: &
         }
         Some(None) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         None => {}
+    }
+    if let Some(fields) = parts.fields {
+        fields.write(&xff, out);
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -241,10 +241,13 @@ impl Sender {
     /// pool when the body ends.
     pub async fn send(self, req: Request<ReqBody>) -> Result<Response<UpBody>, SendError> {
         match self {
-            Sender::H1 { io, pool, .. } => match http1::send(io, req, pool).await {
-                Ok(resp) => Ok(resp.map(UpBody::H1)),
-                Err(e) => Err(SendError::Failed(Failure::H1(e))),
-            },
+            Sender::H1 { io, pool, .. } => {
+                let (parts, body) = req.into_parts();
+                match http1::send(io, http1::Outbound::of(&parts), body, pool).await {
+                    Ok(resp) => Ok(resp.map(UpBody::H1)),
+                    Err(e) => Err(SendError::Failed(Failure::H1(e))),
+                }
+            }
             Sender::H2(mut sender) => match sender.try_send_request(req).await {
                 Ok(resp) => Ok(resp.map(UpBody::Hyper)),
                 Err(mut e) => match e.take_message() {

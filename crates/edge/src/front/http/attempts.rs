@@ -11,8 +11,9 @@ use crate::error::{ProxyError, ReplayFailure};
 use crate::instance::attempt::{response_back, upstream_uri, Cause, Outcome};
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
 use crate::instance::headers::{self, Forwarded, RETRY_ELSEWHERE};
+use crate::instance::http1;
 use crate::instance::outlier;
-use crate::instance::pool::{Sender, Target};
+use crate::instance::pool::{Failure, Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
 use crate::routes::HttpApp;
 use anyedge_backhaul::retry::RetryElsewhere;
@@ -331,19 +332,42 @@ impl ProxyService {
             return Flow::Fail(err);
         };
         let names = &self.settings.names;
-        let mut request = job.head.request(body, c.h2);
-        match c.app.remotes[c.placed.index].as_ref() {
-            Some(remote) => remote.tag(&mut request, &job.forwarded),
-            None => headers::add_client(request.headers_mut(), names, &job.forwarded),
-        }
-        if !matches!(job.upgrade, Upgrade::None) {
-            // Boxed: upgrades are rare, and their state would otherwise make every request's
-            // future (moved into its box on each call) larger.
-            return Box::pin(self.switch(job, c, carrier, request)).await;
-        }
         let reused = carrier.is_reused();
         let timeout = self.settings.config.response_timeout;
-        let resp = match tokio::time::timeout(timeout, carrier.send(request)).await {
+        let sent = match carrier {
+            // An instance on this node over HTTP/1.1: our client writes the head from the
+            // request's own parts and the client's forwarding fields (no copy per attempt).
+            Carrier::Hyper(Sender::H1 { io, pool, .. }) if matches!(job.upgrade, Upgrade::None) => {
+                let head = http1::Outbound {
+                    method: &job.head.method,
+                    uri: &job.head.uri,
+                    headers: &job.head.headers,
+                    fields: Some(headers::ClientFields {
+                        names,
+                        client: job.forwarded,
+                    }),
+                };
+                let sending = http1::send(io, head, body, pool);
+                tokio::time::timeout(timeout, sending).await.map(|sent| {
+                    sent.map(|resp| resp.map(UpBody::H1))
+                        .map_err(|e| CarryError::Failed(Cause::Instance(Failure::H1(e))))
+                })
+            }
+            carrier => {
+                let mut request = job.head.request(body, c.h2);
+                match c.app.remotes[c.placed.index].as_ref() {
+                    Some(remote) => remote.tag(&mut request, &job.forwarded),
+                    None => headers::add_client(request.headers_mut(), names, &job.forwarded),
+                }
+                if !matches!(job.upgrade, Upgrade::None) {
+                    // Boxed: upgrades are rare, and their state would otherwise make every
+                    // request's future (moved into its box on each call) larger.
+                    return Box::pin(self.switch(job, c, carrier, request)).await;
+                }
+                tokio::time::timeout(timeout, carrier.send(request)).await
+            }
+        };
+        let resp = match sent {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => return self.send_failed(job, hop, &c, e, reused),
             Err(_) => {

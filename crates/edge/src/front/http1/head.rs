@@ -101,10 +101,15 @@ fn facts(buf: &[u8], head: &RequestHead) -> Facts {
 /// as received, in order.
 fn request(buf: &[u8], head: &RequestHead) -> Result<Request<()>, Rejection> {
     let method = Method::from_bytes(head.method.of(buf)).map_err(|_| bad("method"))?;
-    let uri = Uri::try_from(head.target.of(buf)).map_err(|_| bad("target"))?;
+    // One copy of the head, shared by the target and every value (a copy each was an
+    // allocation each).
+    let shared = bytes::Bytes::copy_from_slice(&buf[..head.len]);
+    let uri =
+        Uri::from_maybe_shared(shared.slice(head.target.range())).map_err(|_| bad("target"))?;
     // Without a coding, identical `Content-Length` fields go on as one.
     let mut drop_length = head.known.transfer_encoding.is_some();
-    let mut headers = HeaderMap::with_capacity(head.fields().len());
+    // Room for the two fields the edge adds (`mark_edge`), so the map never grows.
+    let mut headers = HeaderMap::with_capacity(head.fields().len() + 2);
     for f in head.fields() {
         if f.class == Class::ContentLength {
             if drop_length {
@@ -113,7 +118,8 @@ fn request(buf: &[u8], head: &RequestHead) -> Result<Request<()>, Rejection> {
             drop_length = true;
         }
         let name = HeaderName::from_bytes(f.name.of(buf)).map_err(|_| bad("field_name"))?;
-        let value = HeaderValue::from_bytes(f.value.of(buf)).map_err(|_| bad("field_value"))?;
+        let value = HeaderValue::from_maybe_shared(shared.slice(f.value.range()))
+            .map_err(|_| bad("field_value"))?;
         headers.append(name, value);
     }
     let mut req = Request::new(());

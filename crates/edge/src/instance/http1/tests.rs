@@ -3,6 +3,7 @@
 
 use super::*;
 use anyedge_telemetry::AppMetrics;
+use http::Request;
 use http_body_util::BodyExt;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -98,7 +99,9 @@ async fn send_to(
     req: Request<ReqBody<Chan>>,
     pool: &Arc<UpstreamPool>,
 ) -> Result<Response<H1Body>, H1Error> {
-    tokio::time::timeout(DEADLINE, send(io, req, pool.clone()))
+    let (parts, body) = req.into_parts();
+    let sending = send(io, Outbound::of(&parts), body, pool.clone());
+    tokio::time::timeout(DEADLINE, sending)
         .await
         .expect("in time")
 }
