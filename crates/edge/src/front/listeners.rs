@@ -134,9 +134,16 @@ fn bind(addr: ListenAddr) -> io::Result<std::net::TcpListener> {
 }
 
 async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
+    // A listener bound to one address accepts connections to that address only: their local
+    // address is known without a getsockname each (HAProxy does not ask either). A wildcard
+    // listener's connections are asked.
+    let bound = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     while let Some(accepted) = next(&listener, &mut stop, &shared).await {
         match accepted {
-            Ok((stream, peer)) => admit(stream, peer, &shared),
+            Ok((stream, peer)) => admit(stream, peer, bound, &shared),
             Err(e) => accept_failed(&e, &shared).await,
         }
     }
@@ -144,8 +151,8 @@ async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, sha
 
 /// Route and admit one accepted connection, then hand it to its own task. A rejected one is
 /// closed at once: dropping the socket is the cheapest answer to a flood.
-fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
-    let Ok(local) = stream.local_addr() else {
+fn admit(stream: TcpStream, peer: SocketAddr, bound: Option<SocketAddr>, shared: &Arc<Shared>) {
+    let Some(local) = bound.or_else(|| stream.local_addr().ok()) else {
         return;
     };
     let routes = shared.routes.load();
