@@ -325,10 +325,13 @@ impl ClientFields<'_> {
         let (proto, ssl) = proto_ssl(client);
         line(out, b"x-forwarded-proto", proto.as_bytes());
         line(out, b"x-forwarded-ssl", ssl.as_bytes());
-        let mut digits = [0u8; 5];
-        let port = port_text(client.port, &mut digits);
-        line(out, b"x-forwarded-port", port);
-        line(out, self.names.forwarded_port.as_str().as_bytes(), port);
+        let port = Decimal::new(u64::from(client.port));
+        line(out, b"x-forwarded-port", port.as_bytes());
+        line(
+            out,
+            self.names.forwarded_port.as_str().as_bytes(),
+            port.as_bytes(),
+        );
         out.extend_from_slice(self.names.client_ip.as_str().as_bytes());
         out.extend_from_slice(b": ");
         anyedge_backhaul::stream::write_ip_bytes(out, client.ip);
@@ -338,22 +341,37 @@ impl ClientFields<'_> {
 }
 
 /// One head line: `{name}: {value}\r\n`.
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
-fn port_text(mut port: u16, digits: &mut [u8; 5]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (port % 10) as u8;
-        port /= 10;
-        if port == 0 {
-            return &digits[at..];
+/// A number in decimal, written without allocating or the formatting machinery.
+pub(crate) struct Decimal {
+    bytes: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub fn new(mut n: u64) -> Decimal {
+        let mut d = Decimal {
+            bytes: [0; 20],
+            start: 20,
+        };
+        loop {
+            d.start -= 1;
+            d.bytes[d.start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return d;
+            }
         }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..]
     }
 }
 
@@ -402,6 +420,13 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        assert_eq!(Decimal::new(0).as_bytes(), b"0");
+        assert_eq!(Decimal::new(1234567).as_bytes(), b"1234567");
+        assert_eq!(Decimal::new(u64::MAX).as_bytes(), b"18446744073709551615");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! was read to its end with nothing after it, and both sides allow keep-alive.
 
 use super::body::{BodyError, ReqBody};
-use super::headers::ClientFields;
+use super::headers::{line, ClientFields, Decimal};
 use super::pool::UpstreamPool;
 use anyedge_http1::{ChunkHead, ChunkedDecoder, Decoded, Framing, Limits, ResponseHead, Status};
 use bytes::{Buf, Bytes, BytesMut};
@@ -431,9 +431,7 @@ fn write_head(parts: &Outbound<'_>, framing: Option<Option<u64>>, out: &mut Vec<
     }
     match framing {
         Some(Some(n)) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa(n, &mut [0; 20]));
-            out.extend_from_slice(b"\r\n");
+            line(out, b"content-length", Decimal::new(n).as_bytes());
         }
         Some(None) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         None => {}
@@ -442,18 +440,6 @@ fn write_head(parts: &Outbound<'_>, framing: Option<Option<u64>>, out: &mut Vec<
         fields.write(&xff, out);
     }
     out.extend_from_slice(b"\r\n");
-}
-
-fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[at..];
-        }
-    }
 }
 
 /// What is left of a response body.

@@ -5,6 +5,7 @@
 
 use super::buffers;
 use crate::instance::body::RespBody;
+use crate::instance::headers::{line, Decimal};
 use anyedge_http1::{write_last_chunk, ChunkHead, CHUNK_END};
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -86,26 +87,24 @@ impl Writer {
             };
             if keep {
                 dated |= name == DATE;
-                field(&mut buf, name.as_str().as_bytes(), value.as_bytes());
+                line(&mut buf, name.as_str().as_bytes(), value.as_bytes());
             }
         }
         if !dated {
-            date::with(|d| field(&mut buf, b"date", d));
+            date::with(|d| line(&mut buf, b"date", d));
         }
         match mode {
             Mode::Length(n) => {
-                let mut digits = itoa_buf(n);
-                field(&mut buf, b"content-length", digits.as_slice());
-                digits.clear();
+                line(&mut buf, b"content-length", Decimal::new(n).as_bytes());
             }
-            Mode::Chunked => field(&mut buf, b"transfer-encoding", b"chunked"),
+            Mode::Chunked => line(&mut buf, b"transfer-encoding", b"chunked"),
             Mode::None | Mode::Close => {}
         }
         if status != 101 {
             if close {
-                field(&mut buf, b"connection", b"close");
+                line(&mut buf, b"connection", b"close");
             } else if shape.http10 {
-                field(&mut buf, b"connection", b"keep-alive");
+                line(&mut buf, b"connection", b"keep-alive");
             }
         }
         buf.extend_from_slice(b"\r\n");
@@ -246,44 +245,6 @@ impl Drop for Writer {
     }
 }
 
-fn field(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    buf.extend_from_slice(name);
-    buf.extend_from_slice(b": ");
-    buf.extend_from_slice(value);
-    buf.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal, without allocating.
-fn itoa_buf(mut n: u64) -> Digits {
-    let mut d = Digits {
-        bytes: [0; 20],
-        start: 20,
-    };
-    loop {
-        d.start -= 1;
-        d.bytes[d.start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return d;
-        }
-    }
-}
-
-struct Digits {
-    bytes: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[self.start..]
-    }
-
-    fn clear(&mut self) {
-        self.start = 20;
-    }
-}
-
 /// The `Date` field's value, formatted once a second per thread.
 mod date {
     use std::cell::RefCell;
@@ -313,13 +274,6 @@ mod date {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lengths_are_written_in_decimal() {
-        assert_eq!(itoa_buf(0).as_slice(), b"0");
-        assert_eq!(itoa_buf(1234567).as_slice(), b"1234567");
-        assert_eq!(itoa_buf(u64::MAX).as_slice(), b"18446744073709551615");
-    }
 
     async fn written(resp: Response<RespBody>, shape: Shape) -> String {
         let mut w = Writer::new(resp, shape);
