@@ -8,7 +8,9 @@ mod routing;
 mod service;
 
 use super::http1;
+use super::tcp::Guards;
 use crate::instance::headers::ClientInfo;
+use crate::routes::Routes;
 use crate::Shared;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,100 +22,119 @@ use tokio::net::TcpStream;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serve one accepted client connection on an HTTP port until it closes. Each request is routed
-/// on the routes current when its head arrives (`service.rs`), not on those of the accept.
-pub(crate) async fn serve(stream: TcpStream, client: ClientInfo, shared: Arc<Shared>) {
+/// Serve one accepted client connection on an HTTP port, in a task of its own, until it
+/// closes. Each request is routed on the routes current when its head arrives (`service.rs`),
+/// not on those of the accept.
+pub(crate) fn spawn(
+    stream: TcpStream,
+    client: ClientInfo,
+    guards: Guards,
+    routes: &Routes,
+    shared: &Arc<Shared>,
+) {
+    if client.tls {
+        tokio::spawn(serve_tls(stream, client, guards, shared.clone()));
+        return;
+    }
+    let service = ProxyService::new(shared.clone(), Arc::new(client), routes.http.clone(), None);
+    tokio::spawn(serve_plain(stream, service, guards));
+}
+
+/// A client connection on a plain port: HTTP/1.1 (our server), or HTTP/2 with prior knowledge
+/// (hyper's, boxed) when it opens with the preface.
+///
+/// This future is the connection's task, so its size is memory every idle connection holds.
+/// Hence a plain function returning an `async` block that uses what it captures in place: an
+/// `async fn` would keep its arguments and the copies it moves them into, and the HTTP/1.1
+/// server takes the connection by reference for the same reason.
+fn serve_plain(
+    stream: TcpStream,
+    service: ProxyService,
+    guards: Guards,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut conn = http1::Conn {
+        io: stream,
+        buf: http1::ReadBuffer::default(),
+    };
+    async move {
+        let _guards = &guards;
+        let timeout = service.settings().config.header_read_timeout;
+        // Boxed: this state is only needed until the first read.
+        match Box::pin(sniff_h2c(&mut conn, timeout)).await {
+            None => return,
+            Some(true) => {
+                // hyper's server reads the preface again.
+                let io = http1::Rewind::new(conn.buf.take_unread(), conn.io);
+                return Box::pin(serve_io(io, service.clone(), &service.shared)).await;
+            }
+            Some(false) => {}
+        }
+        let ending = http1::serve(&mut conn, &service).await;
+        Box::pin(conn.close(ending)).await;
+    }
+}
+
+/// A client connection on a TLS port: the handshake, then HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn serve_tls(stream: TcpStream, client: ClientInfo, _guards: Guards, shared: Arc<Shared>) {
     let (settings, tls) = {
         let routes = shared.routes.load();
         (routes.http.clone(), routes.tls.clone())
     };
-    if client.tls {
-        let Some(tls) = tls else { return };
-        let accepted = match Box::pin(tls.accept(stream, &shared.handshakes)).await {
-            Ok(a) => a,
-            Err(e) => {
-                shared
-                    .metrics
-                    .node
-                    .rejection(anyedge_telemetry::ErrorCode::TlsHandshake);
-                tracing::info!(code = e.code(), client = %client.peer, error = %e, "TLS handshake failed");
-                return;
-            }
-        };
-        if accepted.alpn.as_deref() == Some(anyedge_tls::ALPN_ACME_TLS) {
-            // A TLS-ALPN-01 validation connection: the handshake was the answer (RFC 8737);
-            // nothing is served on it.
-            tracing::info!(sni = accepted.sni.as_deref(), client = %client.peer, "ACME validation handshake answered");
-            let mut stream = accepted.stream;
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::io::AsyncWriteExt::shutdown(&mut stream),
-            )
-            .await;
+    let Some(tls) = tls else { return };
+    let accepted = match Box::pin(tls.accept(stream, &shared.handshakes)).await {
+        Ok(a) => a,
+        Err(e) => {
+            shared
+                .metrics
+                .node
+                .rejection(anyedge_telemetry::ErrorCode::TlsHandshake);
+            tracing::info!(code = e.code(), client = %client.peer, error = %e, "TLS handshake failed");
             return;
         }
-        let h2 = accepted.alpn.as_deref() == Some(anyedge_tls::ALPN_H2);
-        let sni = accepted.sni.map(Arc::<str>::from);
-        let service = ProxyService::new(shared.clone(), Arc::new(client), settings, sni);
-        // Boxed: the task of an idle connection holds only the branch it took, not the size
-        // of the largest (memory per idle connection).
-        if h2 {
-            Box::pin(serve_io(accepted.stream, service, &shared)).await;
-        } else {
-            let buf = http1::ReadBuffer::default();
-            Box::pin(http1::serve(accepted.stream, buf, service, &shared)).await;
-        }
-        return;
-    }
-    let timeout = settings.config.header_read_timeout;
-    let service = ProxyService::new(shared.clone(), Arc::new(client), settings, None);
-    let mut stream = stream;
-    let Some((h2, buf)) = sniff_h2c(&mut stream, timeout).await else {
-        return;
     };
-    if h2 {
-        // hyper's server reads the preface again.
-        let io = http1::Rewind::new(buf.into_vec(), stream);
-        Box::pin(serve_io(io, service, &shared)).await;
-    } else {
-        Box::pin(http1::serve(
-            stream,
-            buf.into_read_buffer(),
-            service,
-            &shared,
-        ))
+    if accepted.alpn.as_deref() == Some(anyedge_tls::ALPN_ACME_TLS) {
+        // A TLS-ALPN-01 validation connection: the handshake was the answer (RFC 8737);
+        // nothing is served on it.
+        tracing::info!(sni = accepted.sni.as_deref(), client = %client.peer, "ACME validation handshake answered");
+        let mut stream = accepted.stream;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::io::AsyncWriteExt::shutdown(&mut stream),
+        )
         .await;
+        return;
     }
-}
-
-/// What a client sent first, read to tell HTTP/2 (its preface) from HTTP/1.1.
-struct Sniffed(http1::ReadBuffer);
-
-impl Sniffed {
-    fn into_vec(mut self) -> Vec<u8> {
-        self.0.take_unread()
-    }
-
-    fn into_read_buffer(self) -> http1::ReadBuffer {
-        self.0
+    let h2 = accepted.alpn.as_deref() == Some(anyedge_tls::ALPN_H2);
+    let sni = accepted.sni.map(Arc::<str>::from);
+    let service = ProxyService::new(shared.clone(), Arc::new(client), settings, sni);
+    // Boxed: the task of an idle connection holds only the branch it took, not the size
+    // of the largest (memory per idle connection).
+    if h2 {
+        Box::pin(serve_io(accepted.stream, service, &shared)).await;
+    } else {
+        let mut conn = http1::Conn {
+            io: accepted.stream,
+            buf: http1::ReadBuffer::default(),
+        };
+        let ending = Box::pin(http1::serve(&mut conn, &service)).await;
+        Box::pin(conn.close(ending)).await;
     }
 }
 
 /// Does the client open with the HTTP/2 preface? The first read decides (no peek): the bytes
-/// read go on to whichever server takes the connection. `None` when the client closed or sent
-/// nothing in time.
-async fn sniff_h2c(stream: &mut TcpStream, timeout: Duration) -> Option<(bool, Sniffed)> {
+/// read stay in the connection's buffer for whichever server takes it. `None` when the
+/// client closed or sent nothing in time.
+async fn sniff_h2c(conn: &mut http1::Conn<TcpStream>, timeout: Duration) -> Option<bool> {
     let deadline = Instant::now() + timeout;
-    tokio::time::timeout_at(deadline.into(), stream.readable())
+    tokio::time::timeout_at(deadline.into(), conn.io.readable())
         .await
         .ok()?
         .ok()?;
-    let mut buf = http1::ReadBuffer::default();
     loop {
-        let spare = buf.spare(H2_PREFACE.len());
+        let spare = conn.buf.spare(H2_PREFACE.len());
         let n = tokio::time::timeout_at(
             deadline.into(),
-            tokio::io::AsyncReadExt::read(stream, spare),
+            tokio::io::AsyncReadExt::read(&mut conn.io, spare),
         )
         .await
         .ok()?
@@ -121,14 +142,14 @@ async fn sniff_h2c(stream: &mut TcpStream, timeout: Duration) -> Option<(bool, S
         if n == 0 {
             return None;
         }
-        buf.filled(n);
-        let got = buf.unread();
+        conn.buf.filled(n);
+        let got = conn.buf.unread();
         let n = got.len().min(H2_PREFACE.len());
         if got[..n] != H2_PREFACE[..n] {
-            return Some((false, Sniffed(buf)));
+            return Some(false);
         }
         if n == H2_PREFACE.len() {
-            return Some((true, Sniffed(buf)));
+            return Some(true);
         }
     }
 }

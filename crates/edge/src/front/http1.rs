@@ -75,66 +75,136 @@ enum Next {
     Switch(oneshot::Sender<Switched>),
 }
 
-struct Conn<IO> {
-    io: IO,
-    buf: ReadBuffer,
+/// A client connection and its read buffer (bytes already read from it).
+pub(crate) struct Conn<IO> {
+    pub(crate) io: IO,
+    pub(crate) buf: ReadBuffer,
 }
 
-/// Serve HTTP/1.1 on `io` until it closes; `buf` holds bytes already read from it.
-pub(crate) async fn serve<IO: ClientIo>(
-    io: IO,
-    buf: ReadBuffer,
-    service: ProxyService,
-    shared: &Shared,
-) {
-    let cfg = &service.settings().config;
-    let (header_timeout, idle_timeout) = (cfg.header_read_timeout, cfg.idle_timeout);
-    let limits = Limits {
-        max_head: cfg.max_header_size,
-        ..Limits::default()
-    };
-    let mut conn = Conn { io, buf };
-    // The first head is due within the header timeout of the accept.
-    let mut quiet_until = Instant::now() + header_timeout;
-    let mut first = true;
-    loop {
-        let next = match conn
-            .read_head(quiet_until, header_timeout, &limits, shared)
-            .await
-        {
-            Ok(Some(parsed)) => Box::pin(exchange(&mut conn, parsed, &service, shared)).await,
-            Ok(None) => Next::Close,
-            Err(HeadError::Timeout { started }) => {
-                if started || first {
-                    shared.metrics.node.rejection(ErrorCode::ClientTimeout);
+/// How a connection ends, once it is not kept alive: [`Conn::close`].
+pub(crate) struct Ending(Next);
+
+/// Serve HTTP/1.1 on `conn` as long as it is kept alive; then [`Conn::close`] it.
+///
+/// On a plain connection this future is part of the connection's task, and what it holds
+/// between requests is what an idle keep-alive connection costs: a timer and the drain wait
+/// (the connection and its service are the caller's). Everything else (reading a head, the
+/// exchange, closing) runs in boxes of its own, freed when done, so that their size is not
+/// part of it. A plain function returning an `async` block, not an `async fn`: an `async fn`
+/// keeps its arguments in its state beside the locals it moves them into.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(crate) fn serve<'a, IO: ClientIo>(
+    conn: &'a mut Conn<IO>,
+    service: &'a ProxyService,
+) -> impl Future<Output = Ending> + Send + 'a {
+    async move {
+        let shared = service.shared();
+        let mut first = true;
+        loop {
+            // The first head is due within the header timeout of the accept (the caller's
+            // first read was the accept's); between requests, the idle timeout.
+            let cfg = &service.settings().config;
+            let quiet_for = match first {
+                true => cfg.header_read_timeout,
+                false => cfg.idle_timeout,
+            };
+            // The deadline comes back with `Ready`, not kept beside the timer holding it.
+            let next = match conn.wait(Instant::now() + quiet_for, shared).await {
+                Waited::Ready(quiet_until) if IO::WAITS_WITHOUT_BUFFER => {
+                    Box::pin(conn.request(quiet_until, first, service, shared)).await
                 }
-                Next::Close
-            }
-            Err(HeadError::Rejected(r)) => {
-                shared.metrics.node.rejection(r.code);
-                tracing::info!(
-                    code = r.code.as_str(),
-                    why = r.why,
-                    "request rejected before routing"
-                );
-                conn.reject(r, &service).await;
-                Next::Linger
-            }
-        };
-        first = false;
-        match next {
-            Next::KeepAlive => quiet_until = Instant::now() + idle_timeout,
-            Next::Close => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
-                return;
-            }
-            Next::Linger => return conn.linger().await,
-            Next::Switch(to) => {
-                let leftover = conn.buf.take_unread();
-                let _ = to.send(Box::new(Rewind::new(leftover, conn.io)));
-                return;
+                // A connection that waits by reading (TLS) waits in `head`: that box holds
+                // the head's state only, and the exchange gets its own.
+                // (The exchange's box is made inside the first `match` and awaited after it:
+                // a head kept in an awaited `match` would stay in this state.)
+                Waited::Ready(quiet_until) => {
+                    let exchange =
+                        match Box::pin(conn.head(quiet_until, first, service, shared)).await {
+                            Ok(parsed) => Ok(Box::pin(exchange(conn, parsed, service, shared))),
+                            Err(next) => Err(next),
+                        };
+                    match exchange {
+                        Ok(exchange) => exchange.await,
+                        Err(next) => next,
+                    }
+                }
+                Waited::Closed => Next::Close,
+                Waited::Quiet => {
+                    if first {
+                        shared.metrics.node.rejection(ErrorCode::ClientTimeout);
+                    }
+                    Next::Close
+                }
+            };
+            first = false;
+            if !matches!(next, Next::KeepAlive) {
+                return Ending(next);
             }
         }
+    }
+}
+
+/// How the wait for a request's first byte ended.
+enum Waited {
+    /// Bytes are (or may be) there: read the head; until its first byte, by this deadline.
+    Ready(Instant),
+    /// The client closed, or the node drains.
+    Closed,
+    /// Nothing came until `quiet_until`.
+    Quiet,
+}
+
+pin_project_lite::pin_project! {
+    /// [`Conn::wait`]: one future whether it waits or not (an awaited `Result` holding the
+    /// wait would be kept in the state beside the wait moved out of it).
+    #[project = WaitProj]
+    enum Wait<'a, IO> {
+        Now { waited: Option<Waited> },
+        Idle { #[pin] idle: Idle<'a, IO> },
+    }
+}
+
+impl<IO: ClientIo> Future for Wait<'_, IO> {
+    type Output = Waited;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Waited> {
+        match self.project() {
+            WaitProj::Now { waited } => Poll::Ready(waited.take().unwrap_or(Waited::Closed)),
+            WaitProj::Idle { idle } => idle.poll(cx),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The wait of an idle connection: what every idle keep-alive connection holds, so written
+    /// out rather than a `select!` of async fns (184 bytes against 264).
+    struct Idle<'a, IO> {
+        io: &'a mut IO,
+        #[pin]
+        quiet: tokio::time::Sleep,
+        #[pin]
+        stopping: tokio::sync::futures::Notified<'a>,
+    }
+}
+
+impl<IO: ClientIo> Future for Idle<'_, IO> {
+    type Output = Waited;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Waited> {
+        let this = self.project();
+        if let Poll::Ready(r) = this.io.poll_readable(cx) {
+            return Poll::Ready(match r {
+                Ok(()) => Waited::Ready(this.quiet.deadline()),
+                Err(_) => Waited::Closed,
+            });
+        }
+        if this.stopping.poll(cx).is_ready() {
+            return Poll::Ready(Waited::Closed);
+        }
+        if this.quiet.poll(cx).is_ready() {
+            return Poll::Ready(Waited::Quiet);
+        }
+        Poll::Pending
     }
 }
 
@@ -149,8 +219,103 @@ enum HeadError {
 type Parsed = (http::Request<()>, head::Facts);
 
 impl<IO: ClientIo> Conn<IO> {
-    /// The next request head. Until its first byte the connection waits without a buffer
-    /// (until `quiet_until`, or a drain); from it, the whole head is due within
+    /// Before a request: with nothing unread, give the buffer back and wait without one for
+    /// the socket to be readable (until `quiet_until`, or a drain). A connection that cannot
+    /// wait without a buffer (TLS) waits by reading, in [`Self::read_head`].
+    fn wait<'a>(&'a mut self, quiet_until: Instant, shared: &'a Shared) -> Wait<'a, IO> {
+        let now = |waited| Wait::Now {
+            waited: Some(waited),
+        };
+        if !self.buf.is_empty() {
+            return now(Waited::Ready(quiet_until));
+        }
+        self.buf.release();
+        let stopping = shared.drain.stopping();
+        if shared.drain.is_draining() {
+            return now(Waited::Closed);
+        }
+        if !IO::WAITS_WITHOUT_BUFFER {
+            return now(Waited::Ready(quiet_until));
+        }
+        Wait::Idle {
+            idle: Idle {
+                io: &mut self.io,
+                quiet: tokio::time::sleep_until(quiet_until),
+                stopping,
+            },
+        }
+    }
+
+    /// One request: its head, then the exchange (or how the connection ends without one),
+    /// in the one box the caller gives it.
+    async fn request(
+        &mut self,
+        quiet_until: Instant,
+        first: bool,
+        service: &ProxyService,
+        shared: &Shared,
+    ) -> Next {
+        match self.head(quiet_until, first, service, shared).await {
+            Ok(parsed) => exchange(self, parsed, service, shared).await,
+            Err(next) => next,
+        }
+    }
+
+    /// A request's head read and parsed; `Err`: how the connection ends instead (a refused
+    /// head is answered here).
+    async fn head(
+        &mut self,
+        quiet_until: Instant,
+        first: bool,
+        service: &ProxyService,
+        shared: &Shared,
+    ) -> Result<Parsed, Next> {
+        let cfg = &service.settings().config;
+        let limits = Limits {
+            max_head: cfg.max_header_size,
+            ..Limits::default()
+        };
+        let read = self
+            .read_head(quiet_until, cfg.header_read_timeout, &limits, shared)
+            .await;
+        Err(match read {
+            Ok(Some(parsed)) => return Ok(parsed),
+            Ok(None) => Next::Close,
+            Err(HeadError::Timeout { started }) => {
+                if started || first {
+                    shared.metrics.node.rejection(ErrorCode::ClientTimeout);
+                }
+                Next::Close
+            }
+            Err(HeadError::Rejected(r)) => {
+                shared.metrics.node.rejection(r.code);
+                tracing::info!(
+                    code = r.code.as_str(),
+                    why = r.why,
+                    "request rejected before routing"
+                );
+                self.reject(r, service).await;
+                Next::Linger
+            }
+        })
+    }
+
+    /// Close a connection that is not kept alive.
+    pub(crate) async fn close(mut self, ending: Ending) {
+        match ending.0 {
+            Next::KeepAlive | Next::Close => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+            }
+            Next::Linger => self.linger().await,
+            Next::Switch(to) => {
+                let leftover = self.buf.take_unread();
+                let _ = to.send(Box::new(Rewind::new(leftover, self.io)));
+            }
+        }
+    }
+
+    /// The next request head, after [`Self::wait`]. Until its first byte is read, it is due by
+    /// `quiet_until` (and a drain ends the wait); from it, the whole head is due within
     /// `header_timeout`. `Ok(None)`: the client closed, or the node drains.
     async fn read_head(
         &mut self,
@@ -159,19 +324,6 @@ impl<IO: ClientIo> Conn<IO> {
         limits: &Limits,
         shared: &Shared,
     ) -> Result<Option<Parsed>, HeadError> {
-        if self.buf.is_empty() {
-            self.buf.release();
-            if shared.drain.is_draining() {
-                return Ok(None);
-            }
-            if IO::WAITS_WITHOUT_BUFFER {
-                tokio::select! {
-                    r = poll_fn(|cx| self.io.poll_readable(cx)) => if r.is_err() { return Ok(None) },
-                    _ = tokio::time::sleep_until(quiet_until) => return Err(HeadError::Timeout { started: false }),
-                    _ = shared.drain.started() => return Ok(None),
-                }
-            }
-        }
         let mut deadline = if self.buf.is_empty() {
             quiet_until
         } else {
@@ -262,7 +414,8 @@ impl<IO: ClientIo> Conn<IO> {
 }
 
 /// One request: handed to the forwarding core, its body read as the core asks, its answer
-/// written. Boxed by the caller, so an idle connection's task does not hold its state.
+/// written. Runs in a box (in [`Conn::request`]'s, or its own), so an idle connection's task
+/// does not hold its state.
 async fn exchange<IO: ClientIo>(
     conn: &mut Conn<IO>,
     (request, facts): Parsed,

@@ -184,16 +184,12 @@ fn admit(stream: TcpStream, peer: SocketAddr, bound: Option<SocketAddr>, shared:
             tokio::spawn(tcp::serve(conn, guards, shared.clone()));
         }
         PortRoute::Http(port) => {
-            let shared = shared.clone();
             let client = crate::instance::headers::ClientInfo {
                 peer,
                 local,
                 tls: port.tls,
             };
-            tokio::spawn(async move {
-                let _guards = guards;
-                crate::front::http::serve(stream, client, shared).await;
-            });
+            crate::front::http::spawn(stream, client, guards, &routes, shared);
         }
     }
 }

@@ -66,6 +66,10 @@ impl ProxyService {
         &self.settings
     }
 
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// This request's service (with the HTTP settings current now) and its app, routed on the
     /// routes current now, for this request alone: the guard is dropped before any await, and
     /// the request keeps only its app.
