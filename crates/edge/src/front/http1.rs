@@ -394,10 +394,13 @@ impl<IO: ClientIo> Conn<IO> {
     }
 
     /// Close after reading (and dropping) what the client still sends, for up to 2 s or
-    /// 1 MiB: our answer is already written, and is not to be lost to a reset.
+    /// 64 MiB: our answer is already written, and is not to be lost to a reset. (1 MiB was too
+    /// little: a client still uploading 16 MiB over loopback got the reset while it was still
+    /// writing, and a client that reads its answer only after a failed write, as hyper's does,
+    /// lost the answer. nginx's lingering close has no byte bound, only its 30 s.)
     async fn linger(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
-        let mut left = 1usize << 20;
+        let mut left = 64usize << 20;
         let deadline = Instant::now() + Duration::from_secs(2);
         self.buf.consume(usize::MAX);
         while left > 0 {
