@@ -166,7 +166,10 @@ pub(crate) fn response_back(
     slots: Slots,
 ) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    // Our HTTP/1.1 client has left them out already.
+    if !matches!(body, UpBody::H1(_)) {
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+    }
     let mut body = RespBody::upstream(body, metrics.clone());
     body.hold(slots);
     Response::from_parts(parts, body)

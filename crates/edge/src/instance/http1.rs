@@ -171,11 +171,21 @@ where
     let raw = buf.split_to(head.len).freeze();
     let headers = resp.headers_mut();
     headers.reserve(head.fields().len());
+    // Hop-by-hop fields are left out here, where they are known by class, so the answer needs
+    // no scan for them later (`response_back`); when `Connection` names other fields, they all
+    // go in and are removed by name.
+    let named = head.known.connection.names_fields;
     for f in head.fields() {
+        if f.class.is_hop_by_hop() && !named {
+            continue;
+        }
         let name = HeaderName::from_bytes(f.name.of(&raw)).map_err(|_| H1Error::Field)?;
         let value = HeaderValue::from_maybe_shared(raw.slice(f.value.range()))
             .map_err(|_| H1Error::Field)?;
         headers.append(name, value);
+    }
+    if named {
+        super::headers::strip_hop_by_hop(headers, false);
     }
     let framing = match head.framing {
         Framing::Length(0) | Framing::None => In::Done,

@@ -450,3 +450,28 @@ async fn idle_connections_past_the_idle_timeout_close() {
     assert!(pool.take_idle(Duration::from_millis(10)).is_none());
     assert_eq!(pool.idle_len(), 0);
 }
+
+#[tokio::test]
+async fn hop_by_hop_fields_of_the_answer_are_left_out() {
+    let answers: [&'static [u8]; 2] = [
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nX-Kept: 1\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        // `Connection` naming a field: that one goes too.
+        b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok",
+    ];
+    for answer in answers {
+        let (io, _inst) = instance(answer, 0, false).await;
+        let pool = Arc::new(UpstreamPool::default());
+        let resp = send_to(io, request("GET", &[], ReqBody::Empty), &pool)
+            .await
+            .expect("answered");
+        let names: Vec<&str> = resp.headers().keys().map(|n| n.as_str()).collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| *n == "x-kept" || *n == "content-length"),
+            "{names:?}"
+        );
+        assert_eq!(resp.headers()["x-kept"], "1");
+        assert_eq!(collect(resp.into_body()).await.expect("body").0, b"ok");
+    }
+}
