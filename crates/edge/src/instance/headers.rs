@@ -2,7 +2,7 @@
 //! promises (`X-Forwarded-*`, `Via`, `<P>-Client-IP`, ...), and request ids.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE,
 };
 
 use std::net::SocketAddr;
@@ -338,6 +338,23 @@ impl ClientFields<'_> {
         out.extend_from_slice(b"\r\n");
         line(out, b"via", via(*client).as_bytes());
     }
+}
+
+/// The `Content-Length` a message declares, when it declares a valid one.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// A chunked body's trailer fields as a map (`None` when there are none). The decoder has
+/// validated them; a field `http` could still not hold is left out.
+pub(crate) fn trailer_map(decoder: &anyedge_http1::ChunkedDecoder) -> Option<HeaderMap> {
+    let mut map = HeaderMap::new();
+    for (name, value) in decoder.trailers() {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            map.append(n, v);
+        }
+    }
+    (!map.is_empty()).then_some(map)
 }
 
 /// One head line: `{name}: {value}\r\n`.

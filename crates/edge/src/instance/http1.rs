@@ -14,7 +14,7 @@
 //! was read to its end with nothing after it, and both sides allow keep-alive.
 
 use super::body::{BodyError, ReqBody};
-use super::headers::{line, ClientFields, Decimal};
+use super::headers::{content_length, line, trailer_map, ClientFields, Decimal};
 use super::pool::UpstreamPool;
 use anyedge_http1::{ChunkHead, ChunkedDecoder, Decoded, Framing, Limits, ResponseHead, Status};
 use bytes::{Buf, Bytes, BytesMut};
@@ -67,8 +67,6 @@ pub(crate) enum H1Error {
     Field,
     #[error("the instance switched protocols without being asked to")]
     Switched,
-    #[error("the request body does not match its Content-Length")]
-    BodyLength,
     /// The request's own body failed (the client's side, or over its limit).
     #[error(transparent)]
     Body(BodyError),
@@ -143,8 +141,11 @@ where
                 // fails with EPIPE or a reset while its answer waits in our receive queue).
                 Poll::Ready(Err(WriteError::Io(e))) => write_failed = Some(e),
                 Poll::Ready(Err(WriteError::Body(e))) => return Poll::Ready(Err(H1Error::Body(e))),
+                // The client's body broke its own Content-Length: the client's fault (400),
+                // not the instance's.
                 Poll::Ready(Err(WriteError::Length)) => {
-                    return Poll::Ready(Err(H1Error::BodyLength))
+                    let e = "the request body does not match its Content-Length";
+                    return Poll::Ready(Err(H1Error::Body(BodyError::Read(e.into()))));
                 }
             }
         }
@@ -274,11 +275,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn new(parts: &Outbound<'_>, body: ReqBody<B>) -> Self {
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = content_length(parts.headers);
         let (framing, ended) = match &body {
             ReqBody::Empty => {
                 // Methods that carry a body say when theirs is empty (as clients do).
@@ -434,16 +431,11 @@ fn write_head(parts: &Outbound<'_>, framing: Option<Option<u64>>, out: &mut Vec<
             }
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
-        Some(Some(n)) => {
-            line(out, b"content-length", Decimal::new(n).as_bytes());
-        }
-        Some(None) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Some(Some(n)) => line(out, b"content-length", Decimal::new(n).as_bytes()),
+        Some(None) => line(out, b"transfer-encoding", b"chunked"),
         None => {}
     }
     if let Some(fields) = parts.fields {
@@ -497,8 +489,6 @@ pub(crate) enum ResponseBodyError {
     Read(#[from] io::Error),
     #[error("the instance's chunked response body is invalid: {0}")]
     Chunked(anyedge_http1::Error),
-    #[error("the instance's response trailers cannot be forwarded")]
-    Trailers,
 }
 
 impl H1Body {
@@ -555,29 +545,14 @@ impl H1Body {
                 }
                 Ok((used, Decoded::Done)) => {
                     self.buf.advance(used);
-                    let trailers = trailers(decoder);
+                    let trailers = trailer_map(decoder);
                     self.finish();
-                    match trailers {
-                        Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
-                        Ok(None) => None,
-                        Err(e) => Some(Err(e)),
-                    }
+                    trailers.map(|t| Ok(Frame::trailers(t)))
                 }
                 Err(e) => Some(Err(ResponseBodyError::Chunked(e))),
             },
         }
     }
-}
-
-/// A chunked body's trailer fields, as a map (`None` when there are none).
-fn trailers(decoder: &ChunkedDecoder) -> Result<Option<HeaderMap>, ResponseBodyError> {
-    let mut map = HeaderMap::new();
-    for (name, value) in decoder.trailers() {
-        let name = HeaderName::from_bytes(name).map_err(|_| ResponseBodyError::Trailers)?;
-        let value = HeaderValue::from_bytes(value).map_err(|_| ResponseBodyError::Trailers)?;
-        map.append(name, value);
-    }
-    Ok((!map.is_empty()).then_some(map))
 }
 
 impl Body for H1Body {

@@ -12,7 +12,7 @@ use crate::instance::headers::{self, ClientInfo};
 use crate::instance::upgrade::{self, Upgrade};
 use crate::routes::{HttpApp, HttpSettings, PortRoute, Routes};
 use crate::Shared;
-use http::header::{CONTENT_LENGTH, HOST, LOCATION};
+use http::header::{HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -186,7 +186,7 @@ impl ProxyService {
             return Ok((redirect_https(&req), outcome));
         }
         let max_body = self.settings.config.max_request_body;
-        if max_body > 0 && content_length(&req).is_some_and(|n| n > max_body) {
+        if max_body > 0 && headers::content_length(req.headers()).is_some_and(|n| n > max_body) {
             return Err((ProxyError::BodyTooLarge { limit: max_body }, outcome));
         }
         let upgrade = match upgrade::classify(&mut req) {
@@ -274,15 +274,6 @@ fn strip_port(host: &str) -> &str {
         }
         _ => host,
     }
-}
-
-fn content_length(req: &Request<ClientBody>) -> Option<u64> {
-    req.headers()
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// `force_https`: 301 to the same host and path over HTTPS.

@@ -6,10 +6,10 @@
 
 use super::buffers::ReadBuffer;
 use super::head::Body;
+use crate::instance::headers::trailer_map;
 use crate::instance::inbound::{Feed, Want};
 use anyedge_http1::ChunkedDecoder;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -135,7 +135,7 @@ impl Pump {
                     Ok((used, anyedge_http1::Decoded::NeedMore)) => buf.consume(used),
                     Ok((used, anyedge_http1::Decoded::Done)) => {
                         buf.consume(used);
-                        let trailers = trailers(decoder);
+                        let trailers = trailer_map(decoder);
                         self.end(trailers);
                     }
                     Err(_) => {
@@ -194,14 +194,4 @@ impl Pump {
             },
         }
     }
-}
-
-fn trailers(decoder: &ChunkedDecoder) -> Option<HeaderMap> {
-    let mut map = HeaderMap::new();
-    for (name, value) in decoder.trailers() {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-            map.append(n, v);
-        }
-    }
-    (!map.is_empty()).then_some(map)
 }

@@ -106,6 +106,18 @@ async fn send_to(
         .expect("in time")
 }
 
+/// A GET to an instance that answers `answer` (then closes, with `close`), and the pool its
+/// connection goes back to.
+async fn get(
+    answer: &'static [u8],
+    close: bool,
+) -> (Result<Response<H1Body>, H1Error>, Arc<UpstreamPool>) {
+    let (io, _inst) = instance(answer, 0, close).await;
+    let pool = Arc::new(UpstreamPool::default());
+    let sent = send_to(io, request("GET", &[], ReqBody::Empty), &pool).await;
+    (sent, pool)
+}
+
 #[tokio::test]
 async fn a_get_is_written_as_received_and_its_connection_pooled_after_the_body() {
     let (io, inst) = instance(
@@ -198,11 +210,8 @@ async fn an_empty_post_says_so() {
 #[tokio::test]
 async fn chunked_responses_are_decoded_with_their_trailers() {
     let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n";
-    let (io, _inst) = instance(answer, 0, false).await;
-    let pool = Arc::new(UpstreamPool::default());
-    let resp = send_to(io, request("GET", &[], ReqBody::Empty), &pool)
-        .await
-        .expect("answered");
+    let (sent, pool) = get(answer, false).await;
+    let resp = sent.expect("answered");
     let (body, trailers) = collect(resp.into_body()).await.expect("body");
     assert_eq!(body, b"hello world");
     assert_eq!(trailers.expect("trailers")["x-sum"], "42");
@@ -212,22 +221,15 @@ async fn chunked_responses_are_decoded_with_their_trailers() {
 #[tokio::test]
 async fn interim_answers_are_skipped() {
     let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
-    let (io, _inst) = instance(answer, 0, false).await;
-    let pool = Arc::new(UpstreamPool::default());
-    let resp = send_to(io, request("GET", &[], ReqBody::Empty), &pool)
-        .await
-        .expect("answered");
+    let resp = get(answer, false).await.0.expect("answered");
     assert_eq!(resp.status(), 201);
     assert_eq!(collect(resp.into_body()).await.expect("body").0, b"ok");
 }
 
 #[tokio::test]
 async fn a_body_until_close_is_read_to_the_close_and_not_pooled() {
-    let (io, _inst) = instance(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", 0, true).await;
-    let pool = Arc::new(UpstreamPool::default());
-    let resp = send_to(io, request("GET", &[], ReqBody::Empty), &pool)
-        .await
-        .expect("answered");
+    let (sent, pool) = get(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true).await;
+    let resp = sent.expect("answered");
     assert_eq!(
         collect(resp.into_body()).await.expect("body").0,
         b"until the end"
@@ -244,11 +246,8 @@ async fn connections_that_cannot_carry_another_request_are_not_pooled() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",
     ];
     for answer in answers {
-        let (io, _inst) = instance(answer, 0, false).await;
-        let pool = Arc::new(UpstreamPool::default());
-        let resp = send_to(io, request("GET", &[], ReqBody::Empty), &pool)
-            .await
-            .expect("answered");
+        let (sent, pool) = get(answer, false).await;
+        let resp = sent.expect("answered");
         assert_eq!(collect(resp.into_body()).await.expect("body").0, b"ok");
         assert_eq!(pool.idle_len(), 0, "{}", String::from_utf8_lossy(answer));
     }
@@ -286,9 +285,7 @@ async fn bad_answers_are_errors() {
         ),
     ];
     for (answer, expected) in cases {
-        let (io, _inst) = instance(answer, 0, true).await;
-        let pool = Arc::new(UpstreamPool::default());
-        match send_to(io, request("GET", &[], ReqBody::Empty), &pool).await {
+        match get(answer, true).await.0 {
             Err(e) => assert!(
                 expected(&e),
                 "{e:?} for {}",
@@ -305,16 +302,8 @@ async fn bad_answers_are_errors() {
 
 #[tokio::test]
 async fn a_truncated_body_is_an_error_and_the_connection_closes() {
-    let (io, _inst) = instance(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
-        0,
-        true,
-    )
-    .await;
-    let pool = Arc::new(UpstreamPool::default());
-    let resp = send_to(io, request("GET", &[], ReqBody::Empty), &pool)
-        .await
-        .expect("answered");
+    let (sent, pool) = get(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", true).await;
+    let resp = sent.expect("answered");
     assert!(matches!(
         collect(resp.into_body()).await,
         Err(ResponseBodyError::Truncated)
@@ -438,13 +427,8 @@ async fn a_stale_idle_connection_is_not_taken() {
 
 #[tokio::test]
 async fn idle_connections_past_the_idle_timeout_close() {
-    let (io, _inst) = instance(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0, false).await;
-    let pool = Arc::new(UpstreamPool::default());
-    drop(
-        send_to(io, request("GET", &[], ReqBody::Empty), &pool)
-            .await
-            .expect("answered"),
-    );
+    let (sent, pool) = get(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false).await;
+    drop(sent.expect("answered"));
     assert_eq!(pool.idle_len(), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(pool.take_idle(Duration::from_millis(10)).is_none());
@@ -459,11 +443,7 @@ async fn hop_by_hop_fields_of_the_answer_are_left_out() {
         b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok",
     ];
     for answer in answers {
-        let (io, _inst) = instance(answer, 0, false).await;
-        let pool = Arc::new(UpstreamPool::default());
-        let resp = send_to(io, request("GET", &[], ReqBody::Empty), &pool)
-            .await
-            .expect("answered");
+        let resp = get(answer, false).await.0.expect("answered");
         let names: Vec<&str> = resp.headers().keys().map(|n| n.as_str()).collect();
         assert!(
             names
@@ -473,5 +453,25 @@ async fn hop_by_hop_fields_of_the_answer_are_left_out() {
         );
         assert_eq!(resp.headers()["x-kept"], "1");
         assert_eq!(collect(resp.into_body()).await.expect("body").0, b"ok");
+    }
+}
+
+/// A client body that breaks its own Content-Length is the client's fault (a body error, 400),
+/// never counted against the instance.
+#[tokio::test]
+async fn a_body_that_breaks_its_length_is_the_clients_fault() {
+    let (io, _inst) = instance(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 10, false).await;
+    let pool = Arc::new(UpstreamPool::default());
+    let req = request("POST", &[("content-length", "10")], body_of(&[b"short"]));
+    match send_to(io, req, &pool).await {
+        Err(e) => {
+            assert!(matches!(e, H1Error::Body(BodyError::Read(_))), "{e:?}");
+            let failure = super::super::pool::Failure::H1(e);
+            assert!(
+                failure.body_error().is_some(),
+                "the client's, not the instance's"
+            );
+        }
+        Ok(r) => panic!("answered {}", r.status()),
     }
 }
