@@ -46,12 +46,18 @@ impl HttpApp {
     }
 }
 
+/// The maps every request looks up (its port, its host, a replay's app). Their keys come from
+/// the config, never from a client, so a fast hash (foldhash, seeded per map) serves: a
+/// client chooses only what is looked up, which cannot grow a chain. SipHash cost about 650
+/// instructions per request here.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// An HTTP port (plain or TLS) shared by many apps, routed by host.
 pub(crate) struct HttpPort {
     pub tls: bool,
-    exact: HashMap<String, Arc<HttpApp>>,
+    exact: FastMap<String, Arc<HttpApp>>,
     /// `*.example.com` stored as `example.com`.
-    wildcard: HashMap<String, Arc<HttpApp>>,
+    wildcard: FastMap<String, Arc<HttpApp>>,
 }
 
 impl HttpPort {
@@ -80,10 +86,10 @@ pub(crate) struct HttpSettings {
 
 pub(crate) struct Routes {
     /// Keyed by (port, bind address); `None` is the wildcard.
-    ports: HashMap<(u16, Option<IpAddr>), PortRoute>,
+    ports: FastMap<(u16, Option<IpAddr>), PortRoute>,
     /// Each app's HTTP services, by app name, in config order (the first is the target of a
     /// replay into another app; a worker picks the one the stream's edge port belongs to).
-    http_apps: HashMap<Arc<str>, Vec<Arc<HttpApp>>>,
+    http_apps: FastMap<Arc<str>, Vec<Arc<HttpApp>>>,
     pub limits: Limits,
     pub http: Arc<HttpSettings>,
     /// Certificates and TLS configs of this snapshot.
@@ -98,8 +104,8 @@ pub(crate) struct Routes {
 impl Default for Routes {
     fn default() -> Self {
         Routes {
-            ports: HashMap::new(),
-            http_apps: HashMap::new(),
+            ports: FastMap::default(),
+            http_apps: FastMap::default(),
             limits: Limits::default(),
             http: Arc::new(settings(&Http::default(), "local")),
             tls: None,
@@ -121,9 +127,9 @@ fn settings(http: &Http, region: &str) -> HttpSettings {
 /// The tables a snapshot's routes are built into, app by app.
 #[derive(Default)]
 struct Builder {
-    ports: HashMap<(u16, Option<IpAddr>), PortRoute>,
+    ports: FastMap<(u16, Option<IpAddr>), PortRoute>,
     http_ports: HashMap<(u16, Option<IpAddr>), HttpPort>,
-    http_apps: HashMap<Arc<str>, Vec<Arc<HttpApp>>>,
+    http_apps: FastMap<Arc<str>, Vec<Arc<HttpApp>>>,
     /// The pools the routes use; the others are dropped.
     pool_keys: HashSet<PoolKey>,
 }
@@ -208,8 +214,8 @@ impl Builder {
     ) {
         let hp = self.http_ports.entry(key).or_insert_with(|| HttpPort {
             tls,
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
+            exact: FastMap::default(),
+            wildcard: FastMap::default(),
         });
         for host in &app.config.hostnames {
             match host.strip_prefix("*.") {

@@ -437,17 +437,21 @@ async fn exchange<IO: ClientIo>(
             (Some(body), Pump::new(feed, framing, facts.expect_continue))
         }
     };
-    let mut request = request.map(|()| match body {
-        Some(b) => ClientBody::Inbound(b),
-        None => ClientBody::Empty,
-    });
-    let switch = facts.upgrade.then(|| {
-        let (handover, to) = Handover::new();
-        request.extensions_mut().insert(handover);
-        to
-    });
-    let (service, routed) = service.for_request(&request);
-    let handling = service.handle(request, routed);
+    // In a block of its own: the request moves into the handling, and its place in this
+    // future's state goes with the block.
+    let (handling, switch) = {
+        let mut request = request.map(|()| match body {
+            Some(b) => ClientBody::Inbound(b),
+            None => ClientBody::Empty,
+        });
+        let switch = facts.upgrade.then(|| {
+            let (handover, to) = Handover::new();
+            request.extensions_mut().insert(handover);
+            to
+        });
+        let (service, routed) = service.for_request(&request);
+        (service.handle(request, routed), switch)
+    };
     tokio::pin!(handling);
     // The body first: a `100 Continue` it owes goes out before any answer.
     let resp = poll_fn(|cx| {

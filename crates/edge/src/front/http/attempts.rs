@@ -171,13 +171,22 @@ impl Chosen {
 }
 
 impl ProxyService {
-    /// Place, connect, send; retry where it is safe, replay where the instance asks.
-    pub(super) async fn run(&self, mut job: Job, mut hop: Hop) -> Answer {
+    /// Admit the request into its app's budget, then place, connect, send; retry where it is
+    /// safe, replay where the instance asks. The job and hop are borrowed: the request's
+    /// future holds them once.
+    pub(super) async fn run(&self, job: &mut Job, hop: &mut Hop) -> Answer {
+        if job.app_slot.is_none() {
+            let (a, m) = (&hop.app.app, &hop.app.metrics);
+            match admit::admit_app(a, hop.deadline, m).await {
+                Ok(slot) => job.app_slot = Some(slot),
+                Err(e) => return Err((ProxyError::Admit(e), std::mem::take(&mut job.outcome))),
+            }
+        }
         let retry_until = job.started + self.settings.config.retry_deadline;
         loop {
-            let flow = match self.place(&mut job, &mut hop, retry_until).await {
-                Ok(chosen) => match self.open(&mut job, &chosen).await {
-                    Some(carrier) => self.attempt(&mut job, &mut hop, chosen, carrier).await,
+            let flow = match self.place(job, hop, retry_until).await {
+                Ok(chosen) => match self.open(job, &chosen).await {
+                    Some(carrier) => self.attempt(job, hop, chosen, carrier).await,
                     None => Flow::Again,
                 },
                 Err(flow) => flow,
@@ -364,7 +373,10 @@ impl ProxyService {
                     // request's future (moved into its box on each call) larger.
                     return Box::pin(self.switch(job, c, carrier, request)).await;
                 }
-                tokio::time::timeout(timeout, carrier.send(request)).await
+                // Boxed: this path's state (hyper's HTTP/2 client, a backhaul stream) would
+                // otherwise make every request's future larger, and our HTTP/1.1 client's
+                // path (above) is the one that allocates nothing here.
+                tokio::time::timeout(timeout, Box::pin(carrier.send(request))).await
             }
         };
         let resp = match sent {
@@ -385,7 +397,8 @@ impl ProxyService {
             outlier::answered(&c.app.app, c.inst(), &c.app.metrics, resp.status());
         }
         match self.replay_asked(&resp) {
-            Some(replay) => self.replay(job, hop, &c, replay, resp).await,
+            // Boxed: replays are rare (see `switch`).
+            Some(replay) => Box::pin(self.replay(job, hop, &c, replay, resp)).await,
             None => self.respond(job, hop, c, resp),
         }
     }

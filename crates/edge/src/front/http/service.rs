@@ -2,9 +2,8 @@
 //! `error.rs`. Route by host, check the request, place it on an instance (carrying it to another
 //! when a connection cannot be made), forward, and stream the response back.
 
-use super::attempts::{Head, Hop, Job};
+use super::attempts::{Answer, Head, Hop, Job};
 use super::routing::Wishes;
-use crate::admit::{self};
 use crate::error::ProxyError;
 use crate::instance::attempt::{set_host_from_authority, Outcome};
 use crate::instance::body::{ClientBody, ReqBody, RespBody};
@@ -19,6 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 /// One client connection's service. It holds no routes: every request is routed on the
@@ -43,7 +43,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let req = req.map(ClientBody::Hyper);
         let (this, routed) = self.for_request(&req);
-        Box::pin(async move { Ok(this.handle(req, routed).await) })
+        let handling = this.handle(req, routed);
+        Box::pin(Infallibly { handling })
     }
 }
 
@@ -85,20 +86,50 @@ impl ProxyService {
     }
 
     /// Answer one request (never fails: every error becomes a response in `error.rs`).
-    pub(in crate::front) async fn handle(
-        &self,
+    ///
+    /// What needs no waiting (routing's answer, the request's checks, its header edits) is
+    /// done here, before the future exists; the future then holds the request once (in its
+    /// `Job`), and the attempt loop borrows it. A plain function returning an `async` block:
+    /// an `async fn` would keep its arguments beside what they become, and each layer of
+    /// `async fn` copies the whole state below it once more when it is called.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub(in crate::front) fn handle(
+        self,
         req: Request<ClientBody>,
         routed: Result<Arc<HttpApp>, ProxyError>,
-    ) -> Response<RespBody> {
+    ) -> impl Future<Output = Response<RespBody>> + Send {
         let started = Instant::now();
         let request_id = headers::request_id(&self.settings.region_name);
-        let (app, result) = match routed {
+        let (app, mut prepared) = match routed {
             Ok(app) => {
-                let result = self.proxy(&app, req, &request_id, started).await;
-                (Some(app), result)
+                let prepared = self.prepare(&app, req, &request_id, started);
+                (Some(app), prepared)
             }
-            Err(e) => (None, Err((e, Outcome::default()))),
+            Err(e) => (None, Prepared::Answer(Err((e, Outcome::default())))),
         };
+        async move {
+            let result = match prepared {
+                Prepared::Answer(answer) => answer,
+                Prepared::Run(ref mut job, ref mut hop) => {
+                    let answer = self.run(job, hop).await;
+                    // The request's state goes before its answer is sent on.
+                    drop(prepared);
+                    answer
+                }
+            };
+            self.finish(app, result, request_id, started)
+        }
+    }
+
+    /// The answer as the client gets it: an error mapped to its response, the request id,
+    /// metrics and the access log.
+    fn finish(
+        &self,
+        app: Option<Arc<HttpApp>>,
+        result: Answer,
+        request_id: HeaderValue,
+        started: Instant,
+    ) -> Response<RespBody> {
         let (mut resp, outcome) = match result {
             Ok(ok) => ok,
             Err((e, mut outcome)) => {
@@ -174,24 +205,27 @@ impl ProxyService {
         Ok(app)
     }
 
-    async fn proxy(
+    /// The request checked and edited for its instances, before any waiting: a `Job` and its
+    /// first `Hop` (admission into the app's budget is the attempt loop's first step), or the
+    /// answer when it goes no further.
+    fn prepare(
         &self,
         app: &Arc<HttpApp>,
         mut req: Request<ClientBody>,
         request_id: &HeaderValue,
         started: Instant,
-    ) -> Result<(Response<RespBody>, Outcome), (ProxyError, Outcome)> {
+    ) -> Prepared {
         let outcome = Outcome::default();
         if app.service().force_https && !self.client.tls {
-            return Ok((redirect_https(&req), outcome));
+            return Prepared::Answer(Ok((redirect_https(&req), outcome)));
         }
         let max_body = self.settings.config.max_request_body;
         if max_body > 0 && headers::content_length(req.headers()).is_some_and(|n| n > max_body) {
-            return Err((ProxyError::BodyTooLarge { limit: max_body }, outcome));
+            return Prepared::Answer(Err((ProxyError::BodyTooLarge { limit: max_body }, outcome)));
         }
         let upgrade = match upgrade::classify(&mut req) {
             Ok(u) => u,
-            Err(why) => return Err((ProxyError::BadRequest(why), outcome)),
+            Err(why) => return Prepared::Answer(Err((ProxyError::BadRequest(why), outcome))),
         };
         let (mut parts, body) = req.into_parts();
         let names = &self.settings.names;
@@ -211,10 +245,6 @@ impl ProxyService {
             app.metrics.clone(),
         );
         let queue_deadline = tokio::time::Instant::now() + app.app.config.limits.queue_timeout;
-        let app_slot = match admit::admit_app(&app.app, queue_deadline, &app.metrics).await {
-            Ok(s) => s,
-            Err(e) => return Err((ProxyError::Admit(e), outcome)),
-        };
         let job = Job {
             head: Head::from(parts),
             body,
@@ -222,15 +252,37 @@ impl ProxyService {
             started,
             trace: traced.then(String::new),
             outcome,
-            app_slot: Some(app_slot),
+            app_slot: None,
             forwarded,
             fresh_only: false,
             last: None,
             retrying: None,
             replaying: None,
         };
-        self.run(job, Hop::new(app.clone(), wishes, queue_deadline))
-            .await
+        Prepared::Run(job, Hop::new(app.clone(), wishes, queue_deadline))
+    }
+}
+
+/// A request ready for its attempt loop, or its answer already.
+#[allow(clippy::large_enum_variant)] // held in place by the request's future, never moved on
+enum Prepared {
+    Run(Job, Hop),
+    Answer(Answer),
+}
+
+pin_project_lite::pin_project! {
+    /// hyper's service future: the answer, which never fails.
+    pub(crate) struct Infallibly<F> {
+        #[pin]
+        handling: F,
+    }
+}
+
+impl<F: Future<Output = Response<RespBody>>> Future for Infallibly<F> {
+    type Output = Result<Response<RespBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().handling.poll(cx).map(Ok)
     }
 }
 
