@@ -22,5 +22,10 @@ fn local_corpus_and_crash_inputs_pass() {
 
 #[test]
 fn every_fuzz_target_is_run_here() {
-    check_all_run(&TARGETS, |name: &str| !name.starts_with("http1_"));
+    // Every other crate's targets carry its name as a prefix (`http1_`, `config_`, `store_`,
+    // `edge_`) and are run by its own `tests/fuzz_corpus.rs`; the rest are this crate's.
+    let others = ["http1_", "config_", "store_", "edge_"];
+    check_all_run(&TARGETS, |name: &str| {
+        !others.iter().any(|p| name.starts_with(p))
+    });
 }

@@ -9,6 +9,8 @@
 mod de;
 mod defaults;
 pub mod diagnostics;
+#[doc(hidden)]
+pub mod fuzz;
 mod json;
 pub mod model;
 mod path;

@@ -8,6 +8,8 @@ mod admit;
 mod backhaul;
 mod error;
 mod front;
+#[doc(hidden)]
+pub mod fuzz;
 mod health;
 mod instance;
 mod routes;

@@ -12,6 +12,8 @@
 
 pub mod acme;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod keys;
 pub mod pages;
 pub mod register;

@@ -206,6 +206,12 @@ pub fn encode_app(app: &App) -> Vec<u8> {
             "queue_timeout": duration(app.limits.queue_timeout),
             "max_connections": app.limits.max_connections,
         },
+        "outlier": {
+            "consecutive_failures": app.outlier.consecutive_failures,
+            "base_ejection": duration(app.outlier.base_ejection),
+            "max_ejection": duration(app.outlier.max_ejection),
+            "gateway_errors": app.outlier.gateway_errors,
+        },
         "tokens_sha256": app.tokens_sha256.iter().map(|t| hex(t)).collect::<Vec<_>>(),
         "replay_from": app.replay_from,
         "services": services,

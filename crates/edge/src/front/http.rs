@@ -4,7 +4,7 @@
 mod attempts;
 mod carrier;
 mod idle;
-mod routing;
+pub(crate) mod routing;
 mod service;
 
 use super::http1;

@@ -10,6 +10,7 @@ concurrency = { type = "requests", soft_limit = 5, hard_limit = 8 }
 limits = { max_inflight = 100, queue = 7, queue_timeout = "1m 30s", max_connections = 50 }
 tokens_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
 replay_from = ["other"]
+outlier = { consecutive_failures = 3, base_ejection = "2s", max_ejection = "1m", gateway_errors = [502] }
   [[apps.services]]
   internal_port = 8080
   force_https = true
