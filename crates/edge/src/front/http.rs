@@ -159,10 +159,10 @@ pub(crate) async fn serve_io<IO>(io: IO, service: ProxyService, shared: &Shared)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = idle::Activity::default();
-    let io = TokioIo::new(idle::IdleIo::new(io, activity.clone()));
-    // Each protocol in its own boxed future, so a connection holds only its own.
-    let result = serve_h2(io, service, shared, activity).await;
+    let streams = idle::Streams::default();
+    let service = service.counting(streams.clone());
+    let io = TokioIo::new(io);
+    let result = serve_h2(io, service, shared, streams).await;
     if let Err(e) = result {
         match crate::error::hyper_rejection(&e) {
             Some(code) => {
@@ -174,19 +174,19 @@ where
     }
 }
 
-type Io<IO> = TokioIo<idle::IdleIo<IO>>;
+type Io<IO> = TokioIo<IO>;
 
 async fn serve_h2<IO>(
     io: Io<IO>,
     service: ProxyService,
     shared: &Shared,
-    activity: idle::Activity,
+    streams: idle::Streams,
 ) -> hyper::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &service.settings().config;
-    let idle_timeout = cfg.idle_timeout;
+    let timeouts = (cfg.header_read_timeout, cfg.idle_timeout);
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -196,24 +196,18 @@ where
         .max_pending_accept_reset_streams(Some(50))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let conn = builder.serve_connection(io, service);
-    drive(
-        conn,
-        |c| c.graceful_shutdown(),
-        shared,
-        activity,
-        idle_timeout,
-    )
-    .await
+    drive(conn, |c| c.graceful_shutdown(), shared, streams, timeouts).await
 }
 
-/// Run a connection to its end; when the node drains or nothing has moved for `idle_timeout`,
-/// ask it to finish gracefully (in-flight requests complete) and wait for that.
+/// Run a connection to its end; when the node drains or the connection has had no stream for
+/// its idle timeout (`(first, then)`: before its first stream, and after), ask it to finish
+/// gracefully (in-flight requests complete) and wait for that.
 async fn drive<C>(
     conn: C,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
     shared: &Shared,
-    activity: idle::Activity,
-    idle_timeout: Duration,
+    streams: idle::Streams,
+    (first, then): (Duration, Duration),
 ) -> hyper::Result<()>
 where
     C: std::future::Future<Output = hyper::Result<()>>,
@@ -222,8 +216,17 @@ where
     tokio::select! {
         r = conn.as_mut() => return r,
         _ = shared.drain.started() => {}
-        _ = activity.idle(idle_timeout) => {}
+        _ = streams.idle(first, then) => {}
     }
     graceful(conn.as_mut());
-    conn.await
+    // The graceful close waits for the client to answer a PING after the first GOAWAY; a
+    // client that never does would hold the connection forever. Streams in flight finish;
+    // once none is open for another header timeout, the connection is dropped.
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = streams.idle(first, first) => {
+            tracing::debug!("an HTTP/2 client did not finish closing; dropped");
+            Ok(())
+        }
+    }
 }

@@ -1,14 +1,13 @@
-//! Client connection idleness: an I/O wrapper that notes when bytes last moved, and a watchdog
-//! that asks hyper to close a connection gracefully once nothing has moved for
-//! `[http] idle_timeout` (requests in flight still finish; HTTP/2 gets a GOAWAY).
+//! HTTP/2 client connection idleness, by streams, not bytes: a connection is idle while it has
+//! no open stream, counted from when its last stream ended (or, before its first, from its
+//! start). Bytes do not count: a client that trickles a HEADERS frame a byte at a time, or
+//! answers our keep-alive pings, moves bytes without ever making progress. Once idle for
+//! `[http] idle_timeout` (before the first stream, `header_read_timeout`), hyper is asked to
+//! close the connection gracefully (GOAWAY; streams in flight still finish).
 
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -16,148 +15,99 @@ fn epoch() -> Instant {
 }
 
 fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// When bytes last moved on a connection.
+/// The open streams of one connection, and when one last began or ended.
 #[derive(Clone, Default)]
-pub(crate) struct Activity(Arc<AtomicU64>);
+pub(crate) struct Streams(Arc<Inner>);
 
-impl Activity {
+#[derive(Default)]
+struct Inner {
+    open: AtomicU32,
+    /// Milliseconds since [`epoch`].
+    last: AtomicU64,
+    began: AtomicBool,
+}
+
+impl Streams {
     fn touch(&self) {
-        self.0.store(now_ms(), Ordering::Relaxed);
+        self.0.last.store(now_ms(), Ordering::Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    /// A stream began (its request head arrived); it ends when the guard is dropped (with its
+    /// response body, sent or reset).
+    pub fn begin(&self) -> StreamGuard {
+        self.0.open.fetch_add(1, Ordering::Relaxed);
+        self.0.began.store(true, Ordering::Relaxed);
+        self.touch();
+        StreamGuard(self.clone())
     }
 
-    /// Resolves once nothing has moved for `timeout`.
-    pub async fn idle(&self, timeout: Duration) {
+    /// Resolves once the connection has had no open stream for `timeout` (`first` until its
+    /// first stream began). Counts from the call.
+    pub async fn idle(&self, first: Duration, timeout: Duration) {
         self.touch();
         loop {
-            let idle = self.idle_for();
-            if idle >= timeout {
+            if self.0.open.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(timeout).await;
+                continue;
+            }
+            let limit = match self.0.began.load(Ordering::Relaxed) {
+                true => timeout,
+                false => first,
+            };
+            let last = self.0.last.load(Ordering::Relaxed);
+            let idle = Duration::from_millis(now_ms().saturating_sub(last));
+            if idle >= limit {
                 return;
             }
-            tokio::time::sleep(timeout - idle).await;
+            tokio::time::sleep(limit - idle).await;
         }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// `IO` with its activity noted on every read and write.
-    pub(crate) struct IdleIo<IO> {
-        #[pin]
-        io: IO,
-        activity: Activity,
-    }
-}
+/// One open stream (see [`Streams::begin`]).
+pub(crate) struct StreamGuard(Streams);
 
-impl<IO> IdleIo<IO> {
-    pub fn new(io: IO, activity: Activity) -> Self {
-        IdleIo { io, activity }
-    }
-}
-
-impl<IO: AsyncRead> AsyncRead for IdleIo<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let polled = this.io.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<IO: AsyncWrite> AsyncWrite for IdleIo<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.io.poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.io.poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let inner = &self.0 .0;
+        inner.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
-    async fn reads_and_writes_count_as_activity() {
-        let (a, mut b) = tokio::io::duplex(64);
-        let activity = Activity::default();
-        let mut io = IdleIo::new(a, activity.clone());
-        activity.0.store(0, Ordering::Relaxed);
-        io.write_all(b"x").await.expect("write");
-        let t1 = activity.0.load(Ordering::Relaxed);
-        b.write_all(b"y").await.expect("write");
-        let mut buf = [0u8; 1];
-        io.read_exact(&mut buf).await.expect("read");
-        assert!(activity.0.load(Ordering::Relaxed) >= t1);
-        assert!(activity.idle_for() < Duration::from_secs(1));
-    }
-
-    #[tokio::test]
-    async fn idle_waits_for_the_timeout_after_the_last_activity() {
-        let activity = Activity::default();
+    async fn idle_counts_from_the_last_stream_and_never_while_one_is_open() {
+        let streams = Streams::default();
+        // Before any stream: the first timeout.
         let started = Instant::now();
-        activity.idle(Duration::from_millis(100)).await;
-        assert!(started.elapsed() >= Duration::from_millis(100));
+        streams
+            .idle(Duration::from_millis(50), Duration::from_secs(60))
+            .await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(started.elapsed() < Duration::from_secs(5));
 
-        // Touched every 20 ms for 300 ms: not idle before 300 + 100 ms.
-        let busy = activity.clone();
-        let toucher = tokio::spawn(async move {
-            for _ in 0..15 {
-                busy.touch();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        // A stream open for 300 ms holds it open; idle 100 ms after it ended.
+        let guard = streams.begin();
+        let ender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(guard);
         });
         let started = Instant::now();
-        activity.idle(Duration::from_millis(100)).await;
+        streams
+            .idle(Duration::from_millis(10), Duration::from_millis(100))
+            .await;
         assert!(
             started.elapsed() >= Duration::from_millis(380),
             "{:?}",
             started.elapsed()
         );
-        toucher.await.expect("toucher");
+        ender.await.expect("ender");
     }
 }

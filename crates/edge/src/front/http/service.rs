@@ -3,6 +3,7 @@
 //! when a connection cannot be made), forward, and stream the response back.
 
 use super::attempts::{Answer, Head, Hop, Job};
+use super::idle::StreamGuard;
 use super::routing::Wishes;
 use crate::error::ProxyError;
 use crate::instance::attempt::{set_host_from_authority, Outcome};
@@ -33,18 +34,21 @@ pub(crate) struct ProxyService {
     pub(super) settings: Arc<HttpSettings>,
     /// The TLS SNI of the connection, lower-cased.
     sni: Option<Arc<str>>,
+    /// An HTTP/2 connection's open streams, for its idle timeout (`None` on HTTP/1.1).
+    streams: Option<super::idle::Streams>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
-    type Response = Response<RespBody>;
+    type Response = Response<Counted>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Counted>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let stream = self.streams.as_ref().map(super::idle::Streams::begin);
         let req = req.map(ClientBody::Hyper);
         let (this, routed) = self.for_request(&req);
         let handling = this.handle(req, routed);
-        Box::pin(Infallibly { handling })
+        Box::pin(Infallibly { handling, stream })
     }
 }
 
@@ -60,7 +64,15 @@ impl ProxyService {
             client,
             settings,
             sni,
+            streams: None,
         }
+    }
+
+    /// This service on an HTTP/2 connection whose open streams `streams` counts: each request
+    /// is one from its head until its response body is dropped (sent or reset).
+    pub(in crate::front) fn counting(mut self, streams: super::idle::Streams) -> Self {
+        self.streams = Some(streams);
+        self
     }
 
     pub fn settings(&self) -> &HttpSettings {
@@ -271,18 +283,52 @@ enum Prepared {
 }
 
 pin_project_lite::pin_project! {
-    /// hyper's service future: the answer, which never fails.
+    /// hyper's service future: the answer, which never fails, with its stream's guard.
     pub(crate) struct Infallibly<F> {
         #[pin]
         handling: F,
+        stream: Option<StreamGuard>,
     }
 }
 
 impl<F: Future<Output = Response<RespBody>>> Future for Infallibly<F> {
-    type Output = Result<Response<RespBody>, Infallible>;
+    type Output = Result<Response<Counted>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().handling.poll(cx).map(Ok)
+        let this = self.project();
+        let resp = std::task::ready!(this.handling.poll(cx));
+        let stream = this.stream.take();
+        Poll::Ready(Ok(resp.map(|body| Counted {
+            body,
+            _stream: stream,
+        })))
+    }
+}
+
+/// A response body that holds its HTTP/2 stream open in the connection's count until hyper
+/// drops it.
+pub(crate) struct Counted {
+    body: RespBody,
+    _stream: Option<StreamGuard>,
+}
+
+impl http_body::Body for Counted {
+    type Data = <RespBody as http_body::Body>::Data;
+    type Error = <RespBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
