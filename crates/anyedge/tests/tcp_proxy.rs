@@ -414,3 +414,36 @@ async fn idle_proxied_connections_keep_tcp_keepalive_on_both_sides() {
         "the instance connection: {to_instance:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_raw_tcp_connection_is_closed_after_the_services_idle_timeout() {
+    use anyedge_test_support::client::closed_by_peer;
+    let inst = FakeInstance::echo("idle").await;
+    let port = free_port();
+    let toml = format!(
+        "[[apps]]\nname = \"idle\"\n  [[apps.services]]\n  tcp_options = {{ idle_timeout = \"400ms\" }}\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [] }} ]\n  [[apps.instances]]\n  id = \"idle-1\"\n  address = \"{}\"\n",
+        inst.addr
+    );
+    let config = anyedge_config::parse(&toml, "idle.toml").unwrap_or_else(|d| panic!("{d}"));
+    let _node = Node::start(config, admin()).await.expect("node");
+    let (mut quiet, mut busy) = (
+        connect(local(port)).await.expect("connect"),
+        connect(local(port)).await.expect("connect"),
+    );
+    for c in [&mut quiet, &mut busy] {
+        assert!(read_line(c).await.expect("greeting").contains("idle"));
+    }
+    // `busy` moves a few bytes every 100 ms for 1.2 s, three timeouts' worth: never idle long
+    // enough to be cut.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(1200) {
+        assert_eq!(echo(&mut busy, b"ping\n").await.expect("echo"), b"ping\n");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // `quiet` sent nothing since its greeting: the proxy has closed it by now.
+    assert!(
+        closed_by_peer(&mut quiet).await,
+        "the idle connection is still open"
+    );
+    assert_eq!(echo(&mut busy, b"still\n").await.expect("echo"), b"still\n");
+}

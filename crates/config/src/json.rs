@@ -123,6 +123,7 @@ fn app(
             internal_port: None,
             force_https: false,
             http_options: HttpOptions::default(),
+            tcp_options: Default::default(),
             ports: port_specs(&path::key(at, "Ports"), e.ports, &name, ports, r),
             checks: Vec::new(),
         }],

@@ -345,8 +345,26 @@ pub struct Service {
     pub internal_port: Option<u16>,
     pub force_https: bool,
     pub http_options: HttpOptions,
+    pub tcp_options: TcpOptions,
     pub ports: Vec<PortSpec>,
     pub checks: Vec<Check>,
+}
+
+/// Raw TCP connections of a service (`tcp_options`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpOptions {
+    /// A raw TCP connection that moves no byte either way for this long is closed (both
+    /// sides); zero never closes one for idleness.
+    pub idle_timeout: Duration,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        // As Envoy's TCP proxy: an hour (a vanished peer is found sooner by TCP keep-alive).
+        TcpOptions {
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -28,6 +28,12 @@ pub(crate) struct TcpRoute {
     pub metrics: Arc<AppMetrics>,
 }
 
+impl TcpRoute {
+    pub fn service(&self) -> &anyedge_config::Service {
+        &self.app.config.services[self.service]
+    }
+}
+
 /// One app as an HTTP port sees it.
 pub(crate) struct HttpApp {
     pub app: Arc<AppEntry>,

@@ -236,6 +236,10 @@ fn service(s: &anyedge_config::Service) -> Value {
         "http_options".into(),
         json!({"h2_backend": s.http_options.h2_backend, "idle_timeout": duration(s.http_options.idle_timeout)}),
     );
+    v.insert(
+        "tcp_options".into(),
+        json!({"idle_timeout": duration(s.tcp_options.idle_timeout)}),
+    );
     let ports: Vec<Value> = s
         .ports
         .iter()

@@ -130,6 +130,12 @@ pub(crate) struct ServiceFile {
     #[serde(default)]
     pub force_https: bool,
     pub http_options: Option<HttpOptionsFile>,
+    pub tcp_options: Option<TcpOptionsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TcpOptionsFile {
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use toml_edit::Item;
 
-use super::file::{CheckFile, HttpOptionsFile, PortFile, ServiceFile};
+use super::file::{CheckFile, HttpOptionsFile, PortFile, ServiceFile, TcpOptionsFile};
 use super::sections::duration;
 use super::{as_table, list};
 use crate::de;
-use crate::model::{Check, CheckKind, Handler, HttpOptions, PortSpec, ProxyProtoVersion, Service};
+use crate::model::{
+    Check, CheckKind, Handler, HttpOptions, PortSpec, ProxyProtoVersion, Service, TcpOptions,
+};
 use crate::path;
 use crate::report::Report;
 use crate::validate::claims::PortUse;
@@ -64,6 +66,7 @@ pub(super) fn service(
             &path::key(at, "http_options"),
             r,
         ),
+        tcp_options: tcp_options(file.tcp_options.as_ref(), &path::key(at, "tcp_options"), r),
         ports: specs,
         checks,
     })
@@ -106,6 +109,15 @@ fn check_https_port(at: &str, specs: &[PortSpec], r: &mut Report<'_>) {
             "force_https needs a port with handlers [\"tls\", \"http\"] in this service to redirect to",
         );
     }
+}
+
+/// `tcp_options = { idle_timeout }`; `"0s"` turns the idle timeout off.
+fn tcp_options(f: Option<&TcpOptionsFile>, at: &str, r: &mut Report<'_>) -> TcpOptions {
+    let d = TcpOptions::default();
+    let Some(f) = f else { return d };
+    let at = path::key(at, "idle_timeout");
+    let idle_timeout = duration(f.idle_timeout.as_deref(), &at, d.idle_timeout, false, r);
+    TcpOptions { idle_timeout }
 }
 
 fn http_options(f: Option<&HttpOptionsFile>, at: &str, r: &mut Report<'_>) -> HttpOptions {

@@ -383,6 +383,16 @@ fn bad_duration() {
 }
 
 #[test]
+fn bad_tcp_idle_timeout() {
+    one(
+        "[[apps]]\nname = \"a\"\n  [[apps.services]]\n  internal_port = 5\n  tcp_options = { idle_timeout = \"forever\" }\n  ports = [ { port = 5432, handlers = [] } ]\n",
+        "apps[0].services[0].tcp_options.idle_timeout",
+        "tcp_options",
+        "invalid duration `forever`",
+    );
+}
+
+#[test]
 fn zero_timeout() {
     one(
         "[limits]\ntls_handshake_timeout = \"0s\"\n",

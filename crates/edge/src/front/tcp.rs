@@ -61,7 +61,10 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
                 let mut client = conn.client;
                 let metrics = &conn.route.metrics;
                 // Boxed: a connection to a local instance keeps no room for this relay's state.
-                match Box::pin(crate::instance::relay::copy_pooled(&mut client, &mut *tunnel, &shared.bufs)).await {
+                let activity = relay::Activity::new();
+                let idle_timeout = conn.route.service().tcp_options.idle_timeout;
+                // Built in place: a relay future held in a local would be kept twice.
+                match Box::pin(relay::with_idle_timeout(relay::copy_pooled(&mut client, &mut *tunnel, &shared.bufs, &activity), &activity, idle_timeout)).await.unwrap_or_else(idle_closed) {
                     Ok((up, down)) => {
                         metrics.add_bytes(anyedge_telemetry::Direction::In, up);
                         metrics.add_bytes(anyedge_telemetry::Direction::Out, down);
@@ -81,11 +84,22 @@ pub(crate) async fn serve(conn: Conn, guards: Guards, shared: Arc<Shared>) {
             }
         }
         let metrics = conn.route.metrics.clone();
-        match relay::bidirectional(&conn.client, &stream, (&shared.pipes, &shared.bufs), shared.mover, &metrics).await {
+        let activity = relay::Activity::new();
+        let idle_timeout = conn.route.service().tcp_options.idle_timeout;
+        // Built in place: a relay future held in a local would be kept twice.
+        match relay::with_idle_timeout(relay::bidirectional(&conn.client, &stream, (&shared.pipes, &shared.bufs), shared.mover, &metrics, &activity), &activity, idle_timeout).await.unwrap_or_else(idle_closed) {
             Ok(()) => tracing::debug!(instance = %instance, "closed"),
             Err(e) => tracing::debug!(instance = %instance, error = %e, "ended with error"),
         }
     }
     .instrument(span)
     .await
+}
+
+/// A relay cut for idleness ends like one that failed: both sockets are closed when dropped.
+fn idle_closed<T>() -> std::io::Result<T> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "idle for tcp_options.idle_timeout",
+    ))
 }

@@ -5,6 +5,7 @@
 
 use super::admit::{admit_tcp, own_instance};
 use super::listener::{ServerTls, HANDSHAKE_TIMEOUT};
+use crate::instance::relay;
 use crate::Shared;
 use anyedge_admission::BudgetGuard;
 use anyedge_backhaul::header::{RefuseReason, TcpHeader, TcpReply};
@@ -52,12 +53,20 @@ pub(super) async fn serve_tcp(mut stream: ServerTls, edge: Arc<str>, shared: Arc
         mut instance,
         _slots,
         app_metrics,
+        idle_timeout,
     } = opened;
     if let Err(e) = stream.write_all(&TcpReply::Connected.encode()).await {
         tracing::debug!(edge = %edge, error = %e, "edge left before the answer");
         return;
     }
-    match crate::instance::relay::copy_pooled(&mut stream, &mut instance, &shared.bufs).await {
+    let activity = relay::Activity::new();
+    let relayed = relay::with_idle_timeout(
+        relay::copy_pooled(&mut stream, &mut instance, &shared.bufs, &activity),
+        &activity,
+        idle_timeout,
+    )
+    .await;
+    match relayed.unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into())) {
         Ok((up, down)) => {
             app_metrics.add_bytes(Direction::In, up);
             app_metrics.add_bytes(Direction::Out, down);
@@ -78,6 +87,8 @@ struct Opened {
     instance: TcpStream,
     _slots: (BudgetGuard, Slot),
     app_metrics: Arc<anyedge_telemetry::AppMetrics>,
+    /// The service's `tcp_options.idle_timeout`.
+    idle_timeout: std::time::Duration,
 }
 
 async fn open(h: &TcpHeader, shared: &Shared) -> Result<Opened, RefuseReason> {
@@ -137,5 +148,6 @@ async fn open(h: &TcpHeader, shared: &Shared) -> Result<Opened, RefuseReason> {
         instance,
         _slots: slots,
         app_metrics,
+        idle_timeout: service.tcp_options.idle_timeout,
     })
 }

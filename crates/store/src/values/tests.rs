@@ -15,6 +15,7 @@ outlier = { consecutive_failures = 3, base_ejection = "2s", max_ejection = "1m",
   internal_port = 8080
   force_https = true
   http_options = { h2_backend = true, idle_timeout = "250ms" }
+  tcp_options = { idle_timeout = "0s" }
   ports = [ { port = 80, handlers = ["http"] }, { port = 443, handlers = ["tls", "http"] },
             { port = 5432, handlers = ["proxy_proto"], proxy_proto = "v2", bind = "127.0.0.2" } ]
   checks = [ { type = "http", path = "/healthz?x=1", interval = "5s", timeout = "2s", grace_period = "0s",
