@@ -259,11 +259,15 @@ fn catalog_metrics(status: &CatalogStatus, out: &mut String) {
          anyedge_catalog_disconnects_total {}\n\
          # HELP anyedge_catalog_listings_total Full listings of the catalog (the first, then after a loss or a compaction).\n\
          # TYPE anyedge_catalog_listings_total counter\n\
-         anyedge_catalog_listings_total {}\n",
+         anyedge_catalog_listings_total {}\n\
+         # HELP anyedge_catalog_revision The etcd revision the node's catalog reflects (every change up to it applied or found not to concern the node).\n\
+         # TYPE anyedge_catalog_revision gauge\n\
+         anyedge_catalog_revision {}\n",
         u8::from(status.connected()),
         status.stale_for().as_secs_f64(),
         status.disconnects(),
-        status.listings()
+        status.listings(),
+        status.revision()
     );
 }
 

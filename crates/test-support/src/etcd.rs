@@ -137,6 +137,27 @@ impl Etcd {
         body.contains("\"health\":\"true\"")
     }
 
+    /// The store's current revision, through etcd's JSON gateway (a range read of one key);
+    /// `None` when etcd does not answer (or serves TLS).
+    pub fn revision(&self) -> Option<i64> {
+        if self.tls.is_some() {
+            return None;
+        }
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.client_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let body = r#"{"key":"AA=="}"#;
+        let req = format!(
+            "POST /v3/kv/range HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (_, json) = text.split_once("\r\n\r\n")?;
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        v.get("header")?.get("revision")?.as_str()?.parse().ok()
+    }
+
     /// What etcd logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
