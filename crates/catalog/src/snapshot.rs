@@ -67,7 +67,9 @@ impl InstanceEntry {
 }
 
 impl Snapshot {
-    /// Build the next snapshot. Apps whose config is unchanged since `prev` are reused as they are.
+    /// Build the next snapshot. Apps whose config is unchanged since `prev`, and whose
+    /// instances' nodes are reached where they were, are reused as they are: a node joining or
+    /// leaving rebuilds only the apps with instances on it.
     pub fn build(
         config: Arc<Config>,
         registry: &LiveRegistry,
@@ -79,7 +81,6 @@ impl Snapshot {
             p.config.node.region == config.node.region
                 && p.config.node.id == config.node.id
                 && p.config.regions == config.regions
-                && p.config.peers == config.peers
         });
         let apps = config
             .apps
@@ -88,7 +89,7 @@ impl Snapshot {
                 let reused = prev
                     .filter(|_| same_place)
                     .and_then(|p| p.apps.get(app.name.as_str()))
-                    .filter(|old| old.config == *app)
+                    .filter(|old| old.config == *app && old.same_peers(&config))
                     .cloned();
                 let entry =
                     reused.unwrap_or_else(|| Arc::new(AppEntry::build(app, &config, registry)));
@@ -171,6 +172,19 @@ impl AppEntry {
             instances,
             regions,
         }
+    }
+
+    /// Whether each of its instances is reached through the peer `config` names for it (the
+    /// same backhaul address, or none), as when this entry was built.
+    fn same_peers(&self, config: &Config) -> bool {
+        self.config
+            .instances
+            .iter()
+            .zip(&self.instances)
+            .all(|(i, e)| {
+                let now = i.node.as_deref().and_then(|n| config.peers.get(n));
+                now.map(|p| p.advertise.as_str()) == e.peer.as_ref().map(|p| p.advertise.as_str())
+            })
     }
 
     /// The index of a region name among the app's regions.
@@ -271,5 +285,43 @@ address = "127.0.0.1"
         let peer = nowhere.peer.as_ref().expect("peer");
         peer.live.rtt_us.store(900, Ordering::Relaxed);
         assert_eq!(nowhere.distance_us(), 900);
+    }
+
+    #[test]
+    fn a_peer_joining_or_moving_rebuilds_only_the_apps_it_runs_instances_of() {
+        let two_apps = format!(
+            "{FILE}[[apps]]\nname = \"b\"\n[[apps.services]]\ninternal_port = 80\nports = [ {{ port = 8081, handlers = [\"http\"] }} ]\n[[apps.instances]]\nid = \"b1\"\naddress = \"127.0.0.1\"\n"
+        );
+        let config = anyedge_config::parse(&two_apps, "test.toml").expect("valid");
+        let registry = LiveRegistry::new();
+        let first = Snapshot::build(Arc::new(config.clone()), &registry, None);
+        // A peer that no instance names joins: nothing is rebuilt.
+        let mut joined = config.clone();
+        joined.peers.insert(
+            "w-new".into(),
+            anyedge_config::Peer {
+                region: "syd".into(),
+                advertise: "127.0.0.1:4290".into(),
+            },
+        );
+        let second = Snapshot::build(Arc::new(joined.clone()), &registry, Some(&first));
+        for app in ["a", "b"] {
+            assert!(Arc::ptr_eq(&first.apps[app], &second.apps[app]), "{app}");
+        }
+        // The node of a's instance `far` moves: a is rebuilt with the new address, b is not.
+        let mut moved = joined;
+        if let Some(p) = moved.peers.get_mut("w-syd") {
+            p.advertise = "127.0.0.1:4299".into();
+        }
+        let third = Snapshot::build(Arc::new(moved), &registry, Some(&second));
+        assert!(!Arc::ptr_eq(&second.apps["a"], &third.apps["a"]));
+        assert!(Arc::ptr_eq(&second.apps["b"], &third.apps["b"]));
+        let far = &third.apps["a"].instances[0];
+        assert_eq!(
+            far.peer.as_ref().map(|p| p.advertise.as_str()),
+            Some("127.0.0.1:4299")
+        );
+        // Live state is carried: the same instance keeps its shared state.
+        assert!(Arc::ptr_eq(&far.live, &second.apps["a"].instances[0].live));
     }
 }
