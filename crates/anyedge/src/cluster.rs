@@ -3,7 +3,7 @@
 //! both feed the same reload path as the file store. `docs/cluster.md` tells the whole story.
 
 use anyedge_config::{CatalogConfig, Config};
-use anyedge_store::{CatalogStatus, EtcdCatalog, Keys, Registration};
+use anyedge_store::{CatalogStatus, EtcdCatalog, Keys, Registration, Viewer};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ impl EtcdFeed {
             return None;
         };
         let keys = Keys::default();
-        let catalog = EtcdCatalog::start(cfg.clone(), keys.clone());
+        let catalog = EtcdCatalog::start(cfg.clone(), keys.clone(), Viewer::of(base));
         let registration = Registration::start(
             cfg.clone(),
             keys,
@@ -45,7 +45,8 @@ impl EtcdFeed {
         })
     }
 
-    /// Resolves when the catalog changed, a little later so a burst is applied once.
+    /// Resolves when the catalog changed in a way that concerns this node (not when a node it
+    /// does not route to joins or leaves), a little later so a burst is applied once.
     pub async fn changed(&mut self) {
         self.catalog.changed().await;
         tokio::time::sleep(COALESCE).await;
@@ -58,6 +59,7 @@ impl EtcdFeed {
 
     /// The node's file changed: register its instances anew.
     pub fn update(&self, base: Arc<Config>) {
+        self.catalog.set_viewer(Viewer::of(&base));
         self.registration.update(base);
     }
 

@@ -25,5 +25,5 @@ pub use acme::EtcdCertStorage;
 pub use client::{connect, StoreError};
 pub use keys::{Key, Keys};
 pub use register::Registration;
-pub use state::{CatalogState, Change};
+pub use state::{CatalogState, Change, Viewer};
 pub use sync::{CatalogStatus, EtcdCatalog};

@@ -180,7 +180,7 @@ impl Registrar {
         *lease = Some(id);
         let mut put = BTreeMap::new();
         let want = wanted(&self.keys, &self.base.borrow_and_update());
-        sync_keys(&mut client, id, &mut put, want).await?;
+        sync_keys(&mut client, &self.keys, id, &mut put, want).await?;
         // Keys put again under the new lease left the old one; revoking it now drops only
         // keys that are no longer wanted (if it still exists at all).
         if let Some(old) = old_lease.take() {
@@ -209,7 +209,7 @@ impl Registrar {
                         return std::future::pending().await;
                     }
                     let want = wanted(&self.keys, &self.base.borrow_and_update());
-                    sync_keys(&mut client, id, &mut put, want).await?;
+                    sync_keys(&mut client, &self.keys, id, &mut put, want).await?;
                 }
             }
         }
@@ -217,9 +217,13 @@ impl Registrar {
 }
 
 /// Make etcd hold `want` under `lease`: put what is new or changed, delete what `put` has that
-/// `want` has not. `put` tracks what this session wrote.
+/// `want` has not. `put` tracks what this session wrote. The node's own key goes first, so a
+/// node that routes to this one knows where its backhaul is before its first instance comes
+/// (else it would route that instance by its bare address for a moment, and reload again when
+/// the node key came).
 async fn sync_keys(
     client: &mut Client,
+    keys: &Keys,
     lease: i64,
     put: &mut BTreeMap<String, Vec<u8>>,
     want: BTreeMap<String, Vec<u8>>,
@@ -234,7 +238,10 @@ async fn sync_keys(
         tracing::info!(key, "unregistered");
         put.remove(&key);
     }
-    for (key, value) in want {
+    let (nodes, instances): (Vec<_>, Vec<_>) = want
+        .into_iter()
+        .partition(|(key, _)| matches!(keys.parse(key.as_bytes()), Some(Key::Node(_))));
+    for (key, value) in nodes.into_iter().chain(instances) {
         if put.get(&key) == Some(&value) {
             continue;
         }

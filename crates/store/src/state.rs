@@ -5,6 +5,13 @@
 //! is the costly, pure half of applying a change, so a caller can do it elsewhere (the follower
 //! decodes on the blocking pool) and hand the result to [`CatalogState::apply_decoded`].
 //!
+//! What a change is worth to this node depends on who the node is ([`Viewer`]): a node's record
+//! (`nodes/<id>`) matters only to a node that routes to instances that node runs, and another
+//! node's instances only to a node that routes client traffic (the edge role). A change that
+//! concerns the node is reported by `apply` (the node then reloads); any other is kept in the
+//! state without a word, so node churn costs the nodes that do not route to the churning node
+//! nothing (`docs/cluster.md`, "Node churn").
+//!
 //! A value that cannot be decoded is logged and skipped: the key's raw bytes are kept (so the
 //! next listing diffs right), and what it decoded to before stays in force, so one bad write
 //! does not take an app down. A deleted key removes both.
@@ -111,13 +118,47 @@ pub struct Registered {
     pub node: String,
 }
 
+/// Who reads the catalog: what of another node's churn concerns this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    /// This node's id: the instances it registered itself come from its file, not from etcd.
+    pub node: String,
+    /// Whether the node routes client traffic (the edge role): only then are other nodes'
+    /// instances part of its config. A worker-only node serves its own instances alone.
+    pub routes: bool,
+    /// Whether the node reaches other nodes' instances over backhaul (`[cluster]`): only then
+    /// is a node's record (its backhaul address) part of its config.
+    pub backhaul: bool,
+}
+
+impl Viewer {
+    /// The viewer a node's file `base` makes.
+    pub fn of(base: &Config) -> Viewer {
+        Viewer {
+            node: base.node.id.clone(),
+            routes: base.node.roles.edge,
+            backhaul: base.cluster.is_some(),
+        }
+    }
+
+    /// Whether an instance registered by `node` is routed by this viewer (as a remote one).
+    fn routes_to(&self, node: &str) -> bool {
+        self.routes && node != self.node
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct CatalogState {
     keys: Keys,
+    /// `None`: every change concerns the reader (a CLI listing, tests).
+    viewer: Option<Viewer>,
     raw: BTreeMap<Vec<u8>, Vec<u8>>,
     apps: BTreeMap<String, App>,
     /// By app, then instance id.
     instances: BTreeMap<String, BTreeMap<String, Registered>>,
+    /// How many instances each node registered (of any app): a node's record concerns a
+    /// viewer only while it runs instances.
+    registered_by: HashMap<String, usize>,
     nodes: BTreeMap<String, NodeValue>,
 }
 
@@ -129,8 +170,24 @@ impl CatalogState {
         }
     }
 
-    /// Apply one change; returns whether what the node uses changed (a rewrite with the same
-    /// bytes, or a key outside the layout, changes nothing).
+    /// A state that reports only the changes that concern `viewer` (see [`Self::apply`]).
+    pub fn for_viewer(keys: Keys, viewer: Viewer) -> CatalogState {
+        CatalogState {
+            keys,
+            viewer: Some(viewer),
+            ..CatalogState::default()
+        }
+    }
+
+    /// The node's file changed: judge the changes from now on for `viewer`.
+    pub fn set_viewer(&mut self, viewer: Viewer) {
+        self.viewer = Some(viewer);
+    }
+
+    /// Apply one change; returns whether it concerns the node: whether the node's config
+    /// ([`Self::config`]) may have changed. A rewrite with the same bytes, a key outside the
+    /// layout, and (with a [`Viewer`]) a change to what the node does not route to change
+    /// nothing. Never `false` for a change that changes the config (tested by simulation).
     pub fn apply(&mut self, change: Change) -> bool {
         if let Change::Put { key, value } = &change {
             if self.raw.get(key) == Some(value) {
@@ -174,10 +231,15 @@ impl CatalogState {
                 changed
             }
             Entry::Instance(app, id, Ok(r)) => {
-                let by_id = self.instances.entry(app).or_default();
-                by_id.insert(id, r.clone()) != Some(r)
+                let old = self.set_instance(&app, id, Some(r.clone()));
+                old.as_ref() != Some(&r)
+                    && (self.instance_concerns(&app, Some(&r))
+                        || self.instance_concerns(&app, old.as_ref()))
             }
-            Entry::Node(id, Ok(v)) => self.nodes.insert(id, v.clone()) != Some(v),
+            Entry::Node(id, Ok(v)) => {
+                let old = self.nodes.insert(id.clone(), v.clone());
+                old.as_ref() != Some(&v) && self.node_concerns(&id, old.as_ref(), Some(&v))
+            }
             Entry::App(_, Err(e)) | Entry::Instance(_, _, Err(e)) | Entry::Node(_, Err(e)) => {
                 skip(&shown, &e)
             }
@@ -188,17 +250,66 @@ impl CatalogState {
         match key {
             Key::App(name) => self.apps.remove(&name).is_some(),
             Key::Instance { app, id } => {
-                let Some(by_id) = self.instances.get_mut(&app) else {
-                    return false;
-                };
-                let removed = by_id.remove(&id).is_some();
-                if by_id.is_empty() {
-                    self.instances.remove(&app);
-                }
-                removed
+                let old = self.set_instance(&app, id, None);
+                self.instance_concerns(&app, old.as_ref())
             }
-            Key::Node(id) => self.nodes.remove(&id).is_some(),
+            Key::Node(id) => {
+                let old = self.nodes.remove(&id);
+                old.is_some() && self.node_concerns(&id, old.as_ref(), None)
+            }
         }
+    }
+
+    /// Put (`Some`) or remove (`None`) one instance, keeping the count by node; returns what
+    /// was there.
+    fn set_instance(&mut self, app: &str, id: String, r: Option<Registered>) -> Option<Registered> {
+        let added = r.as_ref().map(|r| r.node.clone());
+        let old = match r {
+            Some(r) => self
+                .instances
+                .entry(app.to_string())
+                .or_default()
+                .insert(id, r),
+            None => {
+                let by_id = self.instances.get_mut(app)?;
+                let old = by_id.remove(&id);
+                if by_id.is_empty() {
+                    self.instances.remove(app);
+                }
+                old
+            }
+        };
+        if let Some(node) = added {
+            *self.registered_by.entry(node).or_default() += 1;
+        }
+        if let Some(gone) = &old {
+            if let Some(n) = self.registered_by.get_mut(&gone.node) {
+                *n -= 1;
+                if *n == 0 {
+                    self.registered_by.remove(&gone.node);
+                }
+            }
+        }
+        old
+    }
+
+    /// Whether an instance of `app` (as it was or is now; `None`: none) is in the node's config.
+    fn instance_concerns(&self, app: &str, r: Option<&Registered>) -> bool {
+        let Some(r) = r else { return false };
+        let routed = self.viewer.as_ref().is_none_or(|v| v.routes_to(&r.node));
+        routed && self.apps.contains_key(app)
+    }
+
+    /// Whether a change of node `id`'s record from `old` to `new` concerns the node: it
+    /// routes to instances that node runs, over backhaul, and where the node is reached changed.
+    fn node_concerns(&self, id: &str, old: Option<&NodeValue>, new: Option<&NodeValue>) -> bool {
+        let Some(viewer) = &self.viewer else {
+            return true;
+        };
+        viewer.backhaul
+            && viewer.routes_to(id)
+            && self.registered_by.contains_key(id)
+            && old.and_then(peer_of) != new.and_then(peer_of)
     }
 
     /// The changes that turn this state into `listing` (every key and value under the prefix,
@@ -224,21 +335,22 @@ impl CatalogState {
     }
 
     /// The node's config: its own file sections (`base`), with the apps from etcd. Each app's
-    /// instances are those registered by other nodes plus this node's own `[[instances]]`
-    /// from `base` (its file is the truth for them, whether or not etcd has caught up). An
+    /// instances are those registered by other nodes (on a node that routes: the edge role)
+    /// plus this node's own `[[instances]]` from `base` (its file is the truth for them,
+    /// whether or not etcd has caught up). Its peers are the nodes those instances are reached
+    /// on over backhaul, and no others. An
     /// instance that breaks the instance-port rule for its app, and an app whose hostnames or
     /// ports clash with an app earlier by name, are logged and left out.
     pub fn config(&self, base: &Config) -> Config {
-        let me = base.node.id.as_str();
         let mut local: HashMap<&str, Vec<&Instance>> = HashMap::new();
         for li in &base.local_instances {
             local.entry(li.app.as_str()).or_default().push(&li.instance);
         }
-        let peers = self.peers(me);
+        let viewer = Viewer::of(base);
         // Reached over backhaul when its node advertises one and this node speaks it;
         // otherwise (a flat network) this node connects to the address itself.
-        let backhaul = base.cluster.is_some();
-        let via_backhaul = |node: &str| backhaul && peers.contains_key(node);
+        let via_backhaul =
+            |node: &str| viewer.backhaul && self.nodes.get(node).and_then(peer_of).is_some();
         let mut claims = claims::Claims::default();
         let mut apps = Vec::with_capacity(self.apps.len());
         for (name, app) in &self.apps {
@@ -248,9 +360,10 @@ impl CatalogState {
             }
             let mine: &[&Instance] = local.get(name.as_str()).map_or(&[], Vec::as_slice);
             let mut app = app.clone();
-            app.instances = self.instances_of(name, &app, mine, me, via_backhaul);
+            app.instances = self.instances_of(name, &app, mine, &viewer, via_backhaul);
             apps.push(app);
         }
+        let peers = self.peers(&apps);
         Config {
             apps,
             peers,
@@ -258,33 +371,27 @@ impl CatalogState {
         }
     }
 
-    /// The other nodes that advertise a backhaul address, as peers.
-    fn peers(&self, me: &str) -> BTreeMap<String, anyedge_config::Peer> {
-        self.nodes
-            .iter()
-            .filter(|(id, _)| id.as_str() != me)
-            .filter_map(|(id, n)| {
-                let advertise = n.advertise.clone()?;
-                Some((
-                    id.clone(),
-                    anyedge_config::Peer {
-                        region: n.region.clone(),
-                        advertise,
-                    },
-                ))
-            })
+    /// The nodes the config's instances are reached on, as peers: the backhaul peer set is
+    /// what the node routes to, so another node joining or leaving changes it only when the
+    /// node routes to its instances.
+    fn peers(&self, apps: &[App]) -> BTreeMap<String, anyedge_config::Peer> {
+        apps.iter()
+            .flat_map(|a| &a.instances)
+            .filter_map(|i| i.node.as_deref())
+            .filter_map(|id| Some((id.to_string(), peer_of(self.nodes.get(id)?)?)))
             .collect()
     }
 
-    /// The instances of app `name`: those registered by other nodes (reached over backhaul
-    /// when `via_backhaul` says so for their node), then this node's own (`mine`, from its
-    /// file). An instance that breaks the instance-port rule for the app is logged and left out.
+    /// The instances of app `name`: those registered by other nodes when the node routes
+    /// (reached over backhaul when `via_backhaul` says so for their node), then this node's own
+    /// (`mine`, from its file). An instance that breaks the instance-port rule for the app is
+    /// logged and left out.
     fn instances_of(
         &self,
         name: &str,
         app: &App,
         mine: &[&Instance],
-        me: &str,
+        viewer: &Viewer,
         via_backhaul: impl Fn(&str) -> bool,
     ) -> Vec<Instance> {
         // An id this node runs itself is its own, whoever else registered it.
@@ -293,7 +400,7 @@ impl CatalogState {
             .get(name)
             .into_iter()
             .flat_map(|m| m.values())
-            .filter(|r| r.node != me && !mine.iter().any(|i| i.id == r.instance.id))
+            .filter(|r| viewer.routes_to(&r.node) && !mine.iter().any(|i| i.id == r.instance.id))
             .map(|r| {
                 let mut i = r.instance.clone();
                 if via_backhaul(&r.node) {
@@ -352,6 +459,15 @@ impl CatalogState {
                 .is_none_or(|by_id| !by_id.is_empty()));
         }
     }
+}
+
+/// What a node's record gives the nodes that route to it: a backhaul peer, when it advertises
+/// an address.
+fn peer_of(v: &NodeValue) -> Option<anyedge_config::Peer> {
+    Some(anyedge_config::Peer {
+        region: v.region.clone(),
+        advertise: v.advertise.clone()?,
+    })
 }
 
 fn skip(key: &str, e: &crate::values::DecodeError) -> bool {

@@ -8,7 +8,7 @@
 use crate::client::{connect, StoreError};
 use crate::keys::Keys;
 use crate::pages::ListError;
-use crate::state::{CatalogState, Change};
+use crate::state::{CatalogState, Change, Viewer};
 use anyedge_config::{Config, EtcdConfig};
 use etcd_client::{Client, EventType, WatchOptions};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -130,9 +130,10 @@ impl Drop for EtcdCatalog {
 }
 
 impl EtcdCatalog {
-    /// Start following etcd on the current runtime. Returns at once; see [`Self::first_sync`].
-    pub fn start(cfg: EtcdConfig, keys: Keys) -> EtcdCatalog {
-        let state = Arc::new(Mutex::new(CatalogState::new(keys.clone())));
+    /// Start following etcd on the current runtime for the node `viewer` says: only changes
+    /// that concern it wake [`Self::changed`]. Returns at once; see [`Self::first_sync`].
+    pub fn start(cfg: EtcdConfig, keys: Keys, viewer: Viewer) -> EtcdCatalog {
+        let state = Arc::new(Mutex::new(CatalogState::for_viewer(keys.clone(), viewer)));
         let status = Arc::new(CatalogStatus::new());
         let (tx, version) = watch::channel(0);
         let follower = Follower {
@@ -162,7 +163,16 @@ impl EtcdCatalog {
         true
     }
 
-    /// Resolves when the catalog changed since the last [`Self::config`].
+    /// The node's file changed: judge the changes from now on for `viewer`.
+    pub fn set_viewer(&self, viewer: Viewer) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_viewer(viewer);
+    }
+
+    /// Resolves when the catalog changed in a way that concerns this node since the last
+    /// [`Self::config`].
     pub async fn changed(&mut self) {
         if self.version.changed().await.is_err() {
             std::future::pending::<()>().await;

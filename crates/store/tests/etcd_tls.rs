@@ -37,7 +37,7 @@ async fn the_store_reaches_etcd_over_tls_with_a_client_certificate() {
     c.put("/anyedge/apps/x", "not an app", None)
         .await
         .expect("put over TLS");
-    let catalog = EtcdCatalog::start(cfg.clone(), Keys::default());
+    let catalog = EtcdCatalog::start(cfg.clone(), Keys::default(), edge());
     assert!(
         catalog.first_sync(Duration::from_secs(10)).await,
         "{}",
@@ -56,4 +56,13 @@ async fn the_store_reaches_etcd_over_tls_with_a_client_certificate() {
         c.get("/anyedge/apps/x", None).await.ok()
     };
     assert!(refused.await.is_none());
+}
+
+/// The catalog as an edge node sees it: every change to apps and instances concerns it.
+fn edge() -> anyedge_store::Viewer {
+    anyedge_store::Viewer {
+        node: "edge".into(),
+        routes: true,
+        backhaul: true,
+    }
 }

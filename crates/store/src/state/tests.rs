@@ -166,3 +166,182 @@ fn config_leaves_out_clashing_apps_and_instances_that_break_the_port_rule() {
     assert_eq!(two.instances.len(), 1);
     assert_eq!(two.instances[0].id, "q");
 }
+
+/// `[node]` and `[catalog]` of node `id` with `roles`, with `[cluster]` (backhaul) or without.
+fn node_file(id: &str, roles: &str, cluster: bool) -> Config {
+    let cluster = match cluster {
+        true => "[cluster]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+        false => "",
+    };
+    base(&format!(
+        "[node]\nid = \"{id}\"\nregion = \"ord\"\nroles = [{roles}]\n{cluster}[catalog]\nstore = \"etcd\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n"
+    ))
+}
+
+fn node_value(id: &str, advertise: Option<&str>) -> Vec<u8> {
+    NodeValue {
+        schema: crate::values::SCHEMA,
+        id: id.into(),
+        region: "syd".into(),
+        advertise: advertise.map(String::from),
+    }
+    .encode()
+}
+
+/// Apply `change`; returns (what `apply` said, whether `base`'s config changed).
+fn step(s: &mut CatalogState, base: &Config, change: Change) -> (bool, bool) {
+    let before = s.config(base);
+    let said = s.apply(change);
+    (said, s.config(base) != before)
+}
+
+#[test]
+fn an_edge_is_concerned_by_the_nodes_it_routes_to_and_by_no_other() {
+    let me = node_file("me", "\"edge\"", true);
+    let mut s = CatalogState::for_viewer(Keys::default(), Viewer::of(&me));
+    assert!(s.apply(put("/anyedge/apps/a", encode_app(&web("a", "a.test")))));
+    // Another edge joins (no backhaul of its own), a worker joins before its instances: nothing
+    // this node routes changed.
+    let edge2 = put("/anyedge/nodes/e2", node_value("e2", None));
+    assert_eq!(step(&mut s, &me, edge2), (false, false));
+    let w1 = put("/anyedge/nodes/w1", node_value("w1", Some("10.0.0.1:4280")));
+    assert_eq!(step(&mut s, &me, w1), (false, false));
+    assert!(s.config(&me).peers.is_empty(), "no peer without instances");
+    // Its instance comes: routed over backhaul to w1, which becomes a peer.
+    let i1 = put(
+        "/anyedge/instances/a/i1",
+        instance("i1", "w1", "127.0.0.1:9"),
+    );
+    assert_eq!(step(&mut s, &me, i1), (true, true));
+    let c = s.config(&me);
+    assert_eq!(c.apps[0].instances[0].node.as_deref(), Some("w1"));
+    assert_eq!(c.peers.keys().collect::<Vec<_>>(), ["w1"]);
+    // Where w1 is reached changes: that concerns it. The other edge leaving does not.
+    let moved = put("/anyedge/nodes/w1", node_value("w1", Some("10.0.0.2:4280")));
+    assert_eq!(step(&mut s, &me, moved), (true, true));
+    let gone = Change::Delete {
+        key: b"/anyedge/nodes/e2".to_vec(),
+    };
+    assert_eq!(step(&mut s, &me, gone), (false, false));
+    // This node's own record and instances come from its file, not from etcd.
+    let mine = put("/anyedge/nodes/me", node_value("me", Some("10.0.0.3:4280")));
+    assert_eq!(step(&mut s, &me, mine), (false, false));
+    let own = put(
+        "/anyedge/instances/a/own",
+        instance("own", "me", "127.0.0.1:9"),
+    );
+    assert_eq!(step(&mut s, &me, own), (false, false));
+    // An instance of an app the catalog does not have is not routed.
+    let ghost = put(
+        "/anyedge/instances/ghost/g",
+        instance("g", "w1", "127.0.0.1:9"),
+    );
+    assert_eq!(step(&mut s, &me, ghost), (false, false));
+    // The worker leaves (its lease revoked: its keys go together).
+    for key in ["/anyedge/instances/a/i1", "/anyedge/nodes/w1"] {
+        s.apply(Change::Delete {
+            key: key.as_bytes().to_vec(),
+        });
+    }
+    let c = s.config(&me);
+    assert!(c.apps[0].instances.is_empty() && c.peers.is_empty());
+}
+
+#[test]
+fn a_worker_only_node_is_concerned_by_no_other_node() {
+    let me = node_file("me", "\"worker\"", true);
+    let mut s = CatalogState::for_viewer(Keys::default(), Viewer::of(&me));
+    assert!(s.apply(put("/anyedge/apps/a", encode_app(&web("a", "a.test")))));
+    let w2 = put("/anyedge/nodes/w2", node_value("w2", Some("10.0.0.1:4280")));
+    assert_eq!(step(&mut s, &me, w2), (false, false));
+    let theirs = put(
+        "/anyedge/instances/a/i2",
+        instance("i2", "w2", "127.0.0.1:9"),
+    );
+    assert_eq!(step(&mut s, &me, theirs), (false, false));
+    let c = s.config(&me);
+    assert!(c.apps[0].instances.is_empty() && c.peers.is_empty());
+    // Apps concern every node: a worker serves its instances by them.
+    let changed = put("/anyedge/apps/a", encode_app(&web("a", "b.test")));
+    assert_eq!(step(&mut s, &me, changed), (true, true));
+}
+
+/// A small xorshift generator: the walk below is the same at every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
+        of[self.below(of.len() as u64) as usize]
+    }
+}
+
+/// A random put (three times in four) or delete of an app, an instance or a node's record,
+/// over a few names so that keys meet again.
+fn random_change(rng: &mut Rng) -> Change {
+    let nodes = ["me", "w1", "w2", "e1"];
+    let (key, value) = match rng.below(3) {
+        0 => {
+            let name = rng.pick(&["a", "b"]);
+            let host = format!("{name}{}.test", rng.below(2));
+            (
+                format!("/anyedge/apps/{name}"),
+                encode_app(&web(name, &host)),
+            )
+        }
+        1 => {
+            let (app, id) = (rng.pick(&["a", "b", "c"]), format!("i{}", rng.below(4)));
+            let address = format!("127.0.0.{}:9", 1 + rng.below(2));
+            let value = instance(&id, rng.pick(&nodes), &address);
+            (format!("/anyedge/instances/{app}/{id}"), value)
+        }
+        _ => {
+            let node = rng.pick(&nodes);
+            let advertise = [None, Some("10.0.0.1:1"), Some("10.0.0.2:1")][rng.below(3) as usize];
+            (
+                format!("/anyedge/nodes/{node}"),
+                node_value(node, advertise),
+            )
+        }
+    };
+    match rng.below(4) {
+        0 => Change::Delete {
+            key: key.into_bytes(),
+        },
+        _ => put(&key, value),
+    }
+}
+
+/// A seeded walk over random puts and deletes of apps, instances and node records, seen by
+/// every kind of node: whenever a change alters the node's config, `apply` says so (the node
+/// never misses a reload it needs), and the per-node count of instances stays true.
+#[test]
+fn apply_never_hides_a_change_of_the_config() {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut skipped = 0;
+    for roles in ["\"edge\"", "\"worker\"", "\"edge\", \"worker\""] {
+        for cluster in [true, false] {
+            let me = node_file("me", roles, cluster);
+            let mut s = CatalogState::for_viewer(Keys::default(), Viewer::of(&me));
+            for _ in 0..3000 {
+                let change = random_change(&mut rng);
+                let (said, changed) = step(&mut s, &me, change.clone());
+                let at = format!("{roles} cluster={cluster}: {change:?}");
+                assert!(said || !changed, "{at}: a change of the config hidden");
+                skipped += usize::from(!said);
+                let mut count: HashMap<String, usize> = HashMap::new();
+                for (_, r) in s.instances() {
+                    *count.entry(r.node.clone()).or_default() += 1;
+                }
+                assert_eq!(s.registered_by, count, "{at}");
+            }
+        }
+    }
+    assert!(skipped > 1000, "the walk skipped only {skipped} changes");
+}

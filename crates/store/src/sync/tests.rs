@@ -85,7 +85,7 @@ async fn a_running_catalog_follows_puts_and_deletes_after_its_listing() {
     c.put(keys.key(&Key::App("a".into())), app("a"), None)
         .await
         .expect("put");
-    let mut catalog = EtcdCatalog::start(cfg, keys.clone());
+    let mut catalog = EtcdCatalog::start(cfg, keys.clone(), edge());
     assert!(catalog.first_sync(Duration::from_secs(5)).await);
     assert!(catalog.status().connected());
     assert_eq!(names(&catalog.state), ["a"]);
@@ -112,7 +112,7 @@ async fn a_running_catalog_follows_puts_and_deletes_after_its_listing() {
 async fn a_catalog_that_cannot_load_says_why_until_it_loads() {
     let mut etcd = Etcd::start();
     etcd.stop();
-    let catalog = EtcdCatalog::start(client::plain(&etcd.url()), Keys::default());
+    let catalog = EtcdCatalog::start(client::plain(&etcd.url()), Keys::default(), edge());
     let status = catalog.status().clone();
     let why = anyedge_test_support::eventually("a reason", Duration::from_secs(10), || async {
         status.last_error()
@@ -123,4 +123,13 @@ async fn a_catalog_that_cannot_load_says_why_until_it_loads() {
     etcd.start_again();
     assert!(catalog.first_sync(Duration::from_secs(15)).await);
     assert_eq!(status.last_error(), None);
+}
+
+/// The catalog as an edge node sees it: every change to apps and instances concerns it.
+fn edge() -> Viewer {
+    Viewer {
+        node: "edge".into(),
+        routes: true,
+        backhaul: true,
+    }
 }
