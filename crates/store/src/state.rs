@@ -338,9 +338,9 @@ impl CatalogState {
     /// instances are those registered by other nodes (on a node that routes: the edge role)
     /// plus this node's own `[[instances]]` from `base` (its file is the truth for them,
     /// whether or not etcd has caught up). Its peers are the nodes those instances are reached
-    /// on over backhaul, and no others. An
-    /// instance that breaks the instance-port rule for its app, and an app whose hostnames or
-    /// ports clash with an app earlier by name, are logged and left out.
+    /// on over backhaul, and no others. An instance that breaks the instance-port rule for its
+    /// app, and an app whose hostnames or ports clash with an app earlier by name, are logged
+    /// and left out.
     pub fn config(&self, base: &Config) -> Config {
         let mut local: HashMap<&str, Vec<&Instance>> = HashMap::new();
         for li in &base.local_instances {
@@ -349,8 +349,9 @@ impl CatalogState {
         let viewer = Viewer::of(base);
         // Reached over backhaul when its node advertises one and this node speaks it;
         // otherwise (a flat network) this node connects to the address itself.
-        let via_backhaul =
-            |node: &str| viewer.backhaul && self.nodes.get(node).and_then(peer_of).is_some();
+        let via_backhaul = |node: &str| {
+            viewer.backhaul && self.nodes.get(node).is_some_and(|n| n.advertise.is_some())
+        };
         let mut claims = claims::Claims::default();
         let mut apps = Vec::with_capacity(self.apps.len());
         for (name, app) in &self.apps {

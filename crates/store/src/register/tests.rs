@@ -69,6 +69,21 @@ async fn a_lost_lease_is_granted_anew_and_every_key_put_again() {
     let node = c.get("/anyedge/nodes/w1", None).await.expect("get");
     let value = String::from_utf8_lossy(node.kvs()[0].value()).into_owned();
     assert!(value.contains("\"advertise\":\"10.0.0.5:4280\""), "{value}");
+    // The node's key came first: an edge knows where the worker is before its instances.
+    let all = c
+        .get("/anyedge/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
+    let created = |key: &str| {
+        all.kvs()
+            .iter()
+            .find(|kv| kv.key() == key.as_bytes())
+            .map(|kv| kv.create_revision())
+    };
+    let node_at = created("/anyedge/nodes/w1").expect("node key");
+    for key in &wanted[..2] {
+        assert!(created(key).expect("instance key") > node_at, "{key}");
+    }
 
     // The lease is lost (as after an outage longer than its TTL): the next keep-alive answers
     // TTL 0, and the registration comes back under a new lease.
