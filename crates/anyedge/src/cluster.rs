@@ -10,7 +10,10 @@ use std::time::Duration;
 /// How long a starting node waits for its first listing before it starts without (it then
 /// serves its own sections only, and takes the apps in when etcd answers).
 const FIRST_SYNC: Duration = Duration::from_secs(5);
-/// A burst of catalog events within this long is applied as one reload.
+/// A change is applied once the catalog has been quiet this long after it, so the events of
+/// one burst (a worker's registration, a batched `apps put`) cost one reload...
+const QUIET: Duration = Duration::from_millis(10);
+/// ...but never later than this after the first, however long the burst goes on.
 const COALESCE: Duration = Duration::from_millis(50);
 /// How long a stopping node tries to revoke its lease.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -46,10 +49,18 @@ impl EtcdFeed {
     }
 
     /// Resolves when the catalog changed in a way that concerns this node (not when a node it
-    /// does not route to joins or leaves), a little later so a burst is applied once.
+    /// does not route to joins or leaves), once it has been [`QUIET`] for a moment (at most
+    /// [`COALESCE`] after the change), so a burst is applied once.
     pub async fn changed(&mut self) {
         self.catalog.changed().await;
-        tokio::time::sleep(COALESCE).await;
+        let cap = tokio::time::Instant::now() + COALESCE;
+        loop {
+            let until = (tokio::time::Instant::now() + QUIET).min(cap);
+            match tokio::time::timeout_at(until, self.catalog.changed()).await {
+                Ok(()) if tokio::time::Instant::now() < cap => continue,
+                _ => return,
+            }
+        }
     }
 
     /// The node's config: its file `base` with the catalog's apps.

@@ -20,7 +20,7 @@ fn bin() -> &'static Path {
 const RELOADS: &str = "anyedge_config_reloads_total{result=\"ok\"}";
 
 /// How long after every node has seen a change a reload it caused could still be on its way:
-/// ten times the etcd follower's 50 ms burst window. Only a test that nothing happened waits
+/// ten times the 50 ms a node may hold a burst of catalog events. Only a test that nothing happened waits
 /// for it; everything else polls with a deadline.
 const SETTLE: Duration = Duration::from_millis(500);
 

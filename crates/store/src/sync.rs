@@ -2,8 +2,8 @@
 //! gap, no duplicate). A watch cancelled by compaction relists and diffs (re-watching from the
 //! old revision would loop forever: PITFALLS.md). A lost connection keeps the last state in
 //! force, reconnects with backoff, and relists. Every change bumps a version number the node
-//! waits on; the node assembles its config from [`EtcdCatalog::config`] when it is ready (at
-//! most every 50 ms), so a burst of events costs one rebuild.
+//! waits on; the node assembles its config from [`EtcdCatalog::config`] when the catalog has
+//! been quiet for a moment (`anyedge::cluster`), so a burst of events costs one rebuild.
 
 use crate::client::{connect, StoreError};
 use crate::keys::Keys;
