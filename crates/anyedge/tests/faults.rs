@@ -1,0 +1,322 @@
+//! The fault suite (issue 9, item 6), through the `anyedge` binary as operators run it: each
+//! fault under steady load from clients that do not retry (keep-alive clients and
+//! connection-per-request clients), every request counted. The rule: no GET is lost while a
+//! healthy instance of its app exists, beyond those in flight on an instance at the moment it
+//! died, and none from 2 s after the fault on. Each test prints its row of the fault table
+//! (`cargo test --test faults -- --nocapture`).
+
+use anyedge_test_support::http_instance::HttpInstance;
+use anyedge_test_support::process::Proc;
+use anyedge_test_support::runtimes::Runtimes;
+use anyedge_test_support::{eventually, free_port};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One HTTP app on `port` with these instances; `extra` goes into `[node]`.
+fn config(port: u16, instances: &[SocketAddr], extra: &str) -> String {
+    let mut text = format!(
+        "[node]\ndrain_timeout = \"20s\"\n{extra}\n[[apps]]\nname = \"app\"\nhostnames = [\"app.test\"]\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+    );
+    for (i, addr) in instances.iter().enumerate() {
+        text.push_str(&format!(
+            "  [[apps.instances]]\n  id = \"i{i}\"\n  address = \"{addr}\"\n"
+        ));
+    }
+    text
+}
+
+fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// Every request of a load run: when it ended and whether it got its 200.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failures: Mutex<Vec<Instant>>,
+}
+
+impl Tally {
+    fn sent(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed) + self.lost() as u64
+    }
+
+    fn lost(&self) -> usize {
+        self.failures.lock().expect("tally").len()
+    }
+
+    fn lost_after(&self, t: Instant) -> usize {
+        self.failures
+            .lock()
+            .expect("tally")
+            .iter()
+            .filter(|&&f| f > t)
+            .count()
+    }
+}
+
+/// One GET on `s`; whether a whole 200 came back and the connection may be used again.
+async fn get(s: &mut TcpStream, path: &str, close: bool) -> Result<bool, ()> {
+    let conn = if close { "close" } else { "keep-alive" };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: {conn}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.map_err(|_| ())?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .map_err(|_| ())?
+            .map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or(())?;
+        if buf.len() < end + 4 + len {
+            continue;
+        }
+        if !head.starts_with("http/1.1 200") {
+            return Err(());
+        }
+        return Ok(!head.contains("connection: close"));
+    }
+}
+
+/// Clients that never retry: `keep_alive` of them on kept-alive connections, `per_request` with
+/// a connection each, until `stop`.
+fn load(port: u16, keep_alive: usize, per_request: usize, path: &'static str) -> Load {
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..keep_alive + per_request {
+        let (tally, stop) = (tally.clone(), stop.clone());
+        let close = i >= keep_alive;
+        tasks.push(tokio::spawn(async move {
+            let mut conn: Option<TcpStream> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let mut s = match conn.take() {
+                    Some(s) => s,
+                    None => match TcpStream::connect(local(port)).await {
+                        Ok(s) => s,
+                        Err(_) => {
+                            tally.failures.lock().expect("tally").push(Instant::now());
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        }
+                    },
+                };
+                match get(&mut s, path, close).await {
+                    Ok(again) => {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                        if again && !close {
+                            conn = Some(s);
+                        }
+                    }
+                    Err(()) => tally.failures.lock().expect("tally").push(Instant::now()),
+                }
+            }
+        }));
+    }
+    Load { tally, stop, tasks }
+}
+
+struct Load {
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn stop(self) -> Arc<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.tally
+    }
+}
+
+/// The node, started from `text` and serving before this returns.
+async fn node(dir: &Path, text: &str, port: u16) -> (Proc, SocketAddr) {
+    let path = dir.join("anyedge.toml");
+    write_config(&path, text);
+    let admin = local(free_port());
+    let bin = Path::new(env!("CARGO_BIN_EXE_anyedge"));
+    let node = Proc::anyedge_run(bin, &path, admin, &dir.join("node.log"), None);
+    eventually("the app serves", WAIT, || async {
+        let mut s = TcpStream::connect(local(port)).await.ok()?;
+        get(&mut s, "/", true).await.ok()
+    })
+    .await;
+    (node, admin)
+}
+
+fn row(fault: &str, tally: &Tally, note: &str) {
+    println!("| {fault} | {} | {} | {note} |", tally.sent(), tally.lost());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_reloads_in_twenty_seconds_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let insts = [
+        HttpInstance::start("one", false).await,
+        HttpInstance::start("two", false).await,
+        HttpInstance::start("three", false).await,
+    ];
+    let addrs: Vec<SocketAddr> = insts.iter().map(|i| i.addr).collect();
+    let port = free_port();
+    let path = dir.path().join("anyedge.toml");
+    let (mut node, _admin) = node(dir.path(), &config(port, &addrs[..2], ""), port).await;
+    let load = load(port, 6, 2, "/");
+    let started = Instant::now();
+    for i in 0..100u32 {
+        // Instances come and go (one of the two first always stays), ports stay.
+        let set: &[SocketAddr] = match i % 3 {
+            0 => &addrs[..3],
+            1 => &addrs[1..],
+            _ => &addrs[..2],
+        };
+        write_config(&path, &config(port, set, &format!("# reload {i}")));
+        node.signal(libc::SIGHUP);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed();
+    let tally = load.stop().await;
+    row("100 reloads", &tally, &format!("in {took:.1?}"));
+    assert!(tally.ok.load(Ordering::Relaxed) > 500, "the load ran");
+    assert_eq!(tally.lost(), 0, "requests lost to reloads");
+    assert!(node.try_exit_code().is_none(), "the node kept running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_config_then_a_good_one_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (
+        HttpInstance::start("a", false).await,
+        HttpInstance::start("b", false).await,
+    );
+    let port = free_port();
+    let path = dir.path().join("anyedge.toml");
+    let (mut node, _admin) = node(dir.path(), &config(port, &[a.addr], ""), port).await;
+    let load = load(port, 6, 2, "/");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for broken in [
+        "[[apps]]\nname = \"app\"\nbogus = 1\n".to_string(),
+        "\u{0}\u{1}not toml at all [[[".to_string(),
+        config(port, &[a.addr], "").replace("address", "adress"),
+    ] {
+        write_config(&path, &broken);
+        node.signal(libc::SIGHUP);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    write_config(&path, &config(port, &[a.addr, b.addr], ""));
+    node.signal(libc::SIGHUP);
+    eventually("the good config is in force", WAIT, || async {
+        (b.requests() > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tally = load.stop().await;
+    row("3 corrupted configs, then a good one", &tally, "");
+    assert_eq!(tally.lost(), 0, "requests lost to a bad config");
+    assert!(node.try_exit_code().is_none(), "the node kept running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_loses_only_what_it_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let healthy = HttpInstance::start("healthy", false).await;
+    // The instance that dies runs on a runtime of its own: dropping that runtime closes every
+    // socket it had, as a crash would.
+    let doomed_rt = Runtimes::current_thread(1, "doomed");
+    let doomed = doomed_rt
+        .handle(0)
+        .spawn(HttpInstance::start("doomed", false))
+        .await
+        .expect("doomed instance");
+    let port = free_port();
+    let text = config(port, &[healthy.addr, doomed.addr], "");
+    let (mut node, _admin) = node(dir.path(), &text, port).await;
+    let clients = 8;
+    let load = load(port, 6, 2, "/");
+    eventually("both instances serve", WAIT, || async {
+        (doomed.requests() > 50 && healthy.requests() > 50).then_some(())
+    })
+    .await;
+    let killed = Instant::now();
+    drop(doomed_rt);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let tally = load.stop().await;
+    let late = tally.lost_after(killed + Duration::from_secs(2));
+    row(
+        "an instance killed",
+        &tally,
+        &format!("{late} lost from 2 s after"),
+    );
+    assert!(
+        tally.lost() <= clients,
+        "lost {} requests, more than the {clients} that can be in flight",
+        tally.lost()
+    );
+    assert_eq!(late, 0, "requests lost 2 s after the kill");
+    drop(doomed);
+    assert!(node.try_exit_code().is_none(), "the node kept running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_slow_requests_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inst = HttpInstance::start("slow", false).await;
+    let port = free_port();
+    let (mut node, _admin) = node(dir.path(), &config(port, &[inst.addr], ""), port).await;
+    // Five requests of 1.5 s each in flight when the node is told to stop.
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(local(port)).await.expect("connect");
+        slow.push(tokio::spawn(async move {
+            get(&mut s, "/slow/1500", false).await
+        }));
+    }
+    eventually("the slow requests reached the instance", WAIT, || async {
+        (inst.requests() >= 5).then_some(())
+    })
+    .await;
+    node.signal(libc::SIGTERM);
+    let mut done = 0;
+    for s in slow {
+        if s.await.expect("task").is_ok() {
+            done += 1;
+        }
+    }
+    println!(
+        "| SIGTERM with 5 slow requests in flight | 5 | {} | |",
+        5 - done
+    );
+    assert_eq!(done, 5, "slow requests cut by the drain");
+    let code = eventually("the node exits", WAIT, || {
+        std::future::ready(node.try_exit_code())
+    })
+    .await;
+    assert_eq!(code, Some(0));
+}
