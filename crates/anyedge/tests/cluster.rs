@@ -988,3 +988,118 @@ async fn the_edge_counts_open_tcp_backhaul_connections() {
     )
     .await;
 }
+
+/// The fault suite's frozen worker: the nearest worker is stopped with SIGSTOP under load (its
+/// sockets stay open, nothing answers), then resumed. Open-loop load (a new request every
+/// 50 ms, each on its own connection, whatever the others do): requests sent to it before it
+/// was found silent wait for it; from 2 s after the freeze on, every request is answered at
+/// once by the next region; after the resume it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_is_routed_around_and_serves_again_when_resumed() {
+    let etcd = Etcd::start();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    put_http_app(&etcd, dir.path(), "web", port);
+    let near = HttpInstance::start("near", false).await;
+    let next = HttpInstance::start("next", false).await;
+    let worker = |id: &str, region: &str, inst: &str, addr: String| {
+        Node::start(
+            bin(),
+            id,
+            &worker_toml(&pki, &etcd, id, region, free_port(), &[("web", inst, addr)]),
+        )
+    };
+    let iad = worker("w-iad", "iad", "iad-1", near.addr.to_string());
+    let fra = worker("w-fra", "fra", "fra-1", next.addr.to_string());
+    let edge = Node::start(bin(), "edge", &edge_toml(&pki, &etcd));
+    for n in [&iad, &fra, &edge] {
+        n.up().await;
+    }
+    eventually("near answers", Duration::from_secs(10), || async {
+        get(local(port), "web.test", "/")
+            .await
+            .filter(|(s, b)| *s == 200 && b.trim() == "near")
+    })
+    .await;
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (samples, stop) = (samples.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let samples = samples.clone();
+                tasks.push(tokio::spawn(async move {
+                    let start = Instant::now();
+                    let got = get(local(port), "web.test", "/").await;
+                    let status = got.as_ref().map(|(st, _)| *st);
+                    let answer = got
+                        .filter(|(st, _)| *st == 200)
+                        .map(|(_, b)| b.trim().to_string());
+                    let end = Instant::now();
+                    samples.lock().expect("lock").push(Sample {
+                        start,
+                        end,
+                        answer,
+                        status,
+                    });
+                }));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let frozen = Instant::now();
+    // SAFETY: kill(2) on a child process this test started.
+    unsafe { libc::kill(iad.pid() as libc::pid_t, libc::SIGSTOP) };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(iad.pid() as libc::pid_t, libc::SIGCONT) };
+    let resumed = Instant::now();
+    eventually("near serves again", Duration::from_secs(20), || async {
+        samples
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|s| s.start > resumed && s.answer.as_deref() == Some("near"))
+            .then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    sender.await.expect("sender");
+    let samples = samples.lock().expect("lock").clone();
+    let late = frozen + Duration::from_secs(2);
+    let during_late: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.start >= late && s.start < resumed)
+        .collect();
+    let lost = samples.iter().filter(|s| s.answer.is_none()).count();
+    let failed_late: Vec<_> = during_late.iter().filter(|s| s.answer.is_none()).collect();
+    // Waiting is losing too for a client with a timeout.
+    let slow_late: Vec<_> = during_late
+        .iter()
+        .filter(|s| s.end - s.start > Duration::from_secs(1))
+        .collect();
+    let slowest = samples
+        .iter()
+        .map(|s| s.end - s.start)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "| a worker frozen 6 s (SIGSTOP) and resumed | {} | {lost} | {} of {} sent from 2 s after failed or waited > 1 s; slowest {slowest:?} |",
+        samples.len(),
+        failed_late.len() + slow_late.len(),
+        during_late.len()
+    );
+    assert!(during_late.len() > 40, "{}", during_late.len());
+    assert!(failed_late.is_empty(), "{failed_late:?}");
+    assert!(slow_late.is_empty(), "{slow_late:?}");
+    assert_eq!(
+        lost, 0,
+        "requests failed (those sent before it went silent wait for it)"
+    );
+}

@@ -10,6 +10,6 @@ mod snapshot;
 
 pub use live::{
     AppLive, Ejection, FailingCheck, InstanceLive, LiveRegistry, OutlierState, PeerLive,
-    QueueTicket, Reported, Slot, EJECT_AFTER, REPORT_FRESH,
+    QueueTicket, Reported, Slot, EJECT_AFTER, REPORT_FRESH, REPORT_SILENT,
 };
 pub use snapshot::{AppEntry, InstanceEntry, PeerEntry, Snapshot};

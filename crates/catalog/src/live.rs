@@ -133,6 +133,12 @@ pub struct InstanceLive {
 /// gone, and placement falls back to this node's own view.
 pub const REPORT_FRESH: Duration = Duration::from_secs(3);
 
+/// A worker sends a load-feed frame at least every second. One whose instances were reported
+/// and that has sent nothing for this long has gone silent (frozen, partitioned, overloaded):
+/// placement holds its instances out like ejected ones, using them only when nothing else is
+/// left, so new requests stop waiting on a worker that does not answer.
+pub const REPORT_SILENT: Duration = Duration::from_millis(1500);
+
 const REPORT_PRESENT: u64 = 1 << 32;
 const REPORT_UNHEALTHY: u64 = 1 << 33;
 
@@ -211,6 +217,16 @@ impl InstanceLive {
         );
         self.reported_at
             .store(nanos_since_epoch(now), Ordering::Release);
+    }
+
+    /// Whether the worker running it reported it once and has been silent since for longer
+    /// than [`REPORT_SILENT`]. Never for an instance no worker reports (one on this node).
+    pub fn silent(&self, now: Instant) -> bool {
+        if self.reported.load(Ordering::Acquire) & REPORT_PRESENT == 0 {
+            return false;
+        }
+        let at = self.reported_at.load(Ordering::Acquire);
+        nanos_since_epoch(now).saturating_sub(at) > REPORT_SILENT.as_nanos() as u64
     }
 
     /// The worker's last report, if recent enough to trust ([`REPORT_FRESH`]).
@@ -352,6 +368,22 @@ mod tests {
         let later = t0 + REPORT_FRESH + Duration::from_millis(1);
         assert_eq!(live.reported(later), None);
         assert!(live.healthy(later), "a stale report is not trusted");
+    }
+
+    #[test]
+    fn a_worker_that_stops_reporting_goes_silent() {
+        let live = InstanceLive::default();
+        let t0 = Instant::now();
+        assert!(!live.silent(t0 + Duration::from_secs(60)), "never reported");
+        let report = Reported {
+            inflight: 0,
+            healthy: true,
+        };
+        live.report(report, t0);
+        assert!(!live.silent(t0 + REPORT_SILENT));
+        assert!(live.silent(t0 + REPORT_SILENT + Duration::from_millis(1)));
+        live.report(report, t0 + Duration::from_secs(2));
+        assert!(!live.silent(t0 + Duration::from_secs(3)), "reporting again");
     }
 
     #[test]

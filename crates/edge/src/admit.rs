@@ -202,7 +202,8 @@ fn with_candidates<R>(
     let limits = app.config.concurrency;
     let mut any_held = false;
     let mut view = |(i, &excluded): (&anyedge_catalog::InstanceEntry, &bool)| {
-        let held = !excluded && i.live.outlier_held(now);
+        // Held out: an ejected outlier, or an instance whose worker went silent.
+        let held = !excluded && (i.live.outlier_held(now) || i.live.silent(now));
         any_held |= held;
         let healthy = i.live.healthy(now) && (last_resort || !held);
         Candidate {
@@ -306,6 +307,8 @@ fn state_word(c: &Candidate, inst: &anyedge_catalog::InstanceEntry, now: Instant
         "unhealthy"
     } else if inst.live.outlier_held(now) {
         "ejected"
+    } else if inst.live.silent(now) {
+        "silent"
     } else if c.inflight >= c.hard_limit {
         "at_hard_limit"
     } else if c.backing_off {
