@@ -125,6 +125,25 @@ struct Sample {
     status: Option<u16>,
 }
 
+impl Sample {
+    /// One GET of `/` for `host` on a connection of its own.
+    async fn take(port: u16, host: &str) -> Sample {
+        let start = Instant::now();
+        let got = get(local(port), host, "/").await;
+        let end = Instant::now();
+        let status = got.as_ref().map(|(st, _)| *st);
+        let answer = got
+            .filter(|(st, _)| *st == 200)
+            .map(|(_, b)| b.trim().to_string());
+        Sample {
+            start,
+            end,
+            answer,
+            status,
+        }
+    }
+}
+
 impl Load {
     fn start(port: u16, host: &'static str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
@@ -132,19 +151,8 @@ impl Load {
         let (s, l) = (stop.clone(), log.clone());
         let task = tokio::spawn(async move {
             while !s.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                let got = get(local(port), host, "/").await;
-                let end = Instant::now();
-                let status = got.as_ref().map(|(st, _)| *st);
-                let answer = got
-                    .filter(|(st, _)| *st == 200)
-                    .map(|(_, b)| b.trim().to_string());
-                l.lock().expect("lock").push(Sample {
-                    start,
-                    end,
-                    answer,
-                    status,
-                });
+                let sample = Sample::take(port, host).await;
+                l.lock().expect("lock").push(sample);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
@@ -1031,19 +1039,8 @@ async fn a_frozen_worker_is_routed_around_and_serves_again_when_resumed() {
             while !stop.load(Ordering::Relaxed) {
                 let samples = samples.clone();
                 tasks.push(tokio::spawn(async move {
-                    let start = Instant::now();
-                    let got = get(local(port), "web.test", "/").await;
-                    let status = got.as_ref().map(|(st, _)| *st);
-                    let answer = got
-                        .filter(|(st, _)| *st == 200)
-                        .map(|(_, b)| b.trim().to_string());
-                    let end = Instant::now();
-                    samples.lock().expect("lock").push(Sample {
-                        start,
-                        end,
-                        answer,
-                        status,
-                    });
+                    let sample = Sample::take(port, "web.test").await;
+                    samples.lock().expect("lock").push(sample);
                 }));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

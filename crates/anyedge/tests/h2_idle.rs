@@ -28,6 +28,16 @@ async fn one_app() -> (Node, u16, HttpInstance) {
     (node, port, inst)
 }
 
+/// The client's connection preface and an empty SETTINGS frame.
+async fn h2c_start(s: &mut TcpStream) {
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("settings");
+}
+
 /// Reads until EOF or an error; whether that came within `wait`.
 async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + wait;
@@ -45,12 +55,7 @@ async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
 async fn a_trickled_headers_frame_is_closed_at_the_header_timeout() {
     let (_node, port, inst) = one_app().await;
     let mut s = TcpStream::connect(local(port)).await.expect("connect");
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .expect("preface");
-    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
-        .await
-        .expect("settings");
+    h2c_start(&mut s).await;
     // A HEADERS frame on stream 1 announcing 200 bytes of header block, sent a byte every
     // 50 ms: each byte is in time, the frame is done in 10 s.
     s.write_all(&[0, 0, 200, 1, 0x05, 0, 0, 0, 1])
@@ -98,12 +103,7 @@ async fn an_open_stream_keeps_its_connection_and_an_idle_one_is_closed() {
 
     // Raw: a request, then nothing; closed about 1 s after its stream ended.
     let mut s = TcpStream::connect(local(port)).await.expect("connect");
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .expect("preface");
-    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
-        .await
-        .expect("settings");
+    h2c_start(&mut s).await;
     assert!(
         !closed_within(&mut s, Duration::from_millis(300)).await,
         "closed before its header timeout"

@@ -1,7 +1,7 @@
 //! The node-to-node formats' fuzz targets (`anyedge_backhaul::fuzz`) over their seeds and any
 //! local corpus, in the normal test suite (`anyedge_test_support::fuzz`).
 
-use anyedge_test_support::fuzz::{check_all_run, check_local_corpus, check_seeds, Check};
+use anyedge_test_support::fuzz::Check;
 
 const TARGETS: [(&str, Check); 4] = [
     ("tcp_header", anyedge_backhaul::fuzz::tcp_header),
@@ -10,22 +10,10 @@ const TARGETS: [(&str, Check); 4] = [
     ("load_feed", anyedge_backhaul::fuzz::load_feed),
 ];
 
-#[test]
-fn every_target_has_seeds_and_every_seed_passes() {
-    check_seeds(&TARGETS);
-}
+// Every other crate's targets carry its name as a prefix (`http1_`, `config_`, `store_`,
+// `edge_`) and are run by its own `tests/fuzz_corpus.rs`; the rest are this crate's.
+const OTHERS: [&str; 4] = ["http1_", "config_", "store_", "edge_"];
 
-#[test]
-fn local_corpus_and_crash_inputs_pass() {
-    check_local_corpus(&TARGETS);
-}
-
-#[test]
-fn every_fuzz_target_is_run_here() {
-    // Every other crate's targets carry its name as a prefix (`http1_`, `config_`, `store_`,
-    // `edge_`) and are run by its own `tests/fuzz_corpus.rs`; the rest are this crate's.
-    let others = ["http1_", "config_", "store_", "edge_"];
-    check_all_run(&TARGETS, |name: &str| {
-        !others.iter().any(|p| name.starts_with(p))
-    });
-}
+anyedge_test_support::fuzz_corpus_tests!(TARGETS, |name: &str| {
+    !OTHERS.iter().any(|p| name.starts_with(p))
+});

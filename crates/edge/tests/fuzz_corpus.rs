@@ -1,7 +1,7 @@
 //! The routing and replay headers' fuzz targets (`anyedge_edge::fuzz`) over their seeds and any local corpus, in the normal test suite
 //! (`anyedge_test_support::fuzz`).
 
-use anyedge_test_support::fuzz::{check_all_run, check_local_corpus, check_seeds, Check};
+use anyedge_test_support::fuzz::Check;
 
 const TARGETS: [(&str, Check); 2] = [
     ("edge_replay_header", anyedge_edge::fuzz::edge_replay_header),
@@ -11,17 +11,4 @@ const TARGETS: [(&str, Check); 2] = [
     ),
 ];
 
-#[test]
-fn every_target_has_seeds_and_every_seed_passes() {
-    check_seeds(&TARGETS);
-}
-
-#[test]
-fn local_corpus_and_crash_inputs_pass() {
-    check_local_corpus(&TARGETS);
-}
-
-#[test]
-fn every_fuzz_target_is_run_here() {
-    check_all_run(&TARGETS, |name: &str| name.starts_with("edge_"));
-}
+anyedge_test_support::fuzz_corpus_tests!(TARGETS, |name: &str| name.starts_with("edge_"));

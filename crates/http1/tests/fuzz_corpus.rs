@@ -1,7 +1,7 @@
 //! The HTTP/1.1 message layer's fuzz targets (`anyedge_http1::fuzz`) over their seeds and any
 //! local corpus, in the normal test suite (`anyedge_test_support::fuzz`).
 
-use anyedge_test_support::fuzz::{check_all_run, check_local_corpus, check_seeds, Check};
+use anyedge_test_support::fuzz::Check;
 
 const TARGETS: [(&str, Check); 3] = [
     ("http1_request", anyedge_http1::fuzz::request),
@@ -9,17 +9,4 @@ const TARGETS: [(&str, Check); 3] = [
     ("http1_chunked", anyedge_http1::fuzz::chunked),
 ];
 
-#[test]
-fn every_target_has_seeds_and_every_seed_passes() {
-    check_seeds(&TARGETS);
-}
-
-#[test]
-fn local_corpus_and_crash_inputs_pass() {
-    check_local_corpus(&TARGETS);
-}
-
-#[test]
-fn every_fuzz_target_is_run_here() {
-    check_all_run(&TARGETS, |name: &str| name.starts_with("http1_"));
-}
+anyedge_test_support::fuzz_corpus_tests!(TARGETS, |name: &str| name.starts_with("http1_"));

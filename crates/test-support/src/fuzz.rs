@@ -3,7 +3,7 @@
 //! regressions) goes through the target's check, and so do the files of a local `cargo fuzz`
 //! run (`fuzz/corpus/<target>/`, `fuzz/artifacts/<target>/`) when there are any. Each crate with
 //! fuzz targets runs its own (`crates/backhaul/tests/fuzz_corpus.rs`,
-//! `crates/http1/tests/fuzz_corpus.rs`).
+//! `crates/http1/tests/fuzz_corpus.rs`, ...), with [`fuzz_corpus_tests!`].
 
 use std::path::{Path, PathBuf};
 
@@ -92,4 +92,27 @@ pub fn check_all_run(targets: &[(&str, Check)], mine: impl Fn(&str) -> bool) {
         ours,
         "fuzz/Cargo.toml and this test's targets differ"
     );
+}
+
+/// The three tests every crate with fuzz targets runs (`tests/fuzz_corpus.rs`): every target
+/// has seeds and passes them, a local corpus and crash inputs pass, and the crate's targets in
+/// `fuzz/Cargo.toml` (those `$mine` accepts) are exactly `$targets`.
+#[macro_export]
+macro_rules! fuzz_corpus_tests {
+    ($targets:expr, $mine:expr) => {
+        #[test]
+        fn every_target_has_seeds_and_every_seed_passes() {
+            $crate::fuzz::check_seeds(&$targets);
+        }
+
+        #[test]
+        fn local_corpus_and_crash_inputs_pass() {
+            $crate::fuzz::check_local_corpus(&$targets);
+        }
+
+        #[test]
+        fn every_fuzz_target_is_run_here() {
+            $crate::fuzz::check_all_run(&$targets, $mine);
+        }
+    };
 }
