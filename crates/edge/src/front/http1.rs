@@ -7,8 +7,11 @@
 //! Timeouts: the first request's head must arrive within `header_read_timeout` of the
 //! accept; between requests the connection may stay quiet for `idle_timeout`, and a head
 //! must then be complete within `header_read_timeout` of its first byte. A request being
-//! answered has no idle timeout (its own timeouts apply). On drain, an idle connection closes
-//! at once and a busy one after its answer (`Connection: close`).
+//! answered has no idle timeout (its own timeouts apply). On drain (a stop, or an upgrade
+//! handing the listeners to a new process), a connection closes after answering its next
+//! request with `Connection: close`, or when its idle timeout runs out as it would without
+//! the drain: closing an idle connection at any earlier moment races a client sending its
+//! next request (`docs/operations.md`).
 
 mod buffers;
 mod head;
@@ -109,7 +112,7 @@ pub(crate) fn serve<'a, IO: ClientIo>(
                 false => cfg.idle_timeout,
             };
             // The deadline comes back with `Ready`, not kept beside the timer holding it.
-            let next = match conn.wait(Instant::now() + quiet_for, shared).await {
+            let next = match conn.wait(Instant::now() + quiet_for).await {
                 Waited::Ready(quiet_until) if IO::WAITS_WITHOUT_BUFFER => {
                     Box::pin(conn.request(quiet_until, first, service, shared)).await
                 }
@@ -148,7 +151,7 @@ pub(crate) fn serve<'a, IO: ClientIo>(
 enum Waited {
     /// Bytes are (or may be) there: read the head; until its first byte, by this deadline.
     Ready(Instant),
-    /// The client closed, or the node drains.
+    /// The client closed.
     Closed,
     /// Nothing came until `quiet_until`.
     Quiet,
@@ -177,13 +180,11 @@ impl<IO: ClientIo> Future for Wait<'_, IO> {
 
 pin_project_lite::pin_project! {
     /// The wait of an idle connection: what every idle keep-alive connection holds, so written
-    /// out rather than a `select!` of async fns (184 bytes against 264).
+    /// out rather than a `select!` of async fns. A drain does not end it (see the top).
     struct Idle<'a, IO> {
         io: &'a mut IO,
         #[pin]
         quiet: tokio::time::Sleep,
-        #[pin]
-        stopping: tokio::sync::futures::Notified<'a>,
     }
 }
 
@@ -197,9 +198,6 @@ impl<IO: ClientIo> Future for Idle<'_, IO> {
                 Ok(()) => Waited::Ready(this.quiet.deadline()),
                 Err(_) => Waited::Closed,
             });
-        }
-        if this.stopping.poll(cx).is_ready() {
-            return Poll::Ready(Waited::Closed);
         }
         if this.quiet.poll(cx).is_ready() {
             return Poll::Ready(Waited::Quiet);
@@ -220,9 +218,9 @@ type Parsed = (http::Request<()>, head::Facts);
 
 impl<IO: ClientIo> Conn<IO> {
     /// Before a request: with nothing unread, give the buffer back and wait without one for
-    /// the socket to be readable (until `quiet_until`, or a drain). A connection that cannot
+    /// the socket to be readable (until `quiet_until`). A connection that cannot
     /// wait without a buffer (TLS) waits by reading, in [`Self::read_head`].
-    fn wait<'a>(&'a mut self, quiet_until: Instant, shared: &'a Shared) -> Wait<'a, IO> {
+    fn wait(&mut self, quiet_until: Instant) -> Wait<'_, IO> {
         let now = |waited| Wait::Now {
             waited: Some(waited),
         };
@@ -230,10 +228,6 @@ impl<IO: ClientIo> Conn<IO> {
             return now(Waited::Ready(quiet_until));
         }
         self.buf.release();
-        let stopping = shared.drain.stopping();
-        if shared.drain.is_draining() {
-            return now(Waited::Closed);
-        }
         if !IO::WAITS_WITHOUT_BUFFER {
             return now(Waited::Ready(quiet_until));
         }
@@ -241,7 +235,6 @@ impl<IO: ClientIo> Conn<IO> {
             idle: Idle {
                 io: &mut self.io,
                 quiet: tokio::time::sleep_until(quiet_until),
-                stopping,
             },
         }
     }
@@ -276,7 +269,7 @@ impl<IO: ClientIo> Conn<IO> {
             ..Limits::default()
         };
         let read = self
-            .read_head(quiet_until, cfg.header_read_timeout, &limits, shared)
+            .read_head(quiet_until, cfg.header_read_timeout, &limits)
             .await;
         Err(match read {
             Ok(Some(parsed)) => return Ok(parsed),
@@ -315,14 +308,13 @@ impl<IO: ClientIo> Conn<IO> {
     }
 
     /// The next request head, after [`Self::wait`]. Until its first byte is read, it is due by
-    /// `quiet_until` (and a drain ends the wait); from it, the whole head is due within
-    /// `header_timeout`. `Ok(None)`: the client closed, or the node drains.
+    /// `quiet_until`; from it, the whole head is due within `header_timeout`. `Ok(None)`: the
+    /// client closed.
     async fn read_head(
         &mut self,
         quiet_until: Instant,
         header_timeout: Duration,
         limits: &Limits,
-        shared: &Shared,
     ) -> Result<Option<Parsed>, HeadError> {
         let mut deadline = if self.buf.is_empty() {
             quiet_until
@@ -341,7 +333,6 @@ impl<IO: ClientIo> Conn<IO> {
             let read = tokio::select! {
                 r = self.read_some(limits.max_head) => r,
                 _ = tokio::time::sleep_until(deadline) => return Err(HeadError::Timeout { started: !was_empty }),
-                _ = shared.drain.started(), if was_empty => return Ok(None),
             };
             match read {
                 Ok(0) | Err(_) => return Ok(None),
