@@ -24,6 +24,7 @@ mod error;
 mod resolver;
 mod server;
 mod store;
+mod tickets;
 
 pub use certs::{load_key_pair, parse_key_pair, KeyPairError, ParsedKeyPair};
 pub use error::TlsError;

@@ -5,10 +5,11 @@ use crate::acme::Challenges;
 use crate::certs::normalize_name;
 use crate::error::TlsError;
 use crate::resolver::SniResolver;
+use crate::tickets::Tickets;
 use rustls::server::{
     Acceptor, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
 };
-use rustls::server::{NoServerSessionStorage, ProducesTickets, WantsServerCert};
+use rustls::server::{NoServerSessionStorage, WantsServerCert};
 use rustls::{ConfigBuilder, ServerConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,13 +28,13 @@ pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
 const SESSION_CACHE_SIZE: usize = 16_384;
 
 /// TLS state that lives as long as the process, so that sessions resume across config reloads:
-/// the session cache, the ticket keys (rotated by rustls every 6 hours) and the validated
-/// protocol versions.
+/// the session cache, the ticket keys (rotated every 6 hours, and handed to the process taking
+/// over at an upgrade: [`crate::tickets`]) and the validated protocol versions.
 #[derive(Clone)]
 pub struct TlsShared {
     builder: ConfigBuilder<ServerConfig, WantsServerCert>,
     session_storage: Arc<dyn StoresServerSessions>,
-    ticketer: Arc<dyn ProducesTickets>,
+    tickets: Arc<Tickets>,
 }
 
 impl std::fmt::Debug for TlsShared {
@@ -51,8 +52,18 @@ impl TlsShared {
         Ok(TlsShared {
             builder,
             session_storage: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
-            ticketer: rustls::crypto::ring::Ticketer::new()?,
+            tickets: Arc::new(Tickets::new()?),
         })
+    }
+
+    /// The ticket keys, for the process taking over.
+    pub fn export_ticket_keys(&self) -> Vec<u8> {
+        self.tickets.export()
+    }
+
+    /// Use the ticket keys of the process this one takes over from; false if they do not read.
+    pub fn import_ticket_keys(&self, bytes: &[u8]) -> bool {
+        self.tickets.import(bytes)
     }
 
     /// A config over the shared session state that resolves certificates with `resolver`.
@@ -60,7 +71,7 @@ impl TlsShared {
         let mut config = self.builder.clone().with_cert_resolver(resolver);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         config.session_storage = self.session_storage.clone();
-        config.ticketer = self.ticketer.clone();
+        config.ticketer = self.tickets.clone();
         config
     }
 }
