@@ -70,13 +70,42 @@ impl AdminState {
     }
 }
 
-/// Bind and serve in the background; returns the bound address.
-pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
+/// The admin listener, serving in the background.
+pub struct AdminListener {
+    pub local: SocketAddr,
+    /// A copy of the socket's descriptor, to hand it over to a new process.
+    pub fd: std::os::fd::OwnedFd,
+    /// Dropped: the accept loop ends (the socket closes here, and lives on in the new
+    /// process it was handed to). Connections already accepted go on.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Bind `addr` (or take `inherited`, the socket the previous process handed over for it) and
+/// serve in the background.
+pub fn serve(
+    addr: SocketAddr,
+    inherited: Option<std::os::fd::OwnedFd>,
+    state: Arc<AdminState>,
+) -> std::io::Result<AdminListener> {
+    let std_listener = match inherited {
+        Some(fd) => anyedge_edge::adopt_listener(fd)?,
+        None => {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            l
+        }
+    };
+    let fd = std_listener.try_clone()?.into();
+    let listener = TcpListener::from_std(std_listener)?;
     let local = listener.local_addr()?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                _ = &mut stopped => return,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((stream, _)) = accepted else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
@@ -94,7 +123,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<
             });
         }
     });
-    Ok(local)
+    Ok(AdminListener { local, fd, stop })
 }
 
 fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {

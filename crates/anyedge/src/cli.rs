@@ -161,6 +161,11 @@ pub struct RunArgs {
     /// Listen for admin requests here instead of the config's `[admin] listen`.
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
+    /// Replace the node running with this config: take every listening socket over from it
+    /// through `[node] control_socket`, serve, then tell it to drain (docs/operations.md).
+    /// Exits 1, leaving the running node untouched, if the hand-over fails.
+    #[arg(long)]
+    pub upgrade: bool,
 }
 
 #[derive(Args, Debug)]

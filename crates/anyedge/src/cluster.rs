@@ -113,7 +113,7 @@ pub async fn start_following(
     config: Config,
 ) -> Result<(Arc<crate::node::Node>, Option<Following>), crate::node::StartError> {
     let base = Arc::new(config);
-    let (node, feed) = start_node(&base, None, Vec::new()).await?;
+    let (node, feed) = start_node(&base, None, Vec::new(), Default::default()).await?;
     let node = Arc::new(node);
     let Some(mut feed) = feed else {
         return Ok((node, None));
@@ -140,13 +140,14 @@ pub async fn start_node(
     base: &Arc<Config>,
     admin_listen: Option<std::net::SocketAddr>,
     shards: Vec<tokio::runtime::Handle>,
+    from: crate::node::Takeover,
 ) -> Result<(crate::node::Node, Option<EtcdFeed>), crate::node::StartError> {
     let mut feed = EtcdFeed::start(base).await;
     let first = match feed.as_mut() {
         Some(f) => f.config(base),
         None => (**base).clone(),
     };
-    match crate::node::Node::start_on(first, admin_listen, shards).await {
+    match crate::node::Node::start_taking_over(first, admin_listen, shards, from).await {
         Ok(node) => {
             if let Some(f) = &feed {
                 node.set_catalog_status(f.status());

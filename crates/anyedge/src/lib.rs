@@ -1,11 +1,13 @@
-//! anyedge as a library: the command line, a node's lifecycle (start, reload, drain), the admin
-//! listener, and the embedded demo. `main.rs` only dispatches here.
+//! anyedge as a library: the command line, a node's lifecycle (start, reload, drain, the
+//! control socket's hand-over to an upgraded process), the admin listener, and the embedded
+//! demo. `main.rs` only dispatches here.
 
 pub mod acme;
 pub mod admin;
 pub mod certs;
 pub mod cli;
 pub mod cluster;
+pub mod control;
 pub mod demo;
 pub mod manage;
 pub mod node;

@@ -5,12 +5,14 @@
 use crate::admin::{self, AdminState};
 use anyedge_catalog::{LiveRegistry, Snapshot};
 use anyedge_config::Config;
+use anyedge_core::control::{Inherited, ListenKey, Role};
 use anyedge_core::Drain;
 use anyedge_edge::{Edge, HealthChecker, ListenError};
 use anyedge_telemetry::Metrics;
 use anyedge_tls::acme::{wanted_hostnames, AcmeManager, AcmeSettings};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -31,6 +33,18 @@ pub enum StartError {
     Acme(String),
 }
 
+/// What a node takes over from the process it replaces (`anyedge run --upgrade`); the default
+/// is a fresh start.
+#[derive(Debug, Default, Clone)]
+pub struct Takeover {
+    /// Listening sockets, claimed by address as the node opens its listeners.
+    pub sockets: Arc<Inherited>,
+    /// The previous process's generation (0: none).
+    pub generation: u64,
+    /// The previous process's TLS ticket keys (empty: none).
+    pub tickets: Vec<u8>,
+}
+
 /// One running node.
 pub struct Node {
     edge: Edge,
@@ -42,6 +56,11 @@ pub struct Node {
     snapshot: Mutex<Arc<Snapshot>>,
     admin: Arc<AdminState>,
     admin_addr: SocketAddr,
+    /// The admin address as asked for (the key it is handed over by), a copy of its socket,
+    /// and what stops its accept loop.
+    admin_key: SocketAddr,
+    admin_fd: OwnedFd,
+    admin_stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     /// Certificates for hostnames without a static one (`[acme] state_dir` set, or `[acme]`
     /// on the etcd store), on the control runtime.
     acme: Option<AcmeManager>,
@@ -63,23 +82,54 @@ impl Node {
         admin_listen: Option<SocketAddr>,
         shards: Vec<tokio::runtime::Handle>,
     ) -> Result<Node, StartError> {
+        Self::start_taking_over(config, admin_listen, shards, Takeover::default()).await
+    }
+
+    /// Like [`Node::start_on`], listening on the sockets `from` holds where the addresses
+    /// match (binding the others), and closing those the config no longer has.
+    pub async fn start_taking_over(
+        config: Config,
+        admin_listen: Option<SocketAddr>,
+        shards: Vec<tokio::runtime::Handle>,
+        from: Takeover,
+    ) -> Result<Node, StartError> {
         let metrics = Metrics::new();
+        metrics
+            .node
+            .process_generation
+            .store(from.generation + 1, Ordering::Relaxed);
         let drain = Drain::new();
         let registry = LiveRegistry::new();
         let config = Arc::new(config);
         let snapshot = Arc::new(Snapshot::build(config.clone(), &registry, None));
-        let edge = Edge::new(metrics.clone(), drain.clone(), &config.limits, shards)
-            .map_err(StartError::Tls)?;
+        let edge = Edge::inheriting(
+            metrics.clone(),
+            drain.clone(),
+            &config.limits,
+            shards,
+            from.sockets.clone(),
+        )
+        .map_err(StartError::Tls)?;
+        if !from.tickets.is_empty() && !edge.import_ticket_keys(&from.tickets) {
+            tracing::warn!("the previous process's TLS ticket keys were not usable: sessions it issued will not resume");
+        }
         let admin = Arc::new(AdminState::new(
             metrics.clone(),
             drain.clone(),
             snapshot.clone(),
         ));
         let addr = admin_listen.unwrap_or(config.admin.listen);
-        let admin_addr = admin::serve(addr, admin.clone())
-            .await
+        let inherited_admin = from
+            .sockets
+            .take(Role::Admin, ListenKey::Addr(addr))
+            .and_then(|fds| fds.into_iter().next());
+        let admin_listener = admin::serve(addr, inherited_admin, admin.clone())
             .map_err(|source| StartError::Admin { addr, source })?;
+        let admin_addr = admin_listener.local;
         let errors = edge.apply(snapshot.clone());
+        for (role, key) in from.sockets.close_unclaimed() {
+            tracing::info!(role = role.as_str(), %key, "a listener handed over is not in this config: closed");
+        }
         if !errors.is_empty() {
             drain.start();
             edge.stop_accepting();
@@ -109,8 +159,36 @@ impl Node {
             snapshot: Mutex::new(snapshot),
             admin,
             admin_addr,
+            admin_key: addr,
+            admin_fd: admin_listener.fd,
+            admin_stop: Mutex::new(Some(admin_listener.stop)),
             acme,
         })
+    }
+
+    /// Copies of every listening socket: app ports, the backhaul listener, the admin listener.
+    pub fn handover_sockets(&self) -> std::io::Result<Vec<(Role, ListenKey, Vec<OwnedFd>)>> {
+        let mut sockets = self.edge.handover_sockets()?;
+        sockets.push((
+            Role::Admin,
+            ListenKey::Addr(self.admin_key),
+            vec![self.admin_fd.try_clone()?],
+        ));
+        Ok(sockets)
+    }
+
+    /// This process's TLS ticket keys, for the process taking over.
+    pub fn ticket_keys(&self) -> Vec<u8> {
+        self.edge.export_ticket_keys()
+    }
+
+    /// A new process serves on the sockets handed over: stop accepting admin requests too
+    /// (the app and backhaul listeners stop with the drain).
+    pub fn handed_over(&self) {
+        self.admin_stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     /// Put a new config in force as a diff. Open connections are untouched.
@@ -269,6 +347,9 @@ fn warn_restart_only(old: &Config, new: &Config) {
     }
     if old.node.threads != new.node.threads {
         tracing::warn!("[node] threads changes only on restart");
+    }
+    if old.node.control_socket != new.node.control_socket {
+        tracing::warn!("[node] control_socket changes only on restart (or upgrade)");
     }
     if old.admin.listen != new.admin.listen {
         tracing::warn!("[admin] listen changes only on restart");

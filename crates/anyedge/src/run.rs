@@ -1,17 +1,20 @@
-//! `anyedge run`: load and validate the config without binding anything, build the runtimes,
-//! start the node (on the etcd store, following etcd and registering first), reload on
-//! SIGHUP, a file change or a catalog change, drain on SIGTERM/SIGINT.
+//! `anyedge run`: load and validate the config without binding anything, take the listening
+//! sockets over from the running node with `--upgrade`, build the runtimes, start the node (on
+//! the etcd store, following etcd and registering first), answer on the control socket,
+//! reload on SIGHUP, a file change or a catalog change, drain on SIGTERM/SIGINT or once a new
+//! process has taken over.
 
 use crate::cli::RunArgs;
 use crate::cluster::{self, EtcdFeed};
-use crate::node::{apply, Node};
+use crate::control;
+use crate::node::{apply, Node, Takeover};
 use anyedge_config::Config;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// `anyedge run`: exit 1 on a bad config or a port that cannot be opened.
+/// `anyedge run`: exit 1 on a bad config, a port that cannot be opened, or a failed upgrade.
 pub fn run(args: &RunArgs) -> ExitCode {
     let config = match anyedge_config::load(&args.config) {
         Ok(c) => c,
@@ -19,6 +22,24 @@ pub fn run(args: &RunArgs) -> ExitCode {
             eprint!("{diagnostics}");
             return ExitCode::FAILURE;
         }
+    };
+    let upgrade = match (&config.node.control_socket, args.upgrade) {
+        (None, true) => {
+            eprintln!("anyedge: --upgrade needs [node] control_socket in {}: the running node hands its sockets over there", args.config.display());
+            return ExitCode::FAILURE;
+        }
+        (Some(path), true) => match control::take_over(path) {
+            Ok(upgrade) => Some(upgrade),
+            Err(e) => {
+                eprintln!("anyedge: upgrade failed: {e}; the running node was not touched");
+                return ExitCode::FAILURE;
+            }
+        },
+        (Some(path), false) if control::in_use(path) => {
+            eprintln!("anyedge: a node is running with the control socket {}: to replace it, use `anyedge run --upgrade`", path.display());
+            return ExitCode::FAILURE;
+        }
+        (_, false) => None,
     };
     let runtimes = build_control_runtime()
         .and_then(|control| Ok((control, Shards::start(config.node.threads)?)));
@@ -29,7 +50,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    control.block_on(serve(config, args, shards.handles()))
+    control.block_on(serve(config, args, shards.handles(), upgrade))
 }
 
 /// The runtime for signals, reloads and the admin listener: light work, one thread.
@@ -71,7 +92,19 @@ impl Shards {
     }
 }
 
-async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handle>) -> ExitCode {
+/// How the main loop ended.
+enum End {
+    Signal,
+    /// A new process serves on this one's sockets.
+    HandedOver,
+}
+
+async fn serve(
+    config: Config,
+    args: &RunArgs,
+    shards: Vec<tokio::runtime::Handle>,
+    upgrade: Option<control::Upgrade>,
+) -> ExitCode {
     // First of all: a SIGHUP while the node starts (the catalog's first listing may take
     // seconds) must not end the process, as its default action would.
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
@@ -83,15 +116,39 @@ async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handl
         return ExitCode::FAILURE;
     };
     let mut base = Arc::new(config);
-    let (node, mut feed) = match cluster::start_node(&base, args.admin_listen, shards).await {
+    let from = upgrade
+        .as_ref()
+        .map_or_else(Takeover::default, |u| Takeover {
+            sockets: u.sockets.clone(),
+            generation: u.generation,
+            tickets: u.tickets.clone(),
+        });
+    let (node, mut feed) = match cluster::start_node(&base, args.admin_listen, shards, from).await {
         Ok(started) => started,
         Err(e) => {
+            // With --upgrade the old node was not told to drain: it goes on serving.
             tracing::error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
+    let node = Arc::new(node);
+    let (handed_over, mut drain_asked) = tokio::sync::mpsc::unbounded_channel();
+    let control = match (&base.node.control_socket, upgrade) {
+        (Some(path), Some(upgrade)) => {
+            // Waits for the old node's answer: off this runtime, which serves admin requests.
+            let (path, node) = (path.clone(), node.clone());
+            tokio::task::spawn_blocking(move || upgrade.finish(&path, node, handed_over))
+                .await
+                .ok()
+                .flatten()
+        }
+        (Some(path), None) => control::ControlServer::start(path, node.clone(), handed_over)
+            .inspect_err(|e| tracing::error!(path = %path.display(), error = %e, "cannot listen on the control socket; upgrades by hand-over are off"))
+            .ok(),
+        (None, _) => None,
+    };
     let mut changes = crate::watch::FileWatch::new(&args.config);
-    loop {
+    let end = loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
@@ -103,13 +160,24 @@ async fn serve(config: Config, args: &RunArgs, shards: Vec<tokio::runtime::Handl
                     apply(&node, f.config(&base));
                 }
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            Some(()) = drain_asked.recv() => break End::HandedOver,
+            _ = term.recv() => break End::Signal,
+            _ = int.recv() => break End::Signal,
         }
+    };
+    if let Some(c) = control {
+        c.close();
     }
-    // Leave the catalog first, so other nodes stop sending here while this one drains.
-    if let Some(f) = feed {
-        f.stop().await;
+    match (end, feed) {
+        // Leave the catalog first, so other nodes stop sending here while this one drains.
+        (End::Signal, Some(f)) => f.stop().await,
+        // The new process registered the same keys under its own lease: revoking this one's
+        // would delete them. It lapses instead.
+        (End::HandedOver, f) => {
+            node.handed_over();
+            drop(f);
+        }
+        (End::Signal, None) => {}
     }
     let grace = node.drain_timeout();
     let drained = tokio::select! {

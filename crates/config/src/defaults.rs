@@ -33,6 +33,7 @@ pub(crate) fn node() -> Node {
         drain_timeout: DRAIN_TIMEOUT,
         backhaul_listen: None,
         advertise: None,
+        control_socket: None,
     }
 }
 

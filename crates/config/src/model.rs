@@ -45,6 +45,9 @@ pub struct Node {
     pub drain_timeout: Duration,
     pub backhaul_listen: Option<SocketAddr>,
     pub advertise: Option<String>,
+    /// The owner-only Unix socket where `anyedge run --upgrade` takes the listening sockets
+    /// over; none by default (`docs/operations.md`).
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,7 +39,7 @@ const SECTIONS: [&str; 11] = [
 pub(crate) fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, Diagnostics> {
     with_document(text, origin, |root, r| {
         unknown_sections(root, r);
-        let node = sections::node(root, r);
+        let node = sections::node(root, base, r);
         let catalog = sections::catalog(root, base, r);
         let etcd = matches!(catalog, CatalogConfig::Etcd(_));
         let cluster = sections::cluster(root, base, r);

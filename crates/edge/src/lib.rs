@@ -20,17 +20,20 @@ pub use instance::proxy_protocol;
 
 pub use front::listeners::ListenError;
 pub use health::{CheckState, HealthChecker, HealthUpdate, Transition};
+pub use sockets::adopt as adopt_listener;
 /// Why the edge's TLS state could not be made.
 pub type TlsSetupError = anyedge_tls::rustls::Error;
 
 use anyedge_admission::{Budget, PerKeyBudget};
 use anyedge_catalog::Snapshot;
+use anyedge_core::control::{Inherited, ListenKey, Role};
 use anyedge_core::Drain;
 use anyedge_telemetry::Metrics;
 use arc_swap::ArcSwap;
 use front::listeners::ListenerSet;
 use routes::Routes;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// State shared by every listener and connection of one node's edge.
@@ -58,6 +61,8 @@ struct Shared {
     shards: Vec<tokio::runtime::Handle>,
     /// Links to the workers that run remote instances, and this node's cluster identity.
     backhaul: backhaul::Backhaul,
+    /// Listening sockets handed over by the previous process, claimed as listeners open.
+    inherited: Arc<Inherited>,
 }
 
 /// One node's edge role.
@@ -75,7 +80,19 @@ impl Edge {
         metrics: Arc<Metrics>,
         drain: Drain,
         limits: &anyedge_config::Limits,
+        shards: Vec<tokio::runtime::Handle>,
+    ) -> Result<Self, anyedge_tls::rustls::Error> {
+        Self::inheriting(metrics, drain, limits, shards, Arc::default())
+    }
+
+    /// Like [`Edge::new`], opening listeners on the sockets of `inherited` (handed over by the
+    /// previous process) where their addresses match, rather than binding new ones.
+    pub fn inheriting(
+        metrics: Arc<Metrics>,
+        drain: Drain,
+        limits: &anyedge_config::Limits,
         mut shards: Vec<tokio::runtime::Handle>,
+        inherited: Arc<Inherited>,
     ) -> Result<Self, anyedge_tls::rustls::Error> {
         anyedge_tls::install_crypto_provider();
         if shards.is_empty() {
@@ -105,6 +122,7 @@ impl Edge {
             handshakes: anyedge_tls::HandshakeLimits::from_config(limits),
             shards,
             backhaul: backhaul::Backhaul::default(),
+            inherited,
         });
         Ok(Edge {
             shared,
@@ -218,6 +236,40 @@ impl Edge {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         set.close_all(&self.shared);
+    }
+
+    /// The TLS ticket keys, for the process taking over.
+    pub fn export_ticket_keys(&self) -> Vec<u8> {
+        self.shared.tls.export_ticket_keys()
+    }
+
+    /// Use the ticket keys of the process this one takes over from; false if they do not read.
+    pub fn import_ticket_keys(&self, bytes: &[u8]) -> bool {
+        self.shared.tls.import_ticket_keys(bytes)
+    }
+
+    /// Copies of every listening socket (app ports and the backhaul listener), by role and
+    /// the address each was asked for: what `anyedge run --upgrade` takes over.
+    pub fn handover_sockets(&self) -> std::io::Result<Vec<(Role, ListenKey, Vec<OwnedFd>)>> {
+        let set = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = set
+            .handover()?
+            .into_iter()
+            .map(|(key, fds)| (Role::App, key, fds))
+            .collect();
+        drop(set);
+        let backhaul = self
+            .backhaul_listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = backhaul.as_ref() {
+            let fds: std::io::Result<Vec<OwnedFd>> = l.fds.iter().map(OwnedFd::try_clone).collect();
+            out.push((Role::Backhaul, ListenKey::Addr(l.addr), fds?));
+        }
+        Ok(out)
     }
 
     /// Addresses listened on now.

@@ -1,11 +1,14 @@
 //! Listening sockets and accept loops shared by every role's listener (the client-facing ports
 //! and the worker's backhaul port): `SO_REUSEPORT` sockets, one per shard, each accepting on
-//! its shard's runtime; accept errors counted, with a back-off when descriptors run out.
+//! its shard's runtime; accept errors counted, with a back-off when descriptors run out. A
+//! socket handed over by the previous process (`anyedge run --upgrade`) is adopted as it is:
+//! never closed and bound again, so the connections in its accept queue are served.
 
 use crate::Shared;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +18,9 @@ use tokio::sync::oneshot;
 /// Back-off after accept() fails for lack of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Run `accept` on each socket, one per shard on that shard's runtime; each stops when its
-/// sender is dropped.
+/// Run `accept` on each socket, one per shard on that shard's runtime (more sockets than
+/// shards, as a previous process with more cores hands over: round the shards again); each
+/// stops when its sender is dropped.
 pub(crate) fn spawn_on_shards<F, Fut>(
     sockets: Vec<std::net::TcpListener>,
     shared: &Arc<Shared>,
@@ -27,7 +31,7 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut stops = Vec::with_capacity(sockets.len());
-    for (socket, shard) in sockets.into_iter().zip(&shared.shards) {
+    for (socket, shard) in sockets.into_iter().zip(shared.shards.iter().cycle()) {
         let (stop, stopped) = oneshot::channel();
         // Registered with the shard's reactor: from_std needs its context.
         let _entered = shard.enter();
@@ -57,6 +61,48 @@ pub(crate) fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<std::ne
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// Listening sockets for `addr`: those handed over for it first (all of them: each holds its
+/// own accept queue), then fresh ones joining them (`SO_REUSEPORT`) until every shard has one.
+/// `bind` makes a fresh socket for an address.
+pub(crate) fn adopt_or_bind(
+    inherited: Option<Vec<OwnedFd>>,
+    shards: usize,
+    bind: impl Fn() -> io::Result<std::net::TcpListener>,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::with_capacity(shards);
+    for fd in inherited.unwrap_or_default() {
+        sockets.push(adopt(fd)?);
+    }
+    while sockets.len() < shards {
+        sockets.push(bind()?);
+    }
+    Ok(sockets)
+}
+
+/// A socket received from the previous process, checked to be a listening TCP socket.
+pub fn adopt(fd: OwnedFd) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::from(fd);
+    let listening = socket.is_listener()?;
+    let tcp = socket.r#type()? == Type::STREAM && socket.local_addr()?.as_socket().is_some();
+    if !listening || !tcp {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a handed-over descriptor is not a listening TCP socket",
+        ));
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Copies of `sockets`' descriptors, kept to hand them over (the accept loops own the
+/// originals).
+pub(crate) fn duplicates(sockets: &[std::net::TcpListener]) -> io::Result<Vec<OwnedFd>> {
+    sockets
+        .iter()
+        .map(|s| s.try_clone().map(OwnedFd::from))
+        .collect()
 }
 
 /// The next accepted connection; `None` once the listener is stopped or the node drains.

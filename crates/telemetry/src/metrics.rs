@@ -330,6 +330,9 @@ pub struct NodeMetrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub config_generation: AtomicU64,
+    /// 1 for a process started afresh, one more than its predecessor's for one that took the
+    /// listening sockets over (`anyedge run --upgrade`).
+    pub process_generation: AtomicU64,
     pub accept_errors: AtomicU64,
     pub listener_errors: AtomicU64,
     pub rejected_node_limit: AtomicU64,
@@ -446,6 +449,7 @@ impl Metrics {
         let orders = results(get(&n.acme_orders_ok), get(&n.acme_orders_error));
         ACME_ORDERS.by(out, "result", orders);
         CONFIG_GENERATION.one(out, get(&n.config_generation));
+        PROCESS_GENERATION.one(out, get(&n.process_generation));
         ACCEPT_ERRORS.one(out, get(&n.accept_errors));
         LISTENER_ERRORS.one(out, get(&n.listener_errors));
         NODE_REJECTED.one(out, get(&n.rejected_node_limit));
@@ -636,6 +640,10 @@ const ACME_ORDERS: Family = Family::counter(
 const CONFIG_GENERATION: Family = Family::gauge(
     "anyedge_config_generation",
     "Generation of the catalog snapshot in force.",
+);
+const PROCESS_GENERATION: Family = Family::gauge(
+    "anyedge_process_generation",
+    "Processes this node has been since it last started afresh: 1, and one more at each upgrade that took the listening sockets over.",
 );
 const ACCESS_LOG_DROPPED: Family = Family::counter(
     "anyedge_access_log_dropped_total",

@@ -18,6 +18,7 @@ pub(crate) struct NodeFile {
     pub drain_timeout: Option<String>,
     pub backhaul_listen: Option<String>,
     pub advertise: Option<String>,
+    pub control_socket: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -55,7 +55,7 @@ pub(super) fn file_path(
     v.and_then(|s| r.check(at, values::file_path(s, base)))
 }
 
-pub(super) fn node(root: &Table, r: &mut Report<'_>) -> Node {
+pub(super) fn node(root: &Table, base: Option<&Path>, r: &mut Report<'_>) -> Node {
     let f: NodeFile = section(root, "node", r).unwrap_or_default();
     let mut node = defaults::node();
     if let Some(id) = f.id {
@@ -88,6 +88,8 @@ pub(super) fn node(root: &Table, r: &mut Report<'_>) -> Node {
         r.check("node.advertise", values::host_port(&a, true));
         node.advertise = Some(a);
     }
+    node.control_socket = file_path(f.control_socket.as_deref(), "node.control_socket", base, r)
+        .and_then(|p| r.check("node.control_socket", values::unix_socket_path(p)));
     // A backhaul listener on one address is what other nodes dial, unless told otherwise.
     if node.advertise.is_none() {
         node.advertise = node

@@ -239,6 +239,19 @@ pub(crate) fn file_path(s: &str, base: Option<&Path>) -> Result<PathBuf, String>
     })
 }
 
+/// A Unix socket's path: the kernel takes at most 107 bytes (`sun_path`, with its NUL), and
+/// an upgrade binds a sibling path a few bytes longer (`.new`), so 100 is the bound.
+pub(crate) fn unix_socket_path(p: PathBuf) -> Result<PathBuf, String> {
+    const MAX: usize = 100;
+    let len = p.as_os_str().len();
+    if len > MAX {
+        return Err(format!(
+            "the path is {len} bytes long; a Unix socket's path may have {MAX} at most"
+        ));
+    }
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,6 +179,7 @@ fn full_design_shaped_toml_maps_every_field() {
             drain_timeout: Duration::from_secs(45),
             backhaul_listen: Some("0.0.0.0:4280".parse().unwrap()),
             advertise: Some("10.0.0.5:4280".into()),
+            control_socket: Some("/run/anyedge/control.sock".into()),
         }
     );
     assert_eq!(

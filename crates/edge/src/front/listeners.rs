@@ -3,12 +3,14 @@
 
 use super::tcp;
 use crate::routes::{ListenAddr, PortRoute};
-use crate::sockets::{accept_failed, bind_one, next, spawn_on_shards};
+use crate::sockets::{accept_failed, adopt_or_bind, bind_one, duplicates, next, spawn_on_shards};
 use crate::Shared;
+use anyedge_core::control::{ListenKey, Role};
 use anyedge_telemetry::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +26,8 @@ pub struct ListenError {
 
 struct Open {
     local: SocketAddr,
+    /// Copies of the sockets' descriptors, to hand them over to a new process.
+    fds: Vec<OwnedFd>,
     /// Dropping them stops the accept loops (one per shard), which close their sockets.
     _stop: Vec<oneshot::Sender<()>>,
 }
@@ -87,23 +91,47 @@ impl ListenerSet {
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.open.values().map(|o| o.local).collect()
     }
+
+    /// Copies of every open listener's sockets, by the address each was asked for.
+    pub fn handover(&self) -> io::Result<Vec<(ListenKey, Vec<OwnedFd>)>> {
+        self.open
+            .iter()
+            .map(|(addr, open)| {
+                let fds: io::Result<Vec<OwnedFd>> =
+                    open.fds.iter().map(OwnedFd::try_clone).collect();
+                Ok((key(*addr), fds?))
+            })
+            .collect()
+    }
+}
+
+/// The address as the control socket's messages name it.
+fn key(addr: ListenAddr) -> ListenKey {
+    match addr {
+        ListenAddr::Any(port) => ListenKey::AnyAddress(port),
+        ListenAddr::One(a) => ListenKey::Addr(a),
+    }
 }
 
 /// Open one listening address: one socket per shard, all on the same address with
-/// `SO_REUSEPORT`, so the kernel spreads connections across the shards' runtimes.
+/// `SO_REUSEPORT`, so the kernel spreads connections across the shards' runtimes; those the
+/// previous process handed over for it first.
 fn open(addr: ListenAddr, shared: &Arc<Shared>) -> Result<Open, ListenError> {
-    let bound: io::Result<Vec<std::net::TcpListener>> =
-        shared.shards.iter().map(|_| bind(addr)).collect();
+    let inherited = shared.inherited.take(Role::App, key(addr));
+    let adopted = inherited.as_ref().map_or(0, Vec::len);
+    let bound = adopt_or_bind(inherited, shared.shards.len(), || bind(addr))
+        .and_then(|listeners| Ok((duplicates(&listeners)?, listeners)));
     match bound {
-        Ok(listeners) => {
+        Ok((fds, listeners)) => {
             let local = listeners
                 .first()
                 .and_then(|l| l.local_addr().ok())
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             let stops = spawn_on_shards(listeners, shared, accept_loop);
-            tracing::info!(%local, "listening");
+            tracing::info!(%local, adopted, "listening");
             Ok(Open {
                 local,
+                fds,
                 _stop: stops,
             })
         }

@@ -28,23 +28,39 @@ pub(super) type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
 pub(crate) struct BackhaulListener {
     pub addr: SocketAddr,
     pub bound: SocketAddr,
+    /// Copies of the sockets' descriptors, to hand them over to a new process.
+    pub fds: Vec<std::os::fd::OwnedFd>,
     _stop: Vec<oneshot::Sender<()>>,
 }
 
-/// Listen on `addr` for edges.
+/// Listen on `addr` for edges, on the sockets the previous process handed over for it if any.
 pub(crate) fn start(addr: SocketAddr, shared: &Arc<Shared>) -> std::io::Result<BackhaulListener> {
-    let first = crate::sockets::bind_one(addr, false)?;
-    let bound = first.local_addr()?;
-    let mut sockets = vec![first];
-    for _ in 1..shared.shards.len() {
+    use anyedge_core::control::{ListenKey, Role};
+    let inherited = shared.inherited.take(Role::Backhaul, ListenKey::Addr(addr));
+    let adopted = inherited.as_ref().map_or(0, Vec::len);
+    let mut sockets = match inherited {
+        Some(fds) => fds
+            .into_iter()
+            .map(crate::sockets::adopt)
+            .collect::<std::io::Result<Vec<_>>>()?,
+        None => vec![crate::sockets::bind_one(addr, false)?],
+    };
+    let bound = sockets
+        .first()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()?
+        .unwrap_or(addr);
+    while sockets.len() < shared.shards.len() {
         // Port 0 was resolved by the first bind: the others join it.
         sockets.push(crate::sockets::bind_one(bound, false)?);
     }
+    let fds = crate::sockets::duplicates(&sockets)?;
     let stops = crate::sockets::spawn_on_shards(sockets, shared, accept_loop);
-    tracing::info!(%bound, "backhaul listening");
+    tracing::info!(%bound, adopted, "backhaul listening");
     Ok(BackhaulListener {
         addr,
         bound,
+        fds,
         _stop: stops,
     })
 }

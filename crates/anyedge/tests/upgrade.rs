@@ -1,0 +1,527 @@
+//! Binary upgrades by socket hand-over, as operators run them: `anyedge run --upgrade` with the
+//! same config takes every listening socket over from the running node through its control
+//! socket, and the old node drains. Under steady load from clients that never retry (keep-alive
+//! clients that reconnect only after a `Connection: close`, and clients that open a
+//! connection per request), 20 upgrades in a row lose no request and refuse no connection. A
+//! failed upgrade (no node at the socket, a new process that cannot start, a malformed
+//! message) leaves the running node serving; the control socket is owner-only.
+
+use anyedge_core::control::{Message, MAGIC};
+use anyedge_test_support::http_instance::HttpInstance;
+use anyedge_test_support::process::Proc;
+use anyedge_test_support::{eventually, free_port};
+use socket2::{Domain, SockAddr, Socket, Type};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(30);
+const UPGRADES: u64 = 20;
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_anyedge"))
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    control: PathBuf,
+    port: u16,
+    admin: SocketAddr,
+    _inst: HttpInstance,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inst = HttpInstance::start("alpha", false).await;
+        let (port, admin) = (free_port(), local(free_port()));
+        let control = dir.path().join("control.sock");
+        let config = dir.path().join("anyedge.toml");
+        std::fs::write(&config, config_text(&control, port, inst.addr, "")).expect("config");
+        Setup {
+            dir,
+            config,
+            control,
+            port,
+            admin,
+            _inst: inst,
+        }
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// `anyedge run` on the config (with `--upgrade` if asked), logging to `name.log`.
+    fn run(&self, name: &str, upgrade: bool) -> Proc {
+        let config = self.config.to_str().expect("utf-8");
+        let admin = self.admin.to_string();
+        let mut args = vec!["run", "--config", config, "--admin-listen", &admin];
+        if upgrade {
+            args.push("--upgrade");
+        }
+        Proc::spawn(bin(), &args, &self.log(name))
+    }
+
+    async fn serving(&self) {
+        let addr = local(self.port);
+        eventually("the node answers", WAIT, || async move {
+            get_once(addr).await.ok().filter(|s| s == "200")
+        })
+        .await;
+    }
+}
+
+/// Two shards, so every address is two `SO_REUSEPORT` sockets to hand over.
+fn config_text(control: &Path, port: u16, inst: SocketAddr, extra_ports: &str) -> String {
+    format!(
+        "[node]\nthreads = 2\ndrain_timeout = \"20s\"\ncontrol_socket = \"{}\"\n\n[[apps]]\nname = \"alpha\"\nhostnames = [\"alpha.test\"]\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }}{extra_ports} ]\n  [[apps.instances]]\n  id = \"alpha-1\"\n  address = \"{inst}\"\n",
+        control.display()
+    )
+}
+
+/// `STATUS` on the control socket: the answering node's pid and process generation.
+fn status(path: &Path) -> Option<(u32, u64)> {
+    let answer = exchange(path, format!("{MAGIC} STATUS\n").as_bytes())?;
+    let Message::Ok(lines) = answer else {
+        return None;
+    };
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    Some((u32::try_from(field("pid ")?).ok()?, field("generation ")?))
+}
+
+/// Send `bytes` as one message on the control socket; the answer.
+fn exchange(path: &Path, bytes: &[u8]) -> Option<Message> {
+    let mut s = Socket::new(Domain::UNIX, Type::SEQPACKET, None).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.connect(&SockAddr::unix(path).ok()?).ok()?;
+    s.write_all(bytes).ok()?;
+    let mut buf = vec![0u8; 65536];
+    let n = s.read(&mut buf).ok()?;
+    Message::decode(&buf[..n], 0).ok()
+}
+
+/// One request on its own connection; the status code.
+async fn get_once(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n")
+        .await?;
+    let (status, _) = read_answer(&mut s).await?;
+    Ok(status)
+}
+
+/// Read one answer: its status code and whether it closes the connection.
+async fn read_answer(s: &mut TcpStream) -> std::io::Result<(String, bool)> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    let cut = |what: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what.to_string());
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(cut("closed before an answer"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).unwrap_or("").to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| cut("no content-length"))?;
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(cut("closed inside the body"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok((status, head.contains("connection: close")))
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    /// A request written (or attempted on an open connection) without a 200 answer.
+    failed: AtomicU64,
+    /// A connection that could not be opened.
+    connect_errors: AtomicU64,
+    /// Keep-alive connections the server closed after a `Connection: close` answer.
+    closed_by_server: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn fail(&self, counter: &AtomicU64, what: String) {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.len() < 20 {
+            errors.push(what);
+        }
+    }
+}
+
+const PAUSE: Duration = Duration::from_millis(3);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests one after another on one connection; a new connection only after the server
+/// closed the last with `Connection: close`. No retries.
+async fn keep_alive_client(addr: SocketAddr, stop: Arc<AtomicBool>, t: Arc<Tally>) {
+    let mut conn: Option<TcpStream> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let mut s = match conn.take() {
+            Some(s) => s,
+            None => match TcpStream::connect(addr).await {
+                Ok(s) => s,
+                Err(e) => {
+                    t.fail(&t.connect_errors, format!("keep-alive connect: {e}"));
+                    tokio::time::sleep(PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        t.sent.fetch_add(1, Ordering::SeqCst);
+        let asked = async {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
+                .await?;
+            read_answer(&mut s).await
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, asked).await {
+            Ok(Ok((status, close))) if status == "200" => {
+                t.ok.fetch_add(1, Ordering::SeqCst);
+                if close {
+                    t.closed_by_server.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    conn = Some(s);
+                }
+            }
+            Ok(Ok((status, _))) => t.fail(&t.failed, format!("keep-alive: status {status}")),
+            Ok(Err(e)) => t.fail(&t.failed, format!("keep-alive: {e}")),
+            Err(_) => t.fail(&t.failed, "keep-alive: no answer in time".into()),
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
+/// A new connection for every request (`Connection: close`). No retries.
+async fn per_request_client(addr: SocketAddr, stop: Arc<AtomicBool>, t: Arc<Tally>) {
+    while !stop.load(Ordering::SeqCst) {
+        let mut s = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                t.fail(&t.connect_errors, format!("per-request connect: {e}"));
+                tokio::time::sleep(PAUSE).await;
+                continue;
+            }
+        };
+        t.sent.fetch_add(1, Ordering::SeqCst);
+        let asked = async {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n")
+                .await?;
+            read_answer(&mut s).await
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, asked).await {
+            Ok(Ok((status, _))) if status == "200" => {
+                t.ok.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(Ok((status, _))) => t.fail(&t.failed, format!("per-request: status {status}")),
+            Ok(Err(e)) => t.fail(&t.failed, format!("per-request: {e}")),
+            Err(_) => t.fail(&t.failed, "per-request: no answer in time".into()),
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
+async fn admin_metrics(admin: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(admin).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+async fn exited(p: &mut Proc, what: &str) -> Option<i32> {
+    eventually(what, WAIT, || {
+        let code = p.try_exit_code();
+        async move { code }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_upgrades_under_load_lose_nothing() {
+    let setup = Setup::new().await;
+    let mut current = setup.run("node-0", false);
+    setup.serving().await;
+    let control = setup.control.clone();
+    let first = eventually("the control socket answers", WAIT, || {
+        let c = control.clone();
+        async move { status(&c) }
+    })
+    .await;
+    assert_eq!(first, (current.pid(), 1));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let addr = local(setup.port);
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(tokio::spawn(keep_alive_client(
+            addr,
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
+    for _ in 0..4 {
+        clients.push(tokio::spawn(per_request_client(
+            addr,
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
+    let ok_since = |t: &Tally| t.ok.load(Ordering::SeqCst);
+    eventually("load runs", WAIT, || {
+        let n = ok_since(&tally);
+        async move { (n > 100).then_some(()) }
+    })
+    .await;
+
+    for generation in 2..=UPGRADES + 1 {
+        let name = format!("node-{}", generation - 1);
+        let mut next = setup.run(&name, true);
+        let (pid, control) = (next.pid(), setup.control.clone());
+        eventually(
+            &format!("{name} answers on the control socket"),
+            WAIT,
+            || {
+                let c = control.clone();
+                async move { status(&c).filter(|s| *s == (pid, generation)) }
+            },
+        )
+        .await;
+        let code = exited(&mut current, "the old node drains and exits").await;
+        assert_eq!(
+            code,
+            Some(0),
+            "the old node's exit; log {}",
+            setup.log(&name).display()
+        );
+        assert!(next.try_exit_code().is_none(), "{name} runs");
+        // The new node serves the load on its own before the next upgrade.
+        let before = ok_since(&tally);
+        eventually("requests go on after the upgrade", WAIT, || {
+            let n = ok_since(&tally);
+            async move { (n > before + 200).then_some(()) }
+        })
+        .await;
+        current = next;
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        let _ = c.await;
+    }
+    let metrics = admin_metrics(setup.admin).await.unwrap_or_default();
+    let (sent, ok, failed, refused, closes) = (
+        tally.sent.load(Ordering::SeqCst),
+        tally.ok.load(Ordering::SeqCst),
+        tally.failed.load(Ordering::SeqCst),
+        tally.connect_errors.load(Ordering::SeqCst),
+        tally.closed_by_server.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "{UPGRADES} upgrades: {sent} requests sent, {ok} answered, {failed} failed, {refused} connection errors, {closes} keep-alive connections closed by Connection: close"
+    );
+    let errors = tally.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    assert_eq!((failed, refused), (0, 0), "errors: {errors:?}");
+    assert_eq!(ok, sent);
+    assert!(
+        closes >= UPGRADES,
+        "keep-alive clients were told to reconnect at each upgrade ({closes})"
+    );
+    assert!(
+        metrics.contains(&format!("anyedge_process_generation {}", UPGRADES + 1)),
+        "{metrics}"
+    );
+    current.signal(libc::SIGTERM);
+    assert_eq!(exited(&mut current, "the last node stops").await, Some(0));
+    assert!(
+        !setup.control.exists(),
+        "the socket file goes with the last node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_plain_start_is_refused_and_an_upgrade_of_nothing_fails_cleanly() {
+    let setup = Setup::new().await;
+    let mut node = setup.run("node", false);
+    setup.serving().await;
+    let control = setup.control.clone();
+    eventually("the control socket answers", WAIT, || {
+        let c = control.clone();
+        async move { status(&c) }
+    })
+    .await;
+
+    // The same config without --upgrade: refused before anything is bound.
+    let mut second = setup.run("second", false);
+    assert_eq!(
+        exited(&mut second, "a second plain start exits").await,
+        Some(1)
+    );
+    let log = std::fs::read_to_string(setup.log("second")).unwrap_or_default();
+    assert!(log.contains("anyedge run --upgrade"), "{log}");
+
+    // --upgrade with a control socket nobody answers on.
+    let elsewhere = setup.dir.path().join("elsewhere.toml");
+    let text = std::fs::read_to_string(&setup.config).expect("config");
+    let text = text.replace(
+        &setup.control.display().to_string(),
+        &setup.dir.path().join("nobody.sock").display().to_string(),
+    );
+    std::fs::write(&elsewhere, text).expect("config");
+    let args = [
+        "run",
+        "--config",
+        elsewhere.to_str().expect("utf-8"),
+        "--upgrade",
+    ];
+    let mut orphan = Proc::spawn(bin(), &args, &setup.log("orphan"));
+    assert_eq!(
+        exited(&mut orphan, "an upgrade of nothing exits").await,
+        Some(1)
+    );
+    let log = std::fs::read_to_string(setup.log("orphan")).unwrap_or_default();
+    assert!(log.contains("upgrade failed: cannot reach"), "{log}");
+
+    assert_eq!(
+        get_once(local(setup.port)).await.ok().as_deref(),
+        Some("200")
+    );
+    assert_eq!(status(&setup.control).map(|s| s.0), Some(node.pid()));
+    assert!(node.try_exit_code().is_none());
+    node.signal(libc::SIGTERM);
+    assert_eq!(exited(&mut node, "the node stops").await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
+    let setup = Setup::new().await;
+    let mut old = setup.run("old", false);
+    setup.serving().await;
+    let control = setup.control.clone();
+    let (old_pid, _) = eventually("the control socket answers", WAIT, || {
+        let c = control.clone();
+        async move { status(&c) }
+    })
+    .await;
+
+    // The new config adds a port someone else holds: the new process receives the sockets,
+    // fails to open that port, and exits without telling the old one to drain.
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = blocker.local_addr().expect("addr").port();
+    let inst = std::fs::read_to_string(&setup.config).expect("config");
+    let inst_addr = inst
+        .split("address = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("instance address")
+        .parse()
+        .expect("addr");
+    let extra = format!(", {{ port = {taken}, bind = \"127.0.0.1\", handlers = [\"http\"] }}");
+    std::fs::write(
+        &setup.config,
+        config_text(&setup.control, setup.port, inst_addr, &extra),
+    )
+    .expect("config");
+    let mut failed = setup.run("failed", true);
+    assert_eq!(
+        exited(&mut failed, "the failed upgrade exits").await,
+        Some(1)
+    );
+    let log = std::fs::read_to_string(setup.log("failed")).unwrap_or_default();
+    assert!(log.contains("cannot start"), "{log}");
+
+    // The old node still serves, on the app port and the control socket.
+    for _ in 0..20 {
+        assert_eq!(
+            get_once(local(setup.port)).await.ok().as_deref(),
+            Some("200")
+        );
+    }
+    assert_eq!(status(&setup.control), Some((old_pid, 1)));
+    assert!(
+        old.try_exit_code().is_none(),
+        "the old node was not told to drain"
+    );
+
+    // A garbled message gets an error back and changes nothing.
+    let answer = exchange(&setup.control, b"anyedge-control/1 JUMP\n");
+    assert!(matches!(answer, Some(Message::Error(_))), "{answer:?}");
+    let answer = exchange(&setup.control, &[0xff; 300]);
+    assert!(matches!(answer, Some(Message::Error(_))), "{answer:?}");
+    let answer = exchange(&setup.control, format!("{MAGIC} DRAIN\n").as_bytes());
+    assert!(
+        matches!(answer, Some(Message::Error(_))),
+        "a DRAIN without a hand-over: {answer:?}"
+    );
+
+    // With the port free, the same upgrade goes through.
+    drop(blocker);
+    let mut new = setup.run("new", true);
+    let (new_pid, control) = (new.pid(), setup.control.clone());
+    eventually("the new node answers on the control socket", WAIT, || {
+        let c = control.clone();
+        async move { status(&c).filter(|s| *s == (new_pid, 2)) }
+    })
+    .await;
+    assert_eq!(exited(&mut old, "the old node drains").await, Some(0));
+    assert_eq!(get_once(local(taken)).await.ok().as_deref(), Some("200"));
+    assert_eq!(
+        get_once(local(setup.port)).await.ok().as_deref(),
+        Some("200")
+    );
+    new.signal(libc::SIGTERM);
+    assert_eq!(exited(&mut new, "the new node stops").await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_is_owner_only() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let setup = Setup::new().await;
+    let mut node = setup.run("node", false);
+    setup.serving().await;
+    let control = setup.control.clone();
+    eventually("the control socket answers", WAIT, || {
+        let c = control.clone();
+        async move { status(&c) }
+    })
+    .await;
+    let meta = std::fs::metadata(&setup.control).expect("socket file");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    node.signal(libc::SIGTERM);
+    assert_eq!(exited(&mut node, "the node stops").await, Some(0));
+    assert!(!setup.control.exists(), "removed on exit");
+}
