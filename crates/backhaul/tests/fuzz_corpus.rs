@@ -11,8 +11,9 @@ const TARGETS: [(&str, Check); 4] = [
 ];
 
 // Every other crate's targets carry its name as a prefix (`http1_`, `config_`, `store_`,
-// `edge_`) and are run by its own `tests/fuzz_corpus.rs`; the rest are this crate's.
-const OTHERS: [&str; 4] = ["http1_", "config_", "store_", "edge_"];
+// `edge_`, and `control_` for anyedge-core's, run by `crates/anyedge/tests/fuzz_corpus.rs`) and
+// are run by its own `tests/fuzz_corpus.rs`; the rest are this crate's.
+const OTHERS: [&str; 5] = ["http1_", "config_", "store_", "edge_", "control_"];
 
 anyedge_test_support::fuzz_corpus_tests!(TARGETS, |name: &str| {
     !OTHERS.iter().any(|p| name.starts_with(p))
