@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     Run(RunArgs),
+    /// Replace the running node with this binary in the background (`run --upgrade`), and
+    /// exit 0 once it serves, 1 if it fails (the running node goes on); for `ExecReload=`.
+    Upgrade(UpgradeArgs),
     /// Validate a config file: print every problem with its place; exit 1 if any.
     Check(CheckArgs),
     /// A self-contained local fleet on loopback, with commands to try.
@@ -168,6 +171,16 @@ pub struct RunArgs {
     pub upgrade: bool,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct UpgradeArgs {
+    /// The running node's config (the new process reads it).
+    #[arg(long, default_value = "/etc/anyedge/anyedge.toml")]
+    pub config: PathBuf,
+    /// Passed on to the new process as `run --admin-listen`.
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+}
+
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     #[arg(long)]
@@ -189,6 +202,15 @@ pub struct DemoArgs {
 pub enum LogFormatArg {
     Text,
     Json,
+}
+
+impl LogFormatArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormatArg::Text => "text",
+            LogFormatArg::Json => "json",
+        }
+    }
 }
 
 impl From<LogFormatArg> for LogFormat {

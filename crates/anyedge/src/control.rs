@@ -12,6 +12,7 @@
 //! If the new process fails before step 2 (a bad config, a port it cannot open), it never
 //! sends `DRAIN`: the old node notices the closed connection and goes on serving.
 
+pub mod systemd;
 mod wire;
 
 use crate::node::Node;
@@ -151,6 +152,24 @@ impl Upgrade {
         }
         server
     }
+}
+
+/// `STATUS` on the control socket at `path`: the answering node's pid and process generation.
+pub fn status(path: &Path) -> Option<(u32, u64)> {
+    let socket = Socket::new(Domain::UNIX, Type::SEQPACKET, None).ok()?;
+    socket.set_read_timeout(Some(STEP_TIMEOUT)).ok()?;
+    socket.set_write_timeout(Some(STEP_TIMEOUT)).ok()?;
+    socket.connect(&SockAddr::unix(path).ok()?).ok()?;
+    wire::send(&socket, &Message::Status, &[]).ok()?;
+    let Some((Message::Ok(lines), _)) = wire::recv(&socket).ok()? else {
+        return None;
+    };
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name)?.parse::<u64>().ok())
+    };
+    Some((u32::try_from(field("pid ")?).ok()?, field("generation ")?))
 }
 
 /// Whether a node answers on `path` (a plain start must not take its control socket).

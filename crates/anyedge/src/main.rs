@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     anyedge_telemetry::init_logging(cli.log_format.into());
     match cli.command {
         Command::Run(args) => anyedge::run::run(&args),
+        Command::Upgrade(args) => anyedge::run::upgrade(&args, cli.log_format.as_str()),
         Command::Check(args) => anyedge::cli::check(&args),
         Command::Demo(args) => anyedge::demo::run(&args),
         Command::Apps(args) => anyedge::manage::apps(&args),

@@ -4,7 +4,7 @@
 //! reload on SIGHUP, a file change or a catalog change, drain on SIGTERM/SIGINT or once a new
 //! process has taken over.
 
-use crate::cli::RunArgs;
+use crate::cli::{RunArgs, UpgradeArgs};
 use crate::cluster::{self, EtcdFeed};
 use crate::control;
 use crate::node::{apply, Node, Takeover};
@@ -147,6 +147,7 @@ async fn serve(
             .ok(),
         (None, _) => None,
     };
+    control::systemd::ready();
     let mut changes = crate::watch::FileWatch::new(&args.config);
     let end = loop {
         tokio::select! {
@@ -218,4 +219,68 @@ fn reload_from(node: &Node, path: &Path, base: &mut Arc<Config>, feed: Option<&m
         }
         None => apply(node, (**base).clone()),
     }
+}
+
+/// How long `anyedge upgrade` waits for the new process to serve.
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `anyedge upgrade`: start `anyedge run --upgrade` (this binary) in the background, in a
+/// process group of its own, and wait until it answers on the control socket: exit 0 then, 1
+/// if it exits first (its log says why; the running node goes on) or does not answer in time.
+/// For systemd's `ExecReload=`, which must end (`docs/operations.md`).
+pub fn upgrade(args: &UpgradeArgs, log_format: &str) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let config = match anyedge_config::load(&args.config) {
+        Ok(c) => c,
+        Err(diagnostics) => {
+            eprint!("{diagnostics}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(path) = config.node.control_socket.clone() else {
+        eprintln!(
+            "anyedge: upgrade needs [node] control_socket in {}",
+            args.config.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("anyedge: cannot find this binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut command = std::process::Command::new(exe);
+    command.args(["--log-format", log_format, "run", "--upgrade", "--config"]);
+    command.arg(&args.config);
+    if let Some(admin) = args.admin_listen {
+        command.args(["--admin-listen", &admin.to_string()]);
+    }
+    command.stdin(std::process::Stdio::null()).process_group(0);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("anyedge: cannot start the new process: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let deadline = std::time::Instant::now() + UPGRADE_WAIT;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("anyedge: the new process exited ({status}); the running node goes on");
+            return ExitCode::FAILURE;
+        }
+        if control::status(&path).is_some_and(|(pid, _)| pid == child.id()) {
+            println!("upgraded: pid {} serves", child.id());
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!(
+        "anyedge: the new process (pid {}) did not answer on {} within {UPGRADE_WAIT:?}",
+        child.id(),
+        path.display()
+    );
+    ExitCode::FAILURE
 }

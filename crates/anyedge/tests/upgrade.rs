@@ -525,3 +525,115 @@ async fn the_control_socket_is_owner_only() {
     assert_eq!(exited(&mut node, "the node stops").await, Some(0));
     assert!(!setup.control.exists(), "removed on exit");
 }
+
+/// A process this test started but is not the parent of: SIGKILL by its pid if the test ends
+/// early.
+struct Stray(u32);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        if !gone(self.0) {
+            // SAFETY: kill(2) on the pid of a process this test started.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Whether `pid` is gone (or a zombie no one reaped yet).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_command_waits_for_the_new_process_and_tells_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let setup = Setup::new().await;
+    let mut old = setup.run("old", false);
+    setup.serving().await;
+    let control = setup.control.clone();
+    eventually("the control socket answers", WAIT, || {
+        let c = control.clone();
+        async move { status(&c) }
+    })
+    .await;
+    let notify_path = setup.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+
+    // As systemd's ExecReload runs it: it must end, with the new process left serving.
+    let upgrade = |config: PathBuf, name: &'static str| {
+        let (out, err) = (setup.log(&format!("{name}.out")), setup.log(name));
+        let admin = setup.admin.to_string();
+        let notify_path = notify_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let status = std::process::Command::new(bin())
+                .args(["upgrade", "--config"])
+                .arg(&config)
+                .args(["--admin-listen", &admin])
+                .env("NOTIFY_SOCKET", &notify_path)
+                .env("ANYEDGE_LOG", "info")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::fs::File::create(&out).expect("out"))
+                .stderr(std::fs::File::create(err).expect("err"))
+                .status()
+                .expect("anyedge upgrade");
+            (
+                status.code(),
+                std::fs::read_to_string(out).unwrap_or_default(),
+            )
+        })
+    };
+    let (code, out) = upgrade(setup.config.clone(), "upgrade")
+        .await
+        .expect("join");
+    assert_eq!(
+        code,
+        Some(0),
+        "{out}; log {}",
+        setup.log("upgrade").display()
+    );
+    let new_pid: u32 = out
+        .trim()
+        .strip_prefix("upgraded: pid ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    let _stray = Stray(new_pid);
+    assert_eq!(status(&setup.control), Some((new_pid, 2)));
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("a notification");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert_eq!(message, format!("READY=1\nMAINPID={new_pid}\n"));
+    assert_eq!(exited(&mut old, "the old node drains").await, Some(0));
+    assert_eq!(
+        get_once(local(setup.port)).await.ok().as_deref(),
+        Some("200")
+    );
+
+    // An upgrade that cannot happen (nobody at the socket) ends with 1.
+    let elsewhere = setup.dir.path().join("elsewhere.toml");
+    let text = std::fs::read_to_string(&setup.config).expect("config");
+    let text = text.replace(
+        &setup.control.display().to_string(),
+        &setup.dir.path().join("nobody.sock").display().to_string(),
+    );
+    std::fs::write(&elsewhere, text).expect("config");
+    let (code, _) = upgrade(elsewhere, "failed").await.expect("join");
+    assert_eq!(code, Some(1));
+    assert_eq!(status(&setup.control).map(|s| s.0), Some(new_pid));
+
+    // The new process is not our child: stop it by its pid.
+    // SAFETY: kill(2) on the pid of the process this test started (through `anyedge upgrade`).
+    unsafe { libc::kill(new_pid as libc::pid_t, libc::SIGTERM) };
+    eventually("the new node stops", WAIT, || async move {
+        gone(new_pid).then_some(())
+    })
+    .await;
+}
