@@ -1,8 +1,9 @@
 //! Binary upgrades by socket hand-over, as operators run them: `anyedge run --upgrade` with the
 //! same config takes every listening socket over from the running node through its control
-//! socket, and the old node drains. Under steady load from clients that never retry (keep-alive
-//! clients that reconnect only after a `Connection: close`, and clients that open a
-//! connection per request), 20 upgrades in a row lose no request and refuse no connection. A
+//! socket, and the old node drains. Under steady load from clients that never retry (HTTP/1.1
+//! keep-alive clients that reconnect only after a `Connection: close`, clients that open a
+//! connection per request, and HTTP/2 clients that send again only what a GOAWAY proves
+//! unprocessed), 20 upgrades in a row lose no request and refuse no connection. A
 //! failed upgrade (no node at the socket, a new process that cannot start, a malformed
 //! message) leaves the running node serving; the control socket is owner-only.
 
@@ -167,6 +168,8 @@ struct Tally {
     connect_errors: AtomicU64,
     /// Keep-alive connections the server closed after a `Connection: close` answer.
     closed_by_server: AtomicU64,
+    /// HTTP/2 requests the server provably did not process, sent again on a new connection.
+    h2_unprocessed: AtomicU64,
     errors: Mutex<Vec<String>>,
 }
 
@@ -251,6 +254,90 @@ async fn per_request_client(addr: SocketAddr, stop: Arc<AtomicBool>, t: Arc<Tall
     }
 }
 
+/// HTTP/2 (h2c) requests one after another on one connection, a new connection once the old
+/// one is closed. No retries of a request the server may have processed; a request the server
+/// provably did not process is sent on a new connection, as every HTTP/2 client does (RFC 9113
+/// §6.8): one refused by the GOAWAY (its stream above the last one the server took; h2 also
+/// refuses, unsent, a stream opened after a GOAWAY arrived), or one hyper never handed to the
+/// connection before it closed. Those are counted in `h2_unprocessed`.
+async fn h2_client(addr: SocketAddr, stop: Arc<AtomicBool>, t: Arc<Tally>) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    type Sender = http2::SendRequest<Empty<bytes::Bytes>>;
+    let mut sender: Option<Sender> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let mut s = match sender.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => {
+                let connected = async {
+                    let stream = TcpStream::connect(addr).await?;
+                    http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                        .await
+                        .map_err(std::io::Error::other)
+                };
+                match connected.await {
+                    Ok((s, conn)) => {
+                        tokio::spawn(conn);
+                        s
+                    }
+                    Err(e) => {
+                        t.fail(&t.connect_errors, format!("h2 connect: {e}"));
+                        tokio::time::sleep(PAUSE).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        if s.ready().await.is_err() {
+            continue;
+        }
+        let request = hyper::Request::get("http://alpha.test/")
+            .body(Empty::new())
+            .expect("request");
+        let asked = async {
+            let resp = s.try_send_request(request).await?;
+            let status = resp.status();
+            Ok::<_, hyper::client::conn::TrySendError<_>>(
+                resp.into_body().collect().await.map(|_| status),
+            )
+        };
+        let answered = tokio::time::timeout(ANSWER_TIMEOUT, asked).await;
+        let unprocessed = matches!(&answered, Ok(Err(e)) if e.message().is_some() || refused_by_goaway(e.error()));
+        if unprocessed {
+            // Not processed: the same request goes out on a new connection.
+            t.h2_unprocessed.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
+        t.sent.fetch_add(1, Ordering::SeqCst);
+        match answered {
+            Ok(Ok(Ok(status))) if status == hyper::StatusCode::OK => {
+                t.ok.fetch_add(1, Ordering::SeqCst);
+                sender = Some(s);
+            }
+            Ok(Ok(Ok(status))) => t.fail(&t.failed, format!("h2: status {status}")),
+            Ok(Ok(Err(e))) => t.fail(&t.failed, format!("h2 body: {e:?}")),
+            Ok(Err(e)) => t.fail(&t.failed, format!("h2: {:?}", e.error())),
+            Err(_) => t.fail(&t.failed, "h2: no answer in time".into()),
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
+/// A stream the server refused with its GOAWAY (no error), or a request hyper canceled
+/// before sending it because the connection closed.
+fn refused_by_goaway(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    if e.is_canceled() {
+        return true;
+    }
+    e.source()
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|h| {
+            h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR)
+        })
+}
+
 async fn admin_metrics(admin: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect(admin).await.ok()?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -300,6 +387,9 @@ async fn twenty_upgrades_under_load_lose_nothing() {
             tally.clone(),
         )));
     }
+    for _ in 0..2 {
+        clients.push(tokio::spawn(h2_client(addr, stop.clone(), tally.clone())));
+    }
     let ok_since = |t: &Tally| t.ok.load(Ordering::SeqCst);
     eventually("load runs", WAIT, || {
         let n = ok_since(&tally);
@@ -343,6 +433,7 @@ async fn twenty_upgrades_under_load_lose_nothing() {
         let _ = c.await;
     }
     let metrics = admin_metrics(setup.admin).await.unwrap_or_default();
+    let unprocessed = tally.h2_unprocessed.load(Ordering::SeqCst);
     let (sent, ok, failed, refused, closes) = (
         tally.sent.load(Ordering::SeqCst),
         tally.ok.load(Ordering::SeqCst),
@@ -351,7 +442,7 @@ async fn twenty_upgrades_under_load_lose_nothing() {
         tally.closed_by_server.load(Ordering::SeqCst),
     );
     eprintln!(
-        "{UPGRADES} upgrades: {sent} requests sent, {ok} answered, {failed} failed, {refused} connection errors, {closes} keep-alive connections closed by Connection: close"
+        "{UPGRADES} upgrades: {sent} requests sent, {ok} answered, {failed} failed, {refused} connection errors, {closes} keep-alive connections closed by Connection: close, {unprocessed} HTTP/2 requests refused unprocessed by a GOAWAY and sent on a new connection"
     );
     let errors = tally.errors.lock().map(|e| e.clone()).unwrap_or_default();
     assert_eq!((failed, refused), (0, 0), "errors: {errors:?}");
