@@ -185,6 +185,7 @@ impl Node {
     /// A new process serves on the sockets handed over: stop accepting admin requests too
     /// (the app and backhaul listeners stop with the drain).
     pub fn handed_over(&self) {
+        self.edge.handed_over();
         self.admin_stop
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -48,7 +48,7 @@ impl Setup {
         let (port, admin) = (free_port(), local(free_port()));
         let control = dir.path().join("control.sock");
         let config = dir.path().join("anyedge.toml");
-        std::fs::write(&config, config_text(&control, port, inst.addr, "")).expect("config");
+        std::fs::write(&config, config_text(&control, port, inst.addr, "", "")).expect("config");
         Setup {
             dir,
             config,
@@ -83,10 +83,17 @@ impl Setup {
     }
 }
 
-/// Two shards, so every address is two `SO_REUSEPORT` sockets to hand over.
-fn config_text(control: &Path, port: u16, inst: SocketAddr, extra_ports: &str) -> String {
+/// Two shards, so every address is two `SO_REUSEPORT` sockets to hand over. `extra_ports` is
+/// appended to the service's ports, `certificates` to the app's blocks.
+fn config_text(
+    control: &Path,
+    port: u16,
+    inst: SocketAddr,
+    extra_ports: &str,
+    certificates: &str,
+) -> String {
     format!(
-        "[node]\nthreads = 2\ndrain_timeout = \"20s\"\ncontrol_socket = \"{}\"\n\n[[apps]]\nname = \"alpha\"\nhostnames = [\"alpha.test\"]\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }}{extra_ports} ]\n  [[apps.instances]]\n  id = \"alpha-1\"\n  address = \"{inst}\"\n",
+        "[node]\nthreads = 2\ndrain_timeout = \"20s\"\ncontrol_socket = \"{}\"\n\n[[apps]]\nname = \"alpha\"\nhostnames = [\"alpha.test\"]\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }}{extra_ports} ]\n{certificates}  [[apps.instances]]\n  id = \"alpha-1\"\n  address = \"{inst}\"\n",
         control.display()
     )
 }
@@ -141,7 +148,22 @@ async fn read_answer(s: &mut TcpStream) -> std::io::Result<(String, bool)> {
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let status = head.split(' ').nth(1).unwrap_or("").to_string();
+    let mut status = head.split(' ').nth(1).unwrap_or("").to_string();
+    // A proxy-made answer names its error code: kept with the status for the failure's report.
+    if let Some(code) = head.lines().find_map(|l| l.strip_prefix("anyedge-error:")) {
+        status = format!("{status} {}", code.trim());
+    }
+    if head.contains("transfer-encoding: chunked") {
+        // Small bodies: read up to the last chunk.
+        while !buf[head_end..].ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(cut("closed inside the chunked body"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        return Ok((status, head.contains("connection: close")));
+    }
     let len: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -153,6 +175,13 @@ async fn read_answer(s: &mut TcpStream) -> std::io::Result<(String, bool)> {
             return Err(cut("closed inside the body"));
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+    if !status.starts_with("200") {
+        // The proxy says why in the body: kept for the failure's report.
+        status = format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&buf[head_end..]).trim()
+        );
     }
     Ok((status, head.contains("connection: close")))
 }
@@ -543,7 +572,7 @@ async fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     let extra = format!(", {{ port = {taken}, bind = \"127.0.0.1\", handlers = [\"http\"] }}");
     std::fs::write(
         &setup.config,
-        config_text(&setup.control, setup.port, inst_addr, &extra),
+        config_text(&setup.control, setup.port, inst_addr, &extra, ""),
     )
     .expect("config");
     let mut failed = setup.run("failed", true);
@@ -727,4 +756,213 @@ async fn the_upgrade_command_waits_for_the_new_process_and_tells_systemd() {
         gone(new_pid).then_some(())
     })
     .await;
+}
+
+/// One request over TLS with `client` (its session cache carries tickets from one connection to
+/// the next); how the handshake went, once the whole answer (and the tickets) came.
+async fn tls_get(
+    client: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> Option<rustls::HandshakeKind> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("alpha.test").ok()?;
+    let mut tls = tokio_rustls::TlsConnector::from(client.clone())
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        return None;
+    }
+    tls.get_ref().1.handshake_kind()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_across_an_upgrade() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let setup = Setup::new().await;
+    let pki = anyedge_test_support::pki::Pki::new();
+    let (cert, key, _) = pki.issue("alpha", &["alpha.test"]);
+    let tls_port = free_port();
+    let inst = std::fs::read_to_string(&setup.config).expect("config");
+    let inst_addr = inst
+        .split("address = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("instance address")
+        .parse()
+        .expect("addr");
+    let tls =
+        format!(", {{ port = {tls_port}, bind = \"127.0.0.1\", handlers = [\"tls\", \"http\"] }}");
+    let certificates = format!(
+        "  [[apps.certificates]]\n  cert = \"{}\"\n  key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(
+        &setup.config,
+        config_text(&setup.control, setup.port, inst_addr, &tls, &certificates),
+    )
+    .expect("config");
+    let mut old = setup.run("old", false);
+    setup.serving().await;
+    let client = pki.client(&[b"http/1.1"]);
+    let addr = local(tls_port);
+    assert_eq!(tls_get(&client, addr).await, Some(Full));
+    assert_eq!(
+        tls_get(&client, addr).await,
+        Some(Resumed),
+        "resumption works"
+    );
+
+    let mut new = setup.run("new", true);
+    let (pid, control) = (new.pid(), setup.control.clone());
+    eventually("the new node answers on the control socket", WAIT, || {
+        let c = control.clone();
+        async move { status(&c).filter(|s| s.0 == pid) }
+    })
+    .await;
+    assert_eq!(exited(&mut old, "the old node drains").await, Some(0));
+    assert_eq!(
+        tls_get(&client, addr).await,
+        Some(Resumed),
+        "a ticket of the old process resumes in the new one"
+    );
+    new.signal(libc::SIGTERM);
+    assert_eq!(exited(&mut new, "the new node stops").await, Some(0));
+}
+
+const WORKER_UPGRADES: usize = 5;
+
+/// A worker's backhaul listener is handed over too, and requests that reach it through an edge
+/// lose nothing: streams that reach the old worker before its GOAWAY are served there, the load
+/// feed ends with the drain so the old connections close at once, and the edge sends a stream
+/// the GOAWAY refused to the same worker on a new connection (the new process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_hands_its_backhaul_listener_over() {
+    use anyedge_test_support::cluster::{Node, Pki};
+    let pki = Pki::new();
+    let inst = HttpInstance::start("alpha", false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, backhaul, admin) = (free_port(), free_port(), local(free_port()));
+    let control = dir.path().join("w1.sock");
+    let app = format!(
+        "[[apps]]\nname = \"alpha\"\nhostnames = [\"alpha.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+    );
+    let worker_config = dir.path().join("w1.toml");
+    std::fs::write(
+        &worker_config,
+        format!(
+            "[node]\nid = \"w1\"\nroles = [\"worker\"]\nthreads = 2\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"10s\"\ncontrol_socket = \"{}\"\n{}{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\n",
+            control.display(),
+            pki.cluster_section("w1"),
+            inst.addr
+        ),
+    )
+    .expect("config");
+    let edge = Node::start(bin(), "edge1", &format!(
+        "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\nnode = \"w1\"\n",
+        pki.cluster_section("edge1"),
+        inst.addr
+    ));
+    let config = worker_config.to_str().expect("utf-8");
+    let admin_arg = admin.to_string();
+    let run = |n: usize, upgrade: bool| {
+        let mut args = vec!["run", "--config", config, "--admin-listen", &admin_arg];
+        if upgrade {
+            args.push("--upgrade");
+        }
+        Proc::spawn(bin(), &args, &dir.path().join(format!("w1-{n}.log")))
+    };
+    let mut worker = run(0, false);
+    edge.up().await;
+    let addr = local(http_port);
+    eventually("routable over backhaul", WAIT, || async move {
+        get_once(addr).await.ok().filter(|s| s == "200")
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(tokio::spawn(keep_alive_client(
+            addr,
+            stop.clone(),
+            tally.clone(),
+        )));
+        clients.push(tokio::spawn(per_request_client(
+            addr,
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
+    for n in 1..=WORKER_UPGRADES {
+        let mut next = run(n, true);
+        let (pid, c) = (next.pid(), control.clone());
+        eventually("the new worker answers on its control socket", WAIT, || {
+            let c = c.clone();
+            async move { status(&c).filter(|s| s.0 == pid) }
+        })
+        .await;
+        assert_eq!(exited(&mut worker, "the old worker drains").await, Some(0));
+        let log =
+            std::fs::read_to_string(dir.path().join(format!("w1-{n}.log"))).unwrap_or_default();
+        let backhaul_line = log
+            .lines()
+            .find(|l| l.contains("backhaul listening"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(backhaul_line.contains("adopted=2"), "{log}");
+        let before = tally.ok.load(Ordering::SeqCst);
+        eventually(
+            "requests go on over the new worker's backhaul",
+            WAIT,
+            || {
+                let n = tally.ok.load(Ordering::SeqCst);
+                async move { (n > before + 200).then_some(()) }
+            },
+        )
+        .await;
+        assert!(next.try_exit_code().is_none());
+        worker = next;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        let _ = c.await;
+    }
+    let (sent, ok, failed, refused) = (
+        tally.sent.load(Ordering::SeqCst),
+        tally.ok.load(Ordering::SeqCst),
+        tally.failed.load(Ordering::SeqCst),
+        tally.connect_errors.load(Ordering::SeqCst),
+    );
+    let logs: Vec<String> = edge
+        .logs()
+        .lines()
+        .filter(|l| l.contains("status=5"))
+        .take(5)
+        .map(String::from)
+        .chain((0..=WORKER_UPGRADES).flat_map(|n| {
+            std::fs::read_to_string(dir.path().join(format!("w1-{n}.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("refused") || l.contains("WARN") || l.contains("ERROR"))
+                .map(|l| format!("w1-{n}: {l}"))
+                .collect::<Vec<_>>()
+        }))
+        .collect();
+    eprintln!("{WORKER_UPGRADES} worker upgrades: {sent} requests through the edge, {ok} answered, {failed} failed, {refused} connection errors");
+    let errors = tally.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    assert_eq!(
+        (failed, refused),
+        (0, 0),
+        "errors: {errors:?}; logs: {logs:#?}"
+    );
+    worker.signal(libc::SIGTERM);
+    assert_eq!(exited(&mut worker, "the worker stops").await, Some(0));
 }

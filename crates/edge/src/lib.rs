@@ -63,6 +63,10 @@ struct Shared {
     backhaul: backhaul::Backhaul,
     /// Listening sockets handed over by the previous process, claimed as listeners open.
     inherited: Arc<Inherited>,
+    /// This process handed its listeners to a new one (`anyedge run --upgrade`), which now
+    /// takes new connections at the same addresses: while draining, the worker still serves
+    /// the streams that reach it on its old backhaul connections (`worker::admit`).
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 /// One node's edge role.
@@ -123,6 +127,7 @@ impl Edge {
             shards,
             backhaul: backhaul::Backhaul::default(),
             inherited,
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Edge {
             shared,
@@ -236,6 +241,14 @@ impl Edge {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         set.close_all(&self.shared);
+    }
+
+    /// A new process serves on this one's listening sockets: a drain from now on serves what
+    /// still reaches this process rather than refusing it as a stopping worker does.
+    pub fn handed_over(&self) {
+        self.shared
+            .handed_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The TLS ticket keys, for the process taking over.

@@ -67,8 +67,12 @@ pub(super) fn admit_tcp(
 }
 
 /// Whether this node takes new work for the instance: not draining, the instance healthy.
+/// A node draining after an upgrade's hand-over still does: its successor at the same address
+/// takes the new connections, and a stream that reaches this one on an old connection before
+/// the edge saw its GOAWAY is served here, not sent elsewhere (there may be no elsewhere).
 fn takes_work(shared: &Shared, app: &AppEntry, index: usize) -> Result<(), RefuseReason> {
-    if shared.drain.is_draining() {
+    let handed_over = shared.handed_over.load(std::sync::atomic::Ordering::SeqCst);
+    if shared.drain.is_draining() && !handed_over {
         return Err(RefuseReason::Draining);
     }
     if !app.instances[index].live.healthy(Instant::now()) {

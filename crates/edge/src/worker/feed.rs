@@ -65,11 +65,18 @@ pub(crate) fn frames(shared: &Arc<Shared>) -> watch::Receiver<Bytes> {
 }
 
 /// The body of one edge's feed stream: each new frame, and the current one again
-/// after [`HEARTBEAT`] without a change, until the edge goes away.
+/// after [`HEARTBEAT`] without a change, until the edge goes away or this node drains. Ended
+/// at the drain, the stream no longer holds the backhaul connection open after its GOAWAY
+/// (which waits for every stream): the connection closes once its requests are answered, and
+/// the edge follows the feed again on a new connection (after an upgrade, to the new process
+/// at the same address) instead of losing this one when the grace period runs out.
 pub(crate) fn stream(shared: &Arc<Shared>) -> FeedBody {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let mut frames = frames(shared);
+    let shared = shared.clone();
     tokio::spawn(async move {
+        let draining = shared.drain.started();
+        tokio::pin!(draining);
         loop {
             let data = frames.borrow_and_update().clone();
             if !data.is_empty() && tx.send(data).await.is_err() {
@@ -79,6 +86,7 @@ pub(crate) fn stream(shared: &Arc<Shared>) -> FeedBody {
                 changed = frames.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(HEARTBEAT) => {}
                 _ = tx.closed() => return,
+                _ = &mut draining => return,
             }
         }
     });

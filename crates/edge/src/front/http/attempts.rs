@@ -437,8 +437,14 @@ impl ProxyService {
         match retry {
             Some(reason) if job.body.replay().is_some() => {
                 tracing::info!(instance = %inst.id, reason = reason.as_str(), error = %e, "request failed before the instance processed it; retrying");
+                // The same instance may take it on a fresh connection: after a stale pooled
+                // connection, and once after a GOAWAY (the peer closes that connection, not
+                // necessarily its service: a worker upgraded in place, a restarting HTTP/2
+                // backend; with one instance, "elsewhere" is nowhere).
+                let fresh = reason == RetryReason::StaleConnection
+                    || (reason == RetryReason::GoAway && job.retrying != Some(RetryReason::GoAway));
                 job.retrying = Some(reason);
-                if reason == RetryReason::StaleConnection {
+                if fresh {
                     hop.tried[c.placed.index] = false;
                     job.fresh_only = true;
                 }
