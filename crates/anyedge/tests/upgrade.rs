@@ -180,7 +180,7 @@ async fn a_second_plain_start_is_refused_and_an_upgrade_of_nothing_fails_cleanly
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
+async fn a_new_process_that_cannot_start_leaves_the_old_one_serving_and_ports_follow_the_config() {
     let setup = Setup::new().await;
     let mut old = setup.run("old", false);
     setup.serving().await;
@@ -256,8 +256,31 @@ async fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
         get_once(local(setup.port)).await.ok().as_deref(),
         Some("200")
     );
-    new.signal(libc::SIGTERM);
-    assert_eq!(exited(&mut new, "the new node stops").await, Some(0));
+
+    // An upgrade to a config without that port: the handed-over socket is closed.
+    std::fs::write(
+        &setup.config,
+        config_text(&setup.control, setup.port, inst_addr, "", ""),
+    )
+    .expect("config");
+    let mut last = setup.run("last", true);
+    let (last_pid, control) = (last.pid(), setup.control.clone());
+    eventually("the last node answers on the control socket", WAIT, || {
+        let c = control.clone();
+        async move { status(&c).filter(|s| *s == (last_pid, 3)) }
+    })
+    .await;
+    assert_eq!(exited(&mut new, "the previous node drains").await, Some(0));
+    let refused = tokio::net::TcpStream::connect(local(taken)).await;
+    assert!(refused.is_err(), "the port the config dropped is closed");
+    assert_eq!(
+        get_once(local(setup.port)).await.ok().as_deref(),
+        Some("200")
+    );
+    let log = std::fs::read_to_string(setup.log("last")).unwrap_or_default();
+    assert!(log.contains("not in this config: closed"), "{log}");
+    last.signal(libc::SIGTERM);
+    assert_eq!(exited(&mut last, "the last node stops").await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
