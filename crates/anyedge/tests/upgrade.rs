@@ -24,12 +24,7 @@ async fn twenty_upgrades_under_load_lose_nothing() {
     let setup = Setup::new().await;
     let mut current = setup.run("node-0", false);
     setup.serving().await;
-    let control = setup.control.clone();
-    let first = eventually("the control socket answers", WAIT, || {
-        let c = control.clone();
-        async move { status(&c) }
-    })
-    .await;
+    let first = setup.control_status().await;
     assert_eq!(first, (current.pid(), 1));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -131,12 +126,7 @@ async fn a_second_plain_start_is_refused_and_an_upgrade_of_nothing_fails_cleanly
     let setup = Setup::new().await;
     let mut node = setup.run("node", false);
     setup.serving().await;
-    let control = setup.control.clone();
-    eventually("the control socket answers", WAIT, || {
-        let c = control.clone();
-        async move { status(&c) }
-    })
-    .await;
+    setup.control_status().await;
 
     // The same config without --upgrade: refused before anything is bound.
     let mut second = setup.run("second", false);
@@ -184,12 +174,7 @@ async fn a_new_process_that_cannot_start_leaves_the_old_one_serving_and_ports_fo
     let setup = Setup::new().await;
     let mut old = setup.run("old", false);
     setup.serving().await;
-    let control = setup.control.clone();
-    let (old_pid, _) = eventually("the control socket answers", WAIT, || {
-        let c = control.clone();
-        async move { status(&c) }
-    })
-    .await;
+    let (old_pid, _) = setup.control_status().await;
 
     // The new config adds a port someone else holds: the new process receives the sockets,
     // fails to open that port, and exits without telling the old one to drain.
@@ -289,12 +274,7 @@ async fn the_control_socket_is_owner_only() {
     let setup = Setup::new().await;
     let mut node = setup.run("node", false);
     setup.serving().await;
-    let control = setup.control.clone();
-    eventually("the control socket answers", WAIT, || {
-        let c = control.clone();
-        async move { status(&c) }
-    })
-    .await;
+    setup.control_status().await;
     let meta = std::fs::metadata(&setup.control).expect("socket file");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -309,12 +289,7 @@ async fn the_upgrade_command_waits_for_the_new_process_and_tells_systemd() {
     let setup = Setup::new().await;
     let mut old = setup.run("old", false);
     setup.serving().await;
-    let control = setup.control.clone();
-    eventually("the control socket answers", WAIT, || {
-        let c = control.clone();
-        async move { status(&c) }
-    })
-    .await;
+    setup.control_status().await;
     let notify_path = setup.dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
     notify

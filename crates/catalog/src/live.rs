@@ -222,21 +222,24 @@ impl InstanceLive {
     /// Whether the worker running it reported it once and has been silent since for longer
     /// than [`REPORT_SILENT`]. Never for an instance no worker reports (one on this node).
     pub fn silent(&self, now: Instant) -> bool {
-        if self.reported.load(Ordering::Acquire) & REPORT_PRESENT == 0 {
-            return false;
-        }
-        let at = self.reported_at.load(Ordering::Acquire);
-        nanos_since_epoch(now).saturating_sub(at) > REPORT_SILENT.as_nanos() as u64
+        self.report_age(now)
+            .is_some_and(|(_, age)| age > REPORT_SILENT.as_nanos() as u64)
     }
 
-    /// The worker's last report, if recent enough to trust ([`REPORT_FRESH`]).
-    pub fn reported(&self, now: Instant) -> Option<Reported> {
+    /// The last report's bits and its age in nanoseconds, if the worker ever reported.
+    fn report_age(&self, now: Instant) -> Option<(u64, u64)> {
         let bits = self.reported.load(Ordering::Acquire);
         if bits & REPORT_PRESENT == 0 {
             return None;
         }
         let at = self.reported_at.load(Ordering::Acquire);
-        if nanos_since_epoch(now).saturating_sub(at) > REPORT_FRESH.as_nanos() as u64 {
+        Some((bits, nanos_since_epoch(now).saturating_sub(at)))
+    }
+
+    /// The worker's last report, if recent enough to trust ([`REPORT_FRESH`]).
+    pub fn reported(&self, now: Instant) -> Option<Reported> {
+        let (bits, age) = self.report_age(now)?;
+        if age > REPORT_FRESH.as_nanos() as u64 {
             return None;
         }
         Some(Reported {

@@ -71,6 +71,16 @@ impl Setup {
         Proc::spawn(bin(), &args, &self.log(name))
     }
 
+    /// The node's pid and generation, once its control socket answers `STATUS`.
+    pub async fn control_status(&self) -> (u32, u64) {
+        let control = self.control.clone();
+        eventually("the control socket answers", WAIT, || {
+            let c = control.clone();
+            async move { status(&c) }
+        })
+        .await
+    }
+
     pub async fn serving(&self) {
         let addr = local(self.port);
         eventually("the node answers", WAIT, || async move {

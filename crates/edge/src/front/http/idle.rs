@@ -5,34 +5,34 @@
 //! `[http] idle_timeout` (before the first stream, `header_read_timeout`), hyper is asked to
 //! close the connection gracefully (GOAWAY; streams in flight still finish).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
-}
+use crate::instance::relay::Activity;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The open streams of one connection, and when one last began or ended.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Streams(Arc<Inner>);
 
-#[derive(Default)]
 struct Inner {
     open: AtomicU32,
-    /// Milliseconds since [`epoch`].
-    last: AtomicU64,
+    last: Activity,
     began: AtomicBool,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams(Arc::new(Inner {
+            open: AtomicU32::new(0),
+            last: Activity::new(),
+            began: AtomicBool::new(false),
+        }))
+    }
 }
 
 impl Streams {
     fn touch(&self) {
-        self.0.last.store(now_ms(), Ordering::Relaxed);
+        self.0.last.touch();
     }
 
     /// A stream began (its request head arrived); it ends when the guard is dropped (with its
@@ -57,8 +57,7 @@ impl Streams {
                 true => timeout,
                 false => first,
             };
-            let last = self.0.last.load(Ordering::Relaxed);
-            let idle = Duration::from_millis(now_ms().saturating_sub(last));
+            let idle = self.0.last.idle_for();
             if idle >= limit {
                 return;
             }
@@ -81,6 +80,7 @@ impl Drop for StreamGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[tokio::test]
     async fn idle_counts_from_the_last_stream_and_never_while_one_is_open() {
