@@ -5,16 +5,19 @@
 //! died, and none from 2 s after the fault on. Each test prints its row of the fault table
 //! (`cargo test --test faults -- --nocapture`).
 
+mod handover;
+
 use anyedge_test_support::http_instance::HttpInstance;
 use anyedge_test_support::process::Proc;
 use anyedge_test_support::runtimes::Runtimes;
 use anyedge_test_support::{eventually, free_port};
+use handover::{keep_alive_client, per_request_client, read_answer, Tally};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -26,7 +29,7 @@ fn local(port: u16) -> SocketAddr {
 /// One HTTP app on `port` with these instances; `extra` goes into `[node]`.
 fn config(port: u16, instances: &[SocketAddr], extra: &str) -> String {
     let mut text = format!(
-        "[node]\ndrain_timeout = \"20s\"\n{extra}\n[[apps]]\nname = \"app\"\nhostnames = [\"app.test\"]\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+        "[node]\ndrain_timeout = \"20s\"\n{extra}\n[[apps]]\nname = \"app\"\nhostnames = [\"alpha.test\"]\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
     );
     for (i, addr) in instances.iter().enumerate() {
         text.push_str(&format!(
@@ -42,101 +45,38 @@ fn write_config(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename config");
 }
 
-/// Every request of a load run: when it ended and whether it got its 200.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failures: Mutex<Vec<Instant>>,
+/// Requests lost: failed, or not even sent for want of a connection.
+fn lost(t: &Tally) -> u64 {
+    t.failed.load(Ordering::SeqCst) + t.connect_errors.load(Ordering::SeqCst)
 }
 
-impl Tally {
-    fn sent(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed) + self.lost() as u64
-    }
-
-    fn lost(&self) -> usize {
-        self.failures.lock().expect("tally").len()
-    }
-
-    fn lost_after(&self, t: Instant) -> usize {
-        self.failures
-            .lock()
-            .expect("tally")
-            .iter()
-            .filter(|&&f| f > t)
-            .count()
-    }
+/// Requests lost after `at`.
+fn lost_after(t: &Tally, at: Instant) -> usize {
+    let failed_at = t.failed_at.lock().unwrap_or_else(|e| e.into_inner());
+    failed_at.iter().filter(|&&f| f > at).count()
 }
 
-/// One GET on `s`; whether a whole 200 came back and the connection may be used again.
-async fn get(s: &mut TcpStream, path: &str, close: bool) -> Result<bool, ()> {
-    let conn = if close { "close" } else { "keep-alive" };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: {conn}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|_| ())?;
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .map_err(|_| ())?
-            .map_err(|_| ())?;
-        if n == 0 {
-            return Err(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or(())?;
-        if buf.len() < end + 4 + len {
-            continue;
-        }
-        if !head.starts_with("http/1.1 200") {
-            return Err(());
-        }
-        return Ok(!head.contains("connection: close"));
+/// One GET of `path` on `s`; whether a 200 came back.
+async fn get(s: &mut TcpStream, path: &str) -> bool {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: alpha.test\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
     }
+    matches!(read_answer(s).await, Ok((status, _)) if status == "200")
 }
 
-/// Clients that never retry: `keep_alive` of them on kept-alive connections, `per_request` with
-/// a connection each, until `stop`.
-fn load(port: u16, keep_alive: usize, per_request: usize, path: &'static str) -> Load {
+/// Clients that never retry (`handover`'s): `keep_alive` of them on kept-alive connections,
+/// `per_request` with a connection each, until stopped.
+fn load(port: u16, keep_alive: usize, per_request: usize) -> Load {
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for i in 0..keep_alive + per_request {
         let (tally, stop) = (tally.clone(), stop.clone());
-        let close = i >= keep_alive;
-        tasks.push(tokio::spawn(async move {
-            let mut conn: Option<TcpStream> = None;
-            while !stop.load(Ordering::Relaxed) {
-                let mut s = match conn.take() {
-                    Some(s) => s,
-                    None => match TcpStream::connect(local(port)).await {
-                        Ok(s) => s,
-                        Err(_) => {
-                            tally.failures.lock().expect("tally").push(Instant::now());
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                            continue;
-                        }
-                    },
-                };
-                match get(&mut s, path, close).await {
-                    Ok(again) => {
-                        tally.ok.fetch_add(1, Ordering::Relaxed);
-                        if again && !close {
-                            conn = Some(s);
-                        }
-                    }
-                    Err(()) => tally.failures.lock().expect("tally").push(Instant::now()),
-                }
-            }
-        }));
+        tasks.push(match i < keep_alive {
+            true => tokio::spawn(keep_alive_client(local(port), stop, tally)),
+            false => tokio::spawn(per_request_client(local(port), stop, tally)),
+        });
     }
     Load { tally, stop, tasks }
 }
@@ -166,14 +106,15 @@ async fn node(dir: &Path, text: &str, port: u16) -> (Proc, SocketAddr) {
     let node = Proc::anyedge_run(bin, &path, admin, &dir.join("node.log"), None);
     eventually("the app serves", WAIT, || async {
         let mut s = TcpStream::connect(local(port)).await.ok()?;
-        get(&mut s, "/", true).await.ok()
+        get(&mut s, "/").await.then_some(())
     })
     .await;
     (node, admin)
 }
 
 fn row(fault: &str, tally: &Tally, note: &str) {
-    println!("| {fault} | {} | {} | {note} |", tally.sent(), tally.lost());
+    let sent = tally.sent.load(Ordering::SeqCst) + tally.connect_errors.load(Ordering::SeqCst);
+    println!("| {fault} | {sent} | {} | {note} |", lost(tally));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +129,7 @@ async fn a_hundred_reloads_in_twenty_seconds_lose_nothing() {
     let port = free_port();
     let path = dir.path().join("anyedge.toml");
     let (mut node, _admin) = node(dir.path(), &config(port, &addrs[..2], ""), port).await;
-    let load = load(port, 6, 2, "/");
+    let load = load(port, 6, 2);
     let started = Instant::now();
     for i in 0..100u32 {
         // Instances come and go (one of the two first always stays), ports stay.
@@ -204,8 +145,8 @@ async fn a_hundred_reloads_in_twenty_seconds_lose_nothing() {
     let took = started.elapsed();
     let tally = load.stop().await;
     row("100 reloads", &tally, &format!("in {took:.1?}"));
-    assert!(tally.ok.load(Ordering::Relaxed) > 500, "the load ran");
-    assert_eq!(tally.lost(), 0, "requests lost to reloads");
+    assert!(tally.ok.load(Ordering::SeqCst) > 500, "the load ran");
+    assert_eq!(lost(&tally), 0, "requests lost to reloads");
     assert!(node.try_exit_code().is_none(), "the node kept running");
 }
 
@@ -219,7 +160,7 @@ async fn a_corrupted_config_then_a_good_one_lose_nothing() {
     let port = free_port();
     let path = dir.path().join("anyedge.toml");
     let (mut node, _admin) = node(dir.path(), &config(port, &[a.addr], ""), port).await;
-    let load = load(port, 6, 2, "/");
+    let load = load(port, 6, 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for broken in [
         "[[apps]]\nname = \"app\"\nbogus = 1\n".to_string(),
@@ -239,7 +180,7 @@ async fn a_corrupted_config_then_a_good_one_lose_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let tally = load.stop().await;
     row("3 corrupted configs, then a good one", &tally, "");
-    assert_eq!(tally.lost(), 0, "requests lost to a bad config");
+    assert_eq!(lost(&tally), 0, "requests lost to a bad config");
     assert!(node.try_exit_code().is_none(), "the node kept running");
 }
 
@@ -259,7 +200,7 @@ async fn an_instance_killed_loses_only_what_it_held() {
     let text = config(port, &[healthy.addr, doomed.addr], "");
     let (mut node, _admin) = node(dir.path(), &text, port).await;
     let clients = 8;
-    let load = load(port, 6, 2, "/");
+    let load = load(port, 6, 2);
     eventually("both instances serve", WAIT, || async {
         (doomed.requests() > 50 && healthy.requests() > 50).then_some(())
     })
@@ -268,16 +209,16 @@ async fn an_instance_killed_loses_only_what_it_held() {
     drop(doomed_rt);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let tally = load.stop().await;
-    let late = tally.lost_after(killed + Duration::from_secs(2));
+    let late = lost_after(&tally, killed + Duration::from_secs(2));
     row(
         "an instance killed",
         &tally,
         &format!("{late} lost from 2 s after"),
     );
     assert!(
-        tally.lost() <= clients,
+        lost(&tally) <= clients,
         "lost {} requests, more than the {clients} that can be in flight",
-        tally.lost()
+        lost(&tally)
     );
     assert_eq!(late, 0, "requests lost 2 s after the kill");
     drop(doomed);
@@ -294,9 +235,7 @@ async fn sigterm_lets_slow_requests_finish() {
     let mut slow = Vec::new();
     for _ in 0..5 {
         let mut s = TcpStream::connect(local(port)).await.expect("connect");
-        slow.push(tokio::spawn(async move {
-            get(&mut s, "/slow/1500", false).await
-        }));
+        slow.push(tokio::spawn(async move { get(&mut s, "/slow/1500").await }));
     }
     eventually("the slow requests reached the instance", WAIT, || async {
         (inst.requests() >= 5).then_some(())
@@ -305,7 +244,7 @@ async fn sigterm_lets_slow_requests_finish() {
     node.signal(libc::SIGTERM);
     let mut done = 0;
     for s in slow {
-        if s.await.expect("task").is_ok() {
+        if s.await.expect("task") {
             done += 1;
         }
     }

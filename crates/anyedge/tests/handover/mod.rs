@@ -1,4 +1,5 @@
-//! What the upgrade tests share (`upgrade.rs`, `upgrade_backhaul.rs`): a node's config with a
+//! What the upgrade tests share (`upgrade.rs`, `upgrade_backhaul.rs`; the fault suite,
+//! `faults.rs`, uses the load clients): a node's config with a
 //! control socket, `anyedge run` with and without `--upgrade`, `STATUS` on the control socket,
 //! and load clients that never retry a request the server may have processed, counting every
 //! request.
@@ -207,11 +208,17 @@ pub struct Tally {
     /// HTTP/2 requests the server provably did not process, sent again on a new connection.
     pub h2_unprocessed: AtomicU64,
     pub errors: Mutex<Vec<String>>,
+    /// When each failure (or connect error) happened.
+    pub failed_at: Mutex<Vec<std::time::Instant>>,
 }
 
 impl Tally {
     pub fn fail(&self, counter: &AtomicU64, what: String) {
         counter.fetch_add(1, Ordering::SeqCst);
+        self.failed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(std::time::Instant::now());
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         if errors.len() < 20 {
             errors.push(what);
