@@ -237,3 +237,107 @@ async fn a_head_that_never_completes_times_out_and_is_counted() {
         "{m}"
     );
 }
+
+/// An instance that answers every request on a connection with `answer`, as bytes.
+async fn raw_instance(answer: &'static [u8]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(local(0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An instance's fields reach the client as it sent them (names in their case, order kept),
+/// less the hop-by-hop ones and those the proxy sets itself (the request id is the proxy's,
+/// never the instance's), on keep-alive answers one after another.
+#[tokio::test]
+async fn instance_fields_pass_as_received_less_hop_by_hop_and_the_proxys_own() {
+    let instance = raw_instance(
+        b"HTTP/1.1 200 OK\r\nX-Custom-Case: One\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nAnyedge-Request-Id: spoofed\r\nX-Custom-Case: Two\r\nContent-Length: 2\r\nProxy-Connection: keep-alive\r\n\r\nok",
+    )
+    .await;
+    let named = raw_instance(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let port = free_port();
+    let app = |name: &str, addr: SocketAddr| {
+        format!("[[apps]]\nname = \"{name}\"\nhostnames = [\"{name}.test\"]\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n  [[apps.instances]]\n  id = \"{name}-1\"\n  address = \"{addr}\"\n")
+    };
+    let toml = format!("{}{}", app("alpha", instance), app("beta", named));
+    let config = anyedge_config::parse(&toml, "h1.toml").unwrap_or_else(|d| panic!("{d}"));
+    let _node = Node::start(config, Some(local(0))).await.expect("node");
+    let mut s = TcpStream::connect(local(port)).await.expect("connect");
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
+            .await
+            .expect("write");
+        let text = answer(&mut s).await;
+        let head = text.split("\r\n\r\n").next().unwrap_or("");
+        let lines: Vec<&str> = head.lines().collect();
+        assert_eq!(lines[0], "HTTP/1.1 200 OK", "{text}");
+        let customs: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.starts_with("X-Custom-Case:"))
+            .collect();
+        assert_eq!(
+            customs,
+            [&"X-Custom-Case: One", &"X-Custom-Case: Two"],
+            "{text}"
+        );
+        let lower: Vec<String> = lines.iter().map(|l| l.to_ascii_lowercase()).collect();
+        for gone in ["keep-alive:", "connection:", "proxy-connection:"] {
+            assert!(
+                !lower.iter().any(|l| l.starts_with(gone)),
+                "{gone} in {text}"
+            );
+        }
+        let ids: Vec<&String> = lower
+            .iter()
+            .filter(|l| l.starts_with("anyedge-request-id:"))
+            .collect();
+        assert_eq!(ids.len(), 1, "{text}");
+        assert!(!ids[0].contains("spoofed"), "{text}");
+        assert_eq!(
+            lower
+                .iter()
+                .filter(|l| l.starts_with("content-length: 2"))
+                .count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            lower.iter().filter(|l| l.starts_with("date:")).count(),
+            1,
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    }
+    s.write_all(b"GET / HTTP/1.1\r\nHost: beta.test\r\n\r\n")
+        .await
+        .expect("write");
+    let text = answer(&mut s).await.to_ascii_lowercase();
+    assert!(text.contains("\r\nx-kept: 1\r\n"), "{text}");
+    assert!(
+        !text.contains("x-secret"),
+        "a field Connection names is hop-by-hop: {text}"
+    );
+}

@@ -214,7 +214,7 @@ enum HeadError {
     Rejected(Rejection),
 }
 
-type Parsed = (http::Request<()>, head::Facts);
+use head::Parsed;
 
 impl<IO: ClientIo> Conn<IO> {
     /// Before a request: with nothing unread, give the buffer back and wait without one for
@@ -379,7 +379,7 @@ impl<IO: ClientIo> Conn<IO> {
             http10: false,
             close: true,
         };
-        let mut w = Writer::new(resp, shape);
+        let mut w = Writer::new(resp, shape, None);
         let written = poll_fn(|cx| w.poll_write(&mut self.io, cx));
         let _ = tokio::time::timeout(Duration::from_secs(5), written).await;
     }
@@ -412,7 +412,7 @@ impl<IO: ClientIo> Conn<IO> {
 /// does not hold its state.
 async fn exchange<IO: ClientIo>(
     conn: &mut Conn<IO>,
-    (request, facts): Parsed,
+    (request, facts, raw): Parsed,
     service: &ProxyService,
     shared: &Shared,
 ) -> Next {
@@ -440,8 +440,20 @@ async fn exchange<IO: ClientIo>(
             request.extensions_mut().insert(handover);
             to
         });
-        let (service, routed) = service.for_request(&request);
-        (service.handle(request, routed), switch)
+        let (service, routed) = service.for_request_raw(&request, raw.as_ref());
+        // A head with fields of the proxy's own (current) prefix goes the general way.
+        let prefix = service.settings().names.dash_prefix();
+        let raw = match raw {
+            Some(raw) if raw.prefixed(prefix) => {
+                raw.fill_received(request.headers_mut());
+                None
+            }
+            raw => raw,
+        };
+        (
+            service.answering_http1().handle_raw(request, raw, routed),
+            switch,
+        )
     };
     tokio::pin!(handling);
     // The body first: a `100 Continue` it owes goes out before any answer.
@@ -461,7 +473,8 @@ async fn exchange<IO: ClientIo>(
         http10: facts.http10,
         close: !facts.keep_alive || broken || shared.drain.is_draining(),
     };
-    let mut writer = Writer::new(resp, shape);
+    let id_name = &service.settings().names.request_id;
+    let mut writer = Writer::new(resp, shape, Some(id_name));
     let written = poll_fn(|cx| {
         if let Some(p) = pump.as_mut() {
             let _ = p.poll(&mut conn.io, &mut conn.buf, writer.started, cx);

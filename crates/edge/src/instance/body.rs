@@ -348,6 +348,8 @@ pub(crate) struct RespBody {
     sent: u64,
     /// In-flight slots the request holds until its response has been sent.
     held: Option<Slots>,
+    /// The request id, for our HTTP/1.1 server to write into the head (no `HeaderMap`).
+    request_id: Option<http::HeaderValue>,
 }
 
 /// The in-flight slots of one request, the app's and the instance's: released on drop.
@@ -383,6 +385,7 @@ impl RespBody {
             on_done: None,
             sent: 0,
             held: None,
+            request_id: None,
         }
     }
 
@@ -397,9 +400,30 @@ impl RespBody {
             on_done: None,
             sent: 0,
             held: None,
+            request_id: None,
         };
         b.return_if_done();
         b
+    }
+
+    /// The instance's response head as received, when our HTTP/1.1 client kept it so
+    /// (`Outbound::raw_answer`): the answer's fields are then its fields plus the response's
+    /// `HeaderMap`, whose names replace the received ones.
+    pub fn take_raw_head(&mut self) -> Option<super::http1::RawHead> {
+        match &mut self.kind {
+            RespKind::Upstream(UpBody::H1(b)) => b.take_raw_head(),
+            _ => None,
+        }
+    }
+
+    /// The request id, for the writer of the answer's head (which names it): our HTTP/1.1
+    /// server's answers carry it here instead of in their `HeaderMap`.
+    pub fn set_request_id(&mut self, id: http::HeaderValue) {
+        self.request_id = Some(id);
+    }
+
+    pub fn take_request_id(&mut self) -> Option<http::HeaderValue> {
+        self.request_id.take()
     }
 
     /// Call `f` with the bytes sent when the body is finished or dropped.

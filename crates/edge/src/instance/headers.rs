@@ -41,6 +41,16 @@ impl Prefixed {
         headers.keys().any(|k| k.as_str().as_bytes().starts_with(p))
     }
 
+    /// `<prefix>-`, lower-cased: the start of every name above.
+    pub fn dash_prefix(&self) -> &[u8] {
+        self.dash_prefix.as_bytes()
+    }
+
+    /// [`Self::any_in`] for a head kept as received.
+    pub fn any_in_raw(&self, head: &super::http1::RawHead) -> bool {
+        head.any_prefixed(self.dash_prefix.as_bytes())
+    }
+
     pub fn new(prefix: &str) -> Prefixed {
         let name = |suffix: &str| {
             HeaderName::try_from(format!("{prefix}-{suffix}").to_ascii_lowercase())
@@ -254,7 +264,7 @@ pub(crate) fn mark_edge(
 pub(crate) fn add_client(headers: &mut HeaderMap, names: &Prefixed, client: &Forwarded) {
     headers.reserve(8);
     let xff = HeaderName::from_static("x-forwarded-for");
-    let received: Vec<&HeaderValue> = headers.get_all(&xff).iter().collect();
+    let received: Vec<&[u8]> = headers.get_all(&xff).iter().map(|v| v.as_bytes()).collect();
     let mut value = Vec::with_capacity(64);
     forwarded_for(&received, client.ip, &mut value);
     set(headers, xff, value);
@@ -277,9 +287,9 @@ pub(crate) fn add_client(headers: &mut HeaderMap, names: &Prefixed, client: &For
 }
 
 /// `X-Forwarded-For`: the received values that say something, joined, then the client.
-fn forwarded_for(received: &[&HeaderValue], ip: std::net::IpAddr, out: &mut Vec<u8>) {
+fn forwarded_for(received: &[&[u8]], ip: std::net::IpAddr, out: &mut Vec<u8>) {
     for v in received {
-        let text = v.as_bytes().trim_ascii();
+        let text = v.trim_ascii();
         if !text.is_empty() {
             out.extend_from_slice(text);
             out.extend_from_slice(b", ");
@@ -316,8 +326,18 @@ impl ClientFields<'_> {
             || *name == self.names.client_ip
     }
 
+    /// [`Self::replaces`] for a name as received (any case). The prefixed names are never
+    /// among a kept head's fields ([`super::http1::RawRequest`]).
+    pub fn replaces_raw(&self, name: &[u8]) -> bool {
+        name.len() >= 15
+            && name[..12].eq_ignore_ascii_case(b"x-forwarded-")
+            && [&b"for"[..], b"proto", b"ssl", b"port"]
+                .iter()
+                .any(|s| name[12..].eq_ignore_ascii_case(s))
+    }
+
     /// Write the fields as head lines; `xff`: the received `X-Forwarded-For` values, in order.
-    pub fn write(&self, xff: &[&HeaderValue], out: &mut Vec<u8>) {
+    pub fn write(&self, xff: &[&[u8]], out: &mut Vec<u8>) {
         let client = &self.client;
         out.extend_from_slice(b"x-forwarded-for: ");
         forwarded_for(xff, client.ip, out);
@@ -553,7 +573,7 @@ mod tests {
                 for (n, v) in &h {
                     if fields.replaces(n) {
                         if n.as_str() == "x-forwarded-for" {
-                            xff.push(v);
+                            xff.push(v.as_bytes());
                         }
                         continue;
                     }

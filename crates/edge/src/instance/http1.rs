@@ -103,6 +103,13 @@ pub(crate) struct Outbound<'a> {
     pub headers: &'a HeaderMap,
     /// The client's forwarding fields, written into the head; `None`: `headers` has them.
     pub fields: Option<ClientFields<'a>>,
+    /// The client's request head as our HTTP/1.1 server received it: its fields are written
+    /// from those bytes (less hop-by-hop and framing fields), then `headers` (the edge's own).
+    pub raw: Option<&'a RawRequest>,
+    /// Keep the response head as received ([`RawHead`], on the body) instead of building its
+    /// `HeaderMap`: for a response our own HTTP/1.1 server writes to its client, which copies
+    /// the fields from the received bytes. Everyone else gets the `HeaderMap`.
+    pub raw_answer: bool,
 }
 
 impl<'a> Outbound<'a> {
@@ -112,6 +119,103 @@ impl<'a> Outbound<'a> {
             uri: &parts.uri,
             headers: &parts.headers,
             fields: None,
+            raw: None,
+            raw_answer: false,
+        }
+    }
+}
+
+/// A request head kept as our HTTP/1.1 server received it (its bytes and where its fields
+/// are), so that no `HeaderMap` is built for it: our HTTP/1.1 client copies its fields into
+/// the head it sends. Only plain requests are kept so (`front/http1/head.rs`): none of the
+/// proxy's own prefixed fields, no field that `Connection` names, no `Upgrade`, and an
+/// origin-form target; anything else takes the `HeaderMap`.
+#[derive(Debug)]
+pub(crate) struct RawRequest {
+    pub bytes: Bytes,
+    pub fields: anyedge_http1::Fields,
+    /// The one `Host` value.
+    pub host: Option<anyedge_http1::Span>,
+    /// The agreed `Content-Length` (`None` beside `Transfer-Encoding`).
+    pub content_length: Option<u64>,
+    /// `TE` lists `trailers`: the one `TE` value that travels (`te: trailers`; gRPC needs it).
+    pub te_trailers: bool,
+    /// The edge's own fields' values (its region, the request id: `mark_edge`), written
+    /// after the received ones as `names.region` and `names.request_id`; set by the
+    /// forwarding core.
+    pub edge: Option<(HeaderValue, HeaderValue)>,
+}
+
+impl RawRequest {
+    /// The fields that are forwarded: all but the hop-by-hop ones and the framing ones (the
+    /// client re-frames the body; `Content-Length` goes on only in [`Self::fill`]), then
+    /// `te: trailers` when the client's `TE` listed it.
+    pub fn forwarded(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let received = self.fields.as_slice().iter().filter_map(|f| {
+            let skip = f.class.is_hop_by_hop() || f.class == anyedge_http1::Class::ContentLength;
+            (!skip).then(|| (f.name.of(&self.bytes), f.value.of(&self.bytes)))
+        });
+        let te = self.te_trailers.then_some((&b"te"[..], &b"trailers"[..]));
+        received.chain(te)
+    }
+
+    /// Whether a field's name starts with `prefix` (lower-case; any case matches).
+    pub fn prefixed(&self, prefix: &[u8]) -> bool {
+        self.fields.as_slice().iter().any(|f| {
+            let name = f.name.of(&self.bytes);
+            name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+        })
+    }
+
+    /// Every field as received into `map` (hop-by-hop ones too; `Content-Length` once, and not
+    /// beside `Transfer-Encoding`): what the forwarding core's general way starts from.
+    /// The parser's rules are stricter than `HeaderName`'s and `HeaderValue`'s, so none fails.
+    pub fn fill_received(self, map: &mut HeaderMap) {
+        map.reserve(self.fields.as_slice().len() + 2);
+        let mut drop_length = self.content_length.is_none();
+        for f in self.fields.as_slice() {
+            if f.class == anyedge_http1::Class::ContentLength {
+                if drop_length {
+                    continue;
+                }
+                drop_length = true;
+            }
+            let name = HeaderName::from_bytes(f.name.of(&self.bytes));
+            let value = HeaderValue::from_maybe_shared(self.bytes.slice(f.value.range()));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                map.append(name, value);
+            }
+        }
+    }
+
+    /// The `Host` value.
+    pub fn host(&self) -> Option<&str> {
+        std::str::from_utf8(self.host?.of(&self.bytes)).ok()
+    }
+
+    /// The fields as a `HeaderMap` gets them for a carrier other than our HTTP/1.1 client
+    /// (hop-by-hop ones left out, one `Content-Length` when there is no coding).
+    pub fn fill(&self, map: &mut HeaderMap, names: &super::headers::Prefixed) {
+        map.reserve(self.fields.as_slice().len() + 2);
+        for f in self.fields.as_slice() {
+            if f.class.is_hop_by_hop() || f.class == anyedge_http1::Class::ContentLength {
+                continue;
+            }
+            let name = HeaderName::from_bytes(f.name.of(&self.bytes));
+            let value = HeaderValue::from_maybe_shared(self.bytes.slice(f.value.range()));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                map.append(name, value);
+            }
+        }
+        if self.te_trailers {
+            map.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some((region, id)) = &self.edge {
+            map.insert(names.region.clone(), region.clone());
+            map.insert(names.request_id.clone(), id.clone());
+        }
+        if let Some(n) = self.content_length {
+            map.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
 }
@@ -133,6 +237,7 @@ where
     let mut write_failed = None;
     let mut started = false;
     let head_only = *head.method == Method::HEAD;
+    let raw_answer = head.raw_answer;
     let head = poll_fn(|cx| {
         if write_failed.is_none() && !out.is_done() {
             match out.poll_write(&mut io, cx) {
@@ -170,37 +275,47 @@ where
     }
     // The head's bytes, shared by every value (a copy each was an allocation each).
     let raw = buf.split_to(head.len).freeze();
-    let headers = resp.headers_mut();
-    headers.reserve(head.fields().len());
     // Hop-by-hop fields are left out here, where they are known by class, so the answer needs
     // no scan for them later (`response_back`); when `Connection` names other fields, they all
     // go in and are removed by name.
     let named = head.known.connection.names_fields;
-    for f in head.fields() {
-        if f.class.is_hop_by_hop() && !named {
-            continue;
-        }
-        let name = HeaderName::from_bytes(f.name.of(&raw)).map_err(|_| H1Error::Field)?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(f.value.range()))
-            .map_err(|_| H1Error::Field)?;
-        headers.append(name, value);
-    }
-    if named {
-        super::headers::strip_hop_by_hop(headers, false);
-    }
     let framing = match head.framing {
         Framing::Length(0) | Framing::None => In::Done,
         Framing::Length(n) => In::Length(n),
         Framing::Chunked => In::Chunked(Box::default()),
         Framing::UntilClose => In::UntilClose,
     };
+    let reusable = head.keep_alive() && write_failed.is_none();
+    let raw_head = if raw_answer && !named {
+        Some(RawHead {
+            bytes: raw,
+            fields: head.fields,
+        })
+    } else {
+        let headers = resp.headers_mut();
+        headers.reserve(head.fields().len());
+        for f in head.fields() {
+            if f.class.is_hop_by_hop() && !named {
+                continue;
+            }
+            let name = HeaderName::from_bytes(f.name.of(&raw)).map_err(|_| H1Error::Field)?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(f.value.range()))
+                .map_err(|_| H1Error::Field)?;
+            headers.append(name, value);
+        }
+        if named {
+            super::headers::strip_hop_by_hop(headers, false);
+        }
+        None
+    };
     let mut body = H1Body {
         io: Some(io),
         buf,
         framing: In::Done,
         writer: None,
-        reusable: head.keep_alive() && write_failed.is_none(),
+        reusable,
         pool,
+        raw_head,
     };
     if !out.is_done() && write_failed.is_none() {
         // The instance answered before the whole body was written: go on writing it while the
@@ -275,7 +390,10 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn new(parts: &Outbound<'_>, body: ReqBody<B>) -> Self {
-        let declared = content_length(parts.headers);
+        let declared = match parts.raw {
+            Some(raw) => raw.content_length,
+            None => content_length(parts.headers),
+        };
         let (framing, ended) = match &body {
             ReqBody::Empty => {
                 // Methods that carry a body say when theirs is empty (as clients do).
@@ -288,7 +406,8 @@ where
                 (Some(length), false)
             }
         };
-        let mut head = Vec::with_capacity(256 + 32 * parts.headers.len());
+        let raw_len = parts.raw.map_or(0, |r| r.bytes.len());
+        let mut head = Vec::with_capacity(256 + raw_len + 32 * parts.headers.len());
         write_head(parts, framing, &mut head);
         Outgoing {
             body,
@@ -420,14 +539,30 @@ fn write_head(parts: &Outbound<'_>, framing: Option<Option<u64>>, out: &mut Vec<
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut xff = Vec::new();
+    let mut xff: Vec<&[u8]> = Vec::new();
+    if let Some(raw) = parts.raw {
+        for (name, value) in raw.forwarded() {
+            if parts.fields.is_some_and(|f| f.replaces_raw(name)) {
+                if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                    xff.push(value);
+                }
+                continue;
+            }
+            line(out, name, value);
+        }
+        // A kept head always comes with the client's fields (and their names).
+        if let (Some((region, id)), Some(f)) = (&raw.edge, parts.fields) {
+            line(out, f.names.region.as_str().as_bytes(), region.as_bytes());
+            line(out, f.names.request_id.as_str().as_bytes(), id.as_bytes());
+        }
+    }
     for (name, value) in parts.headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
         if parts.fields.is_some_and(|f| f.replaces(name)) {
             if name.as_str() == "x-forwarded-for" {
-                xff.push(value);
+                xff.push(value.as_bytes());
             }
             continue;
         }
@@ -478,6 +613,39 @@ pub(crate) struct H1Body {
     writer: Option<Box<dyn WriteRest>>,
     reusable: bool,
     pool: Arc<UpstreamPool>,
+    /// The response head as received, when it was asked for (`Outbound::raw_answer`).
+    raw_head: Option<RawHead>,
+}
+
+/// A response head kept as received: its bytes and where its fields are. Hop-by-hop fields
+/// are still among them (known by class); whoever writes the head leaves them out.
+pub(crate) struct RawHead {
+    pub bytes: Bytes,
+    pub fields: anyedge_http1::Fields,
+}
+
+impl RawHead {
+    /// Each field's name and value, with its class.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8], anyedge_http1::Class)> {
+        self.fields
+            .as_slice()
+            .iter()
+            .map(|f| (f.name.of(&self.bytes), f.value.of(&self.bytes), f.class))
+    }
+
+    /// The first value of the field `name` (ASCII case-insensitive).
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.fields()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v, _)| v)
+    }
+
+    /// Whether a field name starts with `prefix` (lower-case; names compared case-insensitively).
+    pub fn any_prefixed(&self, prefix: &[u8]) -> bool {
+        self.fields().any(|(n, _, _)| {
+            n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix)
+        })
+    }
 }
 
 /// A response body that ended before its framing said it would.
@@ -492,6 +660,16 @@ pub(crate) enum ResponseBodyError {
 }
 
 impl H1Body {
+    /// The response head as received, if it was kept (see [`RawHead`]).
+    pub fn raw_head(&self) -> Option<&RawHead> {
+        self.raw_head.as_ref()
+    }
+
+    /// Takes the head kept as received: its bytes are not needed once it is written.
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        self.raw_head.take()
+    }
+
     /// The body has ended: the connection goes back to its pool if it can carry another
     /// request, else it closes.
     fn finish(&mut self) {

@@ -11,7 +11,7 @@ use crate::error::{ProxyError, ReplayFailure};
 use crate::instance::attempt::{response_back, upstream_uri, Cause, Outcome};
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
 use crate::instance::headers::{self, Forwarded, RETRY_ELSEWHERE};
-use crate::instance::http1;
+use crate::instance::http1::{self, RawRequest};
 use crate::instance::outlier;
 use crate::instance::pool::{Failure, Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
@@ -101,30 +101,40 @@ pub(super) struct ReplayFrom {
     at: Instant,
 }
 
-/// A request head that can be sent more than once.
+/// A request head that can be sent more than once: its fields are `raw`'s (as received, a
+/// plain request from our HTTP/1.1 server) then `headers`, or `headers` alone.
 pub(super) struct Head {
     method: http::Method,
     uri: Uri,
     headers: http::HeaderMap,
+    raw: Option<RawRequest>,
 }
 
-impl From<http::request::Parts> for Head {
-    fn from(parts: http::request::Parts) -> Head {
+impl Head {
+    pub fn new(parts: http::request::Parts, raw: Option<RawRequest>) -> Head {
         Head {
             method: parts.method,
             uri: parts.uri,
             headers: parts.headers,
+            raw,
         }
     }
-}
 
-impl Head {
     /// A request for one attempt: origin-form HTTP/1.1, or HTTP/2 with the host as authority.
-    fn request(&self, body: ReqBody, h2: bool) -> Request<ReqBody> {
+    fn request(&self, body: ReqBody, h2: bool, names: &headers::Prefixed) -> Request<ReqBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        match &self.raw {
+            Some(raw) => {
+                let map = req.headers_mut();
+                raw.fill(map, names);
+                for (name, value) in &self.headers {
+                    map.append(name.clone(), value.clone());
+                }
+            }
+            None => *req.headers_mut() = self.headers.clone(),
+        }
         let (mut parts, body) = req.into_parts();
         upstream_uri(&mut parts, h2);
         Request::from_parts(parts, body)
@@ -351,10 +361,12 @@ impl ProxyService {
                     method: &job.head.method,
                     uri: &job.head.uri,
                     headers: &job.head.headers,
+                    raw: job.head.raw.as_ref(),
                     fields: Some(headers::ClientFields {
                         names,
                         client: job.forwarded,
                     }),
+                    raw_answer: self.raw_answers,
                 };
                 let sending = http1::send(io, head, body, pool);
                 tokio::time::timeout(timeout, sending).await.map(|sent| {
@@ -363,7 +375,7 @@ impl ProxyService {
                 })
             }
             carrier => {
-                let mut request = job.head.request(body, c.h2);
+                let mut request = job.head.request(body, c.h2, names);
                 match c.app.remotes[c.placed.index].as_ref() {
                     Some(remote) => remote.tag(&mut request, &job.forwarded),
                     None => headers::add_client(request.headers_mut(), names, &job.forwarded),
@@ -508,11 +520,27 @@ impl ProxyService {
     /// The instance's `P-Replay` request, if it made a valid one.
     fn replay_asked(&self, resp: &Response<UpBody>) -> Option<Replay> {
         let names = &self.settings.names;
-        if !names.any_in(resp.headers()) {
-            return None;
-        }
-        let value = resp.headers().get(&names.replay)?;
-        let asked = value.to_str().map_err(|_| "not text".to_string());
+        let value = match resp.body() {
+            UpBody::H1(b) if b.raw_head().is_some() => {
+                let raw = b.raw_head()?;
+                if !names.any_in_raw(raw) {
+                    return None;
+                }
+                raw.get(names.replay.as_str().as_bytes())?
+            }
+            _ => {
+                if !names.any_in(resp.headers()) {
+                    return None;
+                }
+                resp.headers().get(&names.replay)?.as_bytes()
+            }
+        };
+        // As `HeaderValue::to_str`: visible ASCII and tabs only.
+        let text = value.iter().all(|&b| b == b'\t' || (32..127).contains(&b));
+        let asked = match text {
+            true => std::str::from_utf8(value).map_err(|_| "not text".to_string()),
+            false => Err("not text".to_string()),
+        };
         match asked.and_then(Replay::parse) {
             Ok(replay) => Some(replay),
             Err(problem) => {

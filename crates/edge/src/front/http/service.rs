@@ -9,6 +9,7 @@ use crate::error::ProxyError;
 use crate::instance::attempt::{set_host_from_authority, Outcome};
 use crate::instance::body::{ClientBody, ReqBody, RespBody};
 use crate::instance::headers::{self, ClientInfo};
+use crate::instance::http1::RawRequest;
 use crate::instance::upgrade::{self, Upgrade};
 use crate::routes::{HttpApp, HttpSettings, PortRoute, Routes};
 use crate::Shared;
@@ -36,6 +37,9 @@ pub(crate) struct ProxyService {
     sni: Option<Arc<str>>,
     /// An HTTP/2 connection's open streams, for its idle timeout (`None` on HTTP/1.1).
     streams: Option<super::idle::Streams>,
+    /// Answers go to our HTTP/1.1 server, which writes an instance's fields from the bytes
+    /// received ([`crate::instance::http1::RawHead`]): no `HeaderMap` is built for them.
+    pub(super) raw_answers: bool,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
@@ -65,6 +69,7 @@ impl ProxyService {
             settings,
             sni,
             streams: None,
+            raw_answers: false,
         }
     }
 
@@ -72,6 +77,12 @@ impl ProxyService {
     /// is one from its head until its response body is dropped (sent or reset).
     pub(in crate::front) fn counting(mut self, streams: super::idle::Streams) -> Self {
         self.streams = Some(streams);
+        self
+    }
+
+    /// This service answering our HTTP/1.1 server (see `raw_answers`).
+    pub(in crate::front) fn answering_http1(mut self) -> Self {
+        self.raw_answers = true;
         self
     }
 
@@ -90,10 +101,20 @@ impl ProxyService {
         &self,
         req: &Request<ClientBody>,
     ) -> (ProxyService, Result<Arc<HttpApp>, ProxyError>) {
+        self.for_request_raw(req, None)
+    }
+
+    /// [`Self::for_request`] for a request whose fields are in `raw` (our HTTP/1.1 server's
+    /// plain requests: `req` has no fields then).
+    pub(in crate::front) fn for_request_raw(
+        &self,
+        req: &Request<ClientBody>,
+        raw: Option<&RawRequest>,
+    ) -> (ProxyService, Result<Arc<HttpApp>, ProxyError>) {
         let mut this = self.clone();
         let routes = self.shared.routes.load();
         this.settings = routes.http.clone();
-        let routed = this.route(&routes, req).cloned();
+        let routed = this.route(&routes, req, raw).cloned();
         (this, routed)
     }
 
@@ -110,11 +131,22 @@ impl ProxyService {
         req: Request<ClientBody>,
         routed: Result<Arc<HttpApp>, ProxyError>,
     ) -> impl Future<Output = Response<RespBody>> + Send {
+        self.handle_raw(req, None, routed)
+    }
+
+    /// [`Self::handle`] for a request whose fields may be in `raw` (see `for_request_raw`).
+    #[allow(clippy::manual_async_fn)] // on purpose: see `handle`
+    pub(in crate::front) fn handle_raw(
+        self,
+        req: Request<ClientBody>,
+        raw: Option<RawRequest>,
+        routed: Result<Arc<HttpApp>, ProxyError>,
+    ) -> impl Future<Output = Response<RespBody>> + Send {
         let started = Instant::now();
         let request_id = headers::request_id(&self.settings.region_name);
         let (app, mut prepared) = match routed {
             Ok(app) => {
-                let prepared = self.prepare(&app, req, &request_id, started);
+                let prepared = self.prepare(&app, req, raw, &request_id, started);
                 (Some(app), prepared)
             }
             Err(e) => (None, Prepared::Answer(Err((e, Outcome::default())))),
@@ -156,8 +188,12 @@ impl ProxyService {
                 (e.response(&self.settings.names), outcome)
             }
         };
-        resp.headers_mut()
-            .insert(self.settings.names.request_id.clone(), request_id.clone());
+        if self.raw_answers {
+            resp.body_mut().set_request_id(request_id.clone());
+        } else {
+            resp.headers_mut()
+                .insert(self.settings.names.request_id.clone(), request_id.clone());
+        }
         let elapsed = started.elapsed();
         if let Some(app) = &app {
             app.metrics
@@ -194,14 +230,22 @@ impl ProxyService {
         &self,
         routes: &'r Routes,
         req: &Request<ClientBody>,
+        raw: Option<&RawRequest>,
     ) -> Result<&'r Arc<HttpApp>, ProxyError> {
-        // Two `Host` fields: an instance that reads the last one would see another name than
-        // the one routed by (RFC 9112 3.2: a 400).
-        let mut hosts = req.headers().get_all(HOST).iter();
-        let host_field = hosts.next();
-        if hosts.next().is_some() {
-            return Err(ProxyError::BadRequest("more than one Host header"));
-        }
+        let host_field = match raw {
+            // Our HTTP/1.1 server refused a second `Host` already.
+            Some(raw) => raw.host(),
+            None => {
+                // Two `Host` fields: an instance that reads the last one would see another
+                // name than the one routed by (RFC 9112 3.2: a 400).
+                let mut hosts = req.headers().get_all(HOST).iter();
+                let host_field = hosts.next();
+                if hosts.next().is_some() {
+                    return Err(ProxyError::BadRequest("more than one Host header"));
+                }
+                host_field.and_then(|h| h.to_str().ok())
+            }
+        };
         let host = request_host(req, host_field).ok_or(ProxyError::MissingHost)?;
         let Some(PortRoute::Http(port)) = routes.port(self.client.local) else {
             return Err(ProxyError::UnknownHost);
@@ -224,15 +268,23 @@ impl ProxyService {
         &self,
         app: &Arc<HttpApp>,
         mut req: Request<ClientBody>,
+        mut raw: Option<RawRequest>,
         request_id: &HeaderValue,
         started: Instant,
     ) -> Prepared {
         let outcome = Outcome::default();
         if app.service().force_https && !self.client.tls {
+            if let Some(raw) = raw.take() {
+                raw.fill(req.headers_mut(), &self.settings.names);
+            }
             return Prepared::Answer(Ok((redirect_https(&req), outcome)));
         }
         let max_body = self.settings.config.max_request_body;
-        if max_body > 0 && headers::content_length(req.headers()).is_some_and(|n| n > max_body) {
+        let length = match &raw {
+            Some(raw) => raw.content_length,
+            None => headers::content_length(req.headers()),
+        };
+        if max_body > 0 && length.is_some_and(|n| n > max_body) {
             return Prepared::Answer(Err((ProxyError::BodyTooLarge { limit: max_body }, outcome)));
         }
         let upgrade = match upgrade::classify(&mut req) {
@@ -245,7 +297,14 @@ impl ProxyService {
         let traced = debug_token.is_some_and(|t| app.app.config.accepts_token(t.as_bytes()));
         headers::strip_hop_by_hop(&mut parts.headers, matches!(upgrade, Upgrade::Http1 { .. }));
         // The client's forwarding headers wait for the instance: a worker writes them out.
-        headers::mark_edge(&mut parts.headers, names, &self.settings.region, request_id);
+        match raw.as_mut() {
+            // Written after the received fields, with no `HeaderMap` (the fields a client may
+            // not send are not among them: such a head is not kept).
+            Some(raw) => raw.edge = Some((self.settings.region.clone(), request_id.clone())),
+            None => {
+                headers::mark_edge(&mut parts.headers, names, &self.settings.region, request_id)
+            }
+        }
         let forwarded = headers::forwarded(&self.client, parts.version);
         // The name routed by is the one the instance gets: an absolute-form target's (or
         // HTTP/2's :authority) authority replaces `Host` (RFC 9112 3.2.2).
@@ -258,7 +317,7 @@ impl ProxyService {
         );
         let queue_deadline = tokio::time::Instant::now() + app.app.config.limits.queue_timeout;
         let job = Job {
-            head: Head::from(parts),
+            head: Head::new(parts, raw),
             body,
             upgrade,
             started,
@@ -340,11 +399,11 @@ fn micros(d: std::time::Duration) -> u64 {
 /// Borrowed unless it had to be lower-cased (no allocation on the common path).
 fn request_host<'a>(
     req: &'a Request<ClientBody>,
-    host_field: Option<&'a HeaderValue>,
+    host_field: Option<&'a str>,
 ) -> Option<std::borrow::Cow<'a, str>> {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
-        None => strip_port(host_field?.to_str().ok()?),
+        None => strip_port(host_field?),
     };
     let host = raw.trim_end_matches('.');
     let host = host

@@ -4,6 +4,7 @@
 //! The parsed head (about 2 KiB of positions) lives only in this synchronous step, never in a
 //! connection's state.
 
+use crate::instance::http1::RawRequest;
 use anyedge_http1::{Class, Error, Framing, Limits, RequestHead, Status, Version};
 use anyedge_telemetry::ErrorCode;
 use http::header::{HeaderName, HeaderValue};
@@ -63,17 +64,63 @@ fn bad(why: &'static str) -> Rejection {
     }
 }
 
-/// The request at the start of `buf`, or `None` when more bytes are needed.
-pub(super) fn parse(
-    buf: &[u8],
-    limits: &Limits,
-) -> Result<Option<(Request<()>, Facts)>, Rejection> {
+/// The request at the start of `buf`, or `None` when more bytes are needed. A plain request
+/// (see [`plain`]) comes with its head kept as received and no `HeaderMap` (until the proxy's
+/// own prefix, known once the request is routed, is checked: [`RawRequest::prefixed`]).
+pub(super) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, Rejection> {
     let head = match RequestHead::parse(buf, limits)? {
         Status::Complete(h) => h,
         Status::Partial => return Ok(None),
     };
     let facts = facts(buf, &head);
-    Ok(Some((request(buf, &head)?, facts)))
+    if !plain(buf, &head) {
+        return Ok(Some((request(buf, &head)?, facts, None)));
+    }
+    let (req, bytes) = start(buf, &head)?;
+    let raw = RawRequest {
+        bytes,
+        host: head.known.host,
+        content_length: head.known.content_length,
+        te_trailers: head.known.te_trailers,
+        edge: None,
+        fields: head.fields,
+    };
+    Ok(Some((req, facts, Some(raw))))
+}
+
+/// A request, what the connection needs to know about it, and its head as received when it is
+/// plain.
+pub(super) type Parsed = (Request<()>, Facts, Option<RawRequest>);
+
+/// Whether the head's fields can go to the instance as received, written by our HTTP/1.1
+/// client, with no `HeaderMap`: nothing in it that the forwarding core reads or edits by name
+/// (fields that `Connection` names; a protocol switch; an absolute-form target's authority;
+/// CONNECT). The proxy's prefixed fields (placement wishes, debug, spoofed proxy-only ones)
+/// are checked once the request is routed, against the current prefix.
+fn plain(buf: &[u8], head: &RequestHead) -> bool {
+    let known = &head.known;
+    !known.connection.names_fields
+        && known.upgrade.is_none()
+        && head.authority.is_none()
+        && !head.method_is(buf, b"CONNECT")
+}
+
+/// The request line as a request with no fields, and the head's bytes it shares.
+fn start(buf: &[u8], head: &RequestHead) -> Result<(Request<()>, bytes::Bytes), Rejection> {
+    let method = Method::from_bytes(head.method.of(buf)).map_err(|_| bad("method"))?;
+    // One copy of the head, shared by the target and every value (a copy each was an
+    // allocation each).
+    let shared = bytes::Bytes::copy_from_slice(&buf[..head.len]);
+    let uri =
+        Uri::from_maybe_shared(shared.slice(head.target.range())).map_err(|_| bad("target"))?;
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = match head.version {
+        Version::Http10 => http::Version::HTTP_10,
+        Version::Http11 => http::Version::HTTP_11,
+    };
+    Ok((req, shared))
 }
 
 fn facts(buf: &[u8], head: &RequestHead) -> Facts {
@@ -100,12 +147,7 @@ fn facts(buf: &[u8], head: &RequestHead) -> Facts {
 /// out (the coding wins, RFC 9112 6.3), a repeated identical one too; everything else goes in
 /// as received, in order.
 fn request(buf: &[u8], head: &RequestHead) -> Result<Request<()>, Rejection> {
-    let method = Method::from_bytes(head.method.of(buf)).map_err(|_| bad("method"))?;
-    // One copy of the head, shared by the target and every value (a copy each was an
-    // allocation each).
-    let shared = bytes::Bytes::copy_from_slice(&buf[..head.len]);
-    let uri =
-        Uri::from_maybe_shared(shared.slice(head.target.range())).map_err(|_| bad("target"))?;
+    let (mut req, shared) = start(buf, head)?;
     // Without a coding, identical `Content-Length` fields go on as one.
     let mut drop_length = head.known.transfer_encoding.is_some();
     // Room for the two fields the edge adds (`mark_edge`), so the map never grows.
@@ -122,13 +164,6 @@ fn request(buf: &[u8], head: &RequestHead) -> Result<Request<()>, Rejection> {
             .map_err(|_| bad("field_value"))?;
         headers.append(name, value);
     }
-    let mut req = Request::new(());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = match head.version {
-        Version::Http10 => http::Version::HTTP_10,
-        Version::Http11 => http::Version::HTTP_11,
-    };
     *req.headers_mut() = headers;
     Ok(req)
 }
@@ -137,10 +172,44 @@ fn request(buf: &[u8], head: &RequestHead) -> Result<Request<()>, Rejection> {
 mod tests {
     use super::*;
 
+    /// Parsed, with every field in a `HeaderMap`.
     fn parsed(raw: &[u8]) -> (Request<()>, Facts) {
-        parse(raw, &Limits::default())
+        let (mut req, facts, kept) = parse(raw, &Limits::default())
             .expect("valid")
-            .expect("complete")
+            .expect("complete");
+        if let Some(kept) = kept {
+            kept.fill_received(req.headers_mut());
+        }
+        (req, facts)
+    }
+
+    fn kept(raw: &[u8]) -> Option<RawRequest> {
+        let (req, _, kept) = parse(raw, &Limits::default())
+            .expect("valid")
+            .expect("complete");
+        if kept.is_some() {
+            assert!(req.headers().is_empty());
+        }
+        kept.filter(|k| !k.prefixed(b"anyedge-"))
+    }
+
+    #[test]
+    fn plain_heads_are_kept_as_received_and_others_get_a_map() {
+        let raw = kept(b"POST /a HTTP/1.1\r\nHost: x.test\r\nX-A: 1\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nabc")
+            .expect("plain");
+        assert_eq!(raw.host(), Some("x.test"));
+        assert_eq!(raw.content_length, Some(3));
+        let fields: Vec<_> = raw.forwarded().collect();
+        assert_eq!(fields, [(&b"Host"[..], &b"x.test"[..]), (b"X-A", b"1")]);
+        for other in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\nAnyedge-Prefer-Region: syd\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: X-A\r\nX-A: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET http://y/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"CONNECT y:443 HTTP/1.1\r\nHost: y:443\r\n\r\n",
+        ] {
+            assert!(kept(other).is_none(), "{}", String::from_utf8_lossy(other));
+        }
     }
 
     #[test]

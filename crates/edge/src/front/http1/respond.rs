@@ -6,10 +6,10 @@
 use super::buffers;
 use crate::instance::body::RespBody;
 use crate::instance::headers::{line, Decimal};
-use anyedge_http1::{write_last_chunk, ChunkHead, CHUNK_END};
+use anyedge_http1::{write_last_chunk, ChunkHead, Class, CHUNK_END};
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::Response;
+use http::{HeaderName, Response};
 use http_body::{Body, Frame};
 use std::io;
 use std::pin::Pin;
@@ -55,8 +55,17 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub fn new(resp: Response<RespBody>, shape: Shape) -> Writer {
-        let (parts, body) = resp.into_parts();
+    /// `id_name`: the request id's field name, written from the body's request id
+    /// ([`RespBody::set_request_id`]) in place of any field of that name.
+    pub fn new(resp: Response<RespBody>, shape: Shape, id_name: Option<&HeaderName>) -> Writer {
+        let (parts, mut body) = resp.into_parts();
+        let id = id_name.zip(body.take_request_id());
+        let is_id = |name: &[u8]| {
+            id.as_ref().is_some_and(|(n, _)| {
+                let n = n.as_str().as_bytes();
+                n.len() == name.len() && n.eq_ignore_ascii_case(name)
+            })
+        };
         let status = parts.status.as_u16();
         let no_body = shape.head || status < 200 || status == 204 || status == 304;
         let mut close = shape.close;
@@ -75,20 +84,47 @@ impl Writer {
         buf.push(b' ');
         buf.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
         buf.extend_from_slice(b"\r\n");
+        // A HEAD or 304 answer tells the length the body would have.
+        let keep_length = no_body && status >= 200 && status != 204;
         let mut dated = false;
+        if let Some(raw) = body.take_raw_head() {
+            // The instance's fields as received (no `HeaderMap` was built for them), less
+            // those the answer's own fields replace.
+            for (name, value, class) in raw.fields() {
+                let keep = match class {
+                    Class::ContentLength => keep_length,
+                    Class::Other => {
+                        !is_id(name)
+                            && !parts.headers.keys().any(|k| {
+                                k.as_str().len() == name.len()
+                                    && k.as_str().as_bytes().eq_ignore_ascii_case(name)
+                            })
+                    }
+                    class => !class.is_hop_by_hop(),
+                };
+                if keep {
+                    dated |= name.eq_ignore_ascii_case(b"date");
+                    line(&mut buf, name, value);
+                }
+            }
+        }
         for (name, value) in &parts.headers {
             let keep = if name == CONTENT_LENGTH {
-                // A HEAD or 304 answer tells the length the body would have.
-                no_body && status >= 200 && status != 204
+                keep_length
             } else if name == CONNECTION {
                 status == 101
             } else {
-                name != TRANSFER_ENCODING && name.as_str() != "keep-alive"
+                name != TRANSFER_ENCODING
+                    && name.as_str() != "keep-alive"
+                    && !is_id(name.as_str().as_bytes())
             };
             if keep {
                 dated |= name == DATE;
                 line(&mut buf, name.as_str().as_bytes(), value.as_bytes());
             }
+        }
+        if let Some((name, value)) = &id {
+            line(&mut buf, name.as_str().as_bytes(), value.as_bytes());
         }
         if !dated {
             date::with(|d| line(&mut buf, b"date", d));
@@ -276,7 +312,7 @@ mod tests {
     use super::*;
 
     async fn written(resp: Response<RespBody>, shape: Shape) -> String {
-        let mut w = Writer::new(resp, shape);
+        let mut w = Writer::new(resp, shape, None);
         let mut out = Vec::new();
         std::future::poll_fn(|cx| w.poll_write(&mut out, cx))
             .await
