@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 
 /// Idle HTTP/1.1 connections kept per instance.
 const MAX_IDLE: usize = 256;
+/// How often idle connections are swept: those the instance closed, or past the idle timeout,
+/// are closed then rather than when the pool is next used.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// The idle timeout a pool sweeps by before any request has told it its own.
+const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(4);
 
 /// Why a request could not be carried to an instance.
 #[derive(Debug, thiserror::Error)]
@@ -64,17 +69,75 @@ impl<'a> Target<'a> {
 /// and the shared HTTP/2 connection when the service asks for an h2 backend.
 #[derive(Default)]
 pub(crate) struct UpstreamPool {
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: Mutex<Idle>,
     h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
+}
+
+/// A pool's idle HTTP/1.1 connections, oldest first.
+#[derive(Default)]
+struct Idle {
+    conns: Vec<(TcpStream, Instant)>,
+    /// The idle timeout the last request gave (`None`: none yet).
+    max_idle: Option<Duration>,
+    /// The pool is on the sweep's list.
+    listed: bool,
+}
+
+/// Pools that hold idle connections, for the sweep: every [`SWEEP_EVERY`], those the instance
+/// closed and those past their idle timeout are closed, without waiting for the pool's next
+/// request (a pool no request comes to would hold them until the pool is dropped). One thread
+/// for the process, started with the first pooled connection; it touches only pools that hold
+/// connections, so a catalog of many instances costs it nothing.
+static SWEEP: Mutex<Vec<std::sync::Weak<UpstreamPool>>> = Mutex::new(Vec::new());
+
+fn sweep_list() -> std::sync::MutexGuard<'static, Vec<std::sync::Weak<UpstreamPool>>> {
+    static SWEEPER: std::sync::Once = std::sync::Once::new();
+    SWEEPER.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("anyedge-pool-sweep".into())
+            .spawn(|| loop {
+                std::thread::sleep(SWEEP_EVERY);
+                sweep_all();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no idle-connection sweep: idle connections close when next used");
+        }
+    });
+    SWEEP.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One sweep over the listed pools; those left without connections leave the list.
+fn sweep_all() {
+    let listed = std::mem::take(&mut *sweep_list());
+    let kept: Vec<_> = listed
+        .into_iter()
+        .filter(|w| w.upgrade().is_some_and(|pool| pool.sweep()))
+        .collect();
+    sweep_list().extend(kept);
 }
 
 impl UpstreamPool {
     /// A connection whose response was read whole, for the next request.
-    pub(crate) fn put(&self, io: TcpStream) {
+    pub(crate) fn put(self: &Arc<Self>, io: TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE {
-            idle.push((io, Instant::now()));
+        if idle.conns.len() < MAX_IDLE {
+            idle.conns.push((io, Instant::now()));
+            if !std::mem::replace(&mut idle.listed, true) {
+                sweep_list().push(Arc::downgrade(self));
+            }
         }
+    }
+
+    /// Close the idle connections the instance closed or that are past the idle timeout;
+    /// whether any is left (if not, the pool leaves the sweep's list).
+    pub(crate) fn sweep(&self) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let max_idle = idle.max_idle.unwrap_or(DEFAULT_MAX_IDLE);
+        let now = Instant::now();
+        idle.conns
+            .retain(|(io, since)| now.duration_since(*since) < max_idle && is_open(io));
+        idle.listed = !idle.conns.is_empty();
+        idle.listed
     }
 
     /// Idle connections held.
@@ -83,20 +146,23 @@ impl UpstreamPool {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .conns
             .len()
     }
 
     pub(crate) fn take_idle(&self, max_idle: Duration) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.max_idle = Some(max_idle);
         let now = Instant::now();
         // The oldest are first: those past the idle timeout close.
         let expired = idle
+            .conns
             .iter()
             .take_while(|(_, since)| now.duration_since(*since) >= max_idle)
             .count();
-        idle.drain(..expired);
+        idle.conns.drain(..expired);
         // Newest first: the most recently used connection is the least likely to be closed.
-        while let Some((io, _)) = idle.pop() {
+        while let Some((io, _)) = idle.conns.pop() {
             if is_open(&io) {
                 return Some(io);
             }

@@ -475,3 +475,46 @@ async fn a_body_that_breaks_its_length_is_the_clients_fault() {
         Ok(r) => panic!("answered {}", r.status()),
     }
 }
+
+/// Without any request to the pool, the sweep closes an idle connection the instance closed
+/// (it would otherwise stay open until the pool is next used or dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_sweep_closes_idle_connections_the_instance_closed() {
+    let (io, inst) = instance(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0, true).await;
+    let pool = Arc::new(UpstreamPool::default());
+    let resp = send_to(io, request("GET", &[], ReqBody::Empty), &pool)
+        .await
+        .expect("answered");
+    drop(resp);
+    assert_eq!(pool.idle_len(), 1);
+    inst.await.expect("instance closed its side");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while pool.idle_len() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep never closed it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_closes_idle_connections_past_the_idle_timeout() {
+    let (io, inst) = instance(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0, false).await;
+    let pool = Arc::new(UpstreamPool::default());
+    // (The instance holds its side 300 ms.) A request's idle timeout (here: none idle to take yet).
+    assert!(pool.take_idle(Duration::from_millis(200)).is_none());
+    let resp = send_to(io, request("GET", &[], ReqBody::Empty), &pool)
+        .await
+        .expect("answered");
+    drop(resp);
+    assert_eq!(pool.idle_len(), 1);
+    assert!(pool.sweep(), "still fresh: kept");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        !pool.sweep(),
+        "expired: closed, and the pool leaves the list"
+    );
+    assert_eq!(pool.idle_len(), 0);
+    drop(inst);
+}
