@@ -68,6 +68,12 @@ impl EtcdFeed {
         self.catalog.config(base)
     }
 
+    /// Where the node's config is assembled from, to do it off the control runtime (the
+    /// changes seen so far count as taken, as with [`Self::config`]).
+    pub fn source(&mut self) -> anyedge_store::ConfigSource {
+        self.catalog.source()
+    }
+
     /// The node's file changed: register its instances anew.
     pub fn update(&self, base: Arc<Config>) {
         self.catalog.set_viewer(Viewer::of(&base));

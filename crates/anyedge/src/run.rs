@@ -153,12 +153,13 @@ async fn serve(
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                reload_from(&node, &args.config, &mut base, feed.as_mut());
+                reload_from(&node, &args.config, &mut base, feed.as_mut()).await;
             }
-            _ = changes.changed() => reload_from(&node, &args.config, &mut base, feed.as_mut()),
+            _ = changes.changed() => reload_from(&node, &args.config, &mut base, feed.as_mut()).await,
             _ = cluster::changed(&mut feed) => {
                 if let Some(f) = feed.as_mut() {
-                    apply(&node, f.config(&base));
+                    let (source, node, base) = (f.source(), node.clone(), base.clone());
+                    off_runtime(move || apply(&node, source.config(&base))).await;
                 }
             }
             Some(()) = drain_asked.recv() => break End::HandedOver,
@@ -199,10 +200,28 @@ async fn serve(
     ExitCode::SUCCESS
 }
 
+/// Run reload work (reading and validating a file, assembling the catalog's config, building
+/// the next snapshot and routes) on the blocking pool, not on the control runtime: that runtime
+/// also answers `/healthz` and `/metrics` and runs the health checks, which a reload of a large
+/// catalog would otherwise stall for as long as it takes. The main loop waits for it, so reloads
+/// still run one at a time and in order.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(t) => t,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// Read the node's file again. With the etcd store the file holds the node's own sections and
 /// instances: they are registered anew and joined with the catalog's apps.
-fn reload_from(node: &Node, path: &Path, base: &mut Arc<Config>, feed: Option<&mut EtcdFeed>) {
-    let config = match anyedge_config::load(path) {
+async fn reload_from(
+    node: &Arc<Node>,
+    path: &Path,
+    base: &mut Arc<Config>,
+    feed: Option<&mut EtcdFeed>,
+) {
+    let file = path.to_owned();
+    let config = match off_runtime(move || anyedge_config::load(&file)).await {
         Ok(config) => config,
         Err(diagnostics) => return node.reload_failed(diagnostics.to_string()),
     };
@@ -212,12 +231,14 @@ fn reload_from(node: &Node, path: &Path, base: &mut Arc<Config>, feed: Option<&m
         );
     }
     *base = Arc::new(config);
+    let (node, base) = (node.clone(), base.clone());
     match feed {
         Some(f) => {
             f.update(base.clone());
-            apply(node, f.config(base));
+            let source = f.source();
+            off_runtime(move || apply(&node, source.config(&base))).await;
         }
-        None => apply(node, (**base).clone()),
+        None => off_runtime(move || apply(&node, (*base).clone())).await,
     }
 }
 

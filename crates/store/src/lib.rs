@@ -26,4 +26,4 @@ pub use client::{connect, StoreError};
 pub use keys::{Key, Keys};
 pub use register::Registration;
 pub use state::{CatalogState, Change, Viewer};
-pub use sync::{CatalogStatus, EtcdCatalog};
+pub use sync::{CatalogStatus, ConfigSource, EtcdCatalog};

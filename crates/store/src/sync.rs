@@ -188,8 +188,32 @@ impl EtcdCatalog {
             .config(base)
     }
 
+    /// Like [`Self::config`], for a caller that assembles the config elsewhere (off the
+    /// runtime that follows etcd): the changes seen so far count as taken now.
+    pub fn source(&mut self) -> ConfigSource {
+        self.version.borrow_and_update();
+        ConfigSource {
+            state: self.state.clone(),
+        }
+    }
+
     pub fn status(&self) -> &Arc<CatalogStatus> {
         &self.status
+    }
+}
+
+/// The catalog's state, to assemble a node's config from on another thread.
+pub struct ConfigSource {
+    state: Arc<Mutex<CatalogState>>,
+}
+
+impl ConfigSource {
+    /// The node's config: its file sections (`base`) with the catalog's apps and instances.
+    pub fn config(&self, base: &Config) -> Config {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config(base)
     }
 }
 
