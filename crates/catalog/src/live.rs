@@ -288,6 +288,9 @@ pub struct LiveRegistry {
     apps: Mutex<HashMap<Arc<str>, Arc<AppLive>>>,
     instances: Mutex<HashMap<InstanceId, Arc<InstanceLive>>>,
     peers: Mutex<HashMap<Arc<str>, Arc<PeerLive>>>,
+    /// Apps and instances gone from the catalog while something was in flight: looked at
+    /// again at each [`LiveRegistry::forget`] until they are idle (or named again).
+    lingering: Mutex<(Vec<Arc<str>>, Vec<InstanceId>)>,
 }
 
 impl LiveRegistry {
@@ -328,6 +331,52 @@ impl LiveRegistry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         map.retain(|id, live| keep_instance(id) || live.inflight.in_use() > 0);
+    }
+
+    /// Forget the state of `apps` and `instances`, gone from the catalog in the generation
+    /// just built, unless the catalog names them (`named_app`, `named_instance`: the new
+    /// snapshot) or something is in flight; those in flight are looked at again next time.
+    /// Costs what changed, where [`LiveRegistry::retain`] costs the whole registry.
+    pub fn forget(
+        &self,
+        apps: Vec<Arc<str>>,
+        instances: Vec<InstanceId>,
+        named_app: impl Fn(&str) -> bool,
+        named_instance: impl Fn(&InstanceId) -> bool,
+    ) {
+        let mut lingering = self
+            .lingering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (old_apps, old_instances) = &mut *lingering;
+        old_apps.extend(apps);
+        old_instances.extend(instances);
+        let mut map = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        old_apps.retain(|name| {
+            if named_app(name) {
+                return false;
+            }
+            let busy = map.get(name).is_some_and(|l| l.connections.in_use() > 0);
+            if !busy {
+                map.remove(name);
+            }
+            busy
+        });
+        drop(map);
+        let mut map = self
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        old_instances.retain(|id| {
+            if named_instance(id) {
+                return false;
+            }
+            let busy = map.get(id).is_some_and(|l| l.inflight.in_use() > 0);
+            if !busy {
+                map.remove(id);
+            }
+            busy
+        });
     }
 
     pub fn instance_count(&self) -> usize {
@@ -467,6 +516,28 @@ mod tests {
         }
         assert!(live.backing_off(t0 + Duration::from_secs(29)));
         assert!(!live.backing_off(t0 + Duration::from_secs(31)));
+    }
+
+    #[test]
+    fn forget_keeps_what_is_in_flight_until_it_is_idle_or_named_again() {
+        let reg = LiveRegistry::new();
+        let a = InstanceId::new("app", "a");
+        let b = InstanceId::new("app", "b");
+        let guard = reg.instance(&a).inflight.acquire();
+        reg.instance(&b);
+        reg.forget(Vec::new(), vec![a.clone(), b.clone()], |_| false, |_| false);
+        assert_eq!(reg.instance_count(), 1, "a is in flight");
+        drop(guard);
+        // a is looked at again by the next generation, although that one removed nothing.
+        reg.forget(Vec::new(), Vec::new(), |_| false, |_| false);
+        assert_eq!(reg.instance_count(), 0);
+        // Named again before it went idle: kept, and no longer lingering.
+        let guard = reg.instance(&a).inflight.acquire();
+        reg.forget(Vec::new(), vec![a.clone()], |_| false, |_| false);
+        drop(guard);
+        reg.forget(Vec::new(), Vec::new(), |_| false, |id| *id == a);
+        reg.forget(Vec::new(), Vec::new(), |_| false, |_| false);
+        assert_eq!(reg.instance_count(), 1, "named again, so not lingering");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::live::{AppLive, InstanceLive, LiveRegistry, PeerLive};
 use anyedge_config::{App, Config, HostPort};
 use anyedge_core::InstanceId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 #[cfg(test)]
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,12 +13,16 @@ pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
     pub apps: HashMap<Arc<str>, Arc<AppEntry>>,
+    /// How many of its apps this generation built afresh; the others are the previous
+    /// generation's entries, shared. A change to one app rebuilds one (tested).
+    pub rebuilt: usize,
 }
 
 /// One app: its config, its live state, its instances.
 pub struct AppEntry {
     pub name: Arc<str>,
-    pub config: App,
+    /// The same `App` as the snapshot's config holds (shared, not copied).
+    pub config: Arc<App>,
     pub live: Arc<AppLive>,
     pub instances: Vec<InstanceEntry>,
     /// The regions its instances are in; `InstanceEntry::region_index` points here.
@@ -67,11 +71,14 @@ impl InstanceEntry {
 }
 
 impl Snapshot {
-    /// Build the next snapshot. Apps whose config is unchanged since `prev`, and whose
-    /// instances' nodes are reached where they were, are reused as they are: a node joining or
-    /// leaving rebuilds only the apps with instances on it.
+    /// Build the next snapshot. Apps whose config is unchanged since `prev` (the same shared
+    /// `App`, or an equal one), and whose instances' nodes are reached where they were, are
+    /// reused as they are: a node joining or leaving rebuilds only the apps with instances on
+    /// it. An equal `App` read anew (a file reload) is replaced in the config by the one the
+    /// entry holds, so one copy stays. Live state is forgotten by the diff: the apps gone and
+    /// the instances gone from rebuilt apps, never by a scan of the whole catalog.
     pub fn build(
-        config: Arc<Config>,
+        mut config: Arc<Config>,
         registry: &LiveRegistry,
         prev: Option<&Snapshot>,
     ) -> Snapshot {
@@ -82,26 +89,60 @@ impl Snapshot {
                 && p.config.node.id == config.node.id
                 && p.config.regions == config.regions
         });
-        let apps = config
-            .apps
-            .iter()
-            .map(|app| {
-                let reused = prev
-                    .filter(|_| same_place)
-                    .and_then(|p| p.apps.get(app.name.as_str()))
-                    .filter(|old| old.config == *app && old.same_peers(&config))
-                    .cloned();
-                let entry =
-                    reused.unwrap_or_else(|| Arc::new(AppEntry::build(app, &config, registry)));
-                (entry.name.clone(), entry)
-            })
-            .collect::<HashMap<_, _>>();
+        let mut gone_instances = Vec::new();
+        let mut shared = Vec::new();
+        let mut rebuilt = 0;
+        let mut apps = HashMap::with_capacity(config.apps.len());
+        for (index, app) in config.apps.iter().enumerate() {
+            let old = prev.and_then(|p| p.apps.get(app.name.as_str()));
+            let reused = old
+                .filter(|_| same_place)
+                .filter(|old| Arc::ptr_eq(&old.config, app) || *old.config == **app)
+                .filter(|old| old.same_peers(&config));
+            let entry = match reused {
+                Some(old) => {
+                    if !Arc::ptr_eq(&old.config, app) {
+                        shared.push(index);
+                    }
+                    old.clone()
+                }
+                None => {
+                    rebuilt += 1;
+                    let entry = Arc::new(AppEntry::build(app, &config, registry));
+                    if let Some(old) = old {
+                        gone_instances.extend(entry.gone_since(old));
+                    }
+                    entry
+                }
+            };
+            apps.insert(entry.name.clone(), entry);
+        }
+        let mut gone_apps = Vec::new();
+        if let Some(p) = prev {
+            for (name, old) in &p.apps {
+                if !apps.contains_key(name) {
+                    gone_apps.push(name.clone());
+                    gone_instances.extend(old.instances.iter().map(|i| i.id.clone()));
+                }
+            }
+        }
+        if !shared.is_empty() {
+            let c = Arc::make_mut(&mut config);
+            for index in shared {
+                if let Some(entry) = apps.get(c.apps[index].name.as_str()) {
+                    c.apps[index] = entry.config.clone();
+                }
+            }
+        }
         let snapshot = Snapshot {
             generation,
             config,
             apps,
+            rebuilt,
         };
-        registry.retain(
+        registry.forget(
+            gone_apps,
+            gone_instances,
             |name| snapshot.apps.contains_key(name),
             |id| snapshot.has_instance(id),
         );
@@ -122,7 +163,7 @@ impl Snapshot {
 }
 
 impl AppEntry {
-    fn build(app: &App, config: &Config, registry: &LiveRegistry) -> AppEntry {
+    fn build(app: &Arc<App>, config: &Config, registry: &LiveRegistry) -> AppEntry {
         let name: Arc<str> = app.name.as_str().into();
         let here = config.node.region.as_str();
         let coords = |region: &str| config.regions.get(region).map(|c| (c.lat, c.lon));
@@ -172,6 +213,16 @@ impl AppEntry {
             instances,
             regions,
         }
+    }
+
+    /// The instances `old` (this app's previous entry) had that this one has not.
+    fn gone_since(&self, old: &AppEntry) -> Vec<InstanceId> {
+        let now: HashSet<&InstanceId> = self.instances.iter().map(|i| &i.id).collect();
+        old.instances
+            .iter()
+            .filter(|i| !now.contains(&i.id))
+            .map(|i| i.id.clone())
+            .collect()
     }
 
     /// Whether each of its instances is reached through the peer `config` names for it (the
@@ -323,5 +374,54 @@ address = "127.0.0.1"
         );
         // Live state is carried: the same instance keeps its shared state.
         assert!(Arc::ptr_eq(&far.live, &second.apps["a"].instances[0].live));
+    }
+
+    fn many(apps: usize, moved: usize, gone: bool) -> String {
+        let mut out = String::from("[node]\nid = \"n\"\n");
+        for a in 0..apps {
+            out.push_str(&format!("[[apps]]\nname = \"a{a}\"\nhostnames = [\"a{a}.test\"]\n[[apps.services]]\ninternal_port = 80\nports = [ {{ port = 8080, handlers = [\"http\"] }} ]\n"));
+            for i in 0..3 {
+                if gone && a == moved && i == 2 {
+                    continue;
+                }
+                let port = if a == moved && i == 0 { 9 } else { 1000 + i };
+                out.push_str(&format!(
+                    "[[apps.instances]]\nid = \"i{i}\"\naddress = \"127.0.0.1:{port}\"\n"
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn one_changed_app_of_many_is_the_only_one_built_and_a_file_read_again_is_held_once() {
+        let parse = |t: &str| Arc::new(anyedge_config::parse(t, "t.toml").expect("valid"));
+        let registry = LiveRegistry::new();
+        let first = Snapshot::build(parse(&many(1000, usize::MAX, false)), &registry, None);
+        assert_eq!(first.rebuilt, 1000);
+        assert_eq!(registry.instance_count(), 3000);
+        // The same file read again: nothing built, and the config holds the entries' apps.
+        let second = Snapshot::build(
+            parse(&many(1000, usize::MAX, false)),
+            &registry,
+            Some(&first),
+        );
+        assert_eq!(second.rebuilt, 0);
+        for app in &second.config.apps {
+            assert!(Arc::ptr_eq(app, &second.apps[app.name.as_str()].config));
+        }
+        // One app's instance moves and another of its instances goes: that app alone is
+        // built, and only the instance gone is forgotten.
+        let third = Snapshot::build(parse(&many(1000, 417, true)), &registry, Some(&second));
+        assert_eq!(third.rebuilt, 1);
+        assert!(!Arc::ptr_eq(&second.apps["a417"], &third.apps["a417"]));
+        assert!(Arc::ptr_eq(&second.apps["a416"], &third.apps["a416"]));
+        assert_eq!(registry.instance_count(), 2999);
+        assert!(!third.has_instance(&InstanceId::new("a417", "i2")));
+        // Kept state is the same state: the moved instance keeps its live entry.
+        assert!(Arc::ptr_eq(
+            &second.apps["a417"].instances[0].live,
+            &third.apps["a417"].instances[0].live
+        ));
     }
 }

@@ -75,7 +75,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, Diagnostics> {
         limits: Limits::default(),
         http: defaults::http(),
         regions: Default::default(),
-        apps,
+        apps: apps.into_iter().map(std::sync::Arc::new).collect(),
         cluster: None,
         acme: Acme::default(),
         local_instances: Vec::new(),

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A whole validated config, from either file format.
@@ -14,7 +15,9 @@ pub struct Config {
     pub limits: Limits,
     pub http: Http,
     pub regions: BTreeMap<String, Coordinates>,
-    pub apps: Vec<App>,
+    /// Shared, not copied: the node's file, the catalog's assembled config and every snapshot
+    /// that has an app unchanged hold the same `App` (`docs/architecture.md`, "Snapshots").
+    pub apps: Vec<Arc<App>>,
     /// `[cluster]`: mutual TLS between nodes.
     pub cluster: Option<ClusterTls>,
     pub acme: Acme,

@@ -11,6 +11,7 @@ mod services;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use toml_edit::{Document, Item, Table, Value};
 
@@ -68,7 +69,7 @@ pub(crate) fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Con
             local_instances: instances::local(root.get("instances"), &node.region, etcd, r),
             node,
             catalog,
-            apps,
+            apps: apps.into_iter().map(Arc::new).collect(),
             format: Format::Toml,
         }
     })

@@ -144,14 +144,23 @@ impl Edge {
         self.shared
             .backhaul
             .configure(snapshot.config.cluster.as_ref());
+        let prev = self.shared.routes.load_full();
         let routes = Arc::new(Routes::build(
             &snapshot,
+            prev.snapshot.is_some().then_some(&*prev),
             &self.shared.metrics,
             &self.shared.pools,
             &self.shared.backhaul,
             tls,
         ));
         let wanted = routes.listen_addrs();
+        let m = &self.shared.metrics.node;
+        m.apps_built.fetch_add(
+            snapshot.rebuilt as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.http_services_built
+            .fetch_add(routes.built as u64, std::sync::atomic::Ordering::Relaxed);
         self.shared.routes.store(routes);
         let mut errors = self.apply_backhaul_listener(&snapshot.config);
         let mut set = self

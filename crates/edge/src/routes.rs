@@ -96,6 +96,8 @@ pub(crate) struct Routes {
     /// Each app's HTTP services, by app name, in config order (the first is the target of a
     /// replay into another app; a worker picks the one the stream's edge port belongs to).
     http_apps: FastMap<Arc<str>, Vec<Arc<HttpApp>>>,
+    /// HTTP services built afresh for these routes; the others are the previous routes'.
+    pub built: usize,
     pub limits: Limits,
     pub http: Arc<HttpSettings>,
     /// Certificates and TLS configs of this snapshot.
@@ -112,6 +114,7 @@ impl Default for Routes {
         Routes {
             ports: FastMap::default(),
             http_apps: FastMap::default(),
+            built: 0,
             limits: Limits::default(),
             http: Arc::new(settings(&Http::default(), "local")),
             tls: None,
@@ -132,15 +135,21 @@ fn settings(http: &Http, region: &str) -> HttpSettings {
 
 /// The tables a snapshot's routes are built into, app by app.
 #[derive(Default)]
-struct Builder {
+struct Builder<'p> {
     ports: FastMap<(u16, Option<IpAddr>), PortRoute>,
     http_ports: HashMap<(u16, Option<IpAddr>), HttpPort>,
     http_apps: FastMap<Arc<str>, Vec<Arc<HttpApp>>>,
-    /// The pools the routes use; the others are dropped.
+    /// The previous routes' HTTP services by app: an app whose entry did not change keeps
+    /// them (its pools and backhaul targets) as they are.
+    prev: Option<&'p FastMap<Arc<str>, Vec<Arc<HttpApp>>>>,
+    /// The pools of the services built afresh; pools of the previous routes' services that are
+    /// neither reused nor among these are dropped.
     pool_keys: HashSet<PoolKey>,
+    /// HTTP services built afresh (the others were reused).
+    built: usize,
 }
 
-impl Builder {
+impl Builder<'_> {
     /// Every port of every service of `app`.
     fn app(
         &mut self,
@@ -172,7 +181,8 @@ impl Builder {
         }
     }
 
-    /// `app`'s HTTP service `index`: its instances' pools and backhaul links.
+    /// `app`'s HTTP service `index`: its instances' pools and backhaul links, as the previous
+    /// routes had them when the app's entry is the same.
     fn http_app(
         &mut self,
         app: &Arc<AppEntry>,
@@ -181,6 +191,32 @@ impl Builder {
         pools: &Pools,
         backhaul: &Backhaul,
     ) -> Arc<HttpApp> {
+        let reused = self
+            .prev
+            .and_then(|p| p.get(&app.name))
+            .into_iter()
+            .flatten()
+            .find(|h| h.service == index && Arc::ptr_eq(&h.app, app));
+        let entry = match reused {
+            Some(h) => h.clone(),
+            None => self.new_http_app(app, index, metrics, pools, backhaul),
+        };
+        self.http_apps
+            .entry(app.name.clone())
+            .or_default()
+            .push(entry.clone());
+        entry
+    }
+
+    fn new_http_app(
+        &mut self,
+        app: &Arc<AppEntry>,
+        index: usize,
+        metrics: &Arc<AppMetrics>,
+        pools: &Pools,
+        backhaul: &Backhaul,
+    ) -> Arc<HttpApp> {
+        self.built += 1;
         let service = &app.config.services[index];
         let pools = app.instances.iter().map(|i| {
             let key = PoolKey {
@@ -196,18 +232,38 @@ impl Builder {
             let link = backhaul.link(i.peer.as_ref()?);
             Some(Remote::new(link, &app.name, i.id.instance()))
         });
-        let entry = Arc::new(HttpApp {
+        Arc::new(HttpApp {
             app: app.clone(),
             service: index,
             metrics: metrics.clone(),
             pools: pools.collect(),
             remotes: remotes.collect(),
-        });
-        self.http_apps
-            .entry(app.name.clone())
-            .or_default()
-            .push(entry.clone());
-        entry
+        })
+    }
+
+    /// The pools the previous routes' services used that no service of these routes uses:
+    /// those of services not reused, less those built afresh.
+    fn pools_gone(&self) -> Vec<PoolKey> {
+        let Some(prev) = self.prev else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        for (name, services) in prev {
+            let now = self.http_apps.get(name);
+            for old in services {
+                if now.is_some_and(|n| n.iter().any(|h| Arc::ptr_eq(h, old))) {
+                    continue;
+                }
+                let port = old.service().internal_port;
+                gone.extend(old.app.instances.iter().map(|i| PoolKey {
+                    id: i.id.clone(),
+                    host: i.address.host.clone(),
+                    port: i.address.port.or(port),
+                }));
+            }
+        }
+        gone.retain(|k| !self.pool_keys.contains(k));
+        gone
     }
 
     /// `app`'s hostnames on the HTTP port `key`.
@@ -233,27 +289,47 @@ impl Builder {
 }
 
 impl Routes {
+    /// The routes of `snapshot`. The HTTP services of apps whose entry `prev` (the routes in
+    /// force) has are reused with their pools and backhaul targets; only changed apps' are
+    /// built, and only their old pools are dropped.
     pub fn build(
         snapshot: &Arc<Snapshot>,
+        prev: Option<&Routes>,
         metrics: &Metrics,
         pools: &Pools,
         backhaul: &Backhaul,
         tls: Arc<anyedge_tls::TlsServer>,
     ) -> Routes {
-        let mut b = Builder::default();
+        let mut b = Builder {
+            prev: prev.map(|p| &p.http_apps),
+            ..Builder::default()
+        };
         for app in snapshot.apps.values() {
-            b.app(app, &metrics.app(&app.name), pools, backhaul);
+            let m = match b
+                .prev
+                .and_then(|p| p.get(&app.name))
+                .and_then(|s| s.first())
+            {
+                Some(h) => h.metrics.clone(),
+                None => metrics.app(&app.name),
+            };
+            b.app(app, &m, pools, backhaul);
         }
+        let gone = b.pools_gone();
         let mut ports = b.ports;
         for (key, hp) in b.http_ports {
             ports.insert(key, PortRoute::Http(Arc::new(hp)));
         }
-        pools.retain(|key| b.pool_keys.contains(key));
+        match prev {
+            Some(_) => pools.remove(&gone),
+            None => pools.retain(|key| b.pool_keys.contains(key)),
+        }
         backhaul.retain(|peer| snapshot.config.peers.contains_key(peer));
         let config = &snapshot.config;
         Routes {
             ports,
             http_apps: b.http_apps,
+            built: b.built,
             limits: config.limits.clone(),
             http: Arc::new(settings(&config.http, &config.node.region)),
             tls: Some(tls),

@@ -20,6 +20,7 @@ use crate::keys::{Key, Keys};
 use crate::values::{decode_app, DecodeError, InstanceValue, NodeValue};
 use anyedge_config::{App, Config, Instance};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// One change to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,7 +363,7 @@ impl CatalogState {
             let mine: &[&Instance] = local.get(name.as_str()).map_or(&[], Vec::as_slice);
             let mut app = app.clone();
             app.instances = self.instances_of(name, &app, mine, &viewer, via_backhaul);
-            apps.push(app);
+            apps.push(Arc::new(app));
         }
         let peers = self.peers(&apps);
         Config {
@@ -375,7 +376,7 @@ impl CatalogState {
     /// The nodes the config's instances are reached on, as peers: the backhaul peer set is
     /// what the node routes to, so another node joining or leaving changes it only when the
     /// node routes to its instances.
-    fn peers(&self, apps: &[App]) -> BTreeMap<String, anyedge_config::Peer> {
+    fn peers(&self, apps: &[Arc<App>]) -> BTreeMap<String, anyedge_config::Peer> {
         apps.iter()
             .flat_map(|a| &a.instances)
             .filter_map(|i| i.node.as_deref())

@@ -370,6 +370,14 @@ impl Pools {
         map.entry(key.clone()).or_default().clone()
     }
 
+    /// Drop these pools (no current route uses them); their idle connections close.
+    pub fn remove(&self, keys: &[PoolKey]) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in keys {
+            map.remove(key);
+        }
+    }
+
     /// Drop the pools no current route uses; their idle connections close.
     pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);

@@ -104,6 +104,7 @@ impl Node {
         let tls = self.edge.tls_server(&snapshot);
         Routes::build(
             &snapshot,
+            None,
             &shared.metrics,
             &shared.pools,
             &shared.backhaul,
