@@ -20,7 +20,7 @@ use crate::keys::{Key, Keys};
 use crate::values::{decode_app, DecodeError, InstanceValue, NodeValue};
 use anyedge_config::{App, Config, Instance};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// One change to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +161,17 @@ pub struct CatalogState {
     /// viewer only while it runs instances.
     registered_by: HashMap<String, usize>,
     nodes: BTreeMap<String, NodeValue>,
+    /// Each app as [`Self::config`] last assembled it (the etcd app with its instances), kept
+    /// until a change to the app, one of its instances or any node record, or another file
+    /// (`base`), so assembling the config after one change builds that app alone.
+    assembled: Mutex<Assembled>,
+}
+
+#[derive(Debug, Default)]
+struct Assembled {
+    /// What the apps were assembled for: the file's own instances and the viewer.
+    context: Option<(Vec<anyedge_config::LocalInstance>, Viewer)>,
+    apps: HashMap<String, Arc<App>>,
 }
 
 impl CatalogState {
@@ -224,6 +235,7 @@ impl CatalogState {
 
     fn put(&mut self, raw_key: &[u8], entry: Entry) -> bool {
         let shown = String::from_utf8_lossy(raw_key);
+        self.forget_assembled(&entry);
         match entry {
             Entry::Gone(key) => self.delete(key),
             Entry::App(name, Ok(app)) => {
@@ -244,6 +256,23 @@ impl CatalogState {
             Entry::App(_, Err(e)) | Entry::Instance(_, _, Err(e)) | Entry::Node(_, Err(e)) => {
                 skip(&shown, &e)
             }
+        }
+    }
+
+    /// What a change to `entry`'s key makes stale among the assembled apps.
+    fn forget_assembled(&mut self, entry: &Entry) {
+        let assembled = self
+            .assembled
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        match entry {
+            Entry::App(app, _) | Entry::Instance(app, _, _) => {
+                assembled.apps.remove(app);
+            }
+            Entry::Gone(Key::App(app) | Key::Instance { app, .. }) => {
+                assembled.apps.remove(app);
+            }
+            Entry::Node(..) | Entry::Gone(Key::Node(_)) => assembled.apps.clear(),
         }
     }
 
@@ -353,6 +382,15 @@ impl CatalogState {
         let via_backhaul = |node: &str| {
             viewer.backhaul && self.nodes.get(node).is_some_and(|n| n.advertise.is_some())
         };
+        let mut assembled = self
+            .assembled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let context = (base.local_instances.clone(), viewer.clone());
+        if assembled.context.as_ref() != Some(&context) {
+            assembled.apps.clear();
+            assembled.context = Some(context);
+        }
         let mut claims = claims::Claims::default();
         let mut apps = Vec::with_capacity(self.apps.len());
         for (name, app) in &self.apps {
@@ -360,11 +398,18 @@ impl CatalogState {
                 tracing::warn!(app = %name, "app left out: {why}");
                 continue;
             }
+            if let Some(done) = assembled.apps.get(name) {
+                apps.push(done.clone());
+                continue;
+            }
             let mine: &[&Instance] = local.get(name.as_str()).map_or(&[], Vec::as_slice);
             let mut app = app.clone();
             app.instances = self.instances_of(name, &app, mine, &viewer, via_backhaul);
-            apps.push(Arc::new(app));
+            let app = Arc::new(app);
+            assembled.apps.insert(name.clone(), app.clone());
+            apps.push(app);
         }
+        drop(assembled);
         let peers = self.peers(&apps);
         Config {
             apps,
