@@ -33,6 +33,7 @@ import time, urllib.request
 SIZES = [tuple(int(x) for x in s.split("x"))
          for s in os.environ.get("SIZES", "0x0,1000x1,1000x10").split(",")]
 ETCD = os.environ.get("ETCD", "") == "1"
+FILE = os.environ.get("FILE", "1") == "1"  # FILE=0: through etcd alone
 CHANGES = int(os.environ.get("CHANGES", "3"))
 ANYEDGE = os.environ.get("ANYEDGE", os.path.join(
     os.environ.get("CARGO_TARGET_DIR", "/var/tmp/anyedge-target"), "release", "anyedge"))
@@ -346,8 +347,9 @@ def main():
     rows = []
     try:
         for apps, instances in SIZES:
-            rows.append(file_size(apps, instances, work))
-            print(json.dumps(rows[-1]), flush=True)
+            if FILE:
+                rows.append(file_size(apps, instances, work))
+                print(json.dumps(rows[-1]), flush=True)
             if ETCD:
                 rows.append(etcd_size(apps, instances, work))
                 print(json.dumps(rows[-1]), flush=True)

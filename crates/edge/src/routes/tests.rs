@@ -72,11 +72,13 @@ id = "i"
 address = "127.0.0.1"
 "#;
 
-/// A node's shared state and the snapshots it is given, each built on the one before.
+/// A node's shared state and the snapshots it is given, each built on the one before, and
+/// each one's routes built on the routes before, as `Edge::apply` does.
 struct Node {
     edge: Edge,
     registry: Arc<LiveRegistry>,
     current: Option<Arc<Snapshot>>,
+    routes: Option<Arc<Routes>>,
 }
 
 impl Node {
@@ -88,11 +90,12 @@ impl Node {
             edge,
             registry: LiveRegistry::new(),
             current: None,
+            routes: None,
         }
     }
 
     /// The routes of `toml` (no listener is opened).
-    fn routes(&mut self, toml: &str) -> Routes {
+    fn routes(&mut self, toml: &str) -> Arc<Routes> {
         let config = anyedge_config::parse(toml, "t.toml").unwrap_or_else(|d| panic!("{d}"));
         let snapshot = Arc::new(Snapshot::build(
             Arc::new(config),
@@ -102,14 +105,16 @@ impl Node {
         self.current = Some(snapshot.clone());
         let shared = &self.edge.shared;
         let tls = self.edge.tls_server(&snapshot);
-        Routes::build(
+        let routes = Arc::new(Routes::build(
             &snapshot,
-            None,
+            self.routes.as_deref(),
             &shared.metrics,
             &shared.pools,
             &shared.backhaul,
             tls,
-        )
+        ));
+        self.routes = Some(routes.clone());
+        routes
     }
 }
 
@@ -291,4 +296,33 @@ async fn pools_follow_an_instances_address_and_go_when_no_route_uses_them() {
     ));
     assert!(current.upgrade().is_none(), "no route uses it");
     assert!(Arc::ptr_eq(&wild, &pool(&last, 10080, "www.example.com")));
+}
+
+#[tokio::test]
+async fn a_reload_builds_the_http_services_of_changed_apps_and_reuses_the_others() {
+    let mut node = Node::new();
+    let first = node.routes(&node_file("127.0.0.1:7001"));
+    assert_eq!(first.built, 5, "exact, wild, bound, and two's two services");
+    let same = node.routes(&node_file("127.0.0.1:7001"));
+    assert_eq!(same.built, 0, "nothing changed");
+    let app = |r: &Routes, host: &str| {
+        http_port(r, at([127, 0, 0, 1], 10080))
+            .app(host)
+            .expect("routed")
+            .clone()
+    };
+    assert!(Arc::ptr_eq(
+        &app(&first, "api.example.com"),
+        &app(&same, "api.example.com")
+    ));
+    let moved = node.routes(&node_file("127.0.0.1:7009"));
+    assert_eq!(moved.built, 1, "exact alone");
+    assert!(!Arc::ptr_eq(
+        &app(&same, "api.example.com"),
+        &app(&moved, "api.example.com")
+    ));
+    assert!(Arc::ptr_eq(
+        &app(&same, "www.example.com"),
+        &app(&moved, "www.example.com")
+    ));
 }
