@@ -111,6 +111,7 @@ impl Snapshot {
                     let entry = Arc::new(AppEntry::build(app, &config, registry));
                     if let Some(old) = old {
                         gone_instances.extend(entry.gone_since(old));
+                        entry.forget_old_addresses(old);
                     }
                     entry
                 }
@@ -212,6 +213,28 @@ impl AppEntry {
             config: app.clone(),
             instances,
             regions,
+        }
+    }
+
+    /// An instance that moved (another address, or another node's backhaul) under the same id
+    /// keeps its live state, but not the connect failures and backoff earned at the old
+    /// place: they say nothing about the new one, and would hold the instance out of placement
+    /// (up to 30 s) just when it is reachable again.
+    fn forget_old_addresses(&self, old: &AppEntry) {
+        if self.instances.is_empty() {
+            return;
+        }
+        let before: HashMap<&InstanceId, &InstanceEntry> =
+            old.instances.iter().map(|i| (&i.id, i)).collect();
+        for i in &self.instances {
+            let moved = before.get(&i.id).is_some_and(|o| {
+                o.address != i.address
+                    || o.peer.as_ref().map(|p| &p.advertise)
+                        != i.peer.as_ref().map(|p| &p.advertise)
+            });
+            if moved {
+                i.live.connect_succeeded();
+            }
         }
     }
 
@@ -418,10 +441,26 @@ address = "127.0.0.1"
         assert!(Arc::ptr_eq(&second.apps["a416"], &third.apps["a416"]));
         assert_eq!(registry.instance_count(), 2999);
         assert!(!third.has_instance(&InstanceId::new("a417", "i2")));
-        // Kept state is the same state: the moved instance keeps its live entry.
+        // Kept state is the same state: the moved instance keeps its live entry, less the
+        // connect backoff earned at its old address; an instance that did not move keeps that.
         assert!(Arc::ptr_eq(
             &second.apps["a417"].instances[0].live,
             &third.apps["a417"].instances[0].live
         ));
+        let now = std::time::Instant::now();
+        let [moved, stayed] = [0, 1].map(|i| third.apps["a418"].instances[i].live.clone());
+        for live in [&moved, &stayed] {
+            for _ in 0..crate::EJECT_AFTER {
+                live.connect_failed(now);
+            }
+            assert!(live.ejected(now));
+        }
+        let fourth = Snapshot::build(parse(&many(1000, 418, false)), &registry, Some(&third));
+        assert_eq!(fourth.rebuilt, 2, "a417 back as it was, a418 moved");
+        assert!(
+            !moved.backing_off(now) && !moved.ejected(now),
+            "a new address starts afresh"
+        );
+        assert!(stayed.ejected(now), "the same address keeps its backoff");
     }
 }
