@@ -35,6 +35,8 @@ SIZES = [tuple(int(x) for x in s.split("x"))
 ETCD = os.environ.get("ETCD", "") == "1"
 FILE = os.environ.get("FILE", "1") == "1"  # FILE=0: through etcd alone
 CHANGES = int(os.environ.get("CHANGES", "3"))
+# PERF=DIR: record each change with `perf record -e cpu-clock -g` into DIR/<store>-<size>-<n>.data
+PERF = os.environ.get("PERF", "")
 ANYEDGE = os.environ.get("ANYEDGE", os.path.join(
     os.environ.get("CARGO_TARGET_DIR", "/var/tmp/anyedge-target"), "release", "anyedge"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -177,9 +179,15 @@ def idle_rate(pid, seconds=1.0):
     return (cpu_s(pid) - c0) / seconds
 
 
-def one_change(proc, admin, apply, settle=0.3):
+def one_change(proc, admin, apply, settle=0.3, name="change"):
     """Run `apply` (which makes one change) and measure until the next generation."""
     pid = proc.pid
+    perf = None
+    if PERF:
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-g", "-o",
+                                 os.path.join(PERF, name + ".data"), "-p", str(pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
     rate = idle_rate(pid, 0.5)
     gen = generation(admin)
     reset_peak(pid)
@@ -190,6 +198,9 @@ def one_change(proc, admin, apply, settle=0.3):
     time.sleep(settle)
     cpu = cpu_s(pid) - c0 - rate * (time.monotonic() - t0)
     worst = probe.stop()
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
     return {"wall": t1 - t0, "cpu": max(cpu, 0.0), "peak_kib": status_kib(pid, "VmHWM"),
             "healthz_worst": worst}
 
@@ -216,7 +227,8 @@ def file_size(apps, instances, work):
                                              else f"127.0.0.1:{20000 + j}")
         blocks[target] = app_block(target, instances, port, addr_of=moved)
         text = node_head(admin) + probe + "".join(blocks)
-        changes.append(one_change(proc, admin, lambda: write_atomic(path, text)))
+        changes.append(one_change(proc, admin, lambda: write_atomic(path, text),
+                                  name=f"file-{apps}x{instances}-{k}"))
     row["file"] = changes
     row["rss_after_kib"] = status_kib(proc.pid, "VmRSS")
     stop(proc)
@@ -318,7 +330,7 @@ def etcd_size(apps, instances, work):
         put = lambda a=a, i=i, k=k: etcd_call(url, "/v3/kv/put", {
             "key": b64(f"/anyedge/instances/{a}/{i}"),
             "value": b64(instance_value(a, i, f"127.0.0.1:{30000 + k}"))})
-        changes.append(one_change(proc, admin, put))
+        changes.append(one_change(proc, admin, put, name=f"etcd-{apps}x{instances}-{k}"))
     row["etcd"] = changes
     # Served: the probe app's one instance moves from a dead address to the backend.
     moved = f"127.0.0.1:{backend.server_address[1]}"
