@@ -16,6 +16,10 @@ pub struct Snapshot {
     /// How many of its apps this generation built afresh; the others are the previous
     /// generation's entries, shared. A change to one app rebuilds one (tested).
     pub rebuilt: usize,
+    /// The live state of instances that moved in this generation (another address or backhaul
+    /// address under the same id): whoever puts the snapshot in force clears their connect
+    /// backoff once requests route by it ([`AppEntry::moved_since`]).
+    pub moved: Vec<Arc<InstanceLive>>,
 }
 
 /// One app: its config, its live state, its instances.
@@ -92,6 +96,7 @@ impl Snapshot {
         let mut gone_instances = Vec::new();
         let mut shared = Vec::new();
         let mut rebuilt = 0;
+        let mut moved = Vec::new();
         let mut apps = HashMap::with_capacity(config.apps.len());
         for (index, app) in config.apps.iter().enumerate() {
             let old = prev.and_then(|p| p.apps.get(app.name.as_str()));
@@ -111,7 +116,7 @@ impl Snapshot {
                     let entry = Arc::new(AppEntry::build(app, &config, registry));
                     if let Some(old) = old {
                         gone_instances.extend(entry.gone_since(old));
-                        entry.forget_old_addresses(old);
+                        moved.extend(entry.moved_since(old));
                     }
                     entry
                 }
@@ -140,6 +145,7 @@ impl Snapshot {
             config,
             apps,
             rebuilt,
+            moved,
         };
         registry.forget(
             gone_apps,
@@ -216,13 +222,16 @@ impl AppEntry {
         }
     }
 
-    /// An instance that moved (another address, or another node's backhaul) under the same id
-    /// keeps its live state, but not the connect failures and backoff earned at the old
-    /// place: they say nothing about the new one, and would hold the instance out of placement
-    /// (up to 30 s) just when it is reachable again.
-    fn forget_old_addresses(&self, old: &AppEntry) {
+    /// The instances that moved since `old` (another address, or another node's backhaul)
+    /// under the same id. Each keeps its live state, but the connect failures and backoff
+    /// earned at the old place say nothing about the new one and would hold the instance out
+    /// of placement (up to 30 s) just when it is reachable again: they are cleared once the
+    /// snapshot routes (not here: until then requests still go to the old address and would
+    /// earn them again).
+    fn moved_since(&self, old: &AppEntry) -> Vec<Arc<InstanceLive>> {
+        let mut out = Vec::new();
         if self.instances.is_empty() {
-            return;
+            return out;
         }
         let before: HashMap<&InstanceId, &InstanceEntry> =
             old.instances.iter().map(|i| (&i.id, i)).collect();
@@ -233,9 +242,10 @@ impl AppEntry {
                         != i.peer.as_ref().map(|p| &p.advertise)
             });
             if moved {
-                i.live.connect_succeeded();
+                out.push(i.live.clone());
             }
         }
+        out
     }
 
     /// The instances `old` (this app's previous entry) had that this one has not.
@@ -457,6 +467,14 @@ address = "127.0.0.1"
         }
         let fourth = Snapshot::build(parse(&many(1000, 418, false)), &registry, Some(&third));
         assert_eq!(fourth.rebuilt, 2, "a417 back as it was, a418 moved");
+        // a417's i0 moved back and a418's i0 moved; a418's i1 stayed.
+        assert_eq!(fourth.moved.len(), 2);
+        assert!(fourth.moved.iter().any(|l| Arc::ptr_eq(l, &moved)));
+        assert!(!fourth.moved.iter().any(|l| Arc::ptr_eq(l, &stayed)));
+        // What puts it in force clears them (the edge, once its routes are stored).
+        for live in &fourth.moved {
+            live.connect_succeeded();
+        }
         assert!(
             !moved.backing_off(now) && !moved.ejected(now),
             "a new address starts afresh"
