@@ -164,19 +164,6 @@ impl ProxyError {
     }
 }
 
-/// What hyper's own rejection (before our service ran) counts as.
-pub(crate) fn hyper_rejection(e: &hyper::Error) -> Option<ErrorCode> {
-    if e.is_parse_too_large() {
-        Some(ErrorCode::HeadersTooLarge)
-    } else if e.is_parse() || e.is_parse_status() {
-        Some(ErrorCode::BadRequest)
-    } else if e.is_timeout() {
-        Some(ErrorCode::ClientTimeout)
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

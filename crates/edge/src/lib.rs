@@ -10,6 +10,7 @@ mod error;
 mod front;
 #[doc(hidden)]
 pub mod fuzz;
+mod h2server;
 mod health;
 mod instance;
 mod routes;

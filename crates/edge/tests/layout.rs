@@ -5,6 +5,7 @@
 //! The rules (`docs/architecture.md`, "Roles as folders"):
 //! - `instance` (talking to an instance, both roles) imports none of `front`, `backhaul`,
 //!   `worker`, `routes`, `admit`, `health`: it is below them all;
+//! - `h2server` (our HTTP/2 server, for clients and for edges) imports none of them either;
 //! - `worker` imports neither the client-facing `front` nor the edge's side of `backhaul`;
 //! - `backhaul` (the edge's side) imports neither `front` nor `worker`;
 //! - `front` imports nothing of `worker`;
@@ -17,6 +18,10 @@ use std::path::{Path, PathBuf};
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "instance",
+        &["front", "backhaul", "worker", "routes", "admit", "health"],
+    ),
+    (
+        "h2server",
         &["front", "backhaul", "worker", "routes", "admit", "health"],
     ),
     ("worker", &["front", "backhaul"]),

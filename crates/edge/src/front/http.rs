@@ -3,7 +3,6 @@
 
 mod attempts;
 mod carrier;
-mod idle;
 pub(crate) mod routing;
 mod service;
 
@@ -11,9 +10,7 @@ use super::http1;
 use super::tcp::Guards;
 use crate::instance::headers::ClientInfo;
 use crate::routes::Routes;
-use crate::Shared;
-use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use crate::{h2server, Shared};
 pub(crate) use service::ProxyService;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,8 +37,8 @@ pub(crate) fn spawn(
     tokio::spawn(serve_plain(stream, service, guards));
 }
 
-/// A client connection on a plain port: HTTP/1.1 (our server), or HTTP/2 with prior knowledge
-/// (hyper's, boxed) when it opens with the preface.
+/// A client connection on a plain port: HTTP/1.1, or HTTP/2 with prior knowledge (boxed) when it
+/// opens with the preface; both our servers.
 ///
 /// This future is the connection's task, so its size is memory every idle connection holds.
 /// Hence a plain function returning an `async` block that uses what it captures in place: an
@@ -63,7 +60,7 @@ fn serve_plain(
         match Box::pin(sniff_h2c(&mut conn, timeout)).await {
             None => return,
             Some(true) => {
-                // hyper's server reads the preface again.
+                // The HTTP/2 server reads the preface again.
                 let io = http1::Rewind::new(conn.buf.take_unread(), conn.io);
                 return Box::pin(serve_io(io, service.clone(), &service.shared)).await;
             }
@@ -154,79 +151,45 @@ async fn sniff_h2c(conn: &mut http1::Conn<TcpStream>, timeout: Duration) -> Opti
     }
 }
 
-/// Run hyper's server on `io`; on drain, finish in-flight requests and close gracefully.
+/// Serve HTTP/2 on `io` with our server (`crate::h2server`): each stream's request goes to the
+/// forwarding core as our HTTP/1.1 server's do; on drain, or once the connection has had no
+/// stream for its idle timeout, in-flight requests finish and the connection closes gracefully.
 pub(crate) async fn serve_io<IO>(io: IO, service: ProxyService, shared: &Shared)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let streams = idle::Streams::default();
-    let service = service.counting(streams.clone());
-    let io = TokioIo::new(io);
-    let result = serve_h2(io, service, shared, streams).await;
-    if let Err(e) = result {
-        match crate::error::hyper_rejection(&e) {
-            Some(code) => {
-                shared.metrics.node.rejection(code);
-                tracing::info!(code = code.as_str(), error = %e, "request rejected before routing");
-            }
-            None => tracing::debug!(error = %e, "client connection ended with an error"),
+    let settings = h2_settings(&service.settings().config);
+    let answer = |req| {
+        let (this, routed) = service.for_request(&req);
+        this.handle(req, routed)
+    };
+    match h2server::serve(io, &settings, shared.drain.started(), answer).await {
+        Ok(()) => {}
+        // A client that broke the protocol (a flood of resets, a malformed frame): its fault,
+        // counted as such, never an instance's.
+        Err(e) if e.is_peer_protocol_error() => {
+            let code = anyedge_telemetry::ErrorCode::BadRequest;
+            shared.metrics.node.rejection(code);
+            tracing::info!(code = code.as_str(), error = %e, "HTTP/2 client connection closed for a protocol error");
         }
+        Err(e) => tracing::debug!(error = %e, "client connection ended with an error"),
     }
 }
 
-type Io<IO> = TokioIo<IO>;
-
-async fn serve_h2<IO>(
-    io: Io<IO>,
-    service: ProxyService,
-    shared: &Shared,
-    streams: idle::Streams,
-) -> hyper::Result<()>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let cfg = &service.settings().config;
-    let timeouts = (cfg.header_read_timeout, cfg.idle_timeout);
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_concurrent_streams(cfg.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(cfg.max_header_size).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(Some(50))
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let conn = builder.serve_connection(io, service);
-    drive(conn, |c| c.graceful_shutdown(), shared, streams, timeouts).await
-}
-
-/// Run a connection to its end; when the node drains or the connection has had no stream for
-/// its idle timeout (`(first, then)`: before its first stream, and after), ask it to finish
-/// gracefully (in-flight requests complete) and wait for that.
-async fn drive<C>(
-    conn: C,
-    graceful: impl FnOnce(std::pin::Pin<&mut C>),
-    shared: &Shared,
-    streams: idle::Streams,
-    (first, then): (Duration, Duration),
-) -> hyper::Result<()>
-where
-    C: std::future::Future<Output = hyper::Result<()>>,
-{
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => return r,
-        _ = shared.drain.started() => {}
-        _ = streams.idle(first, then) => {}
-    }
-    graceful(conn.as_mut());
-    // The graceful close waits for the client to answer a PING after the first GOAWAY; a
-    // client that never does would hold the connection forever. Streams in flight finish;
-    // once none is open for another header timeout, the connection is dropped.
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = streams.idle(first, first) => {
-            tracing::debug!("an HTTP/2 client did not finish closing; dropped");
-            Ok(())
-        }
+/// The client-facing HTTP/2 protections, as they were on hyper's server: `[http]`'s stream cap,
+/// header size and timeouts; at most 50 streams reset by the client before we took them (rapid
+/// reset) and 1,024 we reset for its errors; a PING every 30 s, answered within 20 s.
+fn h2_settings(cfg: &anyedge_config::Http) -> h2server::Settings {
+    h2server::Settings {
+        max_concurrent_streams: cfg.h2_max_concurrent_streams,
+        max_header_list_size: u32::try_from(cfg.max_header_size).unwrap_or(u32::MAX),
+        max_pending_accept_reset_streams: 50,
+        max_local_error_reset_streams: h2server::DEFAULT_LOCAL_ERROR_RESETS,
+        stream_window: h2server::DEFAULT_WINDOW,
+        connection_window: h2server::DEFAULT_WINDOW,
+        max_send_buffer: h2server::DEFAULT_SEND_BUFFER,
+        ping_interval: Duration::from_secs(30),
+        ping_timeout: Duration::from_secs(20),
+        idle: Some((cfg.header_read_timeout, cfg.idle_timeout)),
     }
 }

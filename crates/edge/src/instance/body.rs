@@ -43,13 +43,15 @@ struct Recording<B> {
     generation: u64,
 }
 
-/// A client's request body, from whichever server read its head: hyper's (HTTP/2 from clients
-/// and edges) or our HTTP/1.1 server's ([`Inbound`]).
+/// A client's request body, from whichever server read its head: our HTTP/2 server's (clients
+/// and edges: an `h2` stream, [`RecvBody`]), our HTTP/1.1 server's ([`Inbound`]), or hyper's
+/// (tests that serve with hyper).
 pub(crate) enum ClientBody {
     /// No body (our server's requests without one).
     Empty,
     Hyper(Incoming),
     Inbound(Inbound),
+    H2(RecvBody),
 }
 
 impl From<Incoming> for ClientBody {
@@ -70,6 +72,7 @@ impl Body for ClientBody {
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ClientBody::Inbound(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -78,6 +81,7 @@ impl Body for ClientBody {
             ClientBody::Empty => true,
             ClientBody::Hyper(b) => b.is_end_stream(),
             ClientBody::Inbound(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -86,6 +90,7 @@ impl Body for ClientBody {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Hyper(b) => b.size_hint(),
             ClientBody::Inbound(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
         }
     }
 }

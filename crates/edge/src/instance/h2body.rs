@@ -1,12 +1,14 @@
-//! Bodies read from an HTTP/2 stream of the `h2` crate: flow-control window given back as the
-//! data is taken, trailers passed on, and a [`Cancel`] that stops the request's side of the
-//! stream when the response is dropped unfinished. Backhaul's client uses them for workers'
-//! answers.
+//! Bodies on HTTP/2 streams of the `h2` crate. Read ([`RecvBody`]): flow-control window given
+//! back as the data is taken, trailers passed on, and a [`Cancel`] that stops the request's side
+//! of the stream when the response is dropped unfinished. Written ([`Pipe`]): within the
+//! stream's window, trailers included. Backhaul's client uses them for workers' answers and its
+//! request bodies; our HTTP/2 server (`crate::h2server`) for request bodies and answers.
 
 use super::body::BodyError;
 use bytes::Bytes;
-use h2::RecvStream;
+use h2::{RecvStream, SendStream};
 use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -128,5 +130,157 @@ impl StreamError {
             StreamError::H2(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+/// Moves a body onto its stream, within the stream's flow-control window: a request body to a
+/// worker (backhaul's client), or a response body to a client or an edge (our HTTP/2 server).
+/// At most one chunk read from the body waits for window at a time, so a peer that reads slowly
+/// holds its stream's window and one chunk here, never more.
+pub(crate) struct Pipe<B> {
+    pub body: B,
+    pub stream: SendStream<Bytes>,
+    /// Data read from the body that has not fit in the window yet, and whether it is the last.
+    pub pending: Option<(Bytes, bool)>,
+    /// The stream's send side ended (end of body, trailers, or reset): nothing to cancel.
+    pub finished: bool,
+    pub cancel: Option<Arc<Cancel>>,
+}
+
+impl<B> Drop for Pipe<B> {
+    /// A body dropped before its end (a timeout, the request abandoned) resets its stream, so
+    /// the worker and the instance stop waiting for the rest.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+}
+
+/// Headers HTTP/2 forbids (RFC 9113, 8.2.2), which `h2` refuses to send in trailers.
+const CONNECTION_SPECIFIC: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
+impl<B> Future for Pipe<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    type Output = Result<(), StreamError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let polled = this.poll_pipe(cx);
+        if polled.is_ready() {
+            this.finished = true;
+        }
+        polled
+    }
+}
+
+impl<B> Pipe<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    fn poll_pipe(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamError>> {
+        let this = self;
+        if this.cancel.as_ref().is_some_and(|c| c.poll_stopped(cx)) {
+            this.stream.send_reset(h2::Reason::CANCEL);
+            return Poll::Ready(Err(StreamError::Reset(h2::Reason::CANCEL)));
+        }
+        loop {
+            if let Some((data, last)) = this.pending.as_mut() {
+                while this.stream.capacity() == 0 {
+                    match this.stream.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                        Poll::Ready(None) => return Poll::Ready(Err(reset(&mut this.stream, cx))),
+                        Poll::Pending => {
+                            if let Poll::Ready(r) = this.stream.poll_reset(cx) {
+                                return Poll::Ready(Err(reset_reason(r)));
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                let n = this.stream.capacity().min(data.len());
+                let chunk = data.split_to(n);
+                let end = *last && data.is_empty();
+                if this.stream.send_data(chunk, end).is_err() {
+                    return Poll::Ready(Err(reset(&mut this.stream, cx)));
+                }
+                if data.is_empty() {
+                    this.pending = None;
+                    if end {
+                        return Poll::Ready(Ok(()));
+                    }
+                } else {
+                    this.stream.reserve_capacity(data.len());
+                }
+                continue;
+            }
+            let frame = match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => {
+                    // The worker may answer and reset the stream while the client is slow.
+                    if let Poll::Ready(r) = this.stream.poll_reset(cx) {
+                        return Poll::Ready(Err(reset_reason(r)));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    if this.stream.send_data(Bytes::new(), true).is_err() {
+                        return Poll::Ready(Err(reset(&mut this.stream, cx)));
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.stream.send_reset(h2::Reason::CANCEL);
+                    return Poll::Ready(Err(StreamError::Body(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) => {
+                    let last = this.body.is_end_stream();
+                    this.stream.reserve_capacity(data.len());
+                    this.pending = Some((data, last));
+                }
+                Err(frame) => {
+                    let sent = match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            for name in CONNECTION_SPECIFIC {
+                                trailers.remove(name);
+                            }
+                            this.stream.send_trailers(trailers)
+                        }
+                        Err(_) => this.stream.send_data(Bytes::new(), true),
+                    };
+                    if sent.is_err() {
+                        return Poll::Ready(Err(reset(&mut this.stream, cx)));
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+fn reset(stream: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> StreamError {
+    match stream.poll_reset(cx) {
+        Poll::Ready(r) => reset_reason(r),
+        Poll::Pending => StreamError::Reset(h2::Reason::STREAM_CLOSED),
+    }
+}
+
+fn reset_reason(r: Result<h2::Reason, h2::Error>) -> StreamError {
+    match r {
+        Ok(reason) => StreamError::Reset(reason),
+        Err(e) => StreamError::H2(e),
     }
 }

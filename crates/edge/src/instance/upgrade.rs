@@ -38,8 +38,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// The client connection once the server that read the request has sent the switch's answer.
 pub(crate) type Switched = Box<dyn Stream>;
 
-/// Put in a request's extensions by our HTTP/1.1 server when the request asks for a protocol
-/// switch: the server hands the connection over here once it has written a 101.
+/// Put in a request's extensions by our servers when the request asks for a protocol switch:
+/// HTTP/1.1 hands the connection over once it has written a 101, HTTP/2 the stream once it has
+/// sent the extended CONNECT's 200.
 #[derive(Clone)]
 pub(crate) struct Handover(Arc<std::sync::Mutex<Option<oneshot::Receiver<Switched>>>>);
 
@@ -57,7 +58,8 @@ impl Handover {
     }
 }
 
-/// The client's side of a switch: from hyper's server, or handed over by ours.
+/// The client's side of a switch: from hyper's server, or handed over by ours (HTTP/1.1 and
+/// HTTP/2).
 pub(crate) enum ClientSide {
     Hyper(OnUpgrade),
     Handed(oneshot::Receiver<Switched>),
@@ -92,10 +94,15 @@ impl ClientSide {
 /// Tell a protocol switch from a plain request, and take the client side's upgrade handle.
 pub(crate) fn classify<B>(req: &mut Request<B>) -> Result<Upgrade, &'static str> {
     if req.method() == Method::CONNECT {
-        let protocol = req
-            .extensions()
-            .get::<hyper::ext::Protocol>()
-            .map(|p| p.as_str().to_string());
+        // `:protocol`, as our HTTP/2 server (`h2`) or hyper's hands it over.
+        let ext = req.extensions();
+        let protocol = ext
+            .get::<h2::ext::Protocol>()
+            .map(|p| p.as_str().to_string())
+            .or_else(|| {
+                ext.get::<hyper::ext::Protocol>()
+                    .map(|p| p.as_str().to_string())
+            });
         return match protocol {
             Some(protocol) => Ok(Upgrade::Connect {
                 client: ClientSide::of(req),

@@ -10,7 +10,7 @@ use crate::error::ProxyError;
 use crate::instance::attempt::{
     fill_host, response_back, retry_reason, upstream_uri, Cause, Outcome,
 };
-use crate::instance::body::{ReqBody, RespBody, Slots};
+use crate::instance::body::{ClientBody, ReqBody, RespBody, Slots};
 use crate::instance::headers::{self, FEED, RETRY_ELSEWHERE, STREAM};
 use crate::instance::outlier;
 use crate::instance::pool::{SendError, Sender, Target};
@@ -22,10 +22,7 @@ use anyedge_backhaul::stream::parse_stream;
 use anyedge_telemetry::OutlierReason;
 
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,20 +37,21 @@ pub(crate) struct WorkerService {
 /// A stream's answer: a forwarded response (`Left`), or the load feed (`Right`).
 pub(crate) type WorkerBody = http_body_util::Either<RespBody, FeedBody>;
 
-impl hyper::service::Service<Request<Incoming>> for WorkerService {
-    type Response = Response<WorkerBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<WorkerBody>, Infallible>> + Send>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+impl WorkerService {
+    /// A stream's answer (our HTTP/2 server calls this as its head arrives): the load feed, or
+    /// the request forwarded to its instance.
+    pub(crate) fn answer(
+        &self,
+        req: Request<ClientBody>,
+    ) -> impl Future<Output = Response<WorkerBody>> + Send + 'static {
         let this = self.clone();
-        Box::pin(async move {
+        async move {
             if req.headers().contains_key(FEED) {
                 let body = super::feed::stream(&this.shared);
-                return Ok(Response::new(WorkerBody::Right(body)));
+                return Response::new(WorkerBody::Right(body));
             }
-            Ok(this.handle(req).await.map(WorkerBody::Left))
-        })
+            this.handle(req).await.map(WorkerBody::Left)
+        }
     }
 }
 
@@ -75,7 +73,7 @@ struct Taken {
 }
 
 impl WorkerService {
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<RespBody> {
+    async fn handle(&self, mut req: Request<ClientBody>) -> Response<RespBody> {
         let shared = &self.shared;
         let routes = shared.routes.load_full();
         let taken = match self.take(&routes, &mut req) {
@@ -96,7 +94,7 @@ impl WorkerService {
         upstream_uri(&mut parts, h2);
         // Streamed as it comes: retries are the edge's (it keeps the body when it may need it).
         let limit = routes.http.config.max_request_body;
-        let body = ReqBody::new(body.into(), 0, limit, taken.app.metrics.clone());
+        let body = ReqBody::new(body, 0, limit, taken.app.metrics.clone());
         let request = Request::from_parts(parts, body);
         if matches!(upgrade, Upgrade::None) {
             self.send(&routes, taken, sender, request).await
@@ -108,7 +106,11 @@ impl WorkerService {
 
     /// Read the stream's metadata (its target, and the client, whose forwarding headers are
     /// written here), and admit it; or why the edge should place it elsewhere.
-    fn take(&self, routes: &Routes, req: &mut Request<Incoming>) -> Result<Taken, RetryElsewhere> {
+    fn take(
+        &self,
+        routes: &Routes,
+        req: &mut Request<ClientBody>,
+    ) -> Result<Taken, RetryElsewhere> {
         let h = req.headers_mut();
         let stream = h.remove(STREAM);
         let parsed = stream

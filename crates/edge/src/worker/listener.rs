@@ -1,13 +1,12 @@
 //! The worker's backhaul listener (`[node] backhaul_listen`). Only nodes presenting a
 //! certificate from the cluster CA get past the TLS handshake (mutual TLS; anything else is
 //! refused and counted as `anyedge_backhaul_refused_total{reason="tls"}`). ALPN tells the two
-//! kinds apart: `anyedge-h2` carries HTTP streams ([`super::http`]), `anyedge-tcp` one raw TCP
+//! kinds apart: `anyedge-h2` carries HTTP streams ([`super::http`], on our HTTP/2 server), `anyedge-tcp` one raw TCP
 //! connection opened by a TCP header ([`super::tcp`]).
 
 use super::http::WorkerService;
-use crate::Shared;
+use crate::{h2server, Shared};
 use anyedge_backhaul::{ALPN_H2, ALPN_TCP};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -117,35 +116,36 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_h2(stream: ServerTls, edge: Arc<str>, shared: Arc<Shared>) {
+/// Serve an edge's backhaul streams with our HTTP/2 server (`crate::h2server`) until the
+/// connection ends; on drain, no new streams (GOAWAY) and the ones in flight finish.
+pub(super) async fn serve_h2<IO>(io: IO, edge: Arc<str>, shared: Arc<Shared>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let service = WorkerService {
         shared: shared.clone(),
         edge: edge.clone(),
     };
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        // Fixed windows, as the edge's (`anyedge_backhaul::STREAM_WINDOW`): request body data an instance has
-        // not read yet counts against the connection's window, so it is sixteen streams' worth,
-        // and a few stalled uploads do not stall every other request body on the connection.
-        .initial_stream_window_size(anyedge_backhaul::STREAM_WINDOW)
-        .initial_connection_window_size(anyedge_backhaul::CONNECTION_WINDOW)
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_pending_accept_reset_streams(Some(1024))
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .keep_alive_timeout(Duration::from_secs(5));
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shared.drain.started() => {
-            // Stopping: no new streams (GOAWAY); the ones in flight finish.
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
+    let answer = |req| service.answer(req);
+    if let Err(e) = h2server::serve(io, &SETTINGS, shared.drain.started(), answer).await {
         tracing::debug!(edge = %edge, error = %e, "backhaul connection ended");
     }
 }
+
+/// The backhaul server's protections, as they were on hyper's server. Fixed windows, as the
+/// edge's (`anyedge_backhaul::STREAM_WINDOW`): request body data an instance has not read yet
+/// counts against the connection's window, so it is sixteen streams' worth, and a few stalled
+/// uploads do not stall every other request body on the connection. A PING every 5 s, answered
+/// within 5 s. No idle timeout: an edge keeps its backhaul connections open while it needs them.
+const SETTINGS: h2server::Settings = h2server::Settings {
+    max_concurrent_streams: MAX_STREAMS,
+    max_header_list_size: 16 * 1024,
+    max_pending_accept_reset_streams: 1024,
+    max_local_error_reset_streams: h2server::DEFAULT_LOCAL_ERROR_RESETS,
+    stream_window: anyedge_backhaul::STREAM_WINDOW,
+    connection_window: anyedge_backhaul::CONNECTION_WINDOW,
+    max_send_buffer: h2server::DEFAULT_SEND_BUFFER,
+    ping_interval: Duration::from_secs(5),
+    ping_timeout: Duration::from_secs(5),
+    idle: None,
+};

@@ -1,9 +1,9 @@
-//! The service hyper calls for each request. It never fails: every error becomes a response in
+//! The forwarding core's entry, called by our HTTP/1.1 and HTTP/2 servers for each request
+//! (`for_request`, then `handle`). It never fails: every error becomes a response in
 //! `error.rs`. Route by host, check the request, place it on an instance (carrying it to another
 //! when a connection cannot be made), forward, and stream the response back.
 
 use super::attempts::{Answer, Head, Hop, Job};
-use super::idle::StreamGuard;
 use super::routing::Wishes;
 use crate::error::ProxyError;
 use crate::instance::attempt::{set_host_from_authority, Outcome};
@@ -15,16 +15,12 @@ use crate::routes::{HttpApp, HttpSettings, PortRoute, Routes};
 use crate::Shared;
 use http::header::{HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
-use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 /// One client connection's service. It holds no routes: every request is routed on the
-/// snapshot current when its head arrives (`call`), so a kept-alive connection never reaches
+/// snapshot current when its head arrives (`for_request`), so a kept-alive connection never reaches
 /// an instance a reload removed, and an idle one pins no snapshot.
 #[derive(Clone)]
 pub(crate) struct ProxyService {
@@ -35,25 +31,9 @@ pub(crate) struct ProxyService {
     pub(super) settings: Arc<HttpSettings>,
     /// The TLS SNI of the connection, lower-cased.
     sni: Option<Arc<str>>,
-    /// An HTTP/2 connection's open streams, for its idle timeout (`None` on HTTP/1.1).
-    streams: Option<super::idle::Streams>,
     /// Answers go to our HTTP/1.1 server, which writes an instance's fields from the bytes
     /// received ([`crate::instance::http1::RawHead`]): no `HeaderMap` is built for them.
     pub(super) raw_answers: bool,
-}
-
-impl hyper::service::Service<Request<Incoming>> for ProxyService {
-    type Response = Response<Counted>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Counted>, Infallible>> + Send>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let stream = self.streams.as_ref().map(super::idle::Streams::begin);
-        let req = req.map(ClientBody::Hyper);
-        let (this, routed) = self.for_request(&req);
-        let handling = this.handle(req, routed);
-        Box::pin(Infallibly { handling, stream })
-    }
 }
 
 impl ProxyService {
@@ -68,16 +48,8 @@ impl ProxyService {
             client,
             settings,
             sni,
-            streams: None,
             raw_answers: false,
         }
-    }
-
-    /// This service on an HTTP/2 connection whose open streams `streams` counts: each request
-    /// is one from its head until its response body is dropped (sent or reset).
-    pub(in crate::front) fn counting(mut self, streams: super::idle::Streams) -> Self {
-        self.streams = Some(streams);
-        self
     }
 
     /// This service answering our HTTP/1.1 server (see `raw_answers`).
@@ -339,56 +311,6 @@ impl ProxyService {
 enum Prepared {
     Run(Job, Hop),
     Answer(Answer),
-}
-
-pin_project_lite::pin_project! {
-    /// hyper's service future: the answer, which never fails, with its stream's guard.
-    pub(crate) struct Infallibly<F> {
-        #[pin]
-        handling: F,
-        stream: Option<StreamGuard>,
-    }
-}
-
-impl<F: Future<Output = Response<RespBody>>> Future for Infallibly<F> {
-    type Output = Result<Response<Counted>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let resp = std::task::ready!(this.handling.poll(cx));
-        let stream = this.stream.take();
-        Poll::Ready(Ok(resp.map(|body| Counted {
-            body,
-            _stream: stream,
-        })))
-    }
-}
-
-/// A response body that holds its HTTP/2 stream open in the connection's count until hyper
-/// drops it.
-pub(crate) struct Counted {
-    body: RespBody,
-    _stream: Option<StreamGuard>,
-}
-
-impl http_body::Body for Counted {
-    type Data = <RespBody as http_body::Body>::Data;
-    type Error = <RespBody as http_body::Body>::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
 }
 
 fn micros(d: std::time::Duration) -> u64 {

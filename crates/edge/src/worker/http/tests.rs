@@ -47,7 +47,7 @@ address = "127.0.0.1:9"
     )
 }
 
-/// A worker node serving [`WorkerService`] on a loopback port, and an edge's h2 connection to it.
+/// A worker node serving backhaul streams (our HTTP/2 server) on a loopback port, and an edge's h2 connection to it.
 struct Worker {
     node: Edge,
     snapshot: Arc<Snapshot>,
@@ -81,17 +81,11 @@ impl Worker {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let service = WorkerService {
-            shared: node.shared.clone(),
-            edge: "e1".into(),
-        };
+        let shared = node.shared.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let service = service.clone();
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+                let serving = super::super::listener::serve_h2(stream, "e1".into(), shared.clone());
+                tokio::spawn(serving);
             }
         });
         let stream = TcpStream::connect(addr).await.expect("connect");

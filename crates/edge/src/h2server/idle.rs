@@ -2,8 +2,9 @@
 //! no open stream, counted from when its last stream ended (or, before its first, from its
 //! start). Bytes do not count: a client that trickles a HEADERS frame a byte at a time, or
 //! answers our keep-alive pings, moves bytes without ever making progress. Once idle for
-//! `[http] idle_timeout` (before the first stream, `header_read_timeout`), hyper is asked to
-//! close the connection gracefully (GOAWAY; streams in flight still finish).
+//! `[http] idle_timeout` (before the first stream, `header_read_timeout`), the connection is
+//! closed gracefully (GOAWAY; streams in flight still finish). A stream is open from its head
+//! until its answer is sent whole or reset; an extended CONNECT's tunnel, for as long as it lives.
 
 use crate::instance::relay::Activity;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
