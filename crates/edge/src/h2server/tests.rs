@@ -39,8 +39,12 @@ async fn client(io: DuplexStream, hang: Arc<Notify>) -> h2::client::SendRequest<
     send
 }
 
-/// A body that makes 16 KiB chunks forever, counting what was taken from it.
+/// A body of 16 KiB chunks, 32 MiB in all (more than a test reads: "endless"; bounded so that a
+/// server that ignores flow control fails the test instead of filling memory), counting what
+/// was taken from it.
 struct Endless(Arc<AtomicU64>);
+
+const ENDLESS: u64 = 32 * 1024 * 1024;
 
 impl Body for Endless {
     type Data = Bytes;
@@ -49,7 +53,9 @@ impl Body for Endless {
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.fetch_add(16 * 1024, Ordering::Relaxed);
+        if self.0.fetch_add(16 * 1024, Ordering::Relaxed) >= ENDLESS {
+            return Poll::Ready(None);
+        }
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 16 * 1024])))))
     }
 }
