@@ -105,3 +105,36 @@ async fn an_open_stream_keeps_its_connection_and_an_idle_one_is_closed() {
         "an idle connection stayed open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_keeps_its_connection_past_the_idle_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+    let (_node, port, _inst) = one_app().await;
+    let mut c = Client::h2c(local(port)).await;
+    let mut req = anyedge_test_support::http_client::request("CONNECT", "alpha.test", "/ws", true)
+        .header("sec-websocket-version", "13")
+        .body(anyedge_test_support::http_client::empty())
+        .expect("request");
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = c.send(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let upgraded = hyper::upgrade::on(resp).await.expect("tunnel");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    // Quiet for 2.5 s: past the idle timeout (1 s) and the closing grace (0.5 s) after it. The
+    // tunnel is an open stream: the connection stays, and the WebSocket with it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ws.send(Message::text("still here")).await.expect("send");
+    let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an answer in time")
+        .expect("a message")
+        .expect("ok");
+    assert_eq!(back, Message::text("still here"));
+}

@@ -56,8 +56,8 @@ pub(crate) struct Settings {
     /// A PING every `ping_interval`; one unanswered for `ping_timeout` drops the connection.
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
-    /// Idleness by streams: before the first stream, and after the last one; `None` for none.
-    /// The handshake must also be done within the first.
+    /// Idleness by streams: before the first stream (counted from the connection's start, its
+    /// handshake included), and after the last one; `None` for none.
     pub idle: Option<(Duration, Duration)>,
 }
 
@@ -121,21 +121,25 @@ where
         .max_send_buffer_size(settings.max_send_buffer)
         .enable_connect_protocol();
     let handshake = builder.handshake::<_, Bytes>(io);
-    let mut conn = match settings.idle {
-        Some((first, _)) => tokio::time::timeout(first, handshake)
-            .await
-            .map_err(|_| Ended::HandshakeTimeout(first))??,
-        None => handshake.await?,
-    };
+    // The connection's idleness counts from its start: the handshake is within the first
+    // stream's time.
     let streams = idle::Streams::default();
+    let idle = idle_for(streams.clone(), settings.idle);
+    tokio::pin!(idle);
+    let mut conn = tokio::select! {
+        conn = handshake => conn?,
+        () = idle.as_mut() => {
+            let first = settings.idle.map_or(Duration::ZERO, |(first, _)| first);
+            return Err(Ended::HandshakeTimeout(first));
+        }
+    };
     let mut running = FuturesUnordered::new();
     let mut pings = conn.ping_pong();
     let mut awaiting_pong = false;
     let (interval, ping_timeout) = (settings.ping_interval, settings.ping_timeout);
     // One timer, moved rather than made anew: this task wakes for every frame.
     let timer = tokio::time::sleep(interval);
-    let idle = idle_for(streams.clone(), settings.idle);
-    tokio::pin!(timer, drain, idle);
+    tokio::pin!(timer, drain);
     let mut closing = false;
     enum Event {
         Stream(Request<h2::RecvStream>, h2::server::SendResponse<Bytes>),
