@@ -2,16 +2,20 @@
 # Instructions per HTTP/1.1 keep-alive request through anyedge, counted by callgrind (repeatable,
 # unlike time). Runs anyedge under valgrind in front of an nginx origin, sends N1 then N2 requests
 # in two runs with h2load --h1, and reports (I(N2) - I(N1)) / (N2 - N1), so start-up cancels out.
+# With H2=1 the client speaks HTTP/2 with prior knowledge (h2c: h2load without --h1, one stream
+# per connection at a time, as h2load's default), the origin still HTTP/1.1.
 #   bench/callgrind.sh                 # edge only; N1=2000 N2=12000, 8 client connections
 #   BACKHAUL=1 bench/callgrind.sh      # an edge and a worker joined by backhaul (mutual TLS,
 #                                      # HTTP/2), both under callgrind: the extra hop's cost
 #   C=64 bench/callgrind.sh            # client connections (the bench harness uses 64)
 #   ACCESS_LOG=true bench/callgrind.sh # with the access log on (the default config's)
+#   H2=1 bench/callgrind.sh            # clients on h2c (the bench harness's h2c_small)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/anyedge-target}"
 ANYEDGE="${ANYEDGE:-$CARGO_TARGET_DIR/release/anyedge}"
-N1="${N1:-2000}"; N2="${N2:-12000}"; C="${C:-8}"; BACKHAUL="${BACKHAUL:-0}"
+N1="${N1:-2000}"; N2="${N2:-12000}"; C="${C:-8}"; BACKHAUL="${BACKHAUL:-0}"; H2="${H2:-0}"
+if [ "$H2" = "1" ]; then proto=(); kind="h2c (HTTP/2, prior knowledge)"; else proto=(--h1); kind="HTTP/1.1 keep-alive"; fi
 for t in valgrind nginx h2load curl; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }; done
 work="$(mktemp -d /tmp/anyedge-callgrind.XXXXXX)"
 pids=()
@@ -81,7 +85,7 @@ run() {  # run N: serve N requests with callgrind on every anyedge process
   local ok=""
   for _ in $(seq 1 600); do curl -sf -m 5 "http://127.0.0.1:$proxy/ok" >/dev/null && { ok=1; break; }; sleep 0.2; done
   [ -n "$ok" ] || { echo "anyedge did not answer (logs: $work/vg.*.log)" >&2; tail -5 "$work"/vg.*."$n".log >&2; exit 1; }
-  h2load --h1 -n "$n" -c "$C" -t 1 "http://127.0.0.1:$proxy/ok" >"$work/h2load.$n.log"
+  h2load "${proto[@]}" -n "$n" -c "$C" -t 1 "http://127.0.0.1:$proxy/ok" >"$work/h2load.$n.log"
   grep -q " 0 failed, 0 errored" "$work/h2load.$n.log" || grep "requests:" "$work/h2load.$n.log" >&2
   kill -TERM "${procs[@]}"; wait "${procs[@]}" || true
 }
@@ -91,9 +95,9 @@ run "$N1"; run "$N2"
 edge="$(per_request edge)"
 if [ "$BACKHAUL" = "1" ]; then
   worker="$(per_request worker)"
-  echo "anyedge over backhaul: edge $edge + worker $worker = $(( edge + worker )) instructions per HTTP/1.1 keep-alive request (callgrind, $C connections)"
+  echo "anyedge over backhaul: edge $edge + worker $worker = $(( edge + worker )) instructions per $kind request (callgrind, $C connections)"
 else
-  echo "anyedge: $edge instructions per HTTP/1.1 keep-alive request (callgrind, $C connections)"
+  echo "anyedge: $edge instructions per $kind request (callgrind, $C connections)"
 fi
 # The profile of the larger run: the functions with the most instructions of their own.
 for f in "$work"/cg.*."$N2"; do
