@@ -141,6 +141,7 @@ where
     let timer = tokio::time::sleep(interval);
     tokio::pin!(timer, drain);
     let mut closing = false;
+    #[allow(clippy::large_enum_variant)] // returned once per wake-up, never kept
     enum Event {
         Stream(Request<h2::RecvStream>, h2::server::SendResponse<Bytes>),
         Ended(Result<(), h2::Error>),
