@@ -176,27 +176,31 @@ where
             idle.as_mut().poll(cx).map(|()| Event::Idle)
         })
         .await;
-        let now = tokio::time::Instant::now();
+        let now = tokio::time::Instant::now;
         match event {
             Event::Stream(req, respond) => {
                 let (req, tunnel) = request(req);
                 let guard = streams.begin();
-                running.push(stream::Respond::new(answer(req), respond, tunnel, guard));
+                // Boxed once where it is made: the core's future is kilobytes, and the set moves
+                // what it is given three times on its way into its node (callgrind: 1,100
+                // instructions of memcpy per request, unboxed).
+                let answering = Box::pin(answer(req));
+                running.push(stream::Respond::new(answering, respond, tunnel, guard));
             }
             Event::Ended(r) => return r.map_err(Ended::from),
             Event::Pong(Err(e)) => return Err(e.into()),
             Event::Pong(Ok(_)) => {
                 awaiting_pong = false;
-                timer.as_mut().reset(now + interval);
+                timer.as_mut().reset(now() + interval);
             }
             Event::Timer if awaiting_pong => return Err(Ended::PingTimeout(ping_timeout)),
             Event::Timer => match pings.as_mut().map(|p| p.send_ping(Ping::opaque())) {
                 Some(Ok(())) => {
                     awaiting_pong = true;
-                    timer.as_mut().reset(now + ping_timeout);
+                    timer.as_mut().reset(now() + ping_timeout);
                 }
                 Some(Err(e)) => return Err(e.into()),
-                None => timer.as_mut().reset(now + interval),
+                None => timer.as_mut().reset(now() + interval),
             },
             Event::Close | Event::Idle if !closing => {
                 // No new streams (GOAWAY); those in flight finish. The graceful close waits
