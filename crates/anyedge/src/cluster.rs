@@ -3,6 +3,7 @@
 //! both feed the same reload path as the file store. `docs/cluster.md` tells the whole story.
 
 use anyedge_config::{CatalogConfig, Config};
+use anyedge_store::state::grace::{Reports, GRACE};
 use anyedge_store::{CatalogStatus, EtcdCatalog, Keys, Registration, Viewer};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +18,16 @@ const QUIET: Duration = Duration::from_millis(10);
 const COALESCE: Duration = Duration::from_millis(50);
 /// How long a stopping node tries to revoke its lease.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a node that may keep instances in grace (one left the catalog lately) looks
+/// whether the set it keeps changed (a worker's feed ended or stopped naming one, the bound
+/// passed): at most this late, an instance leaves placement.
+const GRACE_CHECK: Duration = Duration::from_millis(200);
 
 pub struct EtcdFeed {
     catalog: EtcdCatalog,
     registration: Registration,
+    /// The instances the grace rule kept in the last config (`<app>/<id>`).
+    graced: Vec<String>,
 }
 
 impl EtcdFeed {
@@ -45,14 +52,26 @@ impl EtcdFeed {
         Some(EtcdFeed {
             catalog,
             registration,
+            graced: Vec::new(),
         })
     }
 
     /// Resolves when the catalog changed in a way that concerns this node (not when a node it
     /// does not route to joins or leaves), once it has been [`QUIET`] for a moment (at most
     /// [`COALESCE`] after the change), so a burst is applied once.
-    pub async fn changed(&mut self) {
-        self.catalog.changed().await;
+    /// The set of instances the grace rule keeps changing is a change too (`reports`: what
+    /// the workers' load feeds report).
+    pub async fn changed(&mut self, reports: Reports<'_>) {
+        loop {
+            let (graced, departed) = self.catalog.graced(reports);
+            if graced != self.graced {
+                return;
+            }
+            tokio::select! {
+                _ = self.catalog.changed() => break,
+                _ = tokio::time::sleep(GRACE_CHECK), if departed => {}
+            }
+        }
         let cap = tokio::time::Instant::now() + COALESCE;
         loop {
             let until = (tokio::time::Instant::now() + QUIET).min(cap);
@@ -63,14 +82,31 @@ impl EtcdFeed {
         }
     }
 
-    /// The node's config: its file `base` with the catalog's apps.
-    pub fn config(&mut self, base: &Config) -> Config {
-        self.catalog.config(base)
+    /// The node's config: its file `base` with the catalog's apps, and the instances lost with
+    /// their worker's lease that the worker still reports (`reports`), for a while
+    /// (`docs/cluster.md`, "Instances lost with a lease").
+    pub fn config(&mut self, base: &Config, reports: Reports<'_>) -> Config {
+        self.note_graced(reports);
+        self.catalog.config_graced(base, reports)
     }
 
-    /// Where the node's config is assembled from, to do it off the control runtime (the
-    /// changes seen so far count as taken, as with [`Self::config`]).
-    pub fn source(&mut self) -> anyedge_store::ConfigSource {
+    /// The instances kept by the grace rule now, logged as they start and stop being kept.
+    fn note_graced(&mut self, reports: Reports<'_>) {
+        let (graced, _) = self.catalog.graced(reports);
+        for kept in graced.iter().filter(|g| !self.graced.contains(g)) {
+            tracing::warn!(instance = %kept, grace = ?GRACE, "instance left the catalog with its worker's lease; kept while the worker's load feed reports it");
+        }
+        for ended in self.graced.iter().filter(|g| !graced.contains(g)) {
+            tracing::info!(instance = %ended, "grace ended: the instance follows the catalog again");
+        }
+        self.graced = graced;
+    }
+
+    /// Where the node's config is assembled from, to do it off the control runtime with
+    /// [`anyedge_store::ConfigSource::config_graced`] (the changes seen so far count as taken,
+    /// and the grace rule's changes are noted, as with [`Self::config`]).
+    pub fn source(&mut self, reports: Reports<'_>) -> anyedge_store::ConfigSource {
+        self.note_graced(reports);
         self.catalog.source()
     }
 
@@ -91,9 +127,9 @@ impl EtcdFeed {
 }
 
 /// Resolves when `feed` changed; never without a feed.
-pub async fn changed(feed: &mut Option<EtcdFeed>) {
+pub async fn changed(feed: &mut Option<EtcdFeed>, reports: Reports<'_>) {
     match feed {
-        Some(f) => f.changed().await,
+        Some(f) => f.changed(reports).await,
         None => std::future::pending().await,
     }
 }
@@ -127,9 +163,10 @@ pub async fn start_following(
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let n = node.clone();
     let task = tokio::spawn(async move {
+        let reports = |peer: &str, instance: &str| n.feed_reports(peer, instance);
         loop {
             tokio::select! {
-                _ = feed.changed() => crate::node::apply(&n, feed.config(&base)),
+                _ = feed.changed(&reports) => crate::node::apply(&n, feed.config(&base, &reports)),
                 _ = &mut stopped => break,
             }
         }
@@ -150,7 +187,7 @@ pub async fn start_node(
 ) -> Result<(crate::node::Node, Option<EtcdFeed>), crate::node::StartError> {
     let mut feed = EtcdFeed::start(base).await;
     let first = match feed.as_mut() {
-        Some(f) => f.config(base),
+        Some(f) => f.config(base, &|_, _| false),
         None => (**base).clone(),
     };
     match crate::node::Node::start_taking_over(first, admin_listen, shards, from).await {

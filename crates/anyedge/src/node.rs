@@ -265,6 +265,12 @@ impl Node {
         self.health.running()
     }
 
+    /// Whether the worker `peer` reports the instance `<app>/<id>` over a live load feed (the
+    /// catalog's grace rule, `anyedge_store::state::grace`).
+    pub fn feed_reports(&self, peer: &str, instance: &str) -> bool {
+        self.edge.feed_reports(peer, instance)
+    }
+
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }

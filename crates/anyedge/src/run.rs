@@ -149,6 +149,7 @@ async fn serve(
     };
     control::systemd::ready();
     let mut changes = crate::watch::FileWatch::new(&args.config);
+    let reports = |peer: &str, instance: &str| node.feed_reports(peer, instance);
     let end = loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -156,10 +157,14 @@ async fn serve(
                 reload_from(&node, &args.config, &mut base, feed.as_mut()).await;
             }
             _ = changes.changed() => reload_from(&node, &args.config, &mut base, feed.as_mut()).await,
-            _ = cluster::changed(&mut feed) => {
+            _ = cluster::changed(&mut feed, &reports) => {
                 if let Some(f) = feed.as_mut() {
-                    let (source, node, base) = (f.source(), node.clone(), base.clone());
-                    off_runtime(move || apply(&node, source.config(&base))).await;
+                    let (source, node, base) = (f.source(&reports), node.clone(), base.clone());
+                    off_runtime(move || {
+                        let reports = |peer: &str, instance: &str| node.feed_reports(peer, instance);
+                        apply(&node, source.config_graced(&base, &reports))
+                    })
+                    .await;
                 }
             }
             Some(()) = drain_asked.recv() => break End::HandedOver,
@@ -235,8 +240,12 @@ async fn reload_from(
     match feed {
         Some(f) => {
             f.update(base.clone());
-            let source = f.source();
-            off_runtime(move || apply(&node, source.config(&base))).await;
+            let source = f.source(&|p, i| node.feed_reports(p, i));
+            off_runtime(move || {
+                let reports = |peer: &str, instance: &str| node.feed_reports(peer, instance);
+                apply(&node, source.config_graced(&base, &reports))
+            })
+            .await;
         }
         None => off_runtime(move || apply(&node, (*base).clone())).await,
     }

@@ -40,6 +40,8 @@ pub(crate) struct Backhaul {
     /// Which `[cluster]` files `tls` came from, so a reload re-reads them only on change.
     loaded_from: Mutex<Option<anyedge_config::ClusterTls>>,
     links: Mutex<HashMap<Arc<str>, Arc<Link>>>,
+    /// What each worker's load feed reported last, while the feed is open ([`feed::Reports`]).
+    pub reports: feed::Reports,
     /// Worker side: this node's load-feed frames, made once for every edge that follows them
     /// (started by the first).
     pub frames: std::sync::OnceLock<tokio::sync::watch::Receiver<bytes::Bytes>>,

@@ -315,6 +315,15 @@ impl Edge {
     }
 
     /// Client connections open now.
+    /// Whether the worker `peer` reports the instance `<app>/<id>` over an open, recent load
+    /// feed: the catalog's grace rule for instances lost with their worker's lease.
+    pub fn feed_reports(&self, peer: &str, instance: &str) -> bool {
+        self.shared
+            .backhaul
+            .reports
+            .reports(peer, instance, std::time::Instant::now())
+    }
+
     pub fn open_connections(&self) -> u32 {
         self.shared.node_connections.in_use()
     }

@@ -21,6 +21,7 @@ use crate::values::{decode_app, DecodeError, InstanceValue, NodeValue};
 use anyedge_config::{App, Config, Instance};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 /// One change to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +166,8 @@ pub struct CatalogState {
     /// until a change to the app, one of its instances or any node record, or another file
     /// (`base`), so assembling the config after one change builds that app alone.
     assembled: Mutex<Assembled>,
+    /// Instances and nodes that left lately: the grace rule's input ([`grace`]).
+    departed: grace::Departed,
 }
 
 #[derive(Debug, Default)]
@@ -244,12 +247,14 @@ impl CatalogState {
                 changed
             }
             Entry::Instance(app, id, Ok(r)) => {
+                self.departed.instance_back(&app, &id);
                 let old = self.set_instance(&app, id, Some(r.clone()));
                 old.as_ref() != Some(&r)
                     && (self.instance_concerns(&app, Some(&r))
                         || self.instance_concerns(&app, old.as_ref()))
             }
             Entry::Node(id, Ok(v)) => {
+                self.departed.node_back(&id);
                 let old = self.nodes.insert(id.clone(), v.clone());
                 old.as_ref() != Some(&v) && self.node_concerns(&id, old.as_ref(), Some(&v))
             }
@@ -281,11 +286,19 @@ impl CatalogState {
             Key::App(name) => self.apps.remove(&name).is_some(),
             Key::Instance { app, id } => {
                 let old = self.set_instance(&app, id, None);
-                self.instance_concerns(&app, old.as_ref())
+                let concerns = self.instance_concerns(&app, old.as_ref());
+                if let Some(r) = old {
+                    self.departed.instance_gone(&app, r, Instant::now());
+                }
+                concerns
             }
             Key::Node(id) => {
                 let old = self.nodes.remove(&id);
-                old.is_some() && self.node_concerns(&id, old.as_ref(), None)
+                let concerns = old.is_some() && self.node_concerns(&id, old.as_ref(), None);
+                if let Some(v) = old {
+                    self.departed.node_gone(v, Instant::now());
+                }
+                concerns
             }
         }
     }
@@ -372,6 +385,17 @@ impl CatalogState {
     /// app, and an app whose hostnames or ports clash with an app earlier by name, are logged
     /// and left out.
     pub fn config(&self, base: &Config) -> Config {
+        self.config_graced(base, Instant::now(), &|_, _| false)
+    }
+
+    /// [`Self::config`], with the instances lost with their node's lease that the grace rule
+    /// keeps at `now` ([`grace`]; `reports` says what the workers' load feeds report).
+    pub fn config_graced(
+        &self,
+        base: &Config,
+        now: Instant,
+        reports: grace::Reports<'_>,
+    ) -> Config {
         let mut local: HashMap<&str, Vec<&Instance>> = HashMap::new();
         for li in &base.local_instances {
             local.entry(li.app.as_str()).or_default().push(&li.instance);
@@ -391,6 +415,7 @@ impl CatalogState {
             assembled.apps.clear();
             assembled.context = Some(context);
         }
+        let may_grace = viewer.backhaul && !self.departed.is_empty();
         let mut claims = claims::Claims::default();
         let mut apps = Vec::with_capacity(self.apps.len());
         for (name, app) in &self.apps {
@@ -398,15 +423,24 @@ impl CatalogState {
                 tracing::warn!(app = %name, "app left out: {why}");
                 continue;
             }
-            if let Some(done) = assembled.apps.get(name) {
+            let graceable = may_grace && self.departed.mentions(name);
+            if let Some(done) = assembled.apps.get(name).filter(|_| !graceable) {
                 apps.push(done.clone());
                 continue;
             }
             let mine: &[&Instance] = local.get(name.as_str()).map_or(&[], Vec::as_slice);
             let mut app = app.clone();
             app.instances = self.instances_of(name, &app, mine, &viewer, via_backhaul);
+            if graceable {
+                self.add_graced(&mut app, &viewer, now, reports);
+            }
             let app = Arc::new(app);
-            assembled.apps.insert(name.clone(), app.clone());
+            // An app with instances in grace is assembled anew each time (grace ends by time
+            // and by the load feeds, not by a change in etcd), so it is never kept.
+            match graceable {
+                true => assembled.apps.remove(name.as_str()),
+                false => assembled.apps.insert(name.clone(), app.clone()),
+            };
             apps.push(app);
         }
         drop(assembled);
@@ -425,8 +459,70 @@ impl CatalogState {
         apps.iter()
             .flat_map(|a| &a.instances)
             .filter_map(|i| i.node.as_deref())
-            .filter_map(|id| Some((id.to_string(), peer_of(self.nodes.get(id)?)?)))
+            .filter_map(|id| {
+                let node = self.nodes.get(id).or_else(|| self.departed.node(id))?;
+                Some((id.to_string(), peer_of(node)?))
+            })
             .collect()
+    }
+
+    /// Add to `app` the instances the grace rule keeps ([`grace`]), in id order among the
+    /// others, reached over backhaul on the node they were lost with.
+    fn add_graced(
+        &self,
+        app: &mut App,
+        viewer: &Viewer,
+        now: Instant,
+        reports: grace::Reports<'_>,
+    ) {
+        let graced = self.departed.graced(Some(&app.name), now, reports);
+        let mut added = false;
+        for g in graced {
+            let id = &g.registered.instance.id;
+            let taken = app.instances.iter().any(|i| i.id == *id);
+            if taken || !viewer.routes_to(&g.registered.node) || g.node.advertise.is_none() {
+                continue;
+            }
+            if anyedge_config::rules::instance_port(
+                &app.name,
+                &g.registered.instance,
+                &app.services,
+            )
+            .is_err()
+            {
+                continue;
+            }
+            let mut i = g.registered.instance.clone();
+            i.node = Some(g.registered.node.clone());
+            app.instances.push(i);
+            added = true;
+        }
+        if added {
+            app.instances.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+    }
+
+    /// The instances the grace rule keeps at `now`, as `<app>/<id>` (every app, whatever the
+    /// viewer): what a node compares to know when its config must be built again.
+    pub fn graced(&self, now: Instant, reports: grace::Reports<'_>) -> Vec<String> {
+        self.departed
+            .graced(None, now, reports)
+            .into_iter()
+            .filter(|g| self.apps.contains_key(g.app))
+            .map(|g| format!("{}/{}", g.app, g.registered.instance.id))
+            .collect()
+    }
+
+    /// The changes applied from now on came together: one watch response, or the diff of one
+    /// listing (the grace rule keeps only instances that left in the same batch as their node).
+    pub fn next_batch(&mut self) {
+        self.departed.next_batch();
+    }
+
+    /// Whether an instance left less than [`grace::GRACE`] before `now` (the grace rule may
+    /// keep it).
+    pub fn has_departed(&self, now: Instant) -> bool {
+        self.departed.any_fresh(now)
     }
 
     /// The instances of app `name`: those registered by other nodes when the node routes
@@ -523,6 +619,7 @@ fn skip(key: &str, e: &crate::values::DecodeError) -> bool {
 }
 
 pub mod claims;
+pub mod grace;
 
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@
 use crate::client::{connect, StoreError};
 use crate::keys::Keys;
 use crate::pages::ListError;
+use crate::state::grace::Reports;
 use crate::state::{CatalogState, Change, Viewer};
 use anyedge_config::{Config, EtcdConfig};
 use etcd_client::{Client, EventType, WatchOptions};
@@ -197,6 +198,24 @@ impl EtcdCatalog {
         }
     }
 
+    /// [`Self::config`] with the instances the grace rule keeps now (`crate::state::grace`):
+    /// `reports` says whether a worker reports an instance over a live load feed.
+    pub fn config_graced(&mut self, base: &Config, reports: Reports<'_>) -> Config {
+        self.version.borrow_and_update();
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config_graced(base, Instant::now(), reports)
+    }
+
+    /// The instances the grace rule keeps now (`<app>/<id>`), and whether any instance left
+    /// lately enough that the rule may keep it (`false`: the list stays empty until one leaves).
+    pub fn graced(&self, reports: Reports<'_>) -> (Vec<String>, bool) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        (state.graced(now, reports), state.has_departed(now))
+    }
+
     pub fn status(&self) -> &Arc<CatalogStatus> {
         &self.status
     }
@@ -214,6 +233,15 @@ impl ConfigSource {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .config(base)
+    }
+
+    /// [`Self::config`] with the instances the grace rule keeps now (see
+    /// [`EtcdCatalog::config_graced`]).
+    pub fn config_graced(&self, base: &Config, reports: Reports<'_>) -> Config {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config_graced(base, Instant::now(), reports)
     }
 }
 
@@ -376,6 +404,7 @@ impl Follower {
         .await?;
         let changed = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.next_batch();
             decoded
                 .into_iter()
                 .fold(false, |changed, c| state.apply_decoded(c) | changed)

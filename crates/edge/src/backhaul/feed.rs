@@ -15,8 +15,52 @@ use anyedge_backhaul::feed::{FeedReader, Frame};
 use anyedge_catalog::{Reported, Snapshot};
 use http::{Method, Request, Version};
 use http_body_util::BodyExt;
-use std::sync::{Arc, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
+
+/// The instances each worker listed in its latest load-feed frame, while its feed is open: what
+/// the catalog's grace rule asks about an instance that left the catalog with its worker's lease
+/// (`anyedge_store::state::grace`), which the snapshot (and so [`apply`]) no longer names.
+#[derive(Default)]
+pub(crate) struct Reports {
+    by_peer: Mutex<HashMap<Arc<str>, LastFrame>>,
+}
+
+struct LastFrame {
+    /// `<app>/<instance>` of each line of the latest frame.
+    instances: HashSet<String>,
+    at: Instant,
+}
+
+impl Reports {
+    /// A frame came from `peer`.
+    fn frame(&self, peer: &Arc<str>, frame: &Frame<'_>, now: Instant) {
+        let instances = frame
+            .entries
+            .iter()
+            .map(|e| format!("{}/{}", e.app, e.instance))
+            .collect();
+        let mut by_peer = self.by_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        by_peer.insert(peer.clone(), LastFrame { instances, at: now });
+    }
+
+    /// The feed from `peer` ended: it reports nothing until it is followed again.
+    fn ended(&self, peer: &str) {
+        let mut by_peer = self.by_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        by_peer.remove(peer);
+    }
+
+    /// Whether `peer` reports `instance` (`<app>/<id>`) on an open feed whose latest frame is
+    /// at most [`anyedge_catalog::REPORT_SILENT`] old.
+    pub fn reports(&self, peer: &str, instance: &str, now: Instant) -> bool {
+        let by_peer = self.by_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        by_peer.get(peer).is_some_and(|r| {
+            now.saturating_duration_since(r.at) <= anyedge_catalog::REPORT_SILENT
+                && r.instances.contains(instance)
+        })
+    }
+}
 
 /// Apply one frame's lines to the instances of the snapshot in force; returns how many were
 /// applied (lines it cannot read, and instances it does not reach over backhaul, are skipped).
@@ -52,7 +96,9 @@ pub(crate) fn follow(link: Weak<Link>, shared: Arc<Shared>) {
             let result = match l.sender(&shared, timeout).await {
                 Ok(sender) => {
                     drop(l);
-                    read(sender, &shared).await
+                    let result = read(sender, &shared, &peer).await;
+                    shared.backhaul.reports.ended(&peer);
+                    result
                 }
                 Err(e) => Err(e.to_string()),
             };
@@ -71,7 +117,7 @@ pub(crate) fn follow(link: Weak<Link>, shared: Arc<Shared>) {
     });
 }
 
-async fn read(conn: super::streams::Conn, shared: &Shared) -> Result<(), String> {
+async fn read(conn: super::streams::Conn, shared: &Shared, peer: &Arc<str>) -> Result<(), String> {
     let mut req = Request::new(ReqBody::<crate::instance::body::ClientBody>::Empty);
     *req.method_mut() = Method::GET;
     *req.version_mut() = Version::HTTP_2;
@@ -95,8 +141,10 @@ async fn read(conn: super::streams::Conn, shared: &Shared) -> Result<(), String>
         };
         reader.push(&data);
         while let Some(frame) = reader.next_frame().map_err(|e| e.to_string())? {
+            let now = Instant::now();
+            shared.backhaul.reports.frame(peer, &frame, now);
             if let Some(snapshot) = shared.routes.load().snapshot.clone() {
-                apply(&snapshot, &frame, Instant::now());
+                apply(&snapshot, &frame, now);
             }
         }
     }

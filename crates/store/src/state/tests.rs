@@ -345,3 +345,84 @@ fn apply_never_hides_a_change_of_the_config() {
     }
     assert!(skipped > 1000, "the walk skipped only {skipped} changes");
 }
+
+/// The grace rule (`grace.rs`): what an edge keeps of a worker whose registrations went away.
+#[test]
+fn instances_lost_with_their_nodes_lease_are_kept_while_reported_and_no_longer() {
+    let edge = node_file("me", "\"edge\"", true);
+    let del = |key: &str| Change::Delete {
+        key: key.as_bytes().to_vec(),
+    };
+    let ids = |c: &Config| -> Vec<String> {
+        c.apps
+            .iter()
+            .flat_map(|a| a.instances.iter().map(|i| format!("{}/{}", a.name, i.id)))
+            .collect()
+    };
+    let mut s = CatalogState::for_viewer(Keys::default(), Viewer::of(&edge));
+    s.apply(put("/anyedge/apps/a", encode_app(&web("a", "a.test"))));
+    s.apply(put("/anyedge/apps/b", encode_app(&web("b", "b.test"))));
+    s.apply(put(
+        "/anyedge/nodes/w1",
+        node_value("w1", Some("10.0.0.1:4280")),
+    ));
+    for (app, id) in [("a", "i1"), ("a", "i2"), ("b", "j1")] {
+        let key = format!("/anyedge/instances/{app}/{id}");
+        s.apply(put(&key, instance(id, "w1", "10.0.0.1")));
+    }
+    let all = ["a/i1", "a/i2", "b/j1"];
+    let reports_all = |node: &str, i: &str| node == "w1" && all.contains(&i);
+    let now = Instant::now();
+
+    // Deregistered by a node that stays registered: gone at once, reported or not.
+    s.next_batch();
+    s.apply(del("/anyedge/instances/a/i2"));
+    let c = s.config_graced(&edge, now, &reports_all);
+    assert_eq!(ids(&c), ["a/i1", "b/j1"]);
+
+    // The lease ends: node and instances go together. Kept, over backhaul to the node as it
+    // was, while the worker reports them; the app removed meanwhile takes its instance along.
+    s.next_batch();
+    for key in [
+        "/anyedge/instances/a/i1",
+        "/anyedge/nodes/w1",
+        "/anyedge/instances/b/j1",
+    ] {
+        s.apply(del(key));
+    }
+    s.apply(del("/anyedge/apps/b"));
+    let now = Instant::now();
+    let c = s.config_graced(&edge, now, &reports_all);
+    assert_eq!(
+        ids(&c),
+        ["a/i1"],
+        "i2 was deregistered before; b was removed"
+    );
+    assert_eq!(c.apps[0].instances[0].node.as_deref(), Some("w1"));
+    assert_eq!(c.peers["w1"].advertise, "10.0.0.1:4280");
+    assert_eq!(s.graced(now, &reports_all), ["a/i1"]);
+    assert!(
+        ids(&s.config(&edge)).is_empty(),
+        "nothing reported: nothing kept"
+    );
+    let reports_none = |_: &str, _: &str| false;
+    assert!(ids(&s.config_graced(&edge, now, &reports_none)).is_empty());
+
+    // No longer than the bound.
+    let late = now + grace::GRACE;
+    assert!(ids(&s.config_graced(&edge, late, &reports_all)).is_empty());
+    assert!(!s.has_departed(late));
+    assert!(s.has_departed(now));
+
+    // The node registers again: what it registers now is the truth.
+    s.apply(put(
+        "/anyedge/nodes/w1",
+        node_value("w1", Some("10.0.0.1:4280")),
+    ));
+    assert!(ids(&s.config_graced(&edge, now, &reports_all)).is_empty());
+    s.apply(put(
+        "/anyedge/instances/a/i1",
+        instance("i1", "w1", "10.0.0.1"),
+    ));
+    assert_eq!(ids(&s.config_graced(&edge, now, &reports_all)), ["a/i1"]);
+}
