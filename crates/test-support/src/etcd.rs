@@ -115,6 +115,24 @@ impl Etcd {
         }
     }
 
+    /// Freeze the server (SIGSTOP to its pid): connections stay open and nothing answers;
+    /// its clock goes on, so leases expire as soon as it runs again ([`Etcd::resume`]).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Let a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid, which we have not waited for.
+            unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        }
+    }
+
     /// `GET /health` answers `"health":"true"` (with TLS: the log says it serves clients).
     pub fn healthy(&self) -> bool {
         if self.tls.is_some() {
