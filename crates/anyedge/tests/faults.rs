@@ -14,7 +14,7 @@ use anyedge_test_support::{eventually, free_port};
 use handover::{keep_alive_client, per_request_client, read_answer, Tally};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -258,4 +258,122 @@ async fn sigterm_lets_slow_requests_finish() {
     })
     .await;
     assert_eq!(code, Some(0));
+}
+
+/// An HTTP/1.1 instance that answers `200` to every bodiless request, or, once hung, reads
+/// requests and never answers (connections stay open: a deadlock, not a crash). Counts the
+/// node's probes (`User-Agent: anyedge-health`) apart from client requests.
+struct Hangable {
+    addr: SocketAddr,
+    hung: Arc<AtomicBool>,
+    requests: Arc<AtomicU64>,
+    probes: Arc<AtomicU64>,
+}
+
+impl Hangable {
+    async fn start() -> Hangable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let me = Hangable {
+            addr,
+            hung: Arc::new(AtomicBool::new(false)),
+            requests: Arc::new(AtomicU64::new(0)),
+            probes: Arc::new(AtomicU64::new(0)),
+        };
+        let (hung, requests, probes) = (me.hung.clone(), me.requests.clone(), me.probes.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let (hung, requests, probes) = (hung.clone(), requests.clone(), probes.clone());
+                tokio::spawn(async move {
+                    let mut s = s;
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            buf.drain(..end + 4);
+                            match head.contains("user-agent: anyedge-health") {
+                                true => probes.fetch_add(1, Ordering::SeqCst),
+                                false => requests.fetch_add(1, Ordering::SeqCst),
+                            };
+                            if hung.load(Ordering::SeqCst) {
+                                return std::future::pending::<()>().await;
+                            }
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                        match tokio::io::AsyncReadExt::read(&mut s, &mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        me
+    }
+}
+
+/// An instance hangs (accepts, reads, never answers) under steady load: the requests it holds
+/// and those placed on it until `consecutive_failures` of them time out are lost (all within
+/// 2 s with `response_timeout = "500ms"`), none after: ejected, it gets no client request, and
+/// the node's own probes (not a client's request) find it still hung each time its ejection
+/// ends. Once it answers again a probe passes and it takes requests again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_instance_loses_nothing_from_two_seconds_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let healthy = HttpInstance::start("healthy", false).await;
+    let hangs = Hangable::start().await;
+    let port = free_port();
+    let text = config(
+        port,
+        &[healthy.addr, hangs.addr],
+        "\n[http]\nresponse_timeout = \"500ms\"",
+    );
+    let (mut node, _admin) = node(dir.path(), &text, port).await;
+    let load = load(port, 6, 2);
+    eventually("both instances serve", WAIT, || async {
+        (hangs.requests.load(Ordering::SeqCst) > 50 && healthy.requests() > 50).then_some(())
+    })
+    .await;
+    let hung = Instant::now();
+    hangs.hung.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client_requests = hangs.requests.load(Ordering::SeqCst);
+    // Long enough for three ejections (1 s, 2 s, 4 s) and their failed probes (2 s each).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let probes = hangs.probes.load(Ordering::SeqCst);
+    let late_to_hung = hangs.requests.load(Ordering::SeqCst) - client_requests;
+    hangs.hung.store(false, Ordering::SeqCst);
+    let answering = Instant::now();
+    let before = hangs.requests.load(Ordering::SeqCst);
+    eventually("it takes requests again", WAIT, || async {
+        (hangs.requests.load(Ordering::SeqCst) > before + 10).then_some(())
+    })
+    .await;
+    let back_after = answering.elapsed();
+    let tally = load.stop().await;
+    let late = lost_after(&tally, hung + Duration::from_secs(2));
+    row(
+        "an instance hung 12 s (response_timeout 500ms)",
+        &tally,
+        &format!(
+            "{late} lost from 2 s after; {probes} probes by the node, {late_to_hung} client requests reached it from 2 s after; back {back_after:?} after it answered again"
+        ),
+    );
+    assert_eq!(
+        late, 0,
+        "requests lost 2 s after the hang: {:?}",
+        tally.errors
+    );
+    assert_eq!(
+        late_to_hung, 0,
+        "client requests reached the ejected instance"
+    );
+    assert!(probes >= 2, "only {probes} probes");
+    assert!(node.try_exit_code().is_none(), "the node kept running");
 }

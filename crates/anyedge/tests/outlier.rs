@@ -1,8 +1,9 @@
 //! Passive outlier detection end to end: an in-process node, two instances of one app on
 //! loopback, a steady sequence of requests. An instance that accepts connections but never
-//! answers is ejected after `consecutive_failures` timeouts and gets nothing for the ejection
-//! time, then one probe; one that answers 503 is ejected the same way while the other serves,
-//! and comes back through a successful probe once it answers again.
+//! answers is ejected after `consecutive_failures` timeouts and gets no client request after
+//! that: the node probes it itself when the ejection ends, and the failed probe ejects it again;
+//! one that answers 503 is ejected the same way while the other serves, and comes back through
+//! the node's successful probe once it answers again.
 
 use anyedge::node::Node;
 use anyedge_test_support::http_client::{empty, request, Client};
@@ -25,13 +26,15 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A raw HTTP/1.1 instance: counts the request heads it reads, and answers each `200` (with
-/// `x-instance`), `503`, or never, as its mode says at the time.
+/// A raw HTTP/1.1 instance: counts the request heads it reads (clients' and the node's probes
+/// apart), and answers each `200` (with `x-instance`), `503`, or never, as its mode says at
+/// the time.
 struct RawInstance {
     name: &'static str,
     addr: SocketAddr,
     mode: Arc<AtomicU8>,
     requests: Arc<AtomicUsize>,
+    probes: Arc<AtomicUsize>,
 }
 
 impl RawInstance {
@@ -39,10 +42,15 @@ impl RawInstance {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (mode, requests) = (Arc::new(AtomicU8::new(mode)), Arc::new(AtomicUsize::new(0)));
-        let (m, r) = (mode.clone(), requests.clone());
+        let probes = Arc::new(AtomicUsize::new(0));
+        let (m, r, p) = (mode.clone(), requests.clone(), probes.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, name, m.clone(), r.clone()));
+                let counts = Counts {
+                    requests: r.clone(),
+                    probes: p.clone(),
+                };
+                tokio::spawn(serve(stream, name, m.clone(), counts));
             }
         });
         RawInstance {
@@ -50,11 +58,18 @@ impl RawInstance {
             addr,
             mode,
             requests,
+            probes,
         }
     }
 
+    /// Client requests (not the node's probes).
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The node's own probes (`User-Agent: anyedge-health`).
+    fn probes(&self) -> usize {
+        self.probes.load(Ordering::SeqCst)
     }
 
     fn set_mode(&self, mode: u8) {
@@ -62,14 +77,23 @@ impl RawInstance {
     }
 }
 
+struct Counts {
+    requests: Arc<AtomicUsize>,
+    probes: Arc<AtomicUsize>,
+}
+
 /// One connection: bodiless requests, one after another.
-async fn serve(mut s: TcpStream, name: &str, mode: Arc<AtomicU8>, requests: Arc<AtomicUsize>) {
+async fn serve(mut s: TcpStream, name: &str, mode: Arc<AtomicU8>, counts: Counts) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             buf.drain(..end + 4);
-            requests.fetch_add(1, Ordering::SeqCst);
+            match head.contains("user-agent: anyedge-health") {
+                true => counts.probes.fetch_add(1, Ordering::SeqCst),
+                false => counts.requests.fetch_add(1, Ordering::SeqCst),
+            };
             let answer = match mode.load(Ordering::SeqCst) {
                 OK => format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-instance: {name}\r\n\r\nok"),
                 UNAVAILABLE => format!(
@@ -169,14 +193,20 @@ async fn a_hung_instance_is_ejected_after_its_timeouts_then_probed() {
     // Ejected for 3 s from its third timeout: nothing reaches it for (well within) that time.
     only_good_serves(port, &good, &hung, Duration::from_millis(1500)).await;
 
-    // When the ejection ends the next request it gets is the probe; it times out, and the
-    // instance is out again at once (for 6 s).
-    until_bad_has(port, &hung, 4, 504).await;
-    eventually("the failed probe to eject it again", DEADLINE, || async {
-        (ejections(&node, "timeout").await == 2.0).then_some(())
-    })
-    .await;
-    only_good_serves(port, &good, &hung, Duration::from_millis(1500)).await;
+    // When the ejection ends the node probes it itself (no client request is the probe); the
+    // probe times out and the instance is out again at once (for 6 s). Client requests all go
+    // to the good instance meanwhile.
+    let probed = async {
+        eventually("the failed probe to eject it again", DEADLINE, || async {
+            (ejections(&node, "probe").await == 1.0).then_some(())
+        })
+        .await
+    };
+    let serving = only_good_serves(port, &good, &hung, Duration::from_secs(4));
+    tokio::join!(probed, serving);
+    assert_eq!(hung.probes(), 1, "one probe");
+    assert_eq!(hung.requests(), 3, "no client request after the ejection");
+    assert_eq!(ejections(&node, "timeout").await, 1.0);
     assert_eq!(ejections(&node, "gateway_error").await, 0.0);
     node.shutdown(Duration::from_secs(1)).await;
 }
@@ -194,7 +224,7 @@ async fn an_instance_answering_503_is_ejected_and_returns_after_a_good_probe() {
     assert_eq!(ejections(&node, "gateway_error").await, 1.0);
     only_good_serves(port, &good, &bad, Duration::from_millis(1000)).await;
 
-    // It recovers: once the ejection ends, its probe succeeds and it serves again.
+    // It recovers: once the ejection ends, the node's probe succeeds and it serves again.
     bad.set_mode(OK);
     eventually(
         "the recovered instance to serve again",
@@ -202,10 +232,11 @@ async fn an_instance_answering_503_is_ejected_and_returns_after_a_good_probe() {
         || async {
             let (status, who) = get(port).await;
             assert_eq!(status, 200);
-            (who.as_deref() == Some(bad.name) && bad.requests() >= 5).then_some(())
+            (who.as_deref() == Some(bad.name) && bad.requests() >= 4).then_some(())
         },
     )
     .await;
+    assert!(bad.probes() >= 1, "it came back through the node's probe");
     assert_eq!(ejections(&node, "gateway_error").await, 1.0, "never again");
     node.shutdown(Duration::from_secs(1)).await;
 }

@@ -202,10 +202,11 @@ impl InstanceLive {
             && self.reported(now).is_none_or(|r| r.healthy)
     }
 
-    /// Out of placement as an outlier now: ejected, or its probe is in flight from this node
-    /// (one probe at a time). Placement still takes it when nothing else is left.
+    /// Out of placement as an outlier now: ejected, or its ejection over and the node's own
+    /// probe not passed yet (no client request is the probe). Placement still takes it when
+    /// nothing else is left.
     pub fn outlier_held(&self, now: Instant) -> bool {
-        self.outlier.ejected(now) || (self.outlier.probing(now) && self.inflight.in_use() > 0)
+        self.outlier.ejected(now) || self.outlier.held()
     }
 
     /// Record what the worker running it reported.

@@ -6,7 +6,7 @@
 //! An instance starts healthy: until a check has failed `unhealthy_threshold` times in a row
 //! after its grace period, nothing is known against it (docs/health.md).
 
-mod probe;
+pub(crate) mod probe;
 mod state;
 
 pub use state::{CheckState, Transition};
@@ -16,7 +16,7 @@ use anyedge_catalog::{AppEntry, FailingCheck, InstanceEntry, InstanceLive, Snaps
 use anyedge_config::{Check, CheckKind, HostPort};
 use anyedge_core::InstanceId;
 use anyedge_telemetry::{AppMetrics, Metrics};
-use probe::{Probe, ProbeFailure};
+use probe::{Pass, Probe, ProbeFailure};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::runtime::Handle;
@@ -194,7 +194,7 @@ fn describe(service: usize, index: usize, check: &Check) -> String {
 
 /// Where to check `inst`: its address's port or the service's `internal_port`. HTTP checks
 /// carry the app's first hostname that is not a wildcard as `Host`, else the instance address.
-fn probe_for(
+pub(crate) fn probe_for(
     app: &AppEntry,
     inst: &InstanceEntry,
     internal_port: Option<u16>,
@@ -216,6 +216,8 @@ fn probe_for(
         });
     Some(Probe {
         kind: check.kind.clone(),
+        pass: Pass::Success,
+        h2: false,
         host: inst.address.host.clone(),
         port,
         authority,

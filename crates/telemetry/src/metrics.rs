@@ -172,13 +172,16 @@ pub enum OutlierReason {
     Reset,
     /// The instance answered one of the app's `outlier.gateway_errors`.
     GatewayError,
+    /// The node's own probe of an ejected instance failed (it stays out, for twice as long).
+    Probe,
 }
 
 impl OutlierReason {
-    pub const ALL: [OutlierReason; 3] = [
+    pub const ALL: [OutlierReason; 4] = [
         OutlierReason::Timeout,
         OutlierReason::Reset,
         OutlierReason::GatewayError,
+        OutlierReason::Probe,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -186,6 +189,7 @@ impl OutlierReason {
             OutlierReason::Timeout => "timeout",
             OutlierReason::Reset => "reset",
             OutlierReason::GatewayError => "gateway_error",
+            OutlierReason::Probe => "probe",
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Passive outlier detection for one instance, as Envoy's: requests that fail in a row (no
 //! response head in time, the connection failed after the request was written, a gateway-error
 //! status from the instance) eject it from placement for a while, longer each time in a row.
+//! It comes back when a probe the node sends itself passes (`anyedge-edge`'s
+//! `instance/outlier.rs` runs it), never by way of a client's request, unless it was the last
+//! resort.
 //!
 //! Pure state with the clock passed in: the caller says what happened and when. A success costs
 //! one relaxed load while nothing failed; failures and the ejections they cause take a lock (they
@@ -8,7 +11,7 @@
 
 use super::nanos_since_epoch;
 use anyedge_config::model::Outlier;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,8 +19,9 @@ use std::time::{Duration, Instant};
 ///
 /// While ejected (`until` in the future) new failures and successes are ignored: they come from
 /// requests placed before the ejection, or sent to it as the last resort. Once the ejection ends
-/// the failure count is still at the threshold, so the next request is the probe: its failure
-/// ejects again at once (for twice as long), its success clears everything.
+/// the instance stays held out ([`Self::held`]) until a success: the node's own probe (or a
+/// request sent to it as the last resort). The failure count is still at the threshold, so a
+/// failed probe ejects again at once (for twice as long); a success clears everything.
 #[derive(Default)]
 pub struct OutlierState {
     /// Failures in a row; non-zero while `until` is set. Read on every success.
@@ -26,6 +30,8 @@ pub struct OutlierState {
     until: AtomicU64,
     /// Ejections in a row since the last success; its lock serialises every change.
     ejections: Mutex<u32>,
+    /// A task probes the instance until it passes ([`Self::claim_prober`]): one at a time.
+    prober: AtomicBool,
 }
 
 /// An ejection that a failure caused.
@@ -92,7 +98,29 @@ impl OutlierState {
         self.until.load(Ordering::Acquire) > nanos_since_epoch(now)
     }
 
-    /// Its ejection ended and no request has succeeded since: the next request is the probe.
+    /// How long its ejection still runs at `now` (zero once over, or without one).
+    pub fn ejection_left(&self, now: Instant) -> Duration {
+        let until = self.until.load(Ordering::Acquire);
+        Duration::from_nanos(until.saturating_sub(nanos_since_epoch(now)))
+    }
+
+    /// Ejected, or its ejection ended and nothing has succeeded since (its probe is due or in
+    /// flight): out of placement but as the last resort.
+    pub fn held(&self) -> bool {
+        self.until.load(Ordering::Acquire) != 0
+    }
+
+    /// Become the one task that probes this instance; `false` if one does already. The task
+    /// calls [`Self::release_prober`] when it stops.
+    pub fn claim_prober(&self) -> bool {
+        !self.prober.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn release_prober(&self) {
+        self.prober.store(false, Ordering::Release);
+    }
+
+    /// Its ejection ended and no request has succeeded since: its probe is due.
     pub fn probing(&self, now: Instant) -> bool {
         let until = self.until.load(Ordering::Acquire);
         until != 0 && until <= nanos_since_epoch(now)

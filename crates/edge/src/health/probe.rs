@@ -32,10 +32,33 @@ pub(crate) enum ProbeFailure {
     Status { status: StatusCode },
 }
 
+/// Which statuses pass an HTTP probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// A `2xx` (the app's own checks).
+    Success,
+    /// Any status but these, and the body is not read (the outlier probe of an app without a
+    /// check: any answer but a gateway error is an answer, as for a client's request).
+    AnyBut(Vec<u16>),
+}
+
+impl Pass {
+    fn passes(&self, status: StatusCode) -> bool {
+        match self {
+            Pass::Success => status.is_success(),
+            Pass::AnyBut(failing) => !failing.contains(&status.as_u16()),
+        }
+    }
+}
+
 /// Where and how to check one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Probe {
     pub(crate) kind: CheckKind,
+    /// What an HTTP probe's status must be.
+    pub(crate) pass: Pass,
+    /// Speak HTTP/2 with prior knowledge (an instance whose service has `h2_backend`).
+    pub(crate) h2: bool,
     /// Where to connect.
     pub(crate) host: String,
     pub(crate) port: u16,
@@ -68,7 +91,8 @@ impl Probe {
             })?;
         match request {
             None => Ok(()),
-            Some(request) => http_get(stream, request).await,
+            Some(request) if self.h2 => h2_get(stream, request, &self.pass).await,
+            Some(request) => http_get(stream, request, &self.pass).await,
         }
     }
 }
@@ -85,9 +109,14 @@ fn request(path: &str, authority: &str) -> Result<Request<Empty<Bytes>>, ProbeFa
         })
 }
 
-/// `GET path` with `Connection: close`; a 2xx status passes. The body is read (up to
-/// [`BODY_LIMIT`]) so the instance sees an orderly exchange, then dropped with the connection.
-async fn http_get(stream: TcpStream, req: Request<Empty<Bytes>>) -> Result<(), ProbeFailure> {
+/// `GET path` with `Connection: close`; `pass` judges the status. The body of a 2xx is read
+/// (up to [`BODY_LIMIT`]) so the instance sees an orderly exchange, then dropped with the
+/// connection.
+async fn http_get(
+    stream: TcpStream,
+    req: Request<Empty<Bytes>>,
+    pass: &Pass,
+) -> Result<(), ProbeFailure> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(ProbeFailure::Http)?;
@@ -111,11 +140,59 @@ async fn http_get(stream: TcpStream, req: Request<Empty<Bytes>>) -> Result<(), P
         },
     }
     .map_err(ProbeFailure::Http)?;
-    if status.is_success() {
+    judge(status, pass)
+}
+
+fn judge(status: StatusCode, pass: &Pass) -> Result<(), ProbeFailure> {
+    if pass.passes(status) {
         Ok(())
     } else {
         Err(ProbeFailure::Status { status })
     }
+}
+
+/// `GET path` over HTTP/2 with prior knowledge (h2c); `pass` judges the status, the body is
+/// not read.
+async fn h2_get(
+    stream: TcpStream,
+    req: Request<Empty<Bytes>>,
+    pass: &Pass,
+) -> Result<(), ProbeFailure> {
+    // HTTP/2 names the target in `:scheme` and `:authority`, not in `Host` and `Connection`.
+    let mut req = req;
+    let authority = req.headers_mut().remove(HOST);
+    req.headers_mut().remove(CONNECTION);
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let authority = authority
+        .as_ref()
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("localhost");
+    let uri = format!("http://{authority}{path}");
+    *req.uri_mut() = uri
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ProbeFailure::Request {
+            path: path.to_string(),
+            source: e.into(),
+        })?;
+    *req.version_mut() = http::Version::HTTP_2;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .map_err(ProbeFailure::Http)?;
+    let mut conn = std::pin::pin!(conn);
+    let exchange = sender.send_request(req);
+    let mut exchange = std::pin::pin!(exchange);
+    let resp = tokio::select! {
+        r = &mut exchange => r,
+        r = &mut conn => match r {
+            Ok(()) => exchange.await,
+            Err(e) => Err(e),
+        },
+    }
+    .map_err(ProbeFailure::Http)?;
+    judge(resp.status(), pass)
 }
 
 /// Read and drop up to [`BODY_LIMIT`] bytes of body; a body cut short is an error.
@@ -163,6 +240,8 @@ mod tests {
     fn probe(kind: CheckKind, port: u16) -> Probe {
         Probe {
             kind,
+            pass: Pass::Success,
+            h2: false,
             host: "127.0.0.1".into(),
             port,
             authority: "app.test".into(),

@@ -30,7 +30,8 @@ fn ejected_on_the_threshold_for_the_base_time() {
     assert!(s.ejected(t0));
     assert!(s.ejected(t0 + 999 * MS));
     assert!(!s.ejected(t0 + 1000 * MS));
-    assert!(s.probing(t0 + 1000 * MS), "the next request is the probe");
+    assert!(s.probing(t0 + 1000 * MS), "its probe is due");
+    assert!(s.held(), "held until a probe passes");
 }
 
 #[test]
@@ -121,19 +122,24 @@ fn a_threshold_of_one_ejects_on_the_first_failure() {
 }
 
 #[test]
-fn one_probe_at_a_time_from_this_node() {
+fn held_out_until_a_success_and_one_prober_at_a_time() {
     let live = crate::InstanceLive::default();
     let (p, t0) = (policy(1), Instant::now());
     live.outlier.failed(t0, &p).expect("ejected");
     assert!(live.outlier_held(t0), "ejected");
     let t1 = t0 + Duration::from_secs(1);
-    assert!(!live.outlier_held(t1), "the probe may go");
-    let probe = live.inflight.acquire();
+    assert!(live.outlier.probing(t1));
     assert!(
         live.outlier_held(t1),
-        "one probe in flight: the rest wait for it"
+        "the ejection is over, but no client request is the probe: held until one passes"
     );
-    drop(probe);
+    assert!(live.outlier.claim_prober());
+    assert!(!live.outlier.claim_prober(), "one prober at a time");
     live.outlier.succeeded_at(t1);
+    live.outlier.release_prober();
     assert!(!live.outlier_held(t1) && !live.outlier.probing(t1));
+    assert!(
+        live.outlier.claim_prober(),
+        "the next ejection gets its prober"
+    );
 }
