@@ -1,6 +1,8 @@
 //! ACME with a real Pebble: an app with no static certificate gets one over TLS-ALPN-01
 //! answered by the edge itself, keeps it across a restart, renews it without a failed
-//! handshake, and an unreachable CA fails clearly without touching other apps.
+//! handshake, an unreachable CA fails clearly without touching other apps, and a CA that is
+//! away while a renewal is due costs nothing: the old certificate is served, the renewal is
+//! retried with backoff and succeeds when the CA returns.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
@@ -218,6 +220,140 @@ async fn a_renewed_certificate_replaces_the_old_one_without_a_failed_handshake()
     assert_eq!(
         metric(&node, "anyedge_acme_orders_total{result=\"error\"}"),
         0
+    );
+}
+
+/// The certificate `app.test` is served with (verified against Pebble's root).
+async fn served_cert(pebble: &Pebble, port: u16) -> Option<anyedge_tls::acme::CertInfo> {
+    let tls = pebble
+        .connect(local(port), "app.test", &[b"http/1.1"])
+        .await
+        .ok()?;
+    let der = tls.get_ref().1.peer_certificates()?.first()?.clone();
+    anyedge_tls::acme::CertInfo::of(der.as_ref()).ok()
+}
+
+/// The fault suite's CA outage: the CA (Pebble, behind a relay the test cuts) is unreachable
+/// from 2 s before the renewal is due until 8 s after. The old certificate is served all along
+/// (a client handshaking in a loop never fails), the renewal is retried with backoff (1 s
+/// doubling to 4 s) while the CA is away, and it succeeds once the CA is back, before the old
+/// certificate expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_due_while_the_ca_is_unreachable_is_retried_and_the_old_certificate_served() {
+    let instance = HttpInstance::start("app", false).await;
+    let tls_port = free_port();
+    // 60 s certificates: renewal due when 20 s are left.
+    let pebble = Pebble::start(PebbleOptions {
+        tls_port,
+        validity_secs: Some(60),
+    })
+    .await;
+    let pebble_addr: SocketAddr = pebble
+        .directory
+        .strip_prefix("https://")
+        .and_then(|d| d.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+    // Pebble names its other endpoints after the Host the client asked for: every request of
+    // the node goes through the relay.
+    let relay = anyedge_test_support::relay::Relay::start(pebble_addr).await;
+    let directory = format!("https://127.0.0.1:{}/dir", relay.port);
+    let state = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        acme_section(
+            &directory,
+            &pebble.ca_roots,
+            state.path(),
+            "retry_min = \"1s\"\nretry_max = \"4s\""
+        ),
+        tls_app("app", "app.test", tls_port, instance.addr, false)
+    );
+    let node = start(&toml, state.path()).await;
+    let first = anyedge_test_support::eventually(
+        "the first certificate",
+        Duration::from_secs(60),
+        || served_cert(&pebble, tls_port),
+    )
+    .await;
+    let lifetime = first.not_after - first.not_before;
+    let due = first.not_after - lifetime / 3;
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let until = |t: f64| Duration::from_secs_f64((t - unix_now()).max(0.0));
+
+    // Handshake continuously from now until the renewed certificate is served.
+    let pebble = Arc::new(pebble);
+    let (stop, failures, handshakes) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let looping = {
+        let (pebble, stop, failures, handshakes) = (
+            pebble.clone(),
+            stop.clone(),
+            failures.clone(),
+            handshakes.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match served_cert(&pebble, tls_port).await {
+                    Some(_) => handshakes.fetch_add(1, Ordering::Relaxed),
+                    None => failures.fetch_add(1, Ordering::Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Fixed points in time, not waits for a condition: the outage is set around the due time.
+    tokio::time::sleep(until(due as f64 - 2.0)).await;
+    relay.cut();
+    let errors_before = metric(&node, "anyedge_acme_orders_total{result=\"error\"}");
+    tokio::time::sleep(until(due as f64 + 8.0)).await;
+    let failed_orders = metric(&node, "anyedge_acme_orders_total{result=\"error\"}") - errors_before;
+    let during = served_cert(&pebble, tls_port).await.expect("served during the outage");
+    let status =
+        std::fs::read_to_string(state.path().join("certs/app.test/status.json")).unwrap();
+    relay.restore();
+    let restored = std::time::Instant::now();
+    let second = anyedge_test_support::eventually(
+        "the renewed certificate once the CA is back",
+        Duration::from_secs(30),
+        || async {
+            let info = served_cert(&pebble, tls_port).await?;
+            (info.serial != first.serial).then_some(info)
+        },
+    )
+    .await;
+    let renewed_after = restored.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    looping.await.unwrap();
+    let (sent, failed) = (
+        handshakes.load(Ordering::Relaxed) + failures.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed),
+    );
+    println!(
+        "| the ACME CA unreachable 10 s while a renewal is due | {sent} handshakes | {failed} | {failed_orders} renewals failed and were retried meanwhile (1 s, 2 s, 4 s apart); renewed {renewed_after:?} after the CA returned, {} s before the old certificate expired |",
+        first.not_after - unix_now() as i64
+    );
+    assert_eq!(during.serial, first.serial, "the old certificate is served");
+    assert!(status.contains("\"state\": \"failing\""), "{status}");
+    assert!(failed_orders >= 2, "only {failed_orders} attempts while the CA was away");
+    assert!(
+        failed_orders <= 5,
+        "{failed_orders} attempts in 10 s: no backoff"
+    );
+    assert!(relay.refused() > 0, "the node did try the CA");
+    assert_eq!(failed, 0, "handshakes failed while the CA was away");
+    assert!(second.not_after > first.not_after);
+    assert!(
+        renewed_after < Duration::from_secs(10),
+        "renewed {renewed_after:?} after the CA returned (retry_max is 4 s)"
     );
 }
 

@@ -7,72 +7,16 @@
 use anyedge_test_support::cluster::{get_with, local, Node, Pki};
 use anyedge_test_support::etcd::Etcd;
 use anyedge_test_support::http_instance::HttpInstance;
+use anyedge_test_support::relay::Relay;
 use anyedge_test_support::{eventually, free_port};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_anyedge"))
-}
-
-/// A TCP relay in front of etcd for one node: cut, it closes every connection it carries and
-/// every new one at once (etcd unreachable for that node alone); restored, it relays again.
-struct Relay {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(to: u16) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
-        let port = listener.local_addr().expect("addr").port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let (c, list) = (cut.clone(), conns.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if c.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let relay = tokio::spawn(async move {
-                    if let Ok(mut out) = TcpStream::connect(("127.0.0.1", to)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                    }
-                });
-                list.lock().expect("lock").push(relay.abort_handle());
-            }
-        });
-        Relay {
-            port,
-            cut,
-            conns,
-            task,
-        }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for c in self.conns.lock().expect("lock").drain(..) {
-            c.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.cut();
-        self.task.abort();
-    }
 }
 
 /// One GET through the edge: its start and end, and the instance that answered (`None`: it
@@ -173,13 +117,13 @@ fn anyedge(etcd: &Etcd, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_outage_that_expires_the_workers_lease_loses_no_request() {
     let etcd = Etcd::start();
-    let etcd_port: u16 = etcd
+    let etcd_addr = etcd
         .url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("etcd port");
-    let relay = Relay::start(etcd_port).await;
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .expect("etcd address");
+    // The worker reaches etcd through this relay: cut, etcd is away for the worker alone.
+    let relay = Relay::start(etcd_addr).await;
     let via_relay = format!("http://127.0.0.1:{}", relay.port);
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -11,6 +11,7 @@ pub mod instances;
 pub mod pebble;
 pub mod pki;
 pub mod process;
+pub mod relay;
 pub mod runtimes;
 pub mod scripted_instance;
 
