@@ -270,12 +270,11 @@ async fn a_renewal_due_while_the_ca_is_unreachable_is_retried_and_the_old_certif
         tls_app("app", "app.test", tls_port, instance.addr, false)
     );
     let node = start(&toml, state.path()).await;
-    let first = anyedge_test_support::eventually(
-        "the first certificate",
-        Duration::from_secs(60),
-        || served_cert(&pebble, tls_port),
-    )
-    .await;
+    let first =
+        anyedge_test_support::eventually("the first certificate", Duration::from_secs(60), || {
+            served_cert(&pebble, tls_port)
+        })
+        .await;
     let lifetime = first.not_after - first.not_before;
     let due = first.not_after - lifetime / 3;
     let unix_now = || {
@@ -315,10 +314,12 @@ async fn a_renewal_due_while_the_ca_is_unreachable_is_retried_and_the_old_certif
     relay.cut();
     let errors_before = metric(&node, "anyedge_acme_orders_total{result=\"error\"}");
     tokio::time::sleep(until(due as f64 + 8.0)).await;
-    let failed_orders = metric(&node, "anyedge_acme_orders_total{result=\"error\"}") - errors_before;
-    let during = served_cert(&pebble, tls_port).await.expect("served during the outage");
-    let status =
-        std::fs::read_to_string(state.path().join("certs/app.test/status.json")).unwrap();
+    let failed_orders =
+        metric(&node, "anyedge_acme_orders_total{result=\"error\"}") - errors_before;
+    let during = served_cert(&pebble, tls_port)
+        .await
+        .expect("served during the outage");
+    let status = std::fs::read_to_string(state.path().join("certs/app.test/status.json")).unwrap();
     relay.restore();
     let restored = std::time::Instant::now();
     let second = anyedge_test_support::eventually(
@@ -343,7 +344,10 @@ async fn a_renewal_due_while_the_ca_is_unreachable_is_retried_and_the_old_certif
     );
     assert_eq!(during.serial, first.serial, "the old certificate is served");
     assert!(status.contains("\"state\": \"failing\""), "{status}");
-    assert!(failed_orders >= 2, "only {failed_orders} attempts while the CA was away");
+    assert!(
+        failed_orders >= 2,
+        "only {failed_orders} attempts while the CA was away"
+    );
     assert!(
         failed_orders <= 5,
         "{failed_orders} attempts in 10 s: no backoff"

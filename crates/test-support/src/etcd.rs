@@ -176,10 +176,61 @@ impl Etcd {
         v.get("header")?.get("revision")?.as_str()?.parse().ok()
     }
 
+    /// A key's `create_revision` and lease id (0: none), through etcd's JSON gateway; `None`
+    /// when the key does not exist or etcd does not answer. A key deleted and put again has a
+    /// new `create_revision`.
+    pub fn key_info(&self, key: &str) -> Option<(i64, i64)> {
+        if self.tls.is_some() {
+            return None;
+        }
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.client_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let body = format!(r#"{{"key":"{}"}}"#, base64(key.as_bytes()));
+        let req = format!(
+            "POST /v3/kv/range HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (_, json) = text.split_once("\r\n\r\n")?;
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        let kv = v.get("kvs")?.get(0)?;
+        let number = |name: &str| -> i64 {
+            kv.get(name)
+                .and_then(|n| n.as_str())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        Some((number("create_revision"), number("lease")))
+    }
+
     /// What etcd logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
+}
+
+/// Standard base64 with padding (etcd's JSON gateway takes keys so).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Etcd {
