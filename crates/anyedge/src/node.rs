@@ -265,6 +265,11 @@ impl Node {
         self.health.running()
     }
 
+    /// This node leaves the catalog: its load feeds end first (`Edge::leave`).
+    pub fn leave(&self) {
+        self.edge.leave();
+    }
+
     /// Whether the worker `peer` reports the instance `<app>/<id>` over a live load feed (the
     /// catalog's grace rule, `anyedge_store::state::grace`).
     pub fn feed_reports(&self, peer: &str, instance: &str) -> bool {

@@ -177,7 +177,12 @@ async fn serve(
     }
     match (end, feed) {
         // Leave the catalog first, so other nodes stop sending here while this one drains.
-        (End::Signal, Some(f)) => f.stop().await,
+        // Its load feeds end before its lease goes, so edges do not keep its instances by the
+        // grace rule for instances lost with a lease.
+        (End::Signal, Some(f)) => {
+            node.leave();
+            f.stop().await
+        }
         // The new process registered the same keys under its own lease: revoking this one's
         // would delete them. It lapses instead.
         (End::HandedOver, f) => {

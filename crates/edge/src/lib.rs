@@ -315,6 +315,12 @@ impl Edge {
     }
 
     /// Client connections open now.
+    /// This node leaves the catalog (a graceful stop, before its lease is revoked): its load
+    /// feeds end, so no edge keeps its instances by the grace rule (`docs/cluster.md`).
+    pub fn leave(&self) {
+        self.shared.backhaul.leaving.start();
+    }
+
     /// Whether the worker `peer` reports the instance `<app>/<id>` over an open, recent load
     /// feed: the catalog's grace rule for instances lost with their worker's lease.
     pub fn feed_reports(&self, peer: &str, instance: &str) -> bool {

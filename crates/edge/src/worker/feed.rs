@@ -77,7 +77,12 @@ pub(crate) fn stream(shared: &Arc<Shared>) -> FeedBody {
     tokio::spawn(async move {
         let draining = shared.drain.started();
         tokio::pin!(draining);
+        let leaving = shared.backhaul.leaving.started();
+        tokio::pin!(leaving);
         loop {
+            if shared.backhaul.leaving.is_draining() {
+                return;
+            }
             let data = frames.borrow_and_update().clone();
             if !data.is_empty() && tx.send(data).await.is_err() {
                 return;
@@ -87,6 +92,7 @@ pub(crate) fn stream(shared: &Arc<Shared>) -> FeedBody {
                 _ = tokio::time::sleep(HEARTBEAT) => {}
                 _ = tx.closed() => return,
                 _ = &mut draining => return,
+                _ = &mut leaving => return,
             }
         }
     });
