@@ -234,18 +234,25 @@ async fn an_etcd_outage_that_expires_the_workers_lease_loses_no_request() {
     assert!(before > 0);
     // A graceful stop is no loss: the worker's feeds end before its lease is revoked, and the
     // edge lets its instance go at once rather than keep it.
-    let kept_before = edge.logs().matches("kept while the worker's load feed").count();
+    let kept_before = edge
+        .logs()
+        .matches("kept while the worker's load feed")
+        .count();
     let mut worker = worker;
     worker.proc.as_ref().expect("running").signal(libc::SIGTERM);
     let stopping = Instant::now();
-    eventually("the edge lets the stopped worker's instance go", Duration::from_secs(5), || async {
-        (!edge.knows_instance("web", "a").await).then_some(())
-    })
+    eventually(
+        "the edge lets the stopped worker's instance go",
+        Duration::from_secs(5),
+        || async { (!edge.knows_instance("web", "a").await).then_some(()) },
+    )
     .await;
     let gone_after = stopping.elapsed();
     assert!(gone_after < Duration::from_secs(2), "{gone_after:?}");
     assert_eq!(
-        edge.logs().matches("kept while the worker's load feed").count(),
+        edge.logs()
+            .matches("kept while the worker's load feed")
+            .count(),
         kept_before,
         "a gracefully stopped worker's instance was kept"
     );

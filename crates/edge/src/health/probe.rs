@@ -299,6 +299,62 @@ mod tests {
         );
     }
 
+    /// The outlier probe of an app without a check: any status but a gateway error passes.
+    #[tokio::test]
+    async fn an_outlier_probe_passes_any_status_but_gateway_errors() {
+        let any_but = |port| Probe {
+            pass: Pass::AnyBut(vec![502, 503, 504]),
+            ..probe(http("/"), port)
+        };
+        let (port, _seen) = server(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
+        let r = any_but(port).run(&Resolver::default()).await;
+        assert!(r.is_ok(), "{r:?}");
+        let (port, _seen) =
+            server(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n").await;
+        let r = any_but(port).run(&Resolver::default()).await;
+        assert!(
+            matches!(r, Err(ProbeFailure::Status { status }) if status == 503),
+            "{r:?}"
+        );
+    }
+
+    /// An `h2_backend` instance is probed over HTTP/2 with prior knowledge, `:authority` set.
+    #[tokio::test]
+    async fn an_outlier_probe_speaks_h2c_to_an_h2_backend() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let tx = std::sync::Mutex::new(Some(tx));
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                if let Some(tx) = tx.lock().expect("lock").take() {
+                    let _ = tx.send((req.version(), req.uri().to_string()));
+                }
+                async {
+                    let resp = hyper::Response::builder()
+                        .status(204)
+                        .body(Empty::<Bytes>::new())
+                        .expect("response");
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), service)
+                .await;
+        });
+        let p = Probe {
+            pass: Pass::AnyBut(vec![502, 503, 504]),
+            h2: true,
+            ..probe(http("/ping"), port)
+        };
+        let r = p.run(&Resolver::default()).await;
+        assert!(r.is_ok(), "{r:?}");
+        let (version, uri) = rx.await.expect("the instance saw the probe");
+        assert_eq!(version, http::Version::HTTP_2);
+        assert_eq!(uri, "http://app.test/ping");
+    }
+
     #[tokio::test]
     async fn health_check_times_out_on_a_silent_instance() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
