@@ -291,12 +291,16 @@ fn catalog_metrics(status: &CatalogStatus, out: &mut String) {
          anyedge_catalog_listings_total {}\n\
          # HELP anyedge_catalog_revision The etcd revision the node's catalog reflects (every change up to it applied or found not to concern the node).\n\
          # TYPE anyedge_catalog_revision gauge\n\
-         anyedge_catalog_revision {}\n",
+         anyedge_catalog_revision {}\n\
+         # HELP anyedge_catalog_graced_instances Instances kept in this node's config after they left the catalog with their worker's lease, while the worker reports them (docs/cluster.md).\n\
+         # TYPE anyedge_catalog_graced_instances gauge\n\
+         anyedge_catalog_graced_instances {}\n",
         u8::from(status.connected()),
         status.stale_for().as_secs_f64(),
         status.disconnects(),
         status.listings(),
-        status.revision()
+        status.revision(),
+        status.graced()
     );
 }
 

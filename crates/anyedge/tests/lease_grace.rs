@@ -178,6 +178,12 @@ async fn an_etcd_outage_that_expires_the_workers_lease_loses_no_request() {
     .await;
     let relisted = Instant::now();
     assert!(
+        edge.metrics()
+            .await
+            .contains("anyedge_catalog_graced_instances 2"),
+        "both instances counted as kept"
+    );
+    assert!(
         edge.knows_instance("web", "a").await && edge.knows_instance("web", "b").await,
         "the edge dropped instances the worker still reports"
     );

@@ -33,6 +33,8 @@ pub struct CatalogStatus {
     current_at: Mutex<Instant>,
     /// Why the last session with etcd ended, until a listing succeeds again.
     last_error: Mutex<Option<String>>,
+    /// Instances the node keeps by the grace rule (`crate::state::grace`) in its config now.
+    graced: AtomicU64,
 }
 
 impl CatalogStatus {
@@ -44,6 +46,7 @@ impl CatalogStatus {
             listings: AtomicU64::new(0),
             current_at: Mutex::new(Instant::now()),
             last_error: Mutex::new(None),
+            graced: AtomicU64::new(0),
         }
     }
 
@@ -68,6 +71,12 @@ impl CatalogStatus {
     /// Times the connection to etcd was lost while following it.
     pub fn disconnects(&self) -> u64 {
         self.disconnects.load(Ordering::Relaxed)
+    }
+
+    /// Instances the node keeps by the grace rule in its config now (lost from the catalog with
+    /// their worker's lease, still reported by the worker).
+    pub fn graced(&self) -> u64 {
+        self.graced.load(Ordering::Relaxed)
     }
 
     /// Full listings of the catalog so far.
@@ -202,10 +211,11 @@ impl EtcdCatalog {
     /// `reports` says whether a worker reports an instance over a live load feed.
     pub fn config_graced(&mut self, base: &Config, reports: Reports<'_>) -> Config {
         self.version.borrow_and_update();
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .config_graced(base, Instant::now(), reports)
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let graced = state.graced(now, reports).len();
+        self.status.graced.store(graced as u64, Ordering::Relaxed);
+        state.config_graced(base, now, reports)
     }
 
     /// The instances the grace rule keeps now (`<app>/<id>`), and whether any instance left
