@@ -6,17 +6,16 @@
 //! An instance starts healthy: until a check has failed `unhealthy_threshold` times in a row
 //! after its grace period, nothing is known against it (docs/health.md).
 
-pub(crate) mod probe;
 mod state;
 
 pub use state::{CheckState, Transition};
 
 use crate::instance::connect::Resolver;
-use anyedge_catalog::{AppEntry, FailingCheck, InstanceEntry, InstanceLive, Snapshot};
-use anyedge_config::{Check, CheckKind, HostPort};
+use crate::instance::probe::{probe_for, Probe, ProbeFailure};
+use anyedge_catalog::{FailingCheck, InstanceLive, Snapshot};
+use anyedge_config::{Check, CheckKind};
 use anyedge_core::InstanceId;
 use anyedge_telemetry::{AppMetrics, Metrics};
-use probe::{Pass, Probe, ProbeFailure};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::runtime::Handle;
@@ -190,39 +189,6 @@ fn describe(service: usize, index: usize, check: &Check) -> String {
         CheckKind::Tcp => format!("services[{service}].checks[{index}] tcp"),
         CheckKind::Http { path } => format!("services[{service}].checks[{index}] http {path}"),
     }
-}
-
-/// Where to check `inst`: its address's port or the service's `internal_port`. HTTP checks
-/// carry the app's first hostname that is not a wildcard as `Host`, else the instance address.
-pub(crate) fn probe_for(
-    app: &AppEntry,
-    inst: &InstanceEntry,
-    internal_port: Option<u16>,
-    check: &Check,
-) -> Option<Probe> {
-    let port = inst.address.port.or(internal_port)?;
-    let authority = app
-        .config
-        .hostnames
-        .iter()
-        .find(|h| !h.starts_with("*."))
-        .cloned()
-        .unwrap_or_else(|| {
-            HostPort {
-                host: inst.address.host.clone(),
-                port: Some(port),
-            }
-            .to_string()
-        });
-    Some(Probe {
-        kind: check.kind.clone(),
-        pass: Pass::Success,
-        h2: false,
-        host: inst.address.host.clone(),
-        port,
-        authority,
-        timeout: check.timeout,
-    })
 }
 
 /// One running check.

@@ -12,8 +12,8 @@
 //! catalog (its live state is dropped) or comes back by another way (a request sent to it as
 //! the last resort succeeded).
 
-use crate::health::probe::{Pass, Probe};
 use crate::instance::connect::Resolver;
+use crate::instance::probe::{Pass, Probe};
 use anyedge_catalog::{AppEntry, InstanceEntry};
 use anyedge_config::{CheckKind, Handler, Service};
 use anyedge_telemetry::{AppMetrics, OutlierReason};
@@ -82,7 +82,7 @@ fn probe_for(app: &AppEntry, inst: &InstanceEntry) -> Option<Probe> {
         .find(serves_http)
         .or_else(|| services.first())?;
     if let Some(check) = service.checks.first() {
-        return crate::health::probe_for(app, inst, service.internal_port, check);
+        return crate::instance::probe::probe_for(app, inst, service.internal_port, check);
     }
     let default = anyedge_config::Check {
         kind: CheckKind::Http { path: "/".into() },
@@ -92,7 +92,7 @@ fn probe_for(app: &AppEntry, inst: &InstanceEntry) -> Option<Probe> {
         unhealthy_threshold: 1,
         healthy_threshold: 1,
     };
-    let mut probe = crate::health::probe_for(app, inst, service.internal_port, &default)?;
+    let mut probe = crate::instance::probe::probe_for(app, inst, service.internal_port, &default)?;
     probe.pass = Pass::AnyBut(app.config.outlier.gateway_errors.clone());
     probe.h2 = service.http_options.h2_backend;
     Some(probe)

@@ -1,8 +1,10 @@
-//! One run of a check against one instance: a TCP connect, or an HTTP/1.1 `GET` judged by its
-//! status. The whole run, connect included, is bounded by the check's timeout.
+//! One run of a check against one instance: a TCP connect, or an HTTP `GET` judged by its
+//! status. The whole run, connect included, is bounded by the check's timeout. Used by the
+//! active health checks (`crate::health`) and by the outlier probe ([`super::outlier`]).
 
 use crate::instance::connect::{connect_one, AttemptError, Resolver};
-use anyedge_config::CheckKind;
+use anyedge_catalog::{AppEntry, InstanceEntry};
+use anyedge_config::{Check, CheckKind, HostPort};
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, USER_AGENT};
 use http_body_util::{BodyExt, Empty};
@@ -30,6 +32,39 @@ pub(crate) enum ProbeFailure {
     Http(#[source] hyper::Error),
     #[error("answered status {status}")]
     Status { status: StatusCode },
+}
+
+/// Where to check `inst`: its address's port or the service's `internal_port`. HTTP checks
+/// carry the app's first hostname that is not a wildcard as `Host`, else the instance address.
+pub(crate) fn probe_for(
+    app: &AppEntry,
+    inst: &InstanceEntry,
+    internal_port: Option<u16>,
+    check: &Check,
+) -> Option<Probe> {
+    let port = inst.address.port.or(internal_port)?;
+    let authority = app
+        .config
+        .hostnames
+        .iter()
+        .find(|h| !h.starts_with("*."))
+        .cloned()
+        .unwrap_or_else(|| {
+            HostPort {
+                host: inst.address.host.clone(),
+                port: Some(port),
+            }
+            .to_string()
+        });
+    Some(Probe {
+        kind: check.kind.clone(),
+        pass: Pass::Success,
+        h2: false,
+        host: inst.address.host.clone(),
+        port,
+        authority,
+        timeout: check.timeout,
+    })
 }
 
 /// Which statuses pass an HTTP probe.
