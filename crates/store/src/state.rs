@@ -254,7 +254,7 @@ impl CatalogState {
                         || self.instance_concerns(&app, old.as_ref()))
             }
             Entry::Node(id, Ok(v)) => {
-                self.departed.node_back(&id);
+                self.departed.node_back(&id, Instant::now());
                 let old = self.nodes.insert(id.clone(), v.clone());
                 old.as_ref() != Some(&v) && self.node_concerns(&id, old.as_ref(), Some(&v))
             }

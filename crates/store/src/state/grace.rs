@@ -9,7 +9,10 @@
 //!   revision. An instance deregistered by a node that is still
 //!   registered (its file no longer names it) goes at once, and so does every instance of an app
 //!   removed with `apps rm` (only apps still in the catalog have instances).
-//! - The node has not registered again: once its key is back, what it registers is the truth.
+//! - The node has not registered again, or did so less than [`SETTLE`] ago: once its key is
+//!   back, what it registers is the truth, but its instances' keys follow its node key one by
+//!   one, so the rule holds a moment longer rather than leave the edge with nothing between
+//!   the two (an instance put again leaves the rule at once).
 //! - The worker reported the instance in its latest load-feed frame, on a feed that is open and
 //!   not silent (the caller's `reports`, from the edge): a worker that stopped (its feed ends at
 //!   its drain), died or froze, or that no longer runs the instance, is not graced.
@@ -27,6 +30,10 @@ use std::time::{Duration, Instant};
 /// etcd; one that cannot reach etcd for this long is taken at the catalog's word.
 pub const GRACE: Duration = Duration::from_secs(30);
 
+/// How long instances stay kept after their node registered again (its instance keys follow
+/// its node key).
+pub const SETTLE: Duration = Duration::from_secs(2);
+
 /// Whether the worker `node` reports the instance `<app>/<id>` over a live load feed.
 pub type Reports<'a> = &'a (dyn Fn(&str, &str) -> bool + Sync);
 
@@ -37,7 +44,8 @@ pub(super) struct Departed {
     batch: u64,
     /// By (app, instance id): what was registered, when it left, in which batch.
     instances: BTreeMap<(String, String), (Registered, Instant, u64)>,
-    nodes: BTreeMap<String, (NodeValue, Instant, u64)>,
+    /// By id: its last record, when it left, in which batch, when it registered again.
+    nodes: BTreeMap<String, (NodeValue, Instant, u64, Option<Instant>)>,
 }
 
 /// One instance kept in grace.
@@ -68,13 +76,14 @@ impl Departed {
 
     pub fn node_gone(&mut self, v: NodeValue, now: Instant) {
         self.prune(now);
-        self.nodes.insert(v.id.clone(), (v, now, self.batch));
+        self.nodes.insert(v.id.clone(), (v, now, self.batch, None));
     }
 
-    /// The node registered again: what it registers now is the truth for its instances.
-    pub fn node_back(&mut self, id: &str) {
-        if self.nodes.remove(id).is_some() {
-            self.instances.retain(|_, (r, _, _)| r.node != id);
+    /// The node registered again at `now`: what it registers is the truth for its instances
+    /// once [`SETTLE`] has passed.
+    pub fn node_back(&mut self, id: &str, now: Instant) {
+        if let Some(n) = self.nodes.get_mut(id) {
+            n.3.get_or_insert(now);
         }
     }
 
@@ -100,7 +109,7 @@ impl Departed {
     fn prune(&mut self, now: Instant) {
         let live = |at: &Instant| now.saturating_duration_since(*at) < GRACE;
         self.instances.retain(|_, (_, at, _)| live(at));
-        self.nodes.retain(|_, (_, at, _)| live(at));
+        self.nodes.retain(|_, (_, at, _, _)| live(at));
     }
 
     /// The instances of `app` kept now: lost with their node's lease less than [`GRACE`] ago,
@@ -121,10 +130,11 @@ impl Departed {
             if app.is_some_and(|want| want != a) {
                 break;
             }
-            let Some((node, _, node_batch)) = self.nodes.get(&r.node) else {
+            let Some((node, _, node_batch, back)) = self.nodes.get(&r.node) else {
                 continue;
             };
-            let fresh = now.saturating_duration_since(*at) < GRACE;
+            let settled = back.is_some_and(|b| now.saturating_duration_since(b) >= SETTLE);
+            let fresh = now.saturating_duration_since(*at) < GRACE && !settled;
             if batch == node_batch && fresh && reports(&r.node, &format!("{a}/{id}")) {
                 out.push(Graced {
                     app: a,
@@ -138,6 +148,6 @@ impl Departed {
 
     /// The record of a node that left, while it is remembered.
     pub fn node(&self, id: &str) -> Option<&NodeValue> {
-        self.nodes.get(id).map(|(v, _, _)| v)
+        self.nodes.get(id).map(|(v, _, _, _)| v)
     }
 }
