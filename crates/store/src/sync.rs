@@ -223,7 +223,13 @@ impl EtcdCatalog {
     pub fn graced(&self, reports: Reports<'_>) -> (Vec<String>, bool) {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        (state.graced(now, reports), state.has_departed(now))
+        let graced = state.graced(now, reports);
+        // The gauge follows what the node's config is assembled with next (also when that is
+        // done off the runtime, through a `ConfigSource`).
+        self.status
+            .graced
+            .store(graced.len() as u64, Ordering::Relaxed);
+        (graced, state.has_departed(now))
     }
 
     pub fn status(&self) -> &Arc<CatalogStatus> {
