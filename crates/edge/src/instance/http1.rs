@@ -161,31 +161,34 @@ impl RawRequest {
 
     /// Whether a field's name starts with `prefix` (lower-case; any case matches).
     pub fn prefixed(&self, prefix: &[u8]) -> bool {
-        self.fields.as_slice().iter().any(|f| {
-            let name = f.name.of(&self.bytes);
-            name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
-        })
+        self.fields
+            .as_slice()
+            .iter()
+            .any(|f| starts_with_ignore_case(f.name.of(&self.bytes), prefix))
     }
 
-    /// Every field as received into `map` (hop-by-hop ones too; `Content-Length` once, and not
-    /// beside `Transfer-Encoding`): what the forwarding core's general way starts from.
-    /// The parser's rules are stricter than `HeaderName`'s and `HeaderValue`'s, so none fails.
-    pub fn fill_received(self, map: &mut HeaderMap) {
+    /// The fields `keep` lets through into `map`, in order, their values sharing the head's
+    /// bytes. The parser's rules are stricter than `HeaderName`'s and `HeaderValue`'s, so
+    /// none fails.
+    fn append(&self, map: &mut HeaderMap, mut keep: impl FnMut(&anyedge_http1::Field) -> bool) {
         map.reserve(self.fields.as_slice().len() + 2);
-        let mut drop_length = self.content_length.is_none();
-        for f in self.fields.as_slice() {
-            if f.class == anyedge_http1::Class::ContentLength {
-                if drop_length {
-                    continue;
-                }
-                drop_length = true;
-            }
+        for f in self.fields.as_slice().iter().filter(|f| keep(f)) {
             let name = HeaderName::from_bytes(f.name.of(&self.bytes));
             let value = HeaderValue::from_maybe_shared(self.bytes.slice(f.value.range()));
             if let (Ok(name), Ok(value)) = (name, value) {
                 map.append(name, value);
             }
         }
+    }
+
+    /// Every field as received into `map` (hop-by-hop ones too; `Content-Length` once, and not
+    /// beside `Transfer-Encoding`): what the forwarding core's general way starts from.
+    pub fn fill_received(self, map: &mut HeaderMap) {
+        let mut drop_length = self.content_length.is_none();
+        self.append(map, |f| {
+            f.class != anyedge_http1::Class::ContentLength
+                || !std::mem::replace(&mut drop_length, true)
+        });
     }
 
     /// The `Host` value.
@@ -196,17 +199,9 @@ impl RawRequest {
     /// The fields as a `HeaderMap` gets them for a carrier other than our HTTP/1.1 client
     /// (hop-by-hop ones left out, one `Content-Length` when there is no coding).
     pub fn fill(&self, map: &mut HeaderMap, names: &super::headers::Prefixed) {
-        map.reserve(self.fields.as_slice().len() + 2);
-        for f in self.fields.as_slice() {
-            if f.class.is_hop_by_hop() || f.class == anyedge_http1::Class::ContentLength {
-                continue;
-            }
-            let name = HeaderName::from_bytes(f.name.of(&self.bytes));
-            let value = HeaderValue::from_maybe_shared(self.bytes.slice(f.value.range()));
-            if let (Ok(name), Ok(value)) = (name, value) {
-                map.append(name, value);
-            }
-        }
+        self.append(map, |f| {
+            !f.class.is_hop_by_hop() && f.class != anyedge_http1::Class::ContentLength
+        });
         if self.te_trailers {
             map.insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
@@ -218,6 +213,12 @@ impl RawRequest {
             map.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
+}
+
+/// Whether `name` starts with `prefix`, ASCII case-insensitively.
+pub(crate) fn starts_with_ignore_case(name: &[u8], prefix: &[u8]) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 /// Write the request on `io` and read the response head. The response body reads on from the
@@ -642,9 +643,8 @@ impl RawHead {
 
     /// Whether a field name starts with `prefix` (lower-case; names compared case-insensitively).
     pub fn any_prefixed(&self, prefix: &[u8]) -> bool {
-        self.fields().any(|(n, _, _)| {
-            n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix)
-        })
+        self.fields()
+            .any(|(n, _, _)| starts_with_ignore_case(n, prefix))
     }
 }
 
