@@ -498,3 +498,98 @@ async fn stalled_transfers_do_not_stall_other_requests_on_the_backhaul() {
         u.abort();
     }
 }
+
+/// A request as raw HTTP/1.0 (the connection closes after it): (status, head).
+async fn send_raw(port: u16, method: &str, extra: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(local(port))
+        .await
+        .expect("connect");
+    let req =
+        format!("{method} / HTTP/1.0\r\nHost: hello.test\r\nContent-Length: 0\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    (status, head)
+}
+
+/// A hung instance on a worker: the worker times it out (its `response_timeout`) and says so
+/// to the edge, which sends an idempotent request to another instance and answers anything
+/// else with its own 504 `upstream_timeout`. The worker's marker never reaches the client,
+/// and the worker, which owns the instance, counts the timeout for outlier detection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_timed_out_by_the_worker_goes_elsewhere_when_idempotent() {
+    let pki = Pki::new();
+    let real = HttpInstance::start("real", false).await;
+    // Accepts and reads, never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hung_addr = hung.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+        }
+    });
+    let (http_port, backhaul) = (free_port(), free_port());
+    let app = format!(
+        "[[apps]]\nname = \"hello\"\nhostnames = [\"hello.test\"]\noutlier = {{ consecutive_failures = 3 }}\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {http_port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+    );
+    let http = "[http]\nresponse_timeout = \"300ms\"\n";
+    let instances = |node: &str| {
+        format!(
+            "[[apps.instances]]\nid = \"real\"\naddress = \"{}\"\n{node}[[apps.instances]]\nid = \"hung\"\naddress = \"{hung_addr}\"\n{node}",
+            real.addr
+        )
+    };
+    let worker = Node::start(bin(), "w1", &format!(
+        "[node]\nid = \"w1\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{http}{}{app}{}",
+        pki.cluster_section("w1"),
+        instances(""),
+    ));
+    let edge = Node::start(bin(), "edge1", &format!(
+        "[node]\nid = \"edge1\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{http}{}[[nodes]]\nid = \"w1\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}{}",
+        pki.cluster_section("edge1"),
+        instances("node = \"w1\"\n"),
+    ));
+    worker.up().await;
+    edge.up().await;
+    anyedge_test_support::eventually("routable", Duration::from_secs(10), || async {
+        get(local(http_port), "hello.test", "/")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let to_hung = "anyedge-prefer-instance-id: hung\r\n";
+    // The POST first: its timeout is the worker's first of three in a row that eject.
+    let (status, head) = send_raw(http_port, "POST", to_hung).await;
+    assert_eq!(status, 504, "{head}");
+    assert!(head.contains("anyedge-error: upstream_timeout"), "{head}");
+    assert!(!head.contains("anyedge-backhaul-timed-out"), "{head}");
+    for n in 0..3 {
+        let (status, head) = send_raw(http_port, "GET", to_hung).await;
+        assert_eq!(status, 200, "GET {n}: {head}");
+        assert!(!head.contains("anyedge-backhaul-timed-out"), "{head}");
+    }
+    // The third GET may find the instance ejected already (the worker's load feed).
+    let retried = metric(
+        &edge.metrics().await,
+        "anyedge_retries_total{app=\"hello\",reason=\"timeout\"}",
+    );
+    assert!((2.0..=3.0).contains(&retried), "{retried} retries");
+    let ejected = metric(
+        &worker.metrics().await,
+        "anyedge_outlier_ejections_total{app=\"hello\",reason=\"timeout\"}",
+    );
+    assert_eq!(ejected, 1.0, "the worker ejects its hung instance");
+}

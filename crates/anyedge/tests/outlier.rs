@@ -115,8 +115,13 @@ async fn serve(mut s: TcpStream, name: &str, mode: Arc<AtomicU8>, counts: Counts
 
 /// One app of two instances; a short response timeout and the given `outlier` table.
 async fn node(port: u16, outlier: &str, instances: [&RawInstance; 2]) -> Node {
+    node_with(port, outlier, "", instances).await
+}
+
+/// [`node`] with more `[http]` settings.
+async fn node_with(port: u16, outlier: &str, http: &str, instances: [&RawInstance; 2]) -> Node {
     let mut toml = format!(
-        "[http]\nresponse_timeout = \"300ms\"\n\n[[apps]]\nname = \"app\"\nhostnames = [\"app.test\"]\noutlier = {outlier}\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+        "[http]\nresponse_timeout = \"300ms\"\n{http}\n[[apps]]\nname = \"app\"\nhostnames = [\"app.test\"]\noutlier = {outlier}\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
     );
     for i in instances {
         toml += &format!(
@@ -133,8 +138,13 @@ async fn node(port: u16, outlier: &str, instances: [&RawInstance; 2]) -> Node {
 /// One GET on a connection of its own (a timed-out request leaves nothing behind); the status
 /// and the instance that answered, if one did.
 async fn get(port: u16) -> (u16, Option<String>) {
+    send(port, "GET").await
+}
+
+/// One bodiless request of `method`, as [`get`].
+async fn send(port: u16, method: &str) -> (u16, Option<String>) {
     let mut c = Client::h1(local(port)).await;
-    let req = request("GET", "app.test", "/", false).body(empty());
+    let req = request(method, "app.test", "/", false).body(empty());
     let resp = c.send(req.expect("request")).await.expect("response");
     let status = resp.status().as_u16();
     let who = resp
@@ -146,10 +156,62 @@ async fn get(port: u16) -> (u16, Option<String>) {
 }
 
 async fn ejections(node: &Node, reason: &str) -> f64 {
+    counter(node, "anyedge_outlier_ejections_total", reason).await
+}
+
+/// `name{app="app",reason="<reason>"}` from the node's metrics.
+async fn counter(node: &Node, name: &str, reason: &str) -> f64 {
     let mut c = Client::h1(node.admin_addr()).await;
     let text = c.get("admin", "/metrics").await.2;
-    let series = format!("anyedge_outlier_ejections_total{{app=\"app\",reason=\"{reason}\"}}");
+    let series = format!("{name}{{app=\"app\",reason=\"{reason}\"}}");
     metric(&text, &series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// A request that gets no response head in time from a hung instance goes to the other
+/// instance when that is safe (`[http] retry_on_timeout`, on by default): an idempotent
+/// request. Ejection is off, so the hung instance keeps being chosen: every GET is answered
+/// 200 by the good instance, one retry counted per GET that reached the hung one; a POST that
+/// reached it gets 504 `upstream_timeout` and is not sent again. With `retry_on_timeout =
+/// false` a GET that reached it gets the 504 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_request_goes_elsewhere_only_when_idempotent() {
+    for retry_on_timeout in [true, false] {
+        let good = RawInstance::start("good", OK).await;
+        let hung = RawInstance::start("hung", HANG).await;
+        let port = free_port();
+        let http = format!("retry_on_timeout = {retry_on_timeout}\n");
+        let outlier = "{ consecutive_failures = 0 }";
+        let node = node_with(port, outlier, &http, [&good, &hung]).await;
+        for method in ["GET", "POST"] {
+            let (hung_before, good_before) = (hung.requests(), good.requests());
+            let retries_before = counter(&node, "anyedge_retries_total", "timeout").await;
+            let (mut ok, mut timed_out) = (0, 0);
+            let deadline = Instant::now() + DEADLINE;
+            while hung.requests() < hung_before + 3 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{method}: the hung instance got no requests"
+                );
+                match send(port, method).await {
+                    (200, Some(who)) if who == "good" => ok += 1,
+                    (504, None) => timed_out += 1,
+                    other => panic!("{method}: unexpected {other:?}"),
+                }
+            }
+            let (to_hung, to_good) = (hung.requests() - hung_before, good.requests() - good_before);
+            let retried = method == "GET" && retry_on_timeout;
+            match retried {
+                // Each request that timed out on the hung instance was served by the good one.
+                true => assert_eq!((timed_out, ok), (0, to_good), "{method}"),
+                // Each got its 504; the good instance saw only the others.
+                false => assert_eq!((timed_out, ok), (to_hung, to_good), "{method}"),
+            }
+            let retries = counter(&node, "anyedge_retries_total", "timeout").await - retries_before;
+            let expected = if retried { to_hung } else { 0 };
+            assert_eq!(retries, expected as f64, "{method} retries");
+        }
+        node.shutdown(Duration::from_secs(1)).await;
+    }
 }
 
 /// Requests one after another until `bad` has had `n`; every answer is the good instance's

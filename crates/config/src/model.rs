@@ -179,6 +179,10 @@ pub struct Http {
     pub max_attempts: u32,
     /// No new attempt (retry or replay) starts this long after the request arrived.
     pub retry_deadline: Duration,
+    /// An idempotent request whose instance gave no response head within `response_timeout`
+    /// is sent to another instance (nginx's `proxy_next_upstream timeout`, Envoy's per-try
+    /// timeout), within `max_attempts` and `retry_deadline`.
+    pub retry_on_timeout: bool,
 }
 
 impl Default for Http {
@@ -196,6 +200,7 @@ impl Default for Http {
             access_log: true,
             max_attempts: 5,
             retry_deadline: Duration::from_secs(15),
+            retry_on_timeout: true,
         }
     }
 }

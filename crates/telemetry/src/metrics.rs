@@ -141,15 +141,19 @@ pub enum RetryReason {
     /// The worker running the instance answered "retry elsewhere" (over backhaul) before the
     /// instance saw the request.
     WorkerRefused,
+    /// An idempotent request got no response head within `response_timeout`
+    /// (`[http] retry_on_timeout`).
+    Timeout,
 }
 
 impl RetryReason {
-    pub const ALL: [RetryReason; 5] = [
+    pub const ALL: [RetryReason; 6] = [
         RetryReason::Connect,
         RetryReason::StaleConnection,
         RetryReason::RefusedStream,
         RetryReason::GoAway,
         RetryReason::WorkerRefused,
+        RetryReason::Timeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -159,6 +163,7 @@ impl RetryReason {
             RetryReason::RefusedStream => "refused_stream",
             RetryReason::GoAway => "goaway",
             RetryReason::WorkerRefused => "worker_refused",
+            RetryReason::Timeout => "timeout",
         }
     }
 }

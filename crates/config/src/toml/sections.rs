@@ -359,6 +359,7 @@ pub(super) fn http(root: &Table, r: &mut Report<'_>) -> Http {
         http.max_attempts = u32::try_from(n).unwrap_or(u32::MAX);
     }
     http.access_log = f.access_log.unwrap_or(http.access_log);
+    http.retry_on_timeout = f.retry_on_timeout.unwrap_or(http.retry_on_timeout);
     http
 }
 

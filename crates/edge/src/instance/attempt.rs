@@ -49,13 +49,17 @@ pub(crate) enum Cause {
     /// The request's body went past `replay_body_limit`, so it cannot be sent again.
     #[error("the request body is larger than replay_body_limit")]
     BodyNotKept,
+    /// No response head within `response_timeout` (the request was sent: the instance may
+    /// have processed it).
+    #[error("the instance did not answer in time")]
+    TimedOut,
 }
 
 impl Cause {
     /// Whose fault the failure is.
     pub fn fault(&self) -> Fault {
         match self {
-            Cause::Unreachable(_) | Cause::Instance(_) => Fault::Instance,
+            Cause::Unreachable(_) | Cause::Instance(_) | Cause::TimedOut => Fault::Instance,
             Cause::Stream(StreamError::Body(_)) => Fault::Client,
             Cause::Stream(_) => Fault::Worker,
             Cause::Refused(r) => refusal_fault(*r),

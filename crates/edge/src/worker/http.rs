@@ -11,7 +11,7 @@ use crate::instance::attempt::{
     fill_host, response_back, retry_reason, upstream_uri, Cause, Outcome,
 };
 use crate::instance::body::{ClientBody, ReqBody, RespBody, Slots};
-use crate::instance::headers::{self, FEED, RETRY_ELSEWHERE, STREAM};
+use crate::instance::headers::{self, FEED, RETRY_ELSEWHERE, STREAM, TIMED_OUT};
 use crate::instance::outlier;
 use crate::instance::pool::{SendError, Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
@@ -187,7 +187,10 @@ impl WorkerService {
         match tokio::time::timeout(timeout, sender.send(request)).await {
             Err(_) => {
                 outlier::failed(app, inst, metrics, OutlierReason::Timeout);
-                ProxyError::UpstreamTimeout.response(names)
+                let mut resp = ProxyError::UpstreamTimeout.response(names);
+                resp.headers_mut()
+                    .insert(TIMED_OUT, HeaderValue::from_static("1"));
+                resp
             }
             Ok(Err(SendError::Unsent)) => refuse(&self.shared, RetryElsewhere::StaleConnection),
             Ok(Err(SendError::Failed(e))) => {
@@ -204,8 +207,13 @@ impl WorkerService {
                 outlier::failed(app, inst, metrics, OutlierReason::Reset);
                 ProxyError::Upstream(Box::new(Cause::Instance(e))).response(names)
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 outlier::answered(app, inst, metrics, resp.status());
+                // Only the worker speaks these to the edge: an instance that sent one would
+                // have the edge send a request it processed elsewhere.
+                let h = resp.headers_mut();
+                h.remove(RETRY_ELSEWHERE);
+                h.remove(TIMED_OUT);
                 response_back(resp, &t.app.metrics, t.slots)
             }
         }

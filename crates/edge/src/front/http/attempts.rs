@@ -10,7 +10,7 @@ use crate::admit::{self, AdmitError, Placed};
 use crate::error::{ProxyError, ReplayFailure};
 use crate::instance::attempt::{response_back, upstream_uri, Cause, Outcome};
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
-use crate::instance::headers::{self, Forwarded, RETRY_ELSEWHERE};
+use crate::instance::headers::{self, Forwarded, RETRY_ELSEWHERE, TIMED_OUT};
 use crate::instance::http1::{self, RawRequest};
 use crate::instance::outlier;
 use crate::instance::pool::{Failure, Sender, Target};
@@ -19,7 +19,7 @@ use crate::routes::HttpApp;
 use anyedge_backhaul::retry::RetryElsewhere;
 use anyedge_catalog::InstanceEntry;
 use anyedge_telemetry::{OutlierReason, RetryReason};
-use http::{Request, Response, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -274,6 +274,8 @@ impl ProxyService {
             }
         }
         let err = match (e, job.last.take()) {
+            // Every instance tried did not answer in time: the answer a single try would get.
+            (_, Some(last)) if matches!(*last, Cause::TimedOut) => ProxyError::UpstreamTimeout,
             (_, Some(last)) if over_budget || e == AdmitError::Unavailable => {
                 ProxyError::NoInstance(last)
             }
@@ -352,7 +354,12 @@ impl ProxyService {
         };
         let names = &self.settings.names;
         let reused = carrier.is_reused();
-        let timeout = self.settings.config.response_timeout;
+        // Over backhaul the worker, which owns the instance, times it out (and counts it as an
+        // outlier); the edge waits a little longer, for the worker's answer to travel back.
+        let timeout = match c.remote {
+            true => self.settings.config.response_timeout + REMOTE_TIMEOUT_GRACE,
+            false => self.settings.config.response_timeout,
+        };
         let sent = match carrier {
             // An instance on this node over HTTP/1.1: our client writes the head from the
             // request's own parts and the client's forwarding fields (no copy per attempt).
@@ -396,7 +403,7 @@ impl ProxyService {
             Ok(Err(e)) => return self.send_failed(job, hop, &c, e, reused),
             Err(_) => {
                 c.outlier_failed(OutlierReason::Timeout);
-                return Flow::Fail(ProxyError::UpstreamTimeout);
+                return timed_out(job, &c, self.settings.config.retry_on_timeout);
             }
         };
         if c.remote {
@@ -404,6 +411,12 @@ impl ProxyService {
                 // The worker did not give it to the instance: place it again without it.
                 worker_refused(job, c.inst(), RetryElsewhere::parse_bytes(why.as_bytes()));
                 return Flow::Again;
+            }
+            if resp.status() == StatusCode::GATEWAY_TIMEOUT
+                && resp.headers().contains_key(TIMED_OUT)
+            {
+                // The worker's instance did not answer in time (the worker counted it).
+                return timed_out(job, &c, self.settings.config.retry_on_timeout);
             }
         } else {
             outlier::answered(&c.app.app, c.inst(), &c.app.metrics, resp.status());
@@ -683,6 +696,28 @@ impl ProxyService {
 
 /// A worker answered that the instance did not get the request (or switch): the instance
 /// backs off here unless the worker only had no room; the request is placed again.
+/// How much longer than `response_timeout` the edge waits for an instance on another node:
+/// the worker's own timeout answer (504, [`TIMED_OUT`]) must reach the edge first, so the
+/// worker, which counts its instances' failures, sees the timeout.
+const REMOTE_TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// No response head within `response_timeout`: 504 `upstream_timeout`, or, for an idempotent
+/// request whose body is still kept (`[http] retry_on_timeout`), another instance within
+/// `max_attempts` and `retry_deadline`; when none is left the answer is still the timeout.
+fn timed_out(job: &mut Job, c: &Chosen, retry_on_timeout: bool) -> Flow {
+    let retry = retry_on_timeout
+        && job.head.method.is_idempotent()
+        && matches!(job.upgrade, Upgrade::None)
+        && job.body.replay().is_some();
+    if !retry {
+        return Flow::Fail(ProxyError::UpstreamTimeout);
+    }
+    tracing::info!(instance = %c.inst().id, "no response in time; the idempotent request goes to another instance");
+    job.retrying = Some(RetryReason::Timeout);
+    job.last = Some(Box::new(Cause::TimedOut));
+    Flow::Again
+}
+
 fn worker_refused(job: &mut Job, inst: &InstanceEntry, reason: RetryElsewhere) {
     if reason.backs_off() {
         inst.live.connect_failed(Instant::now());
