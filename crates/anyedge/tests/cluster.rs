@@ -1100,3 +1100,89 @@ async fn a_frozen_worker_is_routed_around_and_serves_again_when_resumed() {
         "requests failed (those sent before it went silent wait for it)"
     );
 }
+
+/// The fault suite's killed worker: the nearest worker dies (SIGKILL) under open-loop load of
+/// slow GETs (a new one every 20 ms, each taking 200 ms, so about ten are in flight on it when
+/// it dies, on its backhaul connection). None is lost: those in flight fail before any
+/// response byte and go to the next region (`[http] retry_on` has `reset`), new ones find the
+/// backhaul gone and go there too. Nothing sent from 2 s after waits more than 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_loses_no_request() {
+    let etcd = Etcd::start();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    put_http_app(&etcd, dir.path(), "web", port);
+    let near = HttpInstance::start("near", false).await;
+    let next = HttpInstance::start("next", false).await;
+    let worker = |id: &str, region: &str, inst: &str, addr: String| {
+        Node::start(
+            bin(),
+            id,
+            &worker_toml(&pki, &etcd, id, region, free_port(), &[("web", inst, addr)]),
+        )
+    };
+    let mut iad = worker("w-iad", "iad", "iad-1", near.addr.to_string());
+    let fra = worker("w-fra", "fra", "fra-1", next.addr.to_string());
+    let edge = Node::start(bin(), "edge", &edge_toml(&pki, &etcd));
+    for n in [&iad, &fra, &edge] {
+        n.up().await;
+    }
+    eventually("near answers", Duration::from_secs(10), || async {
+        get(local(port), "web.test", "/")
+            .await
+            .filter(|(s, b)| *s == 200 && b.trim() == "near")
+    })
+    .await;
+    let samples = Arc::new(Mutex::new(Vec::<(Instant, Instant, Option<u16>)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (samples, stop) = (samples.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let samples = samples.clone();
+                tasks.push(tokio::spawn(async move {
+                    let start = Instant::now();
+                    let got = get(local(port), "web.test", "/slow/200").await;
+                    let sample = (start, Instant::now(), got.map(|(s, _)| s));
+                    samples.lock().expect("lock").push(sample);
+                }));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let served_before = near.requests();
+    let killed = Instant::now();
+    iad.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    sender.await.expect("sender");
+    let samples = samples.lock().expect("lock").clone();
+    let lost: Vec<_> = samples.iter().filter(|s| s.2 != Some(200)).collect();
+    let late = killed + Duration::from_secs(2);
+    let slow_late = samples
+        .iter()
+        .filter(|s| s.0 >= late && s.1 - s.0 > Duration::from_secs(1))
+        .count();
+    let m = edge.metrics().await;
+    let reset = metric(&m, "anyedge_retries_total{app=\"web\",reason=\"reset\"}");
+    let connect = metric(&m, "anyedge_retries_total{app=\"web\",reason=\"connect\"}");
+    eprintln!(
+        "| a worker killed (SIGKILL) | {} | {} | retried elsewhere: {reset} in flight on it, {connect} that found it gone; {slow_late} sent from 2 s after waited > 1 s |",
+        samples.len(),
+        lost.len(),
+    );
+    assert!(served_before > 20, "the near worker served before the kill");
+    assert!(lost.is_empty(), "requests lost: {lost:?}");
+    assert!(
+        reset >= 1.0,
+        "no request was in flight on the killed worker"
+    );
+    assert_eq!(slow_late, 0, "requests from 2 s after waited > 1 s");
+    drop(fra);
+}

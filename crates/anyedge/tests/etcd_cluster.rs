@@ -10,6 +10,8 @@ use anyedge_test_support::{eventually, free_port};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn bin() -> &'static Path {
@@ -343,6 +345,27 @@ async fn an_etcd_outage_keeps_the_node_serving_and_it_resyncs_after() {
     let (_, metrics) = node.admin_get("/metrics").await.expect("metrics");
     assert!(metrics.contains("anyedge_catalog_connected 1"), "{metrics}");
 
+    // Steady load through the outage: two clients that never retry, a connection per request.
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, tally) = (stop_load.clone(), tally.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = http_get(local(port), "web.test", "/")
+                        .await
+                        .is_some_and(|(s, _)| s == 200);
+                    tally.0.fetch_add(1, Ordering::Relaxed);
+                    if !ok {
+                        tally.1.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    let outage = std::time::Instant::now();
     etcd.stop();
     eventually(
         "the node notices etcd is gone",
@@ -371,11 +394,28 @@ async fn an_etcd_outage_keeps_the_node_serving_and_it_resyncs_after() {
     );
 
     etcd.start_again();
+    let restarted = std::time::Instant::now();
     eventually("the node reconnects", Duration::from_secs(15), || async {
         let (_, m) = node.admin_get("/metrics").await?;
         m.contains("anyedge_catalog_connected 1").then_some(())
     })
     .await;
+    let reconnected = restarted.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_load.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let (sent, failed) = (
+        tally.0.load(Ordering::SeqCst),
+        tally.1.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "| etcd stopped {:?} and restarted | {sent} | {failed} | reconnected {reconnected:?} after etcd's restart |",
+        restarted - outage
+    );
+    assert_eq!(failed, 0, "requests failed during the etcd outage");
+    assert!(sent > 100, "only {sent} requests");
     let put = cli(
         &etcd,
         &[

@@ -21,6 +21,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 const OK: u8 = 0;
 const HANG: u8 = 1;
 const UNAVAILABLE: u8 = 2;
+const RESET: u8 = 3;
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -99,6 +100,11 @@ async fn serve(mut s: TcpStream, name: &str, mode: Arc<AtomicU8>, counts: Counts
                 UNAVAILABLE => format!(
                     "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nx-instance: {name}\r\n\r\n"
                 ),
+                // Reset: read the request, then close with a TCP reset (no answer).
+                RESET => {
+                    let _ = s.set_zero_linger();
+                    return;
+                }
                 // Hang: hold the connection, never answer.
                 _ => return std::future::pending().await,
             };
@@ -167,50 +173,60 @@ async fn counter(node: &Node, name: &str, reason: &str) -> f64 {
     metric(&text, &series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
-/// A request that gets no response head in time from a hung instance goes to the other
-/// instance when that is safe (`[http] retry_on_timeout`, on by default): an idempotent
-/// request. Ejection is off, so the hung instance keeps being chosen: every GET is answered
-/// 200 by the good instance, one retry counted per GET that reached the hung one; a POST that
-/// reached it gets 504 `upstream_timeout` and is not sent again. With `retry_on_timeout =
-/// false` a GET that reached it gets the 504 too.
+/// A request that a failing instance took and did not answer (it hangs past the response
+/// timeout, or resets the connection) goes to the other instance when that is safe: an
+/// idempotent request, and `[http] retry_on` names the failure (both by default). Ejection is
+/// off, so the failing instance keeps being chosen: every GET is answered 200 by the good
+/// instance, one retry (reason `timeout` or `reset`) counted per GET that reached the failing
+/// one; a POST that reached it gets 504 `upstream_timeout` or 502 `upstream_error` and is not
+/// sent again. With `retry_on` naming only the other failure, a GET gets that answer too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_timed_out_request_goes_elsewhere_only_when_idempotent() {
-    for retry_on_timeout in [true, false] {
-        let good = RawInstance::start("good", OK).await;
-        let hung = RawInstance::start("hung", HANG).await;
-        let port = free_port();
-        let http = format!("retry_on_timeout = {retry_on_timeout}\n");
-        let outlier = "{ consecutive_failures = 0 }";
-        let node = node_with(port, outlier, &http, [&good, &hung]).await;
-        for method in ["GET", "POST"] {
-            let (hung_before, good_before) = (hung.requests(), good.requests());
-            let retries_before = counter(&node, "anyedge_retries_total", "timeout").await;
-            let (mut ok, mut timed_out) = (0, 0);
-            let deadline = Instant::now() + DEADLINE;
-            while hung.requests() < hung_before + 3 {
-                assert!(
-                    Instant::now() < deadline,
-                    "{method}: the hung instance got no requests"
+async fn a_request_failed_after_it_was_sent_goes_elsewhere_only_when_idempotent() {
+    for (mode, reason, status) in [(HANG, "timeout", 504), (RESET, "reset", 502)] {
+        let other = if reason == "timeout" {
+            "reset"
+        } else {
+            "timeout"
+        };
+        for retry_on in [reason, other] {
+            let good = RawInstance::start("good", OK).await;
+            let bad = RawInstance::start("bad", mode).await;
+            let port = free_port();
+            let http = format!("retry_on = [\"{retry_on}\"]\n");
+            let outlier = "{ consecutive_failures = 0 }";
+            let node = node_with(port, outlier, &http, [&good, &bad]).await;
+            for method in ["GET", "POST"] {
+                let case = format!(
+                    "{method} to an instance that fails by {reason}, retry_on = [{retry_on}]"
                 );
-                match send(port, method).await {
-                    (200, Some(who)) if who == "good" => ok += 1,
-                    (504, None) => timed_out += 1,
-                    other => panic!("{method}: unexpected {other:?}"),
+                let (bad_before, good_before) = (bad.requests(), good.requests());
+                let retries_before = counter(&node, "anyedge_retries_total", reason).await;
+                let (mut ok, mut failed) = (0, 0);
+                let deadline = Instant::now() + DEADLINE;
+                while bad.requests() < bad_before + 3 {
+                    assert!(Instant::now() < deadline, "{case}: no requests reached it");
+                    match send(port, method).await {
+                        (200, Some(who)) if who == "good" => ok += 1,
+                        (s, None) if s == status => failed += 1,
+                        other => panic!("{case}: unexpected {other:?}"),
+                    }
                 }
+                let (to_bad, to_good) =
+                    (bad.requests() - bad_before, good.requests() - good_before);
+                let retried = method == "GET" && retry_on == reason;
+                match retried {
+                    // Each request that failed on the bad instance was served by the good one.
+                    true => assert_eq!((failed, ok), (0, to_good), "{case}"),
+                    // Each got its error; the good instance saw only the others.
+                    false => assert_eq!((failed, ok), (to_bad, to_good), "{case}"),
+                }
+                let retries =
+                    counter(&node, "anyedge_retries_total", reason).await - retries_before;
+                let expected = if retried { to_bad } else { 0 };
+                assert_eq!(retries, expected as f64, "{case}: retries");
             }
-            let (to_hung, to_good) = (hung.requests() - hung_before, good.requests() - good_before);
-            let retried = method == "GET" && retry_on_timeout;
-            match retried {
-                // Each request that timed out on the hung instance was served by the good one.
-                true => assert_eq!((timed_out, ok), (0, to_good), "{method}"),
-                // Each got its 504; the good instance saw only the others.
-                false => assert_eq!((timed_out, ok), (to_hung, to_good), "{method}"),
-            }
-            let retries = counter(&node, "anyedge_retries_total", "timeout").await - retries_before;
-            let expected = if retried { to_hung } else { 0 };
-            assert_eq!(retries, expected as f64, "{method} retries");
+            node.shutdown(Duration::from_secs(1)).await;
         }
-        node.shutdown(Duration::from_secs(1)).await;
     }
 }
 

@@ -40,11 +40,12 @@ pub const FEED_VALUE: &str = "load";
 /// Set on a worker's 503 when the instance did not get the request: the reason
 /// ([`crate::retry::RetryElsewhere`]). The edge then places the request again without it.
 pub const RETRY_ELSEWHERE: &str = "anyedge-retry-elsewhere";
-/// Set on a worker's 504 when the instance gave no response head within `response_timeout`:
-/// the request reached it, so the edge may send it elsewhere only when that is safe (an
-/// idempotent request whose body is kept, `[http] retry_on_timeout`). The worker removes this
-/// header and [`RETRY_ELSEWHERE`] from every instance's response: only the worker sets them.
-pub const TIMED_OUT: &str = "anyedge-backhaul-timed-out";
+/// Set on a worker's 504 (value `timeout`: no response head within `response_timeout`) or 502
+/// (value `reset`: the instance's connection failed after the request was written): the request
+/// reached the instance, so the edge may send it elsewhere only when that is safe (an idempotent
+/// request whose body is kept, `[http] retry_on`). The worker removes this header and
+/// [`RETRY_ELSEWHERE`] from every instance's response: only the worker sets them.
+pub const FAILED: &str = "anyedge-backhaul-failed";
 
 /// The client side of a request, as the stream header carries it: the worker writes the
 /// forwarding headers (`X-Forwarded-*`, `<P>-Client-IP`, `Via`, ...) from it.

@@ -179,10 +179,35 @@ pub struct Http {
     pub max_attempts: u32,
     /// No new attempt (retry or replay) starts this long after the request arrived.
     pub retry_deadline: Duration,
-    /// An idempotent request whose instance gave no response head within `response_timeout`
-    /// is sent to another instance (nginx's `proxy_next_upstream timeout`, Envoy's per-try
-    /// timeout), within `max_attempts` and `retry_deadline`.
-    pub retry_on_timeout: bool,
+    /// Failures after an idempotent request was sent that send it to another instance.
+    pub retry_on: RetryOn,
+}
+
+/// `[http] retry_on`: the failures of an idempotent request (RFC 9110 9.2.2), after it was
+/// written to its instance and before any response byte, that send it to another instance
+/// within `max_attempts` and `retry_deadline` (nginx's `proxy_next_upstream error timeout`,
+/// Envoy's `retry_on: reset` and per-try timeout). Failures that prove the instance did not
+/// process a request are retried whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn {
+    /// `"timeout"`: no response head within `response_timeout`.
+    pub timeout: bool,
+    /// `"reset"`: the connection (or a worker's backhaul) failed, or was closed or reset.
+    pub reset: bool,
+}
+
+impl RetryOn {
+    /// The values `retry_on` accepts.
+    pub const VALUES: [&'static str; 2] = ["timeout", "reset"];
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        RetryOn {
+            timeout: true,
+            reset: true,
+        }
+    }
 }
 
 impl Default for Http {
@@ -200,7 +225,7 @@ impl Default for Http {
             access_log: true,
             max_attempts: 5,
             retry_deadline: Duration::from_secs(15),
-            retry_on_timeout: true,
+            retry_on: RetryOn::default(),
         }
     }
 }

@@ -142,18 +142,22 @@ pub enum RetryReason {
     /// instance saw the request.
     WorkerRefused,
     /// An idempotent request got no response head within `response_timeout`
-    /// (`[http] retry_on_timeout`).
+    /// (`[http] retry_on`).
     Timeout,
+    /// An idempotent request's connection (or its worker's backhaul) failed after it was
+    /// written, before any response byte (`[http] retry_on`).
+    Reset,
 }
 
 impl RetryReason {
-    pub const ALL: [RetryReason; 6] = [
+    pub const ALL: [RetryReason; 7] = [
         RetryReason::Connect,
         RetryReason::StaleConnection,
         RetryReason::RefusedStream,
         RetryReason::GoAway,
         RetryReason::WorkerRefused,
         RetryReason::Timeout,
+        RetryReason::Reset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -164,6 +168,7 @@ impl RetryReason {
             RetryReason::GoAway => "goaway",
             RetryReason::WorkerRefused => "worker_refused",
             RetryReason::Timeout => "timeout",
+            RetryReason::Reset => "reset",
         }
     }
 }

@@ -77,7 +77,7 @@ pub(crate) struct HttpFile {
     pub access_log: Option<bool>,
     pub max_attempts: Option<i64>,
     pub retry_deadline: Option<String>,
-    pub retry_on_timeout: Option<bool>,
+    pub retry_on: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

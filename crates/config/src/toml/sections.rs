@@ -359,7 +359,26 @@ pub(super) fn http(root: &Table, r: &mut Report<'_>) -> Http {
         http.max_attempts = u32::try_from(n).unwrap_or(u32::MAX);
     }
     http.access_log = f.access_log.unwrap_or(http.access_log);
-    http.retry_on_timeout = f.retry_on_timeout.unwrap_or(http.retry_on_timeout);
+    if let Some(list) = &f.retry_on {
+        let mut on = crate::model::RetryOn {
+            timeout: false,
+            reset: false,
+        };
+        for v in list {
+            match v.as_str() {
+                "timeout" => on.timeout = true,
+                "reset" => on.reset = true,
+                other => r.error(
+                    "http.retry_on",
+                    format!(
+                        "unknown retry condition {other:?}: expected any of {:?}",
+                        crate::model::RetryOn::VALUES
+                    ),
+                ),
+            }
+        }
+        http.retry_on = on;
+    }
     http
 }
 

@@ -716,3 +716,37 @@ fn backhaul_listen_needs_cluster_tls() {
         "needs [cluster]",
     );
 }
+
+#[test]
+fn retry_on_takes_timeout_and_reset() {
+    use crate::ok;
+    use anyedge_config::model::RetryOn;
+    assert_eq!(ok("").http.retry_on, RetryOn::default());
+    let both = RetryOn {
+        timeout: true,
+        reset: true,
+    };
+    assert_eq!(both, RetryOn::default(), "both by default");
+    let c = ok("[http]\nretry_on = [\"reset\"]\n");
+    assert_eq!(
+        c.http.retry_on,
+        RetryOn {
+            timeout: false,
+            reset: true
+        }
+    );
+    let c = ok("[http]\nretry_on = []\n");
+    assert_eq!(
+        c.http.retry_on,
+        RetryOn {
+            timeout: false,
+            reset: false
+        }
+    );
+    one(
+        "[http]\nretry_on = [\"timeout\", \"5xx\"]\n",
+        "http.retry_on",
+        "retry_on",
+        "unknown retry condition \"5xx\"",
+    );
+}

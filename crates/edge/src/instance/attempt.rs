@@ -53,13 +53,19 @@ pub(crate) enum Cause {
     /// have processed it).
     #[error("the instance did not answer in time")]
     TimedOut,
+    /// The instance's worker reported that its connection failed after the request was
+    /// written (the request may have been processed).
+    #[error("the instance's connection failed before it answered (its worker said so)")]
+    WorkerReset,
 }
 
 impl Cause {
     /// Whose fault the failure is.
     pub fn fault(&self) -> Fault {
         match self {
-            Cause::Unreachable(_) | Cause::Instance(_) | Cause::TimedOut => Fault::Instance,
+            Cause::Unreachable(_) | Cause::Instance(_) | Cause::TimedOut | Cause::WorkerReset => {
+                Fault::Instance
+            }
             Cause::Stream(StreamError::Body(_)) => Fault::Client,
             Cause::Stream(_) => Fault::Worker,
             Cause::Refused(r) => refusal_fault(*r),

@@ -196,9 +196,8 @@ pub(crate) const STREAM: HeaderName = HeaderName::from_static(anyedge_backhaul::
 pub(crate) const FEED: HeaderName = HeaderName::from_static(anyedge_backhaul::stream::FEED);
 pub(crate) const RETRY_ELSEWHERE: HeaderName =
     HeaderName::from_static(anyedge_backhaul::stream::RETRY_ELSEWHERE);
-/// [`anyedge_backhaul::stream::TIMED_OUT`].
-pub(crate) const TIMED_OUT: HeaderName =
-    HeaderName::from_static(anyedge_backhaul::stream::TIMED_OUT);
+/// [`anyedge_backhaul::stream::FAILED`].
+pub(crate) const FAILED: HeaderName = HeaderName::from_static(anyedge_backhaul::stream::FAILED);
 
 /// What the edge knows about the client connection a request came on.
 pub(crate) struct ClientInfo {

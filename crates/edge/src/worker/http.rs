@@ -11,7 +11,7 @@ use crate::instance::attempt::{
     fill_host, response_back, retry_reason, upstream_uri, Cause, Outcome,
 };
 use crate::instance::body::{ClientBody, ReqBody, RespBody, Slots};
-use crate::instance::headers::{self, FEED, RETRY_ELSEWHERE, STREAM, TIMED_OUT};
+use crate::instance::headers::{self, FAILED, FEED, RETRY_ELSEWHERE, STREAM};
 use crate::instance::outlier;
 use crate::instance::pool::{SendError, Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
@@ -189,7 +189,7 @@ impl WorkerService {
                 outlier::failed(app, inst, metrics, OutlierReason::Timeout);
                 let mut resp = ProxyError::UpstreamTimeout.response(names);
                 resp.headers_mut()
-                    .insert(TIMED_OUT, HeaderValue::from_static("1"));
+                    .insert(FAILED, HeaderValue::from_static("timeout"));
                 resp
             }
             Ok(Err(SendError::Unsent)) => refuse(&self.shared, RetryElsewhere::StaleConnection),
@@ -205,7 +205,10 @@ impl WorkerService {
                     return refuse(&self.shared, RetryElsewhere::NotProcessed);
                 }
                 outlier::failed(app, inst, metrics, OutlierReason::Reset);
-                ProxyError::Upstream(Box::new(Cause::Instance(e))).response(names)
+                let mut resp = ProxyError::Upstream(Box::new(Cause::Instance(e))).response(names);
+                resp.headers_mut()
+                    .insert(FAILED, HeaderValue::from_static("reset"));
+                resp
             }
             Ok(Ok(mut resp)) => {
                 outlier::answered(app, inst, metrics, resp.status());
@@ -213,7 +216,7 @@ impl WorkerService {
                 // have the edge send a request it processed elsewhere.
                 let h = resp.headers_mut();
                 h.remove(RETRY_ELSEWHERE);
-                h.remove(TIMED_OUT);
+                h.remove(FAILED);
                 response_back(resp, &t.app.metrics, t.slots)
             }
         }

@@ -10,7 +10,7 @@ use crate::admit::{self, AdmitError, Placed};
 use crate::error::{ProxyError, ReplayFailure};
 use crate::instance::attempt::{response_back, upstream_uri, Cause, Outcome};
 use crate::instance::body::{ReqBody, RespBody, Slots, UpBody};
-use crate::instance::headers::{self, Forwarded, RETRY_ELSEWHERE, TIMED_OUT};
+use crate::instance::headers::{self, Forwarded, FAILED, RETRY_ELSEWHERE};
 use crate::instance::http1::{self, RawRequest};
 use crate::instance::outlier;
 use crate::instance::pool::{Failure, Sender, Target};
@@ -274,8 +274,14 @@ impl ProxyService {
             }
         }
         let err = match (e, job.last.take()) {
-            // Every instance tried did not answer in time: the answer a single try would get.
-            (_, Some(last)) if matches!(*last, Cause::TimedOut) => ProxyError::UpstreamTimeout,
+            // The last instance tried failed the request after it was written, and no other
+            // is left: the answer a single try would get.
+            (_, Some(_)) if job.retrying == Some(RetryReason::Timeout) => {
+                ProxyError::UpstreamTimeout
+            }
+            (_, Some(last)) if job.retrying == Some(RetryReason::Reset) => {
+                ProxyError::Upstream(last)
+            }
             (_, Some(last)) if over_budget || e == AdmitError::Unavailable => {
                 ProxyError::NoInstance(last)
             }
@@ -398,12 +404,16 @@ impl ProxyService {
                 tokio::time::timeout(timeout, Box::pin(carrier.send(request))).await
             }
         };
-        let resp = match sent {
+        let mut resp = match sent {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => return self.send_failed(job, hop, &c, e, reused),
             Err(_) => {
                 c.outlier_failed(OutlierReason::Timeout);
-                return timed_out(job, &c, self.settings.config.retry_on_timeout);
+                let retry = self.settings.config.retry_on.timeout;
+                return match failed_after_send(job, &c, RetryReason::Timeout, retry) {
+                    Some(flow) => flow,
+                    None => Flow::Fail(ProxyError::UpstreamTimeout),
+                };
             }
         };
         if c.remote {
@@ -412,11 +422,17 @@ impl ProxyService {
                 worker_refused(job, c.inst(), RetryElsewhere::parse_bytes(why.as_bytes()));
                 return Flow::Again;
             }
-            if resp.status() == StatusCode::GATEWAY_TIMEOUT
-                && resp.headers().contains_key(TIMED_OUT)
-            {
-                // The worker's instance did not answer in time (the worker counted it).
-                return timed_out(job, &c, self.settings.config.retry_on_timeout);
+            if let Some(kind) = worker_failure(&mut resp) {
+                // The worker's instance failed the request after it was written (the worker
+                // counted it): like a failure here, or the worker's answer as it is.
+                let on = &self.settings.config.retry_on;
+                let retry = match kind {
+                    RetryReason::Timeout => on.timeout,
+                    _ => on.reset,
+                };
+                if let Some(flow) = failed_after_send(job, &c, kind, retry) {
+                    return flow;
+                }
             }
         } else {
             outlier::answered(&c.app.app, c.inst(), &c.app.metrics, resp.status());
@@ -458,6 +474,13 @@ impl ProxyService {
         if retry.is_none() {
             // Written, and maybe processed: the instance failed it.
             c.outlier_failed(OutlierReason::Reset);
+            let on = self.settings.config.retry_on.reset;
+            let cause = Box::new(e);
+            if let Some(flow) = failed_after_send(job, c, RetryReason::Reset, on) {
+                job.last = Some(cause);
+                return flow;
+            }
+            return Flow::Fail(ProxyError::Upstream(cause));
         }
         match retry {
             Some(reason) if job.body.replay().is_some() => {
@@ -697,25 +720,44 @@ impl ProxyService {
 /// A worker answered that the instance did not get the request (or switch): the instance
 /// backs off here unless the worker only had no room; the request is placed again.
 /// How much longer than `response_timeout` the edge waits for an instance on another node:
-/// the worker's own timeout answer (504, [`TIMED_OUT`]) must reach the edge first, so the
+/// the worker's own timeout answer (504, [`FAILED`]: `timeout`) must reach the edge first, so the
 /// worker, which counts its instances' failures, sees the timeout.
 const REMOTE_TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// No response head within `response_timeout`: 504 `upstream_timeout`, or, for an idempotent
-/// request whose body is still kept (`[http] retry_on_timeout`), another instance within
-/// `max_attempts` and `retry_deadline`; when none is left the answer is still the timeout.
-fn timed_out(job: &mut Job, c: &Chosen, retry_on_timeout: bool) -> Flow {
-    let retry = retry_on_timeout
+/// A request that failed after it was written to its instance (`why`: `Timeout` or `Reset`),
+/// which may have processed it: another instance (`Flow::Again`) when `retry` (`[http]
+/// retry_on`) allows and it is safe (an idempotent request, not a protocol switch, whose body
+/// is still kept), within `max_attempts` and `retry_deadline`; `None` when not. When no
+/// instance is left, the answer is the one this failure alone would get (`unplaced`).
+fn failed_after_send(job: &mut Job, c: &Chosen, why: RetryReason, retry: bool) -> Option<Flow> {
+    let retry = retry
         && job.head.method.is_idempotent()
         && matches!(job.upgrade, Upgrade::None)
         && job.body.replay().is_some();
     if !retry {
-        return Flow::Fail(ProxyError::UpstreamTimeout);
+        return None;
     }
-    tracing::info!(instance = %c.inst().id, "no response in time; the idempotent request goes to another instance");
-    job.retrying = Some(RetryReason::Timeout);
-    job.last = Some(Box::new(Cause::TimedOut));
-    Flow::Again
+    tracing::info!(instance = %c.inst().id, reason = why.as_str(), "the instance failed an idempotent request before answering; it goes to another instance");
+    job.retrying = Some(why);
+    job.last = Some(Box::new(match why {
+        RetryReason::Timeout => Cause::TimedOut,
+        _ => Cause::WorkerReset,
+    }));
+    Some(Flow::Again)
+}
+
+/// A worker's answer for a request its instance failed after it was written
+/// (`anyedge-backhaul-failed`: `timeout` on a 504, `reset` on a 502), the marker removed.
+fn worker_failure<B>(resp: &mut Response<B>) -> Option<RetryReason> {
+    let status = resp.status();
+    if status != StatusCode::GATEWAY_TIMEOUT && status != StatusCode::BAD_GATEWAY {
+        return None;
+    }
+    let why = resp.headers_mut().remove(FAILED)?;
+    Some(match why.as_bytes() {
+        b"timeout" => RetryReason::Timeout,
+        _ => RetryReason::Reset,
+    })
 }
 
 fn worker_refused(job: &mut Job, inst: &InstanceEntry, reason: RetryElsewhere) {

@@ -54,6 +54,10 @@ pub(crate) fn retry_reason(e: &Cause, reused: bool, method: &http::Method) -> Op
     match e {
         Cause::Instance(f) => attempt::retry_reason(f, reused, method),
         Cause::Stream(e) => e.h2().and_then(h2_retry_reason),
-        Cause::Unreachable(_) | Cause::Refused(_) | Cause::BodyNotKept | Cause::TimedOut => None,
+        Cause::Unreachable(_)
+        | Cause::Refused(_)
+        | Cause::BodyNotKept
+        | Cause::TimedOut
+        | Cause::WorkerReset => None,
     }
 }
