@@ -13,20 +13,19 @@
 //! the drain: closing an idle connection at any earlier moment races a client sending its
 //! next request (`docs/operations.md`).
 
-mod buffers;
 mod head;
 mod pump;
 mod respond;
 mod rewind;
 
-pub(crate) use buffers::ReadBuffer;
+pub(crate) use crate::instance::buffers::{self, ReadBuffer};
 pub(crate) use rewind::Rewind;
 
 use super::http::ProxyService;
 use crate::instance::body::ClientBody;
 use crate::instance::inbound;
 use crate::instance::upgrade::{Handover, Switched};
-use crate::Shared;
+use crate::{in_box, Shared};
 use anyedge_http1::Limits;
 use anyedge_telemetry::ErrorCode;
 use head::Rejection;
@@ -145,15 +144,6 @@ pub(crate) fn serve<'a, IO: ClientIo>(
             }
         }
     }
-}
-
-/// `make()`'s future in a box of its own, built in the box: `Box::pin(make())` builds it on
-/// the stack and copies all of its size into the box (a request's future is about 5 KB, most
-/// of it not yet in use: 450 instructions of `memcpy` per request by callgrind), where
-/// writing it into the box's memory stores only what its first state holds.
-#[inline(always)]
-fn in_box<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// How the wait for a request's first byte ended.
