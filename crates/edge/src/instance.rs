@@ -9,6 +9,7 @@
 
 pub(crate) mod attempt;
 pub(crate) mod body;
+pub(crate) mod buffers;
 pub(crate) mod connect;
 pub(crate) mod h2body;
 pub(crate) mod headers;

@@ -1,6 +1,7 @@
 //! Connection buffers from a per-thread pool. A connection takes a read buffer when its socket
 //! has bytes for it and gives it back as soon as it has nothing unread (between requests); a
-//! response takes a write buffer for as long as it is being written. An idle keep-alive
+//! response takes a write buffer for as long as it is being written, and so does a request
+//! head our HTTP/1.1 client writes to an instance (`instance::http1`). An idle keep-alive
 //! connection so holds no buffer at all (nginx frees its buffer on keep-alive; HAProxy
 //! releases empty buffers after every receive and send).
 
@@ -109,15 +110,16 @@ impl Drop for ReadBuffer {
 }
 
 /// A write buffer from the pool, empty.
-pub(super) fn write_buffer() -> Vec<u8> {
+pub(crate) fn write_buffer() -> Vec<u8> {
     WRITE
         .with(|p| p.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(SIZE))
 }
 
-/// Give a write buffer back (one that grew large is freed instead).
-pub(super) fn give_back(mut buf: Vec<u8>) {
-    if buf.capacity() > 4 * SIZE {
+/// Give a write buffer back (one that grew large is freed instead, one with no memory is
+/// dropped).
+pub(crate) fn give_back(mut buf: Vec<u8>) {
+    if buf.capacity() > 4 * SIZE || buf.capacity() == 0 {
         return;
     }
     buf.clear();

@@ -378,8 +378,14 @@ struct Outgoing<B> {
     body: ReqBody<B>,
     /// Body bytes still to come under a Content-Length; `None`: chunked.
     remaining: Option<u64>,
-    /// Bytes queued for the socket, in order.
+    /// The request head, written from `head_at` on before anything queued: a write buffer
+    /// from the thread's pool, given back when the request is done.
+    head: Vec<u8>,
+    head_at: usize,
+    /// Body bytes queued for the socket after the head, in order (no memory until a body
+    /// chunk is queued).
     queued: VecDeque<Bytes>,
+    /// The head's unwritten bytes and the queued ones.
     queued_len: usize,
     /// The body has ended and its end is queued.
     ended: bool,
@@ -408,19 +414,22 @@ where
             }
         };
         let raw_len = parts.raw.map_or(0, |r| r.bytes.len());
-        let mut head = Vec::with_capacity(256 + raw_len + 32 * parts.headers.len());
+        let mut head = super::buffers::write_buffer();
+        head.reserve(256 + raw_len + 32 * parts.headers.len());
         write_head(parts, framing, &mut head);
         Outgoing {
             body,
             remaining: framing.flatten(),
             queued_len: head.len(),
-            queued: VecDeque::from([Bytes::from(head)]),
+            head,
+            head_at: 0,
+            queued: VecDeque::new(),
             ended,
         }
     }
 
     fn is_done(&self) -> bool {
-        self.ended && self.queued.is_empty()
+        self.ended && self.queued_len == 0
     }
 
     /// Queue what the body has ready (up to [`GATHER`] bytes) and write it; `Ready(Ok)` once
@@ -437,15 +446,18 @@ where
                     Poll::Ready(frame) => self.queue(frame)?,
                 }
             }
-            if self.queued.is_empty() {
+            if self.queued_len == 0 {
                 return match self.ended {
                     true => Poll::Ready(Ok(())),
                     false => Poll::Pending,
                 };
             }
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let n = self.queued.len().min(MAX_SLICES);
-            for (slice, bytes) in slices.iter_mut().zip(&self.queued) {
+            let head = &self.head[self.head_at..];
+            let skip = usize::from(!head.is_empty());
+            slices[0] = IoSlice::new(head);
+            let n = skip + self.queued.len().min(MAX_SLICES - skip);
+            for (slice, bytes) in slices[skip..n].iter_mut().zip(&self.queued) {
                 *slice = IoSlice::new(bytes);
             }
             let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
@@ -461,6 +473,13 @@ where
     }
 
     fn consume(&mut self, mut written: usize) {
+        let head = (self.head.len() - self.head_at).min(written);
+        self.head_at += head;
+        written -= head;
+        if self.head_at == self.head.len() && !self.head.is_empty() {
+            super::buffers::give_back(std::mem::take(&mut self.head));
+            self.head_at = 0;
+        }
         while written > 0 {
             let Some(front) = self.queued.front_mut() else {
                 return;
@@ -472,7 +491,8 @@ where
                 self.queued.pop_front();
             }
         }
-        self.queued_len = self.queued.iter().map(Bytes::len).sum();
+        self.queued_len =
+            self.head.len() - self.head_at + self.queued.iter().map(Bytes::len).sum::<usize>();
     }
 
     fn push(&mut self, bytes: Bytes) {
@@ -593,6 +613,13 @@ enum In {
 /// The rest of a request body still being written while the response is read.
 trait WriteRest: Send {
     fn poll_rest(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), ()>>;
+}
+
+impl<B> Drop for Outgoing<B> {
+    /// A head not written whole (the instance failed) goes back to the pool all the same.
+    fn drop(&mut self) {
+        super::buffers::give_back(std::mem::take(&mut self.head));
+    }
 }
 
 impl<B> WriteRest for Outgoing<B>

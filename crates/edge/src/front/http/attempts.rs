@@ -51,7 +51,8 @@ pub(super) struct Hop {
     app: Arc<HttpApp>,
     wishes: Wishes,
     resolved: Resolved,
-    tried: Vec<bool>,
+    /// Inline up to 16 instances: no allocation per request for most apps.
+    tried: smallvec::SmallVec<[bool; 16]>,
     deadline: tokio::time::Instant,
 }
 
@@ -59,7 +60,7 @@ impl Hop {
     pub fn new(app: Arc<HttpApp>, wishes: Wishes, deadline: tokio::time::Instant) -> Hop {
         Hop {
             resolved: wishes.resolve(&app.app),
-            tried: vec![false; app.app.instances.len()],
+            tried: smallvec::smallvec![false; app.app.instances.len()],
             app,
             wishes,
             deadline,

@@ -4,8 +4,8 @@
 //! first ask of a request that sent `Expect: 100-continue` answers `100 Continue` first (unless
 //! the response has begun).
 
-use super::buffers::ReadBuffer;
 use super::head::Body;
+use crate::instance::buffers::ReadBuffer;
 use crate::instance::headers::trailer_map;
 use crate::instance::inbound::{Feed, Want};
 use anyedge_http1::ChunkedDecoder;
@@ -94,7 +94,7 @@ impl Pump {
                 self.decode(buf);
                 continue;
             }
-            let spare = buf.spare(super::buffers::SIZE);
+            let spare = buf.spare(crate::instance::buffers::SIZE);
             let mut rb = ReadBuf::new(spare);
             match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
                 Poll::Pending => return Poll::Pending,
