@@ -354,7 +354,7 @@ pub(crate) struct RespBody {
     /// In-flight slots the request holds until its response has been sent.
     held: Option<Slots>,
     /// The request id, for our HTTP/1.1 server to write into the head (no `HeaderMap`).
-    request_id: Option<http::HeaderValue>,
+    request_id: Option<super::headers::RequestId>,
 }
 
 /// The in-flight slots of one request, the app's and the instance's: released on drop.
@@ -423,11 +423,11 @@ impl RespBody {
 
     /// The request id, for the writer of the answer's head (which names it): our HTTP/1.1
     /// server's answers carry it here instead of in their `HeaderMap`.
-    pub fn set_request_id(&mut self, id: http::HeaderValue) {
+    pub fn set_request_id(&mut self, id: super::headers::RequestId) {
         self.request_id = Some(id);
     }
 
-    pub fn take_request_id(&mut self) -> Option<http::HeaderValue> {
+    pub fn take_request_id(&mut self) -> Option<super::headers::RequestId> {
         self.request_id.take()
     }
 

@@ -420,30 +420,68 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: Vec<u8>) {
     }
 }
 
-/// `<ULID>-<region>`: sortable by time, unique without coordination. Written into a stack
-/// buffer, so the header value is the only allocation.
-pub(crate) fn request_id(region: &str) -> HeaderValue {
-    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
-    let value: u128 = (u128::from(millis & 0xFFFF_FFFF_FFFF) << 80) | random;
-    let mut out = [0u8; 26 + 1 + 64];
-    for (i, byte) in out[..26].iter_mut().enumerate() {
-        let shift = 125 - 5 * i as u32;
-        *byte = ALPHABET[((value >> shift) & 0x1F) as usize];
+/// A request's id, `<ULID>-<region>`: sortable by time, unique without coordination. Held
+/// inline (no allocation): written as bytes by our HTTP/1.1 server and client and the access
+/// log; a [`HeaderValue`] only where a `HeaderMap` needs one ([`RequestId::header_value`]).
+#[derive(Clone, Copy)]
+pub(crate) struct RequestId {
+    text: [u8; 26 + 1 + 64],
+    len: u8,
+}
+
+impl RequestId {
+    pub fn new(region: &str) -> RequestId {
+        const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
+        let value: u128 = (u128::from(millis & 0xFFFF_FFFF_FFFF) << 80) | random;
+        let mut text = [0u8; 26 + 1 + 64];
+        for (i, byte) in text[..26].iter_mut().enumerate() {
+            let shift = 125 - 5 * i as u32;
+            *byte = ALPHABET[((value >> shift) & 0x1F) as usize];
+        }
+        text[26] = b'-';
+        // Region names are at most 63 characters of a header token (config validation);
+        // longer ones are cut, anything else left out.
+        let mut len = 27;
+        for &b in region.as_bytes().iter().take(64) {
+            if b.is_ascii_graphic() {
+                text[len] = b;
+                len += 1;
+            }
+        }
+        RequestId {
+            text,
+            len: len as u8,
+        }
     }
-    out[26] = b'-';
-    // Region names are at most 63 characters (config validation); longer ones are cut.
-    let region = &region.as_bytes()[..region.len().min(64)];
-    out[27..27 + region.len()].copy_from_slice(region);
-    let mut id = HeaderValue::from_bytes(&out[..27 + region.len()])
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"));
-    // Unique to this request: HPACK must not index it (every request would add an entry to a
-    // backhaul connection's table, evict one, and lengthen the lookups of the next).
-    id.set_sensitive(true);
-    id
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
+    }
+
+    /// Visible ASCII only (see [`RequestId::new`]).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    /// As a header value for a `HeaderMap` (an allocation). Unique to this request: HPACK must
+    /// not index it (every request would add an entry to a backhaul connection's table, evict
+    /// one, and lengthen the lookups of the next).
+    pub fn header_value(&self) -> HeaderValue {
+        let mut id = HeaderValue::from_bytes(self.as_bytes())
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"));
+        id.set_sensitive(true);
+        id
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -507,7 +545,7 @@ mod tests {
             local: "127.0.0.1:8080".parse().expect("addr"),
             tls: false,
         };
-        let id = request_id("ord");
+        let id = RequestId::new("ord").header_value();
         mark_edge(&mut h, &names, &HeaderValue::from_static("ord"), &id);
         let forwarded = forwarded(&client, http::Version::HTTP_11);
         add_client(&mut h, &names, &forwarded);
@@ -651,13 +689,15 @@ mod tests {
 
     #[test]
     fn request_ids_are_ulids_with_region_and_sort_by_time() {
-        let a = request_id("syd");
-        let text = a.to_str().expect("ascii");
+        let a = RequestId::new("syd");
+        let text = a.as_str();
         assert_eq!(text.len(), 26 + 4);
         assert!(text.ends_with("-syd"));
         assert!(text[..26]
             .bytes()
             .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()));
-        assert_ne!(request_id("syd"), a);
+        assert_ne!(RequestId::new("syd").as_bytes(), a.as_bytes());
+        assert!(a.header_value().is_sensitive());
+        assert_eq!(a.header_value().as_bytes(), a.as_bytes());
     }
 }

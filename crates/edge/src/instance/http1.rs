@@ -143,7 +143,7 @@ pub(crate) struct RawRequest {
     /// The edge's own fields' values (its region, the request id: `mark_edge`), written
     /// after the received ones as `names.region` and `names.request_id`; set by the
     /// forwarding core.
-    pub edge: Option<(HeaderValue, HeaderValue)>,
+    pub edge: Option<(HeaderValue, super::headers::RequestId)>,
 }
 
 impl RawRequest {
@@ -207,7 +207,7 @@ impl RawRequest {
         }
         if let Some((region, id)) = &self.edge {
             map.insert(names.region.clone(), region.clone());
-            map.insert(names.request_id.clone(), id.clone());
+            map.insert(names.request_id.clone(), id.header_value());
         }
         if let Some(n) = self.content_length {
             map.insert(CONTENT_LENGTH, HeaderValue::from(n));

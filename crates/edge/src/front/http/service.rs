@@ -115,7 +115,7 @@ impl ProxyService {
         routed: Result<Arc<HttpApp>, ProxyError>,
     ) -> impl Future<Output = Response<RespBody>> + Send {
         let started = Instant::now();
-        let request_id = headers::request_id(&self.settings.region_name);
+        let request_id = headers::RequestId::new(&self.settings.region_name);
         let (app, mut prepared) = match routed {
             Ok(app) => {
                 let prepared = self.prepare(&app, req, raw, &request_id, started);
@@ -143,7 +143,7 @@ impl ProxyService {
         &self,
         app: Option<Arc<HttpApp>>,
         result: Answer,
-        request_id: HeaderValue,
+        request_id: headers::RequestId,
         started: Instant,
     ) -> Response<RespBody> {
         let (mut resp, outcome) = match result {
@@ -161,10 +161,12 @@ impl ProxyService {
             }
         };
         if self.raw_answers {
-            resp.body_mut().set_request_id(request_id.clone());
+            resp.body_mut().set_request_id(request_id);
         } else {
-            resp.headers_mut()
-                .insert(self.settings.names.request_id.clone(), request_id.clone());
+            resp.headers_mut().insert(
+                self.settings.names.request_id.clone(),
+                request_id.header_value(),
+            );
         }
         let elapsed = started.elapsed();
         if let Some(app) = &app {
@@ -176,7 +178,7 @@ impl ProxyService {
             let status = resp.status().as_u16();
             resp.body_mut().on_done(Box::new(move |bytes_out| {
                 anyedge_telemetry::access::record(&anyedge_telemetry::access::AccessLine {
-                    request_id: request_id.to_str().unwrap_or(""),
+                    request_id: request_id.as_str(),
                     app: app_name.as_deref().unwrap_or(""),
                     instance: outcome.instance.as_ref().map_or("", |i| i.instance()),
                     status,
@@ -241,7 +243,7 @@ impl ProxyService {
         app: &Arc<HttpApp>,
         mut req: Request<ClientBody>,
         mut raw: Option<RawRequest>,
-        request_id: &HeaderValue,
+        request_id: &headers::RequestId,
         started: Instant,
     ) -> Prepared {
         let outcome = Outcome::default();
@@ -272,9 +274,10 @@ impl ProxyService {
         match raw.as_mut() {
             // Written after the received fields, with no `HeaderMap` (the fields a client may
             // not send are not among them: such a head is not kept).
-            Some(raw) => raw.edge = Some((self.settings.region.clone(), request_id.clone())),
+            Some(raw) => raw.edge = Some((self.settings.region.clone(), *request_id)),
             None => {
-                headers::mark_edge(&mut parts.headers, names, &self.settings.region, request_id)
+                let id = request_id.header_value();
+                headers::mark_edge(&mut parts.headers, names, &self.settings.region, &id)
             }
         }
         let forwarded = headers::forwarded(&self.client, parts.version);
