@@ -227,6 +227,13 @@ impl InstanceLive {
             .is_some_and(|(_, age)| age > REPORT_SILENT.as_nanos() as u64)
     }
 
+    /// How long ago the worker running it last reported it over the load feed (`None`: never,
+    /// as for an instance on this node): the feed's freshness on the dashboard.
+    pub fn last_report_age(&self, now: Instant) -> Option<Duration> {
+        self.report_age(now)
+            .map(|(_, age)| Duration::from_nanos(age))
+    }
+
     /// The last report's bits and its age in nanoseconds, if the worker ever reported.
     fn report_age(&self, now: Instant) -> Option<(u64, u64)> {
         let bits = self.reported.load(Ordering::Acquire);

@@ -8,6 +8,7 @@ use crate::model::{Admin, Http, Node, Roles};
 pub(crate) const REGION: &str = "local";
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9180);
+pub(crate) const ADMIN_UPDATE_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const HEADER_PREFIX: &str = "anyedge";
 
 /// This machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`, else `localhost`).
@@ -40,6 +41,8 @@ pub(crate) fn node() -> Node {
 pub(crate) fn admin() -> Admin {
     Admin {
         listen: ADMIN_LISTEN,
+        tokens_sha256: Vec::new(),
+        update_interval: ADMIN_UPDATE_INTERVAL,
     }
 }
 

@@ -62,6 +62,27 @@ pub struct Roles {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// SHA-256 of the operator's bearer tokens: when any is set, the full view (`/`,
+    /// `/v1/status`, `/metrics`) asks for one of them; `/healthz` and the owners' views do not.
+    pub tokens_sha256: Vec<[u8; 32]>,
+    /// How often the dashboard's live stream sends a new picture (`docs/dashboard.md`).
+    pub update_interval: Duration,
+}
+
+impl Admin {
+    /// Whether `token` is one of the operator's bearer tokens (constant-time compare).
+    pub fn accepts_token(&self, token: &[u8]) -> bool {
+        token_matches(&self.tokens_sha256, token)
+    }
+}
+
+/// Whether the SHA-256 of `token` is in `hashes`, compared in constant time.
+fn token_matches(hashes: &[[u8; 32]], token: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let digest: [u8; 32] = Sha256::digest(token).into();
+    hashes
+        .iter()
+        .any(|t| t.iter().zip(&digest).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -256,11 +277,7 @@ impl App {
     /// Whether `token` is one of the app owners' bearer tokens (its SHA-256 is listed);
     /// compared in constant time.
     pub fn accepts_token(&self, token: &[u8]) -> bool {
-        use sha2::{Digest, Sha256};
-        let digest: [u8; 32] = Sha256::digest(token).into();
-        self.tokens_sha256
-            .iter()
-            .any(|t| t.iter().zip(&digest).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0)
+        token_matches(&self.tokens_sha256, token)
     }
 }
 

@@ -13,5 +13,5 @@ pub use backhaul::BackhaulMetrics;
 pub use logging::{init_logging, LogFormat};
 pub use metrics::{
     AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics, OutlierReason,
-    RetryReason,
+    RetryReason, LATENCY_BUCKETS,
 };

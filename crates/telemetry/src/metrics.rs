@@ -310,6 +310,40 @@ impl AppMetrics {
         self.http.responses(status)
     }
 
+    /// Responses by status, only those sent at least once (a reader's view: the dashboard).
+    pub fn http_statuses(&self) -> Vec<(u16, u64)> {
+        let Some(by_status) = self.http.by_status.get() else {
+            return Vec::new();
+        };
+        (100u16..)
+            .zip(by_status.iter())
+            .map(|(s, c)| (s, c.load(Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
+    /// The response-time histogram: the count in each of [`LATENCY_BUCKETS`] (not
+    /// cumulative), then the count of responses slower than the last bound.
+    pub fn http_latency(&self) -> [u64; LATENCY_BUCKETS.len() + 1] {
+        let mut out = [0; LATENCY_BUCKETS.len() + 1];
+        let mut seen = 0;
+        for (o, c) in out.iter_mut().zip(&self.http.buckets) {
+            *o = c.load(Ordering::Relaxed);
+            seen += *o;
+        }
+        out[LATENCY_BUCKETS.len()] = self.http.count.load(Ordering::Relaxed).saturating_sub(seen);
+        out
+    }
+
+    /// Errors by code, only those that happened.
+    pub fn error_counts(&self) -> Vec<(&'static str, u64)> {
+        ErrorCode::ALL
+            .iter()
+            .map(|c| (c.as_str(), self.errors(*c)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
     pub fn tcp_connects(&self) -> u64 {
         self.tcp_connects.load(Ordering::Relaxed)
     }
@@ -450,6 +484,37 @@ impl Metrics {
         out
     }
 
+    /// The handle for `app` if it was ever created: a reader (the dashboard) never creates one.
+    pub fn existing_app(&self, app: &str) -> Option<Arc<AppMetrics>> {
+        let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        apps.get(app).cloned()
+    }
+
+    /// Static and issued certificate expiries (unix seconds) by hostname, and whether each
+    /// was issued by ACME.
+    pub fn cert_expiries(&self) -> Vec<(String, i64, bool)> {
+        let issued = self
+            .issued_cert_expiries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let statics: BTreeMap<String, i64> = self
+            .cert_expiries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        let mut all: BTreeMap<String, (i64, bool)> =
+            issued.into_iter().map(|(h, at)| (h, (at, true))).collect();
+        for (h, at) in statics {
+            all.insert(h, (at, false));
+        }
+        all.into_iter()
+            .map(|(h, (at, acme))| (h, at, acme))
+            .collect()
+    }
+
     fn snapshot_apps(&self, only: Option<&str>) -> Vec<(String, Arc<AppMetrics>)> {
         let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
         apps.iter()
@@ -483,6 +548,7 @@ impl Metrics {
 }
 
 /// Upper bounds of the response-time histogram, seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = BUCKETS;
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];

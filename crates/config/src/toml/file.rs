@@ -24,6 +24,9 @@ pub(crate) struct NodeFile {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct AdminFile {
     pub listen: Option<String>,
+    #[serde(default)]
+    pub tokens_sha256: Vec<String>,
+    pub update_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

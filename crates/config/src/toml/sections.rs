@@ -124,6 +124,9 @@ fn roles(list: &[String], r: &mut Report<'_>) -> Roles {
     roles
 }
 
+/// The dashboard's stream never sends more often than this.
+const MIN_UPDATE_INTERVAL: Duration = Duration::from_millis(1);
+
 pub(super) fn admin(root: &Table, r: &mut Report<'_>) -> Admin {
     let f: AdminFile = section(root, "admin", r).unwrap_or_default();
     let mut admin = defaults::admin();
@@ -133,6 +136,25 @@ pub(super) fn admin(root: &Table, r: &mut Report<'_>) -> Admin {
     {
         admin.listen = listen;
     }
+    admin.tokens_sha256 = f
+        .tokens_sha256
+        .iter()
+        .enumerate()
+        .filter_map(|(k, t)| {
+            r.check(
+                &path::index("admin.tokens_sha256", k),
+                values::sha256_hex(t),
+            )
+        })
+        .collect();
+    admin.update_interval = duration(
+        f.update_interval.as_deref(),
+        "admin.update_interval",
+        defaults::ADMIN_UPDATE_INTERVAL,
+        true,
+        r,
+    )
+    .max(MIN_UPDATE_INTERVAL);
     admin
 }
 
