@@ -1,23 +1,37 @@
-//! The admin listener: `/healthz`, `/metrics` for the operator, and `/v1/apps/<app>/metrics` for
-//! each app's owners with their bearer token.
+//! The admin listener: `/healthz`, `/metrics` and `/v1/status` for the operator, the live
+//! dashboard (`/`, `/apps/<app>`, `docs/dashboard.md`), and `/v1/apps/<app>/metrics` and
+//! `/v1/apps/<app>/status` for each app's owners with their bearer token.
+
+mod history;
+mod page;
+pub mod status;
+mod stream;
 
 use anyedge_catalog::{AppEntry, Snapshot};
 use anyedge_core::Drain;
 use anyedge_store::CatalogStatus;
 use anyedge_telemetry::Metrics;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+pub use stream::{MAX_SUBSCRIBERS, QUEUE as STREAM_QUEUE};
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Reloads remembered for the dashboard.
+const RELOADS_KEPT: usize = 20;
+
+type AdminBody = Either<Full<Bytes>, stream::SseBody>;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -27,6 +41,13 @@ pub struct AdminState {
     reload_error: Mutex<Option<String>>,
     /// With the etcd store: whether the catalog is current.
     catalog: Mutex<Option<Arc<CatalogStatus>>>,
+    started: Instant,
+    /// The app and backhaul listeners open now (set by the node after each change).
+    listening: Mutex<Vec<SocketAddr>>,
+    /// The last reloads, newest last.
+    reloads: Mutex<VecDeque<serde_json::Value>>,
+    history: Mutex<history::History>,
+    streams: stream::Streams,
 }
 
 impl AdminState {
@@ -37,37 +58,79 @@ impl AdminState {
             snapshot: Mutex::new(snapshot),
             reload_error: Mutex::new(None),
             catalog: Mutex::new(None),
+            started: Instant::now(),
+            listening: Mutex::new(Vec::new()),
+            reloads: Mutex::new(VecDeque::new()),
+            history: Mutex::new(history::History::default()),
+            streams: stream::Streams::default(),
         }
     }
 
     pub fn set_catalog_status(&self, status: Arc<CatalogStatus>) {
-        *self.catalog.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+        *lock(&self.catalog) = Some(status);
     }
 
     fn catalog(&self) -> Option<Arc<CatalogStatus>> {
-        self.catalog
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.catalog).clone()
     }
 
     pub fn set_snapshot(&self, s: Arc<Snapshot>) {
-        *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = s;
+        *lock(&self.snapshot) = s;
     }
 
+    pub fn set_listening(&self, addrs: Vec<SocketAddr>) {
+        *lock(&self.listening) = addrs;
+    }
+
+    fn listening(&self) -> Vec<SocketAddr> {
+        lock(&self.listening).clone()
+    }
+
+    /// The outcome of a reload (`None`: the new config is in force), remembered for the
+    /// dashboard with its time and the generation in force after it.
     pub fn set_reload_error(&self, e: Option<String>) {
-        *self
-            .reload_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = e;
+        let record = serde_json::json!({
+            "time_ms": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            "ok": e.is_none(),
+            "generation": self.snapshot().generation,
+            "error": e,
+        });
+        let mut reloads = lock(&self.reloads);
+        if reloads.len() == RELOADS_KEPT {
+            reloads.pop_front();
+        }
+        reloads.push_back(record);
+        drop(reloads);
+        *lock(&self.reload_error) = e;
+    }
+
+    fn reloads_json(&self) -> serde_json::Value {
+        let n = &self.metrics.node;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        serde_json::json!({
+            "ok": get(&n.reloads_ok),
+            "failed": get(&n.reloads_failed),
+            "last_error": lock(&self.reload_error).clone(),
+            "recent": lock(&self.reloads).iter().rev().cloned().collect::<Vec<_>>(),
+        })
+    }
+
+    fn history(&self) -> MutexGuard<'_, history::History> {
+        lock(&self.history)
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.snapshot).clone()
     }
+
+    /// Live streams open now, and readers dropped for being slow so far.
+    pub fn streams(&self) -> (usize, u64) {
+        (self.streams.len(), self.streams.dropped_slow())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The admin listener, serving in the background.
@@ -99,6 +162,7 @@ pub fn serve(
     let listener = TcpListener::from_std(std_listener)?;
     let local = listener.local_addr()?;
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(updates(Arc::downgrade(&state)));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -111,54 +175,190 @@ pub fn serve(
             };
             let state = state.clone();
             tokio::spawn(async move {
+                // Notified when this connection's live stream is too slow: the connection is
+                // dropped (closed) rather than waited for.
+                let kill = Arc::new(Notify::new());
+                let killer = kill.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, &req)) }
+                    let kill = kill.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, &req, kill)) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    () = killer.notified() => {}
+                }
             });
         }
     });
     Ok(AdminListener { local, fd, stop })
 }
 
-fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
-    }
-    let path = req.uri().path();
-    match path {
-        "/healthz" => health(state),
-        "/metrics" => {
-            let open = i64::try_from(state.drain.open_connections()).unwrap_or(i64::MAX);
-            state
-                .metrics
-                .node
-                .open_connections
-                .store(open, std::sync::atomic::Ordering::Relaxed);
-            let mut text = state.metrics.render();
-            let snapshot = state.snapshot();
-            instance_gauges(&snapshot, None, &mut text);
-            if let Some(status) = state.catalog() {
-                catalog_metrics(&status, &mut text);
-            }
-            metrics_text(text)
+/// The admin task: samples traffic for the windows, and sends each live stream its picture
+/// every `[admin] update_interval` while any is open. Ends with the admin state.
+async fn updates(state: Weak<AdminState>) {
+    let mut last_sample: Option<Instant> = None;
+    loop {
+        let Some(state) = state.upgrade() else { return };
+        let snapshot = state.snapshot();
+        let now = Instant::now();
+        if last_sample.is_none_or(|t| now.duration_since(t) >= history::SAMPLE_EVERY) {
+            state.history().sample(&snapshot, &state.metrics, now);
+            last_sample = Some(now);
         }
-        _ => match path
-            .strip_prefix("/v1/apps/")
-            .and_then(|p| p.strip_suffix("/metrics"))
-        {
-            Some(app) => app_metrics(state, app, req),
-            None => text(StatusCode::NOT_FOUND, "not found\n"),
-        },
+        if !state.streams.is_empty() {
+            publish(&state, &snapshot);
+        }
+        let interval = snapshot.config.admin.update_interval;
+        drop((state, snapshot));
+        tokio::time::sleep(interval).await;
     }
 }
 
-fn health(state: &AdminState) -> Response<Full<Bytes>> {
+/// Build each open view's picture once and offer it to its readers.
+fn publish(state: &AdminState, snapshot: &Snapshot) {
+    let pictures: Vec<_> = state
+        .streams
+        .views()
+        .into_iter()
+        .map(|view| {
+            let picture = match &view {
+                stream::View::Operator => Some(stream::event(&status::node_status(state))),
+                stream::View::App { name, token } => snapshot
+                    .app(name)
+                    .filter(|a| a.config.tokens_sha256.contains(token))
+                    .map(|a| stream::event(&status::app_status(state, snapshot, a))),
+            };
+            (view, picture)
+        })
+        .collect();
+    state.streams.publish(&pictures);
+}
+
+/// The bearer token of a request, if any.
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// The operator's view is open unless `[admin] tokens_sha256` lists tokens; then it takes one.
+fn operator_allowed(snapshot: &Snapshot, req: &Request<Incoming>) -> bool {
+    let admin = &snapshot.config.admin;
+    admin.tokens_sha256.is_empty() || bearer(req).is_some_and(|t| admin.accepts_token(t.as_bytes()))
+}
+
+/// The app `name` if the request carries one of its owners' tokens (or an operator token,
+/// when the operator has any). An unknown app and a wrong token are told apart nowhere.
+fn owner_allowed<'a>(
+    snapshot: &'a Snapshot,
+    name: &str,
+    req: &Request<Incoming>,
+) -> Option<&'a Arc<AppEntry>> {
+    let token = bearer(req)?;
+    let app = snapshot.app(name)?;
+    let admin = &snapshot.config.admin;
+    let operator = !admin.tokens_sha256.is_empty() && admin.accepts_token(token.as_bytes());
+    (operator || app.config.accepts_token(token.as_bytes())).then_some(app)
+}
+
+fn handle(state: &AdminState, req: &Request<Incoming>, kill: Arc<Notify>) -> Response<AdminBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    let path = req.uri().path();
+    if let Some(page) = page::get(path) {
+        return page;
+    }
+    let snapshot = state.snapshot();
+    let operator = operator_allowed(&snapshot, req);
+    match path {
+        "/healthz" => return health(state),
+        "/metrics" | "/v1/status" | "/v1/status/stream" if !operator => {
+            return text(StatusCode::FORBIDDEN, "forbidden\n")
+        }
+        "/metrics" => return operator_metrics(state, &snapshot),
+        "/v1/status" => return json_response(&status::node_status(state)),
+        "/v1/status/stream" => return open_stream(state, stream::View::Operator, kill),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v1/apps/") else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let (name, what) = rest.split_once('/').unwrap_or((rest, ""));
+    if !matches!(what, "metrics" | "status" | "status/stream") {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let Some(app) = owner_allowed(&snapshot, name, req) else {
+        return text(StatusCode::FORBIDDEN, "forbidden\n");
+    };
+    match what {
+        "metrics" => app_metrics(state, &snapshot, app),
+        "status" => json_response(&status::app_status(state, &snapshot, app)),
+        _ => {
+            let token = bearer(req).unwrap_or_default();
+            open_stream(state, stream::View::app(name, token), kill)
+        }
+    }
+}
+
+fn open_stream(state: &AdminState, view: stream::View, kill: Arc<Notify>) -> Response<AdminBody> {
+    let Some(body) = state.streams.subscribe(view, kill) else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "too many live streams\n");
+    };
+    let mut resp = Response::new(Either::Right(body));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn json_response(v: &serde_json::Value) -> Response<AdminBody> {
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(format!("{v}\n")))));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn operator_metrics(state: &AdminState, snapshot: &Snapshot) -> Response<AdminBody> {
+    let open = i64::try_from(state.drain.open_connections()).unwrap_or(i64::MAX);
+    state
+        .metrics
+        .node
+        .open_connections
+        .store(open, std::sync::atomic::Ordering::Relaxed);
+    let mut text = state.metrics.render();
+    instance_gauges(snapshot, None, &mut text);
+    if let Some(status) = state.catalog() {
+        catalog_metrics(&status, &mut text);
+    }
+    let (open, dropped) = state.streams();
+    dashboard_metrics(open, dropped, &mut text);
+    metrics_text(text)
+}
+
+/// `anyedge_admin_streams` and `anyedge_admin_streams_dropped_total`.
+fn dashboard_metrics(open: usize, dropped: u64, out: &mut String) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "# HELP anyedge_admin_streams Live dashboard streams open.\n\
+         # TYPE anyedge_admin_streams gauge\n\
+         anyedge_admin_streams {open}\n\
+         # HELP anyedge_admin_streams_dropped_total Live dashboard streams closed because the page did not keep up.\n\
+         # TYPE anyedge_admin_streams_dropped_total counter\n\
+         anyedge_admin_streams_dropped_total {dropped}\n"
+    );
+}
+
+fn health(state: &AdminState) -> Response<AdminBody> {
     let snapshot = state.snapshot();
     let draining = state.drain.is_draining();
     let reload_error = state
@@ -193,7 +393,7 @@ fn health(state: &AdminState) -> Response<Full<Bytes>> {
     } else {
         StatusCode::OK
     };
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(format!("{body}\n")))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -202,25 +402,10 @@ fn health(state: &AdminState) -> Response<Full<Bytes>> {
     resp
 }
 
-/// An app's series for a bearer token whose SHA-256 is in the app's `tokens_sha256`. An unknown
-/// app and a wrong token get the same 403, so the endpoint does not reveal which apps exist.
-fn app_metrics(state: &AdminState, app: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let token = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let snapshot = state.snapshot();
-    let allowed = match (token, snapshot.app(app)) {
-        (Some(token), Some(entry)) => entry.config.accepts_token(token.as_bytes()),
-        _ => false,
-    };
-    if !allowed {
-        return text(StatusCode::FORBIDDEN, "forbidden\n");
-    }
-    let mut text = state.metrics.render_app(app);
-    instance_gauges(&snapshot, Some(app), &mut text);
+/// An app's series, for its owners (`owner_allowed` checked the token).
+fn app_metrics(state: &AdminState, snapshot: &Snapshot, app: &AppEntry) -> Response<AdminBody> {
+    let mut text = state.metrics.render_app(&app.name);
+    instance_gauges(snapshot, Some(&app.name), &mut text);
     metrics_text(text)
 }
 
@@ -304,8 +489,8 @@ fn catalog_metrics(status: &CatalogStatus, out: &mut String) {
     );
 }
 
-fn metrics_text(body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+fn metrics_text(body: String) -> Response<AdminBody> {
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body))));
     resp.headers_mut().insert(
         CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(PROMETHEUS_TEXT),
@@ -313,8 +498,8 @@ fn metrics_text(body: String) -> Response<Full<Bytes>> {
     resp
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
     *resp.status_mut() = status;
     resp
 }

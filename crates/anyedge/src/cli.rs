@@ -34,6 +34,40 @@ pub enum Command {
     Instances(InstancesArgs),
     /// Certificates: ACME ones of this node (list), the cluster CA and node certificates.
     Certs(CertsArgs),
+    /// What a running node sees (the dashboard's picture): node, catalog, regions, apps,
+    /// instances, listeners, certificates, reloads; one table per section, or --json.
+    Status(StatusArgs),
+    /// Print a shell completion script (e.g. `anyedge completions bash > /etc/bash_completion.d/anyedge`).
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff), e.g. `anyedge man > /usr/local/share/man/man1/anyedge.1`.
+    Man,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The node's admin listener.
+    #[arg(long, default_value = "http://127.0.0.1:9180")]
+    pub admin: String,
+    /// Print the node's JSON (`/v1/status`, or `/v1/apps/APP/status` with --app) as it came.
+    #[arg(long)]
+    pub json: bool,
+    /// One app's own view, with that app's bearer token.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Bearer token: the operator's (`[admin] tokens_sha256`) or, with --app, the app's.
+    /// Default: $ANYEDGE_ADMIN_TOKEN.
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug)]

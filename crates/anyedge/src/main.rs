@@ -1,7 +1,7 @@
 //! The `anyedge` command: parse the command line, then hand over to the library.
 
 use anyedge::cli::{Cli, Command};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -15,6 +15,18 @@ fn main() -> ExitCode {
         Command::Apps(args) => anyedge::manage::apps(&args),
         Command::Instances(args) => anyedge::manage::instances(&args),
         Command::Certs(args) => anyedge::certs::run(&args),
+        Command::Status(args) => anyedge::status::run(&args),
+        Command::Completions { shell } => {
+            print!("{}", anyedge::completions::script(shell));
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            print!(
+                "{}",
+                anyedge::completions::man(&anyedge::cli::Cli::command())
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 

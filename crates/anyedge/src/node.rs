@@ -135,6 +135,7 @@ impl Node {
             edge.stop_accepting();
             return Err(StartError::Listeners(errors));
         }
+        admin.set_listening(edge.listening());
         let health = HealthChecker::new(tokio::runtime::Handle::current(), metrics.clone());
         health.update(&snapshot);
         let acme = match start_acme(&config, &edge, &metrics).await {
@@ -210,6 +211,7 @@ impl Node {
             .store(next.generation, Ordering::Relaxed);
         self.metrics.node.reloads_ok.fetch_add(1, Ordering::Relaxed);
         self.admin.set_snapshot(next.clone());
+        self.admin.set_listening(self.edge.listening());
         self.admin.set_reload_error(None);
         tracing::info!(
             generation = next.generation,

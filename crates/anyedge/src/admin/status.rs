@@ -1,0 +1,380 @@
+//! The picture the dashboard, `/v1/status` and `anyedge status` show: the node, its catalog,
+//! listeners, reloads, certificates, and every app with its instances and traffic. Read from
+//! what the node already keeps (the snapshot in force, the live per-instance state, the
+//! metrics counters), never from anything the request path has to feed: building it costs the
+//! reader, not the traffic.
+//!
+//! The owner's view ([`app_status`]) is built from one app's entry and that app's counters
+//! alone, so nothing of another app can reach it.
+
+use super::history::Window;
+use super::AdminState;
+use anyedge_catalog::{AppEntry, InstanceEntry, Snapshot};
+use anyedge_config::{ConcurrencyType, Handler};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// The version of the JSON's shape: a consumer may refuse one it does not know.
+pub const STATUS_VERSION: u32 = 1;
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `/v1/status`: everything, for the operator.
+pub fn node_status(state: &AdminState) -> Value {
+    let snapshot = state.snapshot();
+    let now = Instant::now();
+    let history = state.history();
+    let apps: Vec<Value> = sorted_apps(&snapshot)
+        .into_iter()
+        .map(|a| app_json(state, &snapshot, a, history.window(&a.name), now))
+        .collect();
+    json!({
+        "version": STATUS_VERSION,
+        "time_ms": unix_ms(SystemTime::now()),
+        "node": node_json(state, &snapshot),
+        "catalog": catalog_json(state),
+        "listeners": listeners_json(state, &snapshot),
+        "reloads": state.reloads_json(),
+        "regions": regions_json(&snapshot, now),
+        "certificates": certificates_json(state, &snapshot, None),
+        "apps": apps,
+    })
+}
+
+/// `/v1/apps/<app>/status`: one app, for its owners. The node's id and region say where the
+/// figures were counted; nothing else of the node, and nothing of any other app.
+pub fn app_status(state: &AdminState, snapshot: &Snapshot, app: &AppEntry) -> Value {
+    let now = Instant::now();
+    let window = state.history().window(&app.name);
+    json!({
+        "version": STATUS_VERSION,
+        "time_ms": unix_ms(SystemTime::now()),
+        "node": { "id": snapshot.config.node.id, "region": snapshot.config.node.region },
+        "certificates": certificates_json(state, snapshot, Some(app)),
+        "app": app_json(state, snapshot, app, window, now),
+    })
+}
+
+/// The snapshot's apps, by name.
+pub(super) fn sorted_apps(snapshot: &Snapshot) -> Vec<&Arc<AppEntry>> {
+    let mut apps: Vec<_> = snapshot.apps.values().collect();
+    apps.sort_by(|a, b| a.name.cmp(&b.name));
+    apps
+}
+
+fn node_json(state: &AdminState, snapshot: &Snapshot) -> Value {
+    let node = &snapshot.config.node;
+    let mut roles = Vec::new();
+    if node.roles.edge {
+        roles.push("edge");
+    }
+    if node.roles.worker {
+        roles.push("worker");
+    }
+    let m = &state.metrics.node;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    json!({
+        "id": node.id,
+        "region": node.region,
+        "roles": roles,
+        "status": if state.drain.is_draining() { "draining" } else { "ok" },
+        "generation": snapshot.generation,
+        "process_generation": get(&m.process_generation),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "open_connections": state.drain.open_connections(),
+        "admin_token_required": !snapshot.config.admin.tokens_sha256.is_empty(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+fn catalog_json(state: &AdminState) -> Value {
+    match state.catalog() {
+        None => json!({ "store": "file", "connected": true, "stale_seconds": 0.0 }),
+        Some(c) => json!({
+            "store": "etcd",
+            "connected": c.connected(),
+            "stale_seconds": c.stale_for().as_secs_f64(),
+            "revision": c.revision(),
+            "disconnects": c.disconnects(),
+            "graced_instances": c.graced(),
+            "last_error": c.last_error(),
+        }),
+    }
+}
+
+/// Each listening address with the handlers and apps the config puts on its port.
+fn listeners_json(state: &AdminState, snapshot: &Snapshot) -> Value {
+    let mut by_port: BTreeMap<u16, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
+    for app in &snapshot.config.apps {
+        for port in app.services.iter().flat_map(|s| &s.ports) {
+            let (handlers, apps) = by_port.entry(port.port).or_default();
+            let kind = if port.is_raw_tcp() {
+                "tcp"
+            } else if port.handlers.contains(&Handler::Tls) {
+                "https"
+            } else {
+                "http"
+            };
+            if !handlers.contains(&kind) {
+                handlers.push(kind);
+            }
+            if !apps.contains(&app.name.as_str()) {
+                apps.push(&app.name);
+            }
+        }
+    }
+    let listeners: Vec<Value> = state
+        .listening()
+        .into_iter()
+        .map(|addr| {
+            let (kinds, apps) = by_port.get(&addr.port()).cloned().unwrap_or_default();
+            json!({ "address": addr.to_string(), "kinds": kinds, "apps": apps.len() })
+        })
+        .collect();
+    Value::Array(listeners)
+}
+
+/// Regions with the nodes seen running instances in them, each node's measured RTT from
+/// this node, and the instances' health counts.
+fn regions_json(snapshot: &Snapshot, now: Instant) -> Value {
+    #[derive(Default)]
+    struct NodeAgg {
+        rtt_us: Option<u32>,
+        instances: usize,
+        healthy: usize,
+        feed_age_ms: Option<u128>,
+    }
+    let own = &snapshot.config.node;
+    let mut regions: BTreeMap<&str, BTreeMap<&str, NodeAgg>> = BTreeMap::new();
+    regions
+        .entry(own.region.as_str())
+        .or_default()
+        .entry(own.id.as_str())
+        .or_default();
+    for app in snapshot.apps.values() {
+        for inst in &app.instances {
+            let node = inst.peer.as_ref().map_or(own.id.as_str(), |p| &p.id);
+            let agg = regions
+                .entry(&inst.region)
+                .or_default()
+                .entry(node)
+                .or_default();
+            agg.rtt_us = inst.peer.as_ref().and_then(|p| p.live.rtt_us());
+            agg.instances += 1;
+            agg.healthy += usize::from(placeable(inst, now));
+            if let Some(age) = inst.live.last_report_age(now) {
+                let age = age.as_millis();
+                agg.feed_age_ms = Some(agg.feed_age_ms.map_or(age, |a: u128| a.min(age)));
+            }
+        }
+    }
+    let coords = &snapshot.config.regions;
+    let list: Vec<Value> = regions
+        .into_iter()
+        .map(|(region, nodes)| {
+            let nodes: Vec<Value> = nodes
+                .into_iter()
+                .map(|(id, a)| {
+                    json!({
+                        "id": id,
+                        "self": id == own.id,
+                        "rtt_ms": a.rtt_us.map(|r| f64::from(r) / 1000.0),
+                        "instances": a.instances,
+                        "healthy": a.healthy,
+                        "load_feed_age_ms": a.feed_age_ms,
+                    })
+                })
+                .collect();
+            let c = coords.get(region);
+            json!({
+                "name": region,
+                "lat": c.map(|c| c.lat),
+                "lon": c.map(|c| c.lon),
+                "nodes": nodes,
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+/// Certificates with their expiry and where they come from (static file or ACME); with
+/// `only`, that app's hostnames alone. A TLS hostname without a certificate is listed too
+/// (`"source": "none"`: ACME has not issued it yet, or ACME is off).
+fn certificates_json(state: &AdminState, snapshot: &Snapshot, only: Option<&AppEntry>) -> Value {
+    let now = unix_ms(SystemTime::now()) / 1000;
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let mut tls_hosts: BTreeMap<&str, &str> = BTreeMap::new();
+    for app in &snapshot.config.apps {
+        if only.is_some_and(|o| *o.name != *app.name) {
+            continue;
+        }
+        let tls = app
+            .services
+            .iter()
+            .flat_map(|s| &s.ports)
+            .any(|p| p.handlers.contains(&Handler::Tls));
+        if tls {
+            for h in &app.hostnames {
+                tls_hosts.insert(h, &app.name);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (host, not_after, acme) in state.metrics.cert_expiries() {
+        let Some(app) = tls_hosts.get(host.as_str()) else {
+            if only.is_some() {
+                continue;
+            }
+            out.push(cert(&host, None, Some(not_after), acme, now));
+            continue;
+        };
+        seen.insert(host.clone());
+        out.push(cert(&host, Some(app), Some(not_after), acme, now));
+    }
+    for (host, app) in tls_hosts {
+        if !seen.contains(host) {
+            out.push(cert(host, Some(app), None, false, now));
+        }
+    }
+    Value::Array(out)
+}
+
+fn cert(host: &str, app: Option<&str>, not_after: Option<i64>, acme: bool, now: i64) -> Value {
+    let source = match (not_after, acme) {
+        (None, _) => "none",
+        (Some(_), true) => "acme",
+        (Some(_), false) => "static",
+    };
+    json!({
+        "hostname": host,
+        "app": app,
+        "source": source,
+        "not_after": not_after,
+        "expires_in_days": not_after.map(|t| (t - now) as f64 / 86400.0),
+    })
+}
+
+/// Whether placement may choose it now (the same rule as `anyedge_instance_healthy`).
+fn placeable(inst: &InstanceEntry, now: Instant) -> bool {
+    inst.live.healthy(now) && !inst.live.outlier.ejected(now)
+}
+
+/// One word for an instance's health, as the `P-Route` trace says it.
+fn health_word(inst: &InstanceEntry, now: Instant) -> &'static str {
+    if !inst.live.healthy(now) {
+        "unhealthy"
+    } else if inst.live.outlier_held(now) {
+        "ejected"
+    } else if inst.live.silent(now) {
+        "silent"
+    } else if inst.live.backing_off(now) {
+        "backing_off"
+    } else {
+        "ok"
+    }
+}
+
+fn limit(n: u32) -> Value {
+    if n == u32::MAX {
+        Value::Null
+    } else {
+        n.into()
+    }
+}
+
+fn instance_json(snapshot: &Snapshot, app: &AppEntry, inst: &InstanceEntry, now: Instant) -> Value {
+    let c = app.config.concurrency;
+    let node = inst
+        .peer
+        .as_ref()
+        .map_or(snapshot.config.node.id.as_str(), |p| &p.id);
+    let reported = inst.live.reported(now);
+    json!({
+        "id": inst.id.instance(),
+        "region": &*inst.region,
+        "node": node,
+        "address": inst.address.to_string(),
+        // Lifecycle: an instance without a start/stop driver is running while it is listed.
+        "state": "running",
+        "healthy": placeable(inst, now),
+        "health": health_word(inst, now),
+        "inflight": inst.live.load(now),
+        "inflight_here": inst.live.inflight.in_use(),
+        "reported_inflight": reported.map(|r| r.inflight),
+        "soft_limit": limit(c.soft_limit),
+        "hard_limit": limit(c.hard_limit),
+        "rtt_ms": inst.peer.as_ref().and_then(|p| p.live.rtt_us()).map(|r| f64::from(r) / 1000.0),
+        "distance_ms": f64::from(inst.distance_us()) / 1000.0,
+        "load_feed_age_ms": inst.live.last_report_age(now).map(|a| a.as_millis() as u64),
+        "consecutive_failures": inst.live.consecutive_failures(),
+    })
+}
+
+fn app_json(
+    state: &AdminState,
+    snapshot: &Snapshot,
+    app: &AppEntry,
+    window: Option<Window>,
+    now: Instant,
+) -> Value {
+    let c = app.config.concurrency;
+    let l = &app.config.limits;
+    let metrics = state.metrics.existing_app(&app.name);
+    let mut statuses = Map::new();
+    let mut classes = [0u64; 5];
+    let mut errors = Map::new();
+    let (mut requests, mut tcp_connects, mut tcp_active, mut bytes) = (0, 0, 0, (0, 0));
+    if let Some(m) = &metrics {
+        for (status, n) in m.http_statuses() {
+            statuses.insert(status.to_string(), n.into());
+            classes[usize::from(status / 100).clamp(1, 5) - 1] += n;
+            requests += n;
+        }
+        for (code, n) in m.error_counts() {
+            errors.insert(code.into(), n.into());
+        }
+        tcp_connects = m.tcp_connects();
+        tcp_active = m.tcp_active();
+        bytes = (
+            m.bytes(anyedge_telemetry::Direction::In),
+            m.bytes(anyedge_telemetry::Direction::Out),
+        );
+    }
+    let instances: Vec<Value> = app
+        .instances
+        .iter()
+        .map(|i| instance_json(snapshot, app, i, now))
+        .collect();
+    let healthy = app.instances.iter().filter(|i| placeable(i, now)).count();
+    json!({
+        "name": &*app.name,
+        "hostnames": app.config.hostnames,
+        "concurrency": match c.kind { ConcurrencyType::Requests => "requests", ConcurrencyType::Connections => "connections" },
+        "inflight": app.live.inflight.in_use(),
+        "max_inflight": limit(l.max_inflight),
+        "queued": app.live.waiting(),
+        "queue": limit(l.queue),
+        "connections": app.live.connections.in_use(),
+        "max_connections": limit(l.max_connections),
+        "requests_total": requests,
+        "responses": {
+            "1xx": classes[0], "2xx": classes[1], "3xx": classes[2], "4xx": classes[3], "5xx": classes[4],
+        },
+        "status_codes": statuses,
+        "errors": errors,
+        "tcp_connects_total": tcp_connects,
+        "tcp_active": tcp_active,
+        "bytes_in": bytes.0,
+        "bytes_out": bytes.1,
+        "window": window.map(|w| w.to_json()),
+        "regions": app.regions.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "instances_healthy": healthy,
+        "instances": instances,
+    })
+}
