@@ -285,7 +285,10 @@ fn handle(state: &AdminState, req: &Request<Incoming>, kill: Arc<Notify>) -> Res
         }
         "/metrics" => return operator_metrics(state, &snapshot),
         "/v1/status" => return json_response(&status::node_status(state)),
-        "/v1/status/stream" => return open_stream(state, stream::View::Operator, kill),
+        "/v1/status/stream" => {
+            let first = stream::event(&status::node_status(state));
+            return open_stream(state, stream::View::Operator, first, kill);
+        }
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v1/apps/") else {
@@ -303,13 +306,19 @@ fn handle(state: &AdminState, req: &Request<Incoming>, kill: Arc<Notify>) -> Res
         "status" => json_response(&status::app_status(state, &snapshot, app)),
         _ => {
             let token = bearer(req).unwrap_or_default();
-            open_stream(state, stream::View::app(name, token), kill)
+            let first = stream::event(&status::app_status(state, &snapshot, app));
+            open_stream(state, stream::View::app(name, token), first, kill)
         }
     }
 }
 
-fn open_stream(state: &AdminState, view: stream::View, kill: Arc<Notify>) -> Response<AdminBody> {
-    let Some(body) = state.streams.subscribe(view, kill) else {
+fn open_stream(
+    state: &AdminState,
+    view: stream::View,
+    first: Bytes,
+    kill: Arc<Notify>,
+) -> Response<AdminBody> {
+    let Some(body) = state.streams.subscribe(view, first, kill) else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many live streams\n");
     };
     let mut resp = Response::new(Either::Right(body));

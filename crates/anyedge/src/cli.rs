@@ -230,6 +230,10 @@ pub struct DemoArgs {
     /// its apps there and the workers register their instances.
     #[arg(long)]
     pub etcd: Option<String>,
+    /// Requests per second the demo sends itself through the edge, so its dashboard shows
+    /// movement (0: none).
+    #[arg(long, default_value_t = 5)]
+    pub traffic: u32,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]

@@ -25,6 +25,10 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     runtime.block_on(async {
         match start_with(args.base_port, args.etcd.as_deref()).await {
             Ok(demo) => {
+                if args.traffic > 0 {
+                    println!("  # built-in traffic: {} requests/s to hello and echo, so the dashboard moves (--traffic 0: none)\n", args.traffic);
+                    tokio::spawn(traffic(demo.http_port, demo.echo_port, args.traffic));
+                }
                 wait_for_stop().await;
                 demo.shutdown(Duration::from_secs(2)).await;
                 ExitCode::SUCCESS
@@ -35,6 +39,33 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// The demo's own clients: `per_second` requests a second through the edge, mostly to
+/// `hello` (one in twenty slow, to show requests in flight), one in ten a line to `echo`.
+async fn traffic(http_port: u16, echo_port: u16, per_second: u32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second.max(1));
+    for n in 0u64.. {
+        tick.tick().await;
+        let echo = n % 10 == 9;
+        let path = if n % 20 == 0 { "/slow/300" } else { "/" };
+        tokio::spawn(async move {
+            let port = if echo { echo_port } else { http_port };
+            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return;
+            };
+            let ask = if echo {
+                "hello from the demo's traffic\n".to_string()
+            } else {
+                format!("GET {path} HTTP/1.1\r\nHost: hello.localhost\r\nConnection: close\r\n\r\n")
+            };
+            if s.write_all(ask.as_bytes()).await.is_ok() {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            }
+        });
+    }
 }
 
 /// A multi-thread runtime (the demo's: it runs instances and the edge together).
@@ -68,6 +99,11 @@ async fn wait_for_stop() {
 pub struct Demo {
     pub edge: Arc<Node>,
     pub workers: Vec<Arc<Node>>,
+    /// The HTTP port of `hello` and `ws`, and `echo`'s port.
+    pub http_port: u16,
+    pub echo_port: u16,
+    /// Stops each HTTP instance by name (`hello-ord-1`, ...): [`Demo::stop_instance`].
+    stops: Vec<(String, tokio::sync::watch::Sender<bool>)>,
     /// With `--etcd`: each node's task following etcd.
     following: tokio::sync::Mutex<Vec<crate::cluster::Following>>,
     pki: std::path::PathBuf,
@@ -77,6 +113,15 @@ impl Demo {
     /// The edge's metrics.
     pub fn metrics(&self) -> &std::sync::Arc<anyedge_telemetry::Metrics> {
         self.edge.metrics()
+    }
+
+    /// Stop the HTTP instance `name` as if its process ended: its listener and connections
+    /// close, its checks fail, and the dashboard shows it unhealthy. False if there is none.
+    pub fn stop_instance(&self, name: &str) -> bool {
+        self.stops
+            .iter()
+            .find(|(n, _)| n == name)
+            .is_some_and(|(_, stop)| stop.send(true).is_ok())
     }
 
     /// Stop the edge, then the workers; remove the demo's certificates.
@@ -157,6 +202,9 @@ pub async fn start_with(
     Ok(Demo {
         edge,
         workers,
+        http_port: p_http,
+        echo_port: p_echo,
+        stops: started.stops,
         following: tokio::sync::Mutex::new(following),
         pki,
     })
@@ -170,6 +218,7 @@ struct Started {
     /// With the worker each runs on (index into [`WORKERS`]), as [`HELLO`] says.
     hello: Vec<(usize, SocketAddr)>,
     ws: SocketAddr,
+    stops: Vec<(String, tokio::sync::watch::Sender<bool>)>,
 }
 
 impl Started {
@@ -187,16 +236,25 @@ impl Started {
             instances::spawn(instances::Kind::WhoAmI("whoami-2")).await?,
         ];
         let mut hello = Vec::new();
+        let mut stops = Vec::new();
         for (worker, name) in HELLO {
-            hello.push((worker, instances::spawn_http("hello", name.into()).await?));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            hello.push((
+                worker,
+                instances::spawn_http("hello", name.into(), stopped).await?,
+            ));
+            stops.push((name.to_string(), stop));
         }
-        let ws = instances::spawn_http("ws", "ws-1".into()).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let ws = instances::spawn_http("ws", "ws-1".into(), stopped).await?;
+        stops.push(("ws-1".to_string(), stop));
         Ok(Started {
             echo,
             upper,
             whoami,
             hello,
             ws,
+            stops,
         })
     }
 }
@@ -386,9 +444,11 @@ fn http_apps(hello: &[(usize, SocketAddr)], ws: SocketAddr, port: u16) -> Vec<De
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    // An active check, so an instance that stops turns unhealthy on the dashboard within
+    // about two seconds, with or without traffic.
     let head = |name: &str, hosts: &str, extra: &str| {
         format!(
-            "[[apps]]\nname = \"{name}\"\nhostnames = [{hosts}]\ntokens_sha256 = [\"{token}\"]\n{extra}  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+            "[[apps]]\nname = \"{name}\"\nhostnames = [{hosts}]\ntokens_sha256 = [\"{token}\"]\n{extra}  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n  checks = [ {{ type = \"http\", path = \"/healthz\", interval = \"1s\", timeout = \"500ms\", unhealthy_threshold = 2, healthy_threshold = 1 }} ]\n"
         )
     };
     vec![
@@ -432,7 +492,8 @@ fn instructions(p_echo: u16, p_upper: u16, p_whoami: u16, admin: SocketAddr) -> 
         format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; echo \"{line}\" >&3; head -n1 <&3'")
     };
     format!(
-        "anyedge demo is running (Ctrl-C to stop): an edge on 127.0.0.1 and workers ord-1, iad-1, syd-1 on 127.0.0.2-4, joined by backhaul (mutual TLS). Try:\n\
+        "dashboard: http://{admin}/   (an app owner's view: http://{admin}/apps/hello, token {DEMO_TOKEN})\n\n\
+         anyedge demo is running (Ctrl-C to stop): an edge on 127.0.0.1 and workers ord-1, iad-1, syd-1 on 127.0.0.2-4, joined by backhaul (mutual TLS). Try:\n\
          \n  # echo: two instances, least-loaded first\n  {}\n\
          \n  # upper: the work sample's shape, 2 good targets + 1 refusing + 1 unresolvable; every connection still succeeds\n  {}\n\
          \n  # whoami: the instance learns your address from a PROXY protocol v1 header\n  {}\n\

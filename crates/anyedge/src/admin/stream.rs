@@ -59,8 +59,9 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// Open a stream for `view`; `None` when [`MAX_SUBSCRIBERS`] are open.
-    pub fn subscribe(&self, view: View, kill: Arc<Notify>) -> Option<SseBody> {
+    /// Open a stream for `view`, starting with `first` (the picture now, so the page draws
+    /// at once); `None` when [`MAX_SUBSCRIBERS`] are open.
+    pub fn subscribe(&self, view: View, first: Bytes, kill: Arc<Notify>) -> Option<SseBody> {
         let mut subs = self
             .subscribers
             .lock()
@@ -71,8 +72,10 @@ impl Streams {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         subs.push(Subscriber { view, tx, kill });
+        let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
+        head.extend_from_slice(&first);
         Some(SseBody {
-            first: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
+            first: Some(Bytes::from(head)),
             rx,
         })
     }
@@ -187,10 +190,10 @@ mod tests {
         let streams = Streams::default();
         let slow_kill = Arc::new(Notify::new());
         let _slow = streams
-            .subscribe(View::Operator, slow_kill.clone())
+            .subscribe(View::Operator, Bytes::new(), slow_kill.clone())
             .expect("room");
         let mut fast = streams
-            .subscribe(View::Operator, Arc::new(Notify::new()))
+            .subscribe(View::Operator, Bytes::new(), Arc::new(Notify::new()))
             .expect("room");
         for i in 0..(QUEUE + 1) {
             let picture = Bytes::from(i.to_string());
@@ -207,11 +210,11 @@ mod tests {
     fn subscribers_are_bounded() {
         let streams = Streams::default();
         let bodies: Vec<_> = (0..MAX_SUBSCRIBERS)
-            .map(|_| streams.subscribe(View::Operator, Arc::new(Notify::new())))
+            .map(|_| streams.subscribe(View::Operator, Bytes::new(), Arc::new(Notify::new())))
             .collect();
         assert!(bodies.iter().all(Option::is_some));
         assert!(streams
-            .subscribe(View::Operator, Arc::new(Notify::new()))
+            .subscribe(View::Operator, Bytes::new(), Arc::new(Notify::new()))
             .is_none());
     }
 }

@@ -32,21 +32,36 @@ pub async fn spawn(kind: Kind) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// An HTTP instance that says who it is; `/ws` is a WebSocket echo.
-pub async fn spawn_http(app: &'static str, name: String) -> std::io::Result<SocketAddr> {
+/// An HTTP instance that says who it is; `/ws` is a WebSocket echo. It runs until `stop`
+/// says true: then its listener and every connection it has close, as a process that stopped.
+pub async fn spawn_http(
+    app: &'static str,
+    name: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let name: std::sync::Arc<str> = name.into();
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        let mut stopped = stop.clone();
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            let Ok((stream, _)) = accepted else { return };
             let name = name.clone();
+            let mut stopped = stop.clone();
             tokio::spawn(async move {
                 let svc =
                     hyper::service::service_fn(move |req| http_answer(app, name.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
+                let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .with_upgrades()
-                    .await;
+                    .with_upgrades();
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
             });
         }
     });
