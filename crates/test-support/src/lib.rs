@@ -1,6 +1,7 @@
 //! Dev-only helpers for system tests: fake TCP instances, child processes stopped by pid,
 //! free ports, descriptor counts, and polling with a deadline instead of sleeping.
 
+pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod etcd;
