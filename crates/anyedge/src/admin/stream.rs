@@ -1,11 +1,12 @@
 //! The dashboard's live stream (server-sent events): every update interval the admin task
-//! builds the picture once per view that has a reader and offers it to each reader's queue.
+//! builds the picture once per view that has a reader and offers it to each reader.
 //!
-//! Bounded everywhere: at most [`MAX_SUBSCRIBERS`] streams, each with a queue of
-//! [`QUEUE`] pictures. A reader whose queue is full is slow (its socket does not drain): it is
-//! dropped, connection and all, never waited for, so one stuck page costs at most its queue and
-//! cannot hold the node's memory or the other pages back. Every picture is a whole one, so a
-//! page that reconnects (EventSource does by itself) loses nothing but time.
+//! Bounded everywhere: at most [`MAX_SUBSCRIBERS`] streams, and each holds at most one
+//! picture not yet sent. Every picture is a whole one, so a newer one replaces an unsent one
+//! (a page that reads slower than the node updates sees fewer pictures, never older ones). A
+//! page that takes nothing for [`STALL`] while a picture waits (its socket does not drain) is
+//! dropped, connection and all: never waited for, never buffered for. A page that reconnects
+//! (EventSource does by itself) loses nothing but time.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -13,13 +14,14 @@ use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
-use tokio::sync::{mpsc, Notify};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Streams open at once on one node; more get 503.
 pub const MAX_SUBSCRIBERS: usize = 64;
-/// Pictures queued for one reader before it counts as slow.
-pub const QUEUE: usize = 4;
+/// A page that has not taken a waiting picture for this long is dropped.
+pub const STALL: Duration = Duration::from_secs(5);
 /// What EventSource waits before reconnecting, milliseconds.
 const RETRY_MS: u32 = 1000;
 
@@ -46,9 +48,53 @@ impl View {
 
 struct Subscriber {
     view: View,
-    tx: mpsc::Sender<Bytes>,
+    slot: Arc<Slot>,
     /// Closes the reader's connection (see `admin::serve`).
     kill: Arc<Notify>,
+}
+
+/// The one picture waiting for a reader, and the reader's waker.
+#[derive(Default)]
+struct Slot(Mutex<SlotState>);
+
+#[derive(Default)]
+struct SlotState {
+    next: Option<Bytes>,
+    /// Since when a picture has been waiting (none while the slot is empty).
+    waiting_since: Option<Instant>,
+    waker: Option<Waker>,
+    /// The view is gone: end the stream.
+    closed: bool,
+}
+
+impl Slot {
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Put `picture` in, replacing an unsent one; false if the reader is stalled.
+    fn offer(&self, picture: Bytes, now: Instant) -> bool {
+        let mut s = self.state();
+        if s.waiting_since
+            .is_some_and(|t| now.duration_since(t) > STALL)
+        {
+            return false;
+        }
+        s.waiting_since.get_or_insert(now);
+        s.next = Some(picture);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+        true
+    }
+
+    fn close(&self) {
+        let mut s = self.state();
+        s.closed = true;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 /// Every open stream.
@@ -56,57 +102,60 @@ struct Subscriber {
 pub struct Streams {
     subscribers: Mutex<Vec<Subscriber>>,
     dropped_slow: std::sync::atomic::AtomicU64,
+    updates: std::sync::atomic::AtomicU64,
 }
 
 impl Streams {
+    fn subscribers(&self) -> std::sync::MutexGuard<'_, Vec<Subscriber>> {
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A stream whose body is gone (its connection ended) holds the only reference.
+        subs.retain(|s| Arc::strong_count(&s.slot) > 1);
+        subs
+    }
+
     /// Open a stream for `view`, starting with `first` (the picture now, so the page draws
     /// at once); `None` when [`MAX_SUBSCRIBERS`] are open.
     pub fn subscribe(&self, view: View, first: Bytes, kill: Arc<Notify>) -> Option<SseBody> {
-        let mut subs = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        subs.retain(|s| !s.tx.is_closed());
+        let mut subs = self.subscribers();
         if subs.len() >= MAX_SUBSCRIBERS {
             return None;
         }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        subs.push(Subscriber { view, tx, kill });
+        let slot = Arc::new(Slot::default());
         let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
         head.extend_from_slice(&first);
-        Some(SseBody {
-            first: Some(Bytes::from(head)),
-            rx,
-        })
+        slot.offer(Bytes::from(head), Instant::now());
+        subs.push(Subscriber {
+            view,
+            slot: slot.clone(),
+            kill,
+        });
+        Some(SseBody { slot })
     }
 
     pub fn is_empty(&self) -> bool {
-        let mut subs = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        subs.retain(|s| !s.tx.is_closed());
-        subs.is_empty()
+        self.subscribers().is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.subscribers().len()
     }
 
-    /// Readers dropped for being slow since the node started.
+    /// Readers dropped for being stalled since the node started.
     pub fn dropped_slow(&self) -> u64 {
         self.dropped_slow.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Updates offered to the streams since the node started.
+    pub fn updates(&self) -> u64 {
+        self.updates.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The views that have readers now (each built once per update).
     pub fn views(&self) -> Vec<View> {
-        let subs = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let subs = self.subscribers();
         let mut views: Vec<View> = Vec::new();
         for s in subs.iter() {
             if !views.contains(&s.view) {
@@ -117,29 +166,26 @@ impl Streams {
     }
 
     /// Offer each reader its view's picture (`None`: the view is gone, end its streams).
-    /// Never waits: a full queue drops the reader.
+    /// Never waits: a stalled reader is dropped.
     pub fn publish(&self, pictures: &[(View, Option<Bytes>)]) {
-        let mut subs = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        subs.retain(|s| {
+        let now = Instant::now();
+        self.updates
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.subscribers().retain(|s| {
             let Some((_, picture)) = pictures.iter().find(|(v, _)| *v == s.view) else {
-                return !s.tx.is_closed();
+                return true;
             };
             let Some(picture) = picture else {
+                s.slot.close();
                 return false;
             };
-            match s.tx.try_send(picture.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.dropped_slow
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    s.kill.notify_one();
-                    false
-                }
+            if s.slot.offer(picture.clone(), now) {
+                return true;
             }
+            self.dropped_slow
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s.kill.notify_one();
+            false
         });
     }
 }
@@ -154,10 +200,9 @@ pub fn event(json: &serde_json::Value) -> Bytes {
     Bytes::from(out)
 }
 
-/// The response body of one stream: the pictures its queue receives, as they come.
+/// The response body of one stream: the latest picture, whenever there is a new one.
 pub struct SseBody {
-    first: Option<Bytes>,
-    rx: mpsc::Receiver<Bytes>,
+    slot: Arc<Slot>,
 }
 
 impl Body for SseBody {
@@ -165,15 +210,19 @@ impl Body for SseBody {
     type Error = Infallible;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
+        let mut s = self.slot.state();
+        if let Some(picture) = s.next.take() {
+            s.waiting_since = None;
+            return Poll::Ready(Some(Ok(Frame::data(picture))));
         }
-        self.rx
-            .poll_recv(cx)
-            .map(|next| next.map(|b| Ok(Frame::data(b))))
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -185,36 +234,52 @@ impl Body for SseBody {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_slow_reader_is_dropped_and_the_others_keep_going() {
-        let streams = Streams::default();
-        let slow_kill = Arc::new(Notify::new());
-        let _slow = streams
-            .subscribe(View::Operator, Bytes::new(), slow_kill.clone())
-            .expect("room");
-        let mut fast = streams
-            .subscribe(View::Operator, Bytes::new(), Arc::new(Notify::new()))
-            .expect("room");
-        for i in 0..(QUEUE + 1) {
-            let picture = Bytes::from(i.to_string());
-            streams.publish(&[(View::Operator, Some(picture))]);
-            while fast.rx.try_recv().is_ok() {}
-        }
-        assert_eq!(streams.len(), 1, "the slow reader was dropped");
-        assert_eq!(streams.dropped_slow(), 1);
-        streams.publish(&[(View::Operator, None)]);
-        assert_eq!(streams.len(), 0, "a view that is gone ends its streams");
+    fn take(body: &mut SseBody) -> Option<Bytes> {
+        let mut s = body.slot.state();
+        s.waiting_since = None;
+        s.next.take()
     }
 
     #[test]
-    fn subscribers_are_bounded() {
+    fn a_slow_reader_gets_the_latest_picture_and_a_stalled_one_is_dropped() {
         let streams = Streams::default();
-        let bodies: Vec<_> = (0..MAX_SUBSCRIBERS)
+        let stalled_kill = Arc::new(Notify::new());
+        let _stalled = streams
+            .subscribe(View::Operator, Bytes::new(), stalled_kill.clone())
+            .expect("room");
+        let mut slow = streams
+            .subscribe(View::Operator, Bytes::new(), Arc::new(Notify::new()))
+            .expect("room");
+        for i in 0..100 {
+            streams.publish(&[(View::Operator, Some(Bytes::from(i.to_string())))]);
+        }
+        assert_eq!(
+            take(&mut slow).as_deref(),
+            Some(&b"99"[..]),
+            "only the latest waits"
+        );
+        assert_eq!(streams.len(), 2, "nobody stalled yet");
+        // The stalled reader's picture has waited longer than STALL at the next offer.
+        _stalled.slot.state().waiting_since = Instant::now().checked_sub(STALL * 2);
+        streams.publish(&[(View::Operator, Some(Bytes::from_static(b"x")))]);
+        assert_eq!(streams.len(), 1, "the stalled reader was dropped");
+        assert_eq!(streams.dropped_slow(), 1);
+        streams.publish(&[(View::Operator, None)]);
+        assert_eq!(streams.len(), 0, "a view that is gone ends its streams");
+        assert!(slow.slot.state().closed);
+    }
+
+    #[test]
+    fn subscribers_are_bounded_and_freed_with_their_connection() {
+        let streams = Streams::default();
+        let mut bodies: Vec<_> = (0..MAX_SUBSCRIBERS)
             .map(|_| streams.subscribe(View::Operator, Bytes::new(), Arc::new(Notify::new())))
             .collect();
         assert!(bodies.iter().all(Option::is_some));
         assert!(streams
             .subscribe(View::Operator, Bytes::new(), Arc::new(Notify::new()))
             .is_none());
+        bodies.pop();
+        assert_eq!(streams.len(), MAX_SUBSCRIBERS - 1);
     }
 }
