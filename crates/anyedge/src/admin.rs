@@ -28,6 +28,8 @@ use tokio::sync::Notify;
 pub use stream::{MAX_SUBSCRIBERS, STALL as STREAM_STALL};
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Apps in each picture of the operator's live stream (the busiest); `/v1/status` has all.
+const STREAM_MAX_APPS: usize = 100;
 /// Reloads remembered for the dashboard.
 const RELOADS_KEPT: usize = 20;
 
@@ -243,7 +245,10 @@ fn publish(state: &AdminState, snapshot: &Snapshot) {
         .into_iter()
         .map(|view| {
             let picture = match &view {
-                stream::View::Operator => Some(stream::event(&status::node_status(state))),
+                stream::View::Operator => Some(stream::event(&status::node_status(
+                    state,
+                    Some(STREAM_MAX_APPS),
+                ))),
                 stream::View::App { name, token } => snapshot
                     .app(name)
                     .filter(|a| a.config.tokens_sha256.contains(token))
@@ -300,9 +305,9 @@ fn handle(state: &AdminState, req: &Request<Incoming>, kill: Arc<Notify>) -> Res
             return text(StatusCode::FORBIDDEN, "forbidden\n")
         }
         "/metrics" => return operator_metrics(state, &snapshot),
-        "/v1/status" => return json_response(&status::node_status(state)),
+        "/v1/status" => return json_response(&status::node_status(state, None)),
         "/v1/status/stream" => {
-            let first = stream::event(&status::node_status(state));
+            let first = stream::event(&status::node_status(state, Some(STREAM_MAX_APPS)));
             return open_stream(state, stream::View::Operator, first, kill);
         }
         _ => {}

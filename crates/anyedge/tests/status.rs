@@ -386,3 +386,58 @@ async fn anyedge_status_prints_the_picture_and_its_json() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_stream_carries_the_busiest_hundred_apps_of_a_large_catalog() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let inst = HttpInstance::start("x", false).await;
+    let port = free_port();
+    let mut toml = String::new();
+    for i in 0..150 {
+        toml += &format!(
+            "[[apps]]\nname = \"app{i:03}\"\nhostnames = [\"app{i:03}.test\"]\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n  [[apps.instances]]\n  id = \"i{i}\"\n  address = \"{}\"\n",
+            inst.addr
+        );
+    }
+    let config = anyedge_config::parse(&toml, "t.toml").expect("config");
+    let node = Node::start(config, Some(local(0))).await.expect("node");
+    let admin = node.admin_addr();
+    let mut c = Client::h1(local(port)).await;
+    assert_eq!(c.get("app149.test", "/").await.0, 200);
+
+    let full = json(admin, "/v1/status", None).await;
+    assert_eq!(full["apps"].as_array().map(Vec::len), Some(150));
+    assert_eq!(full["apps_total"], 150);
+
+    let mut s = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /v1/status/stream HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let picture = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 65536];
+        loop {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "stream ended");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.starts_with("data: ") && l.ends_with('}'))
+            {
+                return serde_json::from_str::<Value>(&line["data: ".len()..]).expect("json");
+            }
+        }
+    })
+    .await
+    .expect("a picture");
+    let apps = picture["apps"].as_array().expect("apps");
+    assert_eq!(apps.len(), 100);
+    assert_eq!(picture["apps_total"], 150);
+    assert!(
+        apps.iter().any(|a| a["name"] == "app149"),
+        "the busiest app is in"
+    );
+}

@@ -24,16 +24,34 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// `/v1/status`: everything, for the operator.
-pub fn node_status(state: &AdminState) -> Value {
+/// `/v1/status`: everything, for the operator; with `max_apps`, only that many apps (the
+/// busiest: most requests and connections since start, then by name), for the live stream,
+/// which sends the picture every second to every open page.
+pub fn node_status(state: &AdminState, max_apps: Option<usize>) -> Value {
     let snapshot = state.snapshot();
     let now = Instant::now();
+    let mut chosen = sorted_apps(&snapshot);
+    let apps_total = chosen.len();
+    if let Some(max) = max_apps.filter(|m| *m < chosen.len()) {
+        let traffic = |a: &AppEntry| {
+            state.metrics.existing_app(&a.name).map_or(0, |m| {
+                m.http_statuses().iter().map(|(_, n)| n).sum::<u64>() + m.tcp_connects()
+            })
+        };
+        let mut keyed: Vec<_> = chosen.into_iter().map(|a| (traffic(a), a)).collect();
+        keyed.sort_by(|(ta, a), (tb, b)| tb.cmp(ta).then_with(|| a.name.cmp(&b.name)));
+        keyed.truncate(max);
+        chosen = keyed.into_iter().map(|(_, a)| a).collect();
+        chosen.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     let history = state.history();
-    let apps: Vec<Value> = sorted_apps(&snapshot)
+    let apps: Vec<Value> = chosen
         .into_iter()
         .map(|a| app_json(state, &snapshot, a, history.window(&a.name), now))
         .collect();
+    drop(history);
     json!({
+        "apps_total": apps_total,
         "version": STATUS_VERSION,
         "time_ms": unix_ms(SystemTime::now()),
         "node": node_json(state, &snapshot),

@@ -154,6 +154,9 @@
       return;
     }
     drawRegions(p.regions);
+    $("apps-title").textContent = p.apps.length < p.apps_total
+      ? "Apps (the " + p.apps.length + " busiest of " + p.apps_total + ")"
+      : "Apps";
     replace("apps", ...p.apps.map((a) => appCard(a, t)));
     const c = p.catalog;
     const dl = [["store", c.store], ["connected", String(c.connected)], ["stale", fmt(c.stale_seconds, 1) + " s"]];
