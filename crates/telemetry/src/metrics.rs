@@ -310,6 +310,11 @@ impl AppMetrics {
         self.http.responses(status)
     }
 
+    /// Responses sent, all statuses.
+    pub fn http_total(&self) -> u64 {
+        self.http.count.load(Ordering::Relaxed)
+    }
+
     /// Responses by status, only those sent at least once (a reader's view: the dashboard).
     pub fn http_statuses(&self) -> Vec<(u16, u64)> {
         let Some(by_status) = self.http.by_status.get() else {

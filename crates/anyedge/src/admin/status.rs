@@ -34,9 +34,10 @@ pub fn node_status(state: &AdminState, max_apps: Option<usize>) -> Value {
     let apps_total = chosen.len();
     if let Some(max) = max_apps.filter(|m| *m < chosen.len()) {
         let traffic = |a: &AppEntry| {
-            state.metrics.existing_app(&a.name).map_or(0, |m| {
-                m.http_statuses().iter().map(|(_, n)| n).sum::<u64>() + m.tcp_connects()
-            })
+            state
+                .metrics
+                .existing_app(&a.name)
+                .map_or(0, |m| m.http_total() + m.tcp_connects())
         };
         let mut keyed: Vec<_> = chosen.into_iter().map(|a| (traffic(a), a)).collect();
         keyed.sort_by(|(ta, a), (tb, b)| tb.cmp(ta).then_with(|| a.name.cmp(&b.name)));
