@@ -274,10 +274,19 @@ pub fn render(v: &Value) -> String {
                 c(x, "app"),
                 c(x, "source"),
                 c(x, "expires_in_days"),
+                c(x, "acme"),
+                c(x, "acme_error"),
             ]
         })
         .collect();
-    let head = ["hostname", "app", "source", "expires_in_days"];
+    let head = [
+        "hostname",
+        "app",
+        "source",
+        "expires_in_days",
+        "acme",
+        "acme_error",
+    ];
     table(&mut out, "CERTIFICATES", &head, &rows);
     if v.get("app").is_none() {
         let r = &v["reloads"];

@@ -53,6 +53,19 @@ async fn start(toml: &str, base: &Path) -> Node {
 
 /// The serial of the certificate `app.test` is served with, once a client trusting only
 /// Pebble's root completes a handshake.
+/// The certificate entry for `host` in the node's `/v1/status` (the dashboard's picture).
+async fn status_cert(node: &Node, host: &str) -> serde_json::Value {
+    let mut c = Client::h1(node.admin_addr()).await;
+    let (status, _, body) = c.get("admin", "/v1/status").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    v["certificates"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["hostname"] == host))
+        .cloned()
+        .unwrap_or_else(|| panic!("{host} in {v}"))
+}
+
 async fn served_serial(pebble: &Pebble, port: u16) -> Option<Vec<u8>> {
     let tls = pebble
         .connect(local(port), "app.test", &[b"http/1.1"])
@@ -115,6 +128,14 @@ async fn an_app_without_a_certificate_gets_one_from_pebble() {
         "anyedge_cert_expiry_timestamp_seconds{hostname=\"app.test\"}",
     );
     assert!(expiry > 1_700_000_000, "{}", node.metrics().render());
+    // The dashboard's picture: issued by ACME, valid, with its expiry.
+    let cert = status_cert(&node, "app.test").await;
+    assert_eq!(
+        (&cert["source"], &cert["acme"], &cert["app"]),
+        (&"acme".into(), &"valid".into(), &"app".into()),
+        "{cert}"
+    );
+    assert_eq!(cert["not_after"], expiry as i64, "{cert}");
 
     let dir = state.path().join("certs/app.test");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -521,6 +542,19 @@ async fn a_failed_validation_reports_the_cas_reason_and_backs_off() {
     .await;
     let status = std::fs::read_to_string(state.path().join("certs/app.test/status.json")).unwrap();
     assert!(status.contains("\"state\": \"failing\""), "{status}");
+    // The dashboard's picture says so too, with the CA's reason.
+    let cert = status_cert(&node, "app.test").await;
+    assert_eq!(
+        (&cert["source"], &cert["acme"]),
+        (&"none".into(), &"failing".into()),
+        "{cert}"
+    );
+    assert!(
+        cert["acme_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("urn:ietf:params:acme:error:")),
+        "{cert}"
+    );
     assert!(
         status.contains("urn:ietf:params:acme:error:"),
         "the CA's problem type is reported: {status}\n{}",

@@ -12,6 +12,6 @@ mod metrics;
 pub use backhaul::BackhaulMetrics;
 pub use logging::{init_logging, LogFormat};
 pub use metrics::{
-    AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics, OutlierReason,
-    RetryReason, LATENCY_BUCKETS,
+    AcmeHostState, AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics,
+    OutlierReason, RetryReason, LATENCY_BUCKETS,
 };

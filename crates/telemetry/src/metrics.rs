@@ -413,6 +413,18 @@ impl NodeMetrics {
     }
 }
 
+/// The ACME task's view of one hostname (for the dashboard): `pending` (no certificate yet,
+/// an order due or running), `valid`, or `failing` (the last order failed; a certificate
+/// may still serve until it expires).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeHostState {
+    pub state: &'static str,
+    pub error: Option<String>,
+    pub failures: u32,
+    /// When the next order is due after a failure (unix seconds).
+    pub next_attempt: Option<i64>,
+}
+
 /// Every metric of one node.
 #[derive(Default)]
 pub struct Metrics {
@@ -423,6 +435,8 @@ pub struct Metrics {
     cert_expiries: Mutex<Vec<(String, i64)>>,
     /// The same for certificates issued by ACME (a static certificate's entry wins).
     issued_cert_expiries: Mutex<BTreeMap<String, i64>>,
+    /// The ACME task's state of each hostname it holds a certificate for.
+    acme_hosts: Mutex<BTreeMap<String, AcmeHostState>>,
 }
 
 impl Metrics {
@@ -451,6 +465,30 @@ impl Metrics {
             .issued_cert_expiries
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = expiries;
+    }
+
+    /// Record the ACME task's state of `hostname`.
+    pub fn set_acme_host(&self, hostname: &str, state: AcmeHostState) {
+        self.acme_hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(hostname.to_string(), state);
+    }
+
+    /// The ACME task no longer holds `hostname`.
+    pub fn remove_acme_host(&self, hostname: &str) {
+        self.acme_hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(hostname);
+    }
+
+    /// The ACME task's state of each hostname.
+    pub fn acme_hosts(&self) -> BTreeMap<String, AcmeHostState> {
+        self.acme_hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Static and issued certificate expiries by hostname; a static one wins.

@@ -221,17 +221,14 @@ fn regions_json(snapshot: &Snapshot, now: Instant) -> Value {
     Value::Array(list)
 }
 
-/// Certificates with their expiry and where they come from (static file or ACME); with
-/// `only`, that app's hostnames alone. A TLS hostname without a certificate is listed too
-/// (`"source": "none"`: ACME has not issued it yet, or ACME is off).
+/// Certificates with their expiry, where they come from (static file or ACME) and the ACME
+/// task's state of the name; with `only`, that app's hostnames alone. A TLS hostname without
+/// a certificate is listed too (`"source": "none"`; with ACME on, its `acme` state says why).
 fn certificates_json(state: &AdminState, snapshot: &Snapshot, only: Option<&AppEntry>) -> Value {
-    let now = unix_ms(SystemTime::now()) / 1000;
-    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let now = i64::try_from(unix_ms(SystemTime::now()) / 1000).unwrap_or(i64::MAX);
+    // Hostname -> app, for every app's TLS hostnames.
     let mut tls_hosts: BTreeMap<&str, &str> = BTreeMap::new();
     for app in &snapshot.config.apps {
-        if only.is_some_and(|o| *o.name != *app.name) {
-            continue;
-        }
         let tls = app
             .services
             .iter()
@@ -243,40 +240,43 @@ fn certificates_json(state: &AdminState, snapshot: &Snapshot, only: Option<&AppE
             }
         }
     }
+    let served: BTreeMap<String, (i64, bool)> = state
+        .metrics
+        .cert_expiries()
+        .into_iter()
+        .map(|(h, at, acme)| (h, (at, acme)))
+        .collect();
+    let acme = state.metrics.acme_hosts();
+    let mut names: Vec<&str> = tls_hosts.keys().copied().collect();
+    names.extend(served.keys().map(String::as_str));
+    names.extend(acme.keys().map(String::as_str));
+    names.sort_unstable();
+    names.dedup();
     let mut out = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for (host, not_after, acme) in state.metrics.cert_expiries() {
-        let Some(app) = tls_hosts.get(host.as_str()) else {
-            if only.is_some() {
-                continue;
-            }
-            out.push(cert(&host, None, Some(not_after), acme, now));
+    for host in names {
+        let app = tls_hosts.get(host).copied();
+        if only.is_some_and(|o| app != Some(&*o.name)) {
             continue;
-        };
-        seen.insert(host.clone());
-        out.push(cert(&host, Some(app), Some(not_after), acme, now));
-    }
-    for (host, app) in tls_hosts {
-        if !seen.contains(host) {
-            out.push(cert(host, Some(app), None, false, now));
         }
+        let (not_after, source) = match served.get(host) {
+            Some((at, true)) => (Some(*at), "acme"),
+            Some((at, false)) => (Some(*at), "static"),
+            None => (None, "none"),
+        };
+        let a = acme.get(host);
+        out.push(json!({
+            "hostname": host,
+            "app": app,
+            "source": source,
+            "not_after": not_after,
+            "expires_in_days": not_after.map(|t| (t - now) as f64 / 86400.0),
+            "acme": a.map(|a| a.state),
+            "acme_error": a.and_then(|a| a.error.clone()),
+            "acme_failures": a.map(|a| a.failures),
+            "acme_next_attempt": a.and_then(|a| a.next_attempt),
+        }));
     }
     Value::Array(out)
-}
-
-fn cert(host: &str, app: Option<&str>, not_after: Option<i64>, acme: bool, now: i64) -> Value {
-    let source = match (not_after, acme) {
-        (None, _) => "none",
-        (Some(_), true) => "acme",
-        (Some(_), false) => "static",
-    };
-    json!({
-        "hostname": host,
-        "app": app,
-        "source": source,
-        "not_after": not_after,
-        "expires_in_days": not_after.map(|t| (t - now) as f64 / 86400.0),
-    })
 }
 
 /// Whether placement may choose it now (the same rule as `anyedge_instance_healthy`).

@@ -138,6 +138,31 @@ impl Drop for AcmeManager {
     }
 }
 
+/// A hostname's issuance status as the dashboard shows it.
+fn host_state(status: &Status) -> anyedge_telemetry::AcmeHostState {
+    let (state, error, failures, next_attempt) = match status {
+        Status::Pending { .. } => ("pending", None, 0, None),
+        Status::Valid { .. } => ("valid", None, 0, None),
+        Status::Failing {
+            error,
+            failures,
+            next_attempt,
+            ..
+        } => (
+            "failing",
+            Some(error.clone()),
+            *failures,
+            Some(*next_attempt),
+        ),
+    };
+    anyedge_telemetry::AcmeHostState {
+        state,
+        error,
+        failures,
+        next_attempt,
+    }
+}
+
 /// What the task knows of one hostname.
 #[derive(Debug)]
 struct Host {
@@ -227,6 +252,14 @@ impl Driver {
             host.due = renew;
         }
         self.publish_expiries();
+        self.metrics.set_acme_host(
+            name,
+            host_state(&Status::Valid {
+                not_after: info.not_after,
+                issuer: String::new(),
+                serial: String::new(),
+            }),
+        );
         self.dynamic.insert(name, key);
         renew > now
     }
@@ -241,6 +274,7 @@ impl Driver {
             .collect();
         for name in &removed {
             self.hosts.remove(name);
+            self.metrics.remove_acme_host(name);
             self.dynamic.remove(name);
             self.challenges.remove(name);
             tracing::info!(hostname = %name, "hostname removed: certificate no longer served or renewed");
@@ -287,15 +321,31 @@ impl Driver {
             }
         }
         // A failure before a restart keeps its backoff (rate-limit friendly).
-        if let Ok(Some(Status::Failing {
-            failures,
-            next_attempt,
-            ..
-        })) = self.state.read_status(name).await
-        {
-            host.failures = failures;
-            host.due = host.due.max(unix(next_attempt));
-        }
+        let shown = match self.state.read_status(name).await {
+            Ok(Some(failing @ Status::Failing { .. })) => {
+                if let Status::Failing {
+                    failures,
+                    next_attempt,
+                    ..
+                } = &failing
+                {
+                    host.failures = *failures;
+                    host.due = host.due.max(unix(*next_attempt));
+                }
+                failing
+            }
+            _ => match host.not_after {
+                Some(not_after) => Status::Valid {
+                    not_after,
+                    issuer: String::new(),
+                    serial: String::new(),
+                },
+                None => Status::Pending {
+                    since: unix_secs(now),
+                },
+            },
+        };
+        self.metrics.set_acme_host(name, host_state(&shown));
         host
     }
 
@@ -453,6 +503,7 @@ impl Driver {
     }
 
     async fn write_status(&self, name: &str, status: &Status) {
+        self.metrics.set_acme_host(name, host_state(status));
         if let Err(e) = self.state.write_status(name, status).await {
             tracing::warn!(hostname = %name, error = %e, storage = %self.state.describe(), "cannot write the issuance status");
         }

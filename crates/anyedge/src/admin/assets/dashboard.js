@@ -135,10 +135,12 @@
   }
 
   function drawCerts(certs) {
-    table("certs", ["hostname", "app", "source", "expires", "in days#"], certs.map((c) => el("tr", {},
+    table("certs", ["hostname", "app", "source", "expires", "in days#", "ACME"], certs.map((c) => el("tr", { "data-cert": c.hostname },
       el("td", {}, c.hostname), el("td", {}, c.app || "–"), el("td", {}, c.source),
       el("td", {}, c.not_after ? new Date(c.not_after * 1000).toISOString().slice(0, 10) : "–"),
-      el("td", { class: "num" }, c.expires_in_days === null ? "–" : fmt(c.expires_in_days, 1)))));
+      el("td", { class: "num" }, c.expires_in_days === null ? "–" : fmt(c.expires_in_days, 1)),
+      el("td", { class: c.acme === "failing" ? "bad" : "" }, c.acme || "–",
+        c.acme_error ? " (" + c.acme_failures + "×, next " + new Date(c.acme_next_attempt * 1000).toLocaleTimeString() + "): " + c.acme_error : ""))));
   }
 
   function draw(p) {
