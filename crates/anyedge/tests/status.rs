@@ -441,3 +441,85 @@ async fn the_live_stream_carries_the_busiest_hundred_apps_of_a_large_catalog() {
         "the busiest app is in"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_and_instances_that_come_and_go_come_and_go_in_the_picture() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b, a2) = (
+        HttpInstance::start("a", false).await,
+        HttpInstance::start("b", false).await,
+        HttpInstance::start("a2", false).await,
+    );
+    let port = free_port();
+    let config =
+        anyedge_config::parse(&two_apps(port, a.addr, b.addr, ""), "t.toml").expect("config");
+    let node = Node::start(config, Some(local(0))).await.expect("node");
+    let admin = node.admin_addr();
+    // beta's owner watches beta live.
+    let mut watching = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    watching
+        .write_all(b"GET /v1/apps/beta/status/stream HTTP/1.1\r\nhost: a\r\nauthorization: Bearer beta-secret\r\n\r\n")
+        .await
+        .expect("write");
+
+    // beta leaves; alpha gets a second instance in another region.
+    let toml = two_apps(port, a.addr, b.addr, "");
+    let alpha_only = &toml[..toml.find("[[apps]]\nname = \"beta\"").expect("beta block")];
+    let toml = format!(
+        "{alpha_only}  [[apps.instances]]\n  id = \"alpha-inst-2\"\n  region = \"elsewhere\"\n  address = \"{}\"\n",
+        a2.addr
+    );
+    node.reload(anyedge_config::parse(&toml, "t.toml").expect("config"));
+    let s = json(admin, "/v1/status", None).await;
+    let apps: Vec<&Value> = s["apps"].as_array().expect("apps").iter().collect();
+    assert_eq!(apps.len(), 1, "{apps:?}");
+    let ids: Vec<&Value> = apps[0]["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| &i["id"])
+        .collect();
+    assert_eq!(ids, ["alpha-inst-1", "alpha-inst-2"]);
+    let regions: Vec<&Value> = s["regions"]
+        .as_array()
+        .expect("regions")
+        .iter()
+        .map(|r| &r["name"])
+        .collect();
+    assert!(
+        regions.contains(&&Value::from("elsewhere"))
+            && !regions.contains(&&Value::from("betaland")),
+        "{regions:?}"
+    );
+    assert_eq!(
+        get(admin, "/v1/apps/beta/status", Some("beta-secret"))
+            .await
+            .0,
+        403,
+        "beta is gone"
+    );
+
+    // beta's live stream ends with beta (the terminal chunk of the chunked body, then EOF).
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match watching.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if got.ends_with(b"\r\n0\r\n\r\n") {
+                return got;
+            }
+        }
+    })
+    .await
+    .expect("beta's stream ends within 10 s");
+    let text = String::from_utf8_lossy(&ended);
+    assert!(
+        text.contains("\"name\":\"beta\""),
+        "it had shown beta: {text}"
+    );
+}
