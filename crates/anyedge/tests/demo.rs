@@ -131,3 +131,27 @@ async fn demo_on_etcd_serves_through_backhaul() {
     assert!(streams >= 1, "the edge reached a worker over backhaul");
     demo.shutdown(std::time::Duration::from_secs(1)).await;
 }
+
+#[test]
+fn the_demo_prints_its_dashboard_first() {
+    use std::io::BufRead;
+    let base = free_base();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_anyedge"))
+        .args(["demo", "--base-port", &base.to_string(), "--traffic", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start anyedge demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let first = std::io::BufReader::new(stdout)
+        .lines()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.starts_with(&format!("dashboard: http://127.0.0.1:{}/", base + 90)),
+        "first line: {first}"
+    );
+}
