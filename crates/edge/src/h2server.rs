@@ -181,11 +181,11 @@ where
             Event::Stream(req, respond) => {
                 let (req, tunnel) = request(req);
                 let guard = streams.begin();
-                // Boxed once, built in its box: the core's future is kilobytes, and the set
-                // moves what it is given three times on its way into its node (callgrind: 1,100
-                // instructions of memcpy per request, unboxed), as `Box::pin` would copy it
-                // into the box once.
-                let answering = crate::in_box(|| answer(req));
+                // Boxed once where it is made: the core's future is kilobytes, and the set moves
+                // what it is given three times on its way into its node (callgrind: 1,100
+                // instructions of memcpy per request, unboxed). (Built in its box with
+                // `in_box` instead, callgrind counted no difference: 48,242 against 48,071.)
+                let answering = Box::pin(answer(req));
                 running.push(stream::Respond::new(answering, respond, tunnel, guard));
             }
             Event::Ended(r) => return r.map_err(Ended::from),
