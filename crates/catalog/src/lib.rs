@@ -9,7 +9,8 @@ mod live;
 mod snapshot;
 
 pub use live::{
-    AppLive, Ejection, FailingCheck, InstanceLive, LiveRegistry, OutlierState, PeerLive,
-    QueueTicket, Reported, Slot, EJECT_AFTER, REPORT_FRESH, REPORT_SILENT,
+    now_nanos, AppLive, Ejection, FailingCheck, InstanceLive, LimitScope, LiveRegistry,
+    OutlierState, PeerLive, PolicyLive, QueueTicket, Reported, Slot, EJECT_AFTER, REPORT_FRESH,
+    REPORT_SILENT,
 };
 pub use snapshot::{AppEntry, InstanceEntry, PeerEntry, Snapshot};

@@ -3,8 +3,10 @@
 //! never a snapshot.
 
 mod outlier;
+mod policy;
 
 pub use outlier::{Ejection, OutlierState};
+pub use policy::{now_nanos, LimitScope, PolicyLive};
 
 use anyedge_admission::{Budget, BudgetGuard};
 use anyedge_core::InstanceId;
@@ -40,6 +42,8 @@ pub struct AppLive {
     waiting: Budget,
     /// Woken whenever one of the app's slots (app or instance) is released while some wait.
     released: tokio::sync::Notify,
+    /// Rate limits and the retry budget (`rate_limit`, `retry_budget`).
+    pub policy: PolicyLive,
 }
 
 impl AppLive {

@@ -117,6 +117,9 @@ fn app(
         concurrency: Concurrency::UNLIMITED,
         limits: AppLimits::UNLIMITED,
         outlier: Outlier::default(),
+        access: None,
+        rate_limit: None,
+        retry_budget: Default::default(),
         tokens_sha256: Vec::new(),
         replay_from: Vec::new(),
         services: vec![Service {
@@ -124,6 +127,7 @@ fn app(
             force_https: false,
             http_options: HttpOptions::default(),
             tcp_options: Default::default(),
+            access: None,
             ports: port_specs(&path::key(at, "Ports"), e.ports, &name, ports, r),
             checks: Vec::new(),
         }],

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod policy;
+pub use policy::{Access, Cidr, Denied, RateLimit, RetryBudget};
+
 /// A whole validated config, from either file format.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -266,6 +269,13 @@ pub struct App {
     pub limits: AppLimits,
     /// Passive ejection of instances that time out, reset or answer gateway errors.
     pub outlier: Outlier,
+    /// Who may reach the app (`access`); `None`: everyone. Boxed: most apps have none, and
+    /// `App` is held in every snapshot.
+    pub access: Option<Box<Access>>,
+    /// Requests and new connections per second (`rate_limit`); `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Retries the app may make on this node (`retry_budget`).
+    pub retry_budget: RetryBudget,
     pub tokens_sha256: Vec<[u8; 32]>,
     pub replay_from: Vec<String>,
     pub services: Vec<Service>,
@@ -399,6 +409,8 @@ pub struct Service {
     pub force_https: bool,
     pub http_options: HttpOptions,
     pub tcp_options: TcpOptions,
+    /// Who may reach this service's ports, checked after the app's own `access`.
+    pub access: Option<Box<Access>>,
     pub ports: Vec<PortSpec>,
     pub checks: Vec<Check>,
 }

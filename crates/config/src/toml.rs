@@ -6,6 +6,7 @@ mod file;
 mod instances;
 pub(crate) mod locate;
 mod outlier;
+mod policy;
 mod sections;
 mod services;
 

@@ -8,6 +8,7 @@ mod config {
     mod loads;
     mod many;
     mod outlier;
+    mod policy;
     mod robust;
     mod toml_errors;
     mod toml_rules;

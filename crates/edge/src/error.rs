@@ -6,6 +6,7 @@ use crate::instance::attempt::Cause;
 use crate::instance::body::{BodyError, RespBody};
 use crate::instance::headers::Prefixed;
 use crate::instance::upgrade::SwitchFailed;
+use crate::policy::Refusal;
 use anyedge_core::Fault;
 use anyedge_telemetry::ErrorCode;
 use bytes::Bytes;
@@ -38,6 +39,9 @@ pub(crate) enum ProxyError {
     ReplayLimit,
     #[error("the replay could not be carried out: {0}")]
     ReplayFailed(ReplayFailure),
+    /// The app's traffic policy: an access rule or a rate limit (`policy.rs`).
+    #[error("{0}")]
+    Refused(Refusal),
 }
 
 /// Why a replay (or its fallback) could not be carried out.
@@ -108,7 +112,8 @@ impl ProxyError {
             | ProxyError::MissingHost
             | ProxyError::Misdirected
             | ProxyError::BadRequest(_)
-            | ProxyError::BodyTooLarge { .. } => Fault::Client,
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::Refused(_) => Fault::Client,
             ProxyError::NoInstance(c) | ProxyError::Upstream(c) => c.fault(),
             ProxyError::UpstreamTimeout | ProxyError::ReplayLimit => Fault::Instance,
             ProxyError::Admit(e) => admit_fault(*e),
@@ -127,6 +132,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Admit(_) | ProxyError::ReplayFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ReplayLimit => StatusCode::BAD_GATEWAY,
+            ProxyError::Refused(Refusal::Denied { .. }) => StatusCode::FORBIDDEN,
+            ProxyError::Refused(Refusal::Limited { .. }) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -142,6 +149,7 @@ impl ProxyError {
             ProxyError::Admit(e) => e.code(),
             ProxyError::ReplayLimit => ErrorCode::ReplayLimit,
             ProxyError::ReplayFailed(_) => ErrorCode::ReplayFailed,
+            ProxyError::Refused(r) => r.code(),
         }
     }
 
@@ -157,8 +165,14 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(names.error.clone(), HeaderValue::from_static(code));
-        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            ProxyError::Refused(Refusal::Limited { retry_after, .. }) => {
+                h.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         resp
     }
@@ -188,6 +202,21 @@ mod tests {
                 "upstream_error",
             ),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+            (
+                ProxyError::Refused(Refusal::Denied {
+                    rule: "not_allowed".into(),
+                }),
+                403,
+                "access_denied",
+            ),
+            (
+                ProxyError::Refused(Refusal::Limited {
+                    scope: anyedge_catalog::LimitScope::Client,
+                    retry_after: 3,
+                }),
+                429,
+                "rate_limited",
+            ),
         ];
         let names = Prefixed::new("anyedge");
         for (e, status, code) in cases {
@@ -195,6 +224,9 @@ mod tests {
             let resp = e.response(&names);
             assert_eq!(resp.status().as_u16(), status, "{e:?}");
             assert_eq!(resp.headers()["anyedge-error"], code, "{e:?}");
+            if status == 429 {
+                assert_eq!(resp.headers()["retry-after"], "3");
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod fuzz;
 mod h2server;
 mod health;
 mod instance;
+mod policy;
 mod routes;
 mod sockets;
 mod worker;

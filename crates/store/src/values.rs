@@ -212,10 +212,20 @@ pub fn encode_app(app: &App) -> Vec<u8> {
             "max_ejection": duration(app.outlier.max_ejection),
             "gateway_errors": app.outlier.gateway_errors,
         },
+        "retry_budget": {
+            "ratio": app.retry_budget.ratio,
+            "min_per_second": app.retry_budget.min_per_second,
+        },
         "tokens_sha256": app.tokens_sha256.iter().map(|t| hex(t)).collect::<Vec<_>>(),
         "replay_from": app.replay_from,
         "services": services,
     });
+    if let Some(a) = &app.access {
+        v["access"] = access(a);
+    }
+    if let Some(l) = &app.rate_limit {
+        v["rate_limit"] = json!({"per_client": l.per_client, "burst": l.burst, "total": l.total});
+    }
     if !app.certificates.is_empty() {
         v["certificates"] = app
             .certificates
@@ -224,6 +234,12 @@ pub fn encode_app(app: &App) -> Vec<u8> {
             .collect();
     }
     serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// `access` as written: its blocks as text.
+fn access(a: &anyedge_config::Access) -> Value {
+    let text = |l: &[anyedge_config::Cidr]| l.iter().map(ToString::to_string).collect::<Vec<_>>();
+    json!({"allow": text(&a.allow), "deny": text(&a.deny)})
 }
 
 fn service(s: &anyedge_config::Service) -> Value {
@@ -240,6 +256,9 @@ fn service(s: &anyedge_config::Service) -> Value {
         "tcp_options".into(),
         json!({"idle_timeout": duration(s.tcp_options.idle_timeout)}),
     );
+    if let Some(a) = &s.access {
+        v.insert("access".into(), access(a));
+    }
     let ports: Vec<Value> = s
         .ports
         .iter()

@@ -8,6 +8,7 @@ pub mod access;
 mod backhaul;
 mod logging;
 mod metrics;
+mod policy;
 
 pub use backhaul::BackhaulMetrics;
 pub use logging::{init_logging, LogFormat};
@@ -15,3 +16,4 @@ pub use metrics::{
     AcmeHostState, AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics,
     OutlierReason, RetryReason, LATENCY_BUCKETS,
 };
+pub use policy::PolicyMetrics;

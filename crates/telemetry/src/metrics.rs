@@ -77,10 +77,14 @@ pub enum ErrorCode {
     ReplayLimit,
     /// A replay could not be carried out (no target, app not allowed, body not kept).
     ReplayFailed,
+    /// The client's address is refused by the app's or service's `access` rules.
+    AccessDenied,
+    /// Over the app's `rate_limit` (the client's rate, or the app's total on this node).
+    RateLimited,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::NodeLimit,
         ErrorCode::IpLimit,
         ErrorCode::AppLimit,
@@ -100,6 +104,8 @@ impl ErrorCode {
         ErrorCode::ForcedUnavailable,
         ErrorCode::ReplayLimit,
         ErrorCode::ReplayFailed,
+        ErrorCode::AccessDenied,
+        ErrorCode::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +129,8 @@ impl ErrorCode {
             ErrorCode::ForcedUnavailable => "forced_target_unavailable",
             ErrorCode::ReplayLimit => "replay_limit_exceeded",
             ErrorCode::ReplayFailed => "replay_failed",
+            ErrorCode::AccessDenied => "access_denied",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -228,6 +236,8 @@ pub struct AppMetrics {
     /// Active health check runs: failed, passed.
     health_checks: [AtomicU64; 2],
     http: HttpMetrics,
+    /// Access rules, rate limits, the retry budget (`policy.rs`).
+    pub policy: crate::policy::PolicyMetrics,
 }
 
 impl AppMetrics {
@@ -347,6 +357,12 @@ impl AppMetrics {
             .map(|c| (c.as_str(), self.errors(*c)))
             .filter(|&(_, n)| n > 0)
             .collect()
+    }
+
+    /// HTTP requests answered and TCP connections accepted for the app so far: what the
+    /// retry budget's ratio is of.
+    pub fn requests(&self) -> u64 {
+        self.http.count.load(Ordering::Relaxed) + self.tcp_connects.load(Ordering::Relaxed)
     }
 
     pub fn tcp_connects(&self) -> u64 {
@@ -896,6 +912,7 @@ fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
     ERRORS.per_app_by(out, apps, "code", |m| {
         ErrorCode::ALL.map(|why| (why.as_str(), m.errors(why)))
     });
+    crate::policy::render(out, apps);
 }
 
 /// The HTTP families: responses by status, then the response-time histogram, each family's

@@ -13,6 +13,10 @@ pub enum TlsError {
     /// ClientHello had not arrived (or named no server).
     #[error("TLS handshake timed out (server name {})", show(sni))]
     Timeout { sni: Option<String> },
+    /// The caller's rule refused the client for this server name (an app's access rules),
+    /// after the ClientHello was read and before any handshake message was sent.
+    #[error("refused before the handshake (server name {})", show(sni))]
+    Refused { sni: Option<String> },
     /// `max_concurrent_handshakes` handshakes were already in progress.
     #[error("too many TLS handshakes in progress")]
     TooManyHandshakes,
@@ -32,6 +36,7 @@ impl TlsError {
             TlsError::NoCertificate { .. } => "tls_no_certificate",
             TlsError::Timeout { .. } => "tls_handshake_timeout",
             TlsError::TooManyHandshakes => "tls_too_many_handshakes",
+            TlsError::Refused { .. } => "tls_refused",
             TlsError::Handshake { .. } => "tls_handshake_failed",
         }
     }
@@ -42,7 +47,7 @@ impl TlsError {
     pub fn is_client_fault(&self) -> bool {
         match self {
             TlsError::NoCertificate { .. } | TlsError::Timeout { .. } => true,
-            TlsError::Handshake { .. } => true,
+            TlsError::Handshake { .. } | TlsError::Refused { .. } => true,
             TlsError::TooManyHandshakes => false,
         }
     }
@@ -52,6 +57,7 @@ impl TlsError {
         match self {
             TlsError::NoCertificate { sni }
             | TlsError::Timeout { sni }
+            | TlsError::Refused { sni }
             | TlsError::Handshake { sni, .. } => sni.as_deref(),
             TlsError::TooManyHandshakes => None,
         }

@@ -167,6 +167,21 @@ impl TlsServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        self.accept_filtered(io, limits, |_| true).await
+    }
+
+    /// [`Self::accept`], with `admit` asked once the ClientHello's server name is known and
+    /// before any handshake work: `false` closes the connection (`TlsError::Refused`). An
+    /// app's access rules refuse a client here, at the cost of reading one record.
+    pub async fn accept_filtered<IO>(
+        &self,
+        io: IO,
+        limits: &HandshakeLimits,
+        admit: impl FnOnce(Option<&str>) -> bool,
+    ) -> Result<Accepted<IO>, TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let _permit = limits
             .permits
             .try_acquire()
@@ -184,6 +199,9 @@ impl TlsServer {
             .alpn()
             .is_some_and(|mut offered| offered.any(|p| p == ALPN_ACME_TLS));
         tracing::trace!(sni, offers_acme, "ClientHello read");
+        if !admit(sni.as_deref()) {
+            return Err(TlsError::Refused { sni });
+        }
         let Some(config) = self.config_for(sni.as_deref(), offers_acme) else {
             refuse(start.io, sni.is_some(), deadline).await;
             return Err(TlsError::NoCertificate { sni });

@@ -7,7 +7,7 @@ use toml_edit::Item;
 
 use super::file::{AppFile, AppLimitsFile, CertificateFile, ConcurrencyFile};
 use super::sections::{duration, file_path};
-use super::{as_table, instances, list, outlier, services};
+use super::{as_table, instances, list, outlier, policy, services};
 use crate::de;
 use crate::model::{App, AppLimits, CertificateFiles, Concurrency, ConcurrencyType};
 use crate::path;
@@ -141,6 +141,13 @@ fn own_keys(at: &str, file: AppFile, claims: &mut Claims, r: &mut Report<'_>) ->
         concurrency: concurrency(file.concurrency.as_ref(), &path::key(at, "concurrency"), r),
         limits: limits(file.limits.as_ref(), &path::key(at, "limits"), r),
         outlier: outlier::outlier(file.outlier.as_ref(), &path::key(at, "outlier"), r),
+        access: policy::access(file.access.as_ref(), &path::key(at, "access"), r),
+        rate_limit: policy::rate_limit(file.rate_limit.as_ref(), &path::key(at, "rate_limit"), r),
+        retry_budget: policy::retry_budget(
+            file.retry_budget.as_ref(),
+            &path::key(at, "retry_budget"),
+            r,
+        ),
         name: file.name,
         hostnames,
         tokens_sha256,

@@ -98,6 +98,9 @@ pub(crate) struct AppFile {
     pub concurrency: Option<ConcurrencyFile>,
     pub limits: Option<AppLimitsFile>,
     pub outlier: Option<OutlierFile>,
+    pub access: Option<AccessFile>,
+    pub rate_limit: Option<RateLimitFile>,
+    pub retry_budget: Option<RetryBudgetFile>,
     #[serde(default)]
     pub tokens_sha256: Vec<String>,
     #[serde(default)]
@@ -128,6 +131,27 @@ pub(crate) struct OutlierFile {
     pub gateway_errors: Option<Vec<i64>>,
 }
 
+#[derive(Debug, Deserialize)]
+pub(crate) struct AccessFile {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RateLimitFile {
+    pub per_client: Option<u64>,
+    pub burst: Option<u64>,
+    pub total: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RetryBudgetFile {
+    pub ratio: Option<f64>,
+    pub min_per_second: Option<u64>,
+}
+
 /// `[[apps.services]]` without its `ports` and `checks`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ServiceFile {
@@ -136,6 +160,7 @@ pub(crate) struct ServiceFile {
     pub force_https: bool,
     pub http_options: Option<HttpOptionsFile>,
     pub tcp_options: Option<TcpOptionsFile>,
+    pub access: Option<AccessFile>,
 }
 
 #[derive(Debug, Deserialize)]

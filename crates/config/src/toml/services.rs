@@ -67,6 +67,7 @@ pub(super) fn service(
             r,
         ),
         tcp_options: tcp_options(file.tcp_options.as_ref(), &path::key(at, "tcp_options"), r),
+        access: super::policy::access(file.access.as_ref(), &path::key(at, "access"), r),
         ports: specs,
         checks,
     })

@@ -78,8 +78,14 @@ async fn serve_tls(stream: TcpStream, client: ClientInfo, _guards: Guards, share
         (routes.http.clone(), routes.tls.clone())
     };
     let Some(tls) = tls else { return };
-    let accepted = match Box::pin(tls.accept(stream, &shared.handshakes)).await {
+    let admit = |sni: Option<&str>| access_before_handshake(&shared, &client, sni);
+    let accepting = tls.accept_filtered(stream, &shared.handshakes, admit);
+    let accepted = match Box::pin(accepting).await {
         Ok(a) => a,
+        Err(anyedge_tls::TlsError::Refused { sni }) => {
+            tracing::debug!(sni, client = %client.peer, "TLS connection refused by the app's access rules");
+            return;
+        }
         Err(e) => {
             shared
                 .metrics
@@ -191,5 +197,27 @@ fn h2_settings(cfg: &anyedge_config::Http) -> h2server::Settings {
         ping_interval: Duration::from_secs(30),
         ping_timeout: Duration::from_secs(20),
         idle: Some((cfg.header_read_timeout, cfg.idle_timeout)),
+    }
+}
+
+/// The access rules of the app a TLS ClientHello names, checked before the handshake: a
+/// refused client is closed without a certificate signature's worth of work. A name no app
+/// serves here, or none, goes on (the handshake or the request refuses it).
+fn access_before_handshake(shared: &Shared, client: &ClientInfo, sni: Option<&str>) -> bool {
+    let Some(name) = sni else { return true };
+    let routes = shared.routes.load();
+    let Some(crate::routes::PortRoute::Http(port)) = routes.port(client.local) else {
+        return true;
+    };
+    let Some(app) = port.app(name) else {
+        return true;
+    };
+    let ip = client.peer.ip();
+    match crate::policy::check_access_only(&app.app, app.service(), &app.metrics, ip) {
+        Ok(()) => true,
+        Err(refusal) => {
+            app.metrics.error(refusal.code());
+            false
+        }
     }
 }

@@ -189,6 +189,14 @@ fn admit(stream: TcpStream, peer: SocketAddr, bound: Option<SocketAddr>, shared:
         return;
     };
     let peer_ip = peer.ip().to_canonical();
+    if let PortRoute::Tcp(r) = route {
+        // The app's traffic policy, before any slot is taken: a refused client is closed here.
+        if let Err(refusal) = crate::policy::check(&r.app, r.service(), &r.metrics, peer_ip) {
+            r.metrics.error(refusal.code());
+            tracing::debug!(app = %r.app.name, client = %peer_ip, %refusal, "connection refused");
+            return;
+        }
+    }
     let Some(mut guards) = node_guards(route, &routes.limits, peer_ip, shared) else {
         return;
     };

@@ -28,6 +28,9 @@ pub(crate) struct Outcome {
     pub queue: std::time::Duration,
     /// Getting instance connections (pooled or new), over all attempts.
     pub connect: std::time::Duration,
+    /// The `P-Route` text of a request the proxy answered with an error, when a valid
+    /// debug token asked for the trace (a refusal by the traffic policy, a skipped retry).
+    pub route: Option<Box<str>>,
 }
 
 /// Why an attempt to carry a request failed, typed down to the error map: the access log's

@@ -11,8 +11,12 @@ limits = { max_inflight = 100, queue = 7, queue_timeout = "1m 30s", max_connecti
 tokens_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
 replay_from = ["other"]
 outlier = { consecutive_failures = 3, base_ejection = "2s", max_ejection = "1m", gateway_errors = [502] }
+access = { allow = ["203.0.113.0/24", "2001:db8::/32"], deny = ["203.0.113.9"] }
+rate_limit = { per_client = 100, burst = 200, total = 10000 }
+retry_budget = { ratio = 0.25, min_per_second = 3 }
   [[apps.services]]
   internal_port = 8080
+  access = { deny = ["::1"] }
   force_https = true
   http_options = { h2_backend = true, idle_timeout = "250ms" }
   tcp_options = { idle_timeout = "0s" }

@@ -204,7 +204,14 @@ impl ProxyService {
             };
             match flow {
                 Flow::Again => continue,
-                Flow::Fail(e) => return Err((e, std::mem::take(&mut job.outcome))),
+                Flow::Fail(e) => {
+                    if let Some(trace) = job.trace.take() {
+                        let (attempts, replays) = (job.outcome.attempts, job.outcome.replays);
+                        let text = format!("{trace}; attempts={attempts}; replays={replays}");
+                        job.outcome.route = Some(text.into_boxed_str());
+                    }
+                    return Err((e, std::mem::take(&mut job.outcome)));
+                }
                 Flow::Answered(resp) => return Ok((resp, std::mem::take(&mut job.outcome))),
                 Flow::Switched(answer) => return *answer,
             }
@@ -242,6 +249,21 @@ impl ProxyService {
         }
         let placed = placed.map_err(|e| self.unplaced(job, hop, e, over_budget))?;
         if let Some(reason) = job.retrying.take() {
+            // The app's retry budget (`retry_budget`): past it the request fails as if no
+            // instance were left, with the answer its last failure alone would get.
+            let refusal = match job.last.as_deref() {
+                Some(Cause::Refused(r)) => Some(*r),
+                _ => None,
+            };
+            let budgeted = crate::policy::budgeted(reason, refusal);
+            if budgeted && !crate::policy::allow_retry(&hop.app.app, &hop.app.metrics, reason) {
+                if let Some(trace) = job.trace.as_mut() {
+                    trace.push_str("; retry_skipped=budget; reason=");
+                    trace.push_str(reason.as_str());
+                }
+                job.retrying = Some(reason);
+                return Err(self.unplaced(job, hop, AdmitError::Unavailable, true));
+            }
             hop.app.metrics.retry(reason);
         }
         hop.tried[placed.index] = true;

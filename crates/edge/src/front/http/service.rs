@@ -157,7 +157,13 @@ impl ProxyService {
                     None => self.shared.metrics.node.rejection(code),
                 }
                 tracing::debug!(code = code.as_str(), fault = e.fault().as_str(), error = %e, "request answered by the proxy");
-                (e.response(&self.settings.names), outcome)
+                let mut resp = e.response(&self.settings.names);
+                if let Some(route) = outcome.route.take() {
+                    let names = &self.settings.names;
+                    let value = super::routing::header_text(&route);
+                    resp.headers_mut().insert(names.route.clone(), value);
+                }
+                (resp, outcome)
             }
         };
         if self.raw_answers {
@@ -246,7 +252,13 @@ impl ProxyService {
         request_id: &headers::RequestId,
         started: Instant,
     ) -> Prepared {
-        let outcome = Outcome::default();
+        let mut outcome = Outcome::default();
+        // The traffic policy first: a refused client costs no more than this.
+        let ip = self.client.peer.ip();
+        if let Err(refusal) = crate::policy::check(&app.app, app.service(), &app.metrics, ip) {
+            outcome.route = self.refusal_trace(app, &req, raw.as_ref(), &refusal);
+            return Prepared::Answer(Err((ProxyError::Refused(refusal), outcome)));
+        }
         if app.service().force_https && !self.client.tls {
             if let Some(raw) = raw.take() {
                 raw.fill(req.headers_mut(), &self.settings.names);
@@ -306,6 +318,33 @@ impl ProxyService {
             replaying: None,
         };
         Prepared::Run(job, Hop::new(app.clone(), wishes, queue_deadline))
+    }
+}
+
+impl ProxyService {
+    /// The route trace of a request the traffic policy refused, when a valid debug token asked
+    /// for it. Most requests carry no prefixed field, and then this is one pass over the names.
+    fn refusal_trace(
+        &self,
+        app: &HttpApp,
+        req: &Request<ClientBody>,
+        raw: Option<&RawRequest>,
+        refusal: &crate::policy::Refusal,
+    ) -> Option<Box<str>> {
+        let names = &self.settings.names;
+        let mut fields = match raw {
+            Some(raw) if raw.prefixed(names.dash_prefix()) => {
+                let mut map = http::HeaderMap::new();
+                raw.fill(&mut map, names);
+                map
+            }
+            Some(_) => return None,
+            None if names.any_in(req.headers()) => req.headers().clone(),
+            None => return None,
+        };
+        let (_, token) = Wishes::take_from(&mut fields, names);
+        let traced = token.is_some_and(|t| app.app.config.accepts_token(t.as_bytes()));
+        traced.then(|| refusal.trace().into_boxed_str())
     }
 }
 

@@ -88,7 +88,20 @@ pub(crate) async fn connect_any(
         tried[index] = true;
         attempts += 1;
         let inst = &app.instances[index];
-        if attempts > 1 {
+        if let Some(failed) = last.take() {
+            // The app's retry budget (`retry_budget`): past it, no other instance is tried.
+            let refusal = match &failed {
+                AttemptError::Refused { reason, .. } => Some(*reason),
+                _ => None,
+            };
+            let budgeted = crate::policy::budgeted(RetryReason::Connect, refusal);
+            if budgeted && !crate::policy::allow_retry(app, &route.metrics, RetryReason::Connect) {
+                let tried = attempts - 1;
+                return Err(ConnectError::AllFailed {
+                    tried,
+                    last: failed,
+                });
+            }
             route.metrics.retry(RetryReason::Connect);
         }
         match connect(route, index, timeout, shared, client, edge_port).await {
