@@ -29,12 +29,21 @@ impl LimitScope {
     }
 }
 
-#[derive(Default)]
 pub struct PolicyLive {
     /// Taken at the first request of an app with `per_client` set: [`ClientRates::BYTES`].
     clients: OnceLock<ClientRates>,
     total: Gcra,
     pub retries: RetryBudget,
+}
+
+impl Default for PolicyLive {
+    fn default() -> Self {
+        PolicyLive {
+            clients: OnceLock::new(),
+            total: Gcra::default(),
+            retries: RetryBudget::new(now_nanos()),
+        }
+    }
 }
 
 impl PolicyLive {
