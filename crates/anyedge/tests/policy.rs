@@ -418,8 +418,9 @@ rate_limit = {{ per_client = 3 }}
     }
     assert_eq!(other_status, 0, "the flood got only 200s and 429s");
     // 2 s at 40/s and a burst of 40: 120, give or take the edges of the run.
-    assert!((100..=140).contains(&ok), "flood served {ok}");
-    assert!(limited_count >= 600, "flood refused {limited_count}");
+    assert!((90..=140).contains(&ok), "flood served {ok}");
+    // 800 sent less those served; fewer when a loaded machine slows the senders.
+    assert!(limited_count >= 400, "flood refused {limited_count}");
     let sample = sample.expect("a refused answer");
     assert_eq!(sample.header("anyedge-error"), Some("rate_limited"));
     assert_eq!(sample.header("retry-after"), Some("1"));

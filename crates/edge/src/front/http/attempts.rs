@@ -208,7 +208,7 @@ impl ProxyService {
                     if let Some(trace) = job.trace.take() {
                         let (attempts, replays) = (job.outcome.attempts, job.outcome.replays);
                         let text = format!("{trace}; attempts={attempts}; replays={replays}");
-                        job.outcome.route = Some(text.into_boxed_str());
+                        job.outcome.route = Some(Box::new(text));
                     }
                     return Err((e, std::mem::take(&mut job.outcome)));
                 }

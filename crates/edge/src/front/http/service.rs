@@ -324,13 +324,14 @@ impl ProxyService {
 impl ProxyService {
     /// The route trace of a request the traffic policy refused, when a valid debug token asked
     /// for it. Most requests carry no prefixed field, and then this is one pass over the names.
+    #[allow(clippy::box_collection)] // `Outcome::route`'s thin box
     fn refusal_trace(
         &self,
         app: &HttpApp,
         req: &Request<ClientBody>,
         raw: Option<&RawRequest>,
         refusal: &crate::policy::Refusal,
-    ) -> Option<Box<str>> {
+    ) -> Option<Box<String>> {
         let names = &self.settings.names;
         let mut fields = match raw {
             Some(raw) if raw.prefixed(names.dash_prefix()) => {
@@ -344,7 +345,7 @@ impl ProxyService {
         };
         let (_, token) = Wishes::take_from(&mut fields, names);
         let traced = token.is_some_and(|t| app.app.config.accepts_token(t.as_bytes()));
-        traced.then(|| refusal.trace().into_boxed_str())
+        traced.then(|| Box::new(refusal.trace()))
     }
 }
 
