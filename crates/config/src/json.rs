@@ -120,6 +120,7 @@ fn app(
         access: None,
         rate_limit: None,
         retry_budget: Default::default(),
+        on_demand: Default::default(),
         tokens_sha256: Vec::new(),
         replay_from: Vec::new(),
         services: vec![Service {
@@ -204,6 +205,7 @@ fn targets(
             region: region.to_string(),
             address,
             node: None,
+            driver: None,
         });
     }
     instances

@@ -276,6 +276,8 @@ pub struct App {
     pub rate_limit: Option<RateLimit>,
     /// Retries the app may make on this node (`retry_budget`).
     pub retry_budget: RetryBudget,
+    /// Instances started on demand and stopped when idle (`docs/on-demand.md`).
+    pub on_demand: OnDemand,
     pub tokens_sha256: Vec<[u8; 32]>,
     pub replay_from: Vec<String>,
     pub services: Vec<Service>,
@@ -402,6 +404,73 @@ impl Default for Outlier {
     }
 }
 
+/// `auto_start`, `auto_stop`, `min_running`, `stop_after`, `start_timeout`: what the node does
+/// with instances that have a [`Driver`] (`docs/on-demand.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnDemand {
+    /// A request that finds no running instance with room starts a stopped one and waits.
+    pub auto_start: bool,
+    pub auto_stop: AutoStop,
+    /// Running instances an autostop never goes below.
+    pub min_running: MinRunning,
+    /// Idle time (nothing in flight) before an instance may be stopped.
+    pub stop_after: Duration,
+    /// A start whose instance is not ready by then fails.
+    pub start_timeout: Duration,
+}
+
+impl Default for OnDemand {
+    fn default() -> Self {
+        OnDemand {
+            auto_start: true,
+            auto_stop: AutoStop::Off,
+            min_running: MinRunning::default(),
+            stop_after: Duration::from_secs(300),
+            start_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `auto_stop`: `"off"` or `"stop"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoStop {
+    Off,
+    Stop,
+}
+
+impl AutoStop {
+    /// The values `auto_stop` accepts.
+    pub const VALUES: [&'static str; 2] = ["off", "stop"];
+}
+
+/// `min_running = N` (in total) or `min_running = { total = N, per_region = M }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MinRunning {
+    /// Running instances of the app, all regions together, as this node sees them.
+    pub total: u32,
+    /// Running instances in each region that has instances of the app.
+    pub per_region: u32,
+}
+
+/// How an instance is started and stopped, by the node that runs it (`docs/on-demand.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Driver {
+    /// Shell commands (`sh -c`), with `ANYEDGE_APP`, `ANYEDGE_INSTANCE` and `ANYEDGE_ADDRESS`
+    /// in their environment; exit status 0 is success.
+    Command { start: String, stop: String },
+    /// A machines API: `POST <url>/start`, `POST <url>/stop`; a 2xx answer is success.
+    Http { url: String },
+}
+
+impl Driver {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Driver::Command { .. } => "command",
+            Driver::Http { .. } => "http",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     /// The port instances listen on. `None` only for the work sample, whose targets carry ports.
@@ -517,6 +586,8 @@ pub struct Instance {
     /// The node that runs it when that is another node (reached over backhaul; the address is
     /// then where that node connects). `None`: this node connects to the address itself.
     pub node: Option<String>,
+    /// How the node that runs it starts and stops it; `None`: always running.
+    pub driver: Option<Driver>,
 }
 
 impl Instance {

@@ -5,6 +5,7 @@ mod apps;
 mod file;
 mod instances;
 pub(crate) mod locate;
+mod on_demand;
 mod outlier;
 mod policy;
 mod sections;

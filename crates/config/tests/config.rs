@@ -7,6 +7,7 @@ mod config {
     mod json_errors;
     mod loads;
     mod many;
+    mod on_demand;
     mod outlier;
     mod policy;
     mod robust;

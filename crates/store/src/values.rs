@@ -88,6 +88,7 @@ impl InstanceValue {
             region: value.region.clone(),
             address,
             node: None,
+            driver: None,
         };
         Ok((value, instance))
     }

@@ -7,7 +7,7 @@ use toml_edit::Item;
 
 use super::file::{AppFile, AppLimitsFile, CertificateFile, ConcurrencyFile};
 use super::sections::{duration, file_path};
-use super::{as_table, instances, list, outlier, policy, services};
+use super::{as_table, instances, list, on_demand, outlier, policy, services};
 use crate::de;
 use crate::model::{App, AppLimits, CertificateFiles, Concurrency, ConcurrencyType};
 use crate::path;
@@ -148,6 +148,7 @@ fn own_keys(at: &str, file: AppFile, claims: &mut Claims, r: &mut Report<'_>) ->
             &path::key(at, "retry_budget"),
             r,
         ),
+        on_demand: on_demand::keys(&file, at, r),
         name: file.name,
         hostnames,
         tokens_sha256,

@@ -101,6 +101,11 @@ pub(crate) struct AppFile {
     pub access: Option<AccessFile>,
     pub rate_limit: Option<RateLimitFile>,
     pub retry_budget: Option<RetryBudgetFile>,
+    pub auto_start: Option<bool>,
+    pub auto_stop: Option<String>,
+    pub min_running: Option<MinRunningFile>,
+    pub stop_after: Option<String>,
+    pub start_timeout: Option<String>,
     #[serde(default)]
     pub tokens_sha256: Vec<String>,
     #[serde(default)]
@@ -208,6 +213,28 @@ pub(crate) struct InstanceFile {
     pub region: Option<String>,
     pub address: String,
     pub node: Option<String>,
+    pub driver: Option<DriverFile>,
+}
+
+/// `min_running = N` or `{ total = N, per_region = M }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum MinRunningFile {
+    Total(i64),
+    Table {
+        total: Option<i64>,
+        per_region: Option<i64>,
+    },
+}
+
+/// `driver = { type = "command", start, stop }` or `{ type = "http", url }`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DriverFile {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub start: Option<String>,
+    pub stop: Option<String>,
+    pub url: Option<String>,
 }
 
 /// `[[nodes]]`: another node of a file-configured cluster.
@@ -224,6 +251,7 @@ pub(crate) struct LocalInstanceFile {
     pub app: String,
     pub id: String,
     pub address: String,
+    pub driver: Option<DriverFile>,
 }
 
 /// `contact = "mailto:a@b"` or `contact = ["mailto:a@b", "mailto:c@d"]`.

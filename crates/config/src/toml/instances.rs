@@ -38,6 +38,10 @@ pub(super) fn of_app(
         let Some(mut instance) = instance(&at, f.id, f.region, &f.address, node_region, r) else {
             continue;
         };
+        instance.driver = f
+            .driver
+            .as_ref()
+            .and_then(|d| super::on_demand::driver(d, &path::key(&at, "driver"), r));
         if let Some(node) = f.node {
             let at = path::key(&at, "node");
             match scope.nodes {
@@ -82,9 +86,13 @@ pub(super) fn local(
         };
         r.check(&path::key(&at, "app"), values::name("app name", &f.app));
         ids.push((format!("{}/{}", f.app, f.id), path::key(&at, "id")));
-        let Some(instance) = instance(&at, f.id, None, &f.address, node_region, r) else {
+        let Some(mut instance) = instance(&at, f.id, None, &f.address, node_region, r) else {
             continue;
         };
+        instance.driver = f
+            .driver
+            .as_ref()
+            .and_then(|d| super::on_demand::driver(d, &path::key(&at, "driver"), r));
         out.push(LocalInstance {
             app: f.app,
             instance,
@@ -115,6 +123,7 @@ fn instance(
         region: region.unwrap_or_else(|| node_region.to_string()),
         address,
         node: None,
+        driver: None,
     })
 }
 

@@ -51,6 +51,7 @@ fn check_work_sample(c: &Config) {
             region: "local".into(),
             address: hp("bad.target.for.testing", Some(6003)),
             node: None,
+            driver: None,
         }
     );
     assert_eq!(c.node.region, "local");
@@ -333,18 +334,21 @@ fn full_design_shaped_toml_maps_every_field() {
                 region: "ord".into(),
                 address: hp("127.0.0.1", Some(8081)),
                 node: None,
+                driver: None,
             },
             Instance {
                 id: "hello-syd-1".into(),
                 region: "syd".into(),
                 address: hp("::1", None),
                 node: None,
+                driver: None,
             },
             Instance {
                 id: "hello-local-1".into(),
                 region: "ord".into(),
                 address: hp("hello.internal", None),
                 node: None,
+                driver: None,
             },
         ]
     );
@@ -406,6 +410,7 @@ fn etcd_node_file_maps_local_instances() {
                     region: "syd".into(),
                     address: hp("127.0.0.1", Some(8081)),
                     node: None,
+                    driver: None,
                 },
             },
             LocalInstance {
@@ -415,6 +420,7 @@ fn etcd_node_file_maps_local_instances() {
                     region: "syd".into(),
                     address: hp("127.0.0.1", None),
                     node: None,
+                    driver: None,
                 },
             },
         ]
