@@ -7,7 +7,7 @@ use anyedge_catalog::{LiveRegistry, Snapshot};
 use anyedge_config::Config;
 use anyedge_core::control::{Inherited, ListenKey, Role};
 use anyedge_core::Drain;
-use anyedge_edge::{Edge, HealthChecker, ListenError};
+use anyedge_edge::{Drivers, Edge, HealthChecker, ListenError};
 use anyedge_telemetry::Metrics;
 use anyedge_tls::acme::{wanted_hostnames, AcmeManager, AcmeSettings};
 use std::collections::BTreeSet;
@@ -50,6 +50,9 @@ pub struct Node {
     edge: Edge,
     /// Active checks, on the runtime the node was started on (the control runtime).
     health: HealthChecker,
+    /// Starts and stops of instances with a driver (`docs/on-demand.md`), on the control
+    /// runtime too.
+    drivers: Drivers,
     registry: Arc<LiveRegistry>,
     metrics: Arc<Metrics>,
     drain: Drain,
@@ -138,6 +141,8 @@ impl Node {
         admin.set_listening(edge.listening());
         let health = HealthChecker::new(tokio::runtime::Handle::current(), metrics.clone());
         health.update(&snapshot);
+        let drivers = Drivers::new(tokio::runtime::Handle::current(), metrics.clone());
+        drivers.update(&snapshot);
         let acme = match start_acme(&config, &edge, &metrics).await {
             Ok(acme) => acme,
             Err(e) => {
@@ -154,6 +159,7 @@ impl Node {
         Ok(Node {
             edge,
             health,
+            drivers,
             registry,
             metrics,
             drain,
@@ -204,6 +210,7 @@ impl Node {
         ));
         let errors = self.edge.apply(next.clone());
         self.health.update(&next);
+        self.drivers.update(&next);
         self.update_acme(&next.config);
         self.metrics
             .node
@@ -256,10 +263,25 @@ impl Node {
         tracing::info!(open, grace = ?grace, "draining");
         let left = self.drain.wait_idle(grace).await;
         self.health.stop();
+        self.drivers.stop();
         if let Some(acme) = &self.acme {
             acme.stop();
         }
         left
+    }
+
+    /// An instance's power state (`running`, `starting`, `stopping`, `stopped`, `failed`) in
+    /// the snapshot in force; `None` if the catalog has no such instance.
+    pub fn instance_state(&self, app: &str, instance: &str) -> Option<&'static str> {
+        let snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        let app = snapshot.app(app)?;
+        let i = app.instance_index(instance)?;
+        Some(app.instances[i].live.power.state().as_str())
+    }
+
+    /// Driver tasks running now (one per instance with a driver on this node).
+    pub fn driver_tasks(&self) -> usize {
+        self.drivers.running()
     }
 
     /// Active checks running now (one per instance, service and check).

@@ -10,7 +10,7 @@ mod snapshot;
 
 pub use live::{
     now_nanos, AppLive, Ejection, FailingCheck, InstanceLive, LimitScope, LiveRegistry,
-    OutlierState, PeerLive, PolicyLive, QueueTicket, Reported, Slot, EJECT_AFTER, REPORT_FRESH,
-    REPORT_SILENT,
+    OutlierState, PeerLive, PolicyLive, Power, PowerState, QueueTicket, Reported, Slot,
+    EJECT_AFTER, REPORT_FRESH, REPORT_SILENT,
 };
 pub use snapshot::{AppEntry, InstanceEntry, PeerEntry, Snapshot};

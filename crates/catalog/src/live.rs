@@ -4,9 +4,11 @@
 
 mod outlier;
 mod policy;
+mod power;
 
 pub use outlier::{Ejection, OutlierState};
 pub use policy::{now_nanos, LimitScope, PolicyLive};
+pub use power::{Power, PowerState};
 
 use anyedge_admission::{Budget, BudgetGuard};
 use anyedge_core::InstanceId;
@@ -131,6 +133,10 @@ pub struct InstanceLive {
     reported_at: AtomicU64,
     /// Passive outlier detection: requests that time out, reset or get a gateway error.
     pub outlier: OutlierState,
+    /// Slots ever taken on it: the driver's task tells idleness by this moving.
+    taken: AtomicU64,
+    /// Running, starting, stopping, stopped or failed (instances with a driver).
+    pub power: Power,
 }
 
 /// A report from the load feed older than this is ignored: the worker (or the link to it) is
@@ -188,6 +194,7 @@ impl InstanceLive {
 
     /// Take a slot on this instance for `app` if fewer than `hard_limit` are in flight.
     pub fn try_take(&self, hard_limit: u32, app: &Arc<AppLive>) -> Option<Slot> {
+        self.taken.fetch_add(1, Ordering::Relaxed);
         self.inflight.try_acquire(hard_limit).map(|guard| Slot {
             guard: Some(guard),
             app: app.clone(),
@@ -273,6 +280,11 @@ impl InstanceLive {
         FailingCheck {
             count: self.failing_checks.clone(),
         }
+    }
+
+    /// Slots taken on it since it was first seen (tries that found it full included).
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
     }
 
     pub fn consecutive_failures(&self) -> u32 {

@@ -31,6 +31,9 @@ pub struct AppEntry {
     pub instances: Vec<InstanceEntry>,
     /// The regions its instances are in; `InstanceEntry::region_index` points here.
     pub regions: Vec<Arc<str>>,
+    /// Some instance has a driver on this node: placement looks at instances' power state
+    /// (`docs/on-demand.md`). `false` for every other app, which then pays nothing for it.
+    pub on_demand: bool,
 }
 
 pub struct InstanceEntry {
@@ -201,9 +204,11 @@ impl AppEntry {
                         advertise: p.advertise.clone(),
                     }))
                 });
+                let live = registry.instance(&id);
+                live.power.drive(inst.driver.is_some() && peer.is_none());
                 InstanceEntry {
                     peer,
-                    live: registry.instance(&id),
+                    live,
                     id,
                     region: regions[region_index].clone(),
                     region_index: region_index as u32,
@@ -212,9 +217,10 @@ impl AppEntry {
                     address: inst.address.clone(),
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
         AppEntry {
             live: registry.app(&name),
+            on_demand: instances.iter().any(|i| i.live.power.driven()),
             name,
             config: app.clone(),
             instances,

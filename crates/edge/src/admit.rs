@@ -4,6 +4,8 @@
 //! (bounded by `limits.queue` and `limits.queue_timeout`). Slots are drop guards that wake the
 //! queue, so no path leaks one and no waiter misses a release.
 
+mod start;
+
 use anyedge_catalog::{AppEntry, QueueTicket, Slot};
 use anyedge_placement::{Candidate, Constraints, Decision};
 use anyedge_telemetry::{AppMetrics, ErrorCode};
@@ -28,6 +30,8 @@ pub(crate) enum AdmitError {
     Unavailable,
     #[error("the forced region or instance has nothing that can take it")]
     ForcedUnavailable,
+    #[error("the instance started for it failed to start or was not ready within start_timeout")]
+    StartFailed,
 }
 
 impl AdmitError {
@@ -37,6 +41,7 @@ impl AdmitError {
             AdmitError::QueueTimeout => ErrorCode::QueueTimeout,
             AdmitError::Unavailable => ErrorCode::NoInstance,
             AdmitError::ForcedUnavailable => ErrorCode::ForcedUnavailable,
+            AdmitError::StartFailed => ErrorCode::InstanceStartFailed,
         }
     }
 }
@@ -126,7 +131,45 @@ pub(crate) async fn admit_app(
 
 /// Choose an instance not in `tried` and take a slot on it, waiting in the queue while every
 /// usable instance is at its hard limit. `trace` gets the decision for `P-Route` when asked.
+/// An app with instances started on demand that has none running with room starts one and
+/// waits for it (`start.rs`): the one branch the hot path pays for it.
 pub(crate) async fn place(
+    app: &AppEntry,
+    constraints: &Constraints<'_>,
+    tried: &[bool],
+    deadline: tokio::time::Instant,
+    metrics: &AppMetrics,
+    mut trace: Option<&mut String>,
+) -> Result<Placed, AdmitError> {
+    match place_now(
+        app,
+        constraints,
+        tried,
+        deadline,
+        metrics,
+        trace.as_deref_mut(),
+    )
+    .await
+    {
+        Err(AdmitError::Unavailable) if app.on_demand => {
+            // Boxed: a start is the exception, and its state would enlarge every request's
+            // future.
+            Box::pin(start::place_after_start(
+                app,
+                constraints,
+                tried,
+                deadline,
+                metrics,
+                trace,
+            ))
+            .await
+        }
+        placed => placed,
+    }
+}
+
+/// [`place`] among the instances running now.
+async fn place_now(
     app: &AppEntry,
     constraints: &Constraints<'_>,
     tried: &[bool],
@@ -200,12 +243,15 @@ fn with_candidates<R>(
     f: impl FnOnce(&[Candidate]) -> R,
 ) -> (R, bool) {
     let limits = app.config.concurrency;
+    let on_demand = app.on_demand;
     let mut any_held = false;
     let mut view = |(i, &excluded): (&anyedge_catalog::InstanceEntry, &bool)| {
         // Held out: an ejected outlier, or an instance whose worker went silent.
         let held = !excluded && (i.live.outlier_held(now) || i.live.silent(now));
         any_held |= held;
-        let healthy = i.live.healthy(now) && (last_resort || !held);
+        // Only an app with instances started on demand looks at their power state.
+        let healthy =
+            i.live.healthy(now) && (last_resort || !held) && (!on_demand || i.live.power.running());
         Candidate {
             region: i.region_index,
             distance_us: i.distance_us(),
@@ -303,6 +349,8 @@ fn describe(
 fn state_word(c: &Candidate, inst: &anyedge_catalog::InstanceEntry, now: Instant) -> &'static str {
     if c.excluded {
         "tried"
+    } else if !inst.live.power.running() {
+        inst.live.power.state().as_str()
     } else if !inst.live.healthy(now) {
         "unhealthy"
     } else if inst.live.outlier_held(now) {

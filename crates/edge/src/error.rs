@@ -75,7 +75,7 @@ impl ReplayFailure {
 fn admit_fault(e: AdmitError) -> Fault {
     match e {
         AdmitError::Overloaded | AdmitError::QueueTimeout => Fault::Node,
-        AdmitError::Unavailable => Fault::Instance,
+        AdmitError::Unavailable | AdmitError::StartFailed => Fault::Instance,
         AdmitError::ForcedUnavailable => Fault::Client,
     }
 }
@@ -216,6 +216,11 @@ mod tests {
                 }),
                 429,
                 "rate_limited",
+            ),
+            (
+                ProxyError::Admit(AdmitError::StartFailed),
+                503,
+                "instance_start_failed",
             ),
         ];
         let names = Prefixed::new("anyedge");

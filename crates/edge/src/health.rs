@@ -212,6 +212,15 @@ impl CheckTask {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            let power = &self.spec.live.power;
+            if power.driven() && !power.running() {
+                // Stopped, starting or stopping on purpose (docs/on-demand.md): its power
+                // state keeps it out of placement; the check starts afresh, grace period
+                // included, once it runs.
+                failing = None;
+                state = CheckState::for_check(check, tokio::time::Instant::now().into_std());
+                continue;
+            }
             let result = self.spec.probe.run(&self.resolver).await;
             self.app.health_check(result.is_ok());
             let now = tokio::time::Instant::now().into_std();

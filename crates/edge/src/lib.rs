@@ -16,6 +16,7 @@ mod instance;
 mod policy;
 mod routes;
 mod sockets;
+mod wake;
 mod worker;
 
 pub use instance::proxy_protocol;
@@ -32,6 +33,7 @@ pub(crate) fn in_box<F: std::future::Future>(make: impl FnOnce() -> F) -> std::p
 pub use front::listeners::ListenError;
 pub use health::{CheckState, HealthChecker, HealthUpdate, Transition};
 pub use sockets::adopt as adopt_listener;
+pub use wake::Drivers;
 /// Why the edge's TLS state could not be made.
 pub type TlsSetupError = anyedge_tls::rustls::Error;
 

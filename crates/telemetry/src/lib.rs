@@ -8,6 +8,7 @@ pub mod access;
 mod backhaul;
 mod logging;
 mod metrics;
+mod on_demand;
 mod policy;
 
 pub use backhaul::BackhaulMetrics;
@@ -16,4 +17,5 @@ pub use metrics::{
     AcmeHostState, AppMetrics, ConnectFailure, Direction, ErrorCode, Metrics, NodeMetrics,
     OutlierReason, RetryReason, LATENCY_BUCKETS,
 };
+pub use on_demand::{OnDemandMetrics, StartResult};
 pub use policy::PolicyMetrics;

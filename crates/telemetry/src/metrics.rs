@@ -81,10 +81,13 @@ pub enum ErrorCode {
     AccessDenied,
     /// Over the app's `rate_limit` (the client's rate, or the app's total on this node).
     RateLimited,
+    /// The instance started for the request failed to start, or was not ready within the
+    /// app's `start_timeout`.
+    InstanceStartFailed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::NodeLimit,
         ErrorCode::IpLimit,
         ErrorCode::AppLimit,
@@ -106,6 +109,7 @@ impl ErrorCode {
         ErrorCode::ReplayFailed,
         ErrorCode::AccessDenied,
         ErrorCode::RateLimited,
+        ErrorCode::InstanceStartFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -131,6 +135,7 @@ impl ErrorCode {
             ErrorCode::ReplayFailed => "replay_failed",
             ErrorCode::AccessDenied => "access_denied",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InstanceStartFailed => "instance_start_failed",
         }
     }
 }
@@ -238,6 +243,8 @@ pub struct AppMetrics {
     http: HttpMetrics,
     /// Access rules, rate limits, the retry budget (`policy.rs`).
     pub policy: crate::policy::PolicyMetrics,
+    /// Starts and stops of instances on demand; allocated at the first.
+    on_demand: OnceLock<Box<crate::OnDemandMetrics>>,
 }
 
 impl AppMetrics {
@@ -291,6 +298,15 @@ impl AppMetrics {
 
     pub fn replays(&self) -> u64 {
         self.replays.load(Ordering::Relaxed)
+    }
+
+    /// The app's on-demand counters (allocated at the first call).
+    pub fn on_demand(&self) -> &crate::OnDemandMetrics {
+        self.on_demand.get_or_init(Box::default)
+    }
+
+    pub(crate) fn on_demand_if_any(&self) -> Option<&crate::OnDemandMetrics> {
+        self.on_demand.get().map(|b| &**b)
     }
 
     /// A request or connection had to wait in the app's queue.
@@ -909,6 +925,7 @@ fn render_apps(out: &mut String, apps: &[(String, Arc<AppMetrics>)]) {
     });
     REPLAYS.per_app(out, apps, AppMetrics::replays);
     QUEUED.per_app(out, apps, |m| get(&m.queued));
+    crate::on_demand::render(out, apps);
     ERRORS.per_app_by(out, apps, "code", |m| {
         ErrorCode::ALL.map(|why| (why.as_str(), m.errors(why)))
     });

@@ -1,0 +1,158 @@
+//! A request that found no running instance with room, in an app whose instances start on
+//! demand (`docs/on-demand.md`): join the start under way, or ask for one of the best stopped
+//! instance, wait for it in the app's queue, then place among the running again. The start
+//! itself is the node's driver task's (`crate::wake`); the two meet only in the instance's
+//! power state (`anyedge_catalog::Power`), whose compare-and-swap makes concurrent requests
+//! join one start.
+
+use super::{place_now, AdmitError, Placed};
+use anyedge_catalog::{AppEntry, PowerState};
+use anyedge_placement::Constraints;
+use anyedge_telemetry::AppMetrics;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+/// A waiter's own bound beyond `start_timeout`: the driver task ends a start by then; this
+/// only guards against a start nobody drives.
+const MARGIN: Duration = Duration::from_secs(1);
+
+/// Starts one request may wait for in a row (an instance found stopped by the driver's first
+/// look, then started; one ready but full at once).
+const ROUNDS: usize = 4;
+
+pub(super) async fn place_after_start(
+    app: &AppEntry,
+    constraints: &Constraints<'_>,
+    tried: &[bool],
+    mut deadline: tokio::time::Instant,
+    metrics: &AppMetrics,
+    mut trace: Option<&mut String>,
+) -> Result<Placed, AdmitError> {
+    let began = Instant::now();
+    let mut counted = false;
+    for _ in 0..ROUNDS {
+        let now = Instant::now();
+        let target = match pick(app, constraints, tried, |s, _| s == PowerState::Starting) {
+            Some(i) => i,
+            None if app.config.on_demand.auto_start => {
+                match pick(app, constraints, tried, |_, p| p.startable(now)) {
+                    Some(i) => i,
+                    None => return Err(nothing_startable(app, constraints, tried)),
+                }
+            }
+            None => return Err(nothing_startable(app, constraints, tried)),
+        };
+        let power = &app.instances[target].live.power;
+        // Subscribed before asking, so the start's end cannot be missed.
+        let mut changes = power.subscribe();
+        if power.request_start(now) {
+            tracing::info!(app = %app.name, instance = %app.instances[target].id.instance(), "starting a stopped instance for a waiting request");
+        }
+        // Waiting is waiting in the app's queue: bounded by `limits.queue`.
+        let ticket = app
+            .live
+            .enqueue(app.config.limits.queue)
+            .ok_or(AdmitError::Overloaded)?;
+        if !counted {
+            counted = true;
+            metrics.on_demand().waited();
+        }
+        let bound = tokio::time::Instant::now() + app.config.on_demand.start_timeout + MARGIN;
+        let state = loop {
+            let state = power.state();
+            if state != PowerState::Starting {
+                break state;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break power.state() },
+                _ = tokio::time::sleep_until(bound) => break PowerState::Starting,
+            }
+        };
+        drop(ticket);
+        match state {
+            PowerState::Running => {
+                // The queue's time starts again once the instance is up.
+                let queue_timeout = app.config.limits.queue_timeout;
+                deadline = deadline.max(tokio::time::Instant::now() + queue_timeout);
+                let placed = place_now(
+                    app,
+                    constraints,
+                    tried,
+                    deadline,
+                    metrics,
+                    trace.as_deref_mut(),
+                )
+                .await;
+                match placed {
+                    Ok(p) => {
+                        if let Some(out) = trace {
+                            let _ = write!(
+                                out,
+                                "; waited_for_start={} {}ms",
+                                app.instances[target].id.instance(),
+                                began.elapsed().as_millis()
+                            );
+                        }
+                        return Ok(p);
+                    }
+                    Err(AdmitError::Unavailable) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            // The driver's first look found it down: start it in the next round.
+            PowerState::Stopped | PowerState::Stopping => continue,
+            PowerState::Failed | PowerState::Starting => {
+                // The next stopped instance is started for the requests to come; these ones
+                // are answered now, with the distinct code and Retry-After.
+                if app.config.on_demand.auto_start {
+                    let now = Instant::now();
+                    if let Some(next) = pick(app, constraints, tried, |_, p| p.startable(now)) {
+                        if app.instances[next].live.power.request_start(now) {
+                            tracing::info!(app = %app.name, failed = %app.instances[target].id.instance(), instance = %app.instances[next].id.instance(), "start failed: starting the next stopped instance");
+                        }
+                    }
+                }
+                return Err(AdmitError::StartFailed);
+            }
+        }
+    }
+    Err(AdmitError::Unavailable)
+}
+
+/// The best instance, by placement's order (untried, allowed by the constraints, preferred
+/// regions first, then the nearest), whose power state passes `want`.
+fn pick(
+    app: &AppEntry,
+    constraints: &Constraints<'_>,
+    tried: &[bool],
+    want: impl Fn(PowerState, &anyedge_catalog::Power) -> bool,
+) -> Option<usize> {
+    let allowed = |i: usize| {
+        let inst = &app.instances[i];
+        !tried.get(i).copied().unwrap_or(false)
+            && inst.live.power.driven()
+            && constraints.force_instance.is_none_or(|f| f == i)
+            && (constraints.force_regions.is_empty()
+                || constraints.force_regions.contains(&inst.region_index))
+    };
+    (0..app.instances.len())
+        .filter(|&i| allowed(i))
+        .filter(|&i| {
+            let p = &app.instances[i].live.power;
+            want(p.state(), p)
+        })
+        .min_by_key(|&i| {
+            let inst = &app.instances[i];
+            let preferred = constraints.prefer_instance == Some(i)
+                || constraints.prefer_regions.contains(&inst.region_index);
+            (!preferred, inst.distance_us(), i)
+        })
+}
+
+/// Nothing to start: a failed start in its backoff is told apart from no instance at all.
+fn nothing_startable(app: &AppEntry, constraints: &Constraints<'_>, tried: &[bool]) -> AdmitError {
+    match pick(app, constraints, tried, |s, _| s == PowerState::Failed) {
+        Some(_) => AdmitError::StartFailed,
+        None => AdmitError::Unavailable,
+    }
+}
