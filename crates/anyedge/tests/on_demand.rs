@@ -80,7 +80,7 @@ impl Proc<'_> {
 }
 
 /// The instance process: waits `ANYEDGE_TEST_DELAY_MS`, then listens on `ANYEDGE_TEST_PORT`
-/// and answers every HTTP/1.1 request 200 with its id; writes the time it started listening
+/// and answers every HTTP/1.1 request 200 with its id (`GET /slow` after 1.5 s); writes the time it started listening
 /// (ms since the epoch) to `ANYEDGE_TEST_READY_FILE`. Exits by itself after 120 s should
 /// nobody stop it.
 #[test]
@@ -122,6 +122,9 @@ fn instance_process() {
                             }
                         }
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+                        if buf.starts_with(b"GET /slow ") {
+                            tokio::time::sleep(Duration::from_millis(1500)).await;
+                        }
                         buf.drain(..end);
                         let body = format!("hello from {id}\n");
                         let resp = format!(
@@ -362,7 +365,10 @@ async fn a_start_past_start_timeout_answers_503_and_the_next_is_started() {
         assert!(*took < Duration::from_millis(1000 + 700), "{took:?}");
     }
     assert_eq!(node.instance_state("sleepy", slow.id), Some("failed"));
-    assert_eq!(slow.count("stops"), 1, "a start given up is stopped");
+    eventually("the start given up is stopped", DEADLINE, || async {
+        (slow.count("stops") == 1).then_some(())
+    })
+    .await;
     state_is(&node, good.id, "running").await;
     let results = burst(port, 5).await;
     slow.kill();
@@ -376,4 +382,112 @@ async fn a_start_past_start_timeout_answers_503_and_the_next_is_started() {
         ),
         1
     );
+}
+
+/// A GET of `path`, forced to `instance` when given: (status, the instance that answered).
+async fn get(port: u16, path: &str, instance: Option<&str>) -> (u16, String) {
+    let mut c = Client::h1(local(port)).await;
+    let mut req = anyedge_test_support::http_client::request("GET", "sleepy.test", path, false);
+    if let Some(i) = instance {
+        req = req.header("anyedge-force-instance-id", i);
+    }
+    let resp = c
+        .send(
+            req.body(anyedge_test_support::http_client::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = resp.status().as_u16();
+    let who = resp
+        .headers()
+        .get("x-instance")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (status, who)
+}
+
+fn running(node: &Node, ids: &[&str]) -> usize {
+    ids.iter()
+        .filter(|id| node.instance_state("sleepy", id) == Some("running"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_instances_stop_down_to_min_running_and_load_starts_them_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let procs = [
+        Proc {
+            id: "sleepy-1",
+            port: free_port(),
+            delay_ms: 0,
+            dir: dir.path(),
+        },
+        Proc {
+            id: "sleepy-2",
+            port: free_port(),
+            delay_ms: 0,
+            dir: dir.path(),
+        },
+    ];
+    let ids = ["sleepy-1", "sleepy-2"];
+    let port = free_port();
+    let toml = app(
+        port,
+        "auto_stop = \"stop\"\nstop_after = \"1s\"\nmin_running = 1\nstart_timeout = \"5s\"",
+        &procs
+            .iter()
+            .map(|p| (p.id, p.port, p.driver()))
+            .collect::<Vec<_>>(),
+    )
+    .replace("soft_limit = 20", "soft_limit = 1");
+    let node = node(&toml).await;
+    for id in ids {
+        state_is(&node, id, "stopped").await;
+    }
+    for id in ids {
+        assert_eq!(get(port, "/", Some(id)).await, (200, id.to_string()));
+    }
+    assert_eq!(running(&node, &ids), 2);
+
+    // A request in flight on sleepy-1 for 1.5 s, past stop_after: sleepy-1 is not idle, and
+    // sleepy-2 may not stop either while sleepy-1 is at its soft limit (1 of 1).
+    let slow = tokio::spawn(async move { get(port, "/slow", Some("sleepy-1")).await });
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(running(&node, &ids), 2, "nothing stops under load");
+    assert_eq!(slow.await.expect("slow"), (200, "sleepy-1".to_string()));
+
+    // Both idle now: one stops after stop_after, the other stays (min_running = 1).
+    eventually("one instance stopped", DEADLINE, || async {
+        (running(&node, &ids) == 1).then_some(())
+    })
+    .await;
+    let stopped = *ids
+        .iter()
+        .find(|id| node.instance_state("sleepy", id) == Some("stopped"))
+        .expect("a stopped instance");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(running(&node, &ids), 1, "never below min_running");
+    let text = metrics(&node).await;
+    assert_eq!(
+        series(&text, "anyedge_instance_stops_total{app=\"sleepy\"}"),
+        1
+    );
+
+    // Load returns: two slow requests at once put the running instance over its soft limit,
+    // so the stopped one is started again; every request is answered.
+    let load: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(port, "/slow", None).await }))
+        .collect();
+    state_is(&node, stopped, "running").await;
+    for l in load {
+        assert_eq!(l.await.expect("load").0, 200);
+    }
+    for p in &procs {
+        p.kill();
+    }
+    let p = procs.iter().find(|p| p.id == stopped).expect("proc");
+    assert_eq!(p.count("starts"), 2, "{stopped} started again");
+    assert_eq!(p.count("stops"), 1);
 }

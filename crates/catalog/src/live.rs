@@ -69,6 +69,11 @@ impl AppLive {
         })
     }
 
+    /// Wake every waiter: capacity was added (an instance started), not one slot freed.
+    pub fn wake_all(&self) {
+        self.released.notify_waiters();
+    }
+
     /// Called after a slot was released: wake the longest waiter, if anyone waits. One slot,
     /// one waiter: waking them all would have every queued request re-run placement on every
     /// release (a thundering herd that costs the flooded app's node real CPU). A woken waiter

@@ -7,7 +7,7 @@
 mod start;
 
 use anyedge_catalog::{AppEntry, QueueTicket, Slot};
-use anyedge_placement::{Candidate, Constraints, Decision};
+use anyedge_placement::{Candidate, Constraints, Decision, Tier};
 use anyedge_telemetry::{AppMetrics, ErrorCode};
 use std::fmt::Write;
 use std::time::Instant;
@@ -151,7 +151,7 @@ pub(crate) async fn place(
     )
     .await
     {
-        Err(AdmitError::Unavailable) if app.on_demand => {
+        Err(e @ (AdmitError::Unavailable | AdmitError::ForcedUnavailable)) if app.on_demand => {
             // Boxed: a start is the exception, and its state would enlarge every request's
             // future.
             Box::pin(start::place_after_start(
@@ -161,6 +161,7 @@ pub(crate) async fn place(
                 deadline,
                 metrics,
                 trace,
+                e,
             ))
             .await
         }
@@ -186,8 +187,12 @@ async fn place_now(
                 Decision::Chosen {
                     index,
                     preference_unmet,
-                    ..
+                    why,
                 } => {
+                    if app.on_demand && why.tier != Tier::BelowSoft {
+                        // Served now; capacity is added for the load to come.
+                        start::add_capacity(app, constraints, tried);
+                    }
                     let hard = app.config.concurrency.hard_limit;
                     if let Some(slot) = app.instances[index].live.try_take(hard, &app.live) {
                         return Attempt::Ready(Placed {
@@ -197,7 +202,12 @@ async fn place_now(
                         });
                     }
                 }
-                Decision::Full { .. } => return Attempt::Full,
+                Decision::Full { .. } => {
+                    if app.on_demand {
+                        start::add_capacity(app, constraints, tried);
+                    }
+                    return Attempt::Full;
+                }
                 Decision::Unavailable if forced => {
                     return Attempt::Fail(AdmitError::ForcedUnavailable)
                 }

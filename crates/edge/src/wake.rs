@@ -24,6 +24,17 @@ use tokio::task::AbortHandle;
 /// Bound on one readiness probe when the app has no check (a TCP connect).
 const CONNECT_PROBE: Duration = Duration::from_secs(1);
 
+/// What the tasks of one app's instances share.
+pub(crate) struct AppShared {
+    /// The app's entry in force (updated on every snapshot): its settings and the other
+    /// instances, for the autostop rule.
+    pub entry: ArcSwap<AppEntry>,
+    /// Held while one task decides a stop and marks its instance stopping: two idle instances
+    /// deciding at once would each count the other as running and both stop, below
+    /// `min_running`.
+    pub stopping: Mutex<()>,
+}
+
 struct Running {
     spec: task::Spec,
     task: AbortHandle,
@@ -36,7 +47,7 @@ pub struct Drivers {
     resolver: Arc<Resolver>,
     running: Mutex<HashMap<InstanceId, Running>>,
     /// The entry in force of each app with a driven instance, shared with its tasks.
-    apps: Mutex<HashMap<Arc<str>, Arc<ArcSwap<AppEntry>>>>,
+    apps: Mutex<HashMap<Arc<str>, Arc<AppShared>>>,
 }
 
 impl Drivers {
@@ -59,10 +70,13 @@ impl Drivers {
         for app in snapshot.apps.values().filter(|a| a.on_demand) {
             let shared = match apps.remove(&app.name) {
                 Some(s) => {
-                    s.store(app.clone());
+                    s.entry.store(app.clone());
                     s
                 }
-                None => Arc::new(ArcSwap::new(app.clone())),
+                None => Arc::new(AppShared {
+                    entry: ArcSwap::new(app.clone()),
+                    stopping: Mutex::new(()),
+                }),
             };
             for (index, inst) in app.instances.iter().enumerate() {
                 if let Some(spec) = spec_for(app, index, inst) {

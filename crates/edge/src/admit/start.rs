@@ -27,6 +27,7 @@ pub(super) async fn place_after_start(
     mut deadline: tokio::time::Instant,
     metrics: &AppMetrics,
     mut trace: Option<&mut String>,
+    none: AdmitError,
 ) -> Result<Placed, AdmitError> {
     let began = Instant::now();
     let mut counted = false;
@@ -37,10 +38,10 @@ pub(super) async fn place_after_start(
             None if app.config.on_demand.auto_start => {
                 match pick(app, constraints, tried, |_, p| p.startable(now)) {
                     Some(i) => i,
-                    None => return Err(nothing_startable(app, constraints, tried)),
+                    None => return Err(nothing_startable(app, constraints, tried, none)),
                 }
             }
-            None => return Err(nothing_startable(app, constraints, tried)),
+            None => return Err(nothing_startable(app, constraints, tried, none)),
         };
         let power = &app.instances[target].live.power;
         // Subscribed before asking, so the start's end cannot be missed.
@@ -95,7 +96,7 @@ pub(super) async fn place_after_start(
                         }
                         return Ok(p);
                     }
-                    Err(AdmitError::Unavailable) => continue,
+                    Err(AdmitError::Unavailable | AdmitError::ForcedUnavailable) => continue,
                     Err(e) => return Err(e),
                 }
             }
@@ -116,7 +117,29 @@ pub(super) async fn place_after_start(
             }
         }
     }
-    Err(AdmitError::Unavailable)
+    Err(none)
+}
+
+/// Every running instance is over its soft limit, or at its hard limit: ask for a start of the
+/// best stopped instance, unless one is starting already (one start at a time per app for
+/// capacity, so sustained overload does not start every instance at once). The request does
+/// not wait for it: it is served, or queued, as placement said; the start's end wakes the
+/// queue.
+pub(super) fn add_capacity(app: &AppEntry, constraints: &Constraints<'_>, tried: &[bool]) {
+    if !app.config.on_demand.auto_start
+        || app
+            .instances
+            .iter()
+            .any(|i| i.live.power.state() == PowerState::Starting)
+    {
+        return;
+    }
+    let now = Instant::now();
+    if let Some(i) = pick(app, constraints, tried, |_, p| p.startable(now)) {
+        if app.instances[i].live.power.request_start(now) {
+            tracing::info!(app = %app.name, instance = %app.instances[i].id.instance(), "running instances over their soft limit: starting a stopped one");
+        }
+    }
 }
 
 /// The best instance, by placement's order (untried, allowed by the constraints, preferred
@@ -149,10 +172,16 @@ fn pick(
         })
 }
 
-/// Nothing to start: a failed start in its backoff is told apart from no instance at all.
-fn nothing_startable(app: &AppEntry, constraints: &Constraints<'_>, tried: &[bool]) -> AdmitError {
+/// Nothing to start: a failed start in its backoff is told apart from `none`, what placement
+/// said (no usable instance, or none in the forced region or instance).
+fn nothing_startable(
+    app: &AppEntry,
+    constraints: &Constraints<'_>,
+    tried: &[bool],
+    none: AdmitError,
+) -> AdmitError {
     match pick(app, constraints, tried, |s, _| s == PowerState::Failed) {
         Some(_) => AdmitError::StartFailed,
-        None => AdmitError::Unavailable,
+        None => none,
     }
 }

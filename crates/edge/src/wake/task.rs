@@ -11,7 +11,6 @@ use crate::instance::probe::Probe;
 use anyedge_catalog::{AppEntry, InstanceLive, PowerState};
 use anyedge_config::{AutoStop, Driver};
 use anyedge_telemetry::{AppMetrics, StartResult};
-use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,9 +41,8 @@ impl PartialEq for Spec {
 
 pub(super) struct Task {
     pub spec: Spec,
-    /// The app's entry in force (updated on every snapshot): its settings and the other
-    /// instances, for the autostop rule.
-    pub app: Arc<ArcSwap<AppEntry>>,
+    /// The app's entry in force, shared with the app's other tasks.
+    pub app: Arc<super::AppShared>,
     pub metrics: Arc<AppMetrics>,
     pub resolver: Arc<Resolver>,
 }
@@ -62,7 +60,7 @@ impl Task {
             match power.state() {
                 PowerState::Starting => self.start().await,
                 PowerState::Running => {
-                    let app = self.app.load_full();
+                    let app = self.app.entry.load_full();
                     if app.config.on_demand.auto_stop == AutoStop::Off {
                         if changes.changed().await.is_err() {
                             return;
@@ -108,7 +106,7 @@ impl Task {
     /// One start: the driver and readiness side by side, within `start_timeout`.
     async fn start(&self) {
         let began = Instant::now();
-        let timeout = self.app.load().config.on_demand.start_timeout;
+        let timeout = self.app.entry.load().config.on_demand.start_timeout;
         let (app, instance) = (&self.spec.target.app, &self.spec.target.instance);
         tracing::info!(%app, %instance, driver = self.spec.driver.kind(), "starting instance");
         // Its own task: a start command that keeps running as the instance must outlive a
@@ -141,6 +139,8 @@ impl Task {
                 m.start(StartResult::Ok, seconds);
                 tracing::info!(%app, %instance, seconds, "instance ready");
                 self.spec.live.power.started(Instant::now());
+                // Requests queued behind full instances look again at once.
+                self.app.entry.load().live.wake_all();
             }
             Ok(Err(reason)) => {
                 launch.abort();
@@ -200,7 +200,7 @@ impl Task {
             if live.power.idle_for(now) < stop_after {
                 continue;
             }
-            let app = self.app.load_full();
+            let app = self.app.entry.load_full();
             let Some(index) = app
                 .instances
                 .iter()
@@ -208,7 +208,18 @@ impl Task {
             else {
                 continue;
             };
-            if autostop::may_stop(&app, index, now) {
+            let decided = {
+                let _one_at_a_time = self
+                    .app
+                    .stopping
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                autostop::may_stop(&app, index, now)
+                    && live
+                        .power
+                        .transition(PowerState::Running, PowerState::Stopping)
+            };
+            if decided {
                 self.stop().await;
                 return;
             }
@@ -219,9 +230,6 @@ impl Task {
     /// stop. A stop that fails leaves it as the next look finds it.
     async fn stop(&self) {
         let power = &self.spec.live.power;
-        if !power.transition(PowerState::Running, PowerState::Stopping) {
-            return;
-        }
         let (app, instance) = (&self.spec.target.app, &self.spec.target.instance);
         tracing::info!(%app, %instance, "stopping idle instance: draining");
         let drained = tokio::time::timeout(STOP_BOUND, async {
