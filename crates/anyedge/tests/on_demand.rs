@@ -491,3 +491,177 @@ async fn idle_instances_stop_down_to_min_running_and_load_starts_them_again() {
     assert_eq!(p.count("starts"), 2, "{stopped} started again");
     assert_eq!(p.count("stops"), 1);
 }
+
+/// A fake machines API: `POST /v1/machines/<id>/start` launches the instance process for
+/// `<id>` (or answers 500 for ids in `broken`), `.../stop` kills it. Every call is recorded
+/// as `(path, body)`.
+struct MachinesApi {
+    addr: SocketAddr,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    children: std::sync::Arc<std::sync::Mutex<Vec<std::process::Child>>>,
+}
+
+impl MachinesApi {
+    async fn start(machines: Vec<(&'static str, u16)>, broken: &'static [&'static str]) -> Self {
+        let listener = tokio::net::TcpListener::bind(local(0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let children =
+            std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::process::Child>::new()));
+        let (c, k) = (calls.clone(), children.clone());
+        tokio::spawn(async move {
+            let dir = tempfile::tempdir().expect("tempdir");
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break 0,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_end + length {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+                c.lock().expect("calls").push((path.clone(), body));
+                let id = path
+                    .trim_start_matches("/v1/machines/")
+                    .split('/')
+                    .next()
+                    .unwrap_or("");
+                let status = match (
+                    path.ends_with("/start"),
+                    machines.iter().find(|m| m.0 == id),
+                ) {
+                    _ if broken.contains(&id) => "500 Internal Server Error",
+                    (true, Some((id, port))) => {
+                        let child =
+                            std::process::Command::new(std::env::current_exe().expect("exe"))
+                                .args(["--exact", "instance_process", "--ignored", "--nocapture"])
+                                .env("ANYEDGE_TEST_INSTANCE", id)
+                                .env("ANYEDGE_TEST_PORT", port.to_string())
+                                .env("ANYEDGE_TEST_DELAY_MS", "300")
+                                .env("ANYEDGE_TEST_READY_FILE", dir.path().join(id))
+                                .stdout(std::process::Stdio::null())
+                                .stderr(std::process::Stdio::null())
+                                .spawn()
+                                .expect("spawn");
+                        k.lock().expect("children").push(child);
+                        "200 OK"
+                    }
+                    (false, Some(_)) => {
+                        for mut child in k.lock().expect("children").drain(..) {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                        }
+                        "200 OK"
+                    }
+                    (_, None) => "404 Not Found",
+                };
+                let answer = "{\"state\":\"accepted\"}";
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        MachinesApi {
+            addr,
+            calls,
+            children,
+        }
+    }
+
+    fn calls(&self) -> Vec<(String, String)> {
+        self.calls.lock().expect("calls").clone()
+    }
+
+    fn driver(&self, id: &str) -> String {
+        format!(
+            "driver = {{ type = \"http\", url = \"http://{}/v1/machines/{id}\" }}",
+            self.addr
+        )
+    }
+}
+
+impl Drop for MachinesApi {
+    fn drop(&mut self) {
+        for mut child in self.children.lock().expect("children").drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_driver_starts_and_stops_machines_through_the_api() {
+    let (p1, p2) = (free_port(), free_port());
+    let api = MachinesApi::start(vec![("m1", p1), ("m2", p2)], &["m1"]).await;
+    let port = free_port();
+    let toml = app(
+        port,
+        "auto_stop = \"stop\"\nstop_after = \"1s\"\nstart_timeout = \"5s\"",
+        &[("m1", p1, api.driver("m1")), ("m2", p2, api.driver("m2"))],
+    );
+    let node = node(&toml).await;
+    state_is(&node, "m1", "stopped").await;
+    state_is(&node, "m2", "stopped").await;
+
+    // m1's API answers 500: the waiting request gets the distinct 503, m2 is started next.
+    let results = burst(port, 1).await;
+    assert_eq!(
+        (results[0].0, results[0].1.as_str()),
+        (503, "instance_start_failed")
+    );
+    assert!(
+        results[0].2 < Duration::from_secs(1),
+        "the API's 500 fails the start at once: {:?}",
+        results[0].2
+    );
+    state_is(&node, "m1", "failed").await;
+    state_is(&node, "m2", "running").await;
+    assert_eq!(get(port, "/", None).await, (200, "m2".to_string()));
+    let calls = api.calls();
+    assert_eq!(calls[0].0, "/v1/machines/m1/start");
+    assert_eq!(
+        calls[0].1,
+        format!("{{\"app\":\"sleepy\",\"instance\":\"m1\",\"address\":\"127.0.0.1:{p1}\"}}")
+    );
+    assert!(
+        calls.iter().any(|c| c.0 == "/v1/machines/m2/start"),
+        "{calls:?}"
+    );
+
+    // Idle for stop_after: m2 is stopped through the API (min_running 0).
+    state_is(&node, "m2", "stopped").await;
+    assert!(api.calls().iter().any(|c| c.0 == "/v1/machines/m2/stop"));
+    // And started again by the next request.
+    assert_eq!(get(port, "/", None).await, (200, "m2".to_string()));
+    let starts = api
+        .calls()
+        .iter()
+        .filter(|c| c.0 == "/v1/machines/m2/start")
+        .count();
+    assert_eq!(starts, 2);
+}

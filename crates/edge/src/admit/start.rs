@@ -142,8 +142,9 @@ pub(super) fn add_capacity(app: &AppEntry, constraints: &Constraints<'_>, tried:
     }
 }
 
-/// The best instance, by placement's order (untried, allowed by the constraints, preferred
-/// regions first, then the nearest), whose power state passes `want`.
+/// The best instance, by placement's order (untried, allowed by the constraints, one that did
+/// not fail its last start first, preferred regions first, then the nearest), whose power
+/// state passes `want`.
 fn pick(
     app: &AppEntry,
     constraints: &Constraints<'_>,
@@ -168,7 +169,9 @@ fn pick(
             let inst = &app.instances[i];
             let preferred = constraints.prefer_instance == Some(i)
                 || constraints.prefer_regions.contains(&inst.region_index);
-            (!preferred, inst.distance_us(), i)
+            // A stopped instance before one whose last start failed (its backoff over).
+            let failed = inst.live.power.state() == PowerState::Failed;
+            (failed, !preferred, inst.distance_us(), i)
         })
 }
 
