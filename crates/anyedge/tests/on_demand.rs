@@ -408,6 +408,14 @@ async fn get(port: u16, path: &str, instance: Option<&str>) -> (u16, String) {
     (status, who)
 }
 
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn running(node: &Node, ids: &[&str]) -> usize {
     ids.iter()
         .filter(|id| node.instance_state("sleepy", id) == Some("running"))
@@ -621,7 +629,10 @@ async fn the_http_driver_starts_and_stops_machines_through_the_api() {
     let port = free_port();
     let toml = app(
         port,
-        "auto_stop = \"stop\"\nstop_after = \"1s\"\nstart_timeout = \"5s\"",
+        &format!(
+            "auto_stop = \"stop\"\nstop_after = \"1s\"\nstart_timeout = \"5s\"\ntokens_sha256 = [\"{}\"]",
+            sha256_hex("t0k")
+        ),
         &[("m1", p1, api.driver("m1")), ("m2", p2, api.driver("m2"))],
     );
     let node = node(&toml).await;
@@ -656,8 +667,21 @@ async fn the_http_driver_starts_and_stops_machines_through_the_api() {
     // Idle for stop_after: m2 is stopped through the API (min_running 0).
     state_is(&node, "m2", "stopped").await;
     assert!(api.calls().iter().any(|c| c.0 == "/v1/machines/m2/stop"));
-    // And started again by the next request.
-    assert_eq!(get(port, "/", None).await, (200, "m2".to_string()));
+    // And started again by the next request, whose route trace says it waited.
+    let mut c = Client::h1(local(port)).await;
+    let req = anyedge_test_support::http_client::request("GET", "sleepy.test", "/", false)
+        .header("anyedge-debug", "route")
+        .header("anyedge-debug-token", "t0k")
+        .body(anyedge_test_support::http_client::empty())
+        .expect("request");
+    let resp = c.send(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let route = resp.headers()["anyedge-route"]
+        .to_str()
+        .expect("text")
+        .to_string();
+    assert!(route.starts_with("chosen=m2;"), "{route}");
+    assert!(route.contains("; waited_for_start=m2 "), "{route}");
     let starts = api
         .calls()
         .iter()
