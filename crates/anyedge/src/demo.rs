@@ -4,6 +4,7 @@
 //! work sample's, and a PROXY-protocol "who am I") run on the workers; commands to paste.
 
 mod instances;
+mod machines;
 
 use crate::cli::DemoArgs;
 use crate::node::Node;
@@ -190,7 +191,12 @@ pub async fn start_with(
         let text: String = apps.iter().map(|a| a.head.as_str()).collect();
         crate::manage::put_apps_text(url, &text).await?;
     }
-    let toml = edge_toml(&apps, &pki, etcd, ports);
+    let mut toml = edge_toml(&apps, &pki, etcd, ports);
+    // The app that scales to zero runs beside the edge (its driver is the edge's): file
+    // catalog only.
+    if etcd.is_none() {
+        toml += &sleepy_app(&machines::spawn().await?, p_http);
+    }
     let config = anyedge_config::parse(&toml, "<demo edge>").map_err(|d| d.to_string())?;
     let (edge, follow) = crate::cluster::start_following(config).await?;
     following.extend(follow);
@@ -199,6 +205,9 @@ pub async fn start_with(
         instructions(p_echo, p_upper, p_whoami, edge.admin_addr())
     );
     println!("{}", http_instructions(p_http));
+    if etcd.is_none() {
+        println!("{}", sleepy_instructions(p_http, edge.admin_addr()));
+    }
     Ok(Demo {
         edge,
         workers,
@@ -472,6 +481,22 @@ fn http_apps(hello: &[(usize, SocketAddr)], ws: SocketAddr, port: u16) -> Vec<De
             instances: vec![("ws-1".into(), 0, ws.to_string())],
         },
     ]
+}
+
+/// `sleepy`: one instance started on demand through the demo's machines API (the `http`
+/// driver), stopped after 20 s idle.
+fn sleepy_app(m: &machines::Machines, port: u16) -> String {
+    format!(
+        "[[apps]]\nname = \"sleepy\"\nhostnames = [\"sleepy.localhost\"]\nauto_start = true\nauto_stop = \"stop\"\nmin_running = 0\nstop_after = \"20s\"\nstart_timeout = \"10s\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n  [[apps.instances]]\n  id = \"sleepy-1\"\n  address = \"{}\"\n  driver = {{ type = \"http\", url = \"http://{}/v1/machines/sleepy-1\" }}\n\n",
+        m.instance, m.api
+    )
+}
+
+fn sleepy_instructions(port: u16, admin: SocketAddr) -> String {
+    let url = format!("http://127.0.0.1:{port}");
+    format!(
+        "  # scale to zero: \"sleepy\" is stopped; the first request starts it (its machine boots in 1 s) and waits, then it is served; 20 s idle and it stops again\n  curl -s -w '%{{time_total}}s\\n' -H 'Host: sleepy.localhost' {url}/\n  curl -s -w '%{{time_total}}s\\n' -H 'Host: sleepy.localhost' {url}/\n  curl -s http://{admin}/metrics | grep -e '^anyedge_instance_st' -e '^anyedge_requests_waited'\n"
+    )
 }
 
 fn http_instructions(port: u16) -> String {

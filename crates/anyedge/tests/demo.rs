@@ -155,3 +155,33 @@ fn the_demo_prints_its_dashboard_first() {
         "first line: {first}"
     );
 }
+
+/// The demo's app that scales to zero: stopped at start, woken by the first request (its
+/// machine boots in 1 s through the demo's machines API and the `http` driver), served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_sleepy_app_wakes_on_the_first_request() {
+    use anyedge_test_support::http_client::Client;
+    let base = free_base();
+    let demo = anyedge::demo::start(base).await.expect("demo starts");
+    let addr = SocketAddr::from(([127, 0, 0, 1], base + 80));
+    let began = std::time::Instant::now();
+    let (status, _, body) = Client::h1(addr).await.get("sleepy.localhost", "/").await;
+    let took = began.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("hello from sleepy-1 (app sleepy)"),
+        "{body}"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(900),
+        "it booted: {took:?}"
+    );
+    let text = demo.metrics().render();
+    assert!(
+        text.contains("anyedge_instance_starts_total{app=\"sleepy\",result=\"ok\"} 1"),
+        "{text}"
+    );
+    let (status, _, _) = Client::h1(addr).await.get("sleepy.localhost", "/").await;
+    assert_eq!(status, 200);
+    demo.shutdown(std::time::Duration::from_secs(1)).await;
+}

@@ -68,6 +68,21 @@ pub async fn spawn_http(
     Ok(addr)
 }
 
+/// Serve [`spawn_http`]'s instance on `listener` until the future is dropped.
+pub async fn serve_http(listener: TcpListener, app: &'static str, name: String) {
+    let name: std::sync::Arc<str> = name.into();
+    while let Ok((stream, _)) = listener.accept().await {
+        let name = name.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| http_answer(app, name.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
 type HttpBody = http_body_util::Full<bytes::Bytes>;
 
 async fn http_answer(
