@@ -138,7 +138,8 @@ pub struct InstanceLive {
     reported_at: AtomicU64,
     /// Passive outlier detection: requests that time out, reset or get a gateway error.
     pub outlier: OutlierState,
-    /// Slots ever taken on it: the driver's task tells idleness by this moving.
+    /// Slots ever taken on it while it has a driver: the driver's task tells idleness by
+    /// this moving.
     taken: AtomicU64,
     /// Running, starting, stopping, stopped or failed (instances with a driver).
     pub power: Power,
@@ -199,7 +200,10 @@ impl InstanceLive {
 
     /// Take a slot on this instance for `app` if fewer than `hard_limit` are in flight.
     pub fn try_take(&self, hard_limit: u32, app: &Arc<AppLive>) -> Option<Slot> {
-        self.taken.fetch_add(1, Ordering::Relaxed);
+        if self.power.driven() {
+            // Only instances this node may stop count their use (a load and a branch for others).
+            self.taken.fetch_add(1, Ordering::Relaxed);
+        }
         self.inflight.try_acquire(hard_limit).map(|guard| Slot {
             guard: Some(guard),
             app: app.clone(),

@@ -56,8 +56,9 @@ impl PowerState {
 pub struct Power {
     state: AtomicU8,
     /// Every change of `state` is sent here (the value is the new state), so a request waiting
-    /// for a start and the node's driver task wake at once.
-    changed: tokio::sync::watch::Sender<PowerState>,
+    /// for a start and the node's driver task wake at once. Made at the first subscriber: an
+    /// instance without a driver never has one.
+    changed: std::sync::OnceLock<tokio::sync::watch::Sender<PowerState>>,
     failures: AtomicU32,
     failed_until: AtomicU64,
     /// Nanoseconds since the epoch of the last activity the driver's task saw.
@@ -70,7 +71,7 @@ impl Default for Power {
     fn default() -> Self {
         Power {
             state: AtomicU8::new(PowerState::Running as u8),
-            changed: tokio::sync::watch::Sender::new(PowerState::Running),
+            changed: std::sync::OnceLock::new(),
             failures: AtomicU32::new(0),
             failed_until: AtomicU64::new(0),
             last_active: AtomicU64::new(0),
@@ -108,7 +109,13 @@ impl Power {
     /// Set the state (the driver's task, which owns the instance's starts and stops).
     pub fn set(&self, to: PowerState) {
         self.state.store(to as u8, Ordering::Release);
-        self.changed.send_replace(to);
+        self.notify(to);
+    }
+
+    fn notify(&self, to: PowerState) {
+        if let Some(tx) = self.changed.get() {
+            tx.send_replace(to);
+        }
     }
 
     /// Move from `from` to `to` if the state is `from`; whether it moved.
@@ -118,7 +125,7 @@ impl Power {
             .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if moved {
-            self.changed.send_replace(to);
+            self.notify(to);
         }
         moved
     }
@@ -166,7 +173,9 @@ impl Power {
 
     /// A receiver of state changes (marked seen at the current state).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<PowerState> {
-        self.changed.subscribe()
+        self.changed
+            .get_or_init(|| tokio::sync::watch::Sender::new(self.state()))
+            .subscribe()
     }
 
     /// Note activity now (a request taken or finished).
