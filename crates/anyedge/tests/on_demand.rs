@@ -300,6 +300,10 @@ async fn a_failed_start_answers_503_and_the_next_stopped_instance_is_started() {
     let node = node(&toml).await;
     state_is(&node, "sleepy-1", "stopped").await;
     state_is(&node, good.id, "stopped").await;
+    // The operator's status shows the state.
+    let mut c = Client::h1(node.admin_addr()).await;
+    let status = c.get("admin", "/v1/status").await.2;
+    assert!(status.contains("\"state\":\"stopped\""), "{status}");
 
     // Those that waited for the failed start get the distinct 503 at once; any arriving after
     // it join the next instance's start and are served.

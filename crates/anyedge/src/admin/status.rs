@@ -319,8 +319,8 @@ fn instance_json(snapshot: &Snapshot, app: &AppEntry, inst: &InstanceEntry, now:
         "region": &*inst.region,
         "node": node,
         "address": inst.address.to_string(),
-        // Lifecycle: an instance without a start/stop driver is running while it is listed.
-        "state": "running",
+        // Lifecycle (docs/on-demand.md): an instance without a driver is running while listed.
+        "state": inst.live.power.state().as_str(),
         "healthy": placeable(inst, now),
         "health": health_word(inst, now),
         "inflight": inst.live.load(now),
