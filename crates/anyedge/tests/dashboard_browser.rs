@@ -53,7 +53,7 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         .wait_for(
             "the first picture",
             Duration::from_secs(10),
-            "document.querySelectorAll('[data-app]').length === 5",
+            "document.querySelectorAll('[data-app]').length === 6", // with sleepy (on demand)
         )
         .await;
     let load_to_draw = started.elapsed();
