@@ -75,7 +75,9 @@ fn takes_work(shared: &Shared, app: &AppEntry, index: usize) -> Result<(), Refus
     if shared.drain.is_draining() && !handed_over {
         return Err(RefuseReason::Draining);
     }
-    if !app.instances[index].live.healthy(Instant::now()) {
+    let live = &app.instances[index].live;
+    // Stopped (or starting) by this node's driver: not ready for an edge's stream.
+    if !live.healthy(Instant::now()) || !live.power.running() {
         return Err(RefuseReason::Unhealthy);
     }
     Ok(())

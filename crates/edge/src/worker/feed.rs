@@ -24,8 +24,10 @@ pub(crate) fn frame(snapshot: &Snapshot, out: &mut String) {
         let hard = app.config.concurrency.hard_limit;
         for i in app.instances.iter().filter(|i| i.peer.is_none()) {
             let inflight = i.live.inflight.in_use();
-            // An outlier ejected here (or its probe in flight) is out for every edge too.
-            let healthy = i.live.healthy(now) && !i.live.outlier_held(now);
+            // An outlier ejected here (or its probe in flight) is out for every edge too; so is
+            // an instance this node stopped (docs/on-demand.md: edges cannot start it yet).
+            let healthy =
+                i.live.healthy(now) && !i.live.outlier_held(now) && i.live.power.running();
             feed::write_line(out, i.id.as_str(), inflight, hard, healthy);
         }
     }
