@@ -471,14 +471,16 @@ async fn idle_instances_stop_down_to_min_running_and_load_starts_them_again() {
     assert_eq!(slow.await.expect("slow"), (200, "sleepy-1".to_string()));
 
     // Both idle now: one stops after stop_after, the other stays (min_running = 1).
-    eventually("one instance stopped", DEADLINE, || async {
-        (running(&node, &ids) == 1).then_some(())
+    // (Running drops to one when the stop begins: the instance is `stopping` until drained.)
+    let stopped = eventually("one instance stopped", DEADLINE, || async {
+        let stopped = ids
+            .iter()
+            .find(|id| node.instance_state("sleepy", id) == Some("stopped"));
+        (running(&node, &ids) == 1)
+            .then_some(())
+            .and(stopped.copied())
     })
     .await;
-    let stopped = *ids
-        .iter()
-        .find(|id| node.instance_state("sleepy", id) == Some("stopped"))
-        .expect("a stopped instance");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(running(&node, &ids), 1, "never below min_running");
     let text = metrics(&node).await;
