@@ -1,12 +1,17 @@
 //! Many keys within etcd's limits. Reading: a prefix is listed in pages (`limit` keys, the next
 //! page from the last key + `\0`), every page at the revision of the first, so the listing is
-//! one consistent snapshot however large the catalog; a page too large for the gRPC message
-//! limit is asked for again at half the size. Writing: puts are split into transactions of at
+//! one consistent snapshot however large the catalog; each page ranges over a window of keys
+//! near it rather than to the end of the prefix, so that etcd's count of the range costs the
+//! page, not the keys left ([`window`]); a page too large for the gRPC message limit is asked
+//! for again at half the size. Writing: puts are split into transactions of at
 //! most [`MAX_TXN_OPS`] operations and [`MAX_TXN_BYTES`] bytes (etcd's defaults refuse more
 //! than 128 operations, `--max-txn-ops`, or 1.5 MiB, `--max-request-bytes`).
 
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, KvClient, Txn, TxnOp};
 use std::ops::Range;
+use window::Windows;
+
+pub mod window;
 
 /// Keys asked for per page. At about 1 KiB per app value a page is about 1 MiB, far below
 /// [`crate::client::MAX_MESSAGE`]; a page that is not is asked for again at half the size.
@@ -41,19 +46,19 @@ pub struct ListError {
 
 /// Every key under `prefix` at `revision` (0: the current one), page by page.
 pub async fn list(kv: &mut KvClient, prefix: &str, revision: i64) -> Result<Listing, ListError> {
-    let end = prefix_end(prefix.as_bytes());
     let mut listing = Listing {
         revision,
         kvs: Vec::new(),
     };
-    let mut from = prefix.as_bytes().to_vec();
+    let mut windows = Windows::new(prefix.as_bytes());
     let mut limit = PAGE_KEYS;
     loop {
+        let (from, end) = windows.range();
         let options = GetOptions::new()
-            .with_range(end.clone())
+            .with_range(end.to_vec())
             .with_limit(limit)
             .with_revision(listing.revision);
-        let mut resp = match kv.get(from.clone(), Some(options)).await {
+        let mut resp = match kv.get(from.to_vec(), Some(options)).await {
             Ok(r) => r,
             Err(e) => match smaller_page(&e.to_string(), limit) {
                 Some(half) => {
@@ -67,14 +72,12 @@ pub async fn list(kv: &mut KvClient, prefix: &str, revision: i64) -> Result<List
         if listing.revision == 0 {
             listing.revision = resp.header().map_or(0, |h| h.revision());
         }
-        let more = resp.more();
+        let (more, count) = (resp.more(), resp.count());
         let kvs = resp.take_kvs();
-        match kvs.last() {
-            Some(last) => from = after(last.key()),
-            None => break,
-        }
+        let ends = kvs.first().zip(kvs.last());
+        let go_on = windows.next(ends.map(|(f, l)| (f.key(), l.key())), more, count, limit);
         listing.kvs.extend(kvs);
-        if !more {
+        if !go_on {
             break;
         }
     }

@@ -5,6 +5,7 @@
 use super::*;
 use crate::client;
 use anyedge_test_support::etcd::Etcd;
+use std::collections::BTreeSet;
 
 #[test]
 fn prefix_ends_and_next_keys_follow_etcds_convention() {
@@ -49,6 +50,111 @@ fn only_a_too_large_page_is_asked_for_again_smaller() {
     assert_eq!(smaller_page(msg, 3), Some(1));
     assert_eq!(smaller_page(msg, 1), None);
     assert_eq!(smaller_page("transport error", 1000), None);
+}
+
+/// A listing through [`window::Windows`] against an in-memory etcd: every key under `prefix`,
+/// the number of requests, and what they cost etcd (the keys it counted: each range's whole
+/// size, as etcd counts them whatever the limit).
+fn list_pure(keys: &BTreeSet<Vec<u8>>, prefix: &[u8], limit: i64) -> (Vec<Vec<u8>>, usize, i64) {
+    let mut windows = window::Windows::new(prefix);
+    let (mut out, mut requests, mut visited) = (Vec::new(), 0, 0);
+    loop {
+        let (from, end) = windows.range();
+        let range: Vec<&Vec<u8>> = keys
+            .range(from.to_vec()..)
+            .take_while(|k| end == [0] || k.as_slice() < end)
+            .collect();
+        let count = range.len() as i64;
+        let page: Vec<Vec<u8>> = range
+            .iter()
+            .take(limit as usize)
+            .map(|k| k.to_vec())
+            .collect();
+        let more = count > limit;
+        requests += 1;
+        visited += count;
+        let ends = page.first().zip(page.last());
+        let go_on = windows.next(ends.map(|(f, l)| (&f[..], &l[..])), more, count, limit);
+        out.extend(page);
+        if !go_on {
+            return (out, requests, visited);
+        }
+    }
+}
+
+fn under(keys: &BTreeSet<Vec<u8>>, prefix: &[u8]) -> Vec<Vec<u8>> {
+    keys.iter()
+        .filter(|k| k.starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_listing_reads_every_key_once_and_costs_etcd_about_its_size() {
+    // The benchmark's catalog: 20,000 apps of 10 instances, a few nodes, a neighbour prefix.
+    let mut keys = BTreeSet::new();
+    for i in 0..20_000 {
+        keys.insert(format!("/anyedge/apps/a{i}").into_bytes());
+        for j in 0..10 {
+            keys.insert(format!("/anyedge/instances/a{i}/i{j}").into_bytes());
+        }
+    }
+    for n in 0..50 {
+        keys.insert(format!("/anyedge/nodes/node-{n:03}").into_bytes());
+    }
+    keys.insert(b"/anyedge0".to_vec());
+    keys.insert(b"/anyedgf/x".to_vec());
+    let n = keys.len() as i64 - 2;
+    let (listed, requests, visited) = list_pure(&keys, b"/anyedge/", 1000);
+    assert_eq!(listed, under(&keys, b"/anyedge/"));
+    // Pages from the last key to the end of the prefix would make etcd count n^2 / 2000
+    // (24 million) keys. Windows: about 8 times n (each window of the names' last digit, `a19`
+    // then `a1:`, is followed by windows wider by a byte until one is too wide).
+    assert!(visited < 10 * n, "{visited} keys counted for {n}");
+    assert!(
+        requests < 3 * n as usize / 1000,
+        "{requests} requests for {n} keys"
+    );
+    // Small pages too.
+    let (listed, _, visited) = list_pure(&keys, b"/anyedge/", 10);
+    assert_eq!(listed.len() as i64, n);
+    assert!(
+        visited < 30 * n,
+        "{visited} keys counted for {n} in pages of 10"
+    );
+}
+
+#[test]
+fn windows_tile_any_key_space() {
+    // Binary keys, 0xff bytes included, a prefix of 0xff (whose range runs to the end of the
+    // key space) and the empty prefix; every key in exactly one page, in order.
+    let mut seed = 7u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet = [0u8, 1, b'/', b'a', b'b', 0xfe, 0xff];
+    for round in 0..40 {
+        let mut keys = BTreeSet::new();
+        for _ in 0..(rand() % 3000) {
+            let len = 1 + rand() as usize % 6;
+            let key: Vec<u8> = (0..len)
+                .map(|_| alphabet[rand() as usize % alphabet.len()])
+                .collect();
+            keys.insert(key);
+        }
+        for prefix in [&b""[..], b"a", b"/", b"\xff", b"a\xff", b"\xff\xff"] {
+            let limit = [1, 3, 50, 1000][round % 4];
+            let (listed, _, _) = list_pure(&keys, prefix, limit);
+            assert_eq!(
+                listed,
+                under(&keys, prefix),
+                "prefix {prefix:?} limit {limit}"
+            );
+        }
+    }
 }
 
 fn puts(n: usize, value_len: usize) -> Vec<(String, Vec<u8>)> {
