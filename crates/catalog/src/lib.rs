@@ -13,4 +13,4 @@ pub use live::{
     OutlierState, PeerLive, PolicyLive, Power, PowerState, QueueTicket, Reported, Slot,
     EJECT_AFTER, REPORT_FRESH, REPORT_SILENT,
 };
-pub use snapshot::{AppEntry, InstanceEntry, PeerEntry, Snapshot};
+pub use snapshot::{AppEntry, AppsDiff, InstanceEntry, PeerEntry, Snapshot};

@@ -20,6 +20,20 @@ pub struct Snapshot {
     /// address under the same id): whoever puts the snapshot in force clears their connect
     /// backoff once requests route by it ([`AppEntry::moved_since`]).
     pub moved: Vec<Arc<InstanceLive>>,
+    /// Which apps differ from the snapshot this one was built on (`None`: built without one),
+    /// so that what is derived from the apps (the routes) can be updated by the diff.
+    pub diff: Option<AppsDiff>,
+}
+
+/// The apps one snapshot changed against the one it was built on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AppsDiff {
+    /// The generation of the snapshot it was built on.
+    pub since: u64,
+    /// Apps whose entry is not the previous snapshot's (built afresh: new or changed).
+    pub built: Vec<Arc<str>>,
+    /// Apps the previous snapshot had and this one has not.
+    pub gone: Vec<Arc<str>>,
 }
 
 /// One app: its config, its live state, its instances.
@@ -100,9 +114,28 @@ impl Snapshot {
         let mut shared = Vec::new();
         let mut rebuilt = 0;
         let mut moved = Vec::new();
-        let mut apps = HashMap::with_capacity(config.apps.len());
+        let mut built = Vec::new();
+        // Where the previous snapshot's config has the very same `App` at the same place (an
+        // assembly from etcd keeps every unchanged app's, in name order), its entry stands as it
+        // is, unless the peers moved: the map of apps starts as the previous one (a copy of
+        // pointers) and only the others are looked up by name.
+        let same = prev.filter(|p| same_place && p.config.peers == config.peers);
+        let mut apps = match same {
+            Some(p) => p.apps.clone(),
+            None => HashMap::with_capacity(config.apps.len()),
+        };
+        let mut new_apps = 0;
         for (index, app) in config.apps.iter().enumerate() {
+            if same.is_some_and(|p| {
+                p.config
+                    .apps
+                    .get(index)
+                    .is_some_and(|o| Arc::ptr_eq(o, app))
+            }) {
+                continue;
+            }
             let old = prev.and_then(|p| p.apps.get(app.name.as_str()));
+            new_apps += usize::from(old.is_none());
             let reused = old
                 .filter(|_| same_place)
                 .filter(|old| Arc::ptr_eq(&old.config, app) || *old.config == **app)
@@ -117,6 +150,9 @@ impl Snapshot {
                 None => {
                     rebuilt += 1;
                     let entry = Arc::new(AppEntry::build(app, &config, registry));
+                    if prev.is_some() {
+                        built.push(entry.name.clone());
+                    }
                     if let Some(old) = old {
                         gone_instances.extend(entry.gone_since(old));
                         moved.extend(entry.moved_since(old));
@@ -127,9 +163,13 @@ impl Snapshot {
             apps.insert(entry.name.clone(), entry);
         }
         let mut gone_apps = Vec::new();
-        if let Some(p) = prev {
+        // Names are unique: unless the previous apps outnumber those kept from them, none went.
+        let some_gone = prev.is_some_and(|p| p.apps.len() + new_apps > config.apps.len());
+        if let Some(p) = prev.filter(|_| some_gone) {
+            let named: HashSet<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
             for (name, old) in &p.apps {
-                if !apps.contains_key(name) {
+                if !named.contains(&**name) {
+                    apps.remove(name);
                     gone_apps.push(name.clone());
                     gone_instances.extend(old.instances.iter().map(|i| i.id.clone()));
                 }
@@ -143,12 +183,18 @@ impl Snapshot {
                 }
             }
         }
+        let diff = prev.map(|p| AppsDiff {
+            since: p.generation,
+            built,
+            gone: gone_apps.clone(),
+        });
         let snapshot = Snapshot {
             generation,
             config,
             apps,
             rebuilt,
             moved,
+            diff,
         };
         registry.forget(
             gone_apps,
@@ -336,6 +382,88 @@ node = "w-x"
 id = "here"
 address = "127.0.0.1"
 "#;
+
+    /// A config of apps `a0`..`a{n}`, each with one instance.
+    fn apps(n: usize) -> Config {
+        let mut file = String::from("[node]\nid = \"e\"\n");
+        for i in 0..n {
+            file.push_str(&format!(
+                "[[apps]]\nname = \"a{i}\"\n[[apps.services]]\ninternal_port = 80\nports = [ {{ port = 8080, handlers = [\"http\"] }} ]\n[[apps.instances]]\nid = \"i\"\naddress = \"127.0.0.1\"\n"
+            ));
+        }
+        anyedge_config::parse(&file, "t.toml").expect("valid")
+    }
+
+    #[test]
+    fn a_snapshot_built_on_another_by_pointer_is_the_snapshot_built_afresh() {
+        // As the etcd assembly hands them: the unchanged apps are the same `Arc`s at the same
+        // places; one changes, one goes, one comes, in turn and together.
+        let registry = LiveRegistry::new();
+        let mut config = apps(50);
+        let mut prev = Snapshot::build(Arc::new(config.clone()), &registry, None);
+        let spare = apps(60).apps;
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rand = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for step in 0..200 {
+            let (mut built, mut gone) = (Vec::new(), Vec::new());
+            for k in 0..=rand(2) {
+                let at = rand(config.apps.len());
+                match rand(3) {
+                    0 => {
+                        let mut app = (*config.apps[at]).clone();
+                        app.instances[0].address.port = Some(1 + rand(60_000) as u16);
+                        built.push(app.name.clone());
+                        config.apps[at] = Arc::new(app);
+                    }
+                    1 if config.apps.len() > 5 => {
+                        gone.push(config.apps.remove(at).name.clone());
+                    }
+                    _ => {
+                        let mut app = (*spare[rand(spare.len())]).clone();
+                        app.name = format!("n{step}-{k}");
+                        built.push(app.name.clone());
+                        config.apps.insert(at, Arc::new(app));
+                    }
+                }
+            }
+            let next = Snapshot::build(Arc::new(config.clone()), &registry, Some(&prev));
+            let afresh = Snapshot::build(Arc::new(config.clone()), &LiveRegistry::new(), None);
+            let names = |s: &Snapshot| {
+                let mut n: Vec<String> = s.apps.keys().map(|k| k.to_string()).collect();
+                n.sort();
+                n
+            };
+            assert_eq!(names(&next), names(&afresh), "step {step}");
+            for (name, entry) in &afresh.apps {
+                assert!(
+                    *next.apps[name].config == *entry.config,
+                    "step {step}: {name}"
+                );
+                assert_eq!(
+                    next.apps[name].instances[0].address,
+                    entry.instances[0].address
+                );
+            }
+            let diff = next.diff.clone().expect("built on another");
+            let set = |v: Vec<String>| v.into_iter().collect::<HashSet<String>>();
+            let listed = |v: &[Arc<str>]| set(v.iter().map(|n| n.to_string()).collect());
+            // An app changed then removed in one step is gone, not built.
+            let built: Vec<String> = built.into_iter().filter(|n| !gone.contains(n)).collect();
+            assert_eq!(listed(&diff.built), set(built), "step {step}");
+            assert_eq!(listed(&diff.gone), set(gone.clone()), "step {step}");
+            assert_eq!(
+                registry.instance_count(),
+                next.apps.len(),
+                "step {step}: forgotten"
+            );
+            prev = next;
+        }
+    }
 
     #[test]
     fn remote_instances_name_their_peer_and_measured_rtt_never_undercuts_coordinates() {
