@@ -19,7 +19,7 @@
 use crate::keys::{Key, Keys};
 use crate::values::{decode_app, DecodeError, InstanceValue, NodeValue};
 use anyedge_config::{App, Config, Instance};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -175,6 +175,10 @@ struct Assembled {
     /// What the apps were assembled for: the file's own instances and the viewer.
     context: Option<(Vec<anyedge_config::LocalInstance>, Viewer)>,
     apps: HashMap<String, Arc<App>>,
+    /// The apps the claims across apps leave out, as of the apps last checked (`None`: an app
+    /// came, went or changed since). Claims read the apps' hostnames and ports alone, so an
+    /// instance or node change does not check them again.
+    left_out: Option<HashSet<String>>,
 }
 
 impl CatalogState {
@@ -271,10 +275,11 @@ impl CatalogState {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
         match entry {
-            Entry::App(app, _) | Entry::Instance(app, _, _) => {
+            Entry::App(app, _) | Entry::Gone(Key::App(app)) => {
                 assembled.apps.remove(app);
+                assembled.left_out = None;
             }
-            Entry::Gone(Key::App(app) | Key::Instance { app, .. }) => {
+            Entry::Instance(app, _, _) | Entry::Gone(Key::Instance { app, .. }) => {
                 assembled.apps.remove(app);
             }
             Entry::Node(..) | Entry::Gone(Key::Node(_)) => assembled.apps.clear(),
@@ -416,15 +421,19 @@ impl CatalogState {
             assembled.context = Some(context);
         }
         let may_grace = viewer.backhaul && !self.departed.is_empty();
-        let mut claims = claims::Claims::default();
+        let Assembled {
+            apps: done_apps,
+            left_out,
+            ..
+        } = &mut *assembled;
+        let left_out = left_out.get_or_insert_with(|| self.left_out());
         let mut apps = Vec::with_capacity(self.apps.len());
         for (name, app) in &self.apps {
-            if let Err(why) = claims.claim(app) {
-                tracing::warn!(app = %name, "app left out: {why}");
+            if !left_out.is_empty() && left_out.contains(name) {
                 continue;
             }
             let graceable = may_grace && self.departed.mentions(name);
-            if let Some(done) = assembled.apps.get(name).filter(|_| !graceable) {
+            if let Some(done) = done_apps.get(name).filter(|_| !graceable) {
                 apps.push(done.clone());
                 continue;
             }
@@ -438,8 +447,8 @@ impl CatalogState {
             // An app with instances in grace is assembled anew each time (grace ends by time
             // and by the load feeds, not by a change in etcd), so it is never kept.
             match graceable {
-                true => assembled.apps.remove(name.as_str()),
-                false => assembled.apps.insert(name.clone(), app.clone()),
+                true => done_apps.remove(name.as_str()),
+                false => done_apps.insert(name.clone(), app.clone()),
             };
             apps.push(app);
         }
@@ -450,6 +459,19 @@ impl CatalogState {
             peers,
             ..base.clone()
         }
+    }
+
+    /// The apps whose hostnames or ports clash with an app earlier by name (logged).
+    fn left_out(&self) -> HashSet<String> {
+        let mut claims = claims::Claims::default();
+        let mut out = HashSet::new();
+        for (name, app) in &self.apps {
+            if let Err(why) = claims.claim(app) {
+                tracing::warn!(app = %name, "app left out: {why}");
+                out.insert(name.clone());
+            }
+        }
+        out
     }
 
     /// The nodes the config's instances are reached on, as peers: the backhaul peer set is

@@ -165,6 +165,19 @@ fn config_leaves_out_clashing_apps_and_instances_that_break_the_port_rule() {
     let two = &c.apps[2];
     assert_eq!(two.instances.len(), 1);
     assert_eq!(two.instances[0].id, "q");
+    // The claims are checked again when an app changes or goes, not for an instance.
+    s.apply(put("/anyedge/instances/b/i", instance("i", "w", "10.0.0.3:80")));
+    let names = |s: &CatalogState| -> Vec<String> {
+        let c = s.config(&base(NODE));
+        c.apps.iter().map(|a| a.name.clone()).collect()
+    };
+    assert_eq!(names(&s), ["a", "t1", "two"]);
+    s.apply(Change::Delete {
+        key: b"/anyedge/apps/a".to_vec(),
+    });
+    assert_eq!(names(&s), ["b", "t1", "two"], "b has x.test now");
+    s.apply(put("/anyedge/apps/t1", encode_app(&web("t1", "t.test"))));
+    assert_eq!(names(&s), ["b", "t1", "t2", "two"], "t2 has port 5432 now");
 }
 
 /// `[node]` and `[catalog]` of node `id` with `roles`, with `[cluster]` (backhaul) or without.
