@@ -453,7 +453,17 @@ impl CatalogState {
             apps.push(app);
         }
         drop(assembled);
-        let peers = self.peers(&apps);
+        // Without backhaul no instance names a node (none is reached over it, none is graced)
+        // unless the file's own does: then no walk over every instance for the peers.
+        let named = viewer.backhaul
+            || base
+                .local_instances
+                .iter()
+                .any(|l| l.instance.node.is_some());
+        let peers = match named {
+            true => self.peers(&apps),
+            false => BTreeMap::new(),
+        };
         Config {
             apps,
             peers,

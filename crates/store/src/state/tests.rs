@@ -166,7 +166,10 @@ fn config_leaves_out_clashing_apps_and_instances_that_break_the_port_rule() {
     assert_eq!(two.instances.len(), 1);
     assert_eq!(two.instances[0].id, "q");
     // The claims are checked again when an app changes or goes, not for an instance.
-    s.apply(put("/anyedge/instances/b/i", instance("i", "w", "10.0.0.3:80")));
+    s.apply(put(
+        "/anyedge/instances/b/i",
+        instance("i", "w", "10.0.0.3:80"),
+    ));
     let names = |s: &CatalogState| -> Vec<String> {
         let c = s.config(&base(NODE));
         c.apps.iter().map(|a| a.name.clone()).collect()
