@@ -37,6 +37,9 @@ FILE = os.environ.get("FILE", "1") == "1"  # FILE=0: through etcd alone
 CHANGES = int(os.environ.get("CHANGES", "3"))
 # PERF=DIR: record each change with `perf record -e cpu-clock -g` into DIR/<store>-<size>-<n>.data
 PERF = os.environ.get("PERF", "")
+# PERF_GRAPH=dwarf: callers from DWARF unwinding (the release build has no frame pointers, so
+# `-g` names the functions but not who called them)
+PERF_GRAPH = os.environ.get("PERF_GRAPH", "")
 ANYEDGE = os.environ.get("ANYEDGE", os.path.join(
     os.environ.get("CARGO_TARGET_DIR", "/var/tmp/anyedge-target"), "release", "anyedge"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -184,7 +187,8 @@ def one_change(proc, admin, apply, settle=0.3, name="change"):
     pid = proc.pid
     perf = None
     if PERF:
-        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-g", "-o",
+        graph = ["--call-graph", PERF_GRAPH] if PERF_GRAPH else ["-g"]
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", *graph, "-o",
                                  os.path.join(PERF, name + ".data"), "-p", str(pid)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
