@@ -282,7 +282,24 @@ impl CatalogState {
             Entry::Instance(app, _, _) | Entry::Gone(Key::Instance { app, .. }) => {
                 assembled.apps.remove(app);
             }
-            Entry::Node(..) | Entry::Gone(Key::Node(_)) => assembled.apps.clear(),
+            Entry::Node(id, value) => {
+                // An app's assembly reads a node record only for whether the node advertises
+                // a backhaul address (its instances are reached over it): only a change to
+                // that, and only the apps with instances the node registered. (Clearing every
+                // app here made every app a new `Arc` after a node's own registration, so
+                // each later change compared every app in full in `Snapshot::build`.)
+                let advertise = |v: &NodeValue| v.advertise.is_some();
+                let now = value.as_ref().ok().map(advertise);
+                let before = self.nodes.get(id).map(advertise);
+                if value.is_ok() && now != before {
+                    forget_apps_on(&mut assembled.apps, &self.instances, id);
+                }
+            }
+            Entry::Gone(Key::Node(id)) => {
+                if self.nodes.contains_key(id) {
+                    forget_apps_on(&mut assembled.apps, &self.instances, id);
+                }
+            }
         }
     }
 
@@ -638,6 +655,19 @@ impl CatalogState {
 
 /// What a node's record gives the nodes that route to it: a backhaul peer, when it advertises
 /// an address.
+/// Forget the assembled apps with an instance registered by `node`.
+fn forget_apps_on(
+    assembled: &mut HashMap<String, Arc<App>>,
+    instances: &BTreeMap<String, BTreeMap<String, Registered>>,
+    node: &str,
+) {
+    for (app, registered) in instances {
+        if registered.values().any(|r| r.node == node) {
+            assembled.remove(app);
+        }
+    }
+}
+
 fn peer_of(v: &NodeValue) -> Option<anyedge_config::Peer> {
     Some(anyedge_config::Peer {
         region: v.region.clone(),

@@ -336,7 +336,8 @@ fn random_change(rng: &mut Rng) -> Change {
 
 /// A seeded walk over random puts and deletes of apps, instances and node records, seen by
 /// every kind of node: whenever a change alters the node's config, `apply` says so (the node
-/// never misses a reload it needs), and the per-node count of instances stays true.
+/// never misses a reload it needs), the per-node count of instances stays true, and the apps
+/// kept from the last assembly are those an assembly afresh makes.
 #[test]
 fn apply_never_hides_a_change_of_the_config() {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
@@ -356,6 +357,12 @@ fn apply_never_hides_a_change_of_the_config() {
                     *count.entry(r.node.clone()).or_default() += 1;
                 }
                 assert_eq!(s.registered_by, count, "{at}");
+                // What is kept of the last assembly never differs from an assembly afresh.
+                let kept = s.config(&me);
+                let assembled = s.assembled.get_mut().expect("not poisoned");
+                assembled.apps.clear();
+                assembled.left_out = None;
+                assert_eq!(kept, s.config(&me), "{at}: a stale assembled app");
             }
         }
     }
