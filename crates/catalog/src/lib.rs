@@ -6,6 +6,7 @@
 //! reuses every app entry whose config did not change, so an update costs what changed.
 
 mod live;
+pub mod shards;
 mod snapshot;
 
 pub use live::{
@@ -13,4 +14,5 @@ pub use live::{
     OutlierState, PeerLive, PolicyLive, Power, PowerState, QueueTicket, Reported, Slot,
     EJECT_AFTER, REPORT_FRESH, REPORT_SILENT,
 };
+pub use shards::Shards;
 pub use snapshot::{AppEntry, AppsDiff, InstanceEntry, PeerEntry, Snapshot};

@@ -1,6 +1,7 @@
 //! An immutable picture of every app and instance, shared by `Arc` and swapped whole.
 
 use crate::live::{AppLive, InstanceLive, LiveRegistry, PeerLive};
+use crate::shards::Shards;
 use anyedge_config::{App, Config, HostPort};
 use anyedge_core::InstanceId;
 use std::collections::{HashMap, HashSet};
@@ -12,7 +13,8 @@ use std::sync::Arc;
 pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
-    pub apps: HashMap<Arc<str>, Arc<AppEntry>>,
+    /// Sharded: the next snapshot copies the shards it does not change ([`Shards`]).
+    pub apps: Shards<Arc<AppEntry>>,
     /// How many of its apps this generation built afresh; the others are the previous
     /// generation's entries, shared. A change to one app rebuilds one (tested).
     pub rebuilt: usize,
@@ -117,12 +119,12 @@ impl Snapshot {
         let mut built = Vec::new();
         // Where the previous snapshot's config has the very same `App` at the same place (an
         // assembly from etcd keeps every unchanged app's, in name order), its entry stands as it
-        // is, unless the peers moved: the map of apps starts as the previous one (a copy of
-        // pointers) and only the others are looked up by name.
+        // is, unless the peers moved: the map of apps starts as the previous one (its shards
+        // shared) and only the others are looked up by name.
         let same = prev.filter(|p| same_place && p.config.peers == config.peers);
         let mut apps = match same {
             Some(p) => p.apps.clone(),
-            None => HashMap::with_capacity(config.apps.len()),
+            None => Shards::default(),
         };
         let mut new_apps = 0;
         for (index, app) in config.apps.iter().enumerate() {

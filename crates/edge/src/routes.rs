@@ -9,7 +9,7 @@
 use crate::backhaul::{Backhaul, Remote};
 use crate::instance::headers::Prefixed;
 use crate::instance::pool::{PoolKey, Pools, UpstreamPool};
-use anyedge_catalog::{AppEntry, AppsDiff, Snapshot};
+use anyedge_catalog::{AppEntry, AppsDiff, Shards, Snapshot};
 use anyedge_config::{Http, Limits, ProxyProtoVersion};
 use anyedge_telemetry::{AppMetrics, Metrics};
 use http::HeaderValue;
@@ -109,7 +109,7 @@ pub(crate) struct Routes {
     ports: FastMap<PortAt, PortRoute>,
     /// Each app's HTTP services, by app name, in config order (the first is the target of a
     /// replay into another app; a worker picks the one the stream's edge port belongs to).
-    http_apps: FastMap<Arc<str>, Services>,
+    http_apps: Shards<Services>,
     /// HTTP services built afresh for these routes; the others are the previous routes'.
     pub built: usize,
     pub limits: Limits,
@@ -127,7 +127,7 @@ impl Default for Routes {
     fn default() -> Self {
         Routes {
             ports: FastMap::default(),
-            http_apps: FastMap::default(),
+            http_apps: Shards::default(),
             built: 0,
             limits: Limits::default(),
             http: Arc::new(settings(&Http::default(), "local")),
@@ -154,10 +154,10 @@ struct Builder<'p> {
     ports: FastMap<PortAt, PortRoute>,
     /// The HTTP ports being changed: taken out of `ports` (a copy) at their first change.
     http_ports: FastMap<PortAt, HttpPort>,
-    http_apps: FastMap<Arc<str>, Services>,
+    http_apps: Shards<Services>,
     /// The previous routes' HTTP services by app: an app whose entry did not change keeps
     /// them (its pools and backhaul targets) as they are.
-    prev: Option<&'p FastMap<Arc<str>, Services>>,
+    prev: Option<&'p Shards<Services>>,
     /// The pools of the services built afresh; pools of the previous routes' services that are
     /// neither reused nor among these are dropped.
     pool_keys: HashSet<PoolKey>,
