@@ -3,8 +3,8 @@
 //! instance connection pools resolved once, so the hot path does no map lookups beyond the host.
 //! Routes built on the routes in force are updated by the snapshot's diff: the apps it built
 //! and the apps gone are taken out and put in, and the other apps' entries are the previous
-//! routes' (their host maps copied, not refilled; their services, pools and backhaul targets
-//! shared).
+//! routes' (the tables copied on write by shard, not refilled; their services, pools and
+//! backhaul targets shared).
 
 use crate::backhaul::{Backhaul, Remote};
 use crate::instance::headers::Prefixed;
@@ -72,9 +72,11 @@ type PortAt = (u16, Option<IpAddr>);
 #[derive(Clone)]
 pub(crate) struct HttpPort {
     pub tls: bool,
-    exact: FastMap<Arc<str>, Arc<HttpApp>>,
+    /// Sharded and copied on write ([`Shards`]): routes updated by a change to one app copy
+    /// the shards it touches, not a pointer per hostname; a lookup costs one more (fast) hash.
+    exact: Shards<Arc<HttpApp>>,
     /// `*.example.com` stored as `example.com`.
-    wildcard: FastMap<Arc<str>, Arc<HttpApp>>,
+    wildcard: Shards<Arc<HttpApp>>,
     /// How many apps' services use the port: it goes with the last one.
     users: usize,
 }
@@ -312,8 +314,8 @@ impl<'p> Builder<'p> {
                 Some(PortRoute::Http(hp)) => (**hp).clone(),
                 _ => HttpPort {
                     tls,
-                    exact: FastMap::default(),
-                    wildcard: FastMap::default(),
+                    exact: Shards::default(),
+                    wildcard: Shards::default(),
                     users: 0,
                 },
             })
