@@ -12,11 +12,11 @@ pub use state::{CheckState, Transition};
 
 use crate::instance::connect::Resolver;
 use crate::instance::probe::{probe_for, Probe, ProbeFailure};
-use anyedge_catalog::{FailingCheck, InstanceLive, Snapshot};
+use anyedge_catalog::{AppEntry, FailingCheck, InstanceLive, Snapshot};
 use anyedge_config::{Check, CheckKind};
 use anyedge_core::InstanceId;
 use anyedge_telemetry::{AppMetrics, Metrics};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
@@ -64,7 +64,14 @@ pub struct HealthChecker {
     runtime: Handle,
     metrics: Arc<Metrics>,
     resolver: Arc<Resolver>,
-    running: Mutex<HashMap<CheckId, Running>>,
+    running: Mutex<Checks>,
+}
+
+/// The checks running, and the generation of the snapshot they are for.
+#[derive(Default)]
+struct Checks {
+    running: HashMap<CheckId, Running>,
+    generation: Option<u64>,
 }
 
 impl HealthChecker {
@@ -74,18 +81,34 @@ impl HealthChecker {
             runtime,
             metrics,
             resolver: Arc::new(Resolver::default()),
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(Checks::default()),
         }
     }
 
     /// Put a snapshot's checks in force: start the new ones, stop those it no longer has (their
     /// instances count as healthy again), leave the unchanged ones running with their state.
+    /// A snapshot built on the one the checks are for is applied by its diff: only the checks
+    /// of the apps it built or dropped are looked at, not every app's.
     pub fn update(&self, snapshot: &Snapshot) -> HealthUpdate {
-        let mut wanted = wanted_checks(snapshot);
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut checks = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let diff = snapshot
+            .diff
+            .as_ref()
+            .filter(|d| checks.generation == Some(d.since));
+        let in_scope: Option<HashSet<&str>> =
+            diff.map(|d| d.built.iter().chain(&d.gone).map(|n| &**n).collect());
+        let mut wanted = match diff {
+            Some(d) => wanted_checks(d.built.iter().filter_map(|n| snapshot.apps.get(n))),
+            None => wanted_checks(snapshot.apps.values()),
+        };
+        checks.generation = Some(snapshot.generation);
+        let running = &mut checks.running;
         let mut done = HealthUpdate::default();
         running.retain(|id, r| {
-            let keep = wanted.get(id).is_some_and(|(spec, _)| *spec == r.spec);
+            let out_of_scope = in_scope
+                .as_ref()
+                .is_some_and(|apps| !apps.contains(app_name(&id.instance)));
+            let keep = out_of_scope || wanted.get(id).is_some_and(|(spec, _)| *spec == r.spec);
             if keep {
                 wanted.remove(id);
                 done.kept += 1;
@@ -126,8 +149,9 @@ impl HealthChecker {
 
     /// Stop every check; their instances count as healthy again once the tasks are gone.
     pub fn stop(&self) {
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        for (_, r) in running.drain() {
+        let mut checks = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        checks.generation = None;
+        for (_, r) in checks.running.drain() {
             r.task.abort();
         }
     }
@@ -137,6 +161,7 @@ impl HealthChecker {
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .running
             .len()
     }
 }
@@ -151,10 +176,12 @@ fn app_name(id: &InstanceId) -> &str {
     id.as_str().split_once('/').map_or("", |(app, _)| app)
 }
 
-/// Every check the snapshot asks for, with a label for logs.
-fn wanted_checks(snapshot: &Snapshot) -> HashMap<CheckId, (CheckSpec, Arc<str>)> {
+/// Every check `apps` ask for, with a label for logs.
+fn wanted_checks<'a>(
+    apps: impl Iterator<Item = &'a Arc<AppEntry>>,
+) -> HashMap<CheckId, (CheckSpec, Arc<str>)> {
     let mut out = HashMap::new();
-    for app in snapshot.apps.values() {
+    for app in apps {
         for (s, service) in app.config.services.iter().enumerate() {
             for (c, check) in service.checks.iter().enumerate() {
                 let label: Arc<str> = describe(s, c, check).into();
