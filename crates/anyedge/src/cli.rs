@@ -203,6 +203,67 @@ pub struct RunArgs {
     /// Exits 1, leaving the running node untouched, if the hand-over fails.
     #[arg(long)]
     pub upgrade: bool,
+    #[command(flatten)]
+    pub steering: SteeringArgs,
+}
+
+/// Overrides of `[node] steering` and `bpf_pin_dir`: the work-sample JSON has no `[node]`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SteeringArgs {
+    /// Use this `[node] steering` ("sockets" or "sk_lookup") whatever the config says
+    /// (docs/steering.md).
+    #[arg(long, value_enum)]
+    pub steering: Option<SteeringArg>,
+    /// Use this `[node] bpf_pin_dir` (an absolute path on a BPF filesystem).
+    #[arg(long, value_parser = absolute_path)]
+    pub bpf_pin_dir: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum SteeringArg {
+    Sockets,
+    #[value(name = "sk_lookup")]
+    SkLookup,
+}
+
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(format!("`{s}` is not an absolute path"))
+    }
+}
+
+impl SteeringArgs {
+    /// Put the overrides into `config` (after every load: at start and on each reload).
+    pub fn apply(&self, config: &mut anyedge_config::Config) {
+        if let Some(s) = self.steering {
+            config.node.steering = match s {
+                SteeringArg::Sockets => anyedge_config::Steering::Sockets,
+                SteeringArg::SkLookup => anyedge_config::Steering::SkLookup,
+            };
+        }
+        if let Some(dir) = &self.bpf_pin_dir {
+            config.node.bpf_pin_dir = dir.clone();
+        }
+    }
+
+    /// The same overrides as command-line arguments (for `anyedge upgrade`'s new process).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(s) = self.steering {
+            let name = match s {
+                SteeringArg::Sockets => "sockets",
+                SteeringArg::SkLookup => "sk_lookup",
+            };
+            out.extend(["--steering".to_string(), name.to_string()]);
+        }
+        if let Some(dir) = &self.bpf_pin_dir {
+            out.extend(["--bpf-pin-dir".to_string(), dir.display().to_string()]);
+        }
+        out
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -213,12 +274,16 @@ pub struct UpgradeArgs {
     /// Passed on to the new process as `run --admin-listen`.
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub steering: SteeringArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     #[arg(long)]
     pub config: PathBuf,
+    #[command(flatten)]
+    pub steering: SteeringArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -263,7 +328,11 @@ impl From<LogFormatArg> for LogFormat {
 /// `anyedge check`: diagnostics on stderr, a summary on stdout.
 pub fn check(args: &CheckArgs) -> ExitCode {
     match anyedge_config::load(&args.config) {
-        Ok(config) => {
+        Ok(mut config) => {
+            args.steering.apply(&mut config);
+            if !check_steering(&args.config, &config) {
+                return ExitCode::FAILURE;
+            }
             let ports: usize = config
                 .apps
                 .iter()
@@ -284,4 +353,30 @@ pub fn check(args: &CheckArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// With `steering = "sk_lookup"`: whether this machine has what it needs (capabilities, a BPF
+/// filesystem under `bpf_pin_dir`, a kernel that loads the program); each lack is printed at
+/// the `steering` line with how to fix it.
+fn check_steering(path: &std::path::Path, config: &anyedge_config::Config) -> bool {
+    if config.node.steering != anyedge_config::Steering::SkLookup || !config.node.roles.edge {
+        return true;
+    }
+    let problems = anyedge_steering::problems(&config.node.bpf_pin_dir);
+    let line = std::fs::read_to_string(path).ok().and_then(|text| {
+        text.lines()
+            .position(|l| l.trim_start().starts_with("steering"))
+            .map(|i| i + 1)
+    });
+    let place = match line {
+        Some(n) => format!("{}:{n}", path.display()),
+        None => format!("{} (--steering)", path.display()),
+    };
+    for p in &problems {
+        eprintln!("{place}: node.steering: steering = \"sk_lookup\" cannot run here: {p}");
+    }
+    if !problems.is_empty() {
+        eprintln!("{} problem(s) found", problems.len());
+    }
+    problems.is_empty()
 }

@@ -31,6 +31,8 @@ pub enum StartError {
     Tls(anyedge_edge::TlsSetupError),
     #[error("ACME: {0}")]
     Acme(String),
+    #[error("{0}")]
+    Steering(anyedge_edge::SteerError),
 }
 
 /// What a node takes over from the process it replaces (`anyedge run --upgrade`); the default
@@ -129,6 +131,10 @@ impl Node {
         let admin_listener = admin::serve(addr, inherited_admin, admin.clone())
             .map_err(|source| StartError::Admin { addr, source })?;
         let admin_addr = admin_listener.local;
+        if config.node.steering == anyedge_config::Steering::SkLookup && config.node.roles.edge {
+            edge.start_steering(&config.node)
+                .map_err(StartError::Steering)?;
+        }
         let errors = edge.apply(snapshot.clone());
         for (role, key) in from.sockets.close_unclaimed() {
             tracing::info!(role = role.as_str(), %key, "a listener handed over is not in this config: closed");
@@ -386,6 +392,9 @@ fn warn_restart_only(old: &Config, new: &Config) {
     }
     if old.node.control_socket != new.node.control_socket {
         tracing::warn!("[node] control_socket changes only on restart (or upgrade)");
+    }
+    if (old.node.steering, &old.node.bpf_pin_dir) != (new.node.steering, &new.node.bpf_pin_dir) {
+        tracing::warn!("[node] steering and bpf_pin_dir change only on restart");
     }
     if old.admin.listen != new.admin.listen {
         tracing::warn!("[admin] listen changes only on restart");

@@ -9,7 +9,6 @@ use crate::cluster::{self, EtcdFeed};
 use crate::control;
 use crate::node::{apply, Node, Takeover};
 use anyedge_config::Config;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,7 +16,10 @@ use tokio::signal::unix::{signal, SignalKind};
 /// `anyedge run`: exit 1 on a bad config, a port that cannot be opened, or a failed upgrade.
 pub fn run(args: &RunArgs) -> ExitCode {
     let config = match anyedge_config::load(&args.config) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            args.steering.apply(&mut c);
+            c
+        }
         Err(diagnostics) => {
             eprint!("{diagnostics}");
             return ExitCode::FAILURE;
@@ -154,9 +156,9 @@ async fn serve(
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                reload_from(&node, &args.config, &mut base, feed.as_mut()).await;
+                reload_from(&node, args, &mut base, feed.as_mut()).await;
             }
-            _ = changes.changed() => reload_from(&node, &args.config, &mut base, feed.as_mut()).await,
+            _ = changes.changed() => reload_from(&node, args, &mut base, feed.as_mut()).await,
             _ = cluster::changed(&mut feed, &reports) => {
                 if let Some(f) = feed.as_mut() {
                     let (source, node, base) = (f.source(&reports), node.clone(), base.clone());
@@ -226,13 +228,16 @@ async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
 /// instances: they are registered anew and joined with the catalog's apps.
 async fn reload_from(
     node: &Arc<Node>,
-    path: &Path,
+    args: &RunArgs,
     base: &mut Arc<Config>,
     feed: Option<&mut EtcdFeed>,
 ) {
-    let file = path.to_owned();
+    let file = args.config.clone();
     let config = match off_runtime(move || anyedge_config::load(&file)).await {
-        Ok(config) => config,
+        Ok(mut config) => {
+            args.steering.apply(&mut config);
+            config
+        }
         Err(diagnostics) => return node.reload_failed(diagnostics.to_string()),
     };
     if config.catalog != base.catalog {
@@ -292,6 +297,7 @@ pub fn upgrade(args: &UpgradeArgs, log_format: &str) -> ExitCode {
     if let Some(admin) = args.admin_listen {
         command.args(["--admin-listen", &admin.to_string()]);
     }
+    command.args(args.steering.to_args());
     command.stdin(std::process::Stdio::null()).process_group(0);
     let mut child = match command.spawn() {
         Ok(child) => child,

@@ -82,3 +82,55 @@ fn check_reports_a_missing_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+/// `steering = "sk_lookup"` on a machine that lacks something: `check` names each lack at the
+/// `steering` line with how to fix it, and exits 1 (never "ok" and a silent fallback).
+#[test]
+fn check_says_what_sk_lookup_lacks_and_how_to_fix_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("steer.toml");
+    let not_bpffs = dir.path().join("pins");
+    let text = format!(
+        "[node]\nid = \"n1\"\nsteering = \"sk_lookup\"\nbpf_pin_dir = \"{}\"\n",
+        not_bpffs.display()
+    );
+    std::fs::write(&file, text).expect("write");
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let at = format!("{}:3: node.steering:", file.display());
+    assert!(stderr.contains(&at), "{stderr}");
+    assert!(stderr.contains("is not on a BPF filesystem"), "{stderr}");
+    assert!(stderr.contains("mount -t bpf bpf /sys/fs/bpf"), "{stderr}");
+
+    // Without privileges: the capabilities too (run as nobody where the test runs as root).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 && Path::new("/usr/bin/setpriv").exists() {
+        use std::os::unix::fs::PermissionsExt;
+        let readable = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(dir.path(), readable).expect("chmod");
+        let out = Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .expect("setpriv");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("missing capabilities CAP_BPF, CAP_NET_ADMIN: run as root"),
+            "{stderr}"
+        );
+    }
+    // The same file with steering overridden to sockets is fine.
+    let out = Command::new(bin())
+        .args(["check", "--steering", "sockets", "--config"])
+        .arg(&file)
+        .output()
+        .expect("check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

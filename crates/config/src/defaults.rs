@@ -10,6 +10,7 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9180);
 pub(crate) const ADMIN_UPDATE_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const HEADER_PREFIX: &str = "anyedge";
+pub(crate) const BPF_PIN_DIR: &str = "/sys/fs/bpf/anyedge";
 
 /// This machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`, else `localhost`).
 pub(crate) fn host_name() -> String {
@@ -35,6 +36,8 @@ pub(crate) fn node() -> Node {
         backhaul_listen: None,
         advertise: None,
         control_socket: None,
+        steering: crate::model::Steering::Sockets,
+        bpf_pin_dir: BPF_PIN_DIR.into(),
     }
 }
 

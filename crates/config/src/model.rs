@@ -54,6 +54,30 @@ pub struct Node {
     /// The owner-only Unix socket where `anyedge run --upgrade` takes the listening sockets
     /// over; none by default (`docs/operations.md`).
     pub control_socket: Option<std::path::PathBuf>,
+    /// How connections reach the node's listeners (`docs/steering.md`).
+    pub steering: Steering,
+    /// Where `sk_lookup` steering pins its maps and link (under `<dir>/<node id>/`).
+    pub bpf_pin_dir: PathBuf,
+}
+
+/// How connections for the configured ports reach the node (`[node] steering`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Steering {
+    /// One listening socket per (address, port) and shard.
+    #[default]
+    Sockets,
+    /// An `sk_lookup` BPF program hands every configured (address, port) to one listening
+    /// socket per address family and shard.
+    SkLookup,
+}
+
+impl Steering {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Steering::Sockets => "sockets",
+            Steering::SkLookup => "sk_lookup",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,6 +30,7 @@ pub(crate) fn in_box<F: std::future::Future>(make: impl FnOnce() -> F) -> std::p
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
+pub use anyedge_steering::SteerError;
 pub use front::listeners::ListenError;
 pub use health::{CheckState, HealthChecker, HealthUpdate, Transition};
 pub use sockets::adopt as adopt_listener;
@@ -86,6 +87,8 @@ struct Shared {
 pub struct Edge {
     shared: Arc<Shared>,
     listeners: Mutex<ListenerSet>,
+    /// With `[node] steering = "sk_lookup"`: the steered listeners, in place of `listeners`.
+    steered: Mutex<Option<front::steered::SteeredSet>>,
     /// The worker role's backhaul listener, when this node has one.
     backhaul_listener: Mutex<Option<worker::BackhaulListener>>,
 }
@@ -145,8 +148,22 @@ impl Edge {
         Ok(Edge {
             shared,
             listeners: Mutex::new(ListenerSet::default()),
+            steered: Mutex::new(None),
             backhaul_listener: Mutex::new(None),
         })
+    }
+
+    /// Steer every app port to one listener per family with `sk_lookup` from now on
+    /// (`[node] steering = "sk_lookup"`, before the first [`Edge::apply`]): load the program
+    /// or take the pinned one over, and open the listeners. An error says what the machine
+    /// lacks and how to fix it; there is no fallback to sockets.
+    pub fn start_steering(
+        &self,
+        node: &anyedge_config::Node,
+    ) -> Result<(), anyedge_steering::SteerError> {
+        let set = front::steered::SteeredSet::start(node, &self.shared)?;
+        *self.steered.lock().unwrap_or_else(PoisonError::into_inner) = Some(set);
+        Ok(())
     }
 
     /// Put a snapshot in force: new connections route by it at once; listeners it no longer
@@ -181,6 +198,14 @@ impl Edge {
             live.connect_succeeded();
         }
         let mut errors = self.apply_backhaul_listener(&snapshot.config);
+        let mut steered = self.steered.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(steered) = steered.as_mut() {
+            if !self.shared.drain.is_draining() {
+                errors.extend(steered.apply(&wanted, &self.shared));
+            }
+            return errors;
+        }
+        drop(steered);
         let mut set = self
             .listeners
             .lock()
@@ -268,6 +293,19 @@ impl Edge {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         set.close_all(&self.shared);
+        drop(set);
+        let handed_over = self
+            .shared
+            .handed_over
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(steered) = self
+            .steered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            steered.close_all(&self.shared, handed_over);
+        }
     }
 
     /// A new process serves on this one's listening sockets: a drain from now on serves what
@@ -318,7 +356,17 @@ impl Edge {
             .listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        set.addrs()
+        let mut addrs = set.addrs();
+        drop(set);
+        if let Some(steered) = self
+            .steered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            addrs.extend(steered.addrs());
+        }
+        addrs
     }
 
     /// Pipes held in the splice pool (two descriptors each), for descriptor accounting.

@@ -428,6 +428,11 @@ pub struct NodeMetrics {
     pub rejected_node_limit: AtomicU64,
     pub open_connections: AtomicI64,
     pub listeners: AtomicI64,
+    /// `sk_lookup` steering (`docs/steering.md`): (address, port)s in the kernel's map now,
+    /// map entries written (added or removed), and map or listener operations that failed.
+    pub steered_ports: AtomicI64,
+    pub steering_map_updates: AtomicU64,
+    pub steering_failures: AtomicU64,
     /// ACME orders finished, by result (`anyedge_acme_orders_total`).
     pub acme_orders_ok: AtomicU64,
     pub acme_orders_error: AtomicU64,
@@ -618,6 +623,9 @@ impl Metrics {
         let rejections = ErrorCode::ALL.map(|code| (code.as_str(), n.rejections(code)));
         NODE_ERRORS.by(out, "code", rejections);
         LISTENERS.one(out, n.listeners.load(Ordering::Relaxed));
+        STEERED_PORTS.one(out, n.steered_ports.load(Ordering::Relaxed));
+        STEERING_MAP_UPDATES.one(out, get(&n.steering_map_updates));
+        STEERING_FAILURES.one(out, get(&n.steering_failures));
         ACCESS_LOG_DROPPED.one(out, crate::access::dropped());
     }
 }
@@ -844,6 +852,18 @@ const NODE_ERRORS: Family = Family::counter(
     "Requests refused before an app was known, by error code.",
 );
 const LISTENERS: Family = Family::gauge("anyedge_listeners", "Listening sockets open.");
+const STEERED_PORTS: Family = Family::gauge(
+    "anyedge_steered_ports",
+    "(address, port)s steered to the node's listeners by sk_lookup (0 with steering = sockets).",
+);
+const STEERING_MAP_UPDATES: Family = Family::counter(
+    "anyedge_steering_map_updates_total",
+    "Entries added to or removed from the sk_lookup ports map.",
+);
+const STEERING_FAILURES: Family = Family::counter(
+    "anyedge_steering_failures_total",
+    "sk_lookup map or listener operations that failed (retried on the next reload).",
+);
 // (The backhaul families come here: `backhaul.rs`.)
 const CERT_EXPIRY: Family = Family::gauge(
     "anyedge_cert_expiry_timestamp_seconds",

@@ -19,6 +19,8 @@ pub(crate) struct NodeFile {
     pub backhaul_listen: Option<String>,
     pub advertise: Option<String>,
     pub control_socket: Option<String>,
+    pub steering: Option<String>,
+    pub bpf_pin_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -90,6 +90,16 @@ pub(super) fn node(root: &Table, base: Option<&Path>, r: &mut Report<'_>) -> Nod
     }
     node.control_socket = file_path(f.control_socket.as_deref(), "node.control_socket", base, r)
         .and_then(|p| r.check("node.control_socket", values::unix_socket_path(p)));
+    if let Some(s) = f.steering {
+        node.steering = r
+            .check("node.steering", values::steering(&s))
+            .unwrap_or_default();
+    }
+    if let Some(dir) = f.bpf_pin_dir {
+        if let Some(dir) = r.check("node.bpf_pin_dir", values::bpf_pin_dir(&dir)) {
+            node.bpf_pin_dir = dir;
+        }
+    }
     // A backhaul listener on one address is what other nodes dial, unless told otherwise.
     if node.advertise.is_none() {
         node.advertise = node

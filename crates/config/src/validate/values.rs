@@ -239,6 +239,29 @@ pub(crate) fn file_path(s: &str, base: Option<&Path>) -> Result<PathBuf, String>
     })
 }
 
+/// `[node] steering`.
+pub(crate) fn steering(s: &str) -> Result<crate::model::Steering, String> {
+    match s {
+        "sockets" => Ok(crate::model::Steering::Sockets),
+        "sk_lookup" => Ok(crate::model::Steering::SkLookup),
+        other => Err(format!(
+            "unknown steering `{other}` (known: \"sockets\", \"sk_lookup\")"
+        )),
+    }
+}
+
+/// `[node] bpf_pin_dir`: an absolute path (pins are system-wide: a path relative to the
+/// config file would move with it).
+pub(crate) fn bpf_pin_dir(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if !p.is_absolute() {
+        return Err(format!(
+            "`{s}` is not an absolute path (a directory on a BPF filesystem, e.g. /sys/fs/bpf/anyedge)"
+        ));
+    }
+    Ok(p)
+}
+
 /// A Unix socket's path: the kernel takes at most 107 bytes (`sun_path`, with its NUL), and
 /// an upgrade binds a sibling path a few bytes longer (`.new`), so 100 is the bound.
 pub(crate) fn unix_socket_path(p: PathBuf) -> Result<PathBuf, String> {

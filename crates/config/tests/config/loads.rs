@@ -146,6 +146,8 @@ fn empty_toml_takes_every_default() {
     );
     assert_eq!(c.node.threads, 0);
     assert_eq!(c.node.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.node.steering, anyedge_config::Steering::Sockets);
+    assert_eq!(c.node.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/anyedge"));
     assert_eq!(
         (c.node.backhaul_listen, c.node.advertise.clone()),
         (None, None)
@@ -181,6 +183,8 @@ fn full_design_shaped_toml_maps_every_field() {
             backhaul_listen: Some("0.0.0.0:4280".parse().unwrap()),
             advertise: Some("10.0.0.5:4280".into()),
             control_socket: Some("/run/anyedge/control.sock".into()),
+            steering: anyedge_config::Steering::SkLookup,
+            bpf_pin_dir: "/sys/fs/bpf/edge".into(),
         }
     );
     assert_eq!(

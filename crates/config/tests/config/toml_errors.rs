@@ -750,3 +750,25 @@ fn retry_on_takes_timeout_and_reset() {
         "unknown retry condition \"5xx\"",
     );
 }
+
+#[test]
+fn steering_is_sockets_or_sk_lookup() {
+    let text = "[node]\nid = \"a\"\nsteering = \"ebpf\"\n";
+    one(
+        text,
+        "node.steering",
+        "steering",
+        "unknown steering `ebpf` (known: \"sockets\", \"sk_lookup\")",
+    );
+}
+
+#[test]
+fn bpf_pin_dir_is_absolute() {
+    let text = "[node]\nsteering = \"sk_lookup\"\nbpf_pin_dir = \"bpf/anyedge\"\n";
+    one(
+        text,
+        "node.bpf_pin_dir",
+        "bpf_pin_dir",
+        "`bpf/anyedge` is not an absolute path",
+    );
+}

@@ -161,7 +161,7 @@ fn bind(addr: ListenAddr) -> io::Result<std::net::TcpListener> {
     }
 }
 
-async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
     // A listener bound to one address accepts connections to that address only: their local
     // address is known without a getsockname each (HAProxy does not ask either). A wildcard
     // listener's connections are asked.
@@ -169,6 +169,25 @@ async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, sha
         .local_addr()
         .ok()
         .filter(|a| !a.ip().is_unspecified());
+    accept_each(listener, stop, bound, shared).await
+}
+
+/// The accept loop of a listener whose connections were steered to it (`sk_lookup`): its own
+/// address says nothing of theirs, so each is asked.
+pub(super) async fn accept_loop_asking(
+    listener: TcpListener,
+    stop: oneshot::Receiver<()>,
+    shared: Arc<Shared>,
+) {
+    accept_each(listener, stop, None, shared).await
+}
+
+async fn accept_each(
+    listener: TcpListener,
+    mut stop: oneshot::Receiver<()>,
+    bound: Option<SocketAddr>,
+    shared: Arc<Shared>,
+) {
     while let Some(accepted) = next(&listener, &mut stop, &shared).await {
         match accepted {
             Ok((stream, peer)) => admit(stream, peer, bound, &shared),
