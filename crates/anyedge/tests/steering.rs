@@ -1,0 +1,385 @@
+//! `[node] steering = "sk_lookup"` with the real binary, as root, each test in a network
+//! namespace of its own (loopback only; the node, its instances and the clients all in it):
+//! the work-sample JSON through one listening socket per family and shard, 2,000 ports of one
+//! app, a reload adding and removing ports under load, and a crashed node replaced by one that
+//! takes the pinned maps over. Skipped, with the reason printed, without root.
+
+use anyedge_steering::netns;
+use anyedge_test_support::client::{connect, echo, read_line};
+use anyedge_test_support::eventually;
+use anyedge_test_support::instances::FakeInstance;
+use anyedge_test_support::process::Proc;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+const ADMIN: u16 = 9180;
+
+/// What a test gets: a directory of its own and a pin directory on bpffs (removed at the end).
+struct Ctx {
+    dir: tempfile::TempDir,
+    pins: PathBuf,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some(
+            "not root: sk_lookup needs CAP_BPF, CAP_NET_ADMIN and a network namespace".into(),
+        );
+    }
+    if let Err(e) = netns::mount_bpffs() {
+        return Some(format!("cannot mount bpffs at /sys/fs/bpf: {e}"));
+    }
+    None
+}
+
+/// Run `test` on a runtime whose thread is in a new network namespace; every process it
+/// starts is in that namespace too.
+fn in_netns<F, Fut>(name: &str, test: F)
+where
+    F: FnOnce(Ctx) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/anyedge-test-{}-{name}",
+        std::process::id()
+    ));
+    let t = std::thread::spawn(move || {
+        netns::enter_new().expect("new network namespace");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ctx = Ctx {
+            dir: tempfile::tempdir().expect("tempdir"),
+            pins,
+        };
+        rt.block_on(test(ctx));
+    });
+    if let Err(p) = t.join() {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_anyedge"))
+}
+
+/// `anyedge run` with sk_lookup steering, pinned under `ctx.pins`, logging to `log`.
+fn run(ctx: &Ctx, config: &Path, log: &str) -> Proc {
+    let pins = ctx.pins.display().to_string();
+    let config = config.display().to_string();
+    let admin = local(ADMIN).to_string();
+    let args = [
+        "run",
+        "--config",
+        &config,
+        "--admin-listen",
+        &admin,
+        "--steering",
+        "sk_lookup",
+        "--bpf-pin-dir",
+        &pins,
+    ];
+    Proc::spawn(bin(), &args, &ctx.dir.path().join(log))
+}
+
+async fn tag_of(port: u16) -> Option<String> {
+    let mut s = connect(local(port)).await.ok()?;
+    let tag = tokio::time::timeout(Duration::from_secs(2), read_line(&mut s)).await;
+    tag.ok()?.ok()
+}
+
+async fn refused(port: u16) -> bool {
+    match tokio::time::timeout(Duration::from_secs(2), connect(local(port))).await {
+        Ok(Err(e)) => e.kind() == ErrorKind::ConnectionRefused,
+        _ => false,
+    }
+}
+
+async fn metric(name: &str) -> Option<i64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = connect(local(ADMIN)).await.ok()?;
+    let req = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let line = out.lines().find(|l| l.starts_with(&format!("{name} ")))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+/// Listening sockets in this namespace, by port (`/proc/thread-self/net/tcp{,6}`, state 0A).
+fn listeners() -> BTreeMap<u16, usize> {
+    let mut out = BTreeMap::new();
+    for f in ["tcp", "tcp6"] {
+        let path = format!("/proc/thread-self/net/{f}");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(3) != Some(&"0A") {
+                continue;
+            }
+            let port = cols.get(1).and_then(|c| c.rsplit(':').next());
+            if let Some(port) = port.and_then(|p| u16::from_str_radix(p, 16).ok()) {
+                *out.entry(port).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The node's own listening sockets besides admin: none on an app port, and one per shard
+/// for each of the two steering listeners (IPv4 and IPv6 loopback).
+fn assert_one_listener_per_shard(app_ports: &[u16], others: &[u16], shards: usize) {
+    let l = listeners();
+    for p in app_ports {
+        assert!(
+            !l.contains_key(p),
+            "a socket listens on app port {p}: {l:?}"
+        );
+    }
+    let steering: Vec<(&u16, &usize)> = l
+        .iter()
+        .filter(|(p, _)| **p != ADMIN && !others.contains(p))
+        .collect();
+    assert_eq!(
+        steering.len(),
+        2,
+        "steering listeners: {steering:?} of {l:?}"
+    );
+    for (port, n) in steering {
+        assert_eq!(*n, shards, "sockets on steering port {port}");
+    }
+}
+
+fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+#[test]
+fn the_work_sample_answers_on_every_port_through_one_listener() {
+    in_netns("work-sample", |ctx| async move {
+        let shared = include_str!("../../config/tests/data/work-sample.json");
+        let mut json: serde_json::Value = serde_json::from_str(shared).expect("work sample");
+        let mut instances = Vec::new();
+        let mut ports = Vec::new();
+        let apps = json["Apps"].as_array_mut().expect("Apps");
+        for app in apps.iter_mut() {
+            let name = app["Name"].as_str().expect("Name").to_string();
+            let inst = FakeInstance::echo(&name).await;
+            app["Targets"] = serde_json::json!([inst.addr.to_string()]);
+            for p in app["Ports"].as_array().expect("Ports") {
+                ports.push((p.as_u64().expect("port") as u16, name.clone()));
+            }
+            instances.push(inst);
+        }
+        assert_eq!(ports.len(), 12);
+        let path = ctx.dir.path().join("config.json");
+        std::fs::write(&path, json.to_string()).expect("write");
+        let _node = run(&ctx, &path, "node.log");
+        for (port, app) in &ports {
+            let got = eventually(&format!("port {port} answers"), WAIT, || async {
+                tag_of(*port).await
+            })
+            .await;
+            assert_eq!(&got, app, "port {port}");
+        }
+        let instance_ports: Vec<u16> = instances.iter().map(|i| i.addr.port()).collect();
+        let app_ports: Vec<u16> = ports.iter().map(|(p, _)| *p).collect();
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_one_listener_per_shard(&app_ports, &instance_ports, shards);
+        assert_eq!(metric("anyedge_steered_ports").await, Some(12));
+        // A port no app has is refused, as without steering.
+        assert!(refused(5002).await);
+    });
+}
+
+#[test]
+fn two_thousand_ports_of_one_app_all_reach_it() {
+    in_netns("2000", |ctx| async move {
+        let inst = FakeInstance::echo("many").await;
+        let ports: Vec<u16> = (20_000..22_000).collect();
+        let list: Vec<String> = ports
+            .iter()
+            .map(|p| format!("{{ port = {p}, handlers = [] }}"))
+            .collect();
+        let text = format!(
+            "[node]\nthreads = 2\n[[apps]]\nname = \"many\"\n  [[apps.services]]\n  ports = [ {} ]\n  [[apps.instances]]\n  id = \"many-1\"\n  address = \"{}\"\n",
+            list.join(", "),
+            inst.addr
+        );
+        let path = ctx.dir.path().join("anyedge.toml");
+        write_config(&path, &text);
+        let _node = run(&ctx, &path, "node.log");
+        eventually("the node serves", WAIT, || async { tag_of(20_000).await }).await;
+        // A sample of 200, spread over the range.
+        for port in ports.iter().step_by(10) {
+            assert_eq!(tag_of(*port).await.as_deref(), Some("many"), "port {port}");
+        }
+        assert_one_listener_per_shard(&ports, &[inst.addr.port()], 2);
+        assert_eq!(metric("anyedge_steered_ports").await, Some(2000));
+        assert!(inst.accepted() >= 200);
+    });
+}
+
+fn app(ports: &[u16], target: SocketAddr) -> String {
+    let list: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{{ port = {p}, handlers = [] }}"))
+        .collect();
+    format!(
+        "[node]\nthreads = 2\ndrain_timeout = \"10s\"\n[[apps]]\nname = \"a\"\n  [[apps.services]]\n  ports = [ {} ]\n  [[apps.instances]]\n  id = \"a-1\"\n  address = \"{target}\"\n",
+        list.join(", ")
+    )
+}
+
+#[test]
+fn a_reload_adds_and_removes_ports_under_load() {
+    in_netns("reload", |ctx| async move {
+        let inst = FakeInstance::echo("a").await;
+        let (keep, gone) = (30_000, 30_001);
+        let added: Vec<u16> = (31_000..31_050).collect();
+        let path = ctx.dir.path().join("anyedge.toml");
+        write_config(&path, &app(&[keep, gone], inst.addr));
+        let node = run(&ctx, &path, "node.log");
+        eventually("the node serves", WAIT, || async { tag_of(keep).await }).await;
+        assert_eq!(tag_of(gone).await.as_deref(), Some("a"));
+
+        // Load on the kept port, and a connection open across the reload.
+        let mut open = connect(local(keep)).await.expect("connect");
+        assert_eq!(read_line(&mut open).await.expect("tag"), "a");
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match tag_of(keep).await {
+                        Some(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        None => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        };
+
+        let mut ports = vec![keep];
+        ports.extend(&added);
+        let t0 = Instant::now();
+        write_config(&path, &app(&ports, inst.addr));
+        node.signal(libc::SIGHUP);
+        for port in &added {
+            eventually(&format!("added port {port} answers"), WAIT, || async {
+                tag_of(*port).await
+            })
+            .await;
+        }
+        let all_added = t0.elapsed();
+        eventually("the removed port is refused", WAIT, || async {
+            refused(gone).await.then_some(())
+        })
+        .await;
+        let removed = t0.elapsed();
+        eprintln!("50 ports added answer {all_added:?} after the write; the removed one refused after {removed:?}");
+        assert!(
+            all_added < Duration::from_secs(1),
+            "added ports answered after {all_added:?}"
+        );
+        assert!(
+            removed < Duration::from_secs(1),
+            "removed port refused after {removed:?}"
+        );
+
+        stop.store(true, Ordering::Relaxed);
+        load.await.expect("load task");
+        assert_eq!(
+            echo(&mut open, b"still here\n")
+                .await
+                .expect("open connection"),
+            b"still here\n"
+        );
+        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        assert!(ok > 0);
+        assert_eq!(
+            failed,
+            0,
+            "{failed} of {} connections on the kept port failed",
+            ok + failed
+        );
+        assert_eq!(metric("anyedge_steered_ports").await, Some(51));
+        assert_eq!(
+            metric("anyedge_steering_map_updates_total").await,
+            Some(2 + 51)
+        );
+    });
+}
+
+#[test]
+fn a_restarted_node_takes_the_pinned_maps_over() {
+    in_netns("restart", |ctx| async move {
+        let inst = FakeInstance::echo("a").await;
+        let (p1, p2) = (30_100, 30_101);
+        let path = ctx.dir.path().join("anyedge.toml");
+        write_config(&path, &app(&[p1, p2], inst.addr));
+        let mut first = run(&ctx, &path, "first.log");
+        eventually("the first node serves", WAIT, || async { tag_of(p1).await }).await;
+
+        // A crash: the link stays pinned and attached, but nothing steers to the dead
+        // process's sockets (they left the sockmap as they closed): refused, not hung.
+        first.signal(libc::SIGKILL);
+        let _ = first.child.wait();
+        let killed = Instant::now();
+        assert!(ctx.pins.read_dir().is_ok_and(|mut d| d.next().is_some()));
+        assert!(refused(p1).await, "a port of the dead node is refused");
+
+        let second = run(&ctx, &path, "second.log");
+        eventually("the second node serves", WAIT, || async {
+            tag_of(p2).await
+        })
+        .await;
+        eprintln!(
+            "refused for {:?} between the kill and the new node serving",
+            killed.elapsed()
+        );
+        let log = std::fs::read_to_string(ctx.dir.path().join("second.log")).expect("log");
+        assert!(log.contains("took the pinned maps over"), "{log}");
+        assert_eq!(metric("anyedge_steering_map_updates_total").await, Some(0));
+
+        // A clean stop detaches: the link's pin goes, the maps stay for the next start.
+        second.signal(libc::SIGTERM);
+        let mut second = second;
+        let status = second.child.wait().expect("wait");
+        assert!(status.success());
+        let node_dir = std::fs::read_dir(&ctx.pins)
+            .expect("pins")
+            .next()
+            .expect("node dir")
+            .expect("entry")
+            .path();
+        assert!(!node_dir.join("link").exists());
+        assert!(node_dir.join("ports").exists());
+        assert!(refused(p1).await);
+    });
+}
