@@ -299,6 +299,11 @@ pub struct DemoArgs {
     /// movement (0: none).
     #[arg(long, default_value_t = 5)]
     pub traffic: u32,
+    /// `--steering sk_lookup` (root): the edge's ports steered to one listener per family by
+    /// an sk_lookup program in this machine's network namespace (docs/steering.md); bpffs is
+    /// mounted at /sys/fs/bpf if it is not.
+    #[command(flatten)]
+    pub steering: SteeringArgs,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]

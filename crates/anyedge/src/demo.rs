@@ -24,7 +24,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match start_with(args.base_port, args.etcd.as_deref()).await {
+        match start_steered(args.base_port, args.etcd.as_deref(), &args.steering).await {
             Ok(demo) => {
                 if args.traffic > 0 {
                     println!("  # built-in traffic: {} requests/s to hello and echo, so the dashboard moves (--traffic 0: none)\n", args.traffic);
@@ -164,6 +164,21 @@ pub async fn start_with(
     base_port: u16,
     etcd: Option<&str>,
 ) -> Result<Demo, Box<dyn std::error::Error>> {
+    start_steered(base_port, etcd, &crate::cli::SteeringArgs::default()).await
+}
+
+/// Like [`start_with`], the edge's `[node] steering` and `bpf_pin_dir` overridden by
+/// `steering`; with `sk_lookup`, a BPF filesystem is mounted at `/sys/fs/bpf` if none is
+/// there (the demo runs as root for it; a node never mounts one itself).
+pub async fn start_steered(
+    base_port: u16,
+    etcd: Option<&str>,
+    steering: &crate::cli::SteeringArgs,
+) -> Result<Demo, Box<dyn std::error::Error>> {
+    if matches!(steering.steering, Some(crate::cli::SteeringArg::SkLookup)) {
+        anyedge_steering::netns::mount_bpffs()
+            .map_err(|e| format!("--steering sk_lookup: cannot mount bpffs at /sys/fs/bpf: {e} (run the demo as root)"))?;
+    }
     let started = Started::spawn().await?;
     let port = |n: u16| base_port.checked_add(n).ok_or("--base-port is too high");
     let (p_echo, p_upper, p_whoami, p_admin) = (port(1)?, port(2)?, port(3)?, port(90)?);
@@ -197,7 +212,8 @@ pub async fn start_with(
     if etcd.is_none() {
         toml += &sleepy_app(&machines::spawn().await?, p_http);
     }
-    let config = anyedge_config::parse(&toml, "<demo edge>").map_err(|d| d.to_string())?;
+    let mut config = anyedge_config::parse(&toml, "<demo edge>").map_err(|d| d.to_string())?;
+    steering.apply(&mut config);
     let (edge, follow) = crate::cluster::start_following(config).await?;
     following.extend(follow);
     println!(
