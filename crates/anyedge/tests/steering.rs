@@ -383,3 +383,85 @@ fn a_restarted_node_takes_the_pinned_maps_over() {
         assert!(refused(p1).await);
     });
 }
+
+/// Routing by the dialled address is what it is with sockets: HTTP by Host on a shared port,
+/// TLS by SNI, one raw TCP port bound to two addresses for two apps (and refused on a third),
+/// PROXY protocol naming the address the client dialled. An in-process node this time.
+#[test]
+fn http_tls_and_tcp_route_by_the_dialled_address() {
+    use anyedge_test_support::http_client::Client;
+    use anyedge_test_support::http_instance::HttpInstance;
+    use anyedge_test_support::instances::Behaviour;
+    use anyedge_test_support::pki::Pki;
+    in_netns("routes", |ctx| async move {
+        let pki = Pki::new();
+        let (_, _, _der) = pki.issue("alpha", &["alpha.test"]);
+        let (alpha, beta) = (
+            HttpInstance::start("alpha", false).await,
+            HttpInstance::start("beta", false).await,
+        );
+        let (t2, t3) = (
+            FakeInstance::echo("t2").await,
+            FakeInstance::echo("t3").await,
+        );
+        let pp = FakeInstance::start(Behaviour::ProxyHeaderEcho).await;
+        let toml = format!(
+            "[node]\nid = \"routes\"\nthreads = 2\nsteering = \"sk_lookup\"\nbpf_pin_dir = \"{pins}\"\n\
+             [[apps]]\nname = \"alpha\"\nhostnames = [\"alpha.test\"]\n  [[apps.services]]\n  ports = [ {{ port = 80, handlers = [\"http\"] }}, {{ port = 443, handlers = [\"tls\", \"http\"] }} ]\n  [[apps.certificates]]\n  cert = \"alpha.pem\"\n  key = \"alpha-key.pem\"\n  [[apps.instances]]\n  id = \"alpha-1\"\n  address = \"{a}\"\n\
+             [[apps]]\nname = \"beta\"\nhostnames = [\"beta.test\"]\n  [[apps.services]]\n  ports = [ {{ port = 80, handlers = [\"http\"] }} ]\n  [[apps.instances]]\n  id = \"beta-1\"\n  address = \"{b}\"\n\
+             [[apps]]\nname = \"t2\"\n  [[apps.services]]\n  ports = [ {{ port = 9000, bind = \"127.0.0.2\", handlers = [] }} ]\n  [[apps.instances]]\n  id = \"t2-1\"\n  address = \"{t2}\"\n\
+             [[apps]]\nname = \"t3\"\n  [[apps.services]]\n  ports = [ {{ port = 9000, bind = \"127.0.0.3\", handlers = [] }} ]\n  [[apps.instances]]\n  id = \"t3-1\"\n  address = \"{t3}\"\n\
+             [[apps]]\nname = \"pp\"\n  [[apps.services]]\n  ports = [ {{ port = 9100, handlers = [\"proxy_proto\"] }} ]\n  [[apps.instances]]\n  id = \"pp-1\"\n  address = \"{pp}\"\n",
+            pins = ctx.pins.display(),
+            a = alpha.addr,
+            b = beta.addr,
+            t2 = t2.addr,
+            t3 = t3.addr,
+            pp = pp.addr,
+        );
+        let config = anyedge_config::parse_with_base(&toml, "routes.toml", Some(pki.path()))
+            .unwrap_or_else(|d| panic!("{d}"));
+        let node = anyedge::node::Node::start(config, Some(local(0)))
+            .await
+            .expect("node starts");
+
+        // HTTP by Host on one shared port, on any address.
+        let addr80 = SocketAddr::from(([127, 0, 0, 9], 80));
+        let mut c = Client::h1(addr80).await;
+        assert_eq!(c.get("alpha.test", "/").await.2, "alpha\n");
+        assert_eq!(c.get("beta.test", "/").await.2, "beta\n");
+        let (_, _, headers) = c.get("alpha.test", "/headers").await;
+        assert!(headers.contains("x-forwarded-port: 80"), "{headers}");
+        // TLS by SNI.
+        let tls = pki
+            .connect(local(443), "alpha.test", &[b"http/1.1"])
+            .await
+            .expect("TLS handshake on a steered port");
+        let mut c = Client::over(tls, false).await;
+        let (status, _, body) = c.get("alpha.test", "/").await;
+        assert_eq!((status, body.as_str()), (200, "alpha\n"));
+        // One raw port, two apps by bind address; another address of that port is refused.
+        let at = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+        let tag = |to: SocketAddr| async move {
+            let mut s = connect(to).await.expect("connect");
+            read_line(&mut s).await.expect("tag")
+        };
+        assert_eq!(tag(at([127, 0, 0, 2], 9000)).await, "t2");
+        assert_eq!(tag(at([127, 0, 0, 3], 9000)).await, "t3");
+        assert!(
+            matches!(connect(at([127, 0, 0, 1], 9000)).await, Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+        );
+        // PROXY protocol names the address and port the client dialled.
+        let mut s = connect(at([127, 0, 0, 7], 9100)).await.expect("connect");
+        let header = read_line(&mut s).await.expect("header");
+        assert!(
+            header.contains("127.0.0.7") && header.contains("9100"),
+            "{header}"
+        );
+        assert!(node
+            .listening()
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() != 80));
+        node.shutdown(Duration::from_secs(1)).await;
+    });
+}
