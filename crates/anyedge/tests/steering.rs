@@ -88,10 +88,14 @@ fn bin() -> &'static Path {
 
 /// `anyedge run` with sk_lookup steering, pinned under `ctx.pins`, logging to `log`.
 fn run(ctx: &Ctx, config: &Path, log: &str) -> Proc {
+    run_with(ctx, config, log, &[])
+}
+
+fn run_with(ctx: &Ctx, config: &Path, log: &str, extra: &[&str]) -> Proc {
     let pins = ctx.pins.display().to_string();
     let config = config.display().to_string();
     let admin = local(ADMIN).to_string();
-    let args = [
+    let mut args = vec![
         "run",
         "--config",
         &config,
@@ -102,6 +106,7 @@ fn run(ctx: &Ctx, config: &Path, log: &str) -> Proc {
         "--bpf-pin-dir",
         &pins,
     ];
+    args.extend(extra);
     Proc::spawn(bin(), &args, &ctx.dir.path().join(log))
 }
 
@@ -463,5 +468,63 @@ fn http_tls_and_tcp_route_by_the_dialled_address() {
             .iter()
             .all(|a| a.ip().is_loopback() && a.port() != 80));
         node.shutdown(Duration::from_secs(1)).await;
+    });
+}
+
+/// `anyedge run --upgrade` with sk_lookup: the new process swaps its program into the pinned
+/// link and its listeners into the sockmap; the old one drains without detaching, so the
+/// ports keep answering after it has exited.
+#[test]
+fn an_upgrade_keeps_the_ports_steered() {
+    in_netns("upgrade", |ctx| async move {
+        let inst = FakeInstance::echo("a").await;
+        let (p1, p2) = (30_200, 30_201);
+        let control = ctx.dir.path().join("control.sock");
+        let path = ctx.dir.path().join("anyedge.toml");
+        let text = app(&[p1, p2], inst.addr).replacen(
+            "[node]\n",
+            &format!("[node]\ncontrol_socket = \"{}\"\n", control.display()),
+            1,
+        );
+        write_config(&path, &text);
+        let mut old = run(&ctx, &path, "old.log");
+        eventually("the old node serves", WAIT, || async { tag_of(p1).await }).await;
+
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match tag_of(p1).await {
+                        Some(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        None => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        };
+        let _new = run_with(&ctx, &path, "new.log", &["--upgrade"]);
+        let deadline = Instant::now() + WAIT;
+        while old.try_exit_code().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the old node did not exit after the hand-over"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        load.await.expect("load");
+        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        eprintln!("upgrade under load: {ok} connections answered, {failed} failed");
+        assert!(ok > 0);
+        for port in [p1, p2] {
+            assert_eq!(
+                tag_of(port).await.as_deref(),
+                Some("a"),
+                "port {port} after the upgrade"
+            );
+        }
+        let old_log = std::fs::read_to_string(ctx.dir.path().join("old.log")).expect("log");
+        assert!(!old_log.contains("sk_lookup: detached"), "{old_log}");
     });
 }
