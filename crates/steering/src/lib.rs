@@ -131,6 +131,12 @@ impl Steering {
         if let Some(p) = check::missing(pin_dir).into_iter().next() {
             return Err(SteerError::Missing(p));
         }
+        if node_id.is_empty() || node_id == "." || node_id == ".." || node_id.contains('/') {
+            return Err(SteerError::Io {
+                what: format!("node id `{node_id}` cannot name a pin directory"),
+                source: io::ErrorKind::InvalidInput.into(),
+            });
+        }
         let dir = pin_dir.join(node_id);
         std::fs::create_dir_all(&dir)
             .map_err(io_err(format!("cannot create {}", dir.display())))?;
