@@ -471,9 +471,9 @@ fn http_tls_and_tcp_route_by_the_dialled_address() {
     });
 }
 
-/// `anyedge run --upgrade` with sk_lookup: the new process swaps its program into the pinned
-/// link and its listeners into the sockmap; the old one drains without detaching, so the
-/// ports keep answering after it has exited.
+/// `anyedge run --upgrade` with sk_lookup: the new process takes the steering listeners over
+/// (`SCM_RIGHTS`) and swaps its program into the pinned link; the old one drains without
+/// detaching, so the ports keep answering after it has exited, and no connection fails.
 #[test]
 fn an_upgrade_keeps_the_ports_steered() {
     in_netns("upgrade", |ctx| async move {
@@ -489,6 +489,13 @@ fn an_upgrade_keeps_the_ports_steered() {
         write_config(&path, &text);
         let mut old = run(&ctx, &path, "old.log");
         eventually("the old node serves", WAIT, || async { tag_of(p1).await }).await;
+        let steering_listeners = || {
+            let mut l = listeners();
+            l.remove(&ADMIN);
+            l.remove(&inst.addr.port());
+            l
+        };
+        let before = steering_listeners();
 
         let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -517,6 +524,10 @@ fn an_upgrade_keeps_the_ports_steered() {
         let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
         eprintln!("upgrade under load: {ok} connections answered, {failed} failed");
         assert!(ok > 0);
+        // The new process steers to the very sockets it was handed (their accept queues
+        // with them): nothing was refused or reset.
+        assert_eq!(steering_listeners(), before);
+        assert_eq!(failed, 0, "{failed} of {} connections failed", ok + failed);
         for port in [p1, p2] {
             assert_eq!(
                 tag_of(port).await.as_deref(),

@@ -43,6 +43,8 @@ pub enum Role {
     Admin,
     /// The worker's backhaul listener.
     Backhaul,
+    /// A listener that `sk_lookup` steers app ports to, by its own loopback address.
+    Steering,
 }
 
 impl Role {
@@ -51,6 +53,7 @@ impl Role {
             Role::App => "app",
             Role::Admin => "admin",
             Role::Backhaul => "backhaul",
+            Role::Steering => "steering",
         }
     }
 
@@ -59,6 +62,7 @@ impl Role {
             "app" => Some(Role::App),
             "admin" => Some(Role::Admin),
             "backhaul" => Some(Role::Backhaul),
+            "steering" => Some(Role::Steering),
             _ => None,
         }
     }
@@ -352,6 +356,17 @@ impl Inherited {
         self.lock().remove(&(role, key))
     }
 
+    /// The first sockets handed over for `role` whose key `wanted` accepts, with that key.
+    pub fn take_where(
+        &self,
+        role: Role,
+        wanted: impl Fn(&ListenKey) -> bool,
+    ) -> Option<(ListenKey, Vec<OwnedFd>)> {
+        let mut sockets = self.lock();
+        let key = *sockets.keys().find(|(r, k)| *r == role && wanted(k))?;
+        sockets.remove(&key).map(|fds| (key.1, fds))
+    }
+
     /// Close what nobody claimed (listeners the new config no longer has); what they were.
     pub fn close_unclaimed(&self) -> Vec<(Role, ListenKey)> {
         std::mem::take(&mut *self.lock()).into_keys().collect()
@@ -418,6 +433,11 @@ mod tests {
             Listener {
                 role: Role::Backhaul,
                 key: ListenKey::Addr("[::1]:4280".parse().expect("addr")),
+                count: 2,
+            },
+            Listener {
+                role: Role::Steering,
+                key: ListenKey::Addr("127.0.0.1:39575".parse().expect("addr")),
                 count: 2,
             },
         ]));

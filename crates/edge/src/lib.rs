@@ -339,6 +339,16 @@ impl Edge {
             .map(|(key, fds)| (Role::App, key, fds))
             .collect();
         drop(set);
+        if let Some(steered) = self
+            .steered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            for (local, fds) in steered.handover()? {
+                out.push((Role::Steering, ListenKey::Addr(local), fds));
+            }
+        }
         let backhaul = self
             .backhaul_listener
             .lock()

@@ -6,13 +6,14 @@
 
 use super::listeners::{accept_loop_asking, ListenError};
 use crate::routes::ListenAddr;
-use crate::sockets::{bind_one, spawn_on_shards};
+use crate::sockets::{adopt_or_bind, bind_one, duplicates, spawn_on_shards};
 use crate::Shared;
+use anyedge_core::control::{ListenKey, Role};
 use anyedge_steering::{Family, Steering, Target};
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -21,6 +22,8 @@ use tokio::sync::oneshot;
 /// spreads the connections steered to the first among them as among any reuse-port group.
 struct Group {
     local: SocketAddr,
+    /// Copies of the sockets' descriptors, to hand them over to a new process.
+    fds: Vec<OwnedFd>,
     _stop: Vec<oneshot::Sender<()>>,
 }
 
@@ -45,7 +48,7 @@ impl SteeredSet {
             (Family::V4, IpAddr::V4(Ipv4Addr::LOCALHOST)),
             (Family::V6, IpAddr::V6(Ipv6Addr::LOCALHOST)),
         ] {
-            let sockets = match bind_group(ip, shards) {
+            let sockets = match adopt_or_bind_group(family, ip, shards, shared) {
                 Ok(s) => s,
                 Err(e) if family == Family::V6 => {
                     tracing::warn!(error = %e, "sk_lookup: no IPv6 loopback: IPv6 connections are not steered");
@@ -63,6 +66,7 @@ impl SteeredSet {
                 .first()
                 .and_then(|s| s.local_addr().ok())
                 .unwrap_or(SocketAddr::new(ip, 0));
+            let fds = duplicates(&sockets).map_err(|e| steer_io("cannot copy a listener", e))?;
             let stop = spawn_on_shards(sockets, shared, accept_loop_asking);
             shared
                 .metrics
@@ -70,7 +74,11 @@ impl SteeredSet {
                 .listeners
                 .fetch_add(1, Ordering::Relaxed);
             tracing::info!(%local, "sk_lookup: listening");
-            groups.push(Group { local, _stop: stop });
+            groups.push(Group {
+                local,
+                fds,
+                _stop: stop,
+            });
         }
         let set = SteeredSet {
             steering: Some(steering),
@@ -162,6 +170,39 @@ impl SteeredSet {
     /// The listening sockets' own addresses.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.groups.iter().map(|g| g.local).collect()
+    }
+
+    /// Copies of the listeners' sockets, by their own address (`anyedge run --upgrade`: the
+    /// new process steers to the same sockets, so nothing in their accept queues is lost).
+    pub fn handover(&self) -> io::Result<Vec<(SocketAddr, Vec<OwnedFd>)>> {
+        self.groups
+            .iter()
+            .map(|g| {
+                let fds: io::Result<Vec<OwnedFd>> = g.fds.iter().map(OwnedFd::try_clone).collect();
+                Ok((g.local, fds?))
+            })
+            .collect()
+    }
+}
+
+/// The listeners of `family`: those the previous process handed over (`Role::Steering`),
+/// joined by fresh ones on their port until every shard has one; else a new group.
+fn adopt_or_bind_group(
+    family: Family,
+    ip: IpAddr,
+    shards: usize,
+    shared: &Shared,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let inherited = shared.inherited.take_where(
+        Role::Steering,
+        |k| matches!(k, ListenKey::Addr(a) if a.is_ipv4() == (family == Family::V4)),
+    );
+    match inherited {
+        Some((ListenKey::Addr(at), fds)) => {
+            tracing::info!(%at, sockets = fds.len(), "sk_lookup: adopting the listeners handed over");
+            adopt_or_bind(Some(fds), shards.max(1), || bind_one(at, false))
+        }
+        _ => bind_group(ip, shards),
     }
 }
 
