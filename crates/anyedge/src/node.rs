@@ -141,7 +141,7 @@ impl Node {
         }
         if !errors.is_empty() {
             drain.start();
-            edge.stop_accepting();
+            edge.abandon_start();
             return Err(StartError::Listeners(errors));
         }
         admin.set_listening(edge.listening());
@@ -153,7 +153,7 @@ impl Node {
             Ok(acme) => acme,
             Err(e) => {
                 drain.start();
-                edge.stop_accepting();
+                edge.abandon_start();
                 return Err(e);
             }
         };

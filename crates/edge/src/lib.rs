@@ -286,25 +286,37 @@ impl Edge {
         }
     }
 
+    /// Close every listener of a node that failed to start. With `sk_lookup` the program stays
+    /// attached (its listeners leave the sockmap as they close, so nothing steers to them): in
+    /// an upgrade that failed, the running node still depends on that link.
+    pub fn abandon_start(&self) {
+        self.close(true);
+    }
+
     /// Close every listener (the node is stopping). Open connections go on.
     pub fn stop_accepting(&self) {
+        let handed_over = self
+            .shared
+            .handed_over
+            .load(std::sync::atomic::Ordering::SeqCst);
+        self.close(handed_over);
+    }
+
+    /// Close every listener; with `keep_steering`, leave the `sk_lookup` program attached.
+    fn close(&self, keep_steering: bool) {
         let mut set = self
             .listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         set.close_all(&self.shared);
         drop(set);
-        let handed_over = self
-            .shared
-            .handed_over
-            .load(std::sync::atomic::Ordering::SeqCst);
         if let Some(steered) = self
             .steered
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_mut()
         {
-            steered.close_all(&self.shared, handed_over);
+            steered.close_all(&self.shared, keep_steering);
         }
     }
 

@@ -133,9 +133,10 @@ impl SteeredSet {
             .store(n, Ordering::Relaxed);
     }
 
-    /// Stop accepting. Unless another process took over (it runs the same pinned link and
-    /// maps now), detach the program: nothing is steered any more.
-    pub fn close_all(&mut self, shared: &Shared, handed_over: bool) {
+    /// Stop accepting. Unless told to keep it (another process took over and runs the same
+    /// pinned link and maps now, or this one failed to start), detach the program: nothing is
+    /// steered any more.
+    pub fn close_all(&mut self, shared: &Shared, keep_steering: bool) {
         let n = self.groups.len() as i64;
         self.groups.clear();
         shared
@@ -146,7 +147,7 @@ impl SteeredSet {
         let Some(steering) = self.steering.take() else {
             return;
         };
-        if handed_over {
+        if keep_steering {
             return;
         }
         match steering.detach() {
