@@ -121,9 +121,7 @@ async fn admin_metric(admin: SocketAddr, series: &str) -> f64 {
     tokio::io::AsyncReadExt::read_to_string(&mut s, &mut text)
         .await
         .expect("read");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    anyedge_test_support::cluster::metric(&text, series)
 }
 
 fn row(fault: &str, tally: &Tally, note: &str) {

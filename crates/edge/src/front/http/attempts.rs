@@ -433,10 +433,9 @@ impl ProxyService {
             Err(_) => {
                 c.outlier_failed(OutlierReason::Timeout);
                 let retry = self.settings.config.retry_on.timeout;
-                return match failed_after_send(job, &c, RetryReason::Timeout, retry) {
-                    Some(flow) => flow,
-                    None => Flow::Fail(ProxyError::UpstreamTimeout),
-                };
+                let why = (RetryReason::Timeout, Box::new(Cause::TimedOut));
+                return failed_after_send(job, &c, why, retry)
+                    .unwrap_or_else(|_| Flow::Fail(ProxyError::UpstreamTimeout));
             }
         };
         if c.remote {
@@ -449,11 +448,11 @@ impl ProxyService {
                 // The worker's instance failed the request after it was written (the worker
                 // counted it): like a failure here, or the worker's answer as it is.
                 let on = &self.settings.config.retry_on;
-                let retry = match kind {
-                    RetryReason::Timeout => on.timeout,
-                    _ => on.reset,
+                let (retry, cause) = match kind {
+                    RetryReason::Timeout => (on.timeout, Cause::TimedOut),
+                    _ => (on.reset, Cause::WorkerReset),
                 };
-                if let Some(flow) = failed_after_send(job, &c, kind, retry) {
+                if let Ok(flow) = failed_after_send(job, &c, (kind, Box::new(cause)), retry) {
                     return flow;
                 }
             }
@@ -498,12 +497,11 @@ impl ProxyService {
             // Written, and maybe processed: the instance failed it.
             c.outlier_failed(OutlierReason::Reset);
             let on = self.settings.config.retry_on.reset;
-            let cause = Box::new(e);
-            if let Some(flow) = failed_after_send(job, c, RetryReason::Reset, on) {
-                job.last = Some(cause);
-                return flow;
-            }
-            return Flow::Fail(ProxyError::Upstream(cause));
+            let why = (RetryReason::Reset, Box::new(e));
+            return match failed_after_send(job, c, why, on) {
+                Ok(flow) => flow,
+                Err(cause) => Flow::Fail(ProxyError::Upstream(cause)),
+            };
         }
         match retry {
             Some(reason) if job.body.replay().is_some() => {
@@ -747,26 +745,29 @@ impl ProxyService {
 /// worker, which counts its instances' failures, sees the timeout.
 const REMOTE_TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// A request that failed after it was written to its instance (`why`: `Timeout` or `Reset`),
-/// which may have processed it: another instance (`Flow::Again`) when `retry` (`[http]
-/// retry_on`) allows and it is safe (an idempotent request, not a protocol switch, whose body
-/// is still kept), within `max_attempts` and `retry_deadline`; `None` when not. When no
-/// instance is left, the answer is the one this failure alone would get (`unplaced`).
-fn failed_after_send(job: &mut Job, c: &Chosen, why: RetryReason, retry: bool) -> Option<Flow> {
+/// A request that failed after it was written to its instance (`why`: `Timeout` or `Reset`,
+/// with its cause), which may have processed it: another instance (`Flow::Again`) when `retry`
+/// (`[http] retry_on`) allows and it is safe (an idempotent request, not a protocol switch,
+/// whose body is still kept), within `max_attempts` and `retry_deadline`; the cause back when
+/// not. When no instance is left, the answer is the one this failure alone would get
+/// (`unplaced`).
+fn failed_after_send(
+    job: &mut Job,
+    c: &Chosen,
+    (why, cause): (RetryReason, Box<Cause>),
+    retry: bool,
+) -> Result<Flow, Box<Cause>> {
     let retry = retry
         && job.head.method.is_idempotent()
         && matches!(job.upgrade, Upgrade::None)
         && job.body.replay().is_some();
     if !retry {
-        return None;
+        return Err(cause);
     }
     tracing::info!(instance = %c.inst().id, reason = why.as_str(), "the instance failed an idempotent request before answering; it goes to another instance");
     job.retrying = Some(why);
-    job.last = Some(Box::new(match why {
-        RetryReason::Timeout => Cause::TimedOut,
-        _ => Cause::WorkerReset,
-    }));
-    Some(Flow::Again)
+    job.last = Some(cause);
+    Ok(Flow::Again)
 }
 
 /// A worker's answer for a request its instance failed after it was written
