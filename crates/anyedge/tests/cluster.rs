@@ -997,13 +997,21 @@ async fn the_edge_counts_open_tcp_backhaul_connections() {
     .await;
 }
 
-/// The fault suite's frozen worker: the nearest worker is stopped with SIGSTOP under load (its
-/// sockets stay open, nothing answers), then resumed. Open-loop load (a new request every
-/// 50 ms, each on its own connection, whatever the others do): requests sent to it before it
-/// was found silent wait for it; from 2 s after the freeze on, every request is answered at
-/// once by the next region; after the resume it serves again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_worker_is_routed_around_and_serves_again_when_resumed() {
+/// App `web` on etcd with instance `near` on worker `w-iad` and `next` on `w-fra` (the next
+/// region), and an edge in ord: all up, `near` answering through the edge.
+struct TwoRegions {
+    etcd: Etcd,
+    pki: Pki,
+    dir: tempfile::TempDir,
+    port: u16,
+    near: HttpInstance,
+    next: HttpInstance,
+    iad: Node,
+    fra: Node,
+    edge: Node,
+}
+
+async fn two_regions() -> TwoRegions {
     let etcd = Etcd::start();
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1030,6 +1038,37 @@ async fn a_frozen_worker_is_routed_around_and_serves_again_when_resumed() {
             .filter(|(s, b)| *s == 200 && b.trim() == "near")
     })
     .await;
+    TwoRegions {
+        etcd,
+        pki,
+        dir,
+        port,
+        near,
+        next,
+        iad,
+        fra,
+        edge,
+    }
+}
+
+/// The fault suite's frozen worker: the nearest worker is stopped with SIGSTOP under load (its
+/// sockets stay open, nothing answers), then resumed. Open-loop load (a new request every
+/// 50 ms, each on its own connection, whatever the others do): requests sent to it before it
+/// was found silent wait for it; from 2 s after the freeze on, every request is answered at
+/// once by the next region; after the resume it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_is_routed_around_and_serves_again_when_resumed() {
+    let TwoRegions {
+        etcd: _etcd,
+        pki: _pki,
+        dir: _dir,
+        port,
+        near: _near,
+        next: _next,
+        iad,
+        fra: _fra,
+        edge: _edge,
+    } = two_regions().await;
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
@@ -1108,32 +1147,17 @@ async fn a_frozen_worker_is_routed_around_and_serves_again_when_resumed() {
 /// backhaul gone and go there too. Nothing sent from 2 s after waits more than 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_loses_no_request() {
-    let etcd = Etcd::start();
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    put_http_app(&etcd, dir.path(), "web", port);
-    let near = HttpInstance::start("near", false).await;
-    let next = HttpInstance::start("next", false).await;
-    let worker = |id: &str, region: &str, inst: &str, addr: String| {
-        Node::start(
-            bin(),
-            id,
-            &worker_toml(&pki, &etcd, id, region, free_port(), &[("web", inst, addr)]),
-        )
-    };
-    let mut iad = worker("w-iad", "iad", "iad-1", near.addr.to_string());
-    let fra = worker("w-fra", "fra", "fra-1", next.addr.to_string());
-    let edge = Node::start(bin(), "edge", &edge_toml(&pki, &etcd));
-    for n in [&iad, &fra, &edge] {
-        n.up().await;
-    }
-    eventually("near answers", Duration::from_secs(10), || async {
-        get(local(port), "web.test", "/")
-            .await
-            .filter(|(s, b)| *s == 200 && b.trim() == "near")
-    })
-    .await;
+    let TwoRegions {
+        etcd: _etcd,
+        pki: _pki,
+        dir: _dir,
+        port,
+        near,
+        next: _next,
+        mut iad,
+        fra,
+        edge,
+    } = two_regions().await;
     let samples = Arc::new(Mutex::new(Vec::<(Instant, Instant, Option<u16>)>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
