@@ -421,6 +421,22 @@ impl RespBody {
         }
     }
 
+    /// The body's next bytes copied to `out` when they are already read and small (at most
+    /// `max`), counted as sent; `None`: read it by frames. Only an instance's answer on our
+    /// HTTP/1.1 client has such bytes ([`super::http1::H1Body::copy_buffered`]).
+    pub fn copy_buffered(&mut self, out: &mut Vec<u8>, max: usize) -> Option<usize> {
+        let RespKind::Upstream(UpBody::H1(b)) = &mut self.kind else {
+            return None;
+        };
+        let n = b.copy_buffered(out, max)?;
+        self.sent += n as u64;
+        if let Some(m) = &self.metrics {
+            m.add_bytes(Direction::Out, n as u64);
+        }
+        self.return_if_done();
+        Some(n)
+    }
+
     /// The request id, for the writer of the answer's head (which names it): our HTTP/1.1
     /// server's answers carry it here instead of in their `HeaderMap`.
     pub fn set_request_id(&mut self, id: super::headers::RequestId) {

@@ -5,6 +5,7 @@
 //! connection so holds no buffer at all (nginx frees its buffer on keep-alive; HAProxy
 //! releases empty buffers after every receive and send).
 
+use bytes::BytesMut;
 use std::cell::RefCell;
 
 /// The size of a pooled buffer; a head that needs more grows its buffer (up to the head limit)
@@ -16,7 +17,13 @@ const KEEP: usize = 256;
 thread_local! {
     static READ: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
     static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static RESPONSE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
+
+/// The room a response read buffer starts with (`instance::http1`).
+pub(crate) const RESPONSE_SIZE: usize = 16 * 1024;
+/// Response read buffers kept per thread.
+const KEEP_RESPONSE: usize = 64;
 
 /// A read buffer: the unread bytes are `data[start..end]`. Holds no memory while empty and
 /// released.
@@ -131,6 +138,30 @@ pub(crate) fn give_back(mut buf: Vec<u8>) {
     });
 }
 
+/// A buffer to read an instance's response into, from the pool: empty, with room for
+/// [`RESPONSE_SIZE`] bytes (more only when a frame of it is still held elsewhere).
+pub(crate) fn response_buffer() -> BytesMut {
+    let mut buf = RESPONSE.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    // Reclaims the buffer's own memory when nothing else holds part of it (no allocation).
+    buf.reserve(RESPONSE_SIZE);
+    buf
+}
+
+/// Give a response buffer back once everything in it was read (one with unread bytes, no
+/// memory, or grown past four times its size is dropped instead).
+pub(crate) fn give_back_response(buf: BytesMut) {
+    if !buf.is_empty() || buf.capacity() == 0 || buf.capacity() > 4 * RESPONSE_SIZE {
+        return;
+    }
+    let _ = RESPONSE.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            if p.len() < KEEP_RESPONSE {
+                p.push(buf);
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +191,32 @@ mod tests {
         b.consume(2 * SIZE);
         b.release();
         assert!(b.data.is_none(), "an empty buffer is released");
+    }
+
+    #[test]
+    fn a_response_buffer_comes_back_without_a_new_allocation() {
+        let mut b = response_buffer();
+        assert!(b.capacity() >= RESPONSE_SIZE);
+        b.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\nok");
+        let at = b.as_ptr();
+        b.clear();
+        give_back_response(b);
+        let again = response_buffer();
+        assert_eq!(again.as_ptr(), at, "the same memory, from the pool");
+        let mut held = again;
+        held.extend_from_slice(b"body");
+        let frame = held.split_to(4).freeze();
+        give_back_response(held);
+        // The frame still holds part of that memory: the next buffer gets room of its own.
+        let other = response_buffer();
+        assert!(other.capacity() >= RESPONSE_SIZE);
+        assert_eq!(&frame[..], b"body");
+        let mut unread = BytesMut::from(&b"x"[..]);
+        unread.reserve(RESPONSE_SIZE);
+        give_back_response(unread);
+        assert!(
+            response_buffer().is_empty(),
+            "a buffer with unread bytes is not pooled"
+        );
     }
 }

@@ -132,7 +132,8 @@ impl<'a> Outbound<'a> {
 /// origin-form target; anything else takes the `HeaderMap`.
 #[derive(Debug)]
 pub(crate) struct RawRequest {
-    pub bytes: Bytes,
+    /// The head's bytes: a write buffer from the thread's pool, given back on drop.
+    pub bytes: Vec<u8>,
     pub fields: anyedge_http1::Fields,
     /// The one `Host` value.
     pub host: Option<anyedge_http1::Span>,
@@ -144,6 +145,12 @@ pub(crate) struct RawRequest {
     /// after the received ones as `names.region` and `names.request_id`; set by the
     /// forwarding core.
     pub edge: Option<(HeaderValue, super::headers::RequestId)>,
+}
+
+impl Drop for RawRequest {
+    fn drop(&mut self) {
+        super::buffers::give_back(std::mem::take(&mut self.bytes));
+    }
 }
 
 impl RawRequest {
@@ -167,14 +174,14 @@ impl RawRequest {
             .any(|f| starts_with_ignore_case(f.name.of(&self.bytes), prefix))
     }
 
-    /// The fields `keep` lets through into `map`, in order, their values sharing the head's
-    /// bytes. The parser's rules are stricter than `HeaderName`'s and `HeaderValue`'s, so
+    /// The fields `keep` lets through into `map`, in order, each value a copy (the general
+    /// way only). The parser's rules are stricter than `HeaderName`'s and `HeaderValue`'s, so
     /// none fails.
     fn append(&self, map: &mut HeaderMap, mut keep: impl FnMut(&anyedge_http1::Field) -> bool) {
         map.reserve(self.fields.as_slice().len() + 2);
         for f in self.fields.as_slice().iter().filter(|f| keep(f)) {
             let name = HeaderName::from_bytes(f.name.of(&self.bytes));
-            let value = HeaderValue::from_maybe_shared(self.bytes.slice(f.value.range()));
+            let value = HeaderValue::from_bytes(f.value.of(&self.bytes));
             if let (Ok(name), Ok(value)) = (name, value) {
                 map.append(name, value);
             }
@@ -234,7 +241,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut out = Outgoing::new(&head, body);
-    let mut buf = BytesMut::new();
+    let mut buf = super::buffers::response_buffer();
     let mut write_failed = None;
     let mut started = false;
     let head_only = *head.method == Method::HEAD;
@@ -274,8 +281,6 @@ where
     if head.version == anyedge_http1::Version::Http10 {
         *resp.version_mut() = Version::HTTP_10;
     }
-    // The head's bytes, shared by every value (a copy each was an allocation each).
-    let raw = buf.split_to(head.len).freeze();
     // Hop-by-hop fields are left out here, where they are known by class, so the answer needs
     // no scan for them later (`response_back`); when `Connection` names other fields, they all
     // go in and are removed by name.
@@ -288,11 +293,18 @@ where
     };
     let reusable = head.keep_alive() && write_failed.is_none();
     let raw_head = if raw_answer && !named {
+        // A copy of the head into a pooled buffer: the read buffer is not split (a split
+        // shares it, an allocation), and the copy is given back once the head is written.
+        let mut bytes = super::buffers::write_buffer();
+        bytes.extend_from_slice(&buf[..head.len]);
+        buf.advance(head.len);
         Some(RawHead {
-            bytes: raw,
+            bytes,
             fields: head.fields,
         })
     } else {
+        // The head's bytes, shared by every value (a copy each was an allocation each).
+        let raw = buf.split_to(head.len).freeze();
         let headers = resp.headers_mut();
         headers.reserve(head.fields().len());
         for f in head.fields() {
@@ -353,7 +365,9 @@ fn poll_head(
                 Err(e) => return Poll::Ready(Err(H1Error::Head(e))),
             }
         }
-        buf.reserve(READ_SIZE);
+        if buf.capacity() - buf.len() < READ_SIZE / 4 {
+            buf.reserve(READ_SIZE);
+        }
         match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)) {
             Ok(0) if *started => return Poll::Ready(Err(H1Error::ClosedInHead)),
             Ok(0) => return Poll::Ready(Err(H1Error::Closed)),
@@ -645,11 +659,18 @@ pub(crate) struct H1Body {
     raw_head: Option<RawHead>,
 }
 
-/// A response head kept as received: its bytes and where its fields are. Hop-by-hop fields
-/// are still among them (known by class); whoever writes the head leaves them out.
+/// A response head kept as received: its bytes (a write buffer from the thread's pool, given
+/// back when the head is dropped) and where its fields are. Hop-by-hop fields are still among
+/// them (known by class); whoever writes the head leaves them out.
 pub(crate) struct RawHead {
-    pub bytes: Bytes,
+    pub bytes: Vec<u8>,
     pub fields: anyedge_http1::Fields,
+}
+
+impl Drop for RawHead {
+    fn drop(&mut self) {
+        super::buffers::give_back(std::mem::take(&mut self.bytes));
+    }
 }
 
 impl RawHead {
@@ -707,7 +728,34 @@ impl H1Body {
                 self.pool.put(io);
             }
         }
-        self.buf = BytesMut::new();
+        super::buffers::give_back_response(std::mem::take(&mut self.buf));
+    }
+
+    /// The body's next bytes when they are already read and small: copied to `out` (at most
+    /// `max`), with no frame made of them (a frame shares the read buffer: an allocation).
+    /// `None`: there is nothing to copy so, and the body is read by frames
+    /// ([`Body::poll_frame`]).
+    pub fn copy_buffered(&mut self, out: &mut Vec<u8>, max: usize) -> Option<usize> {
+        if self.writer.is_some() {
+            return None;
+        }
+        let In::Length(left) = &mut self.framing else {
+            return None;
+        };
+        let n = self
+            .buf
+            .len()
+            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+        if n == 0 || n > max {
+            return None;
+        }
+        out.extend_from_slice(&self.buf[..n]);
+        self.buf.advance(n);
+        *left -= n as u64;
+        if *left == 0 {
+            self.finish();
+        }
+        Some(n)
     }
 
     fn fail(

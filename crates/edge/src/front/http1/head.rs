@@ -76,7 +76,9 @@ pub(super) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, Rejec
     if !plain(buf, &head) {
         return Ok(Some((request(buf, &head)?, facts, None)));
     }
-    let (req, bytes) = start(buf, &head)?;
+    let req = start_plain(buf, &head)?;
+    let mut bytes = crate::instance::buffers::write_buffer();
+    bytes.extend_from_slice(&buf[..head.len]);
     let raw = RawRequest {
         bytes,
         host: head.known.host,
@@ -103,6 +105,26 @@ fn plain(buf: &[u8], head: &RequestHead) -> bool {
         && known.upgrade.is_none()
         && head.authority.is_none()
         && !head.method_is(buf, b"CONNECT")
+}
+
+/// The request line of a plain request (its head is kept as received, in a pooled buffer) as
+/// a request with no fields: the target is its own copy (`/` none), so nothing shares the
+/// head's bytes (sharing them was two allocations: the copy and the count its sharing needs).
+fn start_plain(buf: &[u8], head: &RequestHead) -> Result<Request<()>, Rejection> {
+    let method = Method::from_bytes(head.method.of(buf)).map_err(|_| bad("method"))?;
+    let target = head.target.of(buf);
+    let uri = match target {
+        b"/" => Uri::from_static("/"),
+        _ => Uri::try_from(target).map_err(|_| bad("target"))?,
+    };
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = match head.version {
+        Version::Http10 => http::Version::HTTP_10,
+        Version::Http11 => http::Version::HTTP_11,
+    };
+    Ok(req)
 }
 
 /// The request line as a request with no fields, and the head's bytes it shares.

@@ -169,6 +169,20 @@ impl Writer {
                 let Some(body) = self.body.as_mut() else {
                     break;
                 };
+                // Small bytes already read from an instance are copied from its read buffer,
+                // with no frame made of them.
+                if matches!(self.mode, Mode::Length(_) | Mode::Close) {
+                    if let Some(n) = body.copy_buffered(&mut self.buf, COPY) {
+                        if let Mode::Length(left) = &mut self.mode {
+                            let Some(rest) = left.checked_sub(n as u64) else {
+                                let e = io::Error::other("the body is longer than its length");
+                                return Poll::Ready(Err(e));
+                            };
+                            *left = rest;
+                        }
+                        continue;
+                    }
+                }
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => self.frame(frame)?,
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
