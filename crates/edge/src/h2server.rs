@@ -183,8 +183,8 @@ where
                 let guard = streams.begin();
                 // Boxed once where it is made: the core's future is kilobytes, and the set moves
                 // what it is given three times on its way into its node (callgrind: 1,100
-                // instructions of memcpy per request, unboxed). (Built in its box with
-                // `in_box` instead, callgrind counted no difference: 48,242 against 48,071.)
+                // instructions of memcpy per request, unboxed). (Built in place in its box instead,
+                // callgrind counted no difference: 48,242 against 48,071.)
                 let answering = Box::pin(answer(req));
                 running.push(stream::Respond::new(answering, respond, tunnel, guard));
             }

@@ -14,6 +14,7 @@ mod h2server;
 mod health;
 mod instance;
 mod policy;
+mod pooled;
 mod routes;
 mod sockets;
 mod wake;
@@ -21,14 +22,7 @@ mod worker;
 
 pub use instance::proxy_protocol;
 
-/// `make()`'s future in a box of its own, built in the box: `Box::pin(make())` builds it on
-/// the stack and copies all of its size into the box (a request's future is about 5 KB, most
-/// of it not yet in use: 450 instructions of `memcpy` per request by callgrind), where
-/// writing it into the box's memory stores only what its first state holds.
-#[inline(always)]
-pub(crate) fn in_box<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
-}
+pub(crate) use pooled::in_pool;
 
 pub use anyedge_steering::SteerError;
 pub use front::listeners::ListenError;

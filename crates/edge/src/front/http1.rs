@@ -25,7 +25,7 @@ use super::http::ProxyService;
 use crate::instance::body::ClientBody;
 use crate::instance::inbound;
 use crate::instance::upgrade::{Handover, Switched};
-use crate::{in_box, Shared};
+use crate::{in_pool, Shared};
 use anyedge_http1::Limits;
 use anyedge_telemetry::ErrorCode;
 use head::Rejection;
@@ -91,8 +91,8 @@ pub(crate) struct Ending(Next);
 /// On a plain connection this future is part of the connection's task, and what it holds
 /// between requests is what an idle keep-alive connection costs: a timer and the drain wait
 /// (the connection and its service are the caller's). Everything else (reading a head, the
-/// exchange, closing) runs in boxes of its own, freed when done, so that their size is not
-/// part of it. A plain function returning an `async` block, not an `async fn`: an `async fn`
+/// exchange, closing) runs in blocks of its own from the thread's pool (`pooled.rs`), given
+/// back when done, so that their size is not part of it. A plain function returning an `async` block, not an `async fn`: an `async fn`
 /// keeps its arguments in its state beside the locals it moves them into.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(crate) fn serve<'a, IO: ClientIo>(
@@ -113,16 +113,16 @@ pub(crate) fn serve<'a, IO: ClientIo>(
             // The deadline comes back with `Ready`, not kept beside the timer holding it.
             let next = match conn.wait(Instant::now() + quiet_for).await {
                 Waited::Ready(quiet_until) if IO::WAITS_WITHOUT_BUFFER => {
-                    in_box(|| conn.request(quiet_until, first, service, shared)).await
+                    in_pool(|| conn.request(quiet_until, first, service, shared)).await
                 }
-                // A connection that waits by reading (TLS) waits in `head`: that box holds
+                // A connection that waits by reading (TLS) waits in `head`: that block holds
                 // the head's state only, and the exchange gets its own.
-                // (The exchange's box is made inside the first `match` and awaited after it:
+                // (The exchange's block is made inside the first `match` and awaited after it:
                 // a head kept in an awaited `match` would stay in this state.)
                 Waited::Ready(quiet_until) => {
                     let exchange =
-                        match in_box(|| conn.head(quiet_until, first, service, shared)).await {
-                            Ok(parsed) => Ok(in_box(|| exchange(conn, parsed, service, shared))),
+                        match in_pool(|| conn.head(quiet_until, first, service, shared)).await {
+                            Ok(parsed) => Ok(in_pool(|| exchange(conn, parsed, service, shared))),
                             Err(next) => Err(next),
                         };
                     match exchange {
@@ -239,7 +239,7 @@ impl<IO: ClientIo> Conn<IO> {
     }
 
     /// One request: its head, then the exchange (or how the connection ends without one),
-    /// in the one box the caller gives it.
+    /// in the one block the caller gives it.
     async fn request(
         &mut self,
         quiet_until: Instant,
@@ -407,7 +407,7 @@ impl<IO: ClientIo> Conn<IO> {
 }
 
 /// One request: handed to the forwarding core, its body read as the core asks, its answer
-/// written. Runs in a box (in [`Conn::request`]'s, or its own), so an idle connection's task
+/// written. Runs in a pooled block (in [`Conn::request`]'s, or its own), so an idle connection's task
 /// does not hold its state.
 async fn exchange<IO: ClientIo>(
     conn: &mut Conn<IO>,
@@ -446,7 +446,7 @@ async fn exchange<IO: ClientIo>(
         let prefix = service.settings().names.dash_prefix();
         let raw = match raw {
             Some(raw) if raw.prefixed(prefix) => {
-                raw.fill_received(request.headers_mut());
+                raw.fill_received(&mut request);
                 None
             }
             raw => raw,

@@ -134,6 +134,10 @@ impl<'a> Outbound<'a> {
 pub(crate) struct RawRequest {
     /// The head's bytes: a write buffer from the thread's pool, given back on drop.
     pub bytes: Vec<u8>,
+    /// The request target (origin form, of bytes that `Uri` takes as they are: see
+    /// `front/http1/head.rs`). The request beside a kept head carries `/` as its `Uri`: the
+    /// target is written from here, and made a `Uri` only on the general way ([`Self::uri`]).
+    pub target: anyedge_http1::Span,
     pub fields: anyedge_http1::Fields,
     /// The one `Host` value.
     pub host: Option<anyedge_http1::Span>,
@@ -154,6 +158,16 @@ impl Drop for RawRequest {
 }
 
 impl RawRequest {
+    /// The request target as received.
+    pub fn target(&self) -> &[u8] {
+        self.target.of(&self.bytes)
+    }
+
+    /// The target as a `Uri`, for the general way (a copy).
+    pub fn uri(&self) -> Uri {
+        Uri::try_from(self.target()).unwrap_or_else(|_| Uri::from_static("/"))
+    }
+
     /// The fields that are forwarded: all but the hop-by-hop ones and the framing ones (the
     /// client re-frames the body; `Content-Length` goes on only in [`Self::fill`]), then
     /// `te: trailers` when the client's `TE` listed it.
@@ -188,9 +202,12 @@ impl RawRequest {
         }
     }
 
-    /// Every field as received into `map` (hop-by-hop ones too; `Content-Length` once, and not
-    /// beside `Transfer-Encoding`): what the forwarding core's general way starts from.
-    pub fn fill_received(self, map: &mut HeaderMap) {
+    /// The target and every field as received into `req` (hop-by-hop fields too;
+    /// `Content-Length` once, and not beside `Transfer-Encoding`): what the forwarding core's
+    /// general way starts from.
+    pub fn fill_received<T>(self, req: &mut http::Request<T>) {
+        *req.uri_mut() = self.uri();
+        let map = req.headers_mut();
         let mut drop_length = self.content_length.is_none();
         self.append(map, |f| {
             f.class != anyedge_http1::Class::ContentLength
@@ -571,8 +588,13 @@ where
 fn write_head(parts: &Outbound<'_>, framing: Option<Option<u64>>, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(target.as_bytes());
+    match parts.raw {
+        Some(raw) => out.extend_from_slice(raw.target()),
+        None => {
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            out.extend_from_slice(target.as_bytes());
+        }
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff: Vec<&[u8]> = Vec::new();
     if let Some(raw) = parts.raw {

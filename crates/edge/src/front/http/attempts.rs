@@ -125,7 +125,10 @@ impl Head {
     fn request(&self, body: ReqBody, h2: bool, names: &headers::Prefixed) -> Request<ReqBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
+        *req.uri_mut() = match &self.raw {
+            Some(raw) => raw.uri(),
+            None => self.uri.clone(),
+        };
         match &self.raw {
             Some(raw) => {
                 let map = req.headers_mut();

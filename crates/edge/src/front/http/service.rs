@@ -261,6 +261,7 @@ impl ProxyService {
         }
         if app.service().force_https && !self.client.tls {
             if let Some(raw) = raw.take() {
+                *req.uri_mut() = raw.uri();
                 raw.fill(req.headers_mut(), &self.settings.names);
             }
             return Prepared::Answer(Ok((redirect_https(&req), outcome)));

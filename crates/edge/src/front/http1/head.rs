@@ -81,6 +81,7 @@ pub(super) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, Rejec
     bytes.extend_from_slice(&buf[..head.len]);
     let raw = RawRequest {
         bytes,
+        target: head.target,
         host: head.known.host,
         content_length: head.known.content_length,
         te_trailers: head.known.te_trailers,
@@ -99,27 +100,41 @@ pub(super) type Parsed = (Request<()>, Facts, Option<RawRequest>);
 /// (fields that `Connection` names; a protocol switch; an absolute-form target's authority;
 /// CONNECT). The proxy's prefixed fields (placement wishes, debug, spoofed proxy-only ones)
 /// are checked once the request is routed, against the current prefix.
+///
+/// Its target is written to the instance as received and made a `Uri` only on the general
+/// way, so it must be one that `Uri` keeps as it is: an origin form of common bytes (no
+/// fragment, nothing `Uri` refuses or escapes); any other goes the general way.
 fn plain(buf: &[u8], head: &RequestHead) -> bool {
     let known = &head.known;
     !known.connection.names_fields
         && known.upgrade.is_none()
         && head.authority.is_none()
         && !head.method_is(buf, b"CONNECT")
+        && kept_target(head.target.of(buf))
+}
+
+/// An origin-form target of bytes that every part of a `Uri` takes unchanged: `/` first, then
+/// letters, digits and `!$%&'()*+,-./:;=?@_~`, at most 8 KiB.
+fn kept_target(target: &[u8]) -> bool {
+    target.first() == Some(&b'/')
+        && target.len() <= 8 * 1024
+        && target.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'$'..=b'/' | b':' | b';' | b'=' | b'?' | b'@' | b'_' | b'~'
+                )
+        })
 }
 
 /// The request line of a plain request (its head is kept as received, in a pooled buffer) as
-/// a request with no fields: the target is its own copy (`/` none), so nothing shares the
-/// head's bytes (sharing them was two allocations: the copy and the count its sharing needs).
+/// a request with no fields and `/` for its `Uri`: the target stays in the kept head
+/// ([`RawRequest::target`]), so nothing is allocated for it (a `Uri` sharing the head's bytes
+/// was two allocations: the copy and the count its sharing needs).
 fn start_plain(buf: &[u8], head: &RequestHead) -> Result<Request<()>, Rejection> {
     let method = Method::from_bytes(head.method.of(buf)).map_err(|_| bad("method"))?;
-    let target = head.target.of(buf);
-    let uri = match target {
-        b"/" => Uri::from_static("/"),
-        _ => Uri::try_from(target).map_err(|_| bad("target"))?,
-    };
     let mut req = Request::new(());
     *req.method_mut() = method;
-    *req.uri_mut() = uri;
     *req.version_mut() = match head.version {
         Version::Http10 => http::Version::HTTP_10,
         Version::Http11 => http::Version::HTTP_11,
@@ -200,7 +215,7 @@ mod tests {
             .expect("valid")
             .expect("complete");
         if let Some(kept) = kept {
-            kept.fill_received(req.headers_mut());
+            kept.fill_received(&mut req);
         }
         (req, facts)
     }
@@ -213,6 +228,20 @@ mod tests {
             assert!(req.headers().is_empty());
         }
         kept.filter(|k| !k.prefixed(b"anyedge-"))
+    }
+
+    #[test]
+    fn a_kept_head_keeps_its_target_and_odd_targets_go_the_general_way() {
+        let k = kept(b"GET /a/b;p?c=d&e=%20&f=/g:h@i HTTP/1.1\r\nHost: x\r\n\r\n").expect("kept");
+        assert_eq!(k.target(), b"/a/b;p?c=d&e=%20&f=/g:h@i");
+        assert_eq!(k.uri(), "/a/b;p?c=d&e=%20&f=/g:h@i");
+        for odd in ["/a#f", "/a|b", "/{x}", "/a^b", "/a\"b", "/a[1]"] {
+            let raw = format!("GET {odd} HTTP/1.1\r\nHost: x\r\n\r\n");
+            if let Ok(Some((req, _, kept))) = parse(raw.as_bytes(), &Limits::default()) {
+                assert!(kept.is_none(), "{odd} went the general way");
+                assert!(req.uri().path().starts_with("/a") || req.uri().path() == "/{x}");
+            }
+        }
     }
 
     #[test]
