@@ -1,7 +1,8 @@
-//! Futures in memory from a per-thread pool: a connection's request future (about 5 KB) runs in
+//! Boxes in memory from a per-thread pool. A connection's request future (about 5 KB) runs in
 //! a block of its own, so that an idle keep-alive connection does not hold it, and the block
-//! goes back to the thread's pool when the request is done. A request so costs no allocation
-//! for its future once its thread has served a few (`Box::pin` was one allocation and one free
+//! goes back to the thread's pool when the request is done; a request's access-log record
+//! travels with its answer in one too. A request so costs no allocation for them once its
+//! thread has served a few (`Box::pin` and a boxed closure were an allocation and a free each
 //! per request).
 
 use std::alloc::Layout;
@@ -71,18 +72,30 @@ fn layout_for<F>() -> Layout {
     }
 }
 
-/// A future in a pooled block (see the top).
+/// A value in a pooled block, owned as a `Box` owns its value (see the top); a future in one is
+/// a future, pinned where it is.
 pub(crate) struct Pooled<F> {
     ptr: NonNull<F>,
 }
 
 // SAFETY: `Pooled<F>` owns its `F` as a `Box<F>` would.
 unsafe impl<F: Send> Send for Pooled<F> {}
+// SAFETY: as `Box<F>`: shared access to it is shared access to `F`.
+unsafe impl<F: Sync> Sync for Pooled<F> {}
 
-/// `make()`'s future, written straight into a pooled block (a future built on the stack and
-/// then moved is a copy of all its size).
+impl<F> std::ops::Deref for Pooled<F> {
+    type Target = F;
+
+    fn deref(&self) -> &F {
+        // SAFETY: the block holds a live `F` until `Pooled` drops it.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+/// `make()`'s value (a future, most often), written straight into a pooled block (a future
+/// built on the stack and then moved is a copy of all its size).
 #[inline(always)]
-pub(crate) fn in_pool<F: Future>(make: impl FnOnce() -> F) -> Pooled<F> {
+pub(crate) fn in_pool<F>(make: impl FnOnce() -> F) -> Pooled<F> {
     const { assert!(std::mem::align_of::<F>() <= ALIGN) };
     let layout = layout_for::<F>();
     let reused = class_of(std::mem::size_of::<F>()).and_then(|class| {
@@ -182,6 +195,11 @@ mod tests {
         });
         drop(never);
         assert_eq!(dropped.load(Ordering::SeqCst), 2);
+        // Any value: read through it, dropped with it.
+        let value = in_pool(|| (Counted(dropped.clone()), 5u32));
+        assert_eq!(value.1, 5);
+        drop(value);
+        assert_eq!(dropped.load(Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use super::h2body::RecvBody;
 use super::inbound::Inbound;
 use crate::instance::http1::H1Body;
+use crate::pooled::Pooled;
 use anyedge_telemetry::{AppMetrics, Direction};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -344,12 +345,46 @@ impl Body for UpBody {
     }
 }
 
+/// A request's access-log line, but for the bytes its answer sent: written when the answer's
+/// body is done ([`RespBody::log_when_done`]).
+pub(crate) struct AccessRecord {
+    pub request_id: super::headers::RequestId,
+    pub app: Option<Arc<str>>,
+    pub outcome: super::attempt::Outcome,
+    pub status: u16,
+    /// From arrival until the answer's head was ready.
+    pub first_byte: std::time::Duration,
+    pub started: std::time::Instant,
+}
+
+impl AccessRecord {
+    fn write(&self, bytes_out: u64) {
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let outcome = &self.outcome;
+        anyedge_telemetry::access::record(&anyedge_telemetry::access::AccessLine {
+            request_id: self.request_id.as_str(),
+            app: self.app.as_deref().unwrap_or(""),
+            instance: outcome.instance.as_ref().map_or("", |i| i.instance()),
+            status: self.status,
+            code: outcome.code.unwrap_or(""),
+            fault: outcome.fault.map_or("", |f| f.as_str()),
+            attempts: outcome.attempts,
+            replays: outcome.replays,
+            bytes_out,
+            queue_us: micros(outcome.queue),
+            connect_us: micros(outcome.connect),
+            first_byte_us: micros(self.first_byte),
+            total_us: micros(self.started.elapsed()),
+        });
+    }
+}
+
 /// A response body on its way to the client.
 pub(crate) struct RespBody {
     kind: RespKind,
     metrics: Option<Arc<AppMetrics>>,
-    /// Runs when the body is dropped: the access-log line.
-    on_done: Option<Box<dyn FnOnce(u64) + Send>>,
+    /// Written when the body is dropped: the access-log line.
+    access: Option<Pooled<AccessRecord>>,
     sent: u64,
     /// In-flight slots the request holds until its response has been sent.
     held: Option<Slots>,
@@ -387,7 +422,7 @@ impl RespBody {
         RespBody {
             kind: RespKind::Full((!bytes.is_empty()).then_some(bytes)),
             metrics: None,
-            on_done: None,
+            access: None,
             sent: 0,
             held: None,
             request_id: None,
@@ -402,7 +437,7 @@ impl RespBody {
         let mut b = RespBody {
             kind: RespKind::Upstream(body),
             metrics: Some(metrics),
-            on_done: None,
+            access: None,
             sent: 0,
             held: None,
             request_id: None,
@@ -447,9 +482,10 @@ impl RespBody {
         self.request_id.take()
     }
 
-    /// Call `f` with the bytes sent when the body is finished or dropped.
-    pub fn on_done(&mut self, f: Box<dyn FnOnce(u64) + Send>) {
-        self.on_done = Some(f);
+    /// Write `record` to the access log, with the bytes sent, when the body is finished or
+    /// dropped.
+    pub fn log_when_done(&mut self, record: Pooled<AccessRecord>) {
+        self.access = Some(record);
     }
 
     /// Hold the request's in-flight slots until the body has been sent.
@@ -512,8 +548,8 @@ impl Body for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let Some(f) = self.on_done.take() {
-            f(self.sent);
+        if let Some(record) = self.access.take() {
+            record.write(self.sent);
         }
     }
 }

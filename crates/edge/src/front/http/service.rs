@@ -7,7 +7,7 @@ use super::attempts::{Answer, Head, Hop, Job};
 use super::routing::Wishes;
 use crate::error::ProxyError;
 use crate::instance::attempt::{set_host_from_authority, Outcome};
-use crate::instance::body::{ClientBody, ReqBody, RespBody};
+use crate::instance::body::{AccessRecord, ClientBody, ReqBody, RespBody};
 use crate::instance::headers::{self, ClientInfo};
 use crate::instance::http1::RawRequest;
 use crate::instance::upgrade::{self, Upgrade};
@@ -180,25 +180,16 @@ impl ProxyService {
                 .http_response(resp.status().as_u16(), elapsed.as_secs_f64());
         }
         if self.settings.config.access_log {
-            let app_name = app.as_ref().map(|a| a.app.name.clone());
             let status = resp.status().as_u16();
-            resp.body_mut().on_done(Box::new(move |bytes_out| {
-                anyedge_telemetry::access::record(&anyedge_telemetry::access::AccessLine {
-                    request_id: request_id.as_str(),
-                    app: app_name.as_deref().unwrap_or(""),
-                    instance: outcome.instance.as_ref().map_or("", |i| i.instance()),
-                    status,
-                    code: outcome.code.unwrap_or(""),
-                    fault: outcome.fault.map_or("", |f| f.as_str()),
-                    attempts: outcome.attempts,
-                    replays: outcome.replays,
-                    bytes_out,
-                    queue_us: micros(outcome.queue),
-                    connect_us: micros(outcome.connect),
-                    first_byte_us: micros(elapsed),
-                    total_us: micros(started.elapsed()),
-                });
-            }));
+            let record = crate::in_pool(|| AccessRecord {
+                request_id,
+                app: app.as_ref().map(|a| a.app.name.clone()),
+                outcome,
+                status,
+                first_byte: elapsed,
+                started,
+            });
+            resp.body_mut().log_when_done(record);
         }
         resp
     }
@@ -355,10 +346,6 @@ impl ProxyService {
 enum Prepared {
     Run(Job, Hop),
     Answer(Answer),
-}
-
-fn micros(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The request's host, lower-cased, without port: `:authority` (HTTP/2, absolute-form) or `Host`.
