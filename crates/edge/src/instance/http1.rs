@@ -596,7 +596,8 @@ fn write_head(parts: &Outbound<'_>, framing: Option<Option<u64>>, out: &mut Vec<
         }
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut xff: Vec<&[u8]> = Vec::new();
+    // Inline: a client behind a load balancer sends one `X-Forwarded-For` or a few.
+    let mut xff: smallvec::SmallVec<[&[u8]; 4]> = smallvec::SmallVec::new();
     if let Some(raw) = parts.raw {
         for (name, value) in raw.forwarded() {
             if parts.fields.is_some_and(|f| f.replaces_raw(name)) {
