@@ -8,12 +8,25 @@
 //! ```text
 //! feed  = *frame
 //! frame = *(line "\n") "\n"             ; ended by an empty line
-//! line  = app "/" instance " " in-flight " " hard-limit " " healthy
+//! line  = app "/" instance " " in-flight " " hard-limit " " healthy [" " state]
+//! state = "running" / "starting" / "stopping" / "stopped" / "failed"   ; version 2 only
 //! ```
 //!
 //! One line per instance the worker runs; `in-flight` and `hard-limit` are decimal `u32`s,
 //! `healthy` is `0` or `1`. A worker writes `a/i1 2 25 1\n` then `\n` for a frame of one
 //! instance, and just `\n` for a frame with none.
+//!
+//! # Versions
+//!
+//! The edge names the version it reads in the feed stream's marker header
+//! ([`crate::stream::FEED`]): `load` is version 1 (the lines above without `state`), `load 2`
+//! is version 2. A worker writes the highest version it knows that is not above the edge's,
+//! and one that predates versions ignores the value and writes version 1, which a version-2
+//! reader reads too. Version 2 adds the power state of an instance that has a driver on the
+//! worker (`docs/on-demand.md`), as a fifth field; an instance without one has no fifth field
+//! (it always runs). In version 2, `healthy` is the instance's health alone (checks,
+//! ejection), whatever its power state; in version 1 a worker writes `0` for an instance that
+//! is not running, since a version-1 edge cannot know why and must not send it requests.
 //!
 //! # Reading, exactly as today's edges read it
 //!
@@ -21,7 +34,7 @@
 //!   ends where the next `\n` arrives; the empty lines this leaves are ignored).
 //! - Lines are split at `\n`; one `\r` right before a `\n` is dropped (as `str::lines` does),
 //!   but not at the end of a frame's last line.
-//! - A line must have exactly four fields separated by single spaces. The first splits at its
+//! - A line must have four fields, or five with a known `state`, separated by single spaces. The first splits at its
 //!   first `/` into app (no `/`) and instance (may hold `/`), neither empty. In-flight is what
 //!   `u32::from_str` reads (so `+5` is 5). Healthy is exactly `0` or `1`. The hard limit is
 //!   read if it is a `u32`, and otherwise does not make the line unreadable
@@ -38,15 +51,86 @@ use crate::stream::push_u32;
 /// The longest frame a reader accepts, with its ending empty line (4 MiB).
 pub const MAX_FRAME: usize = 4 << 20;
 
+/// The highest feed version this crate reads and writes.
+pub const VERSION: u8 = 2;
+
+/// The version the feed marker's value asks for: `load` is 1, `load N` is `N` (at most
+/// [`VERSION`]); anything else is 1 (the workers before versions looked only for the marker).
+pub fn version_asked(marker: &[u8]) -> u8 {
+    match marker.strip_prefix(b"load ") {
+        Some(n) => std::str::from_utf8(n)
+            .ok()
+            .and_then(|n| n.parse::<u8>().ok())
+            .map_or(1, |n| n.clamp(1, VERSION)),
+        None => 1,
+    }
+}
+
+/// An instance's power state, as version 2 carries it (`docs/on-demand.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    Running,
+    Starting,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl State {
+    pub const ALL: [State; 5] = [
+        State::Running,
+        State::Starting,
+        State::Stopping,
+        State::Stopped,
+        State::Failed,
+    ];
+
+    /// The wire word (the same as the state's name everywhere else).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Starting => "starting",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Failed => "failed",
+        }
+    }
+
+    /// Exactly one of the words, else `None`.
+    pub fn parse(word: &[u8]) -> Option<State> {
+        State::ALL
+            .into_iter()
+            .find(|s| s.as_str().as_bytes() == word)
+    }
+}
+
 /// Append one instance's line: `<id> <in-flight> <hard-limit> <0|1>\n`, where `id` is
 /// `<app>/<instance>` (`anyedge_core::InstanceId::as_str`).
 pub fn write_line(out: &mut String, id: &str, inflight: u32, hard_limit: u32, healthy: bool) {
+    write_line_with(out, id, inflight, hard_limit, healthy, None);
+}
+
+/// [`write_line`] with the power state of an instance with a driver (version 2; `None` for one
+/// without).
+pub fn write_line_with(
+    out: &mut String,
+    id: &str,
+    inflight: u32,
+    hard_limit: u32,
+    healthy: bool,
+    state: Option<State>,
+) {
     out.push_str(id);
     out.push(' ');
     push_u32(out, inflight);
     out.push(' ');
     push_u32(out, hard_limit);
-    out.push_str(if healthy { " 1\n" } else { " 0\n" });
+    out.push_str(if healthy { " 1" } else { " 0" });
+    if let Some(state) = state {
+        out.push(' ');
+        out.push_str(state.as_str());
+    }
+    out.push('\n');
 }
 
 /// End the frame: the empty line.
@@ -64,13 +148,17 @@ pub struct Entry<'a> {
     /// The instance's hard limit; `None` if the field is not a `u32` (module docs).
     pub hard_limit: Option<u32>,
     pub healthy: bool,
+    /// The power state of an instance with a driver on the worker (version 2); `None` for one
+    /// without a driver, and on every version-1 line.
+    pub state: Option<State>,
 }
 
 impl<'a> Entry<'a> {
     /// Read one line (without its `\n`); `None` if it is not one (module docs).
     pub fn parse(line: &'a [u8]) -> Option<Entry<'a>> {
         let mut fields = line.split(|&b| b == b' ');
-        let (Some(id), Some(inflight), Some(hard), Some(healthy), None) = (
+        let (Some(id), Some(inflight), Some(hard), Some(healthy), state, None) = (
+            fields.next(),
             fields.next(),
             fields.next(),
             fields.next(),
@@ -78,6 +166,10 @@ impl<'a> Entry<'a> {
             fields.next(),
         ) else {
             return None;
+        };
+        let state = match state {
+            Some(word) => Some(State::parse(word)?),
+            None => None,
         };
         let (app, instance) = std::str::from_utf8(id).ok()?.split_once('/')?;
         if app.is_empty() || instance.is_empty() {
@@ -96,6 +188,7 @@ impl<'a> Entry<'a> {
             inflight,
             hard_limit,
             healthy,
+            state,
         })
     }
 }
@@ -232,6 +325,7 @@ mod tests {
             inflight,
             hard_limit: hard,
             healthy,
+            state: None,
         }
     }
 
@@ -305,6 +399,10 @@ mod tests {
             "garbage",
             "a/i1 1 1",
             "a/i1 1 1 1 1",
+            "a/i1 1 1 1 asleep",
+            "a/i1 1 1 1 Running",
+            "a/i1 1 1 1 running ",
+            "a/i1 1 1 1 running x",
             "a/i1 1 1 1 ",
             " a/i1 1 1 1",
             "a/i1  1 1 1",
@@ -322,6 +420,31 @@ mod tests {
             assert_eq!(Entry::parse(bad.as_bytes()), None, "{bad:?}");
         }
         assert_eq!(Entry::parse(b"\xffa/i1 1 1 1"), None);
+    }
+
+    #[test]
+    fn version_two_carries_the_power_state() {
+        let mut out = String::new();
+        write_line_with(&mut out, "a/i1", 0, 25, true, Some(State::Stopped));
+        write_line_with(&mut out, "a/i2", 3, 25, true, None);
+        end_frame(&mut out);
+        assert_eq!(out, "a/i1 0 25 1 stopped\na/i2 3 25 1\n\n");
+        let frame = parse_frame(out.trim_end().as_bytes());
+        assert_eq!(frame.entries[0].state, Some(State::Stopped));
+        assert_eq!(frame.entries[1].state, None);
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str().as_bytes()), Some(s));
+        }
+        assert_eq!(version_asked(b"load"), 1);
+        assert_eq!(version_asked(b"load 2"), 2);
+        assert_eq!(
+            version_asked(b"load 9"),
+            2,
+            "a newer edge gets what this worker has"
+        );
+        assert_eq!(version_asked(b"load 0"), 1);
+        assert_eq!(version_asked(b"load x"), 1);
+        assert_eq!(version_asked(b""), 1);
     }
 
     #[test]

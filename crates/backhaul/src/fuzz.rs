@@ -52,6 +52,17 @@ pub fn stream_header(data: &[u8]) {
     if let Some(c) = client_from(data) {
         client_round_trips(c);
     }
+    // The start request's header: what parses writes back to text that parses equal.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Some((app, instance)) = stream::parse_start(text) {
+            let again = stream::start_header(app, instance);
+            assert_eq!(
+                stream::parse_start(&again),
+                Some((app, instance)),
+                "{text:?}"
+            );
+        }
+    }
 }
 
 fn client_round_trips(c: Client) {
@@ -91,7 +102,10 @@ pub fn retry_reason(data: &[u8]) {
     if reason != RetryElsewhere::Other {
         assert_eq!(reason.as_str().as_bytes(), data);
     }
-    assert_eq!(reason.backs_off(), reason.fault() != Fault::Load);
+    assert_eq!(
+        reason.backs_off(),
+        !matches!(reason.fault(), Fault::Load | Fault::Power)
+    );
     if let Some(tcp) = reason.tcp() {
         assert_eq!(RetryElsewhere::from(tcp), reason);
         let reply = TcpReply::Refused(tcp);
@@ -107,7 +121,7 @@ pub fn retry_reason(data: &[u8]) {
 }
 
 /// A feed entry as owned values (comparable after its frame's bytes are gone).
-pub(crate) type OwnedEntry = (String, String, u32, Option<u32>, bool);
+pub(crate) type OwnedEntry = (String, String, u32, Option<u32>, bool, Option<feed::State>);
 type OwnedFrame = (Vec<OwnedEntry>, usize);
 
 /// How a feed's bytes read: its frames, whether it broke, the bytes left over.
@@ -125,6 +139,7 @@ pub(crate) fn own_entry(e: &feed::Entry<'_>) -> OwnedEntry {
         e.inflight,
         e.hard_limit,
         e.healthy,
+        e.state,
     )
 }
 
@@ -171,6 +186,9 @@ fn read(stream: &[u8], limit: usize, mut next_len: impl FnMut() -> usize) -> Rea
 /// byte, pseudo-random sizes), and every line it read writes back to a line that reads equal.
 /// The first byte picks the limit (odd: 1 to 128 bytes) and the chunk sizes.
 pub fn load_feed(data: &[u8]) {
+    // The feed marker's value (the edge's version) is read by the worker from the peer too.
+    let asked = feed::version_asked(data);
+    assert!((1..=feed::VERSION).contains(&asked));
     let Some((&control, stream)) = data.split_first() else {
         return;
     };
@@ -200,9 +218,10 @@ pub fn load_feed(data: &[u8]) {
 
 fn rewritten_reads_equal(entries: &[OwnedEntry]) {
     let mut text = String::new();
-    for (app, instance, inflight, hard, healthy) in entries {
+    for (app, instance, inflight, hard, healthy, state) in entries {
         let id = format!("{app}/{instance}");
-        feed::write_line(&mut text, &id, *inflight, hard.unwrap_or(0), *healthy);
+        let hard = hard.unwrap_or(0);
+        feed::write_line_with(&mut text, &id, *inflight, hard, *healthy, *state);
     }
     feed::end_frame(&mut text);
     let mut reader = FeedReader::new();
@@ -213,7 +232,7 @@ fn rewritten_reads_equal(entries: &[OwnedEntry]) {
     };
     let want: Vec<OwnedEntry> = entries
         .iter()
-        .map(|(a, i, n, h, ok)| (a.clone(), i.clone(), *n, Some(h.unwrap_or(0)), *ok))
+        .map(|(a, i, n, h, ok, st)| (a.clone(), i.clone(), *n, Some(h.unwrap_or(0)), *ok, *st))
         .collect();
     assert_eq!(frame, (want, 0), "{text:?}");
     assert_eq!(reader.pending(), 0);

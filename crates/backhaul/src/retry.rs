@@ -21,11 +21,15 @@
 //! | `not_processed` | [`NotProcessed`](RetryElsewhere::NotProcessed) | yes | instance |
 //! | `full` | [`Full`](RetryElsewhere::Full) | no | load |
 //! | `app_overloaded` | [`AppOverloaded`](RetryElsewhere::AppOverloaded) | no | load |
+//! | `not_running` | [`NotRunning`](RetryElsewhere::NotRunning) | no | power |
 //! | anything else | [`Other`](RetryElsewhere::Other) (written `other`) | yes | unknown |
 //!
 //! Unknown text (a newer worker's reason) reads as [`RetryElsewhere::Other`] rather than
 //! failing: the request is placed again all the same, and the instance backs off, as today's
-//! edges do for any reason but `full` and `app_overloaded`. Matching is exact (case, spaces).
+//! edges do for any reason but `full`, `app_overloaded` and `not_running`. Matching is exact
+//! (case, spaces). `not_running` (HTTP streams only) was added with starts over backhaul
+//! (`docs/on-demand.md`): an older edge reads it as `other`, places the request elsewhere and
+//! backs the instance off, as it did for the `unhealthy` workers sent before.
 //! `bad_header` is only sent in a raw-TCP reply ([`crate::header::RefuseReason`], whose
 //! reasons are all here), never in this header.
 
@@ -63,6 +67,9 @@ pub enum RetryElsewhere {
     /// The app's budget on the worker is used up (`limits.max_inflight`, or
     /// `limits.max_connections` for raw TCP).
     AppOverloaded,
+    /// The instance has a driver on the worker and is not running (stopped, starting, stopping
+    /// or failed): the edge may ask the worker for a start (`docs/on-demand.md`).
+    NotRunning,
     /// A reason this node does not know (a newer node's).
     Other,
 }
@@ -81,13 +88,15 @@ pub enum Fault {
     Catalog,
     /// The edge's: what it sent cannot be read (a bug, or nodes of incompatible versions).
     Edge,
+    /// Nobody's: the instance is stopped by its driver on the worker, and can be started.
+    Power,
     /// Not known: a reason from a newer node.
     Unknown,
 }
 
 impl RetryElsewhere {
     /// Every reason (the order of the module docs' table).
-    pub const ALL: [RetryElsewhere; 14] = [
+    pub const ALL: [RetryElsewhere; 15] = [
         RetryElsewhere::BadRequest,
         RetryElsewhere::BadHeader,
         RetryElsewhere::UnknownApp,
@@ -101,6 +110,7 @@ impl RetryElsewhere {
         RetryElsewhere::NotProcessed,
         RetryElsewhere::Full,
         RetryElsewhere::AppOverloaded,
+        RetryElsewhere::NotRunning,
         RetryElsewhere::Other,
     ];
 
@@ -120,6 +130,7 @@ impl RetryElsewhere {
             RetryElsewhere::NotProcessed => "not_processed",
             RetryElsewhere::Full => "full",
             RetryElsewhere::AppOverloaded => "app_overloaded",
+            RetryElsewhere::NotRunning => "not_running",
             RetryElsewhere::Other => "other",
         }
     }
@@ -139,17 +150,22 @@ impl RetryElsewhere {
     }
 
     /// Whether the edge should put the instance into connect backoff: every reason but having
-    /// no room right now. An instance the worker does not know (the edge's catalog is behind),
+    /// no room right now, and an instance that is not running (the edge asks for its start).
+    /// An instance the worker does not know (the edge's catalog is behind),
     /// an unhealthy one, or a draining worker would otherwise keep drawing first attempts, since
     /// an instant refusal makes it look idle. Unknown reasons back off too.
     pub fn backs_off(self) -> bool {
-        !matches!(self, RetryElsewhere::Full | RetryElsewhere::AppOverloaded)
+        !matches!(
+            self,
+            RetryElsewhere::Full | RetryElsewhere::AppOverloaded | RetryElsewhere::NotRunning
+        )
     }
 
     /// Whose fault the refusal is (module docs).
     pub fn fault(self) -> Fault {
         match self {
             RetryElsewhere::Full | RetryElsewhere::AppOverloaded => Fault::Load,
+            RetryElsewhere::NotRunning => Fault::Power,
             RetryElsewhere::Unhealthy
             | RetryElsewhere::ConnectFailed
             | RetryElsewhere::NotProcessed => Fault::Instance,
@@ -213,6 +229,7 @@ mod tests {
             "not_processed",
             "full",
             "app_overloaded",
+            "not_running",
             "other",
         ];
         let got: Vec<_> = RetryElsewhere::ALL.iter().map(|r| r.as_str()).collect();
@@ -250,11 +267,14 @@ mod tests {
 
     #[test]
     fn backoff_is_todays_instance_failed() {
-        // Today's edge: `!matches!(reason, "full" | "app_overloaded")` on the text.
-        let instance_failed = |reason: &str| !matches!(reason, "full" | "app_overloaded");
+        // The first edges: `!matches!(reason, "full" | "app_overloaded")` on the text; since
+        // starts over backhaul, `not_running` does not back off either.
+        let instance_failed =
+            |reason: &str| !matches!(reason, "full" | "app_overloaded" | "not_running");
         for r in RetryElsewhere::ALL {
             assert_eq!(r.backs_off(), instance_failed(r.as_str()), "{r}");
-            assert_eq!(r.backs_off(), r.fault() != Fault::Load, "{r}");
+            let load = matches!(r.fault(), Fault::Load | Fault::Power);
+            assert_eq!(r.backs_off(), !load, "{r}");
         }
         for text in ["", "something_new", "FULL"] {
             assert_eq!(
@@ -278,6 +298,7 @@ mod tests {
             RetryElsewhere::UnknownApp,
             RetryElsewhere::StaleConnection,
             RetryElsewhere::NotProcessed,
+            RetryElsewhere::NotRunning,
             RetryElsewhere::Other,
         ];
         for r in http_only {

@@ -35,8 +35,17 @@ pub const STREAM: &str = "anyedge-backhaul";
 /// Marks the load-feed stream an edge opens on a backhaul connection (a `GET /`); the worker
 /// looks only for the header's presence. Its value, as today's edges send it, is [`FEED_VALUE`].
 pub const FEED: &str = "anyedge-backhaul-feed";
-/// The value edges send in [`FEED`].
+/// The value edges send in [`FEED`] for version 1 of the feed ([`crate::feed`], "Versions").
 pub const FEED_VALUE: &str = "load";
+/// The value edges send in [`FEED`] for version 2 (power states of driven instances).
+pub const FEED_VALUE_V2: &str = "load 2";
+/// Marks a start request (`docs/on-demand.md`, "Over backhaul"): a `GET /` stream whose only
+/// content is this header, `<app> <instance>` ([`start_header`], [`parse_start`]). The worker
+/// starts the instance with its driver (or joins the start under way) and answers when it is
+/// ready (200) or the start failed (503 with `Retry-After`), within the app's
+/// `start_timeout` and one second. A worker that predates it refuses the stream
+/// (`bad_request`: it has no [`STREAM`] header), which the edge reads as a failed start.
+pub const START: &str = "anyedge-backhaul-start";
 /// Set on a worker's 503 when the instance did not get the request: the reason
 /// ([`crate::retry::RetryElsewhere`]). The edge then places the request again without it.
 pub const RETRY_ELSEWHERE: &str = "anyedge-retry-elsewhere";
@@ -153,6 +162,26 @@ fn check_name(name: &str, what: &'static str) -> Result<(), BadName> {
         return Err(BadName(what));
     }
     Ok(())
+}
+
+/// The [`START`] header's value for `app`'s `instance`: `<app> <instance>`.
+pub fn start_header(app: &str, instance: &str) -> String {
+    let mut text = String::with_capacity(app.len() + instance.len() + 1);
+    text.push_str(app);
+    text.push(' ');
+    text.push_str(instance);
+    text
+}
+
+/// A [`START`] header read back: `(app, instance)`, neither empty nor holding a space; fields
+/// after the second (after one more space) are ignored, so that a later edge may add some.
+pub fn parse_start(text: &str) -> Option<(&str, &str)> {
+    let (app, rest) = text.split_once(' ')?;
+    let instance = rest.split_once(' ').map_or(rest, |(i, _)| i);
+    if app.is_empty() || instance.is_empty() {
+        return None;
+    }
+    Some((app, instance))
 }
 
 /// A stream header read back: `(app, instance, client)`, or `None` if it is not one (module

@@ -47,6 +47,7 @@ fn entry(l: &Line) -> Entry<'_> {
         inflight: l.2,
         hard_limit: Some(l.3),
         healthy: l.4,
+        state: None,
     }
 }
 

@@ -99,7 +99,7 @@ fn refusal_fault(r: RetryElsewhere) -> Fault {
     use anyedge_backhaul::retry::Fault as Why;
     match r.fault() {
         Why::Instance => Fault::Instance,
-        Why::Load | Why::Worker => Fault::Worker,
+        Why::Load | Why::Worker | Why::Power => Fault::Worker,
         Why::Catalog | Why::Edge | Why::Unknown => Fault::Node,
     }
 }
