@@ -47,8 +47,9 @@ pub struct AppEntry {
     pub instances: Vec<InstanceEntry>,
     /// The regions its instances are in; `InstanceEntry::region_index` points here.
     pub regions: Vec<Arc<str>>,
-    /// Some instance has a driver on this node: placement looks at instances' power state
-    /// (`docs/on-demand.md`). `false` for every other app, which then pays nothing for it.
+    /// Some instance has a driver, on this node or on the worker that runs it: placement looks
+    /// at instances' power state (`docs/on-demand.md`). `false` for every other app, which then
+    /// pays nothing for it.
     pub on_demand: bool,
 }
 
@@ -254,6 +255,8 @@ impl AppEntry {
                 });
                 let live = registry.instance(&id);
                 live.power.drive(inst.driver.is_some() && peer.is_none());
+                live.power
+                    .drive_remote(inst.driver.is_some() && peer.is_some());
                 InstanceEntry {
                     peer,
                     live,
@@ -268,7 +271,7 @@ impl AppEntry {
             .collect::<Vec<_>>();
         AppEntry {
             live: registry.app(&name),
-            on_demand: instances.iter().any(|i| i.live.power.driven()),
+            on_demand: instances.iter().any(|i| i.live.power.on_demand()),
             name,
             config: app.clone(),
             instances,

@@ -14,6 +14,7 @@
 
 pub(crate) mod feed;
 pub(crate) mod link;
+pub(crate) mod start;
 pub(crate) mod streams;
 pub(crate) mod tcp;
 
@@ -42,13 +43,16 @@ pub(crate) struct Backhaul {
     links: Mutex<HashMap<Arc<str>, Arc<Link>>>,
     /// What each worker's load feed reported last, while the feed is open ([`feed::Reports`]).
     pub reports: feed::Reports,
+    /// The tasks that ask workers to start their stopped instances ([`start`]).
+    pub starts: start::RemoteStarts,
     /// Worker side: started when this node leaves the catalog (a graceful stop, before its
     /// lease is revoked): its load feeds end, so edges do not keep its instances by the grace
     /// rule for instances lost with a lease (`docs/cluster.md`).
     pub leaving: anyedge_core::Drain,
     /// Worker side: this node's load-feed frames, made once for every edge that follows them
     /// (started by the first).
-    pub frames: std::sync::OnceLock<tokio::sync::watch::Receiver<bytes::Bytes>>,
+    /// (version 1, version 2: `anyedge_backhaul::feed`, "Versions").
+    pub frames: std::sync::OnceLock<tokio::sync::watch::Receiver<[bytes::Bytes; 2]>>,
 }
 
 impl Backhaul {

@@ -186,6 +186,7 @@ impl Edge {
         m.http_services_built
             .fetch_add(routes.built as u64, std::sync::atomic::Ordering::Relaxed);
         self.shared.routes.store(routes);
+        self.shared.backhaul.starts.update(&snapshot, &self.shared);
         // Instances that moved start afresh now that requests go to where they are: cleared
         // earlier, requests still routed to the old address would earn the backoff again.
         for live in &snapshot.moved {

@@ -112,7 +112,7 @@ pub(crate) fn budgeted(why: RetryReason, refusal: Option<RetryElsewhere>) -> boo
     use anyedge_backhaul::retry::Fault;
     let stale_picture = matches!(
         refusal.map(RetryElsewhere::fault),
-        Some(Fault::Catalog | Fault::Worker)
+        Some(Fault::Catalog | Fault::Worker | Fault::Power)
     );
     why != RetryReason::StaleConnection && !stale_picture
 }

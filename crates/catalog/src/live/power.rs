@@ -2,6 +2,10 @@
 //! stopping, stopped, failed), the one start a request may ask for (a compare-and-swap, so
 //! concurrent requests join one start), the backoff after a failed start, and when it last
 //! served. Instances without a driver stay `Running` and nothing here is read for them.
+//!
+//! On an edge, an instance with a driver on another node (its worker) has a state here too:
+//! what the worker's load feed last said, and `Starting` while this edge asks the worker for a
+//! start over backhaul (`docs/on-demand.md`, "Over backhaul").
 
 use super::{epoch, nanos_since_epoch};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -65,6 +69,12 @@ pub struct Power {
     last_active: AtomicU64,
     /// This node runs it with a driver.
     driven: AtomicBool,
+    /// Another node runs it with a driver: this node asks that node for its starts.
+    remote: AtomicBool,
+    /// Nanoseconds since the epoch until which the load feed's reports do not set the state:
+    /// this edge's own start request is under way (`u64::MAX`), or just answered (a frame made
+    /// before the answer may still arrive after it).
+    held_until: AtomicU64,
 }
 
 impl Default for Power {
@@ -76,6 +86,8 @@ impl Default for Power {
             failed_until: AtomicU64::new(0),
             last_active: AtomicU64::new(0),
             driven: AtomicBool::new(false),
+            remote: AtomicBool::new(false),
+            held_until: AtomicU64::new(0),
         }
     }
 }
@@ -96,6 +108,47 @@ impl Power {
 
     pub fn driven(&self) -> bool {
         self.driven.load(Ordering::Acquire)
+    }
+
+    /// The snapshot says another node runs it with a driver (`true`) or not. Its state is then
+    /// what that node reports (`Running` until it does: a request sent meanwhile to a stopped
+    /// instance is refused `not_running`, which sets it `Stopped` here). One no longer driven
+    /// anywhere is `Running`.
+    pub fn drive_remote(&self, remote: bool) {
+        if self.remote.swap(remote, Ordering::AcqRel) && !remote && !self.driven() {
+            self.set(PowerState::Running);
+        }
+    }
+
+    /// Another node runs it with a driver (see [`Power::drive_remote`]).
+    pub fn remote(&self) -> bool {
+        self.remote.load(Ordering::Acquire)
+    }
+
+    /// It has a driver, on this node or another: it may be stopped, and can be started.
+    pub fn on_demand(&self) -> bool {
+        self.driven() || self.remote()
+    }
+
+    /// The state a worker reported for it (load feed, or a refusal), unless this node's own
+    /// start request holds it ([`Power::hold`]). Only a change wakes the waiters.
+    pub fn report(&self, to: PowerState, now: Instant) {
+        if self.held_until.load(Ordering::Acquire) > nanos(now) || self.state() == to {
+            return;
+        }
+        self.set(to);
+    }
+
+    /// Reports do not set the state until `until` (`None`: until held again with a time).
+    pub fn hold(&self, until: Option<Instant>) {
+        let until = until.map_or(u64::MAX, nanos);
+        self.held_until.store(until, Ordering::Release);
+    }
+
+    /// How long a failed instance is not started again, as of `now` (zero when it may be).
+    pub fn backoff_left(&self, now: Instant) -> Duration {
+        let until = self.failed_until.load(Ordering::Acquire);
+        Duration::from_nanos(until.saturating_sub(nanos(now)))
     }
 
     pub fn state(&self) -> PowerState {
@@ -234,6 +287,28 @@ mod tests {
         assert_eq!(*rx.borrow_and_update(), PowerState::Stopped);
         assert!(!p.transition(PowerState::Running, PowerState::Stopping));
         assert!(!rx.has_changed().unwrap_or(true), "no change, no wake");
+    }
+
+    #[test]
+    fn a_remote_instance_follows_reports_unless_held() {
+        let p = Power::default();
+        let t0 = Instant::now();
+        p.drive_remote(true);
+        assert!(p.on_demand() && !p.driven());
+        assert!(p.running(), "running until its worker says otherwise");
+        p.report(PowerState::Stopped, t0);
+        assert!(p.request_start(t0));
+        p.hold(None);
+        p.report(PowerState::Stopped, t0);
+        assert_eq!(p.state(), PowerState::Starting, "held while asking");
+        p.started(t0);
+        p.hold(Some(t0 + Duration::from_millis(500)));
+        p.report(PowerState::Starting, t0 + Duration::from_millis(499));
+        assert!(p.running(), "a frame made before the answer");
+        p.report(PowerState::Stopped, t0 + Duration::from_millis(500));
+        assert_eq!(p.state(), PowerState::Stopped);
+        p.drive_remote(false);
+        assert!(p.running() && !p.on_demand());
     }
 
     #[test]

@@ -154,7 +154,7 @@ fn pick(
     let allowed = |i: usize| {
         let inst = &app.instances[i];
         !tried.get(i).copied().unwrap_or(false)
-            && inst.live.power.driven()
+            && inst.live.power.on_demand()
             && constraints.force_instance.is_none_or(|f| f == i)
             && (constraints.force_regions.is_empty()
                 || constraints.force_regions.contains(&inst.region_index))

@@ -3,16 +3,18 @@
 //! (`InstanceLive::report`: the worker's count is the truth, since it counts every edge).
 //!
 //! Wire format (`anyedge_backhaul::feed`; the response body of a `GET /` stream marked with
-//! [`super::FEED`]): frames of text lines, one per instance the worker runs,
-//! `<app>/<instance> <in-flight> <hard-limit> <healthy 0|1>`, each frame ended by an empty line. A frame goes out every `TICK` when
+//! [`super::FEED`], whose value `load 2` asks for version 2): frames of text lines, one per
+//! instance the worker runs, `<app>/<instance> <in-flight> <hard-limit> <healthy 0|1>
+//! [<state>]` (the power state of an instance with a driver on the worker, which this edge
+//! follows: `super::start`), each frame ended by an empty line. A frame goes out every `TICK` when
 //! anything changed, and at least every `HEARTBEAT` (a report expires after
 //! `anyedge_catalog::REPORT_FRESH`). A line this edge cannot read is skipped.
 
 use super::link::Link;
 use crate::instance::body::ReqBody;
 use crate::Shared;
-use anyedge_backhaul::feed::{FeedReader, Frame};
-use anyedge_catalog::{Reported, Snapshot};
+use anyedge_backhaul::feed::{FeedReader, Frame, State};
+use anyedge_catalog::{PowerState, Reported, Snapshot};
 use http::{Method, Request, Version};
 use http_body_util::BodyExt;
 use std::collections::{HashMap, HashSet};
@@ -77,10 +79,25 @@ pub(crate) fn apply(snapshot: &Snapshot, frame: &Frame<'_>, now: Instant) -> usi
         if let Some(inst) = found.filter(|i| i.peer.is_some()) {
             let (inflight, healthy) = (e.inflight, e.healthy);
             inst.live.report(Reported { inflight, healthy }, now);
+            if inst.live.power.remote() {
+                // No state: the worker runs it without a driver (or speaks version 1).
+                let state = e.state.map_or(PowerState::Running, power_state);
+                inst.live.power.report(state, now);
+            }
             applied += 1;
         }
     }
     applied
+}
+
+fn power_state(s: State) -> PowerState {
+    match s {
+        State::Running => PowerState::Running,
+        State::Starting => PowerState::Starting,
+        State::Stopping => PowerState::Stopping,
+        State::Stopped => PowerState::Stopped,
+        State::Failed => PowerState::Failed,
+    }
 }
 
 /// Edge side: follow a worker's feed for as long as the link is in use, reopening the stream
@@ -122,8 +139,9 @@ async fn read(conn: super::streams::Conn, shared: &Shared, peer: &Arc<str>) -> R
     *req.method_mut() = Method::GET;
     *req.version_mut() = Version::HTTP_2;
     *req.uri_mut() = http::Uri::from_static("http://anyedge/");
+    let version = anyedge_backhaul::stream::FEED_VALUE_V2;
     req.headers_mut()
-        .insert(super::FEED, http::HeaderValue::from_static("load"));
+        .insert(super::FEED, http::HeaderValue::from_static(version));
     let resp = match conn.send(req).await {
         Ok(resp) => resp,
         Err(super::streams::SendFailed::Unsent) => return Err("the connection closed".into()),
@@ -189,12 +207,13 @@ NODE
         let w = &worker.app("a").expect("app").instances[0];
         let _a = w.live.inflight.try_acquire(100);
         let _b = w.live.inflight.try_acquire(100);
-        let mut text = String::new();
-        frame(&worker, &mut text);
+        let (mut text, mut v2) = (String::new(), String::new());
+        frame(&worker, &mut text, &mut v2);
         assert_eq!(
             text, "a/i1 2 25 1\n\n",
             "in flight, hard limit (default 25), healthy"
         );
+        assert_eq!(v2, text, "no driver: no state in version 2 either");
         let now = Instant::now();
         assert_eq!(apply(&edge, &parse(&text), now), 1);
         let e = &edge.app("a").expect("app").instances[0];
@@ -211,5 +230,34 @@ NODE
             1
         );
         assert!(!e.live.healthy(now));
+    }
+
+    #[test]
+    fn the_power_state_of_a_driven_instance_travels_in_version_2_only() {
+        let driver = "driver = { type = \"command\", start = \"true\", stop = \"true\" }";
+        let worker = snapshot(&APP.replace("NODE", driver));
+        let edge = snapshot(&format!(
+            "[node]\nid = \"e\"\n[cluster]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[[nodes]]\nid = \"w\"\nadvertise = \"127.0.0.1:1\"\n{}",
+            APP.replace("NODE", &format!("node = \"w\"\n{driver}"))
+        ));
+        let w = &worker.app("a").expect("app").instances[0];
+        w.live.power.set(PowerState::Stopped);
+        let (mut v1, mut v2) = (String::new(), String::new());
+        frame(&worker, &mut v1, &mut v2);
+        assert_eq!(v1, "a/i1 0 25 0\n\n", "version 1: not running is unhealthy");
+        assert_eq!(
+            v2, "a/i1 0 25 1 stopped\n\n",
+            "version 2: healthy, and stopped"
+        );
+        let e = &edge.app("a").expect("app").instances[0];
+        assert!(edge.app("a").expect("app").on_demand && e.live.power.remote());
+        assert!(e.live.power.running(), "until its worker says");
+        let now = Instant::now();
+        assert_eq!(apply(&edge, &parse(&v2), now), 1);
+        assert_eq!(e.live.power.state(), PowerState::Stopped);
+        assert!(e.live.healthy(now));
+        // A version-1 line says nothing of power: running (its health says the rest).
+        apply(&edge, &parse(&v1), now);
+        assert!(e.live.power.running() && !e.live.healthy(now));
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct Link {
     /// A further connection is being opened in the background.
     growing: AtomicBool,
     feed_started: AtomicBool,
+    /// [`Link::follow_early`] is trying to open the first connection.
+    early: AtomicBool,
 }
 
 impl Link {
@@ -59,6 +61,7 @@ impl Link {
             opening: tokio::sync::Mutex::new(()),
             growing: AtomicBool::new(false),
             feed_started: AtomicBool::new(false),
+            early: AtomicBool::new(false),
         }
     }
 
@@ -146,6 +149,39 @@ impl Link {
                 }
             }
             link.growing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Open the first connection now, not at the first request, so that the worker's load feed
+    /// (which starts with it) tells this edge the power state of the worker's instances with a
+    /// driver before a request needs one (`super::start`). Retried with backoff (200 ms to
+    /// 5 s) until it opens or the node stops; one attempt at a time per worker.
+    pub fn follow_early(self: &Arc<Self>, shared: &Arc<Shared>) {
+        if self.feed_started.load(Ordering::Acquire) || self.early.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (link, weak) = (Arc::downgrade(self), Arc::downgrade(shared));
+        let drain = shared.drain.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let (Some(l), Some(shared)) = (link.upgrade(), weak.upgrade()) else {
+                    return;
+                };
+                if l.feed_started.load(Ordering::Acquire) {
+                    return;
+                }
+                let timeout = shared.routes.load().limits.connect_timeout;
+                if let Err(e) = l.sender(&shared, timeout).await {
+                    tracing::debug!(peer = %l.id, error = %e, "backhaul not opened early");
+                }
+                drop((l, shared));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = drain.started() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
         });
     }
 

@@ -194,6 +194,7 @@ fn connection_named(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> 
 /// instance did not get the request.
 pub(crate) const STREAM: HeaderName = HeaderName::from_static(anyedge_backhaul::stream::STREAM);
 pub(crate) const FEED: HeaderName = HeaderName::from_static(anyedge_backhaul::stream::FEED);
+pub(crate) const START: HeaderName = HeaderName::from_static(anyedge_backhaul::stream::START);
 pub(crate) const RETRY_ELSEWHERE: HeaderName =
     HeaderName::from_static(anyedge_backhaul::stream::RETRY_ELSEWHERE);
 /// [`anyedge_backhaul::stream::FAILED`].

@@ -1,11 +1,13 @@
 //! The load feed, the worker's side: every edge this node serves follows, on a long-lived HTTP/2
 //! stream of its backhaul, how loaded and healthy this node's instances are. One task makes the
 //! frame every [`TICK`] for all edges; each edge's stream sends it when it changed, and again
-//! after [`HEARTBEAT`] without a change. The format and the edge's side: `crate::backhaul::feed`.
+//! after [`HEARTBEAT`] without a change, in the version the edge asked for (version 2 adds the
+//! power state of instances with a driver). The format and the edge's side:
+//! `crate::backhaul::feed`.
 
 use crate::Shared;
 use anyedge_backhaul::feed;
-use anyedge_catalog::Snapshot;
+use anyedge_catalog::{PowerState, Snapshot};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +16,10 @@ use tokio::sync::watch;
 pub(crate) const TICK: Duration = Duration::from_millis(250);
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// The current frame for every instance this node runs.
-pub(crate) fn frame(snapshot: &Snapshot, out: &mut String) {
-    out.clear();
+/// The current frame, in both versions, for every instance this node runs.
+pub(crate) fn frame(snapshot: &Snapshot, v1: &mut String, v2: &mut String) {
+    v1.clear();
+    v2.clear();
     let now = Instant::now();
     let mut apps: Vec<_> = snapshot.apps.values().collect();
     apps.sort_by(|a, b| a.name.cmp(&b.name));
@@ -24,37 +27,61 @@ pub(crate) fn frame(snapshot: &Snapshot, out: &mut String) {
         let hard = app.config.concurrency.hard_limit;
         for i in app.instances.iter().filter(|i| i.peer.is_none()) {
             let inflight = i.live.inflight.in_use();
-            // An outlier ejected here (or its probe in flight) is out for every edge too; so is
-            // an instance this node stopped (docs/on-demand.md: edges cannot start it yet).
-            let healthy =
-                i.live.healthy(now) && !i.live.outlier_held(now) && i.live.power.running();
-            feed::write_line(out, i.id.as_str(), inflight, hard, healthy);
+            // An outlier ejected here (or its probe in flight) is out for every edge too.
+            let healthy = i.live.healthy(now) && !i.live.outlier_held(now);
+            let power = &i.live.power;
+            let id = i.id.as_str();
+            // Version 1: an instance that is not running is unhealthy (its edge cannot start it).
+            feed::write_line(v1, id, inflight, hard, healthy && power.running());
+            let state = power.driven().then(|| state(power.state()));
+            feed::write_line_with(v2, id, inflight, hard, healthy, state);
         }
     }
-    feed::end_frame(out);
+    feed::end_frame(v1);
+    feed::end_frame(v2);
+}
+
+fn state(s: PowerState) -> feed::State {
+    match s {
+        PowerState::Running => feed::State::Running,
+        PowerState::Starting => feed::State::Starting,
+        PowerState::Stopping => feed::State::Stopping,
+        PowerState::Stopped => feed::State::Stopped,
+        PowerState::Failed => feed::State::Failed,
+    }
+}
+
+/// The frame in each version, made together: version 1, then version 2.
+pub(crate) type Frames = [Bytes; 2];
+
+/// The frame in `version` (version 2 for any later one).
+fn version(frames: &Frames, version: u8) -> &Bytes {
+    &frames[usize::from(version >= 2)]
 }
 
 /// The frames of this node, made once every [`TICK`] by one task for every edge
 /// that follows them, and published when they change.
-pub(crate) fn frames(shared: &Arc<Shared>) -> watch::Receiver<Bytes> {
+pub(crate) fn frames(shared: &Arc<Shared>) -> watch::Receiver<Frames> {
     shared
         .backhaul
         .frames
         .get_or_init(|| {
-            let (tx, rx) = watch::channel(Bytes::new());
+            let (tx, rx) = watch::channel(Frames::default());
             let shared = shared.clone();
             tokio::spawn(async move {
-                let mut text = String::new();
+                let (mut v1, mut v2) = (String::new(), String::new());
                 let mut tick = tokio::time::interval(TICK);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
                     tick.tick().await;
                     if let Some(snapshot) = shared.routes.load().snapshot.clone() {
-                        frame(&snapshot, &mut text);
+                        frame(&snapshot, &mut v1, &mut v2);
                         tx.send_if_modified(|f| {
-                            let changed = f.as_ref() != text.as_bytes();
+                            // Version 2 says all version 1 says, and more.
+                            let changed = f[1].as_ref() != v2.as_bytes();
                             if changed {
-                                *f = Bytes::copy_from_slice(text.as_bytes());
+                                f[0] = Bytes::copy_from_slice(v1.as_bytes());
+                                f[1] = Bytes::copy_from_slice(v2.as_bytes());
                             }
                             changed
                         });
@@ -72,7 +99,7 @@ pub(crate) fn frames(shared: &Arc<Shared>) -> watch::Receiver<Bytes> {
 /// (which waits for every stream): the connection closes once its requests are answered, and
 /// the edge follows the feed again on a new connection (after an upgrade, to the new process
 /// at the same address) instead of losing this one when the grace period runs out.
-pub(crate) fn stream(shared: &Arc<Shared>) -> FeedBody {
+pub(crate) fn stream(shared: &Arc<Shared>, version: u8) -> FeedBody {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let mut frames = frames(shared);
     let shared = shared.clone();
@@ -85,7 +112,7 @@ pub(crate) fn stream(shared: &Arc<Shared>) -> FeedBody {
             if shared.backhaul.leaving.is_draining() {
                 return;
             }
-            let data = frames.borrow_and_update().clone();
+            let data = self::version(&frames.borrow_and_update(), version).clone();
             if !data.is_empty() && tx.send(data).await.is_err() {
                 return;
             }

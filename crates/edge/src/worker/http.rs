@@ -11,7 +11,7 @@ use crate::instance::attempt::{
     fill_host, response_back, retry_reason, upstream_uri, Cause, Outcome,
 };
 use crate::instance::body::{ClientBody, ReqBody, RespBody, Slots};
-use crate::instance::headers::{self, FAILED, FEED, RETRY_ELSEWHERE, STREAM};
+use crate::instance::headers::{self, FAILED, FEED, RETRY_ELSEWHERE, START, STREAM};
 use crate::instance::outlier;
 use crate::instance::pool::{SendError, Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
@@ -38,17 +38,23 @@ pub(crate) struct WorkerService {
 pub(crate) type WorkerBody = http_body_util::Either<RespBody, FeedBody>;
 
 impl WorkerService {
-    /// A stream's answer (our HTTP/2 server calls this as its head arrives): the load feed, or
-    /// the request forwarded to its instance.
+    /// A stream's answer (our HTTP/2 server calls this as its head arrives): the load feed, a
+    /// start request's answer (`super::start`), or the request forwarded to its instance.
     pub(crate) fn answer(
         &self,
         req: Request<ClientBody>,
     ) -> impl Future<Output = Response<WorkerBody>> + Send + 'static {
         let this = self.clone();
         async move {
-            if req.headers().contains_key(FEED) {
-                let body = super::feed::stream(&this.shared);
+            if let Some(marker) = req.headers().get(FEED) {
+                let version = anyedge_backhaul::feed::version_asked(marker.as_bytes());
+                let body = super::feed::stream(&this.shared, version);
                 return Response::new(WorkerBody::Right(body));
+            }
+            if let Some(start) = req.headers().get(START) {
+                // Boxed: starts are rare; inline, their state would enlarge every stream's future.
+                let answer = Box::pin(super::start::answer(&this.shared, start, &this.edge));
+                return answer.await.map(WorkerBody::Left);
             }
             this.handle(req).await.map(WorkerBody::Left)
         }
@@ -56,7 +62,7 @@ impl WorkerService {
 }
 
 /// Why a stream was not carried to its instance (the `anyedge-retry-elsewhere` value).
-fn refuse(shared: &Shared, reason: RetryElsewhere) -> Response<RespBody> {
+pub(super) fn refuse(shared: &Shared, reason: RetryElsewhere) -> Response<RespBody> {
     shared.metrics.backhaul.refused(reason.as_str());
     let mut resp = Response::new(RespBody::empty());
     *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -130,6 +136,13 @@ impl WorkerService {
         })?;
         let backhaul = &self.shared.metrics.backhaul;
         backhaul.streams.fetch_add(1, Ordering::Relaxed);
+        // Stopped (or starting, stopping, failed) by this node's driver: the edge asks for a
+        // start on a stream of its own (`super::start`) and sends the request again. A draining
+        // node says that instead (below).
+        let power = &app.app.instances[index].live.power;
+        if power.driven() && !power.running() && !self.shared.drain.is_draining() {
+            return Err(RetryElsewhere::NotRunning);
+        }
         let (app_slot, slot) = super::admit::admit(&self.shared, &app.app, index)?;
         let slots = Slots::new(app_slot, slot);
         Ok(Taken { app, index, slots })

@@ -17,7 +17,7 @@ use crate::instance::pool::{Failure, Sender, Target};
 use crate::instance::upgrade::{self, Leg, Upgrade};
 use crate::routes::HttpApp;
 use anyedge_backhaul::retry::RetryElsewhere;
-use anyedge_catalog::InstanceEntry;
+use anyedge_catalog::{InstanceEntry, PowerState};
 use anyedge_telemetry::{OutlierReason, RetryReason};
 use http::{Request, Response, StatusCode, Uri};
 use std::sync::Arc;
@@ -444,7 +444,17 @@ impl ProxyService {
         if c.remote {
             if let Some(why) = resp.headers().get(RETRY_ELSEWHERE) {
                 // The worker did not give it to the instance: place it again without it.
-                worker_refused(job, c.inst(), RetryElsewhere::parse_bytes(why.as_bytes()));
+                let why = RetryElsewhere::parse_bytes(why.as_bytes());
+                worker_refused(job, c.inst(), why);
+                if why == RetryElsewhere::NotRunning && c.inst().live.power.remote() {
+                    // Stopped on its worker (this edge had not heard yet): placement may ask
+                    // for its start and send it there again (`docs/on-demand.md`).
+                    c.inst()
+                        .live
+                        .power
+                        .report(PowerState::Stopped, Instant::now());
+                    hop.tried[c.placed.index] = false;
+                }
                 return Flow::Again;
             }
             if let Some(kind) = worker_failure(&mut resp) {
