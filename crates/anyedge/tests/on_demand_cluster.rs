@@ -247,3 +247,44 @@ async fn the_worker_refuses_a_stopped_instance_not_running_and_starts_it_once_fo
     p.kill();
     assert_eq!(served.0, 200, "{served:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_stops_an_idle_instance_only_when_edges_are_not_using_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new();
+    let p = Proc {
+        id: "sleepy-1",
+        port: free_port(),
+        delay_ms: 200,
+        dir: dir.path(),
+    };
+    let port = free_port();
+    let keys = "auto_stop = \"stop\"\nstop_after = \"1s\"\nstart_timeout = \"10s\"";
+    let (worker, edge, _) = cluster(&pki, dir.path(), port, keys, &p, &p.driver()).await;
+    state_is(&edge, "stopped").await;
+    let first = get(local(port), "sleepy.test", "/").await;
+    assert_eq!(first.map(|r| r.0), Some(200));
+    // A request through the edge in flight for 1.5 s, longer than stop_after: the worker
+    // counts it (it carries the stream), so the instance is never idle, never stopping.
+    let slow = tokio::spawn(async move { get(local(port), "sleepy.test", "/slow").await });
+    let mut states = Vec::new();
+    while !slow.is_finished() {
+        states.push(state(&worker).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answered = slow.await.expect("slow request");
+    assert_eq!(answered.map(|r| r.0), Some(200));
+    assert!(
+        states.iter().all(|s| s.as_deref() == Some("running")),
+        "{states:?}"
+    );
+    assert_eq!(p.count("stops"), 0);
+    // Idle: the worker stops it, and the edge hears it in the feed.
+    state_is(&edge, "stopped").await;
+    assert_eq!(p.count("stops"), 1);
+    // Load returning at the edge starts it again.
+    let again = get(local(port), "sleepy.test", "/").await;
+    p.kill();
+    assert_eq!(again.map(|r| r.0), Some(200));
+    assert_eq!(p.count("starts"), 2);
+}
