@@ -77,9 +77,15 @@ pub(crate) fn apply(snapshot: &Snapshot, frame: &Frame<'_>, now: Instant) -> usi
             .instance_index(e.instance)
             .map(|i| &entry.instances[i]);
         if let Some(inst) = found.filter(|i| i.peer.is_some()) {
-            let (inflight, healthy) = (e.inflight, e.healthy);
+            let (inflight, mut healthy) = (e.inflight, e.healthy);
+            let remote = inst.live.power.remote();
+            if !remote && e.state.is_some_and(|s| s != State::Running) {
+                // A driven instance this edge cannot start (its catalog names no driver): out
+                // of placement while it does not run, as version 1 said with `healthy 0`.
+                healthy = false;
+            }
             inst.live.report(Reported { inflight, healthy }, now);
-            if inst.live.power.remote() {
+            if remote {
                 // No state: the worker runs it without a driver (or speaks version 1).
                 let state = e.state.map_or(PowerState::Running, power_state);
                 inst.live.power.report(state, now);
@@ -259,5 +265,16 @@ NODE
         // A version-1 line says nothing of power: running (its health says the rest).
         apply(&edge, &parse(&v1), now);
         assert!(e.live.power.running() && !e.live.healthy(now));
+        // An edge whose catalog names no driver for it cannot start it: a state other than
+        // running keeps it out, as version 1's `healthy 0` did.
+        let plain = snapshot(&format!(
+            "[node]\nid = \"e\"\n[cluster]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[[nodes]]\nid = \"w\"\nadvertise = \"127.0.0.1:1\"\n{}",
+            APP.replace("NODE", "node = \"w\"")
+        ));
+        let p = &plain.app("a").expect("app").instances[0];
+        apply(&plain, &parse(&v2), now);
+        assert!(p.live.power.running() && !p.live.healthy(now));
+        apply(&plain, &parse("a/i1 0 25 1 running\n"), now);
+        assert!(p.live.healthy(now));
     }
 }
