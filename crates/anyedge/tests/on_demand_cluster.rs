@@ -288,3 +288,79 @@ async fn the_worker_stops_an_idle_instance_only_when_edges_are_not_using_it() {
     assert_eq!(again.map(|r| r.0), Some(200));
     assert_eq!(p.count("starts"), 2);
 }
+
+/// The same on the etcd catalog: the worker registers its instance with the kind of its driver
+/// (`instances/sleepy/sleepy-1`, `"driver": "command"`), which is all the edge learns of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_an_edge_wakes_an_instance_a_worker_registered_with_a_driver() {
+    use anyedge_test_support::etcd::Etcd;
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new();
+    let p = Proc {
+        id: "sleepy-1",
+        port: free_port(),
+        delay_ms: 500,
+        dir: dir.path(),
+    };
+    let port = free_port();
+    let apps = dir.path().join("apps.toml");
+    std::fs::write(
+        &apps,
+        "[[apps]]\nname = \"sleepy\"\nhostnames = [\"sleepy.test\"]\nstart_timeout = \"10s\"\nconcurrency = { type = \"requests\", soft_limit = 20, hard_limit = 25 }\nlimits = { queue = 512, queue_timeout = \"5s\" }\n[[apps.services]]\nports = [ { port = PORT, bind = \"127.0.0.1\", handlers = [\"http\"] } ]\n".replace("PORT", &port.to_string()),
+    )
+    .expect("write apps");
+    let put = std::process::Command::new(bin())
+        .args([
+            "apps",
+            "put",
+            apps.to_str().expect("utf-8"),
+            "--etcd",
+            &etcd.url(),
+        ])
+        .output()
+        .expect("apps put");
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let catalog = format!(
+        "[catalog]\nstore = \"etcd\"\netcd_endpoints = [\"{}\"]\n",
+        etcd.url()
+    );
+    let backhaul = free_port();
+    let worker = Node::start(
+        bin(),
+        "worker",
+        &format!(
+            "[node]\nid = \"w1\"\nregion = \"iad\"\nroles = [\"worker\"]\ndrain_timeout = \"1s\"\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{}{catalog}{REGIONS}[[instances]]\napp = \"sleepy\"\nid = \"sleepy-1\"\naddress = \"127.0.0.1:{}\"\n{}\n",
+            pki.cluster_section("w1"),
+            p.port,
+            p.driver()
+        ),
+    );
+    let edge = Node::start(
+        bin(),
+        "edge",
+        &format!(
+            "[node]\nid = \"edge1\"\nregion = \"ord\"\nroles = [\"edge\"]\ndrain_timeout = \"1s\"\n{}{catalog}{REGIONS}",
+            pki.cluster_section("edge1")
+        ),
+    );
+    worker.up().await;
+    edge.up().await;
+    state_is(&worker, "stopped").await;
+    state_is(&edge, "stopped").await;
+    let results = burst(port, 20).await;
+    p.kill();
+    let bad: Vec<_> = results.iter().filter(|r| r.0 != 200).collect();
+    assert!(
+        bad.is_empty(),
+        "{} of 20 failed: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert_eq!(p.count("starts"), 1);
+    assert_eq!(state(&edge).await.as_deref(), Some("running"));
+}

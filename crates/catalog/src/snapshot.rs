@@ -254,9 +254,13 @@ impl AppEntry {
                     }))
                 });
                 let live = registry.instance(&id);
-                live.power.drive(inst.driver.is_some() && peer.is_none());
+                // Only a driver this node can run is driven here; one run elsewhere (the
+                // etcd catalog's) is asked for over backhaul, or, with no backhaul to its
+                // node, is left alone (always running, as before drivers).
+                let driver = inst.driver.as_ref();
                 live.power
-                    .drive_remote(inst.driver.is_some() && peer.is_some());
+                    .drive(driver.is_some_and(|d| d.runnable()) && peer.is_none());
+                live.power.drive_remote(driver.is_some() && peer.is_some());
                 InstanceEntry {
                     peer,
                     live,

@@ -484,13 +484,23 @@ pub enum Driver {
     Command { start: String, stop: String },
     /// A machines API: `POST <url>/start`, `POST <url>/stop`; a 2xx answer is success.
     Http { url: String },
+    /// Run by the node that registered the instance in the etcd catalog, which says only that
+    /// it has a driver (`docs/on-demand.md`, "Over backhaul"); never from a config file. Such
+    /// an instance is started by asking that node, never by this one.
+    Elsewhere,
 }
 
 impl Driver {
+    /// Whether this node could run it (a command or a machines API), not [`Driver::Elsewhere`].
+    pub fn runnable(&self) -> bool {
+        !matches!(self, Driver::Elsewhere)
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Driver::Command { .. } => "command",
             Driver::Http { .. } => "http",
+            Driver::Elsewhere => "elsewhere",
         }
     }
 }

@@ -39,6 +39,11 @@ pub struct InstanceValue {
     pub address: String,
     /// The node that registered it.
     pub node: String,
+    /// The kind of its driver (`command`, `http`) when it has one: the registering node starts
+    /// and stops it, and edges ask that node for its starts over backhaul (`docs/on-demand.md`).
+    /// Absent without a driver; nodes that predate it ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
 
 /// `nodes/<node>`: a node, under its lease.
@@ -88,7 +93,11 @@ impl InstanceValue {
             region: value.region.clone(),
             address,
             node: None,
-            driver: None,
+            // Any kind: this node only needs to know there is a driver, run elsewhere.
+            driver: value
+                .driver
+                .is_some()
+                .then_some(anyedge_config::Driver::Elsewhere),
         };
         Ok((value, instance))
     }
@@ -100,6 +109,7 @@ impl InstanceValue {
             region: instance.region.clone(),
             address: instance.address.to_string(),
             node: node.to_string(),
+            driver: instance.driver.as_ref().map(|d| d.kind().to_string()),
         }
     }
 

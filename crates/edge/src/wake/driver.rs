@@ -53,6 +53,8 @@ pub(crate) enum DriverError {
     Http(#[source] hyper::Error),
     #[error("the machines API URL is not usable: {0}")]
     Url(String),
+    #[error("the instance's driver runs on the node that registered it, not here")]
+    Elsewhere,
     #[error("the machines API answered {status}: {body}")]
     Status {
         status: http::StatusCode,
@@ -75,6 +77,8 @@ pub(crate) async fn run(
             command(line, action, target).await
         }
         Driver::Http { url } => http(url, action, target).await,
+        // Never given a task (`Driver::runnable`): the node that registered it runs it.
+        Driver::Elsewhere => Err(DriverError::Elsewhere),
     }
 }
 

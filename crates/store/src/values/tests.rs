@@ -104,6 +104,30 @@ fn bad_app_values_are_errors_not_panics() {
 }
 
 #[test]
+fn an_instance_with_a_driver_says_so_and_no_more() {
+    let (v, i) = InstanceValue::decode(
+        br#"{"schema":1,"id":"s-1","region":"iad","address":"127.0.0.1:9001","node":"w1","driver":"command"}"#,
+        "s-1",
+    )
+    .expect("decodes");
+    assert_eq!(v.driver.as_deref(), Some("command"));
+    assert_eq!(i.driver, Some(anyedge_config::Driver::Elsewhere));
+    let mut own = i.clone();
+    own.driver = Some(anyedge_config::Driver::Http {
+        url: "http://127.0.0.1:1/m".into(),
+    });
+    let text = String::from_utf8(InstanceValue::new(&own, "w1").encode()).expect("utf-8");
+    assert!(text.contains(r#""driver":"http""#), "{text}");
+    assert!(
+        !text.contains("127.0.0.1:1/m"),
+        "the driver's settings stay on its node"
+    );
+    own.driver = None;
+    let text = String::from_utf8(InstanceValue::new(&own, "w1").encode()).expect("utf-8");
+    assert!(!text.contains("driver"), "absent without one: {text}");
+}
+
+#[test]
 fn instance_values_decode_leniently_and_check_what_matters() {
     let (v, i) = InstanceValue::decode(
         br#"{"schema":2,"id":"i-1","region":"ord","address":"10.0.0.5:8080","node":"ord-1","weight":9}"#,
