@@ -219,6 +219,12 @@ pub struct Http {
     pub max_header_size: usize,
     /// Request bodies up to this size are kept for a retry or replay.
     pub replay_body_limit: usize,
+    /// Where a request body past `replay_body_limit` is kept for a replay or retry (one
+    /// unlinked file per request; `docs/http.md`, "Replay of large bodies"). Read at start.
+    pub replay_spill_dir: PathBuf,
+    /// Node-wide cap on the bytes kept under `replay_spill_dir`; 0: bodies past
+    /// `replay_body_limit` are not kept at all.
+    pub replay_spill_limit: u64,
     /// HTTP/2 streams a client may have open at once.
     pub h2_max_concurrent_streams: u32,
     /// One log line per request.
@@ -269,6 +275,8 @@ impl Default for Http {
             max_request_body: 0,
             max_header_size: 64 * 1024,
             replay_body_limit: 1024 * 1024,
+            replay_spill_dir: PathBuf::from("/var/tmp/anyedge-spill"),
+            replay_spill_limit: 1 << 30,
             h2_max_concurrent_streams: 250,
             access_log: true,
             max_attempts: 5,

@@ -78,6 +78,8 @@ pub(crate) struct HttpFile {
     pub max_request_body: Option<i64>,
     pub max_header_size: Option<i64>,
     pub replay_body_limit: Option<i64>,
+    pub replay_spill_dir: Option<String>,
+    pub replay_spill_limit: Option<ByteSize>,
     pub h2_max_concurrent_streams: Option<i64>,
     pub access_log: Option<bool>,
     pub max_attempts: Option<i64>,
@@ -216,6 +218,14 @@ pub(crate) struct InstanceFile {
     pub address: String,
     pub node: Option<String>,
     pub driver: Option<DriverFile>,
+}
+
+/// A byte count: `1048576` or `"1GiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ByteSize {
+    Count(i64),
+    Text(String),
 }
 
 /// `min_running = N` or `{ total = N, per_region = M }`.

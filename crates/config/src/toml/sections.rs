@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use toml_edit::{Item, Table};
 
 use super::file::{
-    AcmeFile, AdminFile, CatalogFile, ClusterFile, HttpFile, LimitsFile, NodeFile, RegionFile,
+    AcmeFile, AdminFile, ByteSize, CatalogFile, ClusterFile, HttpFile, LimitsFile, NodeFile,
+    RegionFile,
 };
 use crate::de;
 use crate::defaults;
@@ -378,6 +379,19 @@ pub(super) fn http(root: &Table, r: &mut Report<'_>) -> Http {
     }
     if let Some(n) = size(f.replay_body_limit, "replay_body_limit", 0, r) {
         http.replay_body_limit = n as usize;
+    }
+    if let Some(dir) = &f.replay_spill_dir {
+        if let Some(dir) = r.check("http.replay_spill_dir", values::spill_dir(dir)) {
+            http.replay_spill_dir = dir;
+        }
+    }
+    let spill_limit = match &f.replay_spill_limit {
+        None => None,
+        Some(ByteSize::Count(n)) => size(Some(*n), "replay_spill_limit", 0, r).map(|n| n as u64),
+        Some(ByteSize::Text(t)) => r.check("http.replay_spill_limit", values::byte_size(t)),
+    };
+    if let Some(n) = spill_limit {
+        http.replay_spill_limit = n;
     }
     if let Some(n) = size(
         f.h2_max_concurrent_streams,

@@ -262,6 +262,48 @@ pub(crate) fn bpf_pin_dir(s: &str) -> Result<PathBuf, String> {
     Ok(p)
 }
 
+/// `[http] replay_spill_dir`: an absolute path (the node may run from any directory, and a
+/// path relative to the config file would move with it). Whether it exists and is writable
+/// is checked at start-up, where it is created if missing.
+pub(crate) fn spill_dir(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if !p.is_absolute() {
+        return Err(format!(
+            "`{s}` is not an absolute path (a directory on a local disk, e.g. /var/tmp/anyedge-spill)"
+        ));
+    }
+    if p.parent().is_none() {
+        return Err("`/` cannot be the spill directory: name one of its own".to_string());
+    }
+    Ok(p)
+}
+
+/// A byte count written as a string: digits with an optional unit `B`, `KiB`, `MiB`, `GiB` or
+/// `TiB` (`"1GiB"`, `"512 MiB"`). (A bare integer is a count of bytes too.)
+pub(crate) fn byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let unit = unit.trim_start();
+    let shift = match unit {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => {
+            return Err(format!(
+                "invalid size {text:?}: a number of bytes, or digits with B, KiB, MiB, GiB or TiB (e.g. \"1GiB\")"
+            ))
+        }
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: it must start with digits (e.g. \"1GiB\")"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
 /// A Unix socket's path: the kernel takes at most 107 bytes (`sun_path`, with its NUL), and
 /// an upgrade binds a sibling path a few bytes longer (`.new`), so 100 is the bound.
 pub(crate) fn unix_socket_path(p: PathBuf) -> Result<PathBuf, String> {

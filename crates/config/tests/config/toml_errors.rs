@@ -772,3 +772,53 @@ fn bpf_pin_dir_is_absolute() {
         "`bpf/anyedge` is not an absolute path",
     );
 }
+
+#[test]
+fn replay_spill_keys_are_an_absolute_directory_and_a_size() {
+    use crate::ok;
+    let d = ok("");
+    assert_eq!(
+        d.http.replay_spill_dir,
+        std::path::PathBuf::from("/var/tmp/anyedge-spill")
+    );
+    assert_eq!(d.http.replay_spill_limit, 1 << 30, "1 GiB by default");
+    let c = ok("[http]\nreplay_spill_dir = \"/srv/spill\"\nreplay_spill_limit = \"512MiB\"\n");
+    assert_eq!(
+        c.http.replay_spill_dir,
+        std::path::PathBuf::from("/srv/spill")
+    );
+    assert_eq!(c.http.replay_spill_limit, 512 << 20);
+    for (text, n) in [
+        ("1048576", 1u64 << 20),
+        ("\"2 GiB\"", 2 << 30),
+        ("0", 0),
+        ("\"7B\"", 7),
+    ] {
+        let c = ok(&format!("[http]\nreplay_spill_limit = {text}\n"));
+        assert_eq!(c.http.replay_spill_limit, n, "{text}");
+    }
+    one(
+        "[http]\nreplay_spill_dir = \"spill\"\n",
+        "http.replay_spill_dir",
+        "replay_spill_dir",
+        "not an absolute path",
+    );
+    one(
+        "[http]\nreplay_spill_limit = \"1GB\"\n",
+        "http.replay_spill_limit",
+        "replay_spill_limit",
+        "KiB, MiB, GiB or TiB",
+    );
+    one(
+        "[http]\nreplay_spill_limit = -1\n",
+        "http.replay_spill_limit",
+        "replay_spill_limit",
+        "at least 0",
+    );
+    one(
+        "[http]\nreplay_spill_limit = \"99999999999TiB\"\n",
+        "http.replay_spill_limit",
+        "replay_spill_limit",
+        "too large",
+    );
+}
