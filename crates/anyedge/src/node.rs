@@ -33,6 +33,8 @@ pub enum StartError {
     Acme(String),
     #[error("{0}")]
     Steering(anyedge_edge::SteerError),
+    #[error("{0}")]
+    Spill(anyedge_edge::SpillDirError),
 }
 
 /// What a node takes over from the process it replaces (`anyedge run --upgrade`); the default
@@ -115,6 +117,9 @@ impl Node {
             from.sockets.clone(),
         )
         .map_err(StartError::Tls)?;
+        if config.node.roles.edge {
+            edge.start_spill(&config.http).map_err(StartError::Spill)?;
+        }
         if !from.tickets.is_empty() && !edge.import_ticket_keys(&from.tickets) {
             tracing::warn!("the previous process's TLS ticket keys were not usable: sessions it issued will not resume");
         }

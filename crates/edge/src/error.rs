@@ -90,7 +90,7 @@ impl ProxyError {
             BodyError::Read(_) => {
                 Some(ProxyError::BadRequest("the request body could not be read"))
             }
-            BodyError::Superseded => None,
+            BodyError::Superseded | BodyError::Spill(_) => None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! ([`connect`]), pooled HTTP connections ([`pool`]) and our HTTP/1.1 client on them ([`http1`]), the request attempt and when a failed one
 //! may be retried ([`attempt`]), what passive outlier detection learns from it ([`outlier`]), one
 //! check of an instance ([`probe`]: active health checks and the outlier probe),
-//! bodies kept for retry and replay ([`body`]), header rules ([`headers`]), protocol switches ([`upgrade`]), the PROXY header ([`proxy_protocol`]) and the
+//! bodies kept for retry and replay ([`body`], past the memory limit in [`spill`] files), header rules ([`headers`]), protocol switches ([`upgrade`]), the PROXY header ([`proxy_protocol`]) and the
 //! byte relay ([`relay`]). Nothing here knows about clients' connections, backhaul or roles:
 //! those modules import this one, never the other way round (`scripts/layout-check`).
 
@@ -20,4 +20,5 @@ pub(crate) mod pool;
 pub(crate) mod probe;
 pub mod proxy_protocol;
 pub(crate) mod relay;
+pub(crate) mod spill;
 pub(crate) mod upgrade;

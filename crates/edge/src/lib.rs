@@ -27,6 +27,7 @@ pub(crate) use pooled::in_pool;
 pub use anyedge_steering::SteerError;
 pub use front::listeners::ListenError;
 pub use health::{CheckState, HealthChecker, HealthUpdate, Transition};
+pub use instance::spill::SpillDirError;
 pub use sockets::adopt as adopt_listener;
 pub use wake::Drivers;
 /// Why the edge's TLS state could not be made.
@@ -75,6 +76,11 @@ struct Shared {
     /// takes new connections at the same addresses: while draining, the worker still serves
     /// the streams that reach it on its old backhaul connections (`worker::admit`).
     handed_over: std::sync::atomic::AtomicBool,
+    /// Where request bodies past `replay_body_limit` are kept (`Edge::start_spill`); unset:
+    /// they are not kept. Leaked on purpose, one per edge (a few hundred bytes; a process
+    /// makes one, a test process a few): requests reach it by a plain reference, where a
+    /// shared count would be one more atomic, contended across shards, per request with a body.
+    spill: std::sync::OnceLock<&'static instance::spill::SpillStore>,
 }
 
 /// One node's edge role.
@@ -138,6 +144,7 @@ impl Edge {
             backhaul: backhaul::Backhaul::default(),
             inherited,
             handed_over: std::sync::atomic::AtomicBool::new(false),
+            spill: std::sync::OnceLock::new(),
         });
         Ok(Edge {
             shared,
@@ -160,6 +167,23 @@ impl Edge {
         Ok(())
     }
 
+    /// Keep request bodies past `replay_body_limit` in `http.replay_spill_dir`, up to
+    /// `replay_spill_limit` bytes on this node (0: not at all), from now on: the directory is
+    /// made if missing, checked, and cleared of what a crash left. Called once, at start-up;
+    /// a reload may change the cap, not the directory.
+    pub fn start_spill(&self, http: &anyedge_config::Http) -> Result<(), SpillDirError> {
+        if http.replay_spill_limit == 0 || self.shared.spill.get().is_some() {
+            return Ok(());
+        }
+        let store = instance::spill::SpillStore::open(
+            &http.replay_spill_dir,
+            http.replay_spill_limit,
+            self.shared.metrics.clone(),
+        )?;
+        let _ = self.shared.spill.set(Box::leak(Box::new(store)));
+        Ok(())
+    }
+
     /// Put a snapshot in force: new connections route by it at once; listeners it no longer
     /// names close, new ones open. Connections already open are untouched. Returns the
     /// listeners that could not be opened (they are tried again on the next apply).
@@ -177,6 +201,13 @@ impl Edge {
             &self.shared.backhaul,
             tls,
         ));
+        if let Some(spill) = self.shared.spill.get() {
+            let http = &snapshot.config.http;
+            if http.replay_spill_dir != spill.dir() {
+                tracing::warn!(dir = %spill.dir().display(), "[http] replay_spill_dir changes at the next start, not on a reload");
+            }
+            spill.set_limit(http.replay_spill_limit);
+        }
         let wanted = routes.listen_addrs();
         let m = &self.shared.metrics.node;
         m.apps_built.fetch_add(

@@ -433,6 +433,12 @@ pub struct NodeMetrics {
     pub steered_ports: AtomicI64,
     pub steering_map_updates: AtomicU64,
     pub steering_failures: AtomicU64,
+    /// The spill store (`[http] replay_spill_dir`): bytes of request bodies kept on disk now
+    /// (the count `replay_spill_limit` caps), files open now, and bodies that could not be
+    /// kept (the cap, or an I/O error).
+    pub spill_bytes: AtomicU64,
+    pub spill_files: AtomicI64,
+    pub spill_refused: AtomicU64,
     /// ACME orders finished, by result (`anyedge_acme_orders_total`).
     pub acme_orders_ok: AtomicU64,
     pub acme_orders_error: AtomicU64,
@@ -626,6 +632,9 @@ impl Metrics {
         STEERED_PORTS.one(out, n.steered_ports.load(Ordering::Relaxed));
         STEERING_MAP_UPDATES.one(out, get(&n.steering_map_updates));
         STEERING_FAILURES.one(out, get(&n.steering_failures));
+        SPILL_BYTES.one(out, get(&n.spill_bytes));
+        SPILL_FILES.one(out, n.spill_files.load(Ordering::Relaxed));
+        SPILL_REFUSED.one(out, get(&n.spill_refused));
         ACCESS_LOG_DROPPED.one(out, crate::access::dropped());
     }
 }
@@ -826,6 +835,18 @@ const HTTP_SERVICES_BUILT: Family = Family::counter(
 const PROCESS_GENERATION: Family = Family::gauge(
     "anyedge_process_generation",
     "Processes this node has been since it last started afresh: 1, and one more at each upgrade that took the listening sockets over.",
+);
+const SPILL_BYTES: Family = Family::gauge(
+    "anyedge_replay_spill_bytes",
+    "Bytes of request bodies kept in the spill store now, for a replay or retry ([http] replay_spill_limit caps them).",
+);
+const SPILL_FILES: Family = Family::gauge(
+    "anyedge_replay_spill_files",
+    "Spill files open now (one per request whose body went past replay_body_limit).",
+);
+const SPILL_REFUSED: Family = Family::counter(
+    "anyedge_replay_spill_refused_total",
+    "Request bodies past replay_body_limit the spill store could not keep (node cap reached, or a disk error): they stream and cannot be replayed.",
 );
 const ACCESS_LOG_DROPPED: Family = Family::counter(
     "anyedge_access_log_dropped_total",

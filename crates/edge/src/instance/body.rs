@@ -1,10 +1,12 @@
 //! Body types. `ReqBody` carries a client's request body to an instance and keeps what it sent,
-//! up to the replay limit, so a retry or replay can send it again; the rest of the client's body
-//! stays unread until someone asks for it. `RespBody` carries a response to the client and
+//! up to the replay limit in memory and past it in a spill file ([`super::spill`]), so a retry
+//! or replay can send it again; the rest of the client's body stays unread until someone asks
+//! for it. `RespBody` carries a response to the client and
 //! returns the instance connection to its pool when the body ends.
 
 use super::h2body::RecvBody;
 use super::inbound::Inbound;
+use super::spill::{Spill, SpillStore};
 use crate::instance::http1::H1Body;
 use crate::pooled::Pooled;
 use anyedge_telemetry::{AppMetrics, Direction};
@@ -25,6 +27,8 @@ pub(crate) enum BodyError {
     Read(Box<dyn std::error::Error + Send + Sync>),
     #[error("the request went to another instance; this copy stops")]
     Superseded,
+    #[error("the kept body could not be read back from its spill file: {0}")]
+    Spill(std::io::Error),
 }
 
 /// The recording shared by a body and its replays.
@@ -42,6 +46,10 @@ struct Recording<B> {
     /// Which copy may read on: older copies (an attempt whose answer was a replay, or that
     /// failed) stop, so they neither steal the client's chunks nor its wake-ups.
     generation: u64,
+    /// Where the body past `limit` goes (`[http] replay_spill_dir`), when the node keeps
+    /// such bodies; its file once the body went past `limit` (the bytes after `chunks`).
+    store: Option<&'static SpillStore>,
+    spill: Option<Spill>,
 }
 
 /// A client's request body, from whichever server read its head: our HTTP/2 server's (clients
@@ -106,6 +114,8 @@ pub(crate) struct ReplayBody<B> {
     shared: Arc<Mutex<Recording<B>>>,
     /// Next recorded chunk this copy sends.
     pos: usize,
+    /// Next byte of the spill file this copy sends.
+    file_pos: u64,
     trailers_sent: bool,
     metrics: Arc<AppMetrics>,
     /// The recording's generation when this copy was made.
@@ -119,6 +129,17 @@ where
 {
     /// Wrap a client's body. `max_body` 0 is no limit.
     pub fn new(body: B, replay_limit: usize, max_body: u64, metrics: Arc<AppMetrics>) -> Self {
+        Self::spilling(body, replay_limit, max_body, metrics, None)
+    }
+
+    /// Like [`Self::new`], keeping what goes past `replay_limit` in a file of `store`.
+    pub fn spilling(
+        body: B,
+        replay_limit: usize,
+        max_body: u64,
+        metrics: Arc<AppMetrics>,
+        store: Option<&'static SpillStore>,
+    ) -> Self {
         if body.is_end_stream() {
             return Self::Empty;
         }
@@ -135,8 +156,11 @@ where
                 max_body,
                 too_large: false,
                 generation: 0,
+                store,
+                spill: None,
             })),
             pos: 0,
+            file_pos: 0,
             trailers_sent: false,
             metrics,
             generation: 0,
@@ -157,10 +181,23 @@ where
                 Some(Self::Replay(ReplayBody {
                     shared: b.shared.clone(),
                     pos: 0,
+                    file_pos: 0,
                     trailers_sent: false,
                     metrics: b.metrics.clone(),
                     generation: rec.generation,
                 }))
+            }
+        }
+    }
+
+    /// The request has its answer: nothing will send the body again, so what is kept goes
+    /// (memory and spill file), and the rest of the body, still streaming to the instance
+    /// that answered, is no longer kept.
+    pub fn stop_keeping(&self) {
+        if let Self::Replay(b) = self {
+            let mut rec = b.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            if !rec.overflowed && (rec.spill.is_some() || !rec.done) {
+                rec.overflow("answered");
             }
         }
     }
@@ -176,6 +213,7 @@ where
                     Self::Replay(ReplayBody {
                         shared: b.shared.clone(),
                         pos: 0,
+                        file_pos: 0,
                         trailers_sent: false,
                         metrics: b.metrics.clone(),
                         generation: rec.generation,
@@ -209,7 +247,10 @@ where
             ReqBody::Empty => true,
             ReqBody::Replay(b) => {
                 let rec = b.shared.lock().unwrap_or_else(PoisonError::into_inner);
-                rec.done && b.pos >= rec.chunks.len() && (b.trailers_sent || rec.trailers.is_none())
+                rec.done
+                    && b.pos >= rec.chunks.len()
+                    && b.file_pos >= rec.spill.as_ref().map_or(0, Spill::len)
+                    && (b.trailers_sent || rec.trailers.is_none())
             }
         }
     }
@@ -219,9 +260,9 @@ where
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Replay(b) => {
                 let rec = b.shared.lock().unwrap_or_else(PoisonError::into_inner);
-                match (&rec.rest, b.pos, rec.recorded) {
+                match (&rec.rest, b.pos + b.file_pos as usize, rec.recorded) {
                     // A first copy that has sent nothing yet is exactly the client's body.
-                    (Some(rest), 0, 0) => rest.size_hint(),
+                    (Some(rest), 0, 0) if rec.spill.is_none() => rest.size_hint(),
                     _ => SizeHint::default(),
                 }
             }
@@ -243,6 +284,16 @@ where
             self.pos += 1;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
+        if let Some(spill) = rec.spill.as_ref().filter(|s| self.file_pos < s.len()) {
+            // A replay sends what went to the file before it reads on from the client.
+            return Poll::Ready(Some(match spill.read(self.file_pos) {
+                Ok(chunk) => {
+                    self.file_pos += chunk.len() as u64;
+                    Ok(Frame::data(chunk))
+                }
+                Err(e) => Err(BodyError::Spill(e)),
+            }));
+        }
         if rec.done {
             if !self.trailers_sent {
                 self.trailers_sent = true;
@@ -251,6 +302,12 @@ where
                 }
             }
             return Poll::Ready(None);
+        }
+        if let Some(spill) = rec.spill.as_ref() {
+            // The disk is behind: read no more of the client's body until it catches up.
+            if spill.poll_room(cx).is_pending() {
+                return Poll::Pending;
+            }
         }
         let Some(rest) = rec.rest.as_mut() else {
             return Poll::Ready(None);
@@ -275,18 +332,20 @@ where
                     })));
                 }
                 self.metrics.add_bytes(Direction::In, data.len() as u64);
-                if !rec.overflowed && rec.recorded + data.len() <= rec.limit {
+                if !rec.overflowed && rec.spill.is_none() && rec.recorded + data.len() <= rec.limit
+                {
                     rec.recorded += data.len();
                     rec.chunks.push(data.clone());
                     self.pos += 1;
                 } else if !rec.overflowed {
-                    tracing::debug!(
-                        limit = rec.limit,
-                        "request body over the replay limit: it streams, and cannot be retried"
-                    );
-                    rec.overflowed = true;
-                    rec.chunks = Vec::new();
-                    self.pos = 0;
+                    match rec.keep_on_disk(&data) {
+                        // This copy has sent all the file holds, this chunk included.
+                        Some(len) => self.file_pos = len,
+                        None => {
+                            self.pos = 0;
+                            self.file_pos = 0;
+                        }
+                    }
                 }
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
@@ -297,6 +356,51 @@ where
                 Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
             }
         }
+    }
+}
+
+impl<B> Recording<B> {
+    /// Keep `data`, read past the memory limit, in the request's spill file: the file's
+    /// length after it. When the node has no room to give (no store, the cap, a disk error),
+    /// stop keeping (`None`): the body streams on and can no longer be sent again.
+    fn keep_on_disk(&mut self, data: &Bytes) -> Option<u64> {
+        let Some(store) = self.store else {
+            self.overflow("no spill store");
+            return None;
+        };
+        let spill = match self.spill.as_mut() {
+            Some(spill) => spill,
+            None => match Spill::new(store) {
+                Ok(spill) => self.spill.insert(spill),
+                Err(e) => {
+                    Spill::refused(store);
+                    tracing::warn!(error = %e, "request body not kept for a replay");
+                    self.overflow("spill file");
+                    return None;
+                }
+            },
+        };
+        match spill.append(data) {
+            Ok(len) => Some(len),
+            Err(e) => {
+                Spill::refused(store);
+                tracing::info!(error = %e, "request body not kept for a replay");
+                self.overflow("spill store");
+                None
+            }
+        }
+    }
+
+    /// Stop keeping the body: what was kept goes (its spill file with it).
+    fn overflow(&mut self, why: &'static str) {
+        tracing::debug!(
+            limit = self.limit,
+            why,
+            "request body over the replay limit: it streams, and cannot be retried"
+        );
+        self.overflowed = true;
+        self.chunks = Vec::new();
+        self.spill = None;
     }
 }
 
@@ -670,6 +774,65 @@ mod tests {
             Err(err) => assert!(matches!(err, BodyError::TooLarge { limit: 8 })),
             Ok(_) => panic!("a body over the limit must fail"),
         }
+    }
+
+    /// A spill store in a directory that lives as long as the test process.
+    fn spill_store() -> &'static SpillStore {
+        let dir = Box::leak(Box::new(tempfile::tempdir().expect("tempdir")));
+        let metrics = anyedge_telemetry::Metrics::new();
+        Box::leak(Box::new(
+            SpillStore::open(dir.path(), 1 << 20, metrics).expect("spill store"),
+        ))
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_the_rest_is_spilled_and_replayed_in_order() {
+        let store = spill_store();
+        let chunks = ["12345", "67890", "abc", "defgh"];
+        let body = ReqBody::spilling(client_body(&chunks, true), 6, 0, metrics(), Some(store));
+        let mut first = body.next_attempt().expect("first attempt");
+        for want in ["12345", "67890"] {
+            let f = first.frame().await.expect("frame").expect("ok");
+            assert_eq!(f.into_data().expect("data"), want);
+        }
+        // Asked for mid-way: the memory part, the file, then the client's rest.
+        let (again, trailers) = read_all(body.next_attempt().expect("kept")).await;
+        assert_eq!(again, b"1234567890abcdefgh");
+        assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+        let (third, _) = read_all(body.next_attempt().expect("kept")).await;
+        assert_eq!(
+            third, b"1234567890abcdefgh",
+            "all of it from memory and the file"
+        );
+        body.stop_keeping();
+        assert!(body.replay().is_none(), "answered: nothing kept");
+        drop(body);
+        // The file goes when its last write is done (on the blocking pool).
+        let spilled = || {
+            let node = &store.metrics().node;
+            node.spill_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while spilled() > 0 && std::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(spilled(), 0);
+    }
+
+    #[tokio::test]
+    async fn over_the_spill_cap_it_streams_but_cannot_replay() {
+        let store = spill_store();
+        store.set_limit(4);
+        let body = ReqBody::spilling(
+            client_body(&["12345", "67890"], false),
+            5,
+            0,
+            metrics(),
+            Some(store),
+        );
+        let (all, _) = read_all(body.next_attempt().expect("first")).await;
+        assert_eq!(all, b"1234567890");
+        assert!(body.replay().is_none());
     }
 
     #[test]

@@ -679,6 +679,9 @@ impl ProxyService {
         let Some(app_slot) = job.app_slot.take() else {
             return Flow::Fail(ProxyError::Admit(AdmitError::Unavailable));
         };
+        // Nothing sends the body again from here: a spill file goes now, not when the upload
+        // still streaming to this instance ends.
+        job.body.stop_keeping();
         let slots = Slots::new(app_slot, c.placed.slot);
         let mut resp = response_back(resp, &c.app.metrics, slots);
         let names = &self.settings.names;

@@ -288,11 +288,12 @@ impl ProxyService {
         // The name routed by is the one the instance gets: an absolute-form target's (or
         // HTTP/2's :authority) authority replaces `Host` (RFC 9112 3.2.2).
         set_host_from_authority(&mut parts.headers, &parts.uri);
-        let body = ReqBody::new(
+        let body = ReqBody::spilling(
             body,
             self.settings.config.replay_body_limit,
             max_body,
             app.metrics.clone(),
+            self.shared.spill.get().copied(),
         );
         let queue_deadline = tokio::time::Instant::now() + app.app.config.limits.queue_timeout;
         let job = Job {
