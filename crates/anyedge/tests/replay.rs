@@ -17,7 +17,8 @@ use http_body_util::BodyExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-/// `[http] replay_body_limit` of the fleet: 256 KiB.
+/// `[http] replay_body_limit` of the fleet: 256 KiB. The fleet keeps nothing past it
+/// (`replay_spill_limit = 0`); bodies kept in the spill store: `replay_spill.rs`.
 const LIMIT: usize = 256 * 1024;
 
 /// The fleet: app `web` in ord and syd, `api` (takes replays from web), `locked` (takes none),
@@ -41,7 +42,7 @@ impl Fleet {
         let looping = ScriptedInstance::start("loop-1").await;
         let port = free_port();
         let toml = format!(
-            "{NODE}[http]\nreplay_body_limit = {LIMIT}\n\n{}{}{}{}",
+            "{NODE}[http]\nreplay_body_limit = {LIMIT}\nreplay_spill_limit = 0\n\n{}{}{}{}",
             app("web", port, "", &[(&web_ord, "ord"), (&web_syd, "syd")]),
             app("api", port, "replay_from = [\"web\"]", &[(&api, "syd")]),
             app(
@@ -264,8 +265,8 @@ async fn a_replay_carries_method_headers_and_body_to_another_region() {
 }
 
 /// An instance that reads the whole body before asking for the replay: a body within
-/// `replay_body_limit` is sent again whole; past the limit its start is gone, and the answer is
-/// 503 `replay_failed`.
+/// `replay_body_limit` is sent again whole; past the limit, with the spill store off, its start
+/// is gone, and the answer is 503 `replay_failed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_after_the_instance_read_the_body_resends_it_only_within_the_limit() {
     let fleet = Fleet::start().await;

@@ -1,0 +1,353 @@
+//! Replay of bodies past `replay_body_limit`: the rest is kept in the spill store
+//! (`[http] replay_spill_dir`, `replay_spill_limit`), so a 5 MB POST with a 1 MiB memory limit
+//! is replayed from ord to syd whole, also when the replay is asked for before the client has
+//! sent it all; over the node's cap the replay answers 503 `replay_failed`; and no spill file
+//! outlives its request (none in the directory, none open in this process, the gauges at 0),
+//! also when the client goes away mid-body.
+
+mod fleet;
+
+use anyedge::node::Node;
+use anyedge_test_support::http_client::{full, request, Client, ClientBody};
+use anyedge_test_support::scripted_instance::{percent_encode, ScriptedInstance, Seen};
+use anyedge_test_support::{eventually, free_port};
+use bytes::Bytes;
+use fleet::{app, counter, local, Answer, NODE};
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+/// `[http] replay_body_limit`: 1 MiB.
+const MEMORY: usize = 1 << 20;
+/// The body: 5 MB.
+const BODY: usize = 5_000_000;
+
+/// Node in ord, app `web` with an instance in ord and one in syd, bodies past 1 MiB spilled to
+/// a directory of the test's own under a cap of `cap` bytes.
+struct Fleet {
+    node: Node,
+    port: u16,
+    ord: ScriptedInstance,
+    syd: ScriptedInstance,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Fleet {
+    async fn start(cap: &str) -> Fleet {
+        let ord = ScriptedInstance::start("web-ord").await;
+        let syd = ScriptedInstance::start("web-syd").await;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A directory the node makes itself.
+        let dir = tmp.path().join("spill");
+        let port = free_port();
+        let toml = format!(
+            "{NODE}[http]\nreplay_body_limit = {MEMORY}\nreplay_spill_dir = \"{}\"\nreplay_spill_limit = {cap}\n\n{}",
+            dir.display(),
+            app("web", port, "", &[(&ord, "ord"), (&syd, "syd")]),
+        );
+        let config = anyedge_config::parse(&toml, "spill.toml").unwrap_or_else(|d| panic!("{d}"));
+        let node = Node::start(config, Some(local(0)))
+            .await
+            .expect("node starts");
+        Fleet {
+            node,
+            port,
+            ord,
+            syd,
+            dir,
+            _tmp: tmp,
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        let mut c = Client::h1(self.node.admin_addr()).await;
+        c.get("admin", "/metrics").await.2
+    }
+
+    /// Spill files open now: in this process (the node runs in it), by descriptor.
+    fn open_files(&self) -> usize {
+        open_under(&self.dir)
+    }
+
+    /// Nothing of any request is left: no file in the directory, none open, gauges at 0.
+    async fn assert_clean(&self, what: &str) {
+        eventually(&format!("{what}: spill store empty"), DEADLINE, || async {
+            let m = self.metrics().await;
+            let bytes = counter(&m, "anyedge_replay_spill_bytes");
+            let files = counter(&m, "anyedge_replay_spill_files");
+            (bytes == 0.0 && files == 0.0 && self.open_files() == 0).then_some(())
+        })
+        .await;
+        let left: Vec<_> = std::fs::read_dir(&self.dir)
+            .expect("spill dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(left.is_empty(), "{what}: files left: {left:?}");
+    }
+
+    async fn stop(self) {
+        self.node.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+/// Descriptors of this process open on a file under `dir` (an unlinked file reads as
+/// `PATH (deleted)`).
+fn open_under(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+fn replay_path(to: &str, how: &str) -> String {
+    format!("/replay?to={}{how}", percent_encode(to))
+}
+
+/// A body that is not all the same byte, so a lost or reordered chunk shows.
+fn payload(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i / 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn sha(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// `body` in `chunks` pieces `gap` apart: the client is still sending when ord answers.
+fn trickle(body: Bytes, chunks: usize, gap: Duration) -> ClientBody {
+    let size = body.len().div_ceil(chunks);
+    let stream = futures_util::stream::unfold((body, true), move |(rest, first)| async move {
+        if rest.is_empty() {
+            return None;
+        }
+        if !first {
+            tokio::time::sleep(gap).await;
+        }
+        let mut rest = rest;
+        let chunk = rest.split_to(size.min(rest.len()));
+        Some((
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(chunk)),
+            (rest, false),
+        ))
+    });
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
+async fn post(c: &mut Client, path: &str, body: ClientBody) -> Answer {
+    let req = request("POST", "web.test", path, c.is_h2())
+        .header("content-length", BODY.to_string())
+        .body(body)
+        .expect("request");
+    let resp = tokio::time::timeout(DEADLINE, c.send(req))
+        .await
+        .unwrap_or_else(|_| panic!("POST {path}: no answer within {DEADLINE:?}"))
+        .expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn last(i: &ScriptedInstance) -> Seen {
+    i.seen()
+        .pop()
+        .unwrap_or_else(|| panic!("{} saw nothing", i.name))
+}
+
+/// A 5 MB POST, replayed from ord to syd, arrives byte for byte (SHA-256) over HTTP/1.1 and
+/// h2c: when ord read it all before asking (the whole body came back from memory and the
+/// spill file), and when ord asked on the head alone (`drain=1`: it reads the body after
+/// answering) while the client was still sending, at full speed or trickled (the rest was read
+/// from the client, kept, and sent on to syd). Each request's file is gone after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5_mb_body_is_replayed_whole_through_the_spill_store() {
+    let fleet = Fleet::start("\"64MiB\"").await;
+    let body = payload(BODY);
+    let want = sha(&body);
+    let mut n = 0;
+    for h2 in [false, true] {
+        let mut c = Client::plain(local(fleet.port), h2).await;
+        for (how, trickled) in [("&read=1", false), ("&drain=1", false), ("&drain=1", true)] {
+            let what = format!("h2={h2} how={how:?} trickled={trickled}");
+            let sent = match trickled {
+                true => trickle(body.clone(), 50, Duration::from_millis(10)),
+                false => full(body.clone()),
+            };
+            let a = post(&mut c, &replay_path("region=syd", how), sent).await;
+            n += 1;
+            assert_eq!(
+                (a.status, a.header("anyedge-error"), a.instance()),
+                (200, None, "web-syd"),
+                "{what}: {a:?}"
+            );
+            assert_eq!(a.header("x-body-len"), Some("5000000"), "{what}");
+            let got = last(&fleet.syd);
+            let got = got.body.as_deref().unwrap_or_default();
+            assert_eq!(got.len(), BODY, "{what}");
+            assert_eq!(sha(got), want, "{what}: syd got the body byte for byte");
+            if how == "&read=1" {
+                let asked = last(&fleet.ord);
+                assert_eq!(sha(asked.body.as_deref().unwrap_or_default()), want);
+            }
+            fleet.assert_clean(&what).await;
+        }
+    }
+    assert_eq!(fleet.syd.requests(), n);
+    let m = fleet.metrics().await;
+    assert_eq!(counter(&m, "anyedge_replays_total{app=\"web\"}"), n as f64);
+    assert_eq!(counter(&m, "anyedge_replay_spill_refused_total"), 0.0);
+    fleet.stop().await;
+}
+
+/// With a node cap of 2 MiB: a 2.5 MB body (1 MiB in memory, the rest on disk) still
+/// replays; a 5 MB one read whole by ord before it asks cannot be kept, and the replay answers
+/// 503 `replay_failed` with nothing half-sent to syd. No file is left either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_node_cap_the_replay_answers_503() {
+    let fleet = Fleet::start("\"2MiB\"").await;
+    let path = replay_path("region=syd", "&read=1");
+    let mut c = Client::h1(local(fleet.port)).await;
+    let small = payload(2_500_000);
+    let req = request("POST", "web.test", &path, false)
+        .body(full(small.clone()))
+        .expect("request");
+    let resp = c.send(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    assert_eq!(
+        sha(last(&fleet.syd).body.as_deref().unwrap_or_default()),
+        sha(&small),
+        "within the cap"
+    );
+    fleet.assert_clean("within the cap").await;
+
+    let body = payload(BODY);
+    let a = post(&mut c, &path, full(body.clone())).await;
+    assert_eq!(a.status, 503, "{a:?}");
+    assert_eq!(a.header("anyedge-error"), Some("replay_failed"), "{a:?}");
+    assert!(a.header("retry-after").is_some(), "{a:?}");
+    assert_eq!(
+        sha(last(&fleet.ord).body.as_deref().unwrap_or_default()),
+        sha(&body),
+        "ord got it all"
+    );
+    assert_eq!(fleet.syd.requests(), 1, "nothing half-sent to syd");
+    let m = fleet.metrics().await;
+    assert_eq!(counter(&m, "anyedge_replay_spill_refused_total"), 1.0);
+    assert_eq!(
+        counter(
+            &m,
+            "anyedge_errors_total{app=\"web\",code=\"replay_failed\"}"
+        ),
+        1.0
+    );
+    fleet.assert_clean("over the cap").await;
+    fleet.stop().await;
+}
+
+/// A client that goes away after 3 MB of a 5 MB body: while it sends, its body is in a spill
+/// file (seen open); once it is gone, so is the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_body_leaves_no_file() {
+    let fleet = Fleet::start("\"64MiB\"").await;
+    let mut s = tokio::net::TcpStream::connect(local(fleet.port))
+        .await
+        .expect("connect");
+    let head = format!("POST /upload HTTP/1.1\r\nhost: web.test\r\ncontent-length: {BODY}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("head");
+    let body = payload(3_000_000);
+    s.write_all(&body).await.expect("3 MB of the body");
+    eventually(
+        "the body past 1 MiB is in a spill file",
+        DEADLINE,
+        || async {
+            let m = fleet.metrics().await;
+            let files = counter(&m, "anyedge_replay_spill_files");
+            let bytes = counter(&m, "anyedge_replay_spill_bytes");
+            (files == 1.0 && bytes > 0.0 && fleet.open_files() == 1).then_some(())
+        },
+    )
+    .await;
+    drop(s);
+    fleet.assert_clean("client gone").await;
+    fleet.stop().await;
+}
+
+/// The spill directory is checked at start-up: a file in its place stops the node with a
+/// message naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spill_dir_that_is_a_file_stops_the_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("not-a-dir");
+    std::fs::write(&file, b"").expect("file");
+    let toml = format!("[http]\nreplay_spill_dir = \"{}\"\n", file.display());
+    let config = anyedge_config::parse(&toml, "spill.toml").unwrap_or_else(|d| panic!("{d}"));
+    let err = Node::start(config, Some(local(0)))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("replay_spill_dir"), "{err}");
+}
+
+/// A measurement, not a check: a 200 MB POST replayed from ord to syd, with ord answering on
+/// the head (the body is spilled as it streams to syd) and after reading it whole (the body
+/// comes back from the file). Prints the throughput and the spill store's peak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (200 MB through a debug build): run with --ignored --nocapture"]
+async fn measure_a_200_mb_replay() {
+    const SIZE: usize = 200_000_000;
+    let fleet = Fleet::start("\"1GiB\"").await;
+    let body = payload(SIZE);
+    let want = sha(&body);
+    for how in ["&drain=1", "&read=1"] {
+        let mut c = Client::h1(local(fleet.port)).await;
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sampler = {
+            let (peak, admin) = (peak.clone(), fleet.node.admin_addr());
+            tokio::spawn(async move {
+                loop {
+                    let mut c = Client::h1(admin).await;
+                    let m = c.get("admin", "/metrics").await.2;
+                    let b = counter(&m, "anyedge_replay_spill_bytes") as u64;
+                    peak.fetch_max(b, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let req = request("POST", "web.test", &replay_path("region=syd", how), false)
+            .body(full(body.clone()))
+            .expect("request");
+        let resp = tokio::time::timeout(Duration::from_secs(600), c.send(req))
+            .await
+            .expect("in time")
+            .expect("response");
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await;
+        let secs = started.elapsed().as_secs_f64();
+        sampler.abort();
+        let got = last(&fleet.syd);
+        assert_eq!(sha(got.body.as_deref().unwrap_or_default()), want);
+        println!(
+            "{how}: 200 MB replayed in {secs:.2} s = {:.0} MB/s; spill peak {} MiB",
+            SIZE as f64 / secs / 1e6,
+            peak.load(std::sync::atomic::Ordering::Relaxed) >> 20
+        );
+        fleet.assert_clean(how).await;
+    }
+    fleet.stop().await;
+}
