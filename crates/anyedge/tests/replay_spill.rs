@@ -3,7 +3,8 @@
 //! is replayed from ord to syd whole, also when the replay is asked for before the client has
 //! sent it all; over the node's cap the replay answers 503 `replay_failed`; and no spill file
 //! outlives its request (none in the directory, none open in this process, the gauges at 0),
-//! also when the client goes away mid-body.
+//! also when the client goes away mid-body. The same replay across nodes, to a worker in syd
+//! over backhaul, with the binary.
 
 mod fleet;
 
@@ -372,5 +373,96 @@ async fn measure_a_200_mb_replay() {
         );
         fleet.assert_clean("no replay").await;
         fleet.stop().await;
+    }
+}
+
+/// Across nodes, with the binary: the edge (region ord, the replaying instance on its own
+/// node) replays a 5 MB POST to syd, whose instance only a worker in syd reaches, over
+/// backhaul. syd gets it byte for byte, whether ord read it whole or answered on the head; the
+/// edge process has no spill file left, in its directory or open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5_mb_body_is_replayed_to_a_worker_in_another_region() {
+    use anyedge_test_support::cluster::{self, Pki};
+    let bin = Path::new(env!("CARGO_BIN_EXE_anyedge"));
+    let pki = Pki::new();
+    let ord = ScriptedInstance::start("web-ord").await;
+    let syd = ScriptedInstance::start("web-syd").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spill = tmp.path().join("spill");
+    let (port, backhaul) = (free_port(), free_port());
+    let app = format!(
+        "[[apps]]\nname = \"web\"\nhostnames = [\"web.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n"
+    );
+    let worker = cluster::Node::start(
+        bin,
+        "w-syd",
+        &format!(
+            "[node]\nid = \"w-syd\"\nregion = \"syd\"\nroles = [\"worker\"]\nbackhaul_listen = \"127.0.0.1:{backhaul}\"\ndrain_timeout = \"1s\"\n{}{app}[[apps.instances]]\nid = \"web-syd\"\nregion = \"syd\"\naddress = \"{}\"\n",
+            pki.cluster_section("w-syd"),
+            syd.addr
+        ),
+    );
+    let edge = cluster::Node::start(
+        bin,
+        "edge",
+        &format!(
+            "[node]\nid = \"edge\"\nregion = \"ord\"\ndrain_timeout = \"1s\"\n[http]\nreplay_body_limit = {MEMORY}\nreplay_spill_dir = \"{}\"\n{}[[nodes]]\nid = \"w-syd\"\nregion = \"syd\"\nadvertise = \"127.0.0.1:{backhaul}\"\n{app}[[apps.instances]]\nid = \"web-ord\"\nregion = \"ord\"\naddress = \"{}\"\n[[apps.instances]]\nid = \"web-syd\"\nregion = \"syd\"\naddress = \"{}\"\nnode = \"w-syd\"\n",
+            spill.display(),
+            pki.cluster_section("edge"),
+            ord.addr,
+            syd.addr
+        ),
+    );
+    worker.up().await;
+    edge.up().await;
+    eventually("syd answers through the worker", DEADLINE, || async {
+        let got = cluster::get_with(
+            local(port),
+            "web.test",
+            "/",
+            &[("anyedge-force-region", "syd")],
+        )
+        .await;
+        got.filter(|(s, h, b)| *s == 200 && format!("{h}{b}").contains("web-syd"))
+    })
+    .await;
+    let body = payload(BODY);
+    let want = sha(&body);
+    for how in ["&read=1", "&drain=1"] {
+        let mut c = Client::h1(local(port)).await;
+        let req = request("POST", "web.test", &replay_path("region=syd", how), false)
+            .header("anyedge-force-region", "ord")
+            .body(full(body.clone()))
+            .expect("request");
+        let resp = tokio::time::timeout(DEADLINE, c.send(req))
+            .await
+            .expect("in time")
+            .expect("response");
+        let status = resp.status().as_u16();
+        let instance = resp.headers().get("x-instance").cloned();
+        let _ = resp.into_body().collect().await;
+        assert_eq!(
+            (status, instance.as_ref().and_then(|v| v.to_str().ok())),
+            (200, Some("web-syd")),
+            "{how}: {}",
+            edge.logs()
+        );
+        assert_eq!(last(&ord).header("anyedge-replay-src"), None, "{how}");
+        let got = last(&syd);
+        assert_eq!(sha(got.body.as_deref().unwrap_or_default()), want, "{how}");
+        assert!(got.header("anyedge-replay-src").is_some(), "{how}");
+        let fds = format!("/proc/{}/fd", edge.pid());
+        eventually(&format!("{how}: no spill file left"), DEADLINE, || async {
+            let m = edge.metrics().await;
+            let open = std::fs::read_dir(&fds)
+                .expect("fds")
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| t.starts_with(&spill))
+                .count();
+            let bytes = cluster::metric(&m, "anyedge_replay_spill_bytes");
+            (open == 0 && bytes == 0.0).then_some(())
+        })
+        .await;
+        assert_eq!(std::fs::read_dir(&spill).expect("dir").count(), 0, "{how}");
     }
 }
