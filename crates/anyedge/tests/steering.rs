@@ -473,9 +473,10 @@ fn http_tls_and_tcp_route_by_the_dialled_address() {
 
 /// `anyedge run --upgrade` with sk_lookup: the new process takes the steering listeners over
 /// (`SCM_RIGHTS`) and swaps its program into the pinned link; the old one drains without
-/// detaching, so the ports keep answering after it has exited, and no connection fails.
+/// detaching, so the ports keep answering after it has exited, and no connection fails. (It
+/// lost 1 to 5 connections in 30 of 50 runs here while the new process accepted from the
+/// shared sockets before its routes were in force; see the test below.)
 #[test]
-#[ignore = "flaky: in CI on a fresh clone 2 of 115 connections were refused or reset during the hand-over (issue 19 stays open until the cause is found); run with --ignored"]
 fn an_upgrade_keeps_the_ports_steered() {
     in_netns("upgrade", |ctx| async move {
         let inst = FakeInstance::echo("a").await;
@@ -508,12 +509,18 @@ fn an_upgrade_keeps_the_ports_steered() {
                 // read timeout is the machine being busy (counted, printed).
                 while !stop.load(Ordering::Relaxed) {
                     let counter = match connect(local(p1)).await {
-                        Err(_) => &failed,
+                        Err(e) => {
+                            eprintln!("connect failed: {e}");
+                            &failed
+                        }
                         Ok(mut s) => {
                             let tag = tokio::time::timeout(WAIT, read_line(&mut s)).await;
                             match tag {
                                 Ok(Ok(_)) => &ok,
-                                Ok(Err(_)) => &failed,
+                                Ok(Err(e)) => {
+                                    eprintln!("no answer: {e}");
+                                    &failed
+                                }
                                 Err(_) => &slow,
                             }
                         }
@@ -550,5 +557,59 @@ fn an_upgrade_keeps_the_ports_steered() {
         }
         let old_log = std::fs::read_to_string(ctx.dir.path().join("old.log")).expect("log");
         assert!(!old_log.contains("sk_lookup: detached"), "{old_log}");
+    });
+}
+
+/// A process that steers to its listeners (its own on a restart, the previous process's on an
+/// upgrade) accepts from them only once its routes are in force: a connection that reaches it
+/// earlier waits in the accept queue and is then served, never accepted and closed for want of
+/// a route (the cause of the connections an upgrade lost, 2 of 115 in CI). An in-process node
+/// `a` serves; a second edge with the same node id takes the steering over (its listener
+/// replaces `a`'s in the sockmap) and is given its snapshot only after a client has connected.
+#[test]
+fn a_node_taking_the_steering_over_accepts_only_once_routed() {
+    use anyedge_catalog::{LiveRegistry, Snapshot};
+    in_netns("routed", |ctx| async move {
+        let inst = FakeInstance::echo("a").await;
+        let port = 30_300;
+        let toml = format!(
+            "[node]\nid = \"routed\"\nsteering = \"sk_lookup\"\nbpf_pin_dir = \"{pins}\"\n[[apps]]\nname = \"a\"\n  [[apps.services]]\n  ports = [ {{ port = {port}, handlers = [] }} ]\n  [[apps.instances]]\n  id = \"a-1\"\n  address = \"{inst}\"\n",
+            pins = ctx.pins.display(),
+            inst = inst.addr,
+        );
+        let config = anyedge_config::parse_with_base(&toml, "routed.toml", None)
+            .unwrap_or_else(|d| panic!("{d}"));
+        let a = anyedge::node::Node::start(config.clone(), Some(local(0)))
+            .await
+            .expect("node a starts");
+        assert_eq!(tag_of(port).await.as_deref(), Some("a"));
+
+        let b = anyedge_edge::Edge::new(
+            anyedge_telemetry::Metrics::new(),
+            anyedge_core::Drain::new(),
+            &config.limits,
+            Vec::new(),
+        )
+        .expect("edge b");
+        b.start_steering(&config.node)
+            .expect("b takes the steering over");
+        // Steered to b's listener now, before b has any route.
+        let mut early = connect(local(port)).await.expect("connect");
+        let before = tokio::time::timeout(Duration::from_millis(500), read_line(&mut early)).await;
+        assert!(
+            before.is_err(),
+            "b answered before its routes were in force: {before:?}"
+        );
+        let snapshot = Snapshot::build(Arc::new(config), &LiveRegistry::new(), None);
+        assert!(b.apply(Arc::new(snapshot)).is_empty());
+        let tag = tokio::time::timeout(WAIT, read_line(&mut early)).await;
+        assert_eq!(
+            tag.expect("served once routed").expect("tag"),
+            "a",
+            "the early connection is served by b"
+        );
+        assert_eq!(tag_of(port).await.as_deref(), Some("a"));
+        b.stop_accepting();
+        a.shutdown(Duration::from_secs(1)).await;
     });
 }

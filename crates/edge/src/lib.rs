@@ -156,8 +156,10 @@ impl Edge {
 
     /// Steer every app port to one listener per family with `sk_lookup` from now on
     /// (`[node] steering = "sk_lookup"`, before the first [`Edge::apply`]): load the program
-    /// or take the pinned one over, and open the listeners. An error says what the machine
-    /// lacks and how to fix it; there is no fallback to sockets.
+    /// or take the pinned one over, and open the listeners (or adopt those handed over) and
+    /// steer to them. They are accepted from only once the first [`Edge::apply`] has put
+    /// routes in force: until then connections wait in their accept queues. An error says
+    /// what the machine lacks and how to fix it; there is no fallback to sockets.
     pub fn start_steering(
         &self,
         node: &anyedge_config::Node,

@@ -24,7 +24,21 @@ struct Group {
     local: SocketAddr,
     /// Copies of the sockets' descriptors, to hand them over to a new process.
     fds: Vec<OwnedFd>,
-    _stop: Vec<oneshot::Sender<()>>,
+    accepting: Accepting,
+}
+
+/// Whether a group's accept loops run. They start with the first [`SteeredSet::apply`], once
+/// the node's routes are in force: a connection steered to the sockets before then waits in
+/// their accept queue instead of being accepted and closed for want of a route. That matters
+/// because the sockets are steered to before this process routes anything: on an upgrade they
+/// are the previous process's, which is still serving from them, and on a restart they enter
+/// the sockmap as soon as they are opened.
+enum Accepting {
+    NotYet(Vec<std::net::TcpListener>),
+    /// Dropping the senders stops the loops.
+    Yes {
+        _stops: Vec<oneshot::Sender<()>>,
+    },
 }
 
 pub(crate) struct SteeredSet {
@@ -67,7 +81,6 @@ impl SteeredSet {
                 .and_then(|s| s.local_addr().ok())
                 .unwrap_or(SocketAddr::new(ip, 0));
             let fds = duplicates(&sockets).map_err(|e| steer_io("cannot copy a listener", e))?;
-            let stop = spawn_on_shards(sockets, shared, accept_loop_asking);
             shared
                 .metrics
                 .node
@@ -77,7 +90,7 @@ impl SteeredSet {
             groups.push(Group {
                 local,
                 fds,
-                _stop: stop,
+                accepting: Accepting::NotYet(sockets),
             });
         }
         let set = SteeredSet {
@@ -89,8 +102,20 @@ impl SteeredSet {
     }
 
     /// Make the kernel's map steer exactly `wanted`: only the differences are written, so a
-    /// reload costs what it changes; open connections are untouched.
-    pub fn apply(&mut self, wanted: &BTreeSet<ListenAddr>, shared: &Shared) -> Vec<ListenError> {
+    /// reload costs what it changes; open connections are untouched. The first call starts
+    /// the accept loops: the caller has put the routes in force by then.
+    pub fn apply(
+        &mut self,
+        wanted: &BTreeSet<ListenAddr>,
+        shared: &Arc<Shared>,
+    ) -> Vec<ListenError> {
+        for group in &mut self.groups {
+            if let Accepting::NotYet(sockets) = &mut group.accepting {
+                let sockets = std::mem::take(sockets);
+                let stops = spawn_on_shards(sockets, shared, accept_loop_asking);
+                group.accepting = Accepting::Yes { _stops: stops };
+            }
+        }
         let Some(steering) = self.steering.as_mut() else {
             return Vec::new();
         };
