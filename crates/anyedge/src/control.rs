@@ -19,7 +19,7 @@ use crate::node::Node;
 use anyedge_core::control::{Inherited, Listener, Message, MAX_FDS};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -340,32 +340,35 @@ fn send_sockets(conn: &Socket, node: &Node) -> io::Result<()> {
     };
     wire::send(conn, &state, &[])?;
     let mut batch: Vec<Listener> = Vec::new();
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for (role, key, sockets) in node.handover_sockets()? {
+    // Sent by the descriptors the node holds: 20,000 listeners cost no descriptor more.
+    let all = node.handover_sockets()?;
+    let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+    for (role, key, sockets) in &all {
         for chunk in sockets.chunks(MAX_FDS) {
             if fds.len() + chunk.len() > MAX_FDS {
                 flush(conn, &mut batch, &mut fds)?;
             }
             batch.push(Listener {
-                role,
-                key,
+                role: *role,
+                key: *key,
                 count: chunk.len(),
             });
-            for fd in chunk {
-                fds.push(fd.try_clone()?);
-            }
+            fds.extend(chunk.iter().map(AsFd::as_fd));
         }
     }
     flush(conn, &mut batch, &mut fds)?;
     wire::send(conn, &Message::End, &[])
 }
 
-fn flush(conn: &Socket, batch: &mut Vec<Listener>, fds: &mut Vec<OwnedFd>) -> io::Result<()> {
+fn flush(
+    conn: &Socket,
+    batch: &mut Vec<Listener>,
+    fds: &mut Vec<BorrowedFd<'_>>,
+) -> io::Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
-    let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-    wire::send(conn, &Message::Sockets(std::mem::take(batch)), &borrowed)?;
+    wire::send(conn, &Message::Sockets(std::mem::take(batch)), fds)?;
     fds.clear();
     Ok(())
 }

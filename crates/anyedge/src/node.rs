@@ -7,7 +7,7 @@ use anyedge_catalog::{LiveRegistry, Snapshot};
 use anyedge_config::Config;
 use anyedge_core::control::{Inherited, ListenKey, Role};
 use anyedge_core::Drain;
-use anyedge_edge::{Drivers, Edge, HealthChecker, ListenError};
+use anyedge_edge::{Drivers, Edge, HandoverSocket, HealthChecker, ListenError};
 use anyedge_telemetry::Metrics;
 use anyedge_tls::acme::{wanted_hostnames, AcmeManager, AcmeSettings};
 use std::collections::BTreeSet;
@@ -184,13 +184,14 @@ impl Node {
         })
     }
 
-    /// Copies of every listening socket: app ports, the backhaul listener, the admin listener.
-    pub fn handover_sockets(&self) -> std::io::Result<Vec<(Role, ListenKey, Vec<OwnedFd>)>> {
+    /// Every listening socket: app ports, the steering and backhaul listeners, the admin
+    /// listener (a copy of its descriptor).
+    pub fn handover_sockets(&self) -> std::io::Result<Vec<(Role, ListenKey, Vec<HandoverSocket>)>> {
         let mut sockets = self.edge.handover_sockets()?;
         sockets.push((
             Role::Admin,
             ListenKey::Addr(self.admin_key),
-            vec![self.admin_fd.try_clone()?],
+            vec![HandoverSocket::Copy(self.admin_fd.try_clone()?)],
         ));
         Ok(sockets)
     }

@@ -28,7 +28,7 @@ pub use anyedge_steering::SteerError;
 pub use front::listeners::ListenError;
 pub use health::{CheckState, HealthChecker, HealthUpdate, Transition};
 pub use instance::spill::SpillDirError;
-pub use sockets::adopt as adopt_listener;
+pub use sockets::{adopt as adopt_listener, HandoverSocket};
 pub use wake::Drivers;
 /// Why the edge's TLS state could not be made.
 pub type TlsSetupError = anyedge_tls::rustls::Error;
@@ -42,7 +42,6 @@ use arc_swap::ArcSwap;
 use front::listeners::ListenerSet;
 use routes::Routes;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// State shared by every listener and connection of one node's edge.
@@ -366,15 +365,16 @@ impl Edge {
         self.shared.tls.import_ticket_keys(bytes)
     }
 
-    /// Copies of every listening socket (app ports and the backhaul listener), by role and
-    /// the address each was asked for: what `anyedge run --upgrade` takes over.
-    pub fn handover_sockets(&self) -> std::io::Result<Vec<(Role, ListenKey, Vec<OwnedFd>)>> {
+    /// Every listening socket (app ports, the steering listeners and the backhaul listener),
+    /// by role and the address each was asked for: what `anyedge run --upgrade` takes over.
+    /// Sent by the descriptors the accept loops use: no copies.
+    pub fn handover_sockets(&self) -> std::io::Result<Vec<(Role, ListenKey, Vec<HandoverSocket>)>> {
         let set = self
             .listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<_> = set
-            .handover()?
+            .handover()
             .into_iter()
             .map(|(key, fds)| (Role::App, key, fds))
             .collect();
@@ -394,8 +394,8 @@ impl Edge {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(l) = backhaul.as_ref() {
-            let fds: std::io::Result<Vec<OwnedFd>> = l.fds.iter().map(OwnedFd::try_clone).collect();
-            out.push((Role::Backhaul, ListenKey::Addr(l.addr), fds?));
+            let fds = sockets::Accepting::handover(&l.accepting);
+            out.push((Role::Backhaul, ListenKey::Addr(l.addr), fds));
         }
         Ok(out)
     }

@@ -8,7 +8,7 @@ use crate::Shared;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,32 +18,75 @@ use tokio::sync::oneshot;
 /// Back-off after accept() fails for lack of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// One shard's listening socket as the node holds it: shared with its accept loop, which
+/// accepts from it, while the node hands it over by that same descriptor
+/// ([`Accepting::handover`]: no copy). So a listener costs one descriptor, not two: 10,000 ports on
+/// two shards are 20,000 descriptors, not 40,000. Dropping it stops the loop; the socket
+/// closes when both have let it go (in this process: another may hold it too).
+pub(crate) struct Accepting {
+    listener: Arc<TcpListener>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Accepting {
+    /// `accepting`'s sockets, for the process taking over.
+    pub(crate) fn handover(accepting: &[Accepting]) -> Vec<HandoverSocket> {
+        accepting
+            .iter()
+            .map(|a| HandoverSocket::Shared(a.listener.clone()))
+            .collect()
+    }
+}
+
+/// A listening socket to hand over (`anyedge run --upgrade`), sent by its descriptor: the
+/// accept loop's own, kept open by this handle even if a reload closes the listener
+/// meanwhile, or a copy where the node holds the socket otherwise. Handing 20,000 listeners
+/// over costs no descriptor beyond them.
+pub enum HandoverSocket {
+    Shared(Arc<TcpListener>),
+    Copy(OwnedFd),
+}
+
+impl AsFd for HandoverSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            HandoverSocket::Shared(l) => l.as_fd(),
+            HandoverSocket::Copy(fd) => fd.as_fd(),
+        }
+    }
+}
+
 /// Run `accept` on each socket, one per shard on that shard's runtime (more sockets than
 /// shards, as a previous process with more cores hands over: round the shards again); each
-/// stops when its sender is dropped.
+/// stops when its [`Accepting`] is dropped. A socket the shard's reactor cannot register
+/// (out of memory) is logged and closed.
 pub(crate) fn spawn_on_shards<F, Fut>(
     sockets: Vec<std::net::TcpListener>,
     shared: &Arc<Shared>,
     accept: F,
-) -> Vec<oneshot::Sender<()>>
+) -> Vec<Accepting>
 where
-    F: Fn(TcpListener, oneshot::Receiver<()>, Arc<Shared>) -> Fut,
+    F: Fn(Arc<TcpListener>, oneshot::Receiver<()>, Arc<Shared>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut stops = Vec::with_capacity(sockets.len());
+    let mut accepting = Vec::with_capacity(sockets.len());
     for (socket, shard) in sockets.into_iter().zip(shared.shards.iter().cycle()) {
         let (stop, stopped) = oneshot::channel();
         // Registered with the shard's reactor: from_std needs its context.
         let _entered = shard.enter();
         match TcpListener::from_std(socket) {
             Ok(l) => {
-                shard.spawn(accept(l, stopped, shared.clone()));
+                let listener = Arc::new(l);
+                shard.spawn(accept(listener.clone(), stopped, shared.clone()));
+                accepting.push(Accepting {
+                    listener,
+                    _stop: stop,
+                });
             }
             Err(e) => tracing::error!(error = %e, "cannot register listener"),
         }
-        stops.push(stop);
     }
-    stops
+    accepting
 }
 
 pub(crate) fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
@@ -94,15 +137,6 @@ pub fn adopt(fd: OwnedFd) -> io::Result<std::net::TcpListener> {
     }
     socket.set_nonblocking(true)?;
     Ok(socket.into())
-}
-
-/// Copies of `sockets`' descriptors, kept to hand them over (the accept loops own the
-/// originals).
-pub(crate) fn duplicates(sockets: &[std::net::TcpListener]) -> io::Result<Vec<OwnedFd>> {
-    sockets
-        .iter()
-        .map(|s| s.try_clone().map(OwnedFd::from))
-        .collect()
 }
 
 /// The next accepted connection; `None` once the listener is stopped or the node drains.

@@ -3,14 +3,15 @@
 
 use super::tcp;
 use crate::routes::{ListenAddr, PortRoute};
-use crate::sockets::{accept_failed, adopt_or_bind, bind_one, duplicates, next, spawn_on_shards};
+use crate::sockets::{
+    accept_failed, adopt_or_bind, bind_one, next, spawn_on_shards, Accepting, HandoverSocket,
+};
 use crate::Shared;
 use anyedge_core::control::{ListenKey, Role};
 use anyedge_telemetry::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,10 +27,9 @@ pub struct ListenError {
 
 struct Open {
     local: SocketAddr,
-    /// Copies of the sockets' descriptors, to hand them over to a new process.
-    fds: Vec<OwnedFd>,
-    /// Dropping them stops the accept loops (one per shard), which close their sockets.
-    _stop: Vec<oneshot::Sender<()>>,
+    /// One per shard, shared with its accept loop; dropping them stops the loops and closes
+    /// the sockets (copied only to hand them over to a new process).
+    accepting: Vec<Accepting>,
 }
 
 #[derive(Default)]
@@ -92,15 +92,11 @@ impl ListenerSet {
         self.open.values().map(|o| o.local).collect()
     }
 
-    /// Copies of every open listener's sockets, by the address each was asked for.
-    pub fn handover(&self) -> io::Result<Vec<(ListenKey, Vec<OwnedFd>)>> {
+    /// Every open listener's sockets, by the address each was asked for.
+    pub fn handover(&self) -> Vec<(ListenKey, Vec<HandoverSocket>)> {
         self.open
             .iter()
-            .map(|(addr, open)| {
-                let fds: io::Result<Vec<OwnedFd>> =
-                    open.fds.iter().map(OwnedFd::try_clone).collect();
-                Ok((key(*addr), fds?))
-            })
+            .map(|(addr, open)| (key(*addr), Accepting::handover(&open.accepting)))
             .collect()
     }
 }
@@ -119,21 +115,15 @@ fn key(addr: ListenAddr) -> ListenKey {
 fn open(addr: ListenAddr, shared: &Arc<Shared>) -> Result<Open, ListenError> {
     let inherited = shared.inherited.take(Role::App, key(addr));
     let adopted = inherited.as_ref().map_or(0, Vec::len);
-    let bound = adopt_or_bind(inherited, shared.shards.len(), || bind(addr))
-        .and_then(|listeners| Ok((duplicates(&listeners)?, listeners)));
-    match bound {
-        Ok((fds, listeners)) => {
+    match adopt_or_bind(inherited, shared.shards.len(), || bind(addr)) {
+        Ok(listeners) => {
             let local = listeners
                 .first()
                 .and_then(|l| l.local_addr().ok())
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-            let stops = spawn_on_shards(listeners, shared, accept_loop);
+            let accepting = spawn_on_shards(listeners, shared, accept_loop);
             tracing::info!(%local, adopted, "listening");
-            Ok(Open {
-                local,
-                fds,
-                _stop: stops,
-            })
+            Ok(Open { local, accepting })
         }
         Err(source) => {
             let errors = &shared.metrics.node.listener_errors;
@@ -161,7 +151,7 @@ fn bind(addr: ListenAddr) -> io::Result<std::net::TcpListener> {
     }
 }
 
-async fn accept_loop(listener: TcpListener, stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
+async fn accept_loop(listener: Arc<TcpListener>, stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
     // A listener bound to one address accepts connections to that address only: their local
     // address is known without a getsockname each (HAProxy does not ask either). A wildcard
     // listener's connections are asked.
@@ -175,7 +165,7 @@ async fn accept_loop(listener: TcpListener, stop: oneshot::Receiver<()>, shared:
 /// The accept loop of a listener whose connections were steered to it (`sk_lookup`): its own
 /// address says nothing of theirs, so each is asked.
 pub(super) async fn accept_loop_asking(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     stop: oneshot::Receiver<()>,
     shared: Arc<Shared>,
 ) {
@@ -183,7 +173,7 @@ pub(super) async fn accept_loop_asking(
 }
 
 async fn accept_each(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     mut stop: oneshot::Receiver<()>,
     bound: Option<SocketAddr>,
     shared: Arc<Shared>,

@@ -6,25 +6,22 @@
 
 use super::listeners::{accept_loop_asking, ListenError};
 use crate::routes::ListenAddr;
-use crate::sockets::{adopt_or_bind, bind_one, duplicates, spawn_on_shards};
+use crate::sockets::{adopt_or_bind, bind_one, spawn_on_shards, Accepting, HandoverSocket};
 use crate::Shared;
 use anyedge_core::control::{ListenKey, Role};
 use anyedge_steering::{Family, Steering, Target};
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 /// One family's listeners: a socket per shard, all on one port (`SO_REUSEPORT`); the kernel
 /// spreads the connections steered to the first among them as among any reuse-port group.
 struct Group {
     local: SocketAddr,
-    /// Copies of the sockets' descriptors, to hand them over to a new process.
-    fds: Vec<OwnedFd>,
-    accepting: Accepting,
+    sockets: Sockets,
 }
 
 /// Whether a group's accept loops run. They start with the first [`SteeredSet::apply`], once
@@ -33,12 +30,10 @@ struct Group {
 /// because the sockets are steered to before this process routes anything: on an upgrade they
 /// are the previous process's, which is still serving from them, and on a restart they enter
 /// the sockmap as soon as they are opened.
-enum Accepting {
-    NotYet(Vec<std::net::TcpListener>),
-    /// Dropping the senders stops the loops.
-    Yes {
-        _stops: Vec<oneshot::Sender<()>>,
-    },
+enum Sockets {
+    NotAccepting(Vec<std::net::TcpListener>),
+    /// Shared with their accept loops (one descriptor each; copied only to hand them over).
+    Accepting(Vec<Accepting>),
 }
 
 pub(crate) struct SteeredSet {
@@ -80,7 +75,6 @@ impl SteeredSet {
                 .first()
                 .and_then(|s| s.local_addr().ok())
                 .unwrap_or(SocketAddr::new(ip, 0));
-            let fds = duplicates(&sockets).map_err(|e| steer_io("cannot copy a listener", e))?;
             shared
                 .metrics
                 .node
@@ -89,8 +83,7 @@ impl SteeredSet {
             tracing::info!(%local, "sk_lookup: listening");
             groups.push(Group {
                 local,
-                fds,
-                accepting: Accepting::NotYet(sockets),
+                sockets: Sockets::NotAccepting(sockets),
             });
         }
         let set = SteeredSet {
@@ -110,10 +103,10 @@ impl SteeredSet {
         shared: &Arc<Shared>,
     ) -> Vec<ListenError> {
         for group in &mut self.groups {
-            if let Accepting::NotYet(sockets) = &mut group.accepting {
+            if let Sockets::NotAccepting(sockets) = &mut group.sockets {
                 let sockets = std::mem::take(sockets);
-                let stops = spawn_on_shards(sockets, shared, accept_loop_asking);
-                group.accepting = Accepting::Yes { _stops: stops };
+                let accepting = spawn_on_shards(sockets, shared, accept_loop_asking);
+                group.sockets = Sockets::Accepting(accepting);
             }
         }
         let Some(steering) = self.steering.as_mut() else {
@@ -198,14 +191,21 @@ impl SteeredSet {
         self.groups.iter().map(|g| g.local).collect()
     }
 
-    /// Copies of the listeners' sockets, by their own address (`anyedge run --upgrade`: the
-    /// new process steers to the same sockets, so nothing in their accept queues is lost).
-    pub fn handover(&self) -> io::Result<Vec<(SocketAddr, Vec<OwnedFd>)>> {
+    /// The listeners' sockets, by their own address (`anyedge run --upgrade`: the new process
+    /// steers to the same sockets, so nothing in their accept queues is lost). Before the
+    /// accept loops run (an upgrade asked for while this node starts), copies.
+    pub fn handover(&self) -> io::Result<Vec<(SocketAddr, Vec<HandoverSocket>)>> {
         self.groups
             .iter()
             .map(|g| {
-                let fds: io::Result<Vec<OwnedFd>> = g.fds.iter().map(OwnedFd::try_clone).collect();
-                Ok((g.local, fds?))
+                let fds = match &g.sockets {
+                    Sockets::NotAccepting(sockets) => sockets
+                        .iter()
+                        .map(|s| s.as_fd().try_clone_to_owned().map(HandoverSocket::Copy))
+                        .collect::<io::Result<Vec<_>>>()?,
+                    Sockets::Accepting(accepting) => Accepting::handover(accepting),
+                };
+                Ok((g.local, fds))
             })
             .collect()
     }

@@ -27,9 +27,8 @@ pub(super) type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
 pub(crate) struct BackhaulListener {
     pub addr: SocketAddr,
     pub bound: SocketAddr,
-    /// Copies of the sockets' descriptors, to hand them over to a new process.
-    pub fds: Vec<std::os::fd::OwnedFd>,
-    _stop: Vec<oneshot::Sender<()>>,
+    /// The sockets, shared with their accept loops (copied only to hand them over).
+    pub accepting: Vec<crate::sockets::Accepting>,
 }
 
 /// Listen on `addr` for edges, on the sockets the previous process handed over for it if any.
@@ -53,18 +52,20 @@ pub(crate) fn start(addr: SocketAddr, shared: &Arc<Shared>) -> std::io::Result<B
         // Port 0 was resolved by the first bind: the others join it.
         sockets.push(crate::sockets::bind_one(bound, false)?);
     }
-    let fds = crate::sockets::duplicates(&sockets)?;
-    let stops = crate::sockets::spawn_on_shards(sockets, shared, accept_loop);
+    let accepting = crate::sockets::spawn_on_shards(sockets, shared, accept_loop);
     tracing::info!(%bound, adopted, "backhaul listening");
     Ok(BackhaulListener {
         addr,
         bound,
-        fds,
-        _stop: stops,
+        accepting,
     })
 }
 
-async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: Arc<TcpListener>,
+    mut stop: oneshot::Receiver<()>,
+    shared: Arc<Shared>,
+) {
     use crate::sockets::{accept_failed, next};
     while let Some(accepted) = next(&listener, &mut stop, &shared).await {
         match accepted {
