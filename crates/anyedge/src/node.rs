@@ -271,6 +271,14 @@ impl Node {
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.drain.start();
         self.edge.stop_accepting();
+        // Each loop ends at its next poll; what it accepted before is counted by then.
+        let loops = self
+            .edge
+            .accept_loops_ended(grace.min(Duration::from_secs(5)))
+            .await;
+        if loops > 0 {
+            tracing::warn!(loops, "accept loops still running; draining without them");
+        }
         let open = self.drain.open_connections();
         tracing::info!(open, grace = ?grace, "draining");
         let left = self.drain.wait_idle(grace).await;

@@ -80,6 +80,9 @@ struct Shared {
     /// makes one, a test process a few): requests reach it by a plain reference, where a
     /// shared count would be one more atomic, contended across shards, per request with a body.
     spill: std::sync::OnceLock<&'static instance::spill::SpillStore>,
+    /// Accept loops running (each holds a guard): a drain counts open connections only once
+    /// they have all ended, so none it accepted goes uncounted ([`Edge::accept_loops_ended`]).
+    accept_loops: Drain,
 }
 
 /// One node's edge role.
@@ -144,6 +147,7 @@ impl Edge {
             inherited,
             handed_over: std::sync::atomic::AtomicBool::new(false),
             spill: std::sync::OnceLock::new(),
+            accept_loops: Drain::new(),
         });
         Ok(Edge {
             shared,
@@ -327,6 +331,15 @@ impl Edge {
             .handed_over
             .load(std::sync::atomic::Ordering::SeqCst);
         self.close(handed_over);
+    }
+
+    /// Wait, up to `bound`, until every accept loop has ended (after [`Edge::stop_accepting`]
+    /// or the drain's start): a connection accepted until then has been admitted and counted
+    /// as open by the drain. Counted any earlier, a connection accepted in the meantime
+    /// (one accept can complete between the drain's start and the loop seeing it) could go
+    /// unseen, and the process exit with it unserved. Returns how many loops were left.
+    pub async fn accept_loops_ended(&self, bound: std::time::Duration) -> usize {
+        self.shared.accept_loops.wait_idle(bound).await
     }
 
     /// Close every listener; with `keep_steering`, leave the `sk_lookup` program attached.
