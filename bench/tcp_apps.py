@@ -64,7 +64,10 @@ class Cfg:
 
 
 def stat_cpu_s(root):
-    """utime+stime (s) of every process in the tree of `root` (/proc/<pid>/stat, clock ticks)."""
+    """utime+stime+cutime+cstime (s) of every process in the tree of `root` (/proc/<pid>/stat, clock
+    ticks). The c* fields hold the children that exited and were reaped (a PostgreSQL backend ends
+    with its connection, at the end of the run, and is then only in the postmaster's cutime); a
+    live child is counted by its own stat, so nothing is counted twice."""
     tck = os.sysconf("SC_CLK_TCK")
     total = 0
     for p in B.tree_pids(root):
@@ -72,7 +75,7 @@ def stat_cpu_s(root):
             with open(f"/proc/{p}/stat") as f:
                 st = f.read()
             fields = st[st.rindex(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime (fields 14-17)
         except (OSError, ValueError, IndexError):
             pass
     return total / tck
@@ -339,7 +342,7 @@ def build_report(cfg, targets, results, commands, started, elapsed, quiet, loada
     L.append(f"- load generators on CPU {cfg.loadgen_cpus or 'any'}; PostgreSQL, redis and the proxies on CPU "
              f"{cfg.server_cpus or 'any'}; one thread/worker per proxy; no access logs anywhere")
     L.append(f"- PostgreSQL initialised with `pgbench -i -s {cfg.pg_scale}`; fsync=off (the run is select-only)")
-    L.append("- CPU µs/txn: the proxy's utime+stime (/proc/<pid>/stat, its process tree) over the run, "
+    L.append("- CPU µs/txn: the proxy's utime+stime (+ reaped children's; /proc/<pid>/stat, its process tree) over the run, "
              "divided by the run's transactions (redis: SET + GET requests of the run)")
     L.append("- foreign CPU: CPU used during the run by processes this harness did not start, in % of one "
              "core (all cores busy − ours − the load generator's)")
