@@ -118,73 +118,113 @@ impl Snapshot {
         let mut rebuilt = 0;
         let mut moved = Vec::new();
         let mut built = Vec::new();
-        // Where the previous snapshot's config has the very same `App` at the same place (an
-        // assembly from etcd keeps every unchanged app's, in name order), its entry stands as it
-        // is, unless the peers moved: the map of apps starts as the previous one (its shards
-        // shared) and only the others are looked up by name.
+        // Where the previous snapshot's config has the very same chunk of apps at the same
+        // place (an assembly from etcd copies only the chunks it changes, `Apps`), its entries
+        // stand as they are, unless the peers moved: the map of apps starts as the previous one
+        // (its shards shared) and only the apps of the other chunks are looked up by name.
         let same = prev.filter(|p| same_place && p.config.peers == config.peers);
         let mut apps = match same {
             Some(p) => p.apps.clone(),
             None => Shards::default(),
         };
+        let kept = |c: usize, chunk: &Arc<Vec<Arc<App>>>| {
+            same.and_then(|p| p.config.apps.parts().get(c))
+                .is_some_and(|o| Arc::ptr_eq(o, chunk))
+        };
         let mut new_apps = 0;
-        for (index, app) in config.apps.iter().enumerate() {
-            if same.is_some_and(|p| {
-                p.config
-                    .apps
-                    .get(index)
-                    .is_some_and(|o| Arc::ptr_eq(o, app))
-            }) {
+        let mut index = 0;
+        for (c, chunk) in config.apps.parts().iter().enumerate() {
+            if kept(c, chunk) {
+                index += chunk.len();
                 continue;
             }
-            let old = prev.and_then(|p| p.apps.get(app.name.as_str()));
-            new_apps += usize::from(old.is_none());
-            let reused = old
-                .filter(|_| same_place)
-                .filter(|old| Arc::ptr_eq(&old.config, app) || *old.config == **app)
-                .filter(|old| old.same_peers(&config));
-            let entry = match reused {
-                Some(old) => {
-                    if !Arc::ptr_eq(&old.config, app) {
-                        shared.push(index);
+            for app in chunk.iter() {
+                let old = prev.and_then(|p| p.apps.get(app.name.as_str()));
+                new_apps += usize::from(old.is_none());
+                let reused = old
+                    .filter(|_| same_place)
+                    .filter(|old| Arc::ptr_eq(&old.config, app) || *old.config == **app)
+                    .filter(|old| old.same_peers(&config));
+                match reused {
+                    Some(old) => {
+                        if !Arc::ptr_eq(&old.config, app) {
+                            shared.push(index);
+                        }
+                        // The map started as the previous one: the entry is in it already
+                        // (putting it again would copy its shard).
+                        if same.is_none() {
+                            apps.insert(old.name.clone(), old.clone());
+                        }
                     }
-                    old.clone()
+                    None => {
+                        rebuilt += 1;
+                        let entry = Arc::new(AppEntry::build(app, &config, registry));
+                        if prev.is_some() {
+                            built.push(entry.name.clone());
+                        }
+                        if let Some(old) = old {
+                            gone_instances.extend(entry.gone_since(old));
+                            moved.extend(entry.moved_since(old));
+                        }
+                        apps.insert(entry.name.clone(), entry);
+                    }
                 }
-                None => {
-                    rebuilt += 1;
-                    let entry = Arc::new(AppEntry::build(app, &config, registry));
-                    if prev.is_some() {
-                        built.push(entry.name.clone());
-                    }
-                    if let Some(old) = old {
-                        gone_instances.extend(entry.gone_since(old));
-                        moved.extend(entry.moved_since(old));
-                    }
-                    entry
-                }
-            };
-            apps.insert(entry.name.clone(), entry);
+                index += 1;
+            }
         }
         let mut gone_apps = Vec::new();
         // Names are unique: unless the previous apps outnumber those kept from them, none went.
         let some_gone = prev.is_some_and(|p| p.apps.len() + new_apps > config.apps.len());
         if let Some(p) = prev.filter(|_| some_gone) {
-            let named: HashSet<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
-            for (name, old) in &p.apps {
-                if !named.contains(&**name) {
-                    apps.remove(name);
-                    gone_apps.push(name.clone());
+            // On the previous map, an app gone is in a chunk not kept and in none of the new
+            // chunks not kept (a kept chunk holds the same apps as before); otherwise any app.
+            let (candidates, named): (Vec<&Arc<App>>, HashSet<&str>) = match same {
+                Some(_) => {
+                    let parts = config.apps.parts();
+                    let named = parts
+                        .iter()
+                        .enumerate()
+                        .filter(|(c, chunk)| !kept(*c, chunk))
+                        .flat_map(|(_, chunk)| chunk.iter().map(|a| a.name.as_str()))
+                        .collect();
+                    let old = p.config.apps.parts().iter().enumerate();
+                    let candidates = old
+                        .filter(|(c, chunk)| !parts.get(*c).is_some_and(|n| Arc::ptr_eq(n, chunk)))
+                        .flat_map(|(_, chunk)| chunk.iter())
+                        .collect();
+                    (candidates, named)
+                }
+                None => (
+                    p.config.apps.iter().collect(),
+                    config.apps.iter().map(|a| a.name.as_str()).collect(),
+                ),
+            };
+            for app in candidates {
+                if named.contains(app.name.as_str()) {
+                    continue;
+                }
+                if let Some(old) = p.apps.get(app.name.as_str()) {
+                    apps.remove(&old.name);
+                    gone_apps.push(old.name.clone());
                     gone_instances.extend(old.instances.iter().map(|i| i.id.clone()));
                 }
             }
         }
         if !shared.is_empty() {
+            // One pass (a file read anew shares most of its apps with the entries).
             let c = Arc::make_mut(&mut config);
-            for index in shared {
-                if let Some(entry) = apps.get(c.apps[index].name.as_str()) {
-                    c.apps[index] = entry.config.clone();
-                }
-            }
+            let mut shared = shared.into_iter().peekable();
+            c.apps = c
+                .apps
+                .iter()
+                .enumerate()
+                .map(|(index, app)| match shared.next_if_eq(&index) {
+                    Some(_) => apps
+                        .get(app.name.as_str())
+                        .map_or_else(|| app.clone(), |entry| entry.config.clone()),
+                    None => app.clone(),
+                })
+                .collect();
         }
         let diff = prev.map(|p| AppsDiff {
             since: p.generation,
@@ -405,10 +445,17 @@ address = "127.0.0.1"
 
     #[test]
     fn a_snapshot_built_on_another_by_pointer_is_the_snapshot_built_afresh() {
-        // As the etcd assembly hands them: the unchanged apps are the same `Arc`s at the same
-        // places; one changes, one goes, one comes, in turn and together.
+        // As the etcd assembly hands them: the unchanged apps are the same `Arc`s in the same
+        // chunks (`Apps`); one changes, one goes, one comes, in turn and together. At 50 apps
+        // (one chunk) and 700 (several, split as they fill and dropped as they empty).
+        for n in [50, 700] {
+            built_on_another_is_built_afresh(n);
+        }
+    }
+
+    fn built_on_another_is_built_afresh(n: usize) {
         let registry = LiveRegistry::new();
-        let mut config = apps(50);
+        let mut config = apps(n);
         let mut prev = Snapshot::build(Arc::new(config.clone()), &registry, None);
         let spare = apps(60).apps;
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
@@ -418,9 +465,9 @@ address = "127.0.0.1"
             seed ^= seed << 17;
             (seed % n as u64) as usize
         };
-        for step in 0..200 {
+        for step in 0..300 {
             let (mut built, mut gone) = (Vec::new(), Vec::new());
-            for k in 0..=rand(2) {
+            for k in 0..=rand(3) {
                 let at = rand(config.apps.len());
                 match rand(3) {
                     0 => {
@@ -463,8 +510,12 @@ address = "127.0.0.1"
             let listed = |v: &[Arc<str>]| set(v.iter().map(|n| n.to_string()).collect());
             // An app changed then removed in one step is gone, not built.
             let built: Vec<String> = built.into_iter().filter(|n| !gone.contains(n)).collect();
+            // Only the apps changed are built: the others are found in the chunks kept.
+            assert_eq!(next.rebuilt, set(built.clone()).len(), "step {step}");
             assert_eq!(listed(&diff.built), set(built), "step {step}");
-            assert_eq!(listed(&diff.gone), set(gone.clone()), "step {step}");
+            // An app that came and went in one step was never there.
+            let gone = gone.into_iter().filter(|n| prev.apps.contains_key(n));
+            assert_eq!(listed(&diff.gone), set(gone.collect()), "step {step}");
             assert_eq!(
                 registry.instance_count(),
                 next.apps.len(),

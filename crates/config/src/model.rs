@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
+mod apps;
 mod policy;
+pub use apps::{Apps, CHUNK};
 pub use policy::{Access, Cidr, Denied, RateLimit, RetryBudget};
 
 /// A whole validated config, from either file format.
@@ -20,7 +21,7 @@ pub struct Config {
     pub regions: BTreeMap<String, Coordinates>,
     /// Shared, not copied: the node's file, the catalog's assembled config and every snapshot
     /// that has an app unchanged hold the same `App` (`docs/architecture.md`, "Snapshots").
-    pub apps: Vec<Arc<App>>,
+    pub apps: Apps,
     /// `[cluster]`: mutual TLS between nodes.
     pub cluster: Option<ClusterTls>,
     pub acme: Acme,

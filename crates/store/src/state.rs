@@ -18,7 +18,7 @@
 
 use crate::keys::{Key, Keys};
 use crate::values::{decode_app, DecodeError, InstanceValue, NodeValue};
-use anyedge_config::{App, Config, Instance};
+use anyedge_config::{App, Apps, Config, Instance};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -174,11 +174,21 @@ pub struct CatalogState {
 struct Assembled {
     /// What the apps were assembled for: the file's own instances and the viewer.
     context: Option<(Vec<anyedge_config::LocalInstance>, Viewer)>,
-    apps: HashMap<String, Arc<App>>,
-    /// The apps the claims across apps leave out, as of the apps last checked (`None`: an app
-    /// came, went or changed since). Claims read the apps' hostnames and ports alone, so an
-    /// instance or node change does not check them again.
-    left_out: Option<HashSet<String>>,
+    /// The apps as last handed over, in name order (the apps left out not among them); `None`:
+    /// none yet, or the context changed. Shared with the configs handed over ([`Apps`]: a copy
+    /// shares its chunks), so the next assembly copies the chunks it changes and no other.
+    apps: Option<Apps>,
+    /// The apps whose key or instances changed since (or that a node's record concerns): the
+    /// next assembly builds these alone.
+    dirty: HashSet<String>,
+    /// The apps assembled last time with instances the grace rule kept: built again each time
+    /// (grace ends by time and by the load feeds, not by a change in etcd).
+    graced: HashSet<String>,
+    /// The apps the claims across apps leave out, as of the apps last checked.
+    left_out: HashSet<String>,
+    /// Whether an app came, went or changed since the claims were checked. Claims read the
+    /// apps' hostnames and ports alone, so an instance or node change does not check them again.
+    claims_stale: bool,
 }
 
 impl CatalogState {
@@ -276,11 +286,11 @@ impl CatalogState {
             .unwrap_or_else(PoisonError::into_inner);
         match entry {
             Entry::App(app, _) | Entry::Gone(Key::App(app)) => {
-                assembled.apps.remove(app);
-                assembled.left_out = None;
+                assembled.dirty.insert(app.clone());
+                assembled.claims_stale = true;
             }
             Entry::Instance(app, _, _) | Entry::Gone(Key::Instance { app, .. }) => {
-                assembled.apps.remove(app);
+                assembled.dirty.insert(app.clone());
             }
             Entry::Node(id, value) => {
                 // An app's assembly reads a node record only for whether the node advertises
@@ -292,12 +302,12 @@ impl CatalogState {
                 let now = value.as_ref().ok().map(advertise);
                 let before = self.nodes.get(id).map(advertise);
                 if value.is_ok() && now != before {
-                    forget_apps_on(&mut assembled.apps, &self.instances, id);
+                    forget_apps_on(&mut assembled.dirty, &self.instances, id);
                 }
             }
             Entry::Gone(Key::Node(id)) => {
                 if self.nodes.contains_key(id) {
-                    forget_apps_on(&mut assembled.apps, &self.instances, id);
+                    forget_apps_on(&mut assembled.dirty, &self.instances, id);
                 }
             }
         }
@@ -432,44 +442,65 @@ impl CatalogState {
             .assembled
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let assembled = &mut *assembled;
         let context = (base.local_instances.clone(), viewer.clone());
         if assembled.context.as_ref() != Some(&context) {
-            assembled.apps.clear();
+            assembled.apps = None;
             assembled.context = Some(context);
         }
         let may_grace = viewer.backhaul && !self.departed.is_empty();
-        let Assembled {
-            apps: done_apps,
-            left_out,
-            ..
-        } = &mut *assembled;
-        let left_out = left_out.get_or_insert_with(|| self.left_out());
-        let mut apps = Vec::with_capacity(self.apps.len());
-        for (name, app) in &self.apps {
-            if !left_out.is_empty() && left_out.contains(name) {
-                continue;
-            }
+        let build = |name: &str, app: &App, graced: &mut HashSet<String>| {
             let graceable = may_grace && self.departed.mentions(name);
-            if let Some(done) = done_apps.get(name).filter(|_| !graceable) {
-                apps.push(done.clone());
-                continue;
-            }
-            let mine: &[&Instance] = local.get(name.as_str()).map_or(&[], Vec::as_slice);
+            let mine: &[&Instance] = local.get(name).map_or(&[], Vec::as_slice);
             let mut app = app.clone();
             app.instances = self.instances_of(name, &app, mine, &viewer, via_backhaul);
-            if graceable {
-                self.add_graced(&mut app, &viewer, now, reports);
+            if graceable && self.add_graced(&mut app, &viewer, now, reports) {
+                graced.insert(name.to_string());
             }
-            let app = Arc::new(app);
-            // An app with instances in grace is assembled anew each time (grace ends by time
-            // and by the load feeds, not by a change in etcd), so it is never kept.
-            match graceable {
-                true => done_apps.remove(name.as_str()),
-                false => done_apps.insert(name.clone(), app.clone()),
-            };
-            apps.push(app);
+            Arc::new(app)
+        };
+        let stale = assembled.claims_stale || assembled.apps.is_none();
+        if stale {
+            let left_out = self.left_out();
+            // The apps the claims leave out now, or no longer, are assembled again.
+            let flipped = left_out.symmetric_difference(&assembled.left_out).cloned();
+            assembled.dirty.extend(flipped.collect::<Vec<_>>());
+            assembled.left_out = left_out;
+            assembled.claims_stale = false;
         }
-        drop(assembled);
+        let left_out = &assembled.left_out;
+        let mut graced = HashSet::new();
+        let apps = match assembled.apps.take() {
+            // Every app, in name order.
+            None => self
+                .apps
+                .iter()
+                .filter(|(name, _)| !left_out.contains(*name))
+                .map(|(name, app)| build(name, app, &mut graced))
+                .collect(),
+            // The apps changed since, and those in grace then or now, put in by name.
+            Some(mut apps) => {
+                let mut names = std::mem::take(&mut assembled.dirty);
+                names.extend(assembled.graced.drain());
+                if may_grace {
+                    let graces = |a: &&str| !self.departed.graced(Some(a), now, reports).is_empty();
+                    names.extend(self.departed.apps().filter(graces).map(str::to_string));
+                }
+                for name in &names {
+                    let app = self.apps.get(name).filter(|_| !left_out.contains(name));
+                    match (apps.search_by_name(name), app) {
+                        (Ok(at), Some(app)) => apps[at] = build(name, app, &mut graced),
+                        (Ok(at), None) => drop(apps.remove(at)),
+                        (Err(at), Some(app)) => apps.insert(at, build(name, app, &mut graced)),
+                        (Err(_), None) => {}
+                    }
+                }
+                apps
+            }
+        };
+        assembled.dirty.clear();
+        assembled.graced = graced;
+        assembled.apps = Some(apps.clone());
         // Without backhaul no instance names a node (none is reached over it, none is graced)
         // unless the file's own does: then no walk over every instance for the peers.
         let named = viewer.backhaul
@@ -504,7 +535,7 @@ impl CatalogState {
     /// The nodes the config's instances are reached on, as peers: the backhaul peer set is
     /// what the node routes to, so another node joining or leaving changes it only when the
     /// node routes to its instances.
-    fn peers(&self, apps: &[Arc<App>]) -> BTreeMap<String, anyedge_config::Peer> {
+    fn peers(&self, apps: &Apps) -> BTreeMap<String, anyedge_config::Peer> {
         apps.iter()
             .flat_map(|a| &a.instances)
             .filter_map(|i| i.node.as_deref())
@@ -516,14 +547,14 @@ impl CatalogState {
     }
 
     /// Add to `app` the instances the grace rule keeps ([`grace`]), in id order among the
-    /// others, reached over backhaul on the node they were lost with.
+    /// others, reached over backhaul on the node they were lost with; whether any was.
     fn add_graced(
         &self,
         app: &mut App,
         viewer: &Viewer,
         now: Instant,
         reports: grace::Reports<'_>,
-    ) {
+    ) -> bool {
         let graced = self.departed.graced(Some(&app.name), now, reports);
         let mut added = false;
         for g in graced {
@@ -549,6 +580,7 @@ impl CatalogState {
         if added {
             app.instances.sort_by(|a, b| a.id.cmp(&b.id));
         }
+        added
     }
 
     /// The instances the grace rule keeps at `now`, as `<app>/<id>` (every app, whatever the
@@ -655,15 +687,15 @@ impl CatalogState {
 
 /// What a node's record gives the nodes that route to it: a backhaul peer, when it advertises
 /// an address.
-/// Forget the assembled apps with an instance registered by `node`.
+/// Mark for assembly again the apps with an instance registered by `node`.
 fn forget_apps_on(
-    assembled: &mut HashMap<String, Arc<App>>,
+    dirty: &mut HashSet<String>,
     instances: &BTreeMap<String, BTreeMap<String, Registered>>,
     node: &str,
 ) {
     for (app, registered) in instances {
         if registered.values().any(|r| r.node == node) {
-            assembled.remove(app);
+            dirty.insert(app.clone());
         }
     }
 }

@@ -99,6 +99,16 @@ impl Departed {
             .is_some_and(|((a, _), _)| a == app)
     }
 
+    /// The apps [`Self::mentions`] is true of, each once.
+    pub fn apps(&self) -> impl Iterator<Item = &str> {
+        let mut last: Option<&str> = None;
+        self.instances.keys().filter_map(move |(a, _)| {
+            let new = last != Some(a.as_str());
+            last = Some(a.as_str());
+            new.then_some(a.as_str())
+        })
+    }
+
     /// Whether an instance left less than [`GRACE`] before `now` (one may be kept).
     pub fn any_fresh(&self, now: Instant) -> bool {
         self.instances

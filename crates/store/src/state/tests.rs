@@ -359,14 +359,99 @@ fn apply_never_hides_a_change_of_the_config() {
                 assert_eq!(s.registered_by, count, "{at}");
                 // What is kept of the last assembly never differs from an assembly afresh.
                 let kept = s.config(&me);
-                let assembled = s.assembled.get_mut().expect("not poisoned");
-                assembled.apps.clear();
-                assembled.left_out = None;
+                forget_assembly(&mut s);
                 assert_eq!(kept, s.config(&me), "{at}: a stale assembled app");
             }
         }
     }
     assert!(skipped > 1000, "the walk skipped only {skipped} changes");
+}
+
+/// Make the next assembly build every app afresh.
+fn forget_assembly(s: &mut CatalogState) {
+    let assembled = s.assembled.get_mut().expect("not poisoned");
+    assembled.apps = None;
+    assembled.left_out.clear();
+    assembled.claims_stale = true;
+}
+
+/// The assembly by the diff (the apps changed since put into the list last handed over, by
+/// name) against one afresh, over 1,000 app names (many chunks of the list, split and emptied),
+/// after batches of 1 to 40 random changes: apps put (some claiming a hostname another has) and
+/// deleted, instances and node records put and deleted. Every assembly is checked, and the
+/// unchanged apps' chunks are the previous list's own.
+#[test]
+fn an_assembly_by_the_diff_is_one_afresh() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let names: Vec<String> = (0..1000).map(|i| format!("app{i:04}")).collect();
+    for cluster in [true, false] {
+        let me = node_file("me", "\"edge\"", cluster);
+        let mut s = CatalogState::for_viewer(Keys::default(), Viewer::of(&me));
+        let mut last = s.config(&me);
+        for round in 0..300 {
+            let batch = 1 + rng.below(40);
+            let mut node_changed = false;
+            for _ in 0..batch {
+                let name = &names[rng.below(names.len() as u64) as usize];
+                let nodes = ["w1", "w2", "me"];
+                let (key, value) = match rng.below(20) {
+                    0..=9 => {
+                        // One hostname in 50 is another app's: the claims leave one out.
+                        let host = match rng.below(50) {
+                            0 => "taken.test".to_string(),
+                            _ => format!("{name}.test"),
+                        };
+                        (
+                            format!("/anyedge/apps/{name}"),
+                            encode_app(&web(name, &host)),
+                        )
+                    }
+                    10..=18 => {
+                        let id = format!("i{}", rng.below(3));
+                        let address = format!("127.0.0.{}:9", 1 + rng.below(3));
+                        let value = instance(&id, rng.pick(&nodes), &address);
+                        (format!("/anyedge/instances/{name}/{id}"), value)
+                    }
+                    _ => {
+                        node_changed = true;
+                        let node = rng.pick(&nodes);
+                        let advertise = [None, Some("10.0.0.1:1")][rng.below(2) as usize];
+                        (
+                            format!("/anyedge/nodes/{node}"),
+                            node_value(node, advertise),
+                        )
+                    }
+                };
+                let change = match rng.below(5) {
+                    0 => Change::Delete {
+                        key: key.into_bytes(),
+                    },
+                    _ => put(&key, value),
+                };
+                s.apply(change);
+            }
+            let by_diff = s.config(&me);
+            let unchanged = by_diff
+                .apps
+                .parts()
+                .iter()
+                .filter(|c| last.apps.parts().iter().any(|o| Arc::ptr_eq(o, c)))
+                .count();
+            forget_assembly(&mut s);
+            let afresh = s.config(&me);
+            assert_eq!(by_diff, afresh, "cluster={cluster} round {round}");
+            // A node's record may concern every app with instances on it.
+            if round > 100 && !node_changed {
+                assert!(
+                    unchanged + 2 * batch as usize >= by_diff.apps.parts().len(),
+                    "round {round}: {unchanged} of {} chunks kept after {batch} changes",
+                    by_diff.apps.parts().len()
+                );
+            }
+            last = afresh;
+        }
+        assert!(last.apps.len() > 500, "{} apps", last.apps.len());
+    }
 }
 
 /// The grace rule (`grace.rs`): what an edge keeps of a worker whose registrations went away.
