@@ -9,7 +9,7 @@ use anyedge_core::control::{Inherited, ListenKey, Role};
 use anyedge_core::Drain;
 use anyedge_edge::{Drivers, Edge, HandoverSocket, HealthChecker, ListenError};
 use anyedge_telemetry::Metrics;
-use anyedge_tls::acme::{wanted_hostnames, AcmeManager, AcmeSettings};
+use anyedge_tls::acme::{wanted_hostnames, AcmeManager, AcmeSettings, WantedHostnames};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -71,6 +71,9 @@ pub struct Node {
     /// Certificates for hostnames without a static one (`[acme] state_dir` set, or `[acme]`
     /// on the etcd store), on the control runtime.
     acme: Option<AcmeManager>,
+    /// The hostnames handed to the ACME task (or warned about), as of a generation: updated
+    /// by each reload's diff ([`Node::update_acme`]).
+    acme_wanted: Mutex<Option<(u64, WantedHostnames)>>,
 }
 
 impl Node {
@@ -167,6 +170,10 @@ impl Node {
             .config_generation
             .store(snapshot.generation, Ordering::Relaxed);
         tracing::info!(node = %config.node.id, region = %config.node.region, apps = config.apps.len(), admin = %admin_addr, "node started");
+        let wanted = (
+            snapshot.generation,
+            WantedHostnames::of(&snapshot.config, edge.static_certs()),
+        );
         Ok(Node {
             edge,
             health,
@@ -181,6 +188,7 @@ impl Node {
             admin_fd: admin_listener.fd,
             admin_stop: Mutex::new(Some(admin_listener.stop)),
             acme,
+            acme_wanted: Mutex::new(Some(wanted)),
         })
     }
 
@@ -223,7 +231,7 @@ impl Node {
         let errors = self.edge.apply(next.clone());
         self.health.update(&next);
         self.drivers.update(&next);
-        self.update_acme(&next.config);
+        self.update_acme(&next);
         self.metrics
             .node
             .config_generation
@@ -241,9 +249,36 @@ impl Node {
         errors
     }
 
-    /// Hand the ACME task the hostnames of `config` that need a certificate.
-    fn update_acme(&self, config: &Config) {
-        let wanted = wanted_hostnames(config, &self.edge.static_certs());
+    /// Hand the ACME task the hostnames of `next` that need a certificate, when they changed:
+    /// updated by the snapshot's diff when it was built on the snapshot they were taken from
+    /// and the static certificates are the same, else taken from every app.
+    fn update_acme(&self, next: &Snapshot) {
+        let store = self.edge.static_certs();
+        let mut kept = self
+            .acme_wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let changed = match (kept.as_mut(), &next.diff) {
+            (Some((generation, wanted)), Some(diff))
+                if diff.since == *generation && wanted.judged_on(&store) =>
+            {
+                let mut changed = false;
+                for name in diff.built.iter().chain(&diff.gone) {
+                    let app = next.app(name).map(|e| &*e.config);
+                    changed |= wanted.set_app(name, app);
+                }
+                *generation = next.generation;
+                changed
+            }
+            _ => {
+                *kept = Some((next.generation, WantedHostnames::of(&next.config, store)));
+                true
+            }
+        };
+        let Some((_, wanted)) = kept.as_ref().filter(|_| changed) else {
+            return;
+        };
+        let wanted = wanted.hostnames();
         match &self.acme {
             Some(acme) => acme.set_hostnames(wanted),
             None => warn_no_acme(&wanted),

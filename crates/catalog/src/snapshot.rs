@@ -25,6 +25,9 @@ pub struct Snapshot {
     /// Which apps differ from the snapshot this one was built on (`None`: built without one),
     /// so that what is derived from the apps (the routes) can be updated by the diff.
     pub diff: Option<AppsDiff>,
+    /// How many of its apps configure static certificates (`certificates`), counted by the
+    /// diff: with none, the certificates need no loading again at a reload.
+    pub certified: usize,
 }
 
 /// The apps one snapshot changed against the one it was built on.
@@ -131,6 +134,9 @@ impl Snapshot {
             same.and_then(|p| p.config.apps.parts().get(c))
                 .is_some_and(|o| Arc::ptr_eq(o, chunk))
         };
+        let has_certs = |app: &App| usize::from(!app.certificates.is_empty());
+        // Counted by the diff on the previous count when the map starts as the previous one.
+        let mut certified = same.map_or(0, |p| p.certified);
         let mut new_apps = 0;
         let mut index = 0;
         for (c, chunk) in config.apps.parts().iter().enumerate() {
@@ -153,6 +159,7 @@ impl Snapshot {
                         // The map started as the previous one: the entry is in it already
                         // (putting it again would copy its shard).
                         if same.is_none() {
+                            certified += has_certs(&old.config);
                             apps.insert(old.name.clone(), old.clone());
                         }
                     }
@@ -165,7 +172,11 @@ impl Snapshot {
                         if let Some(old) = old {
                             gone_instances.extend(entry.gone_since(old));
                             moved.extend(entry.moved_since(old));
+                            if same.is_some() {
+                                certified -= has_certs(&old.config);
+                            }
                         }
+                        certified += has_certs(app);
                         apps.insert(entry.name.clone(), entry);
                     }
                 }
@@ -204,7 +215,9 @@ impl Snapshot {
                     continue;
                 }
                 if let Some(old) = p.apps.get(app.name.as_str()) {
-                    apps.remove(&old.name);
+                    if apps.remove(&old.name).is_some() {
+                        certified -= has_certs(&old.config);
+                    }
                     gone_apps.push(old.name.clone());
                     gone_instances.extend(old.instances.iter().map(|i| i.id.clone()));
                 }
@@ -238,6 +251,7 @@ impl Snapshot {
             rebuilt,
             moved,
             diff,
+            certified,
         };
         registry.forget(
             gone_apps,
@@ -453,6 +467,15 @@ address = "127.0.0.1"
         }
     }
 
+    /// `n` pairs of certificate files (never read by a snapshot).
+    fn certificates(n: usize) -> Vec<anyedge_config::CertificateFiles> {
+        let files = anyedge_config::CertificateFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        };
+        vec![files; n]
+    }
+
     fn built_on_another_is_built_afresh(n: usize) {
         let registry = LiveRegistry::new();
         let mut config = apps(n);
@@ -473,6 +496,7 @@ address = "127.0.0.1"
                     0 => {
                         let mut app = (*config.apps[at]).clone();
                         app.instances[0].address.port = Some(1 + rand(60_000) as u16);
+                        app.certificates = certificates(rand(2));
                         built.push(app.name.clone());
                         config.apps[at] = Arc::new(app);
                     }
@@ -482,6 +506,7 @@ address = "127.0.0.1"
                     _ => {
                         let mut app = (*spare[rand(spare.len())]).clone();
                         app.name = format!("n{step}-{k}");
+                        app.certificates = certificates(rand(2));
                         built.push(app.name.clone());
                         config.apps.insert(at, Arc::new(app));
                     }
@@ -495,6 +520,9 @@ address = "127.0.0.1"
                 n
             };
             assert_eq!(names(&next), names(&afresh), "step {step}");
+            assert_eq!(next.certified, afresh.certified, "step {step}");
+            let certified = config.apps.iter().filter(|a| !a.certificates.is_empty());
+            assert_eq!(next.certified, certified.count(), "step {step}");
             for (name, entry) in &afresh.apps {
                 assert!(
                     *next.apps[name].config == *entry.config,

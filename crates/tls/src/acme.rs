@@ -21,7 +21,7 @@ pub mod storage;
 pub use challenge::{challenge_cert, challenge_cert_parts, challenge_key, Challenges};
 pub use manager::{AcmeManager, AcmeSettings, CertInfo, Storage};
 pub use order::{AccountSettings, OrderError};
-pub use plan::{wanted_hostnames, Backoff};
+pub use plan::{wanted_hostnames, Backoff, WantedHostnames};
 pub use secret::{Sealed, SecretError, SecretKey};
 pub use state::{StateDir, Status, StoredCert};
 pub use storage::{BoxFuture, CertStorage, ChallengePem, IssuerLock, Locking};
