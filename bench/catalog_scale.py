@@ -35,6 +35,11 @@ SIZES = [tuple(int(x) for x in s.split("x"))
 ETCD = os.environ.get("ETCD", "") == "1"
 FILE = os.environ.get("FILE", "1") == "1"  # FILE=0: through etcd alone
 CHANGES = int(os.environ.get("CHANGES", "3"))
+# BATCH=N (etcd): then N changes 150 ms apart with nothing polling the node, and the node's CPU
+# over them less its idle rate, divided by the generations they made: CPU per change to a tenth
+# of a millisecond (one change's own window reads CPU in 10 ms clock ticks, and its /healthz
+# polling costs the node more than a few milliseconds)
+BATCH = int(os.environ.get("BATCH", "0"))
 # PERF=DIR: record each change with `perf record -e cpu-clock -g` into DIR/<store>-<size>-<n>.data
 PERF = os.environ.get("PERF", "")
 # PERF_GRAPH=dwarf: callers from DWARF unwinding (the release build has no frame pointers, so
@@ -180,6 +185,25 @@ def idle_rate(pid, seconds=1.0):
     c0 = cpu_s(pid)
     time.sleep(seconds)
     return (cpu_s(pid) - c0) / seconds
+
+
+def batch_changes(proc, admin, put, n, spacing=0.15):
+    """Make `n` changes (`put(k)`) `spacing` apart, polling nothing; CPU per generation made."""
+    pid = proc.pid
+    time.sleep(1)
+    rate = idle_rate(pid, 4.0)
+    gen = generation(admin)
+    c0, t0 = cpu_s(pid), time.monotonic()
+    for k in range(n):
+        put(k)
+        time.sleep(spacing)
+    end = time.monotonic() + 60
+    while generation(admin) < gen + n and time.monotonic() < end:
+        time.sleep(0.05)
+    cpu = cpu_s(pid) - c0 - rate * (time.monotonic() - t0)
+    made = generation(admin) - gen
+    return {"changes": n, "generations": made, "cpu_per_change": cpu / max(made, 1),
+            "idle_rate": rate}
 
 
 def one_change(proc, admin, apply, settle=0.3, name="change"):
@@ -336,6 +360,14 @@ def etcd_size(apps, instances, work):
             "value": b64(instance_value(a, i, f"127.0.0.1:{30000 + k}"))})
         changes.append(one_change(proc, admin, put, name=f"etcd-{apps}x{instances}-{k}"))
     row["etcd"] = changes
+    if BATCH:
+        def put_k(k):
+            a = f"a{(k * 7919 + 13) % max(apps, 1)}" if apps else "aprobe"
+            i = "i1" if instances > 1 else ("i0" if apps else "p0")
+            etcd_call(url, "/v3/kv/put", {
+                "key": b64(f"/anyedge/instances/{a}/{i}"),
+                "value": b64(instance_value(a, i, f"127.0.0.1:{31000 + k}"))})
+        row["batch"] = batch_changes(proc, admin, put_k, BATCH)
     # Served: the probe app's one instance moves from a dead address to the backend.
     moved = f"127.0.0.1:{backend.server_address[1]}"
     t0 = time.monotonic()
@@ -391,6 +423,12 @@ def main():
               f"{med([c['wall'] for c in ch]) * 1e3:.1f} | {med([c['cpu'] for c in ch]) * 1e3:.0f} | "
               f"{med([c['peak_kib'] for c in ch]) / 1024:.0f} | "
               f"{med([c['healthz_worst'] for c in ch]) * 1e3:.1f} | |")
+    for r in rows:
+        if "batch" in r:
+            b = r["batch"]
+            print(f"\netcd {r['apps']} x {r['instances']}: {b['changes']} changes made "
+                  f"{b['generations']} generations, {b['cpu_per_change'] * 1e3:.2f} ms of CPU each "
+                  f"(idle rate {b['idle_rate'] * 1e3:.1f} ms/s subtracted)")
     base = {(r["apps"], r["instances"]): r["rss_kib"] for r in rows if "file" in r}
     for (a, i), rss in base.items():
         if i == 1 and (0, 0) in base and a:

@@ -65,6 +65,17 @@ impl Drivers {
     /// Put a snapshot's drivers in force; returns how many tasks were started.
     pub fn update(&self, snapshot: &Snapshot) -> usize {
         let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        // No app had drivers, and the diff brings none: nothing to walk (the walk over every
+        // app for none was a share of an etcd change's CPU at 100,000 apps). Snapshots come
+        // here in order, so the diff is against the snapshot last put in force.
+        let none_new = snapshot.diff.as_ref().is_some_and(|d| {
+            d.built
+                .iter()
+                .all(|name| snapshot.app(name).is_none_or(|a| !a.on_demand))
+        });
+        if apps.is_empty() && none_new {
+            return 0;
+        }
         let mut wanted = HashMap::new();
         let mut entries = HashMap::new();
         for app in snapshot.apps.values().filter(|a| a.on_demand) {
