@@ -1,5 +1,5 @@
-//! The catalog as this node knows it from etcd: every key's raw value, and what each decodes
-//! to. A pure state machine: [`CatalogState::apply`] takes one change; [`CatalogState::diff`]
+//! The catalog as this node knows it from etcd: every key's value (as a digest), and what each
+//! decodes to. A pure state machine: [`CatalogState::apply`] takes one change; [`CatalogState::diff`]
 //! turns a full listing into the changes that lead to it (after a compacted watch or a
 //! reconnect); [`CatalogState::config`] assembles the node's [`Config`]. [`Change::decode`]
 //! is the costly, pure half of applying a change, so a caller can do it elsewhere (the follower
@@ -12,7 +12,7 @@
 //! state without a word, so node churn costs the nodes that do not route to the churning node
 //! nothing (`docs/cluster.md`, "Node churn").
 //!
-//! A value that cannot be decoded is logged and skipped: the key's raw bytes are kept (so the
+//! A value that cannot be decoded is logged and skipped: the key's digest is kept (so the
 //! next listing diffs right), and what it decoded to before stays in force, so one bad write
 //! does not take an app down. A deleted key removes both.
 
@@ -22,6 +22,14 @@ use anyedge_config::{App, Apps, Config, Instance};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
+
+/// A value's SHA-256: equal digests, equal values.
+type Digest = [u8; 32];
+
+fn digest(value: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(value).into()
+}
 
 /// One change to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +44,8 @@ pub enum Change {
 #[derive(Debug)]
 pub struct Decoded {
     raw_key: Vec<u8>,
-    /// `None` for a delete.
-    raw_value: Option<Vec<u8>>,
+    /// The value's digest; `None` for a delete.
+    raw_value: Option<Digest>,
     /// `None` for a key outside the layout.
     entry: Option<Entry>,
 }
@@ -65,7 +73,7 @@ impl Change {
         });
         Decoded {
             raw_key,
-            raw_value,
+            raw_value: raw_value.as_deref().map(digest),
             entry,
         }
     }
@@ -154,7 +162,9 @@ pub struct CatalogState {
     keys: Keys,
     /// `None`: every change concerns the reader (a CLI listing, tests).
     viewer: Option<Viewer>,
-    raw: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Every key's value as a digest: what a rewrite and a relist compare against. The bytes
+    /// themselves are decoded and dropped (kept, they were about 150 bytes per instance key).
+    raw: BTreeMap<Vec<u8>, Digest>,
     apps: BTreeMap<String, App>,
     /// By app, then instance id.
     instances: BTreeMap<String, BTreeMap<String, Registered>>,
@@ -219,7 +229,7 @@ impl CatalogState {
     /// nothing. Never `false` for a change that changes the config (tested by simulation).
     pub fn apply(&mut self, change: Change) -> bool {
         if let Change::Put { key, value } = &change {
-            if self.raw.get(key) == Some(value) {
+            if self.raw.get(key) == Some(&digest(value)) {
                 return false;
             }
         }
@@ -394,7 +404,7 @@ impl CatalogState {
         let mut seen = BTreeSet::new();
         for (key, value) in listing {
             seen.insert(key.as_slice());
-            if self.raw.get(key) != Some(value) {
+            if self.raw.get(key) != Some(&digest(value)) {
                 changes.push(Change::Put {
                     key: key.clone(),
                     value: value.clone(),
