@@ -121,7 +121,19 @@ impl Node {
         )
         .map_err(StartError::Tls)?;
         if config.node.roles.edge {
-            edge.start_spill(&config.http).map_err(StartError::Spill)?;
+            match edge.start_spill(&config.http) {
+                Ok(()) => {}
+                // The default directory is shared by every user of the machine: one that
+                // another user made (or a read-only /var/tmp) turns spilling off with a
+                // warning instead of stopping the node. A directory the config names must work.
+                Err(e)
+                    if config.http.replay_spill_dir
+                        == anyedge_config::Http::default().replay_spill_dir =>
+                {
+                    tracing::warn!(error = %e, "request bodies past replay_body_limit are not kept on disk (set [http] replay_spill_dir to a directory this user owns)");
+                }
+                Err(e) => return Err(StartError::Spill(e)),
+            }
         }
         if !from.tickets.is_empty() && !edge.import_ticket_keys(&from.tickets) {
             tracing::warn!("the previous process's TLS ticket keys were not usable: sessions it issued will not resume");
