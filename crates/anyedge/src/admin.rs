@@ -34,6 +34,8 @@ const STREAM_MAX_APPS: usize = 100;
 const RELOADS_KEPT: usize = 20;
 
 type AdminBody = Either<Full<Bytes>, stream::SseBody>;
+/// A snapshot's apps, by name.
+type SortedApps = Arc<[Arc<AppEntry>]>;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -50,6 +52,9 @@ pub struct AdminState {
     reloads: Mutex<VecDeque<serde_json::Value>>,
     history: Mutex<history::History>,
     streams: stream::Streams,
+    /// The apps of the snapshot in force, by name: sorted once per snapshot, not once per
+    /// picture (the live stream builds up to 1,000 a second).
+    sorted_apps: Mutex<Option<(Weak<Snapshot>, SortedApps)>>,
 }
 
 impl AdminState {
@@ -65,6 +70,7 @@ impl AdminState {
             reloads: Mutex::new(VecDeque::new()),
             history: Mutex::new(history::History::default()),
             streams: stream::Streams::default(),
+            sorted_apps: Mutex::new(None),
         }
     }
 
@@ -78,6 +84,8 @@ impl AdminState {
 
     pub fn set_snapshot(&self, s: Arc<Snapshot>) {
         *lock(&self.snapshot) = s;
+        // The old snapshot's apps are not held on to until the next picture.
+        *lock(&self.sorted_apps) = None;
     }
 
     pub fn set_listening(&self, addrs: Vec<SocketAddr>) {
@@ -125,13 +133,20 @@ impl AdminState {
         lock(&self.snapshot).clone()
     }
 
-    /// Live streams open now, readers dropped for being stalled so far, and updates sent.
-    pub fn streams(&self) -> (usize, u64, u64) {
-        (
-            self.streams.len(),
-            self.streams.dropped_slow(),
-            self.streams.updates(),
-        )
+    /// `snapshot`'s apps by name (kept until the next snapshot).
+    fn sorted_apps(&self, snapshot: &Arc<Snapshot>) -> SortedApps {
+        let mut cached = lock(&self.sorted_apps);
+        if let Some((s, apps)) = &*cached {
+            // (The Weak keeps the allocation, so its address is no other snapshot's.)
+            if std::ptr::eq(s.as_ptr(), Arc::as_ptr(snapshot)) {
+                return apps.clone();
+            }
+        }
+        let mut apps: Vec<Arc<AppEntry>> = snapshot.apps.values().cloned().collect();
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        let apps: SortedApps = apps.into();
+        *cached = Some((Arc::downgrade(snapshot), apps.clone()));
+        apps
     }
 }
 
@@ -204,22 +219,35 @@ pub fn serve(
     Ok(AdminListener { local, fd, stop })
 }
 
+/// How far behind its cadence the update task may fall and still catch up: the missed
+/// pictures are built back to back (yielding between them, so the streams drain). Late by
+/// more (the node was stopped or starved for a second), the missed intervals are skipped,
+/// counted in `anyedge_admin_stream_updates_skipped_total`, and the cadence starts afresh:
+/// pictures are whole, so the next one carries everything the skipped ones would have.
+const CATCH_UP: Duration = Duration::from_secs(1);
+
 /// The admin task: samples traffic for the windows, and sends each live stream its picture
 /// every `[admin] update_interval` while any is open. Ends with the admin state.
+///
+/// The cadence is a fixed schedule (the n-th update is due at start + n intervals, not an
+/// interval after the previous one's work), so 1 ms means 1,000 updates a second however long
+/// each takes to build and however late the thread is woken (tokio's timer rounds a deadline
+/// up to its next millisecond): an update due while the task was busy or descheduled is built
+/// as soon as it runs again, up to [`CATCH_UP`] late.
 async fn updates(state: Weak<AdminState>) {
     let mut last_sample: Option<Instant> = None;
     let mut every = Duration::ZERO;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut due = Instant::now();
     loop {
         let Some(state) = state.upgrade() else { return };
         let snapshot = state.snapshot();
-        // A steady cadence (not a sleep after the work), so 1 ms means 1,000 updates a
-        // second: a tick late by a little is caught up; one late by more than ten periods
-        // (the node was busy) starts the cadence afresh instead of bursting.
         if snapshot.config.admin.update_interval != every {
-            every = snapshot.config.admin.update_interval;
-            tick = tokio::time::interval(every);
-            tick.tick().await;
+            every = snapshot
+                .config
+                .admin
+                .update_interval
+                .max(Duration::from_micros(1));
+            due = Instant::now();
         }
         let now = Instant::now();
         if last_sample.is_none_or(|t| now.duration_since(t) >= history::SAMPLE_EVERY) {
@@ -229,30 +257,44 @@ async fn updates(state: Weak<AdminState>) {
         if !state.streams.is_empty() {
             publish(&state, &snapshot);
         }
+        due += every;
+        let now = Instant::now();
+        let late = now.saturating_duration_since(due);
+        if late > CATCH_UP.max(every) {
+            let missed = late.as_nanos() / every.as_nanos();
+            state
+                .streams
+                .skipped(u64::try_from(missed).unwrap_or(u64::MAX));
+            due = now;
+        }
         drop((state, snapshot));
-        let due = tick.tick().await;
-        if due.elapsed() > every * 10 {
-            tick.reset();
+        if due <= now {
+            // Behind: the next picture now, after the streams have had their turn.
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep_until(due.into()).await;
         }
     }
 }
 
 /// Build each open view's picture once and offer it to its readers.
-fn publish(state: &AdminState, snapshot: &Snapshot) {
+fn publish(state: &AdminState, snapshot: &Arc<Snapshot>) {
+    let id = state.streams.updates() + 1;
+    let apps = state.sorted_apps(snapshot);
     let pictures: Vec<_> = state
         .streams
         .views()
         .into_iter()
         .map(|view| {
             let picture = match &view {
-                stream::View::Operator => Some(stream::event(&status::node_status(
-                    state,
-                    Some(STREAM_MAX_APPS),
-                ))),
+                stream::View::Operator => Some(stream::event(
+                    id,
+                    &status::node_status(state, snapshot, &apps, Some(STREAM_MAX_APPS)),
+                )),
                 stream::View::App { name, token } => snapshot
                     .app(name)
                     .filter(|a| a.config.tokens_sha256.contains(token))
-                    .map(|a| stream::event(&status::app_status(state, snapshot, a))),
+                    .map(|a| stream::event(id, &status::app_status(state, snapshot, a))),
             };
             (view, picture)
         })
@@ -305,9 +347,22 @@ fn handle(state: &AdminState, req: &Request<Incoming>, kill: Arc<Notify>) -> Res
             return text(StatusCode::FORBIDDEN, "forbidden\n")
         }
         "/metrics" => return operator_metrics(state, &snapshot),
-        "/v1/status" => return json_response(&status::node_status(state, None)),
+        "/v1/status" => {
+            let snapshot = state.snapshot();
+            let apps = state.sorted_apps(&snapshot);
+            return json_response(&status::node_status(state, &snapshot, &apps, None));
+        }
         "/v1/status/stream" => {
-            let first = stream::event(&status::node_status(state, Some(STREAM_MAX_APPS)));
+            let snapshot = state.snapshot();
+            let first = stream::event(
+                state.streams.updates(),
+                &status::node_status(
+                    state,
+                    &snapshot,
+                    &state.sorted_apps(&snapshot),
+                    Some(STREAM_MAX_APPS),
+                ),
+            );
             return open_stream(state, stream::View::Operator, first, kill);
         }
         _ => {}
@@ -327,7 +382,10 @@ fn handle(state: &AdminState, req: &Request<Incoming>, kill: Arc<Notify>) -> Res
         "status" => json_response(&status::app_status(state, &snapshot, app)),
         _ => {
             let token = bearer(req).unwrap_or_default();
-            let first = stream::event(&status::app_status(state, &snapshot, app));
+            let first = stream::event(
+                state.streams.updates(),
+                &status::app_status(state, &snapshot, app),
+            );
             open_stream(state, stream::View::app(name, token), first, kill)
         }
     }
@@ -349,8 +407,10 @@ fn open_stream(
     resp
 }
 
-fn json_response(v: &serde_json::Value) -> Response<AdminBody> {
-    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(format!("{v}\n")))));
+fn json_response(v: &impl serde::Serialize) -> Response<AdminBody> {
+    let mut body = serde_json::to_vec(v).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body))));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -369,15 +429,20 @@ fn operator_metrics(state: &AdminState, snapshot: &Snapshot) -> Response<AdminBo
     if let Some(status) = state.catalog() {
         catalog_metrics(&status, &mut text);
     }
-    let (open, dropped, updates) = state.streams();
-    dashboard_metrics(open, dropped, updates, &mut text);
+    dashboard_metrics(&state.streams, &mut text);
     metrics_text(text)
 }
 
-/// `anyedge_admin_streams`, `anyedge_admin_streams_dropped_total` and
-/// `anyedge_admin_stream_updates_total`.
-fn dashboard_metrics(open: usize, dropped: u64, updates: u64, out: &mut String) {
+/// `anyedge_admin_streams`, `anyedge_admin_streams_dropped_total`,
+/// `anyedge_admin_stream_updates_total` and `anyedge_admin_stream_updates_skipped_total`.
+fn dashboard_metrics(streams: &stream::Streams, out: &mut String) {
     use std::fmt::Write;
+    let (open, dropped, updates, skipped) = (
+        streams.len(),
+        streams.dropped_slow(),
+        streams.updates(),
+        streams.updates_skipped(),
+    );
     let _ = write!(
         out,
         "# HELP anyedge_admin_streams Live dashboard streams open.\n\
@@ -388,7 +453,10 @@ fn dashboard_metrics(open: usize, dropped: u64, updates: u64, out: &mut String) 
          anyedge_admin_streams_dropped_total {dropped}\n\
          # HELP anyedge_admin_stream_updates_total Updates sent to the live dashboard streams (each one picture per open view).\n\
          # TYPE anyedge_admin_stream_updates_total counter\n\
-         anyedge_admin_stream_updates_total {updates}\n"
+         anyedge_admin_stream_updates_total {updates}\n\
+         # HELP anyedge_admin_stream_updates_skipped_total Update intervals skipped because the node was more than a second behind its cadence (the next picture stood for them).\n\
+         # TYPE anyedge_admin_stream_updates_skipped_total counter\n\
+         anyedge_admin_stream_updates_skipped_total {skipped}\n"
     );
 }
 

@@ -11,7 +11,8 @@ use super::history::Window;
 use super::AdminState;
 use anyedge_catalog::{AppEntry, InstanceEntry, Snapshot};
 use anyedge_config::{ConcurrencyType, Handler};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -24,13 +25,33 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The whole picture (`/v1/status`), serialized directly: the sections that are small or
+/// change little are `Value`s, the apps (most of the picture) are structs.
+#[derive(Serialize)]
+pub struct NodeStatus<'a> {
+    apps_total: usize,
+    version: u32,
+    time_ms: u64,
+    node: Value,
+    catalog: Value,
+    listeners: Value,
+    reloads: Value,
+    regions: Value,
+    certificates: Value,
+    apps: Vec<AppJson<'a>>,
+}
+
 /// `/v1/status`: everything, for the operator; with `max_apps`, only that many apps (the
 /// busiest: most requests and connections since start, then by name), for the live stream,
 /// which sends the picture every second to every open page.
-pub fn node_status(state: &AdminState, max_apps: Option<usize>) -> Value {
-    let snapshot = state.snapshot();
+pub fn node_status<'a>(
+    state: &AdminState,
+    snapshot: &'a Snapshot,
+    sorted: &'a [Arc<AppEntry>],
+    max_apps: Option<usize>,
+) -> NodeStatus<'a> {
     let now = Instant::now();
-    let mut chosen = sorted_apps(&snapshot);
+    let mut chosen: Vec<&Arc<AppEntry>> = sorted.iter().collect();
     let apps_total = chosen.len();
     if let Some(max) = max_apps.filter(|m| *m < chosen.len()) {
         let traffic = |a: &AppEntry| {
@@ -46,44 +67,51 @@ pub fn node_status(state: &AdminState, max_apps: Option<usize>) -> Value {
         chosen.sort_by(|a, b| a.name.cmp(&b.name));
     }
     let history = state.history();
-    let apps: Vec<Value> = chosen
+    let apps: Vec<AppJson<'a>> = chosen
         .into_iter()
-        .map(|a| app_json(state, &snapshot, a, history.window(&a.name), now))
+        .map(|a| app_json(state, snapshot, a, history.window(&a.name), now))
         .collect();
     drop(history);
-    json!({
-        "apps_total": apps_total,
-        "version": STATUS_VERSION,
-        "time_ms": unix_ms(SystemTime::now()),
-        "node": node_json(state, &snapshot),
-        "catalog": catalog_json(state),
-        "listeners": listeners_json(state, &snapshot),
-        "reloads": state.reloads_json(),
-        "regions": regions_json(&snapshot, now),
-        "certificates": certificates_json(state, &snapshot, None),
-        "apps": apps,
-    })
+    NodeStatus {
+        apps_total,
+        version: STATUS_VERSION,
+        time_ms: unix_ms(SystemTime::now()),
+        node: node_json(state, snapshot),
+        catalog: catalog_json(state),
+        listeners: listeners_json(state, snapshot),
+        reloads: state.reloads_json(),
+        regions: regions_json(snapshot, sorted, now),
+        certificates: certificates_json(state, snapshot, None),
+        apps,
+    }
+}
+
+/// An app's own picture (`/v1/apps/<app>/status`).
+#[derive(Serialize)]
+pub struct AppStatus<'a> {
+    version: u32,
+    time_ms: u64,
+    node: Value,
+    certificates: Value,
+    app: AppJson<'a>,
 }
 
 /// `/v1/apps/<app>/status`: one app, for its owners. The node's id and region say where the
 /// figures were counted; nothing else of the node, and nothing of any other app.
-pub fn app_status(state: &AdminState, snapshot: &Snapshot, app: &AppEntry) -> Value {
+pub fn app_status<'a>(
+    state: &AdminState,
+    snapshot: &'a Snapshot,
+    app: &'a AppEntry,
+) -> AppStatus<'a> {
     let now = Instant::now();
     let window = state.history().window(&app.name);
-    json!({
-        "version": STATUS_VERSION,
-        "time_ms": unix_ms(SystemTime::now()),
-        "node": { "id": snapshot.config.node.id, "region": snapshot.config.node.region },
-        "certificates": certificates_json(state, snapshot, Some(app)),
-        "app": app_json(state, snapshot, app, window, now),
-    })
-}
-
-/// The snapshot's apps, by name.
-pub(super) fn sorted_apps(snapshot: &Snapshot) -> Vec<&Arc<AppEntry>> {
-    let mut apps: Vec<_> = snapshot.apps.values().collect();
-    apps.sort_by(|a, b| a.name.cmp(&b.name));
-    apps
+    AppStatus {
+        version: STATUS_VERSION,
+        time_ms: unix_ms(SystemTime::now()),
+        node: json!({ "id": snapshot.config.node.id, "region": snapshot.config.node.region }),
+        certificates: certificates_json(state, snapshot, Some(app)),
+        app: app_json(state, snapshot, app, window, now),
+    }
 }
 
 fn node_json(state: &AdminState, snapshot: &Snapshot) -> Value {
@@ -160,7 +188,7 @@ fn listeners_json(state: &AdminState, snapshot: &Snapshot) -> Value {
 
 /// Regions with the nodes seen running instances in them, each node's measured RTT from
 /// this node, and the instances' health counts.
-fn regions_json(snapshot: &Snapshot, now: Instant) -> Value {
+fn regions_json(snapshot: &Snapshot, apps: &[Arc<AppEntry>], now: Instant) -> Value {
     #[derive(Default)]
     struct NodeAgg {
         rtt_us: Option<u32>,
@@ -175,7 +203,7 @@ fn regions_json(snapshot: &Snapshot, now: Instant) -> Value {
         .or_default()
         .entry(own.id.as_str())
         .or_default();
-    for app in snapshot.apps.values() {
+    for app in apps {
         for inst in &app.instances {
             let node = inst.peer.as_ref().map_or(own.id.as_str(), |p| &p.id);
             let agg = regions
@@ -299,65 +327,132 @@ fn health_word(inst: &InstanceEntry, now: Instant) -> &'static str {
     }
 }
 
-fn limit(n: u32) -> Value {
-    if n == u32::MAX {
-        Value::Null
-    } else {
-        n.into()
-    }
+fn limit(n: u32) -> Option<u32> {
+    (n != u32::MAX).then_some(n)
 }
 
-fn instance_json(snapshot: &Snapshot, app: &AppEntry, inst: &InstanceEntry, now: Instant) -> Value {
+/// One instance as the picture shows it: a struct serialized directly (no `Value` tree: the
+/// live stream builds this for every instance up to 1,000 times a second).
+#[derive(Serialize)]
+struct InstanceJson<'a> {
+    id: &'a str,
+    region: &'a str,
+    node: &'a str,
+    address: String,
+    /// Lifecycle (docs/on-demand.md): an instance without a driver is running while listed.
+    state: &'static str,
+    healthy: bool,
+    health: &'static str,
+    inflight: u32,
+    inflight_here: u32,
+    reported_inflight: Option<u32>,
+    soft_limit: Option<u32>,
+    hard_limit: Option<u32>,
+    rtt_ms: Option<f64>,
+    distance_ms: f64,
+    load_feed_age_ms: Option<u64>,
+    consecutive_failures: u32,
+}
+
+fn instance_json<'a>(
+    snapshot: &'a Snapshot,
+    app: &'a AppEntry,
+    inst: &'a InstanceEntry,
+    now: Instant,
+) -> InstanceJson<'a> {
     let c = app.config.concurrency;
     let node = inst
         .peer
         .as_ref()
         .map_or(snapshot.config.node.id.as_str(), |p| &p.id);
-    let reported = inst.live.reported(now);
-    json!({
-        "id": inst.id.instance(),
-        "region": &*inst.region,
-        "node": node,
-        "address": inst.address.to_string(),
-        // Lifecycle (docs/on-demand.md): an instance without a driver is running while listed.
-        "state": inst.live.power.state().as_str(),
-        "healthy": placeable(inst, now),
-        "health": health_word(inst, now),
-        "inflight": inst.live.load(now),
-        "inflight_here": inst.live.inflight.in_use(),
-        "reported_inflight": reported.map(|r| r.inflight),
-        "soft_limit": limit(c.soft_limit),
-        "hard_limit": limit(c.hard_limit),
-        "rtt_ms": inst.peer.as_ref().and_then(|p| p.live.rtt_us()).map(|r| f64::from(r) / 1000.0),
-        "distance_ms": f64::from(inst.distance_us()) / 1000.0,
-        "load_feed_age_ms": inst.live.last_report_age(now).map(|a| a.as_millis() as u64),
-        "consecutive_failures": inst.live.consecutive_failures(),
-    })
+    InstanceJson {
+        id: inst.id.instance(),
+        region: &inst.region,
+        node,
+        address: inst.address.to_string(),
+        state: inst.live.power.state().as_str(),
+        healthy: placeable(inst, now),
+        health: health_word(inst, now),
+        inflight: inst.live.load(now),
+        inflight_here: inst.live.inflight.in_use(),
+        reported_inflight: inst.live.reported(now).map(|r| r.inflight),
+        soft_limit: limit(c.soft_limit),
+        hard_limit: limit(c.hard_limit),
+        rtt_ms: inst
+            .peer
+            .as_ref()
+            .and_then(|p| p.live.rtt_us())
+            .map(|r| f64::from(r) / 1000.0),
+        distance_ms: f64::from(inst.distance_us()) / 1000.0,
+        load_feed_age_ms: inst
+            .live
+            .last_report_age(now)
+            .map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
+        consecutive_failures: inst.live.consecutive_failures(),
+    }
 }
 
-fn app_json(
+#[derive(Serialize)]
+struct Responses {
+    #[serde(rename = "1xx")]
+    c1: u64,
+    #[serde(rename = "2xx")]
+    c2: u64,
+    #[serde(rename = "3xx")]
+    c3: u64,
+    #[serde(rename = "4xx")]
+    c4: u64,
+    #[serde(rename = "5xx")]
+    c5: u64,
+}
+
+/// One app as the picture shows it (serialized directly, as [`InstanceJson`]).
+#[derive(Serialize)]
+pub(super) struct AppJson<'a> {
+    name: &'a str,
+    hostnames: &'a [String],
+    concurrency: &'static str,
+    inflight: u32,
+    max_inflight: Option<u32>,
+    queued: u32,
+    queue: Option<u32>,
+    connections: u32,
+    max_connections: Option<u32>,
+    requests_total: u64,
+    responses: Responses,
+    status_codes: BTreeMap<u16, u64>,
+    errors: BTreeMap<&'static str, u64>,
+    tcp_connects_total: u64,
+    tcp_active: i64,
+    bytes_in: u64,
+    bytes_out: u64,
+    window: Option<Value>,
+    regions: Vec<&'a str>,
+    instances_healthy: usize,
+    instances: Vec<InstanceJson<'a>>,
+}
+
+fn app_json<'a>(
     state: &AdminState,
-    snapshot: &Snapshot,
-    app: &AppEntry,
+    snapshot: &'a Snapshot,
+    app: &'a AppEntry,
     window: Option<Window>,
     now: Instant,
-) -> Value {
+) -> AppJson<'a> {
     let c = app.config.concurrency;
     let l = &app.config.limits;
     let metrics = state.metrics.existing_app(&app.name);
-    let mut statuses = Map::new();
+    let mut statuses = BTreeMap::new();
     let mut classes = [0u64; 5];
-    let mut errors = Map::new();
+    let mut errors = BTreeMap::new();
     let (mut requests, mut tcp_connects, mut tcp_active, mut bytes) = (0, 0, 0, (0, 0));
     if let Some(m) = &metrics {
         for (status, n) in m.http_statuses() {
-            statuses.insert(status.to_string(), n.into());
+            statuses.insert(status, n);
             classes[usize::from(status / 100).clamp(1, 5) - 1] += n;
             requests += n;
         }
-        for (code, n) in m.error_counts() {
-            errors.insert(code.into(), n.into());
-        }
+        errors.extend(m.error_counts());
         tcp_connects = m.tcp_connects();
         tcp_active = m.tcp_active();
         bytes = (
@@ -365,35 +460,42 @@ fn app_json(
             m.bytes(anyedge_telemetry::Direction::Out),
         );
     }
-    let instances: Vec<Value> = app
+    let instances: Vec<InstanceJson<'a>> = app
         .instances
         .iter()
         .map(|i| instance_json(snapshot, app, i, now))
         .collect();
-    let healthy = app.instances.iter().filter(|i| placeable(i, now)).count();
-    json!({
-        "name": &*app.name,
-        "hostnames": app.config.hostnames,
-        "concurrency": match c.kind { ConcurrencyType::Requests => "requests", ConcurrencyType::Connections => "connections" },
-        "inflight": app.live.inflight.in_use(),
-        "max_inflight": limit(l.max_inflight),
-        "queued": app.live.waiting(),
-        "queue": limit(l.queue),
-        "connections": app.live.connections.in_use(),
-        "max_connections": limit(l.max_connections),
-        "requests_total": requests,
-        "responses": {
-            "1xx": classes[0], "2xx": classes[1], "3xx": classes[2], "4xx": classes[3], "5xx": classes[4],
+    let healthy = instances.iter().filter(|i| i.healthy).count();
+    AppJson {
+        name: &app.name,
+        hostnames: &app.config.hostnames,
+        concurrency: match c.kind {
+            ConcurrencyType::Requests => "requests",
+            ConcurrencyType::Connections => "connections",
         },
-        "status_codes": statuses,
-        "errors": errors,
-        "tcp_connects_total": tcp_connects,
-        "tcp_active": tcp_active,
-        "bytes_in": bytes.0,
-        "bytes_out": bytes.1,
-        "window": window.map(|w| w.to_json()),
-        "regions": app.regions.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-        "instances_healthy": healthy,
-        "instances": instances,
-    })
+        inflight: app.live.inflight.in_use(),
+        max_inflight: limit(l.max_inflight),
+        queued: app.live.waiting(),
+        queue: limit(l.queue),
+        connections: app.live.connections.in_use(),
+        max_connections: limit(l.max_connections),
+        requests_total: requests,
+        responses: Responses {
+            c1: classes[0],
+            c2: classes[1],
+            c3: classes[2],
+            c4: classes[3],
+            c5: classes[4],
+        },
+        status_codes: statuses,
+        errors,
+        tcp_connects_total: tcp_connects,
+        tcp_active,
+        bytes_in: bytes.0,
+        bytes_out: bytes.1,
+        window: window.map(Window::to_json),
+        regions: app.regions.iter().map(|r| &**r).collect(),
+        instances_healthy: healthy,
+        instances,
+    }
 }

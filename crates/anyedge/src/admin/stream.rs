@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -103,6 +104,7 @@ pub struct Streams {
     subscribers: Mutex<Vec<Subscriber>>,
     dropped_slow: std::sync::atomic::AtomicU64,
     updates: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
 }
 
 impl Streams {
@@ -153,6 +155,17 @@ impl Streams {
         self.updates.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Update intervals skipped since the node started (the update task was more than its
+    /// catch-up bound behind).
+    pub fn updates_skipped(&self) -> u64 {
+        self.skipped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn skipped(&self, intervals: u64) {
+        self.skipped
+            .fetch_add(intervals, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The views that have readers now (each built once per update).
     pub fn views(&self) -> Vec<View> {
         let subs = self.subscribers();
@@ -190,10 +203,11 @@ impl Streams {
     }
 }
 
-/// One SSE event carrying `json`.
-pub fn event(json: &serde_json::Value) -> Bytes {
-    let mut out = Vec::with_capacity(1024);
-    out.extend_from_slice(b"event: status\ndata: ");
+/// One SSE event carrying `json`, the picture of update number `id` (its `id:` line: a page
+/// can tell how many updates a picture stands for, and a test how late it is).
+pub fn event(id: u64, json: &impl serde::Serialize) -> Bytes {
+    let mut out = Vec::with_capacity(4096);
+    let _ = write!(out, "id: {id}\nevent: status\ndata: ");
     // serde_json never writes a raw newline inside a value: one `data:` line.
     let _ = serde_json::to_writer(&mut out, json);
     out.extend_from_slice(b"\n\n");
