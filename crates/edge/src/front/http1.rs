@@ -329,7 +329,11 @@ impl<IO: ClientIo> Conn<IO> {
                 }
             }
             let was_empty = self.buf.is_empty();
+            // The read first: the socket was readable when the wait ended, so the head is
+            // most often there, and a timer polled first would be armed in the wheel and taken
+            // out again for nothing (an unbiased `select!` polls in random order).
             let read = tokio::select! {
+                biased;
                 r = self.read_some(limits.max_head) => r,
                 _ = tokio::time::sleep_until(deadline) => return Err(HeadError::Timeout { started: !was_empty }),
             };
