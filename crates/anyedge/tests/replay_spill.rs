@@ -466,3 +466,326 @@ async fn a_5_mb_body_is_replayed_to_a_worker_in_another_region() {
         assert_eq!(std::fs::read_dir(&spill).expect("dir").count(), 0, "{how}");
     }
 }
+
+/// What a [`HashingInstance`] got: the request's path, whether it was a replay, and its body's
+/// length and SHA-256, hashed as it arrived (never held).
+#[derive(Debug, Clone)]
+struct Hashed {
+    replayed: bool,
+    len: u64,
+    sha: String,
+}
+
+/// An HTTP/1.1 instance that hashes bodies as they stream in, for bodies too large to keep
+/// in the test: a request without `anyedge-replay-src` that carries `x-replay-to: VALUE`
+/// is answered with `anyedge-replay: VALUE`, after reading (and hashing) the whole body
+/// when `x-replay-when: read`, else on the head alone, the body read and discarded after the
+/// answer; any other request is hashed and answered with `x-instance`, `x-body-len` and
+/// `x-sha256`.
+struct HashingInstance {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Hashed>>>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl HashingInstance {
+    async fn start(name: &'static str) -> HashingInstance {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let acceptor = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            hashing_handle(name, seen.clone(), req)
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            })
+        };
+        HashingInstance {
+            addr,
+            seen,
+            acceptor,
+        }
+    }
+
+    fn last(&self) -> Option<Hashed> {
+        self.seen.lock().expect("seen").last().cloned()
+    }
+}
+
+impl Drop for HashingInstance {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+/// Read `body` to its end, hashing it; `None` when it failed.
+async fn hash_body(mut body: hyper::body::Incoming) -> Option<(u64, String)> {
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            len += data.len() as u64;
+            h.update(&data);
+        }
+    }
+    Some((len, hex(&h.finalize())))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn hashing_handle(
+    name: &'static str,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Hashed>>>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<Bytes>>, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let replayed = header("anyedge-replay-src").is_some();
+    let record = move |len, sha: String| {
+        seen.lock()
+            .expect("seen")
+            .push(Hashed { replayed, len, sha });
+    };
+    let mut resp = hyper::Response::new(http_body_util::Full::new(Bytes::from(name)));
+    resp.headers_mut()
+        .insert("x-instance", http::HeaderValue::from_static(name));
+    match header("x-replay-to").filter(|_| !replayed) {
+        Some(to) => {
+            let to = http::HeaderValue::try_from(to).expect("replay value");
+            if header("x-replay-when") == Some("read") {
+                let (len, sha) = hash_body(body)
+                    .await
+                    .ok_or_else(|| std::io::Error::other("body failed"))?;
+                record(len, sha);
+            } else {
+                // On the head alone; the body is read after the answer, as a lingering
+                // server does.
+                tokio::spawn(async move {
+                    if let Some((len, sha)) = hash_body(body).await {
+                        record(len, sha);
+                    }
+                });
+            }
+            resp.headers_mut().insert("anyedge-replay", to);
+        }
+        None => {
+            let (len, sha) = hash_body(body)
+                .await
+                .ok_or_else(|| std::io::Error::other("body failed"))?;
+            let h = resp.headers_mut();
+            h.insert("x-body-len", len.into());
+            h.insert("x-sha256", sha.parse().expect("hex"));
+            record(len, sha);
+        }
+    }
+    Ok(resp)
+}
+
+/// `size` bytes, generated as they are sent (64 KiB chunks, each a fixed pattern led by its
+/// index, so a lost or reordered chunk shows), hashed as they go: the SHA-256 arrives on
+/// `sha` with the last chunk.
+fn generated(size: u64, sha: tokio::sync::oneshot::Sender<String>) -> ClientBody {
+    const CHUNK: u64 = 64 * 1024;
+    let pattern: Bytes = (0..CHUNK as usize)
+        .map(|i| (i % 251) as u8 ^ (i / 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let stream = futures_util::stream::unfold(
+        (0u64, Sha256::new(), Some(sha)),
+        move |(at, mut h, mut sha)| {
+            let pattern = pattern.clone();
+            async move {
+                if at >= size {
+                    return None;
+                }
+                let n = CHUNK.min(size - at) as usize;
+                let mut chunk = bytes::BytesMut::from(&pattern[..n]);
+                let index = (at / CHUNK).to_le_bytes();
+                let lead = index.len().min(n);
+                chunk[..lead].copy_from_slice(&index[..lead]);
+                h.update(&chunk);
+                // Sent with the last chunk: hyper stops polling at the content-length.
+                if at + n as u64 >= size {
+                    if let Some(tx) = sha.take() {
+                        let _ = tx.send(hex(&h.clone().finalize()));
+                    }
+                }
+                let chunk = chunk.freeze();
+                Some((
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(
+                        chunk,
+                    )),
+                    (at + n as u64, h, sha),
+                ))
+            }
+        },
+    );
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
+/// (VmRSS, VmHWM) of a process, in bytes.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
+            * 1024
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+/// How much the node process's memory may grow over one 200 MB replay: the 1 MiB kept in
+/// memory, the spill file's 4 MiB write-behind queue, the replay's 64 KiB file reads, the
+/// HTTP/1.1 read and write buffers of three connections (≤ 0.5 MiB each), and room for the
+/// allocator's per-thread caches and the blocking-pool thread the writer starts (a stack,
+/// 2 MiB): a few MiB in all, 64 MiB with margin. A store that kept the body in memory grows by
+/// the 200 MB, three times this bound.
+const RSS_BOUND: u64 = 64 << 20;
+
+/// The system test: a 200 MB POST, generated and hashed as it streams, through the
+/// anyedge binary (its own process, so its memory is its own) with `replay_body_limit` =
+/// 1 MiB, is replayed to another region (web-ord reads it all, then asks for `region=syd`:
+/// the replay sends it again from memory and the spill file) and to another instance
+/// (web-ord asks for `instance=web-ord-2` on the head: the rest is read from the client,
+/// spilled and sent on). The target's SHA-256 is the client's; the node's peak RSS
+/// (`VmHWM`) grows by less than [`RSS_BOUND`] over its RSS just before each upload; no spill
+/// file is left, in the directory or open in the process. Prints the throughput and the
+/// growth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_body_is_replayed_whole_with_flat_memory() {
+    const SIZE: u64 = 200_000_000;
+    use anyedge_test_support::cluster;
+    let bin = Path::new(env!("CARGO_BIN_EXE_anyedge"));
+    let ord = HashingInstance::start("web-ord").await;
+    let ord2 = HashingInstance::start("web-ord-2").await;
+    let syd = HashingInstance::start("web-syd").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spill = tmp.path().join("spill");
+    let port = free_port();
+    let instance = |id: &str, region: &str, i: &HashingInstance| {
+        format!(
+            "[[apps.instances]]\nid = \"{id}\"\nregion = \"{region}\"\naddress = \"{}\"\n",
+            i.addr
+        )
+    };
+    let node = cluster::Node::start(
+        bin,
+        "edge",
+        &format!(
+            "[node]\nid = \"edge\"\nregion = \"ord\"\ndrain_timeout = \"1s\"\n[http]\nreplay_body_limit = {MEMORY}\nreplay_spill_dir = \"{}\"\nreplay_spill_limit = \"1GiB\"\n[[apps]]\nname = \"web\"\nhostnames = [\"web.test\"]\n[[apps.services]]\ninternal_port = 1\nports = [ {{ port = {port}, bind = \"127.0.0.1\", handlers = [\"http\"] }} ]\n{}{}{}",
+            spill.display(),
+            instance("web-ord", "ord", &ord),
+            instance("web-ord-2", "ord", &ord2),
+            instance("web-syd", "syd", &syd),
+        ),
+    );
+    node.up().await;
+    let pid = node.pid();
+    for (to, when, name, target) in [
+        ("region=syd", "read", "web-syd", &syd),
+        ("instance=web-ord-2", "head", "web-ord-2", &ord2),
+    ] {
+        let what = format!("replay to {to}, asked after {when}");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut c = Client::h1(local(port)).await;
+        let req = request("POST", "web.test", "/upload", false)
+            .header("content-length", SIZE.to_string())
+            .header("anyedge-force-instance-id", "web-ord")
+            .header("x-replay-to", to)
+            .header("x-replay-when", when)
+            .body(generated(SIZE, tx))
+            .expect("request");
+        let (rss_before, hwm_before) = rss(pid);
+        let started = std::time::Instant::now();
+        let resp = tokio::time::timeout(Duration::from_secs(600), c.send(req))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer in 600 s"))
+            .expect("response");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let _ = resp.into_body().collect().await;
+        let secs = started.elapsed().as_secs_f64();
+        let (_, hwm_after) = rss(pid);
+        let h = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            (status, h("x-instance"), h("anyedge-error")),
+            (200, Some(name.to_string()), None),
+            "{what}: {}",
+            node.logs()
+        );
+        let want = rx.await.expect("the client sent it all");
+        let got = target.last().expect("the target got it");
+        assert!(got.replayed, "{what}: a replay");
+        assert_eq!((got.len, &got.sha), (SIZE, &want), "{what}: byte for byte");
+        assert_eq!(h("x-sha256").as_ref(), Some(&want), "{what}");
+        let asked = ord.last().expect("web-ord got it first");
+        assert!(!asked.replayed, "{what}");
+        if when == "read" {
+            assert_eq!(
+                (asked.len, &asked.sha),
+                (SIZE, &want),
+                "{what}: web-ord read it all"
+            );
+        }
+        let growth = hwm_after.saturating_sub(rss_before);
+        println!(
+            "{what}: 200 MB in {secs:.2} s = {:.0} MB/s; node RSS {} MiB before (peak so far {} MiB), peak after {} MiB: +{:.1} MiB (debug build)",
+            SIZE as f64 / secs / 1e6,
+            rss_before >> 20,
+            hwm_before >> 20,
+            hwm_after >> 20,
+            growth as f64 / (1 << 20) as f64,
+        );
+        assert!(
+            growth < RSS_BOUND,
+            "{what}: the node's peak RSS grew by {growth} bytes (bound {RSS_BOUND})"
+        );
+        let fds = format!("/proc/{pid}/fd");
+        eventually(&format!("{what}: no spill file left"), DEADLINE, || async {
+            let m = node.metrics().await;
+            let open = std::fs::read_dir(&fds)
+                .expect("fds")
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| t.starts_with(&spill))
+                .count();
+            let bytes = cluster::metric(&m, "anyedge_replay_spill_bytes");
+            let files = cluster::metric(&m, "anyedge_replay_spill_files");
+            (open == 0 && bytes == 0.0 && files == 0.0).then_some(())
+        })
+        .await;
+        assert_eq!(std::fs::read_dir(&spill).expect("dir").count(), 0, "{what}");
+    }
+    let m = node.metrics().await;
+    assert_eq!(
+        cluster::metric(&m, "anyedge_replays_total{app=\"web\"}"),
+        2.0
+    );
+    assert_eq!(
+        cluster::metric(&m, "anyedge_replay_spill_refused_total"),
+        0.0
+    );
+}
